@@ -1,0 +1,1 @@
+"""Protocol frontends (TF Serving gRPC and REST), the `ovms` command and its process supervisor."""

@@ -1,0 +1,63 @@
+"""The `ovms` command: everything in one command, or only the `api` or a `worker` role."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+from inference.logs import setup_logging
+from inference.settings import ServerSettings, UsageError, parse_command_line
+
+log = logging.getLogger("serving")
+
+USAGE_EXIT_CODE = 64
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    setup_logging()
+    try:
+        settings = parse_command_line(argv)
+        if settings.role != "all" and not settings.broker_url:
+            raise UsageError(f"the {settings.role} role needs --broker_url or OVMS_BROKER_URL")
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return USAGE_EXIT_CODE
+    setup_logging(settings.log_level, settings.log_path)
+    if settings.role == "worker":
+        from tasks.worker import run_worker
+
+        return run_worker(settings, settings.broker_url)
+    if settings.role == "api":
+        return run_api(settings, settings.broker_url)
+    from api.supervisor import Supervisor
+
+    return Supervisor(settings, argv).run()
+
+
+def wait_for_stop_signal(extra_check: threading.Event | None = None) -> None:
+    """Block until SIGINT/SIGTERM (or `extra_check` is set)."""
+    stop = extra_check or threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+
+
+def run_api(settings: ServerSettings, broker_url: str) -> int:
+    from api.server import ApiServer
+
+    server = ApiServer(settings, broker_url)
+    server.start()
+    try:
+        wait_for_stop_signal()
+    finally:
+        log.info("Shutting down the api")
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""TensorFlow Serving REST API on Flask: status, metadata and predict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import MethodNotAllowed
+
+from api.dataplane import DataPlane
+from api.grpc_service import SIGNATURE_NAME
+from api.rest_codec import parse_predict_body, predict_response
+from inference import dtypes
+from inference.errors import InvalidArgument, NotFound, ServingError
+from inference.signature import ModelSignature
+
+log = logging.getLogger("serving")
+
+# /v1/models/{name}[/versions/{version}][/metadata | :predict]
+_MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict)?$")
+TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
+WORKER_HEADER = "X-Ovms-Worker"
+
+
+def create_app(dataplane: DataPlane) -> Flask:
+    app = Flask("ovms")
+
+    @app.errorhandler(ServingError)
+    def serving_error(error: ServingError) -> Response:
+        return _json({"error": error.message}, error.http_status)
+
+    @app.errorhandler(404)
+    def no_route(_: Exception) -> Response:
+        return _json({"error": "Not Found"}, 404)
+
+    @app.errorhandler(405)
+    def wrong_method(_: Exception) -> Response:
+        return _json({"error": "Method Not Allowed"}, 405)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("Unexpected REST error")
+        return _json({"error": f"Internal error: {exc}"}, 500)
+
+    @app.route("/v1/models/<path:model_path>", methods=["GET", "POST"])
+    def models(model_path: str) -> Response:
+        match = _MODEL_PATH.match(model_path)
+        if match is None:
+            raise NotFound("Not Found")
+        name, action = match["name"], match["action"]
+        version = _version(match["version"])
+        if action == ":predict":
+            _require_method("POST")
+            return _predict(dataplane, name, version)
+        _require_method("GET")
+        if action == "/metadata":
+            return _json(_metadata(dataplane, name, version))
+        return _json(_status(dataplane, name, version))
+
+    return app
+
+
+def _require_method(method: str) -> None:
+    if request.method != method:
+        raise MethodNotAllowed(valid_methods=[method])
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise InvalidArgument(f"Invalid version: {text}")
+    return int(text) or None  # version 0 means the default version, as ovmsclient sends it
+
+
+def _json(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(document), status=status, mimetype="application/json", headers=headers)
+
+
+def _status(dataplane: DataPlane, name: str, version: int | None) -> dict[str, Any]:
+    return {
+        "model_version_status": [
+            {
+                "version": str(status.version),
+                "state": status.state,
+                "status": {"error_code": status.error_code, "error_message": status.error_message},
+            }
+            for status in dataplane.model_status(name, version)
+        ]
+    }
+
+
+def _metadata(dataplane: DataPlane, name: str, version: int | None) -> dict[str, Any]:
+    resolved, signature = dataplane.model_metadata(name, version)
+    return {
+        "modelSpec": {"name": name, "signatureName": "", "version": str(resolved)},
+        "metadata": {
+            "signature_def": {
+                "@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap",
+                "signatureDef": {SIGNATURE_NAME: _signature_json(signature)},
+            }
+        },
+    }
+
+
+def _signature_json(signature: ModelSignature) -> dict[str, Any]:
+    def tensors(specs: dict) -> dict[str, Any]:
+        return {
+            name: {
+                "dtype": dtypes.by_name(spec.precision).tf_name,
+                "tensorShape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknownRank": False},
+                "name": name,
+            }
+            for name, spec in specs.items()
+        }
+
+    return {
+        "inputs": tensors(signature.inputs),
+        "outputs": tensors(signature.outputs),
+        "methodName": "tensorflow/serving/predict",
+    }
+
+
+def _predict(dataplane: DataPlane, name: str, version: int | None) -> Response:
+    body = _json_body()
+    resolved, signature = dataplane.model_metadata(name, version)
+    inputs, form = parse_predict_body(body, signature)
+    result = dataplane.predict(name, resolved, inputs, timeout_s=_timeout())
+    return _json(predict_response(result.outputs, result.precisions, form), headers={WORKER_HEADER: result.worker})
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)
+    if not raw:
+        raise InvalidArgument("Invalid JSON: empty request body")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"Invalid JSON: {exc}") from None
+
+
+def _timeout() -> float | None:
+    text = request.headers.get(TIMEOUT_HEADER)
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}") from None
+    if not seconds > 0:
+        raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}")
+    return seconds

@@ -1,0 +1,83 @@
+"""The api process: gRPC and REST frontends over one data plane, until stopped."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import redis
+import waitress
+
+from api.dataplane import DataPlane
+from api.grpc_service import ModelService, PredictionService
+from api.protos import serving_pb2_grpc
+from api.rest_app import create_app
+from inference.settings import ServerSettings
+from tasks.app import configure
+from tasks.dispatcher import Dispatcher
+from tasks.registry import RegistryView
+
+log = logging.getLogger("serving")
+
+GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
+MAX_MESSAGE_BYTES = 1 << 30
+
+
+class ApiServer:
+    def __init__(self, settings: ServerSettings, broker_url: str, rest: bool = True) -> None:
+        self._settings = settings
+        backend_url = settings.result_backend_url or broker_url
+        configure(broker_url, backend_url)
+        store = redis.Redis.from_url(backend_url, health_check_interval=10)
+        self._registry = RegistryView(store)
+        self._dispatcher = Dispatcher(store)
+        self._dataplane = DataPlane(self._registry, self._dispatcher, settings.request_timeout_s)
+        self._rest_enabled = rest and settings.rest_port > 0
+        self._grpc: grpc.Server | None = None
+        self._rest: waitress.server.BaseWSGIServer | None = None
+
+    def start(self) -> None:
+        self._registry.start()
+        self._dispatcher.start()
+        self._start_grpc()
+        if self._rest_enabled:
+            self._start_rest()
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        if self._rest is not None:
+            self._rest.close()
+        if self._grpc is not None:
+            self._grpc.stop(grace_s).wait()
+        self._dispatcher.stop()
+        self._registry.stop()
+
+    def _start_grpc(self) -> None:
+        options = {
+            "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
+            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+            "grpc.so_reuseport": 1,
+            **self._settings.grpc_channel_arguments,
+        }
+        server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_THREADS), options=list(options.items()))
+        serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self._dataplane), server)
+        serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._dataplane), server)
+        if server.add_insecure_port(f"[::]:{self._settings.port}") == 0:
+            raise RuntimeError(f"cannot bind gRPC port {self._settings.port}")
+        server.start()
+        self._grpc = server
+        log.info("Server started on port %d", self._settings.port)
+
+    def _start_rest(self) -> None:
+        self._rest = waitress.create_server(
+            create_app(self._dataplane),
+            host="0.0.0.0",
+            port=self._settings.rest_port,
+            threads=self._settings.rest_workers,
+            ident="ovms",
+            connection_limit=1000,
+            channel_timeout=120,
+        )
+        threading.Thread(target=self._rest.run, name="ovms-rest", daemon=True).start()
+        log.info("Started REST server at localhost:%d", self._settings.rest_port)

@@ -1,0 +1,126 @@
+"""`ovms` with no role: embedded Redis (unless a broker is given), one worker per device, the api."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import redis
+
+from api.main import wait_for_stop_signal
+from api.server import ApiServer
+from inference.settings import ServerSettings
+from tasks.broker import EmbeddedRedis
+from tasks.registry import RegistryView
+
+log = logging.getLogger("serving")
+
+MODEL_LOAD_TIMEOUT_S = 600
+WORKER_STOP_TIMEOUT_S = 15
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the supervisor dies without cleaning up (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
+
+
+class Supervisor:
+    def __init__(self, settings: ServerSettings, argv: list[str]) -> None:
+        self._settings = settings
+        self._argv = argv
+        self._redis: EmbeddedRedis | None = None
+        self._workers: list[subprocess.Popen] = []
+        self._child_died = threading.Event()
+
+    def run(self) -> int:
+        api: ApiServer | None = None
+        try:
+            broker_url = self._settings.broker_url or self._start_embedded_redis()
+            for device in self._settings.devices():
+                self._workers.append(self._spawn_worker(device, broker_url))
+            self._wait_for_models(self._settings.result_backend_url or broker_url)
+            api = ApiServer(self._settings, broker_url)
+            api.start()
+            threading.Thread(target=self._watch_children, daemon=True).start()
+            wait_for_stop_signal(self._child_died)
+            return 1 if self._child_died.is_set() and self._any_worker_failed() else 0
+        except RuntimeError as exc:
+            log.error("%s", exc)
+            return 1
+        finally:
+            if api is not None:
+                api.stop()
+            self._stop_workers()
+            if self._redis is not None:
+                self._redis.stop()
+
+    def _start_embedded_redis(self) -> str:
+        self._redis = EmbeddedRedis()
+        return self._redis.start()
+
+    def _spawn_worker(self, device: str, broker_url: str) -> subprocess.Popen:
+        command = [
+            sys.executable,
+            "-m",
+            "api.main",
+            "worker",
+            *self._argv,
+            "--device",
+            device,
+            "--broker_url",
+            broker_url,
+        ]
+        log.info("Starting the %s worker", device)
+        return subprocess.Popen(command, preexec_fn=_die_with_parent)
+
+    def _wait_for_models(self, store_url: str) -> None:
+        """Serve only once every configured model has finished loading (AVAILABLE or failed)."""
+        registry = RegistryView(redis.Redis.from_url(store_url))
+        names = [model.name for model in self._settings.models]
+        deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if any(worker.poll() is not None for worker in self._workers):
+                raise RuntimeError("a worker exited while loading models")
+            registry.refresh()
+            if all(_settled(registry, name) for name in names):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"models did not load within {MODEL_LOAD_TIMEOUT_S} s")
+
+    def _watch_children(self) -> None:
+        while not self._child_died.is_set():
+            if any(worker.poll() is not None for worker in self._workers):
+                log.error("A worker process exited; shutting down")
+                self._child_died.set()
+            time.sleep(0.5)
+
+    def _any_worker_failed(self) -> bool:
+        return any(worker.poll() not in (None, 0) for worker in self._workers)
+
+    def _stop_workers(self) -> None:
+        for worker in self._workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+        for worker in self._workers:
+            try:
+                worker.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+def _settled(registry: RegistryView, name: str) -> bool:
+    try:
+        versions = registry.versions(name)
+    except Exception:
+        return False
+    live = [view for view in versions.values() if view.state != "UNKNOWN"]
+    return bool(live) and all(view.state in ("AVAILABLE", "END") for view in live)

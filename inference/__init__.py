@@ -1,0 +1,1 @@
+"""Models, configuration, storage and OpenVINO execution; free of Celery, Flask and gRPC."""

@@ -1,0 +1,70 @@
+"""One error taxonomy for every frontend: each kind carries its gRPC code name and HTTP status."""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base class: a failure that is reported to the client with a code and a message."""
+
+    grpc_code = "INTERNAL"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_wire(self) -> list[str]:
+        """Compact form used inside task results: [kind, message]."""
+        return [type(self).__name__, self.message]
+
+    @staticmethod
+    def from_wire(wire: list[str]) -> ServingError:
+        kind, message = wire
+        return _KINDS.get(kind, Internal)(message)
+
+
+class NotFound(ServingError):
+    grpc_code = "NOT_FOUND"
+    http_status = 404
+
+
+class InvalidArgument(ServingError):
+    grpc_code = "INVALID_ARGUMENT"
+    http_status = 400
+
+
+class FailedPrecondition(ServingError):
+    grpc_code = "FAILED_PRECONDITION"
+    http_status = 412
+
+
+class ResourceExhausted(ServingError):
+    grpc_code = "RESOURCE_EXHAUSTED"
+    http_status = 429
+
+
+class Unavailable(ServingError):
+    grpc_code = "UNAVAILABLE"
+    http_status = 503
+
+
+class DeadlineExceeded(ServingError):
+    grpc_code = "DEADLINE_EXCEEDED"
+    http_status = 504
+
+
+class Internal(ServingError):
+    grpc_code = "INTERNAL"
+    http_status = 500
+
+
+_KINDS = {cls.__name__: cls for cls in ServingError.__subclasses__()}
+
+# The seed's messages, used verbatim by both frontends.
+MODEL_NOT_FOUND = "Model with requested name is not found"
+VERSION_NOT_FOUND = "Model with requested version is not found"
+VERSION_RETIRED = "Model with requested version is retired"
+VERSION_NOT_LOADED = "Model with requested version is not loaded yet"
+RESHAPE_FAILED = "Model could not be reshaped with requested shape"
+NO_LIVE_WORKER = "No live worker serves the requested model version"
+DEADLINE_PASSED = "Deadline exceeded while waiting for the inference result"

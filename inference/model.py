@@ -1,0 +1,168 @@
+"""One model version compiled with OpenVINO, run with a queue of asynchronous infer requests."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from inference import dtypes
+from inference.errors import RESHAPE_FAILED, FailedPrecondition, InvalidArgument
+from inference.mapping import TensorMapping, load_mapping
+from inference.repository import find_model_file
+from inference.settings import ConfigError, ModelConfig
+from inference.shapes import AUTO
+from inference.signature import DYNAMIC, ModelSignature, TensorSpec
+
+log = logging.getLogger("serving")
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class _Port:
+    alias: str
+    precision: dtypes.Precision
+
+
+class CompiledVersion:
+    """A loaded model version: its client-facing signature and an async infer queue."""
+
+    def __init__(self, core: ov.Core, config: ModelConfig, version: int, version_dir: Path) -> None:
+        self.name = config.name
+        self.version = version
+        mapping = load_mapping(version_dir)
+        model = core.read_model(str(find_model_file(version_dir)))
+        _apply_shape_settings(model, config, mapping)
+        self._inputs = [_port(p, mapping.input_alias(_tensor_name(p))) for p in model.inputs]
+        self._outputs = [_port(p, mapping.output_alias(_tensor_name(p))) for p in model.outputs]
+        self.signature = _signature(model, config, self._inputs, self._outputs)
+        self._compiled = core.compile_model(model, config.target_device, _plugin_properties(config))
+        self.nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        self._queue = ov.AsyncInferQueue(self._compiled, self.nireq)
+        self._queue.set_callback(self._on_done)
+        self._input_index = {port.alias: index for index, port in enumerate(self._inputs)}
+
+    def infer_async(self, inputs: Tensors) -> Future[Tensors]:
+        """Start one inference; blocks only while every infer request is busy."""
+        future: Future[Tensors] = Future()
+        tensors = {self._input_index[name]: self._to_ov(name, array) for name, array in inputs.items()}
+        try:
+            self._queue.start_async(tensors, future)
+        except RuntimeError as exc:
+            future.set_exception(_inference_error(self.signature, exc))
+        return future
+
+    def infer(self, inputs: Tensors) -> Tensors:
+        return self.infer_async(inputs).result()
+
+    def close(self) -> None:
+        self._queue.wait_all()
+
+    def _to_ov(self, name: str, array: np.ndarray) -> ov.Tensor | np.ndarray:
+        precision = self._inputs[self._input_index[name]].precision
+        if precision.name == "BF16":
+            return ov.Tensor(np.ascontiguousarray(array), array.shape, ov.Type.bf16)
+        return array
+
+    def _on_done(self, request: ov.InferRequest, future: Future[Tensors]) -> None:
+        try:
+            outputs = {
+                port.alias: _copy_output(request.get_output_tensor(index), port.precision)
+                for index, port in enumerate(self._outputs)
+            }
+        except Exception as exc:  # the callback runs on an OpenVINO thread: report, never raise
+            future.set_exception(exc)
+        else:
+            future.set_result(outputs)
+
+
+def _tensor_name(port: ov.Output) -> str:
+    names = port.get_names()
+    return port.get_any_name() if names else port.get_node().get_friendly_name()
+
+
+def _port(port: ov.Output, alias: str) -> _Port:
+    type_name = port.get_element_type().get_type_name()
+    precision = dtypes.BY_OV_TYPE.get(type_name)
+    if precision is None:
+        raise ConfigError(f"tensor {alias} has unsupported element type {type_name}")
+    return _Port(alias, precision)
+
+
+def _dims(partial_shape: ov.PartialShape) -> tuple[int, ...]:
+    return tuple(dim.get_length() if dim.is_static else DYNAMIC for dim in partial_shape)
+
+
+def _apply_shape_settings(model: ov.Model, config: ModelConfig, mapping: TensorMapping) -> None:
+    """Reshape for `shape` / `batch_size`: fixed values become static dims, `auto` becomes dynamic."""
+    new_shapes = {}
+    for port in model.inputs:
+        current = port.get_partial_shape()
+        name = _tensor_name(port)
+        if config.shape is not None:
+            setting = next(
+                (config.shape[key] for key in (mapping.input_alias(name), name, None) if key in config.shape), None
+            )
+            if setting is None:
+                continue
+            dims = [DYNAMIC] * current.rank.get_length() if setting == AUTO else list(setting)
+        elif config.batch_size is not None and current.rank.is_static and current.rank.get_length() > 0:
+            dims = _dims(current)
+            dims = [DYNAMIC if config.batch_size == AUTO else config.batch_size, *dims[1:]]
+        else:
+            continue
+        new_shapes[port] = ov.PartialShape(dims)
+    if new_shapes:
+        try:
+            model.reshape(new_shapes)
+        except RuntimeError as exc:
+            raise FailedPrecondition(f"{RESHAPE_FAILED}: {_first_line(exc)}") from None
+
+
+def _signature(model: ov.Model, config: ModelConfig, inputs: list[_Port], outputs: list[_Port]) -> ModelSignature:
+    def auto_shape(alias: str) -> bool:
+        shape = config.shape or {}
+        return shape.get(alias, shape.get(None)) == AUTO
+
+    return ModelSignature(
+        inputs={
+            port.alias: TensorSpec(
+                port.alias, port.precision.name, _dims(p.get_partial_shape()), auto_shape(port.alias)
+            )
+            for port, p in zip(inputs, model.inputs, strict=False)
+        },
+        outputs={
+            port.alias: TensorSpec(port.alias, port.precision.name, _dims(p.get_partial_shape()))
+            for port, p in zip(outputs, model.outputs, strict=False)
+        },
+        auto_batch=config.batch_size == AUTO,
+    )
+
+
+def _plugin_properties(config: ModelConfig) -> dict[str, Any]:
+    return {key: value if isinstance(value, str) else str(value) for key, value in config.plugin_config.items()}
+
+
+def _copy_output(tensor: ov.Tensor, precision: dtypes.Precision) -> np.ndarray:
+    data = tensor.data
+    if precision.name == "BF16":
+        return np.frombuffer(bytes(tensor.bytes_data), dtype=np.uint16).reshape(tuple(tensor.shape))
+    return np.array(data, dtype=precision.numpy, copy=True)
+
+
+def _inference_error(signature: ModelSignature, exc: Exception) -> Exception:
+    """OpenVINO rejects shapes a dynamic model cannot take; that is the seed's reshape failure."""
+    if any(spec.auto_shape for spec in signature.inputs.values()):
+        return FailedPrecondition(RESHAPE_FAILED)
+    return InvalidArgument(f"Inference failed: {_first_line(exc)}")
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

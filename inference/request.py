@@ -1,0 +1,27 @@
+"""The protocol-neutral inference request and result that both frontends translate to and from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass
+class InferenceRequest:
+    model: str
+    version: int
+    inputs: Tensors  # validated: the model's types and accepted shapes
+    output_filter: list[str] | None = None  # None = every output
+    deadline: float = 0.0  # time.time() by which the answer is due
+    request_id: str = ""
+
+
+@dataclass
+class InferenceResult:
+    version: int
+    outputs: Tensors
+    worker: str = ""  # which worker served it
+    precisions: dict[str, str] = field(default_factory=dict)  # output name -> precision name

@@ -1,0 +1,336 @@
+"""Server and model settings from the command line (the seed's flags) and config.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.shapes import ShapeParseError, ShapeSetting, parse_batch_size, parse_shape_setting
+
+log = logging.getLogger("serving")
+
+ROLES = ("all", "api", "worker")
+DEFAULT_DEVICE = "CPU"
+
+
+class UsageError(Exception):
+    """A command-line mistake: reported on stderr with exit code 64, like the seed."""
+
+
+class ConfigError(ValueError):
+    """An invalid config.json or model setting."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    base_path: str
+    batch_size: int | str | None = None  # None = the model's own
+    shape: ShapeSetting | None = None  # None = the model's own
+    model_version_policy: dict[str, Any] = field(default_factory=lambda: {"latest": {"num_versions": 1}})
+    nireq: int = 0  # 0 = OpenVINO's optimal number
+    target_device: str = DEFAULT_DEVICE
+    plugin_config: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json form; equal dicts mean equal configurations."""
+        shape = None
+        if self.shape is not None:
+            shape = {str(k) if k is not None else "": v for k, v in self.shape.items()}
+        return {
+            "name": self.name,
+            "base_path": self.base_path,
+            "batch_size": self.batch_size,
+            "shape": shape,
+            "model_version_policy": self.model_version_policy,
+            "nireq": self.nireq,
+            "target_device": self.target_device,
+            "plugin_config": self.plugin_config,
+        }
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    role: str = "all"
+    port: int = 9178
+    rest_port: int = 0
+    grpc_workers: int = 1
+    rest_workers: int = 24
+    log_level: str = "INFO"
+    log_path: str | None = None
+    grpc_channel_arguments: dict[str, Any] = field(default_factory=dict)
+    file_system_poll_wait_seconds: int = 1
+    config_path: str | None = None
+    broker_url: str | None = None  # None = start the embedded Redis
+    result_backend_url: str | None = None  # None = the broker
+    request_timeout_s: float = 30.0
+    device: str | None = None  # the device a worker serves (worker role)
+    worker_concurrency: int = 64
+    models: tuple[ModelConfig, ...] = ()
+
+    def devices(self) -> list[str]:
+        """Target devices in use, in order of first appearance."""
+        return list(dict.fromkeys(model.target_device for model in self.models))
+
+    def models_for(self, device: str) -> list[ModelConfig]:
+        return [model for model in self.models if model.target_device == device]
+
+
+_MODEL_FLAGS = ("batch_size", "shape", "model_version_policy", "nireq", "target_device", "plugin_config")
+_CONFIG_KEYS = {"name", "base_path", *_MODEL_FLAGS}
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2; the seed exits 64
+        raise UsageError(message)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ovms",
+        description="OpenVINO Model Server on Celery/Redis. Roles: none (everything), 'api', 'worker'.",
+        allow_abbrev=False,
+    )
+    add = parser.add_argument
+    add("--port", type=int, help="gRPC server port (default: 9178)")
+    add("--rest_port", type=int, help="REST server port; 0 or unset disables REST (default: 0)")
+    add("--grpc_workers", type=int, help="number of gRPC server processes sharing --port (default: 1)")
+    add("--rest_workers", type=int, help="REST server threads; needs --rest_port (default: 24)")
+    add("--log_level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
+    add("--log_path", help="also write the log to this file")
+    add("--grpc_channel_arguments", help="comma separated k=v gRPC server arguments")
+    add("--file_system_poll_wait_seconds", type=int, help="model and config polling period; 0 disables (default: 1)")
+    add("--config_path", help="multi-model JSON configuration file")
+    add("--model_name", help="name of the model (single model mode)")
+    add("--model_path", help="path to the model's versioned directories (single model mode)")
+    add("--batch_size", help="model batch size: an integer or 'auto'")
+    add("--shape", help="model shape: 'auto', '(1,3,224,224)' or JSON per input")
+    add("--model_version_policy", help='e.g. {"latest": {"num_versions": 2}} (default: latest 1)')
+    add("--nireq", type=int, help="parallel infer requests per model (default: OpenVINO's optimal)")
+    add("--target_device", help="OpenVINO device for the model (default: CPU)")
+    add("--plugin_config", help='JSON object of OpenVINO properties, e.g. {"PERFORMANCE_HINT": "THROUGHPUT"}')
+    add("--broker_url", help="Redis URL of the broker (env OVMS_BROKER_URL); unset = embedded Redis")
+    add("--result_backend_url", help="Redis URL of the result backend (env OVMS_RESULT_BACKEND_URL; default: broker)")
+    add("--request_timeout_s", type=float, help="deadline of a request without its own (default: 30)")
+    add("--device", help="worker role: the device whose models this worker serves")
+    add("--worker_concurrency", type=int, help="worker role: messages one worker handles at once (default: 64)")
+    return parser
+
+
+def parse_command_line(argv: list[str]) -> ServerSettings:
+    """Parse `ovms [api|worker] --flags...` into settings; raises UsageError like the seed."""
+    role = "all"
+    if argv and argv[0] in ROLES:
+        role, argv = argv[0], argv[1:]
+    args = _build_parser().parse_args(argv)
+    _check_server_flags(args)
+    models = _models_from_flags(args)
+    settings = ServerSettings(
+        role=role,
+        port=_default(args.port, 9178),
+        rest_port=_default(args.rest_port, 0),
+        grpc_workers=_default(args.grpc_workers, 1),
+        rest_workers=_default(args.rest_workers, 24),
+        log_level=(args.log_level or "INFO").upper(),
+        log_path=args.log_path,
+        grpc_channel_arguments=_parse_channel_arguments(args.grpc_channel_arguments),
+        file_system_poll_wait_seconds=_default(args.file_system_poll_wait_seconds, 1),
+        config_path=args.config_path,
+        broker_url=args.broker_url or os.environ.get("OVMS_BROKER_URL") or None,
+        result_backend_url=args.result_backend_url or os.environ.get("OVMS_RESULT_BACKEND_URL") or None,
+        request_timeout_s=_default(args.request_timeout_s, 30.0),
+        device=args.device,
+        worker_concurrency=_default(args.worker_concurrency, 64),
+        models=tuple(models),
+    )
+    if role == "worker" and settings.device is None:
+        devices = settings.devices()
+        if len(devices) > 1:
+            raise UsageError(f"--device is required: the models use several devices ({', '.join(devices)})")
+        settings = _replace(settings, device=devices[0] if devices else DEFAULT_DEVICE)
+    return settings
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _replace(settings: ServerSettings, **changes: Any) -> ServerSettings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)
+
+
+def _check_server_flags(args: argparse.Namespace) -> None:
+    for flag in ("port", "rest_port"):
+        value = getattr(args, flag)
+        if value is not None and not 0 <= value <= 65535:
+            raise UsageError(f"{flag} number out of range from 0 to 65535")
+    if args.rest_port and args.port is not None and args.rest_port == args.port:
+        raise UsageError("port and rest_port cannot have the same values")
+    if args.rest_port is None and args.port == 0:
+        pass
+    if args.rest_workers is not None and not args.rest_port:
+        raise UsageError("rest_workers is set but rest_port is not set. rest_port is required to start rest servers")
+    for flag in ("grpc_workers", "rest_workers", "worker_concurrency"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive number")
+    if args.request_timeout_s is not None and args.request_timeout_s <= 0:
+        raise UsageError("request_timeout_s must be a positive number")
+    if args.file_system_poll_wait_seconds is not None and args.file_system_poll_wait_seconds < 0:
+        raise UsageError("file_system_poll_wait_seconds must not be negative")
+    if args.log_level and args.log_level.upper() not in _LOG_LEVELS:
+        raise UsageError(f"log_level should be one of: {', '.join(_LOG_LEVELS)}")
+
+
+def _parse_channel_arguments(text: str | None) -> dict[str, Any]:
+    """`k=v,k=v`; values that look like integers become integers."""
+    arguments: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"grpc_channel_arguments: expected key=value, got {item!r}")
+        value = value.strip()
+        arguments[key.strip()] = int(value) if value.lstrip("-").isdigit() else value
+    return arguments
+
+
+def _models_from_flags(args: argparse.Namespace) -> list[ModelConfig]:
+    single = args.model_name is not None or args.model_path is not None
+    if args.config_path and single:
+        raise UsageError("Use either config_path or model_path with model_name")
+    if args.config_path:
+        if any(getattr(args, flag) is not None for flag in _MODEL_FLAGS):
+            raise UsageError("Model parameters in CLI are exclusive with the config file")
+        try:
+            return load_config_file(args.config_path)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+    if not (args.model_name and args.model_path):
+        raise UsageError("Use config_path or model_path with model_name")
+    if args.shape is not None and args.batch_size is not None:
+        log.warning("Both shape and batch size have been defined. Batch size parameter will be ignored.")
+    raw = {"name": args.model_name, "base_path": args.model_path}
+    for flag in _MODEL_FLAGS:
+        value = getattr(args, flag)
+        if value is not None:
+            raw[flag] = _json_flag(flag, value) if flag in ("model_version_policy", "plugin_config") else value
+    try:
+        return [model_from_dict(raw)]
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _json_flag(flag: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{flag} is not valid JSON: {exc}") from None
+
+
+def load_config_file(path: str) -> list[ModelConfig]:
+    """Read and validate a multi-model config.json; raises ConfigError with the reason."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = json.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    return models_from_document(document)
+
+
+def models_from_document(document: Any) -> list[ModelConfig]:
+    if not isinstance(document, dict) or set(document) - {"model_config_list"}:
+        raise ConfigError("config must be an object with only the key model_config_list")
+    entries = document.get("model_config_list", [])
+    if not isinstance(entries, list):
+        raise ConfigError("model_config_list must be a list")
+    models = []
+    for entry in entries:
+        if not isinstance(entry, dict) or set(entry) != {"config"}:
+            raise ConfigError('each model_config_list entry must be {"config": {...}}')
+        models.append(model_from_dict(entry["config"]))
+    names = [model.name for model in models]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"duplicate model names in config: {', '.join(duplicates)}")
+    return models
+
+
+def model_from_dict(raw: Any) -> ModelConfig:
+    """Validate one model's settings (a config.json `config` object or the single-model flags)."""
+    if not isinstance(raw, dict):
+        raise ConfigError("model config must be an object")
+    unknown = set(raw) - _CONFIG_KEYS
+    if unknown:
+        raise ConfigError(f"unknown model config keys: {', '.join(sorted(unknown))}")
+    for key in ("name", "base_path"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"model config needs a non-empty string {key}")
+    try:
+        shape = parse_shape_setting(raw["shape"]) if raw.get("shape") is not None else None
+        batch_size = None if shape is not None else parse_batch_size(raw.get("batch_size"))
+    except ShapeParseError as exc:
+        raise ConfigError(f"model {raw['name']}: {exc}") from None
+    return ModelConfig(
+        name=raw["name"],
+        base_path=raw["base_path"],
+        batch_size=batch_size,
+        shape=shape,
+        model_version_policy=_version_policy(raw.get("model_version_policy")),
+        nireq=_non_negative_int(raw, "nireq"),
+        target_device=_device(raw.get("target_device")),
+        plugin_config=_plugin_config(raw.get("plugin_config")),
+    )
+
+
+def _version_policy(policy: Any) -> dict[str, Any]:
+    if policy is None:
+        return {"latest": {"num_versions": 1}}
+    valid = isinstance(policy, dict) and len(policy) == 1
+    kind, body = next(iter(policy.items())) if valid else (None, None)
+    if kind == "all" and body == {}:
+        return policy
+    if kind == "latest" and isinstance(body, dict) and set(body) <= {"num_versions"}:
+        count = body.get("num_versions", 1)
+        if isinstance(count, int) and count > 0:
+            return {"latest": {"num_versions": count}}
+    if kind == "specific" and isinstance(body, dict) and set(body) == {"versions"}:
+        versions = body["versions"]
+        if isinstance(versions, list) and versions and all(isinstance(v, int) and v > 0 for v in versions):
+            return policy
+    raise ConfigError(f"invalid model_version_policy: {json.dumps(policy)}")
+
+
+def _non_negative_int(raw: dict[str, Any], key: str) -> int:
+    value = raw.get(key, 0)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a non-negative integer") from None
+    if number < 0 or isinstance(value, bool):
+        raise ConfigError(f"{key} must be a non-negative integer")
+    return number
+
+
+def _device(value: Any) -> str:
+    if value is None:
+        return DEFAULT_DEVICE
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError("target_device must be a non-empty string")
+    return value.strip()
+
+
+def _plugin_config(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError("plugin_config must be a JSON object")
+    return value

@@ -1,0 +1,102 @@
+"""Request validation against a model signature, with the seed's messages in the seed's order."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from inference import dtypes
+from inference.errors import InvalidArgument
+from inference.signature import DYNAMIC, ModelSignature, TensorSpec, format_shape
+
+MAX_ELEMENTS = 1 << 28  # 256 Mi elements per tensor: far above any real request, far below exhausting memory
+
+
+@dataclass
+class RequestTensor:
+    """A tensor as a client sent it, before it is checked against the model.
+
+    Exactly one of `content` (raw little-endian bytes) or `values` (already decoded numbers) is set.
+    `precision` is None when the protocol carries no type (REST JSON): the model's type is used.
+    """
+
+    precision: str | None
+    shape: tuple[int, ...]
+    content: bytes | memoryview | None = None
+    values: np.ndarray | None = None
+
+
+def validate_inputs(signature: ModelSignature, inputs: dict[str, RequestTensor]) -> dict[str, np.ndarray]:
+    """Check every input and return them as arrays of the model's types and the requested shapes."""
+    if len(inputs) != len(signature.inputs):
+        raise InvalidArgument(f"Invalid number of inputs - Expected: {len(signature.inputs)}; Actual: {len(inputs)}")
+    arrays = {}
+    for name, spec in signature.inputs.items():
+        tensor = inputs.get(name)
+        if tensor is None:
+            raise InvalidArgument(f"Missing input with specific name - Required input: {name}")
+        arrays[name] = _validate_tensor(spec, tensor, signature.auto_batch)
+    return arrays
+
+
+def _validate_tensor(spec: TensorSpec, tensor: RequestTensor, auto_batch: bool) -> np.ndarray:
+    if tensor.precision is not None and tensor.precision != spec.precision:
+        raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: {tensor.precision}")
+    _check_shape(spec, tensor.shape, auto_batch)
+    return _to_array(spec, tensor)
+
+
+def _check_shape(spec: TensorSpec, shape: tuple[int, ...], auto_batch: bool) -> None:
+    if any(dim < 0 for dim in shape):
+        raise InvalidArgument(f"Invalid input shape - negative dimension in {format_shape(shape)}")
+    if math.prod(shape) > MAX_ELEMENTS:
+        raise InvalidArgument(f"Invalid input shape - {format_shape(shape)} exceeds {MAX_ELEMENTS} elements")
+    if spec.auto_shape:
+        return
+    expected = spec.shape
+    if len(shape) != len(expected):
+        raise InvalidArgument(
+            f"Invalid number of shape dimensions - Expected: {format_shape(expected)}; Actual: {format_shape(shape)}"
+        )
+    if expected and not auto_batch and expected[0] not in (DYNAMIC, shape[0]):
+        raise InvalidArgument(f"Invalid input batch size - Expected: {expected[0]}; Actual: {shape[0]}")
+    if any(want not in (DYNAMIC, got) for want, got in zip(expected[1:], shape[1:], strict=False)):
+        raise InvalidArgument(
+            f"Invalid input shape - Expected: {format_shape(expected)}; Actual: {format_shape(shape)}"
+        )
+
+
+def _to_array(spec: TensorSpec, tensor: RequestTensor) -> np.ndarray:
+    dtype = dtypes.by_name(spec.precision).numpy
+    count = math.prod(tensor.shape)
+    if tensor.content is not None:
+        expected_bytes = count * dtype.itemsize
+        if len(tensor.content) != expected_bytes:
+            raise InvalidArgument(
+                "Invalid content size of tensor proto - "
+                f"Expected: {expected_bytes} bytes; Actual: {len(tensor.content)} bytes"
+            )
+        return np.frombuffer(tensor.content, dtype=dtype).reshape(tensor.shape)
+    values = tensor.values
+    if values is None or values.size != count:
+        actual = 0 if values is None else values.size
+        raise InvalidArgument(
+            "Invalid content size of tensor proto - "
+            f"Expected: {count * dtype.itemsize} bytes; Actual: {actual * dtype.itemsize} bytes"
+        )
+    return _cast(values, dtype, spec).reshape(tensor.shape)
+
+
+def _cast(values: np.ndarray, dtype: np.dtype, spec: TensorSpec) -> np.ndarray:
+    if values.dtype == dtype:
+        return values
+    if values.dtype.kind not in "biuf":
+        raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: non-numeric values")
+    if dtype.kind in "iub" and values.dtype.kind == "f" and not np.array_equal(values, np.trunc(values)):
+        raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: fractional values")
+    if spec.precision == "BF16":
+        return dtypes.float_to_bf16_bits(values)
+    with np.errstate(all="ignore"):
+        return values.astype(dtype)

@@ -1,0 +1,33 @@
+"""The one Celery app and all of its configuration."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+app = Celery("ovms", include=["tasks.predict"])
+
+app.conf.update(
+    # Never pickle: task messages are JSON (metadata only, tensors travel by claim check),
+    # results are msgpack so output tensors stay raw bytes.
+    task_serializer="json",
+    result_serializer="msgpack",
+    accept_content=["json", "msgpack"],
+    result_accept_content=["json", "msgpack"],
+    event_serializer="json",
+    task_create_missing_queues=True,
+    worker_prefetch_multiplier=1,
+    worker_hijack_root_logger=False,
+    worker_redirect_stdouts=False,
+    broker_connection_retry_on_startup=True,
+    broker_transport_options={"socket_keepalive": True},
+    result_backend_transport_options={"socket_keepalive": True},
+    task_track_started=False,
+    result_expires=3600,
+)
+
+
+def configure(broker_url: str, result_backend_url: str | None = None) -> Celery:
+    """Point the app at Redis; sync replies use our reply-list backend on the result Redis."""
+    app.conf.broker_url = broker_url
+    app.conf.result_backend = f"tasks.backend:ReplyBackend+{result_backend_url or broker_url}"
+    return app

@@ -1,0 +1,34 @@
+"""A Celery result backend that hands synchronous results straight to the waiting api process.
+
+A predict task carries `reply_to` = that api process's reply list; its result meta is pushed there
+in one pipelined round trip (LPUSH + EXPIRE, and the claim-check payload deleted), and the api's one
+listener routes it to the waiting requests. Tasks without such a reply_to (async jobs) are stored
+the standard Redis-backend way, so AsyncResult, groups and Flower work as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.backends.redis import RedisBackend
+
+from tasks.routing import REPLY_PREFIX, payload_key
+
+REPLY_TTL_S = 60  # a reply list outlives its api process by at most this long
+
+
+class ReplyBackend(RedisBackend):
+    def _store_result(
+        self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
+    ) -> Any:
+        reply_to = getattr(request, "reply_to", None)
+        if not reply_to or not str(reply_to).startswith(REPLY_PREFIX):
+            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = task_id
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.lpush(reply_to, self.encode(meta))
+            pipe.expire(reply_to, REPLY_TTL_S)
+            pipe.delete(payload_key(task_id))
+            pipe.execute()
+        return result

@@ -1,0 +1,92 @@
+"""Task messages: JSON metadata in the Celery message, raw tensor bytes beside it (claim check).
+
+Celery's Redis transport wraps every body in base64 inside JSON; a 600 KB image costs tens of
+milliseconds that way. So the message carries only names, types, shapes and offsets, and the
+tensors of all its requests travel as one raw byte string under `payload_key(task_id)`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from inference import dtypes
+from inference.errors import ServingError
+from inference.request import InferenceRequest, Tensors
+
+TensorMeta = list[Any]  # [name, precision, shape, offset, nbytes]
+
+
+def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[dict[str, Any], bytes]:
+    """One envelope (JSON-able) and one payload for requests of the same model version."""
+    chunks: list[bytes] = []
+    offset = 0
+    entries = []
+    for request in requests:
+        metas = []
+        for name, array in request.inputs.items():
+            data = np.ascontiguousarray(array).tobytes()
+            metas.append([name, precisions[name], list(array.shape), offset, len(data)])
+            chunks.append(data)
+            offset += len(data)
+        entries.append({"id": request.request_id, "inputs": metas, "outputs": request.output_filter})
+    first = requests[0]
+    envelope = {
+        "model": first.model,
+        "version": first.version,
+        "deadline": min(r.deadline for r in requests),
+        "requests": entries,
+    }
+    return envelope, b"".join(chunks)
+
+
+def unpack_requests(envelope: dict[str, Any], payload: bytes) -> list[InferenceRequest]:
+    view = memoryview(payload)
+    requests = []
+    for entry in envelope["requests"]:
+        inputs = {
+            name: _array(view, precision, shape, offset, nbytes)
+            for name, precision, shape, offset, nbytes in entry["inputs"]
+        }
+        requests.append(
+            InferenceRequest(
+                model=envelope["model"],
+                version=envelope["version"],
+                inputs=inputs,
+                output_filter=entry["outputs"],
+                deadline=envelope["deadline"],
+                request_id=entry["id"],
+            )
+        )
+    return requests
+
+
+def _array(view: memoryview, precision: str, shape: list[int], offset: int, nbytes: int) -> np.ndarray:
+    dtype = dtypes.by_name(precision).numpy
+    if nbytes != math.prod(shape) * dtype.itemsize or offset + nbytes > len(view):
+        raise ValueError("tensor metadata does not match the payload")
+    return np.frombuffer(view[offset : offset + nbytes], dtype=dtype).reshape(shape)
+
+
+def pack_outputs(outputs: Tensors, precisions: dict[str, str]) -> dict[str, Any]:
+    return {
+        "outputs": [
+            [name, precisions[name], list(a.shape), np.ascontiguousarray(a).tobytes()] for name, a in outputs.items()
+        ]
+    }
+
+
+def pack_error(error: ServingError) -> dict[str, Any]:
+    return {"error": error.to_wire()}
+
+
+def unpack_result(entry: dict[str, Any]) -> Tensors:
+    """A request's outputs from a reply; raises the ServingError the worker reported."""
+    if "error" in entry:
+        raise ServingError.from_wire(entry["error"])
+    return {
+        name: np.frombuffer(data, dtype=dtypes.by_name(precision).numpy).reshape(shape)
+        for name, precision, shape, data in entry["outputs"]
+    }

@@ -1,0 +1,16 @@
+"""The Celery task that runs predict messages on a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task
+
+from tasks import runtime
+from tasks.app import app
+
+
+@app.task(name="ovms.predict", bind=True)
+def predict(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
+    """Run one message of predict requests for one model version; see tasks.messages for its shape."""
+    return runtime.current().serve(self.request.id, envelope)

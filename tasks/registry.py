@@ -1,0 +1,207 @@
+"""What workers publish about themselves, and the api's merged view of it.
+
+Each worker keeps `ovms:worker:<id>` alive (a JSON snapshot with a short expiry, refreshed every
+second) listing its device and, per model, the queue it consumes and every version's state and
+signature. Workers also record each model in the persistent `ovms:catalog` hash, so that the api can
+tell a model whose workers are all gone (UNAVAILABLE) from one that never existed (NOT_FOUND).
+The api process reads only this: it holds no model files and runs no OpenVINO.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from inference.errors import (
+    MODEL_NOT_FOUND,
+    NO_LIVE_WORKER,
+    VERSION_NOT_FOUND,
+    VERSION_NOT_LOADED,
+    VERSION_RETIRED,
+    NotFound,
+    Unavailable,
+)
+from inference.signature import ModelSignature
+from tasks.routing import CATALOG_KEY, WORKER_PREFIX, worker_key
+
+log = logging.getLogger("serving")
+
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TTL_S = 3
+_STATE_RANK = {"AVAILABLE": 5, "LOADING": 4, "START": 3, "UNLOADING": 2, "END": 1, "UNKNOWN": 0}
+
+
+class WorkerPublisher:
+    """Worker side: a heartbeat thread that publishes this worker's models and their states."""
+
+    def __init__(
+        self, client: redis.Redis, worker_id: str, device: str, queues: dict[str, str], snapshot: Callable[[], dict]
+    ) -> None:
+        self._client = client
+        self._key = worker_key(worker_id)
+        self._worker_id = worker_id
+        self._device = device
+        self._queues = queues
+        self._snapshot = snapshot
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ovms-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.publish()
+        self._thread.start()
+
+    def publish(self) -> None:
+        models = {
+            name: {"queue": self._queues[name], "versions": versions} for name, versions in self._snapshot().items()
+        }
+        document = {"id": self._worker_id, "device": self._device, "models": models, "time": time.time()}
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(self._key, json.dumps(document), ex=HEARTBEAT_TTL_S)
+            for name, model in models.items():
+                pipe.hset(
+                    CATALOG_KEY, name, json.dumps({"device": self._device, "versions": sorted(model["versions"])})
+                )
+            pipe.execute()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
+        try:
+            self._client.delete(self._key)
+        except redis.RedisError as exc:
+            log.warning("Could not withdraw worker registration: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+            try:
+                self.publish()
+            except redis.RedisError as exc:
+                log.warning("Heartbeat failed: %s", exc)
+
+
+@dataclass(frozen=True)
+class VersionView:
+    state: str
+    error_code: str
+    error_message: str
+    signature: ModelSignature | None = None
+    queue: str | None = None  # set when a live worker serves this version
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a predict for a model version goes."""
+
+    model: str
+    version: int
+    signature: ModelSignature
+    queue: str
+
+
+class RegistryView:
+    """Api side: the merged state of every live worker, refreshed in the background."""
+
+    def __init__(self, client: redis.Redis, refresh_interval_s: float = 0.5) -> None:
+        self._client = client
+        self._interval = refresh_interval_s
+        self._models: dict[str, dict[int, VersionView]] = {}
+        self._last_refresh = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ovms-registry", daemon=True)
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def refresh(self) -> None:
+        """Read every live worker's snapshot and the catalog, and rebuild the view."""
+        keys = list(self._client.scan_iter(match=f"{WORKER_PREFIX}*", count=1000))
+        documents = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
+        catalog = {name.decode(): json.loads(raw) for name, raw in self._client.hgetall(CATALOG_KEY).items()}
+        models = _merge(documents, catalog)
+        with self._lock:
+            self._models = models
+            self._last_refresh = time.monotonic()
+
+    def versions(self, name: str) -> dict[int, VersionView]:
+        versions = self._lookup(name)
+        if versions is None:
+            raise NotFound(MODEL_NOT_FOUND)
+        return versions
+
+    def resolve(self, name: str, version: int | None) -> Target:
+        """The version to serve (None or 0 = the highest AVAILABLE one) and where to send it."""
+        versions = self.versions(name)
+        if not version:
+            live = [v for v, view in versions.items() if view.state == "AVAILABLE"]
+            if not live:
+                if any(view.state in ("START", "LOADING") for view in versions.values()):
+                    raise NotFound(VERSION_NOT_LOADED)
+                raise Unavailable(NO_LIVE_WORKER)
+            version = max(live)
+        view = versions.get(version)
+        if view is None:
+            raise NotFound(VERSION_NOT_FOUND)
+        if view.state in ("START", "LOADING"):
+            raise NotFound(VERSION_NOT_LOADED)
+        if view.state in ("UNLOADING", "END"):
+            raise NotFound(VERSION_RETIRED)
+        if view.state != "AVAILABLE" or view.signature is None or view.queue is None:
+            raise Unavailable(NO_LIVE_WORKER)
+        return Target(name, version, view.signature, view.queue)
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def _lookup(self, name: str) -> dict[int, VersionView] | None:
+        with self._lock:
+            versions = self._models.get(name)
+            stale = time.monotonic() - self._last_refresh > 0.1
+        if (versions is None or not any(v.state == "AVAILABLE" for v in versions.values())) and stale:
+            self.refresh()  # a miss may be news the background refresh has not seen yet
+            with self._lock:
+                versions = self._models.get(name)
+        return versions
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.refresh()
+            except (redis.RedisError, ValueError) as exc:
+                log.warning("Could not refresh the model registry: %s", exc)
+
+
+def _merge(documents: list[dict[str, Any]], catalog: dict[str, Any]) -> dict[str, dict[int, VersionView]]:
+    """Per model and version, the best state any live worker reports; catalog-only versions are UNKNOWN."""
+    models: dict[str, dict[int, VersionView]] = {}
+    for name, entry in catalog.items():
+        models[name] = {
+            int(v): VersionView("UNKNOWN", "UNAVAILABLE", NO_LIVE_WORKER) for v in entry.get("versions", [])
+        }
+    for document in documents:
+        for name, model in document.get("models", {}).items():
+            versions = models.setdefault(name, {})
+            for version_text, status in model["versions"].items():
+                version = int(version_text)
+                current = versions.get(version)
+                if current is not None and _STATE_RANK[current.state] >= _STATE_RANK[status["state"]]:
+                    continue
+                signature = ModelSignature.from_dict(status["signature"]) if "signature" in status else None
+                queue = model["queue"] if status["state"] == "AVAILABLE" else None
+                versions[version] = VersionView(
+                    status["state"], status["error_code"], status["error_message"], signature, queue
+                )
+    return models

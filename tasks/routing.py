@@ -1,0 +1,32 @@
+"""Where things live in Redis: queue names per device and model, and the keys we own."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "ovms"
+REPLY_PREFIX = f"{PREFIX}:reply:"
+WORKER_PREFIX = f"{PREFIX}:worker:"
+CATALOG_KEY = f"{PREFIX}:catalog"
+
+
+def queue_for(device: str, model: str) -> str:
+    """Each model has its own queue on its device, so workers of that device share its load."""
+    return f"{PREFIX}.{_safe(device)}.{_safe(model)}"
+
+
+def payload_key(task_id: str) -> str:
+    """The claim-check key holding a task's raw tensor bytes."""
+    return f"{PREFIX}:in:{task_id}"
+
+
+def reply_key(api_id: str) -> str:
+    return f"{REPLY_PREFIX}{api_id}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{WORKER_PREFIX}{worker_id}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", text)

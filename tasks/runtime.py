@@ -1,0 +1,96 @@
+"""Worker side of a predict message: fetch the tensors, validate late, infer, build the reply."""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import redis
+
+from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, InvalidArgument, NotFound, ServingError
+from inference.manager import ModelManager
+from inference.model import CompiledVersion
+from inference.request import InferenceRequest, Tensors
+from inference.validation import RequestTensor, validate_inputs
+from tasks.messages import pack_error, pack_outputs, unpack_requests
+from tasks.routing import payload_key
+
+log = logging.getLogger("serving")
+
+_current: WorkerRuntime | None = None
+
+
+def install(runtime: WorkerRuntime) -> None:
+    global _current
+    _current = runtime
+
+
+def current() -> WorkerRuntime:
+    if _current is None:
+        raise RuntimeError("this process is not an ovms worker")
+    return _current
+
+
+class WorkerRuntime:
+    def __init__(self, manager: ModelManager, store: redis.Redis, worker_id: str) -> None:
+        self._manager = manager
+        self._store = store
+        self.worker_id = worker_id
+
+    def serve(self, task_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
+        """Run every request of one message; each gets its own outputs or its own error."""
+        ids = [entry["id"] for entry in envelope["requests"]]
+        try:
+            requests = self._requests(task_id, envelope)
+            compiled = self._manager.get(envelope["model"], envelope["version"])
+            if compiled is None:
+                raise NotFound(VERSION_RETIRED)
+        except ServingError as error:
+            return self._reply({request_id: pack_error(error) for request_id in ids})
+        started = [(request, self._start(compiled, request)) for request in requests]
+        return self._reply({request.request_id: self._finish(compiled, request, future) for request, future in started})
+
+    def _reply(self, results: dict[str, Any]) -> dict[str, Any]:
+        return {"worker": self.worker_id, "results": results}
+
+    def _requests(self, task_id: str, envelope: dict[str, Any]) -> list[InferenceRequest]:
+        if time.time() > envelope["deadline"]:
+            raise DeadlineExceeded("Deadline exceeded before the request reached a worker")
+        payload = self._store.get(payload_key(task_id))
+        if payload is None:
+            raise DeadlineExceeded("The request's tensors expired before a worker could run it")
+        try:
+            return unpack_requests(envelope, payload)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise InvalidArgument(f"Malformed predict message: {exc}") from None
+
+    def _start(self, compiled: CompiledVersion, request: InferenceRequest) -> Future[Tensors]:
+        try:
+            tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
+            return compiled.infer_async(validate_inputs(compiled.signature, tensors))
+        except ServingError as error:
+            return _failed(error)
+
+    def _finish(self, compiled: CompiledVersion, request: InferenceRequest, future: Future[Tensors]) -> dict[str, Any]:
+        try:
+            outputs = future.result(timeout=max(request.deadline - time.time(), 0) + 1.0)
+        except ServingError as error:
+            return pack_error(error)
+        except FutureTimeout:
+            return pack_error(DeadlineExceeded("Deadline exceeded during inference"))
+        except Exception as exc:  # an inference failure must fail this request, never the worker
+            log.exception("Inference failed for %s version %d", request.model, request.version)
+            return pack_error(Internal(f"Inference failed: {exc}"))
+        if request.output_filter:
+            outputs = {name: outputs[name] for name in request.output_filter if name in outputs}
+        precisions = {name: spec.precision for name, spec in compiled.signature.outputs.items()}
+        return pack_outputs(outputs, precisions)
+
+
+def _failed(error: ServingError) -> Future[Tensors]:
+    future: Future[Tensors] = Future()
+    future.set_exception(error)
+    return future
