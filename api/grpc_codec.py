@@ -6,6 +6,7 @@ import numpy as np
 
 from api.protos import tensorflow_pb2
 from inference import dtypes
+from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
 
@@ -21,10 +22,15 @@ def tensor_from_proto(proto: tensorflow_pb2.TensorProto) -> RequestTensor:
     if proto.tensor_content:
         return RequestTensor(precision.name, shape, content=proto.tensor_content)
     values = getattr(proto, precision.proto_field)
-    if precision.name == "FP16":
-        array = np.array(values, dtype=np.uint16).view(np.float16)
-    else:
-        array = np.array(values, dtype=precision.numpy)
+    try:
+        if precision.name == "FP16":
+            array = np.array(values, dtype=np.uint16).view(np.float16)
+        else:
+            array = np.array(values, dtype=precision.numpy)
+    except OverflowError:  # e.g. 300 in int_val of a DT_UINT8 tensor: the client's fault, not INTERNAL
+        raise InvalidArgument(
+            f"Invalid tensor proto - {precision.proto_field} holds values out of range for {precision.name}"
+        ) from None
     return RequestTensor(precision.name, shape, values=array)
 
 

@@ -22,6 +22,7 @@ log = logging.getLogger("serving")
 # /v1/models/{name}[/versions/{version}][/metadata | :predict]
 _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict)?$")
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
+MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
 
 
@@ -150,6 +151,6 @@ def _timeout() -> float | None:
         seconds = float(text)
     except ValueError:
         raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}") from None
-    if not seconds > 0:
+    if not 0 < seconds <= MAX_TIMEOUT_S:
         raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}")
     return seconds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +48,15 @@ class CompiledVersion:
         self._queue = ov.AsyncInferQueue(self._compiled, self.nireq)
         self._queue.set_callback(self._on_done)
         self._input_index = {port.alias: index for index, port in enumerate(self._inputs)}
+        self._submit_lock = threading.Lock()  # AsyncInferQueue hands out idle requests unsafely across threads
 
     def infer_async(self, inputs: Tensors) -> Future[Tensors]:
         """Start one inference; blocks only while every infer request is busy."""
         future: Future[Tensors] = Future()
         tensors = {self._input_index[name]: self._to_ov(name, array) for name, array in inputs.items()}
         try:
-            self._queue.start_async(tensors, future)
+            with self._submit_lock:
+                self._queue.start_async(tensors, future)
         except RuntimeError as exc:
             future.set_exception(_inference_error(self.signature, exc))
         return future

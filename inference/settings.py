@@ -83,6 +83,7 @@ class ServerSettings:
 _MODEL_FLAGS = ("batch_size", "shape", "model_version_policy", "nireq", "target_device", "plugin_config")
 _CONFIG_KEYS = {"name", "base_path", *_MODEL_FLAGS}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_MAX_REQUEST_TIMEOUT_S = 1e6
 
 
 class _Parser(argparse.ArgumentParser):
@@ -181,8 +182,9 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive number")
-    if args.request_timeout_s is not None and args.request_timeout_s <= 0:
-        raise UsageError("request_timeout_s must be a positive number")
+    if args.request_timeout_s is not None and not 0 < args.request_timeout_s <= _MAX_REQUEST_TIMEOUT_S:
+        # nan and inf parse as floats; they (and huge values) overflow the Redis expiry of each request's tensors
+        raise UsageError(f"request_timeout_s must be a positive number of seconds up to {_MAX_REQUEST_TIMEOUT_S:.0f}")
     if args.file_system_poll_wait_seconds is not None and args.file_system_poll_wait_seconds < 0:
         raise UsageError("file_system_poll_wait_seconds must not be negative")
     if args.log_level and args.log_level.upper() not in _LOG_LEVELS:

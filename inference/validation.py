@@ -98,5 +98,9 @@ def _cast(values: np.ndarray, dtype: np.dtype, spec: TensorSpec) -> np.ndarray:
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: fractional values")
     if spec.precision == "BF16":
         return dtypes.float_to_bf16_bits(values)
+    if dtype.kind in "iu" and values.size:  # astype would wrap silently: 300 as U8 becomes 44
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: values out of range")
     with np.errstate(all="ignore"):
         return values.astype(dtype)

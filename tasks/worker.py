@@ -7,6 +7,7 @@ import os
 import socket
 
 import redis
+from celery.signals import worker_ready
 
 from inference.manager import ModelManager
 from inference.settings import ServerSettings
@@ -36,10 +37,12 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
     manager.reconcile()
     publisher.publish()
     runtime.install(runtime.WorkerRuntime(manager, store, worker_id))
+    worker_ready.connect(lambda **_: log.info("Worker %s is ready", worker_id), weak=False)
     log.info("Worker %s serves %s on %s", worker_id, ", ".join(queues), device)
     try:
         app.worker_main(
             [
+                "--quiet",
                 "worker",
                 "--pool=threads",
                 f"--concurrency={settings.worker_concurrency}",

@@ -1,0 +1,54 @@
+# The two commands a new user needs: `make run` and `make test`. Everything else is setup they call.
+PYTHON ?= python3
+VENV := .venv
+TFS_VENV := .venv-tfs
+BIN := $(VENV)/bin
+MODELS := models
+GRPC_PORT ?= 9178
+REST_PORT ?= 8000
+
+.PHONY: run test venv models tfs-client lint protos test_perf clean
+
+run: venv models
+	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT)
+
+test: venv models tfs-client
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[test,models,dev]"
+	touch $@
+
+models: venv
+	$(BIN)/python ops/build_models.py --output $(MODELS)
+
+# The official TensorFlow Serving client needs full TensorFlow: test-only, in a venv of its own.
+tfs-client: $(TFS_VENV)/.installed
+
+$(TFS_VENV)/.installed:
+	test -x $(TFS_VENV)/bin/python || $(PYTHON) -m venv $(TFS_VENV)
+	$(TFS_VENV)/bin/pip install -q --upgrade pip
+	$(TFS_VENV)/bin/pip install -q tensorflow-serving-api
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+
+protos: venv
+	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
+		api/protos/tensorflow.proto api/protos/serving.proto
+	rm -f api/protos/tensorflow_pb2_grpc.py
+
+# The seed's latency client against a running server (start it with `make run`).
+test_perf: venv models
+	$(BIN)/python tests/performance/grpc_latency.py --images_numpy_path $(MODELS)/data/imgs.npy \
+		--labels_numpy_path $(MODELS)/data/labels.npy --grpc_port $(GRPC_PORT) --model_name digits \
+		--input_name x --output_name probabilities --iterations 1000 --batchsize 1 --report_every 100
+
+clean:
+	rm -rf $(VENV) $(TFS_VENV) $(MODELS)

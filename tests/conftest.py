@@ -1,0 +1,59 @@
+"""Shared fixtures: example models, a real Redis, and real `ovms` processes started per test session."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tasks.broker import EmbeddedRedis
+from tests.support.stack import REPO, OvmsProcess, start_ovms
+
+MODELS = REPO / "models"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The example models, built locally (cached) by the same script `make run` uses."""
+    subprocess.run([sys.executable, str(REPO / "ops" / "build_models.py"), "--output", str(MODELS)], check=True)
+    return MODELS
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A private Redis server for the session, on a free port."""
+    server = EmbeddedRedis()
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(models_dir: Path, redis_url: str) -> Iterator[OvmsProcess]:
+    """`ovms` serving every example model (all roles in one command) on the session's Redis."""
+    process = start_ovms(["--config_path", str(models_dir / "config.json"), "--broker_url", redis_url], rest=True)
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def small_config(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config with the quick-loading models only, for stacks a test module starts and breaks."""
+    config = {
+        "model_config_list": [
+            {
+                "config": {
+                    "name": "versioned",
+                    "base_path": str(models_dir / "versioned"),
+                    "model_version_policy": {"all": {}},
+                }
+            },
+            {"config": {"name": "resnet", "base_path": str(models_dir / "resnet")}},
+        ]
+    }
+    path = tmp_path_factory.mktemp("config") / "config.json"
+    path.write_text(json.dumps(config))
+    return path

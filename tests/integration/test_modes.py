@@ -1,0 +1,105 @@
+"""Single-model flags, version policies, shape settings and logging, each through a real `ovms`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from ovmsclient import make_grpc_client
+
+from tests.support.stack import OvmsProcess, start_ovms
+
+
+@pytest.fixture
+def start(redis_url: str) -> Iterator:
+    """Start `ovms` with extra flags on the session's Redis; stopped after the test."""
+    started: list[OvmsProcess] = []
+
+    def _start(*args: str) -> OvmsProcess:
+        process = start_ovms([*args, "--broker_url", redis_url])
+        started.append(process)
+        return process
+
+    yield _start
+    for process in started:
+        process.stop()
+
+
+def _states(process: OvmsProcess, model: str) -> dict[str, str]:
+    reply = requests.get(f"{process.rest_url}/v1/models/{model}", timeout=10)
+    assert reply.status_code == 200, reply.text
+    return {entry["version"]: entry["state"] for entry in reply.json()["model_version_status"]}
+
+
+def test_single_model_mode_serves_digits(start, models_dir: Path):
+    process = start("--model_name", "digits1", "--model_path", str(models_dir / "digits"))
+    images = np.load(models_dir / "data" / "imgs.npy")[:50]
+    labels = np.load(models_dir / "data" / "labels.npy")[:50]
+    outputs = make_grpc_client(process.grpc_address).predict({"x": images}, "digits1")
+    assert (outputs.argmax(axis=1) == labels).mean() >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (None, {"2": "AVAILABLE"}),  # the seed's default: latest 1
+        ('{"latest": {"num_versions": 2}}', {"1": "AVAILABLE", "2": "AVAILABLE"}),
+        ('{"specific": {"versions": [1]}}', {"1": "AVAILABLE"}),
+        ('{"all": {}}', {"1": "AVAILABLE", "2": "AVAILABLE"}),
+    ],
+)
+def test_version_policies(start, models_dir: Path, policy: str | None, expected: dict[str, str]):
+    name = f"policy{len(expected)}{'x' if policy is None else abs(hash(policy)) % 1000}"
+    flags = ["--model_name", name, "--model_path", str(models_dir / "versioned")]
+    if policy:
+        flags += ["--model_version_policy", policy]
+    process = start(*flags)
+    assert _states(process, name) == expected
+    default = max(int(v) for v in expected)
+    want = np.full((1, 4), 6.0 if default == 2 else 4.0)  # v1 computes x + 1, v2 computes x * 2
+    outputs = make_grpc_client(process.grpc_address).predict({"x": np.full((1, 4), 3, np.float32)}, name)
+    np.testing.assert_array_equal(outputs, want)
+    reply = requests.post(
+        f"{process.rest_url}/v1/models/{name}:predict", json={"instances": [[3, 3, 3, 3]]}, timeout=10
+    )
+    assert reply.json()["predictions"] == want.tolist()
+
+
+def test_batch_size_auto_serves_any_batch(start, models_dir: Path):
+    process = start("--model_name", "resnet_any", "--model_path", str(models_dir / "resnet"), "--batch_size", "auto")
+    images = np.random.default_rng(3).random((3, 3, 224, 224), dtype=np.float32)
+    outputs = make_grpc_client(process.grpc_address).predict({"data": images}, "resnet_any")
+    assert outputs.shape == (3, 1000)
+    np.testing.assert_allclose(outputs.sum(axis=1), 1.0, rtol=1e-2)
+
+
+def test_fixed_batch_size_rejects_other_batches(start, models_dir: Path):
+    process = start("--model_name", "digits4", "--model_path", str(models_dir / "digits"), "--batch_size", "4")
+    reply = requests.post(
+        f"{process.rest_url}/v1/models/digits4:predict", json={"instances": [[0.0] * 64] * 2}, timeout=10
+    )
+    assert reply.status_code == 400
+    assert reply.json() == {"error": "Invalid input batch size - Expected: 4; Actual: 2"}
+
+
+def test_logs_use_the_seed_format_and_log_path(start, models_dir: Path, tmp_path: Path):
+    log_file = tmp_path / "ovms.log"
+    process = start(
+        "--model_name",
+        "digits_log",
+        "--model_path",
+        str(models_dir / "digits"),
+        "--log_level",
+        "DEBUG",
+        "--log_path",
+        str(log_file),
+    )
+    line = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] \[serving\] \[(debug|info|warning|error)\] .+")
+    text = log_file.read_text()
+    assert f"Server started on port {process.grpc_port}" in text
+    assert f"Started REST server at localhost:{process.rest_port}" in text
+    assert all(line.match(entry) for entry in text.splitlines() if entry.startswith("[")), text

@@ -1,0 +1,81 @@
+"""Start and stop real `ovms` processes for tests, and wait for the seed's readiness log lines."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tasks.broker import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+GRPC_READY = "Server started on port"
+REST_READY = "Started REST server at"
+
+
+class OvmsProcess:
+    """A running `ovms` command with its ports and log file."""
+
+    def __init__(self, command: list[str], grpc_port: int, rest_port: int, wait_for: list[str]) -> None:
+        self.grpc_port = grpc_port
+        self.rest_port = rest_port
+        self.grpc_address = f"localhost:{grpc_port}"
+        self.rest_url = f"http://localhost:{rest_port}"
+        self.log_path = Path(tempfile.mkstemp(prefix="ovms-test-", suffix=".log")[1])
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process' lifetime
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
+        )
+        self.wait_for_log(*wait_for)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, *lines: str, timeout_s: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log()
+            if all(line in text for line in lines):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ovms exited with {self.process.returncode}:\n{text[-4000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"ovms did not log {lines} within {timeout_s} s:\n{self.log()[-4000:]}")
+
+    def signal(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then SIGKILL the whole process group if it does not exit in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def ovms_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "api.main", *args]
+
+
+def start_ovms(args: list[str], rest: bool = True, role: str | None = None) -> OvmsProcess:
+    """Start `ovms [role] args` on free ports and wait until it is ready."""
+    grpc_port = free_port()
+    rest_port = free_port() if rest else 0
+    command = ovms_command(*([role] if role else []), *args, "--port", str(grpc_port))
+    wait_for = [GRPC_READY] if role != "worker" else ["is ready"]
+    if rest and role != "worker":
+        command += ["--rest_port", str(rest_port)]
+        wait_for.append(REST_READY)
+    if role == "worker":
+        command = ovms_command("worker", *args)
+    return OvmsProcess(command, grpc_port, rest_port, wait_for)
