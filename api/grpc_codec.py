@@ -27,10 +27,12 @@ def tensor_from_proto(proto: tensorflow_pb2.TensorProto) -> RequestTensor:
             array = np.array(values, dtype=np.uint16).view(np.float16)
         else:
             array = np.array(values, dtype=precision.numpy)
-    except OverflowError:  # e.g. 300 in int_val of a DT_UINT8 tensor: the client's fault, not INTERNAL
-        raise InvalidArgument(
-            f"Invalid tensor proto - {precision.proto_field} holds values out of range for {precision.name}"
-        ) from None
+    except OverflowError:  # e.g. 300 in the int_val of a DT_UINT8 tensor: the client's fault, not INTERNAL
+        if precision.proto_field != "int_val":  # half_val holds 16-bit patterns: nothing to validate later
+            raise InvalidArgument(
+                f"Invalid tensor proto - {precision.proto_field} holds values out of range for {precision.name}"
+            ) from None
+        array = np.array(values, dtype=np.int64)  # validation rejects the range, after checking precision and shape
     return RequestTensor(precision.name, shape, values=array)
 
 

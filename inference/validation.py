@@ -94,10 +94,10 @@ def _cast(values: np.ndarray, dtype: np.dtype, spec: TensorSpec) -> np.ndarray:
         return values
     if values.dtype.kind not in "biuf":
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: non-numeric values")
+    if spec.precision == "BF16":  # stored as uint16 bit patterns, but a float type: before the integer checks
+        return dtypes.float_to_bf16_bits(values)
     if dtype.kind in "iub" and values.dtype.kind == "f" and not np.array_equal(values, np.trunc(values)):
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: fractional values")
-    if spec.precision == "BF16":
-        return dtypes.float_to_bf16_bits(values)
     if dtype.kind in "iu" and values.size:  # astype would wrap silently: 300 as U8 becomes 44
         info = np.iinfo(dtype)
         if values.min() < info.min or values.max() > info.max:

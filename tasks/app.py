@@ -19,7 +19,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_redirect_stdouts=False,
     broker_connection_retry_on_startup=True,
-    broker_transport_options={"socket_keepalive": True},
+    # A predict's deadline is seconds, kombu's redelivery of unacked messages takes the visibility
+    # timeout (an hour): its per-message bookkeeping (two Redis round trips) buys nothing here.
+    broker_transport_options={"socket_keepalive": True, "ack_emulation": False},
     result_backend_transport_options={"socket_keepalive": True},
     task_track_started=False,
     result_expires=3600,

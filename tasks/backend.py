@@ -18,6 +18,10 @@ REPLY_TTL_S = 60  # a reply list outlives its api process by at most this long
 
 
 class ReplyBackend(RedisBackend):
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        """No pub/sub subscription per published task: replies arrive on the api's reply list, and
+        async jobs are polled by key."""
+
     def _store_result(
         self, task_id: str, result: Any, state: str, traceback: Any = None, request: Any = None, **kwargs: Any
     ) -> Any:

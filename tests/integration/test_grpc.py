@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 import ovmsclient
 import pytest
+from ovmsclient.tfs_compat.grpc.serving_client import GrpcClient
 from ovmsclient.tfs_compat.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -51,7 +52,7 @@ class Stubs:
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def client(server) -> GrpcClient:
     return ovmsclient.make_grpc_client(server.grpc_address)
 
 
@@ -144,7 +145,9 @@ def resnet_image(seed: int = 0, shape: tuple[int, ...] = RESNET_SHAPE) -> np.nda
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
-def metadata_request(model: str, fields: list[str], version: int | None = None):
+def metadata_request(
+    model: str, fields: list[str], version: int | None = None
+) -> get_model_metadata_pb2.GetModelMetadataRequest:
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=fields)
     request.model_spec.name = model
     if version is not None:
@@ -232,10 +235,27 @@ def test_every_element_type_passes_through(stubs: Stubs, encode) -> None:
         np.testing.assert_array_equal(received, sent, err_msg=name)
 
 
-def test_typed_values_out_of_range(stubs: Stubs) -> None:
+@pytest.mark.parametrize(
+    ("name", "tensor", "message"),
+    [
+        ("u8", raw_tensor(types_pb2.DT_UINT8, (2, 2), int_val=[300, 0, 1, 2]), "Actual: values out of range"),
+        ("i8", raw_tensor(types_pb2.DT_INT8, (2, 2), int_val=[0, -129, 1, 2]), "Actual: values out of range"),
+        # the precision check comes first, whatever the values
+        ("u8", raw_tensor(types_pb2.DT_INT16, (2, 2), int_val=[300, 0, 1, 2]), "Actual: I16"),
+    ],
+)
+def test_typed_values_out_of_range(stubs: Stubs, name: str, tensor: tensor_pb2.TensorProto, message: str) -> None:
+    """int_val is 32-bit: values that do not fit the tensor's type are rejected, not wrapped (300 is no 44)."""
     inputs = {name: typed_tensor(extremes(dtype)) for name, dtype in TYPES_MODEL_INPUTS.items()}
-    inputs["u8"] = raw_tensor(types_pb2.DT_UINT8, (2, 2), int_val=[300, 0, 1, 2])
-    message = "Invalid tensor proto - int_val holds values out of range for U8"
+    inputs[name] = tensor
+    expected = f"Invalid input precision - Expected: {name.upper()}; {message}"
+    assert_rpc_error(stubs.prediction.Predict, predict_request("types", inputs), INVALID, expected)
+
+
+def test_half_val_out_of_range(stubs: Stubs) -> None:
+    inputs = {name: typed_tensor(extremes(dtype)) for name, dtype in TYPES_MODEL_INPUTS.items()}
+    inputs["f16"] = raw_tensor(types_pb2.DT_HALF, (2, 2), half_val=[70000, 0, 0, 0])
+    message = "Invalid tensor proto - half_val holds values out of range for FP16"
     assert_rpc_error(stubs.prediction.Predict, predict_request("types", inputs), INVALID, message)
 
 

@@ -30,8 +30,7 @@ def digits_batch(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="module")
 def answers(server, digits_batch: tuple[Path, np.ndarray]) -> list[dict[str, Any]]:
-    if not TFS_PYTHON.exists():
-        pytest.skip(f"{TFS_PYTHON} is missing: run `make tfs-client`")
+    assert TFS_PYTHON.exists(), f"{TFS_PYTHON} is missing: `make test` installs it (`make tfs-client`)"
     commands = [
         f"predict digits x {digits_batch[0]}",
         "status versioned",
@@ -68,9 +67,7 @@ def test_predict_digits(answers: list[dict[str, Any]], digits_batch: tuple[Path,
 
 def test_status(answers: list[dict[str, Any]]) -> None:
     assert answers[1] == {
-        "versions": [
-            {"version": v, "state": "AVAILABLE", "error_code": 0, "error_message": "OK"} for v in (1, 2)
-        ]
+        "versions": [{"version": v, "state": "AVAILABLE", "error_code": 0, "error_message": "OK"} for v in (1, 2)]
     }
 
 
