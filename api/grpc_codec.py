@@ -11,6 +11,7 @@ from inference.signature import ModelSignature
 from inference.validation import RequestTensor
 
 _STATE_CODES = {"OK": 0, "UNKNOWN": 2, "UNAVAILABLE": 14}
+_WIDE_TYPES = {"int_val": np.int64, "half_val": np.int64, "int64_val": np.int64, "uint32_val": np.uint64}
 
 
 def tensor_from_proto(proto: tensorflow_pb2.TensorProto) -> RequestTensor:
@@ -21,19 +22,16 @@ def tensor_from_proto(proto: tensorflow_pb2.TensorProto) -> RequestTensor:
         return RequestTensor(dtypes.tf_enum_name(proto.dtype), shape, content=proto.tensor_content)
     if proto.tensor_content:
         return RequestTensor(precision.name, shape, content=proto.tensor_content)
-    values = getattr(proto, precision.proto_field)
-    try:
-        if precision.name == "FP16":
-            array = np.array(values, dtype=np.uint16).view(np.float16)
-        else:
-            array = np.array(values, dtype=precision.numpy)
-    except OverflowError:  # e.g. 300 in the int_val of a DT_UINT8 tensor: the client's fault, not INTERNAL
-        if precision.proto_field != "int_val":  # half_val holds 16-bit patterns: nothing to validate later
-            raise InvalidArgument(
-                f"Invalid tensor proto - {precision.proto_field} holds values out of range for {precision.name}"
-            ) from None
-        array = np.array(values, dtype=np.int64)  # validation rejects the range, after checking precision and shape
-    return RequestTensor(precision.name, shape, values=array)
+    field = precision.proto_field
+    # Decode typed values into a wide type: validation then rejects values out of the input type's range
+    # (converting straight to e.g. uint8 would wrap or raise, depending on the protobuf runtime).
+    values = np.array(getattr(proto, field), dtype=_WIDE_TYPES.get(field, precision.numpy))
+    if field == "half_val":
+        if values.size and (values.min() < 0 or values.max() > 0xFFFF):
+            raise InvalidArgument(f"Invalid tensor proto - half_val holds values out of range for {precision.name}")
+        bits = values.astype(np.uint16)
+        values = bits.view(np.float16) if precision.name == "FP16" else bits
+    return RequestTensor(precision.name, shape, values=values)
 
 
 def tensor_to_proto(array: np.ndarray, precision_name: str) -> tensorflow_pb2.TensorProto:
