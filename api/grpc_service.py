@@ -62,7 +62,7 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         response.model_spec.signature_name = SIGNATURE_NAME
         for name, array in result.outputs.items():
             response.outputs[name].CopyFrom(tensor_to_proto(array, result.precisions[name]))
-        context.set_trailing_metadata((("ovms-worker", result.worker),))
+        context.set_trailing_metadata((("ovms-worker", result.worker), ("ovms-batch-size", str(result.batch_size))))
         return response
 
     @_serving_errors

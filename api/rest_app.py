@@ -24,6 +24,7 @@ _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
+BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
 
 
 def create_app(dataplane: DataPlane) -> Flask:
@@ -130,7 +131,8 @@ def _predict(dataplane: DataPlane, name: str, version: int | None) -> Response:
     resolved, signature = dataplane.model_metadata(name, version)
     inputs, form = parse_predict_body(body, signature)
     result = dataplane.predict(name, resolved, inputs, timeout_s=_timeout())
-    return _json(predict_response(result.outputs, result.precisions, form), headers={WORKER_HEADER: result.worker})
+    headers = {WORKER_HEADER: result.worker, BATCH_HEADER: str(result.batch_size)}
+    return _json(predict_response(result.outputs, result.precisions, form), headers=headers)
 
 
 def _json_body() -> Any:

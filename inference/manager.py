@@ -10,6 +10,7 @@ from typing import Any
 
 import openvino as ov
 
+from inference.batcher import DynamicBatcher
 from inference.errors import ServingError
 from inference.model import CompiledVersion
 from inference.repository import list_versions, select_versions
@@ -26,12 +27,12 @@ class VersionStatus:
     state: str
     error_code: str = "OK"
     error_message: str = "OK"
-    compiled: CompiledVersion | None = None
+    served: DynamicBatcher | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = {"state": self.state, "error_code": self.error_code, "error_message": self.error_message}
-        if self.compiled is not None:
-            data["signature"] = self.compiled.signature.to_dict()
+        if self.served is not None:
+            data["signature"] = self.served.compiled.signature.to_dict()
         return data
 
 
@@ -55,9 +56,10 @@ class ModelManager:
             changed |= self._reconcile_model(config)
         return changed
 
-    def get(self, name: str, version: int) -> CompiledVersion | None:
+    def get(self, name: str, version: int) -> DynamicBatcher | None:
+        """The batcher that runs an AVAILABLE version, or None."""
         status = self._versions.get(name, {}).get(version)
-        return status.compiled if status is not None and status.state == AVAILABLE else None
+        return status.served if status is not None and status.state == AVAILABLE else None
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every model's versions with state, error and signature, as published to the api."""
@@ -70,8 +72,8 @@ class ModelManager:
     def close(self) -> None:
         for versions in self._versions.values():
             for status in versions.values():
-                if status.compiled is not None:
-                    status.compiled.close()
+                if status.served is not None:
+                    status.served.close()
 
     def _reconcile_model(self, config: ModelConfig) -> bool:
         try:
@@ -101,13 +103,20 @@ class ModelManager:
             log.error("Model %s version %d failed to load: %s", config.name, version, message)
             self._set(config.name, version, VersionStatus(END, "UNKNOWN", message))
             return
-        self._set(config.name, version, VersionStatus(AVAILABLE, compiled=compiled))
-        log.info("Loaded model %s; version: %d; state: AVAILABLE; nireq: %d", config.name, version, compiled.nireq)
+        batcher = DynamicBatcher(compiled, config.max_batch_size, config.max_queue_delay_ms / 1000)
+        self._set(config.name, version, VersionStatus(AVAILABLE, served=batcher))
+        log.info(
+            "Loaded model %s; version: %d; state: AVAILABLE; nireq: %d; max batch: %d",
+            config.name,
+            version,
+            compiled.nireq,
+            batcher.max_rows,
+        )
 
     def _unload(self, name: str, version: int) -> None:
         status = self._versions[name][version]
         self._set(name, version, VersionStatus(UNLOADING))
-        if status.compiled is not None:
-            status.compiled.close()
+        if status.served is not None:
+            status.served.close()
         self._set(name, version, VersionStatus(END))
         log.info("Unloaded model %s version %d", name, version)

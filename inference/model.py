@@ -43,6 +43,7 @@ class CompiledVersion:
         self._inputs = [_port(p, mapping.input_alias(_tensor_name(p))) for p in model.inputs]
         self._outputs = [_port(p, mapping.output_alias(_tensor_name(p))) for p in model.outputs]
         self.signature = _signature(model, config, self._inputs, self._outputs)
+        self.batchable = config.max_batch_size > 1 and _make_batch_dynamic(model)
         self._compiled = core.compile_model(model, config.target_device, _plugin_properties(config))
         self.nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self._queue = ov.AsyncInferQueue(self._compiled, self.nireq)
@@ -126,6 +127,38 @@ def _apply_shape_settings(model: ov.Model, config: ModelConfig, mapping: TensorM
             model.reshape(new_shapes)
         except RuntimeError as exc:
             raise FailedPrecondition(f"{RESHAPE_FAILED}: {_first_line(exc)}") from None
+
+
+def _make_batch_dynamic(model: ov.Model) -> bool:
+    """Let the compiled model take any number of rows, so requests can share an inference.
+
+    Clients still see the configured shape: validation checks their batch size against it.
+    """
+    if any(
+        port.get_partial_shape().rank.is_dynamic or port.get_partial_shape().rank.get_length() == 0
+        for port in model.inputs
+    ):
+        return False
+    shapes = {}
+    for port in model.inputs:
+        dims = list(_dims(port.get_partial_shape()))
+        shapes[port] = ov.PartialShape([DYNAMIC, *dims[1:]])
+    try:
+        model.reshape(shapes)
+    except RuntimeError as exc:
+        log.info(
+            "Model %s keeps a static batch dimension, requests run unbatched: %s",
+            model.get_friendly_name(),
+            _first_line(exc),
+        )
+        return False
+    outputs_follow = all(
+        port.get_partial_shape().rank.is_static
+        and port.get_partial_shape().rank.get_length() > 0
+        and port.get_partial_shape()[0].is_dynamic
+        for port in model.outputs
+    )
+    return outputs_follow
 
 
 def _signature(model: ov.Model, config: ModelConfig, inputs: list[_Port], outputs: list[_Port]) -> ModelSignature:

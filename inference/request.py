@@ -24,4 +24,5 @@ class InferenceResult:
     version: int
     outputs: Tensors
     worker: str = ""  # which worker served it
+    batch_size: int = 0  # rows of the OpenVINO inference that computed it (dynamic batching)
     precisions: dict[str, str] = field(default_factory=dict)  # output name -> precision name

@@ -15,6 +15,8 @@ log = logging.getLogger("serving")
 
 ROLES = ("all", "api", "worker")
 DEFAULT_DEVICE = "CPU"
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
 
 
 class UsageError(Exception):
@@ -35,6 +37,8 @@ class ModelConfig:
     nireq: int = 0  # 0 = OpenVINO's optimal number
     target_device: str = DEFAULT_DEVICE
     plugin_config: dict[str, Any] = field(default_factory=dict)
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # rows one inference may hold; 1 = no batching
+    max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS  # longest wait for announced batch-mates
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json form; equal dicts mean equal configurations."""
@@ -50,6 +54,8 @@ class ModelConfig:
             "nireq": self.nireq,
             "target_device": self.target_device,
             "plugin_config": self.plugin_config,
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_ms": self.max_queue_delay_ms,
         }
 
 
@@ -80,7 +86,16 @@ class ServerSettings:
         return [model for model in self.models if model.target_device == device]
 
 
-_MODEL_FLAGS = ("batch_size", "shape", "model_version_policy", "nireq", "target_device", "plugin_config")
+_MODEL_FLAGS = (
+    "batch_size",
+    "shape",
+    "model_version_policy",
+    "nireq",
+    "target_device",
+    "plugin_config",
+    "max_batch_size",
+    "max_queue_delay_ms",
+)
 _CONFIG_KEYS = {"name", "base_path", *_MODEL_FLAGS}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_REQUEST_TIMEOUT_S = 1e6
@@ -115,6 +130,12 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--nireq", type=int, help="parallel infer requests per model (default: OpenVINO's optimal)")
     add("--target_device", help="OpenVINO device for the model (default: CPU)")
     add("--plugin_config", help='JSON object of OpenVINO properties, e.g. {"PERFORMANCE_HINT": "THROUGHPUT"}')
+    add("--max_batch_size", type=int, help=f"dynamic batching: rows per inference (default: {DEFAULT_MAX_BATCH_SIZE})")
+    add(
+        "--max_queue_delay_ms",
+        type=float,
+        help=f"dynamic batching: longest wait for batch-mates (default: {DEFAULT_MAX_QUEUE_DELAY_MS})",
+    )
     add("--broker_url", help="Redis URL of the broker (env OVMS_BROKER_URL); unset = embedded Redis")
     add("--result_backend_url", help="Redis URL of the result backend (env OVMS_RESULT_BACKEND_URL; default: broker)")
     add("--request_timeout_s", type=float, help="deadline of a request without its own (default: 30)")
@@ -290,6 +311,8 @@ def model_from_dict(raw: Any) -> ModelConfig:
         nireq=_non_negative_int(raw, "nireq"),
         target_device=_device(raw.get("target_device")),
         plugin_config=_plugin_config(raw.get("plugin_config")),
+        max_batch_size=_positive_int(raw, "max_batch_size", DEFAULT_MAX_BATCH_SIZE),
+        max_queue_delay_ms=_delay(raw.get("max_queue_delay_ms", DEFAULT_MAX_QUEUE_DELAY_MS)),
     )
 
 
@@ -320,6 +343,19 @@ def _non_negative_int(raw: dict[str, Any], key: str) -> int:
     if number < 0 or isinstance(value, bool):
         raise ConfigError(f"{key} must be a non-negative integer")
     return number
+
+
+def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer")
+    return value
+
+
+def _delay(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10_000:
+        raise ConfigError("max_queue_delay_ms must be a number of milliseconds from 0 to 10000")
+    return float(value)
 
 
 def _device(value: Any) -> str:

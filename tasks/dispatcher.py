@@ -124,11 +124,11 @@ class Dispatcher:
             try:
                 if entry is None:
                     raise Internal("The worker returned no result for this request")
-                outputs = unpack_result(entry)
+                outputs, batch_rows = unpack_result(entry)
             except ServingError as error:
                 future.set_exception(error)
             else:
-                future.set_result(InferenceResult(pending.version, outputs, reply.get("worker", "")))
+                future.set_result(InferenceResult(pending.version, outputs, reply.get("worker", ""), batch_rows))
 
     def _resolve_all(self, task_id: str, error: ServingError) -> None:
         with self._lock:

@@ -70,11 +70,12 @@ def _array(view: memoryview, precision: str, shape: list[int], offset: int, nbyt
     return np.frombuffer(view[offset : offset + nbytes], dtype=dtype).reshape(shape)
 
 
-def pack_outputs(outputs: Tensors, precisions: dict[str, str]) -> dict[str, Any]:
+def pack_outputs(outputs: Tensors, precisions: dict[str, str], batch_rows: int) -> dict[str, Any]:
     return {
+        "batch": batch_rows,
         "outputs": [
             [name, precisions[name], list(a.shape), np.ascontiguousarray(a).tobytes()] for name, a in outputs.items()
-        ]
+        ],
     }
 
 
@@ -82,11 +83,12 @@ def pack_error(error: ServingError) -> dict[str, Any]:
     return {"error": error.to_wire()}
 
 
-def unpack_result(entry: dict[str, Any]) -> Tensors:
-    """A request's outputs from a reply; raises the ServingError the worker reported."""
+def unpack_result(entry: dict[str, Any]) -> tuple[Tensors, int]:
+    """A request's outputs and the rows of the inference that computed them; raises the worker's error."""
     if "error" in entry:
         raise ServingError.from_wire(entry["error"])
-    return {
+    outputs = {
         name: np.frombuffer(data, dtype=dtypes.by_name(precision).numpy).reshape(shape)
         for name, precision, shape, data in entry["outputs"]
     }
+    return outputs, entry.get("batch", 0)

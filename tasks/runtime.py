@@ -10,10 +10,11 @@ from typing import Any
 
 import redis
 
+from inference.batcher import BatchResult, DynamicBatcher
 from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, InvalidArgument, NotFound, ServingError
 from inference.manager import ModelManager
-from inference.model import CompiledVersion
-from inference.request import InferenceRequest, Tensors
+from inference.request import InferenceRequest
+from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
 from tasks.messages import pack_error, pack_outputs, unpack_requests
 from tasks.routing import payload_key
@@ -43,15 +44,19 @@ class WorkerRuntime:
     def serve(self, task_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
         """Run every request of one message; each gets its own outputs or its own error."""
         ids = [entry["id"] for entry in envelope["requests"]]
-        try:
-            requests = self._requests(task_id, envelope)
-            compiled = self._manager.get(envelope["model"], envelope["version"])
-            if compiled is None:
-                raise NotFound(VERSION_RETIRED)
-        except ServingError as error:
-            return self._reply({request_id: pack_error(error) for request_id in ids})
-        started = [(request, self._start(compiled, request)) for request in requests]
-        return self._reply({request.request_id: self._finish(compiled, request, future) for request, future in started})
+        batcher = self._manager.get(envelope["model"], envelope["version"])
+        if batcher is None:
+            return self._reply({request_id: pack_error(NotFound(VERSION_RETIRED)) for request_id in ids})
+        with batcher.incoming(len(ids)):
+            try:
+                requests = self._requests(task_id, envelope)
+            except ServingError as error:
+                return self._reply({request_id: pack_error(error) for request_id in ids})
+            started = [(request, self._start(batcher, request)) for request in requests]
+        signature = batcher.compiled.signature
+        return self._reply(
+            {request.request_id: self._finish(signature, request, future) for request, future in started}
+        )
 
     def _reply(self, results: dict[str, Any]) -> dict[str, Any]:
         return {"worker": self.worker_id, "results": results}
@@ -67,16 +72,19 @@ class WorkerRuntime:
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument(f"Malformed predict message: {exc}") from None
 
-    def _start(self, compiled: CompiledVersion, request: InferenceRequest) -> Future[Tensors]:
+    def _start(self, batcher: DynamicBatcher, request: InferenceRequest) -> Future[BatchResult]:
+        """Validate late (the version may differ from what the api saw) and queue for batching."""
         try:
             tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
-            return compiled.infer_async(validate_inputs(compiled.signature, tensors))
+            return batcher.submit(validate_inputs(batcher.compiled.signature, tensors))
         except ServingError as error:
             return _failed(error)
 
-    def _finish(self, compiled: CompiledVersion, request: InferenceRequest, future: Future[Tensors]) -> dict[str, Any]:
+    def _finish(
+        self, signature: ModelSignature, request: InferenceRequest, future: Future[BatchResult]
+    ) -> dict[str, Any]:
         try:
-            outputs = future.result(timeout=max(request.deadline - time.time(), 0) + 1.0)
+            result = future.result(timeout=max(request.deadline - time.time(), 0) + 1.0)
         except ServingError as error:
             return pack_error(error)
         except FutureTimeout:
@@ -84,13 +92,14 @@ class WorkerRuntime:
         except Exception as exc:  # an inference failure must fail this request, never the worker
             log.exception("Inference failed for %s version %d", request.model, request.version)
             return pack_error(Internal(f"Inference failed: {exc}"))
+        outputs = result.outputs
         if request.output_filter:
             outputs = {name: outputs[name] for name in request.output_filter if name in outputs}
-        precisions = {name: spec.precision for name, spec in compiled.signature.outputs.items()}
-        return pack_outputs(outputs, precisions)
+        precisions = {name: spec.precision for name, spec in signature.outputs.items()}
+        return pack_outputs(outputs, precisions, result.batch_rows)
 
 
-def _failed(error: ServingError) -> Future[Tensors]:
-    future: Future[Tensors] = Future()
+def _failed(error: ServingError) -> Future[BatchResult]:
+    future: Future[BatchResult] = Future()
     future.set_exception(error)
     return future

@@ -195,7 +195,7 @@ def test_half_val_beyond_16_bits_is_invalid_argument() -> None:
 def test_signature_def_and_status_codes() -> None:
     definition = signature_def(PAIR)
     assert definition.method_name == "tensorflow/serving/predict"
-    assert list(definition.inputs) == ["a", "b"]
+    assert sorted(definition.inputs) == ["a", "b"]  # a proto map has no order
     assert definition.inputs["b"].name == "b"
     assert definition.inputs["b"].dtype == tensorflow_pb2.DT_INT32
     assert [d.size for d in definition.inputs["a"].tensor_shape.dim] == [-1, 2]
@@ -391,7 +391,8 @@ def test_unpack_rejects_metadata_that_does_not_match_the_payload() -> None:
 @pytest.mark.parametrize("precision", list(SAMPLES))
 def test_outputs_round_trip(precision: str) -> None:
     outputs = {"first": SAMPLES[precision], "second": SAMPLES[precision][:1]}
-    result = unpack_result(pack_outputs(outputs, {"first": precision, "second": precision}))
+    result, batch_rows = unpack_result(pack_outputs(outputs, {"first": precision, "second": precision}, 5))
+    assert batch_rows == 5
     assert list(result) == ["first", "second"]
     for name, array in outputs.items():
         assert result[name].dtype == array.dtype

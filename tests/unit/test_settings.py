@@ -365,6 +365,8 @@ def test_model_config_to_dict_is_the_config_json_form() -> None:
         "nireq": 2,
         "target_device": "CPU",
         "plugin_config": {},
+        "max_batch_size": 16,
+        "max_queue_delay_ms": 1.0,
     }
 
 

@@ -1,0 +1,171 @@
+"""Dynamic batching: requests for one model version share OpenVINO inferences.
+
+Policy, per model version:
+- a batch holds at most `max_batch_size` rows (the sum of the requests' batch dimensions);
+- it is dispatched as soon as an infer request is free, unless more requests are already on their
+  way (announced with `incoming`): then it waits for them, but never longer than `max_queue_delay`
+  counted from the oldest waiting request. A lone request on an idle server is never delayed;
+- only requests whose non-batch dimensions match are concatenated; others wait for the next batch;
+- outputs are split back by rows, so each request gets exactly its own slice. If a batched inference
+  fails, its requests are retried one by one, so a bad request fails alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inference.model import CompiledVersion, Tensors
+
+log = logging.getLogger("serving")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    outputs: Tensors  # this request's rows only
+    batch_rows: int  # rows in the inference that computed them
+
+
+@dataclass
+class _Item:
+    inputs: Tensors
+    rows: int
+    key: tuple
+    future: Future[BatchResult]
+    arrived: float = field(default_factory=time.monotonic)
+    solo: bool = False  # retried alone after its batch failed
+
+
+class DynamicBatcher:
+    def __init__(self, compiled: CompiledVersion, max_batch_size: int, max_queue_delay_s: float) -> None:
+        self.compiled = compiled
+        self.max_rows = max(1, max_batch_size if compiled.batchable else 1)
+        self._max_delay = max_queue_delay_s
+        self._pending: deque[_Item] = deque()
+        self._expected = 0
+        self._free = compiled.nireq
+        self._closed = False
+        self._cond = threading.Condition()
+        self.batches_run = 0
+        self.rows_run = 0
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{compiled.name}", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def incoming(self, count: int) -> Iterator[None]:
+        """Announce `count` requests about to be submitted, so a partial batch waits for them."""
+        with self._cond:
+            self._expected += count
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._expected -= count
+                self._cond.notify_all()
+
+    def submit(self, inputs: Tensors) -> Future[BatchResult]:
+        """Queue one validated request (arrays with a leading batch dimension)."""
+        first = next(iter(inputs.values()))
+        item = _Item(inputs, int(first.shape[0]) if first.ndim else 1, _shape_key(inputs), Future())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the model version is unloading")
+            self._pending.append(item)
+            self._cond.notify_all()
+        return item.future
+
+    def close(self) -> None:
+        """Finish what is queued, then stop."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+        self.compiled.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._free -= 1
+            self._dispatch(batch)
+
+    def _next_batch(self) -> list[_Item] | None:
+        """Wait (holding the lock) for a free infer request and work, then form a batch."""
+        while not self._closed and (not self._pending or self._free == 0):
+            self._cond.wait()
+        if self._closed and not self._pending:
+            return None
+        while self._expected > 0 and self._pending_rows() < self.max_rows:
+            remaining = self._pending[0].arrived + self._max_delay - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        return self._take()
+
+    def _pending_rows(self) -> int:
+        key = self._pending[0].key
+        return sum(item.rows for item in self._pending if item.key == key)
+
+    def _take(self) -> list[_Item]:
+        first = self._pending.popleft()
+        batch, rows, skipped = [first], first.rows, []
+        while self._pending and rows < self.max_rows and not first.solo:
+            item = self._pending.popleft()
+            if item.key == first.key and not item.solo and rows + item.rows <= self.max_rows:
+                batch.append(item)
+                rows += item.rows
+            else:
+                skipped.append(item)
+        self._pending.extendleft(reversed(skipped))
+        return batch
+
+    def _dispatch(self, batch: list[_Item]) -> None:
+        self.batches_run += 1
+        self.rows_run += sum(item.rows for item in batch)
+        inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
+        future = self.compiled.infer_async(inputs)
+        future.add_done_callback(lambda done: self._finish(batch, done))
+
+    def _finish(self, batch: list[_Item], done: Future[Tensors]) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+        error = done.exception()
+        if error is None:
+            _split(batch, done.result())
+        elif len(batch) == 1:
+            batch[0].future.set_exception(error)
+        else:
+            log.warning("A batch of %d requests failed (%s); retrying them one by one", len(batch), error)
+            for item in batch:
+                item.solo = True
+            with self._cond:
+                self._pending.extendleft(reversed(batch))
+                self._cond.notify_all()
+
+
+def _shape_key(inputs: Tensors) -> tuple:
+    return tuple((name, array.shape[1:], array.dtype.str) for name, array in inputs.items())
+
+
+def _concatenate(batch: list[_Item]) -> Tensors:
+    return {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
+
+
+def _split(batch: list[_Item], outputs: Tensors) -> None:
+    total = sum(item.rows for item in batch)
+    start = 0
+    for item in batch:
+        end = start + item.rows
+        item.future.set_result(BatchResult({name: array[start:end] for name, array in outputs.items()}, total))
+        start = end
