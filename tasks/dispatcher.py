@@ -38,11 +38,30 @@ class _Pending:
         self.futures = futures
 
 
+class _Lane:
+    """Requests for one model version waiting to be published together."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiting: list[tuple[InferenceRequest, Future[InferenceResult]]] = []
+        self.publishing = False
+
+
 class Dispatcher:
-    def __init__(self, store: redis.Redis) -> None:
+    """Publishes predict requests and routes results back.
+
+    Concurrent requests for the same model version are coalesced: the first one publishes at once
+    (a lone request never waits), and the requests that arrive while a publish is under way go
+    together in the next message, at most `max_requests_per_message` of them. The worker batches
+    them; one message amortises Celery's per-message cost over many requests.
+    """
+
+    def __init__(self, store: redis.Redis, max_requests_per_message: int = 64) -> None:
         self._store = store
+        self._max_per_message = max_requests_per_message
         self.reply_to = reply_key(uuid.uuid4().hex)
         self._pending: dict[str, _Pending] = {}
+        self._lanes: dict[tuple[str, int], _Lane] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="ovms-results", daemon=True)
@@ -55,24 +74,48 @@ class Dispatcher:
         self._listener.join(timeout=3)
 
     def infer(self, target: Target, request: InferenceRequest) -> InferenceResult:
-        """Publish one request and wait for its answer until its deadline."""
-        task_id, futures = self.submit(target, [request])
+        """Publish a request (possibly with others) and wait for its answer until its deadline."""
+        future: Future[InferenceResult] = Future()
+        lane = self._lane(target)
+        with lane.lock:
+            lane.waiting.append((request, future))
+            lead = not lane.publishing
+            lane.publishing = True
+        if lead:
+            self._publish_waiting(target, lane)
         try:
-            return futures[0].result(timeout=max(request.deadline - time.time(), 0))
+            return future.result(timeout=max(request.deadline - time.time(), 0))
         except FutureTimeout:
-            self._resolve_all(task_id, DeadlineExceeded(DEADLINE_PASSED))
+            self._forget(request)
             raise DeadlineExceeded(DEADLINE_PASSED) from None
 
-    def submit(self, target: Target, requests: list[InferenceRequest]) -> tuple[str, list[Future[InferenceResult]]]:
-        """Publish requests for one model version as one message: its task id and a future per request."""
+    def _lane(self, target: Target) -> _Lane:
+        key = (target.queue, target.version)
+        lane = self._lanes.get(key)
+        if lane is None:
+            with self._lock:
+                lane = self._lanes.setdefault(key, _Lane())
+        return lane
+
+    def _publish_waiting(self, target: Target, lane: _Lane) -> None:
+        """Publish until nothing is waiting; whoever finds the lane idle does this."""
+        while True:
+            with lane.lock:
+                taken = lane.waiting[: self._max_per_message]
+                del lane.waiting[: self._max_per_message]
+                if not taken:
+                    lane.publishing = False
+                    return
+            self._publish(target, taken)
+
+    def _publish(self, target: Target, entries: list[tuple[InferenceRequest, Future[InferenceResult]]]) -> None:
         task_id = uuid.uuid4().hex
+        requests = [request for request, _ in entries]
         for index, request in enumerate(requests):
-            request.request_id = str(index)
-        precisions = {name: spec.precision for name, spec in target.signature.inputs.items()}
-        envelope, payload = pack_requests(requests, precisions)
-        futures: dict[str, Future[InferenceResult]] = {r.request_id: Future() for r in requests}
+            request.request_id = f"{task_id}.{index}"
+        envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
         with self._lock:
-            self._pending[task_id] = _Pending(target.version, futures)
+            self._pending[task_id] = _Pending(target.version, {r.request_id: f for r, f in entries})
         seconds_left = envelope["deadline"] - time.time()
         try:
             self._store.set(payload_key(task_id), payload, px=int(seconds_left * 1000) + _PAYLOAD_GRACE_MS)
@@ -85,7 +128,16 @@ class Dispatcher:
             )
         except (redis.RedisError, OSError) as exc:
             self._resolve_all(task_id, Unavailable(f"Broker unavailable: {exc}"))
-        return task_id, list(futures.values())
+
+    def _forget(self, request: InferenceRequest) -> None:
+        """Stop waiting for a request whose deadline passed; its message may still be answered."""
+        task_id = request.request_id.partition(".")[0]
+        with self._lock:
+            pending = self._pending.get(task_id)
+            if pending is not None:
+                pending.futures.pop(request.request_id, None)
+                if not pending.futures:
+                    del self._pending[task_id]
 
     def _listen(self) -> None:
         while not self._stop.is_set():

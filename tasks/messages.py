@@ -31,12 +31,14 @@ def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) 
             metas.append([name, precisions[name], list(array.shape), offset, len(data)])
             chunks.append(data)
             offset += len(data)
-        entries.append({"id": request.request_id, "inputs": metas, "outputs": request.output_filter})
+        entries.append(
+            {"id": request.request_id, "inputs": metas, "outputs": request.output_filter, "deadline": request.deadline}
+        )
     first = requests[0]
     envelope = {
         "model": first.model,
         "version": first.version,
-        "deadline": min(r.deadline for r in requests),
+        "deadline": max(r.deadline for r in requests),  # the message lives while any request still waits
         "requests": entries,
     }
     return envelope, b"".join(chunks)
@@ -56,7 +58,7 @@ def unpack_requests(envelope: dict[str, Any], payload: bytes) -> list[InferenceR
                 version=envelope["version"],
                 inputs=inputs,
                 output_filter=entry["outputs"],
-                deadline=envelope["deadline"],
+                deadline=entry["deadline"],
                 request_id=entry["id"],
             )
         )

@@ -74,6 +74,8 @@ class WorkerRuntime:
 
     def _start(self, batcher: DynamicBatcher, request: InferenceRequest) -> Future[BatchResult]:
         """Validate late (the version may differ from what the api saw) and queue for batching."""
+        if time.time() > request.deadline:
+            return _failed(DeadlineExceeded("Deadline exceeded before the request reached the model"))
         try:
             tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
             return batcher.submit(validate_inputs(batcher.compiled.signature, tensors))

@@ -347,7 +347,7 @@ def test_pack_and_unpack_several_requests_with_several_inputs() -> None:
     ]
     envelope, payload = pack_requests(requests, {"a": "FP32", "b": "I32"})
     assert envelope["model"] == "multi" and envelope["version"] == 3
-    assert envelope["deadline"] == 1002.0  # the earliest of the batch
+    assert envelope["deadline"] == 1004.0  # the message lives while its latest request still waits
     offsets = [(offset, nbytes) for entry in envelope["requests"] for *_, offset, nbytes in entry["inputs"]]
     assert offsets == [(0, 24), (24, 8), (32, 8), (40, 0), (40, 16), (56, 16)]
     assert len(payload) == 72
@@ -356,7 +356,7 @@ def test_pack_and_unpack_several_requests_with_several_inputs() -> None:
     assert [r.request_id for r in unpacked] == ["r1", "r22", "r333"]
     assert [r.output_filter for r in unpacked] == [None, ["sum"], None]
     for original, copy in zip(requests, unpacked, strict=True):
-        assert (copy.model, copy.version, copy.deadline) == ("multi", 3, 1002.0)
+        assert (copy.model, copy.version, copy.deadline) == ("multi", 3, original.deadline)
         assert list(copy.inputs) == list(original.inputs)
         for name, array in original.inputs.items():
             assert copy.inputs[name].dtype == array.dtype
