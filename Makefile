@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 MODELS := models
 GRPC_PORT ?= 9178
 REST_PORT ?= 8000
+STREAMS ?= 8
+THROUGHPUT_ITERATIONS ?= 500
+BENCH_ARGS ?=
 
-.PHONY: run test venv models tfs-client lint protos test_perf clean
+.PHONY: run test venv models tfs-client lint protos test_perf test_throughput bench clean
 
 run: venv models
 	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT)
@@ -49,6 +52,28 @@ test_perf: venv models
 	$(BIN)/python tests/performance/grpc_latency.py --images_numpy_path $(MODELS)/data/imgs.npy \
 		--labels_numpy_path $(MODELS)/data/labels.npy --grpc_port $(GRPC_PORT) --model_name digits \
 		--input_name x --output_name probabilities --iterations 1000 --batchsize 1 --report_every 100
+
+# The seed's throughput test: $(STREAMS) parallel latency clients against a running server (`make run`);
+# aggregate FPS = total iterations * batch size / wall seconds (process start-up included, as in the seed).
+test_throughput: venv models
+	@echo "Running throughput test: $(STREAMS) streams x $(THROUGHPUT_ITERATIONS) iterations on digits"
+	@logs=$$(mktemp -d); pids=""; start=$$(date +%s.%N); \
+	for i in $$(seq 1 $(STREAMS)); do \
+		$(BIN)/python tests/performance/grpc_latency.py --images_numpy_path $(MODELS)/data/imgs.npy \
+			--labels_numpy_path $(MODELS)/data/labels.npy --grpc_port $(GRPC_PORT) --model_name digits \
+			--input_name x --output_name probabilities --iterations $(THROUGHPUT_ITERATIONS) --batchsize 1 \
+			>$$logs/$$i.log 2>&1 & pids="$$pids $$!"; \
+	done; \
+	failed=0; for pid in $$pids; do wait $$pid || failed=1; done; end=$$(date +%s.%N); \
+	for i in $$(seq 1 $(STREAMS)); do printf '[%-2s] %s\n' $$i "$$(tail -n 1 $$logs/$$i.log | sed 's/^\[--\] //')"; done; \
+	rm -rf $$logs; \
+	awk -v s=$$start -v e=$$end -v n=$$(( $(STREAMS) * $(THROUGHPUT_ITERATIONS) )) \
+		'BEGIN { printf "wall %.3f s\n%d FPS\n", e - s, n / (e - s) }'; \
+	exit $$failed
+
+# Served vs raw OpenVINO, one Markdown table per model; starts and stops its own server (see ops/bench.py).
+bench: venv models
+	$(BIN)/python ops/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TFS_VENV) $(MODELS)

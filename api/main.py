@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 from inference.logs import setup_logging
 from inference.settings import ServerSettings, UsageError, parse_command_line
@@ -38,12 +39,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def wait_for_stop_signal(extra_check: threading.Event | None = None) -> None:
-    """Block until SIGINT/SIGTERM (or `extra_check` is set)."""
-    stop = extra_check or threading.Event()
+    """Block until SIGINT/SIGTERM (or `extra_check` is set).
+
+    The handlers only flip a flag: taking a lock (Event.set) inside a signal handler deadlocks when a
+    second signal arrives while the first handler holds it.
+    """
+    received: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+        signal.signal(signum, lambda signum, _frame: received.append(signum))
+    while not received and not (extra_check is not None and extra_check.is_set()):
+        time.sleep(0.2)
 
 
 def run_api(settings: ServerSettings, broker_url: str) -> int:

@@ -7,7 +7,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import redis
 import waitress
 
 from api.dataplane import DataPlane
@@ -17,6 +16,7 @@ from api.rest_app import create_app
 from inference.settings import ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
+from tasks.publisher import store_client
 from tasks.registry import RegistryView
 
 log = logging.getLogger("serving")
@@ -30,7 +30,7 @@ class ApiServer:
         self._settings = settings
         backend_url = settings.result_backend_url or broker_url
         configure(broker_url, backend_url)
-        store = redis.Redis.from_url(backend_url, health_check_interval=10)
+        store = store_client(backend_url)
         self._registry = RegistryView(store)
         self._dispatcher = Dispatcher(store)
         self._dataplane = DataPlane(self._registry, self._dispatcher, settings.request_timeout_s)
@@ -57,7 +57,7 @@ class ApiServer:
         options = {
             "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
             "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
-            "grpc.so_reuseport": 1,
+            "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it
             **self._settings.grpc_channel_arguments,
         }
         server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_THREADS), options=list(options.items()))

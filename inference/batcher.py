@@ -35,6 +35,13 @@ class BatchResult:
 
 
 @dataclass
+class Arrivals:
+    """Requests of one message announced to the batcher and not yet submitted."""
+
+    remaining: int
+
+
+@dataclass
 class _Item:
     inputs: Tensors
     rows: int
@@ -60,26 +67,42 @@ class DynamicBatcher:
         self._thread.start()
 
     @contextmanager
-    def incoming(self, count: int) -> Iterator[None]:
-        """Announce `count` requests about to be submitted, so a partial batch waits for them."""
+    def incoming(self, count: int) -> Iterator[Arrivals]:
+        """Announce `count` requests about to be submitted (pass the ticket to `submit`), so that a
+        partial batch waits for them instead of leaving without them."""
+        arrivals = Arrivals(count)
         with self._cond:
             self._expected += count
         try:
-            yield
+            yield arrivals
         finally:
             with self._cond:
-                self._expected -= count
+                self._expected -= arrivals.remaining
+                arrivals.remaining = 0
                 self._cond.notify_all()
 
-    def submit(self, inputs: Tensors) -> Future[BatchResult]:
-        """Queue one validated request (arrays with a leading batch dimension)."""
+    def submit(self, inputs: Tensors, arrivals: Arrivals | None = None) -> Future[BatchResult]:
+        """Queue one validated request (arrays with a leading batch dimension).
+
+        On an idle model (a free infer request, nothing queued or announced) the request is dispatched
+        right here, saving the hand-over to the batching thread.
+        """
         first = next(iter(inputs.values()))
         item = _Item(inputs, int(first.shape[0]) if first.ndim else 1, _shape_key(inputs), Future())
         with self._cond:
             if self._closed:
                 raise RuntimeError("the model version is unloading")
-            self._pending.append(item)
-            self._cond.notify_all()
+            if arrivals is not None and arrivals.remaining:
+                arrivals.remaining -= 1
+                self._expected -= 1
+            direct = self._free > 0 and not self._pending and self._expected == 0
+            if direct:
+                self._free -= 1
+            else:
+                self._pending.append(item)
+                self._cond.notify_all()
+        if direct:
+            self._dispatch([item])
         return item.future
 
     def close(self) -> None:

@@ -21,13 +21,11 @@ from inference.errors import DEADLINE_PASSED, DeadlineExceeded, Internal, Servin
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.messages import pack_requests, unpack_result
-from tasks.predict import predict
+from tasks.publisher import PredictPublisher
 from tasks.registry import Target
-from tasks.routing import payload_key, reply_key
+from tasks.routing import reply_key
 
 log = logging.getLogger("serving")
-
-_PAYLOAD_GRACE_MS = 5000  # tensors outlive the deadline a little, for a worker already running them
 
 
 class _Pending:
@@ -58,6 +56,7 @@ class Dispatcher:
 
     def __init__(self, store: redis.Redis, max_requests_per_message: int = 64) -> None:
         self._store = store
+        self._publisher = PredictPublisher(app, store)
         self._max_per_message = max_requests_per_message
         self.reply_to = reply_key(uuid.uuid4().hex)
         self._pending: dict[str, _Pending] = {}
@@ -116,15 +115,9 @@ class Dispatcher:
         envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
         with self._lock:
             self._pending[task_id] = _Pending(target.version, {r.request_id: f for r, f in entries})
-        seconds_left = envelope["deadline"] - time.time()
         try:
-            self._store.set(payload_key(task_id), payload, px=int(seconds_left * 1000) + _PAYLOAD_GRACE_MS)
-            predict.apply_async(
-                args=(envelope,),
-                task_id=task_id,
-                queue=target.queue,  # Celery publishes it straight to the queue's list (anonymous exchange)
-                reply_to=self.reply_to,
-                expires=max(seconds_left, 0.001),
+            self._publisher.publish(
+                task_id, envelope, payload, target.queue, self.reply_to, max(envelope["deadline"] - time.time(), 0.001)
             )
         except (redis.RedisError, OSError) as exc:
             self._resolve_all(task_id, Unavailable(f"Broker unavailable: {exc}"))

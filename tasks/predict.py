@@ -8,9 +8,10 @@ from celery import Task
 
 from tasks import runtime
 from tasks.app import app
+from tasks.routing import PREDICT_TASK
 
 
-@app.task(name="ovms.predict", bind=True)
+@app.task(name=PREDICT_TASK, bind=True)
 def predict(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
     """Run one message of predict requests for one model version; see tasks.messages for its shape."""
     return runtime.current().serve(self.request.id, envelope)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 PREFIX = "ovms"
+PREDICT_TASK = "ovms.predict"
 REPLY_PREFIX = f"{PREFIX}:reply:"
 WORKER_PREFIX = f"{PREFIX}:worker:"
 CATALOG_KEY = f"{PREFIX}:catalog"

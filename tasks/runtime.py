@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from inference.batcher import BatchResult, DynamicBatcher
+from inference.batcher import Arrivals, BatchResult, DynamicBatcher
 from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, InvalidArgument, NotFound, ServingError
 from inference.manager import ModelManager
 from inference.request import InferenceRequest
@@ -47,12 +47,12 @@ class WorkerRuntime:
         batcher = self._manager.get(envelope["model"], envelope["version"])
         if batcher is None:
             return self._reply({request_id: pack_error(NotFound(VERSION_RETIRED)) for request_id in ids})
-        with batcher.incoming(len(ids)):
+        with batcher.incoming(len(ids)) as arrivals:
             try:
                 requests = self._requests(task_id, envelope)
             except ServingError as error:
                 return self._reply({request_id: pack_error(error) for request_id in ids})
-            started = [(request, self._start(batcher, request)) for request in requests]
+            started = [(request, self._start(batcher, request, arrivals)) for request in requests]
         signature = batcher.compiled.signature
         return self._reply(
             {request.request_id: self._finish(signature, request, future) for request, future in started}
@@ -72,13 +72,13 @@ class WorkerRuntime:
         except (KeyError, ValueError, TypeError) as exc:
             raise InvalidArgument(f"Malformed predict message: {exc}") from None
 
-    def _start(self, batcher: DynamicBatcher, request: InferenceRequest) -> Future[BatchResult]:
+    def _start(self, batcher: DynamicBatcher, request: InferenceRequest, arrivals: Arrivals) -> Future[BatchResult]:
         """Validate late (the version may differ from what the api saw) and queue for batching."""
         if time.time() > request.deadline:
             return _failed(DeadlineExceeded("Deadline exceeded before the request reached the model"))
         try:
             tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
-            return batcher.submit(validate_inputs(batcher.compiled.signature, tensors))
+            return batcher.submit(validate_inputs(batcher.compiled.signature, tensors), arrivals)
         except ServingError as error:
             return _failed(error)
 

@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Benchmark the served models against raw OpenVINO on the same machine, in one run.
+
+    python ops/bench.py [--duration 8] [--warmup 2] [--concurrency 1,8,32] [--models digits,resnet] \\
+        [--rest] [--server-flags "--max_batch_size 8"]
+
+Starts the whole stack (`python -m api.main`: embedded Redis, a worker, the api) on free ports with a
+temporary config.json, and for each model and concurrency c measures
+
+- raw: OpenVINO in this process while the server is idle — c requests of batch 1 kept in flight with an
+  `AsyncInferQueue` (PERFORMANCE_HINT LATENCY for c = 1, THROUGHPUT otherwise);
+- served: gRPC Predict from c coroutines on one `grpc.aio` channel, batch 1, back to back
+  (and REST from c threads with `--rest`).
+
+A request counts when it completes inside the measured window (after the warmup); throughput is those
+completions over the window. The tables are printed as Markdown on stdout, progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import itertools
+import json
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import openvino as ov
+import requests
+
+from api.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
+from tasks.broker import free_port
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models"
+GRPC_READY = "Server started on port"
+REST_READY = "Started REST server at"
+READY_TIMEOUT_S = 180.0
+STOP_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S = 30.0
+ERROR_BACKOFF_S = 0.01
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    """A model to benchmark: its name in the server, tensor names and the batch-1 inputs to cycle through."""
+
+    name: str
+    input_name: str
+    output_name: str
+    samples: list[np.ndarray]
+
+    @property
+    def base_path(self) -> Path:
+        return MODELS_DIR / self.name
+
+    def model_file(self) -> Path:
+        """The IR of the highest numeric version, the one the server serves by default."""
+        versions = sorted((int(p.name), p) for p in self.base_path.iterdir() if p.is_dir() and p.name.isdigit())
+        return next(versions[-1][1].glob("*.xml"))
+
+
+def digits_case() -> ModelCase:
+    """The digits MLP on the rows of the held-out images, one row per request."""
+    images = np.load(MODELS_DIR / "data" / "imgs.npy", allow_pickle=False).astype(np.float32)
+    rows = [np.ascontiguousarray(images[i : i + 1]) for i in range(len(images))]
+    return ModelCase("digits", "x", "probabilities", rows)
+
+
+def resnet_case() -> ModelCase:
+    """The INT8 ResNet-50 on one fixed random image."""
+    image = np.random.default_rng(0).uniform(0, 255, size=(1, 3, 224, 224)).astype(np.float32)
+    return ModelCase("resnet", "data", "prob", [image])
+
+
+CASES = {"digits": digits_case, "resnet": resnet_case}
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+@dataclass(frozen=True)
+class Window:
+    """The measured interval in perf_counter seconds; requests are issued from before `start` (warmup) to `end`."""
+
+    start: float
+    end: float
+
+    @classmethod
+    def after_warmup(cls, warmup_s: float, duration_s: float) -> Window:
+        start = time.perf_counter() + warmup_s
+        return cls(start, start + duration_s)
+
+    def open(self) -> bool:
+        """Whether new requests should still be issued."""
+        return time.perf_counter() < self.end
+
+    def counts(self, ended: float) -> bool:
+        return self.start <= ended <= self.end
+
+
+@dataclass
+class Recorder:
+    """Collects the requests that complete inside a window (thread-safe enough: appends under the GIL)."""
+
+    window: Window
+    latencies_s: list[float] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+    errors: Counter = field(default_factory=Counter)
+
+    def success(self, started: float, ended: float, batch_size: int | None = None) -> None:
+        if self.window.counts(ended):
+            self.latencies_s.append(ended - started)
+            if batch_size is not None:
+                self.batch_sizes.append(batch_size)
+
+    def failure(self, ended: float, kind: str) -> None:
+        if self.window.counts(ended):
+            self.errors[kind] += 1
+
+    def stats(self) -> Stats:
+        return Stats(
+            requests=len(self.latencies_s),
+            seconds=self.window.end - self.window.start,
+            latencies_ms=np.array(self.latencies_s) * 1000.0,
+            batch_sizes=list(self.batch_sizes),
+            errors=Counter(self.errors),
+        )
+
+
+@dataclass
+class Stats:
+    """The outcome of one measurement."""
+
+    requests: int
+    seconds: float
+    latencies_ms: np.ndarray
+    batch_sizes: list[int]
+    errors: Counter
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
+
+    @property
+    def mean_batch(self) -> float:
+        return float(np.mean(self.batch_sizes)) if self.batch_sizes else float("nan")
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+# ----------------------------------------------------------------------------------------------- raw
+
+
+def compile_raw(core: ov.Core, case: ModelCase, concurrency: int) -> ov.CompiledModel:
+    hint = "LATENCY" if concurrency == 1 else "THROUGHPUT"
+    return core.compile_model(str(case.model_file()), "CPU", {"PERFORMANCE_HINT": hint})
+
+
+def measure_raw(core: ov.Core, case: ModelCase, concurrency: int, warmup_s: float, duration_s: float) -> Stats:
+    """Keep `concurrency` batch-1 requests in flight on an in-process compiled model."""
+    compiled = compile_raw(core, case, concurrency)
+    queue = ov.AsyncInferQueue(compiled, concurrency)
+    recorder = Recorder(Window.after_warmup(warmup_s, duration_s))
+    queue.set_callback(lambda _request, started: recorder.success(started, time.perf_counter()))
+    samples = itertools.cycle(case.samples)
+    while recorder.window.open():
+        queue.get_idle_request_id()  # block until a request is free, so the start time excludes the wait
+        queue.start_async({case.input_name: next(samples)}, time.perf_counter())
+    queue.wait_all()
+    return recorder.stats()
+
+
+# ---------------------------------------------------------------------------------------------- gRPC
+
+
+def predict_request(case: ModelCase, sample: np.ndarray) -> serving_pb2.PredictRequest:
+    """A Predict request carrying `sample` as float32 `tensor_content`."""
+    request = serving_pb2.PredictRequest()
+    request.model_spec.name = case.name
+    tensor = request.inputs[case.input_name]
+    tensor.dtype = tensorflow_pb2.DataType.DT_FLOAT
+    tensor.tensor_shape.dim.extend(tensorflow_pb2.TensorShapeProto.Dim(size=size) for size in sample.shape)
+    tensor.tensor_content = sample.astype(np.float32).tobytes()
+    return request
+
+
+def metadata_batch_size(metadata: grpc.aio.Metadata | None) -> int | None:
+    value = dict(metadata or ()).get("ovms-batch-size")
+    return int(value) if value else None
+
+
+async def grpc_stream(
+    stub: serving_pb2_grpc.PredictionServiceStub,
+    case: ModelCase,
+    requests_: list[serving_pb2.PredictRequest],
+    counter: Iterator[int],
+    recorder: Recorder,
+) -> None:
+    """One client: Predict calls back to back until the window closes."""
+    while recorder.window.open():
+        request = requests_[next(counter) % len(requests_)]
+        started = time.perf_counter()
+        call = stub.Predict(request, timeout=REQUEST_TIMEOUT_S)
+        try:
+            response = await call
+            batch_size = metadata_batch_size(await call.trailing_metadata())
+        except grpc.aio.AioRpcError as error:
+            recorder.failure(time.perf_counter(), error.code().name)
+            await asyncio.sleep(ERROR_BACKOFF_S)
+            continue
+        ended = time.perf_counter()
+        if case.output_name in response.outputs:
+            recorder.success(started, ended, batch_size)
+        else:
+            recorder.failure(ended, "missing output")
+
+
+async def measure_grpc_async(
+    address: str, case: ModelCase, concurrency: int, warmup_s: float, duration_s: float
+) -> Stats:
+    requests_ = [predict_request(case, sample) for sample in case.samples]
+    async with grpc.aio.insecure_channel(address) as channel:
+        await channel.channel_ready()
+        stub = serving_pb2_grpc.PredictionServiceStub(channel)
+        recorder = Recorder(Window.after_warmup(warmup_s, duration_s))
+        counter = itertools.count()
+        await asyncio.gather(*(grpc_stream(stub, case, requests_, counter, recorder) for _ in range(concurrency)))
+    return recorder.stats()
+
+
+def measure_grpc(address: str, case: ModelCase, concurrency: int, warmup_s: float, duration_s: float) -> Stats:
+    """`concurrency` coroutines on one grpc.aio channel, each sending batch-1 Predict calls back to back."""
+    return asyncio.run(measure_grpc_async(address, case, concurrency, warmup_s, duration_s))
+
+
+# ---------------------------------------------------------------------------------------------- REST
+
+
+def rest_stream(url: str, bodies: list[bytes], counter: Iterator[int], recorder: Recorder) -> None:
+    """One client thread with its own session: predict calls back to back until the window closes."""
+    headers = {"Content-Type": "application/json"}
+    with requests.Session() as session:
+        while recorder.window.open():
+            body = bodies[next(counter) % len(bodies)]
+            started = time.perf_counter()
+            try:
+                reply = session.post(url, data=body, headers=headers, timeout=REQUEST_TIMEOUT_S)
+            except requests.RequestException as error:
+                recorder.failure(time.perf_counter(), type(error).__name__)
+                time.sleep(ERROR_BACKOFF_S)
+                continue
+            ended = time.perf_counter()
+            if reply.status_code == 200:
+                batch = reply.headers.get("X-Ovms-Batch-Size")
+                recorder.success(started, ended, int(batch) if batch else None)
+            else:
+                recorder.failure(ended, f"HTTP {reply.status_code}")
+
+
+def measure_rest(base_url: str, case: ModelCase, concurrency: int, warmup_s: float, duration_s: float) -> Stats:
+    """`concurrency` threads posting row-format (`instances`) batch-1 predict requests."""
+    url = f"{base_url}/v1/models/{case.name}:predict"
+    bodies = [json.dumps({"instances": sample.tolist()}).encode() for sample in case.samples]
+    counter = itertools.count()
+    recorder = Recorder(Window.after_warmup(warmup_s, duration_s))
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(rest_stream, url, bodies, counter, recorder) for _ in range(concurrency)]
+        for future in futures:
+            future.result()
+    return recorder.stats()
+
+
+# -------------------------------------------------------------------------------------------- server
+
+
+def write_config(cases: list[ModelCase], directory: Path) -> Path:
+    """A config.json listing the benchmarked models with absolute base paths."""
+    config = {"model_config_list": [{"config": {"name": c.name, "base_path": str(c.base_path)}} for c in cases]}
+    path = directory / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+class Server:
+    """`python -m api.main` (embedded Redis, a worker, the api) in its own session, stopped on exit."""
+
+    def __init__(self, cases: list[ModelCase], server_flags: list[str], directory: Path) -> None:
+        self.cases = cases
+        self.grpc_port = free_port()
+        self.rest_port = free_port()
+        self.log_path = directory / "ovms.log"
+        config = write_config(cases, directory)
+        self.command = [
+            sys.executable, "-m", "api.main", "--config_path", str(config),
+            "--port", str(self.grpc_port), "--rest_port", str(self.rest_port), *server_flags,
+        ]  # fmt: skip
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def grpc_address(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://localhost:{self.rest_port}"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def __enter__(self) -> Server:
+        with open(self.log_path, "w") as log:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
+            )
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"ovms exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def wait_ready(self) -> None:
+        """Wait for both readiness log lines, then until every model has an AVAILABLE version."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not all(line in self.log_tail(10**7) for line in (GRPC_READY, REST_READY)):
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ovms was not ready within {READY_TIMEOUT_S} s:\n{self.log_tail()}")
+            time.sleep(0.1)
+        for case in self.cases:
+            while not self.model_available(case.name):
+                self.check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"model {case.name} not AVAILABLE within {READY_TIMEOUT_S} s")
+                time.sleep(0.2)
+
+    def model_available(self, name: str) -> bool:
+        try:
+            reply = requests.get(f"{self.rest_url}/v1/models/{name}", timeout=5)
+        except requests.RequestException:
+            return False
+        states = [v.get("state") for v in reply.json().get("model_version_status", [])] if reply.ok else []
+        return "AVAILABLE" in states
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL the process group and any descendant left (the embedded Redis has its own session)."""
+        if self.process is None:
+            return
+        children = descendants(self.process.pid)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                progress("ovms did not stop on SIGTERM; killing its process group")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of all live processes below `pid`, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        kids = children.get(pending.pop(), [])
+        found += kids
+        pending += kids
+    return found
+
+
+# ------------------------------------------------------------------------------------------- reports
+
+
+@dataclass
+class Row:
+    """One table row: a served measurement next to the raw one at the same concurrency."""
+
+    concurrency: int
+    api: str
+    raw: Stats
+    served: Stats
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return "-" if np.isnan(value) else f"{value:,.{digits}f}"
+
+
+def row_cells(row: Row) -> list[str]:
+    raw, served = row.raw, row.served
+    ratio = served.throughput / raw.throughput if raw.throughput else float("nan")
+    return [
+        str(row.concurrency),
+        row.api,
+        fmt(raw.throughput, 0),
+        fmt(raw.percentile(50), 2),
+        fmt(raw.percentile(99), 2),
+        fmt(served.throughput, 0),
+        fmt(served.percentile(50), 2),
+        fmt(served.percentile(99), 2),
+        fmt(ratio, 3),
+        fmt(served.percentile(50) - raw.percentile(50), 2),
+        fmt(served.mean_batch, 2),
+        str(served.error_count),
+    ]
+
+
+HEADERS = [
+    "concurrency", "api", "raw req/s", "raw p50 ms", "raw p99 ms", "served req/s", "served p50 ms",
+    "served p99 ms", "served/raw", "overhead p50 ms", "mean batch", "errors",
+]  # fmt: skip
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table padded so it also reads well in a terminal (numbers right-aligned)."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)) + " |"
+
+    separator = "|" + "|".join("-" * (width + 1) + ":" for width in widths) + "|"
+    return "\n".join([line(headers), separator, *(line(cells) for cells in rows)])
+
+
+def print_model_table(case: ModelCase, rows: list[Row]) -> None:
+    print(f"\n### {case.name}\n")
+    print(markdown_table(HEADERS, [row_cells(row) for row in rows]))
+    errors = Counter()
+    for row in rows:
+        errors.update(row.served.errors)
+    if errors:
+        print("\nerrors: " + ", ".join(f"{kind}: {count}" for kind, count in errors.most_common()))
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def print_header(args: argparse.Namespace, server: Server) -> None:
+    now = datetime.datetime.now().astimezone()
+    print("## Benchmark: served vs raw OpenVINO\n")
+    print(f"- date: {now:%Y-%m-%d %H:%M:%S %Z}")
+    print(f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}")
+    print(f"- software: Python {platform.python_version()}, OpenVINO {ov.get_version()}, grpcio {grpc.__version__}")
+    print(f"- command: `{shlex.join(sys.orig_argv)}`")
+    print(f"- server: `{shlex.join(['python', *server.command[1:]])}`")
+    print(
+        f"- each cell: {args.warmup:g} s warmup + {args.duration:g} s measured; batch 1 per request; "
+        "raw = OpenVINO AsyncInferQueue in the benchmark process (LATENCY hint at c=1, THROUGHPUT above), "
+        "served = c concurrent clients in the benchmark process (gRPC: grpc.aio coroutines on one channel; "
+        "REST: threads, one requests.Session each); overhead = served p50 - raw p50"
+    )
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def describe(stats: Stats) -> str:
+    return (
+        f"{stats.throughput:,.0f} req/s, p50 {stats.percentile(50):.2f} ms, p99 {stats.percentile(99):.2f} ms, "
+        f"batch {stats.mean_batch:.2f}, errors {stats.error_count}"
+    )
+
+
+def bench_model(args: argparse.Namespace, core: ov.Core, server: Server, case: ModelCase) -> list[Row]:
+    """Raw, gRPC and (optionally) REST measurements of one model at every concurrency."""
+    rows: list[Row] = []
+    for concurrency in args.concurrency:
+        timing = (args.warmup, args.duration)
+        progress(f"{case.name} c={concurrency}: raw OpenVINO ...")
+        raw = measure_raw(core, case, concurrency, *timing)
+        progress(f"  raw:  {describe(raw)}")
+        server.check_alive()
+        progress(f"{case.name} c={concurrency}: served gRPC ...")
+        served = measure_grpc(server.grpc_address, case, concurrency, *timing)
+        progress(f"  gRPC: {describe(served)}")
+        rows.append(Row(concurrency, "gRPC", raw, served))
+        if args.rest:
+            progress(f"{case.name} c={concurrency}: served REST ...")
+            served = measure_rest(server.rest_url, case, concurrency, *timing)
+            progress(f"  REST: {describe(served)}")
+            rows.append(Row(concurrency, "REST", raw, served))
+        server.check_alive()
+    return rows
+
+
+def int_list(text: str) -> list[int]:
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("expected positive integers separated by commas, e.g. 1,8,32")
+    return values
+
+
+def model_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = sorted(set(names) - set(CASES))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {', '.join(CASES)}")
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell (default 8)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warmup seconds before each cell (default 2)")
+    parser.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="e.g. 1,8,32 (default)")
+    parser.add_argument("--models", type=model_list, default=list(CASES), help="e.g. digits,resnet (default)")
+    parser.add_argument("--server-flags", default="", help='extra ovms flags, e.g. "--max_batch_size 8"')
+    parser.add_argument("--rest", action="store_true", help="also measure the REST API")
+    return parser.parse_args(argv)
+
+
+def raise_keyboard_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the server on SIGTERM as on Ctrl-C
+    cases = [CASES[name]() for name in args.models]
+    core = ov.Core()
+    with tempfile.TemporaryDirectory(prefix="ovms-bench-") as directory:
+        server = Server(cases, shlex.split(args.server_flags), Path(directory))
+        try:
+            progress(f"starting {shlex.join(server.command)}")
+            with server:
+                progress(f"server ready: gRPC {server.grpc_address}, REST {server.rest_url}")
+                results = [(case, bench_model(args, core, server, case)) for case in cases]
+        except KeyboardInterrupt:
+            progress("interrupted; the server was stopped")
+            return 130
+        except Exception:
+            progress(f"failed; last lines of the server log:\n{server.log_tail()}")
+            raise
+        print_header(args, server)
+        for case, rows in results:
+            print_model_table(case, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
