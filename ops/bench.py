@@ -12,6 +12,9 @@ temporary config.json, and for each model and concurrency c measures
 - served: gRPC Predict from c coroutines on one `grpc.aio` channel, batch 1, back to back
   (and REST from c threads with `--rest`).
 
+`--server-flags` go to ovms as they are, except the per-model ones (`--max_batch_size 8`, `--nireq 2`, ...),
+which ovms refuses next to `--config_path`: they become settings of every model in the temporary config.json.
+
 A request counts when it completes inside the measured window (after the warmup); throughput is those
 completions over the window. The tables are printed as Markdown on stdout, progress goes to stderr.
 """
@@ -37,6 +40,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -44,6 +48,7 @@ import openvino as ov
 import requests
 
 from api.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
+from inference.settings import _MODEL_FLAGS as PER_MODEL_FLAGS  # the flags ovms refuses next to --config_path
 from tasks.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,9 +302,32 @@ def measure_rest(base_url: str, case: ModelCase, concurrency: int, warmup_s: flo
 # -------------------------------------------------------------------------------------------- server
 
 
-def write_config(cases: list[ModelCase], directory: Path) -> Path:
-    """A config.json listing the benchmarked models with absolute base paths."""
-    config = {"model_config_list": [{"config": {"name": c.name, "base_path": str(c.base_path)}} for c in cases]}
+def config_value(text: str) -> Any:
+    """A flag's value as config.json holds it: JSON where it parses (8, {"...": ...}), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def split_server_flags(flags: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Per-model flags (e.g. --max_batch_size 8) become config.json settings for every model; the rest pass on."""
+    settings: dict[str, Any] = {}
+    passed: list[str] = []
+    tokens = iter(flags)
+    for token in tokens:
+        name, equals, value = token.removeprefix("--").partition("=")
+        if token.startswith("--") and name in PER_MODEL_FLAGS:
+            settings[name] = config_value(value if equals else next(tokens, ""))
+        else:
+            passed.append(token)
+    return settings, passed
+
+
+def write_config(cases: list[ModelCase], settings: dict[str, Any], directory: Path) -> Path:
+    """A config.json listing the benchmarked models with absolute base paths and `settings` each."""
+    entries = [{"config": {"name": c.name, "base_path": str(c.base_path), **settings}} for c in cases]
+    config = {"model_config_list": entries}
     path = directory / "config.json"
     path.write_text(json.dumps(config, indent=2))
     return path
@@ -313,10 +341,11 @@ class Server:
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.log_path = directory / "ovms.log"
-        config = write_config(cases, directory)
+        self.model_settings, passed_flags = split_server_flags(server_flags)
+        config = write_config(cases, self.model_settings, directory)
         self.command = [
             sys.executable, "-m", "api.main", "--config_path", str(config),
-            "--port", str(self.grpc_port), "--rest_port", str(self.rest_port), *server_flags,
+            "--port", str(self.grpc_port), "--rest_port", str(self.rest_port), *passed_flags,
         ]  # fmt: skip
         self.process: subprocess.Popen | None = None
 
@@ -350,7 +379,7 @@ class Server:
     def check_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise RuntimeError(f"ovms exited with {self.process.returncode}:\n{self.log_tail()}")
+            raise RuntimeError(f"ovms exited with {self.process.returncode}")
 
     def wait_ready(self) -> None:
         """Wait for both readiness log lines, then until every model has an AVAILABLE version."""
@@ -358,7 +387,7 @@ class Server:
         while not all(line in self.log_tail(10**7) for line in (GRPC_READY, REST_READY)):
             self.check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"ovms was not ready within {READY_TIMEOUT_S} s:\n{self.log_tail()}")
+                raise TimeoutError(f"ovms was not ready within {READY_TIMEOUT_S} s")
             time.sleep(0.1)
         for case in self.cases:
             while not self.model_available(case.name):
@@ -481,14 +510,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def print_header(args: argparse.Namespace, server: Server) -> None:
-    now = datetime.datetime.now().astimezone()
+def print_header(args: argparse.Namespace, server: Server, started: datetime.datetime) -> None:
     print("## Benchmark: served vs raw OpenVINO\n")
-    print(f"- date: {now:%Y-%m-%d %H:%M:%S %Z}")
+    print(f"- date: {started:%Y-%m-%d %H:%M:%S %Z}")
     print(f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}")
     print(f"- software: Python {platform.python_version()}, OpenVINO {ov.get_version()}, grpcio {grpc.__version__}")
     print(f"- command: `{shlex.join(sys.orig_argv)}`")
     print(f"- server: `{shlex.join(['python', *server.command[1:]])}`")
+    if server.model_settings:
+        print(f"- config.json settings of every model (from --server-flags): `{json.dumps(server.model_settings)}`")
     print(
         f"- each cell: {args.warmup:g} s warmup + {args.duration:g} s measured; batch 1 per request; "
         "raw = OpenVINO AsyncInferQueue in the benchmark process (LATENCY hint at c=1, THROUGHPUT above), "
@@ -554,7 +584,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="warmup seconds before each cell (default 2)")
     parser.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="e.g. 1,8,32 (default)")
     parser.add_argument("--models", type=model_list, default=list(CASES), help="e.g. digits,resnet (default)")
-    parser.add_argument("--server-flags", default="", help='extra ovms flags, e.g. "--max_batch_size 8"')
+    parser.add_argument(
+        "--server-flags", default="", help='extra ovms flags, e.g. "--max_batch_size 8" (per-model ones: config.json)'
+    )
     parser.add_argument("--rest", action="store_true", help="also measure the REST API")
     return parser.parse_args(argv)
 
@@ -565,6 +597,7 @@ def raise_keyboard_interrupt(*_: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    started = datetime.datetime.now().astimezone()
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the server on SIGTERM as on Ctrl-C
     cases = [CASES[name]() for name in args.models]
     core = ov.Core()
@@ -581,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             progress(f"failed; last lines of the server log:\n{server.log_tail()}")
             raise
-        print_header(args, server)
+        print_header(args, server, started)
         for case, rows in results:
             print_model_table(case, rows)
     return 0
