@@ -2,7 +2,8 @@
 
 One listener thread per api process blocks on this process's reply list and resolves the futures
 of the requests each result answers, so any number of request threads can wait at once without
-touching a shared pub/sub connection.
+touching a shared pub/sub connection. A completed message frees its lane's slot, and the listener
+publishes what waited for it (tasks.lanes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import redis
 from inference.errors import DEADLINE_PASSED, DeadlineExceeded, Internal, ServingError, Unavailable
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
+from tasks.lanes import Entry, Lane
 from tasks.messages import pack_requests, unpack_result
 from tasks.publisher import PredictPublisher
 from tasks.registry import Target
@@ -31,28 +33,14 @@ log = logging.getLogger("serving")
 class _Pending:
     """The requests of one published message, waiting for its result."""
 
-    def __init__(self, version: int, futures: dict[str, Future[InferenceResult]]) -> None:
+    def __init__(self, lane: Lane, version: int, futures: dict[str, Future[InferenceResult]]) -> None:
+        self.lane = lane
         self.version = version
         self.futures = futures
 
 
-class _Lane:
-    """Requests for one model version waiting to be published together."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.waiting: list[tuple[InferenceRequest, Future[InferenceResult]]] = []
-        self.publishing = False
-
-
 class Dispatcher:
-    """Publishes predict requests and routes results back.
-
-    Concurrent requests for the same model version are coalesced: the first one publishes at once
-    (a lone request never waits), and the requests that arrive while a publish is under way go
-    together in the next message, at most `max_requests_per_message` of them. The worker batches
-    them; one message amortises Celery's per-message cost over many requests.
-    """
+    """Publishes predict requests, coalesced per model version (see tasks.lanes), and routes results back."""
 
     def __init__(self, store: redis.Redis, max_requests_per_message: int = 64) -> None:
         self._store = store
@@ -60,7 +48,8 @@ class Dispatcher:
         self._max_per_message = max_requests_per_message
         self.reply_to = reply_key(uuid.uuid4().hex)
         self._pending: dict[str, _Pending] = {}
-        self._lanes: dict[tuple[str, int], _Lane] = {}
+        self._targets: dict[str, Target] = {}
+        self._lanes: dict[tuple[str, int], Lane] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="ovms-results", daemon=True)
@@ -76,45 +65,41 @@ class Dispatcher:
         """Publish a request (possibly with others) and wait for its answer until its deadline."""
         future: Future[InferenceResult] = Future()
         lane = self._lane(target)
-        with lane.lock:
-            lane.waiting.append((request, future))
-            lead = not lane.publishing
-            lane.publishing = True
-        if lead:
-            self._publish_waiting(target, lane)
+        lane.add((request, future), target.workers)
+        self._pump(target, lane)
         try:
             return future.result(timeout=max(request.deadline - time.time(), 0))
         except FutureTimeout:
+            if not future.cancel():  # the answer is being delivered right now
+                return future.result()
             self._forget(request)
             raise DeadlineExceeded(DEADLINE_PASSED) from None
 
-    def _lane(self, target: Target) -> _Lane:
+    def _lane(self, target: Target) -> Lane:
         key = (target.queue, target.version)
         lane = self._lanes.get(key)
         if lane is None:
             with self._lock:
-                lane = self._lanes.setdefault(key, _Lane())
+                lane = self._lanes.setdefault(key, Lane(self._max_per_message))
         return lane
 
-    def _publish_waiting(self, target: Target, lane: _Lane) -> None:
-        """Publish until nothing is waiting; whoever finds the lane idle does this."""
-        while True:
-            with lane.lock:
-                taken = lane.waiting[: self._max_per_message]
-                del lane.waiting[: self._max_per_message]
-                if not taken:
-                    lane.publishing = False
-                    return
-            self._publish(target, taken)
+    def _pump(self, target: Target, lane: Lane) -> None:
+        """Publish the lane's waiting requests while it may have more messages in flight."""
+        while (entries := lane.take()) is not None:
+            try:
+                self._publish(target, lane, entries)
+            finally:
+                lane.published()
 
-    def _publish(self, target: Target, entries: list[tuple[InferenceRequest, Future[InferenceResult]]]) -> None:
+    def _publish(self, target: Target, lane: Lane, entries: list[Entry]) -> None:
         task_id = uuid.uuid4().hex
         requests = [request for request, _ in entries]
         for index, request in enumerate(requests):
             request.request_id = f"{task_id}.{index}"
         envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
         with self._lock:
-            self._pending[task_id] = _Pending(target.version, {r.request_id: f for r, f in entries})
+            self._pending[task_id] = _Pending(lane, target.version, {r.request_id: f for r, f in entries})
+            self._targets[task_id] = target
         try:
             self._publisher.publish(
                 task_id, envelope, payload, target.queue, self.reply_to, max(envelope["deadline"] - time.time(), 0.001)
@@ -123,14 +108,24 @@ class Dispatcher:
             self._resolve_all(task_id, Unavailable(f"Broker unavailable: {exc}"))
 
     def _forget(self, request: InferenceRequest) -> None:
-        """Stop waiting for a request whose deadline passed; its message may still be answered."""
+        """Stop waiting for a published request whose deadline passed; its message may still be answered."""
         task_id = request.request_id.partition(".")[0]
         with self._lock:
             pending = self._pending.get(task_id)
-            if pending is not None:
-                pending.futures.pop(request.request_id, None)
-                if not pending.futures:
-                    del self._pending[task_id]
+            if pending is None:
+                return
+            pending.futures.pop(request.request_id, None)
+            if pending.futures:
+                return
+            del self._pending[task_id]
+        self._completed(task_id, pending)
+
+    def _completed(self, task_id: str, pending: _Pending) -> None:
+        """A message is done with: free its lane slot and publish what waited for it."""
+        pending.lane.completed()
+        target = self._targets.pop(task_id, None)
+        if target is not None:
+            self._pump(target, pending.lane)
 
     def _listen(self) -> None:
         while not self._stop.is_set():
@@ -166,6 +161,8 @@ class Dispatcher:
         results = reply.get("results", {})
         for request_id, future in pending.futures.items():
             entry = results.get(request_id)
+            if not future.set_running_or_notify_cancel():
+                continue  # gave up at its deadline
             try:
                 if entry is None:
                     raise Internal("The worker returned no result for this request")
@@ -174,13 +171,17 @@ class Dispatcher:
                 future.set_exception(error)
             else:
                 future.set_result(InferenceResult(pending.version, outputs, reply.get("worker", ""), batch_rows))
+        self._completed(task_id, pending)
 
     def _resolve_all(self, task_id: str, error: ServingError) -> None:
         with self._lock:
             pending = self._pending.pop(task_id, None)
-        if pending is not None:
-            for future in pending.futures.values():
+        if pending is None:
+            return
+        for future in pending.futures.values():
+            if future.set_running_or_notify_cancel():
                 future.set_exception(error)
+        self._completed(task_id, pending)
 
 
 def _describe(result: Any) -> str:

@@ -41,8 +41,16 @@ class PredictPublisher:
     def publish(
         self, task_id: str, envelope: dict[str, Any], payload: bytes, queue: str, reply_to: str, expires_s: float
     ) -> None:
+        summary = f"{envelope['model']} v{envelope['version']}: {len(envelope['requests'])} request(s)"
         message = self._app.amqp.as_task_v2(
-            task_id, PREDICT_TASK, args=(envelope,), kwargs={}, expires=expires_s, reply_to=reply_to
+            task_id,
+            PREDICT_TASK,
+            args=(envelope,),
+            kwargs={},
+            expires=expires_s,
+            reply_to=reply_to,
+            argsrepr=summary,  # what Flower and logs show; also spares Celery a saferepr of the envelope
+            kwargsrepr="{}",
         )
         content_type, content_encoding, body = dumps(message.body, serializer="json")
         properties = dict(message.properties)

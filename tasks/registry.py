@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -94,6 +94,7 @@ class VersionView:
     error_message: str
     signature: ModelSignature | None = None
     queue: str | None = None  # set when a live worker serves this version
+    workers: int = 0  # live workers holding it AVAILABLE
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,7 @@ class Target:
     version: int
     signature: ModelSignature
     queue: str
+    workers: int = 1
 
 
 class RegistryView:
@@ -160,7 +162,7 @@ class RegistryView:
             raise NotFound(VERSION_RETIRED)
         if view.state != "AVAILABLE" or view.signature is None or view.queue is None:
             raise Unavailable(NO_LIVE_WORKER)
-        return Target(name, version, view.signature, view.queue)
+        return Target(name, version, view.signature, view.queue, view.workers)
 
     def model_names(self) -> list[str]:
         with self._lock:
@@ -191,11 +193,14 @@ def _merge(documents: list[dict[str, Any]], catalog: dict[str, Any]) -> dict[str
         models[name] = {
             int(v): VersionView("UNKNOWN", "UNAVAILABLE", NO_LIVE_WORKER) for v in entry.get("versions", [])
         }
+    serving: dict[tuple[str, int], int] = {}  # live workers holding each version AVAILABLE
     for document in documents:
         for name, model in document.get("models", {}).items():
             versions = models.setdefault(name, {})
             for version_text, status in model["versions"].items():
                 version = int(version_text)
+                if status["state"] == "AVAILABLE":
+                    serving[name, version] = serving.get((name, version), 0) + 1
                 current = versions.get(version)
                 if current is not None and _STATE_RANK[current.state] >= _STATE_RANK[status["state"]]:
                     continue
@@ -204,4 +209,6 @@ def _merge(documents: list[dict[str, Any]], catalog: dict[str, Any]) -> dict[str
                 versions[version] = VersionView(
                     status["state"], status["error_code"], status["error_message"], signature, queue
                 )
+    for (name, version), count in serving.items():
+        models[name][version] = replace(models[name][version], workers=count)
     return models

@@ -1,0 +1,66 @@
+"""The api-side coalescing lane: a lone request leaves at once, a crowd leaves together."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import numpy as np
+
+from inference.request import InferenceRequest
+from tasks.lanes import MESSAGES_IN_FLIGHT_PER_WORKER, Lane
+
+
+def entry(index: int) -> tuple[InferenceRequest, Future]:
+    return InferenceRequest("m", 1, {"x": np.full((1, 1), index, np.float32)}, deadline=1e12), Future()
+
+
+def test_a_lone_request_is_taken_at_once() -> None:
+    lane = Lane(max_requests_per_message=64)
+    lane.add(entry(0), workers=1)
+    taken = lane.take()
+    assert taken is not None and len(taken) == 1
+
+
+def test_requests_wait_while_the_in_flight_limit_is_reached_then_leave_together() -> None:
+    lane = Lane(max_requests_per_message=64)
+    for index in range(MESSAGES_IN_FLIGHT_PER_WORKER):
+        lane.add(entry(index), workers=1)
+        assert lane.take() is not None
+        lane.published()
+    crowd = [entry(index) for index in range(10)]
+    for item in crowd:
+        lane.add(item, workers=1)
+    assert lane.take() is None, "no slot is free: the crowd must wait"
+    lane.completed()
+    taken = lane.take()
+    assert taken == crowd, "one message, in arrival order"
+
+
+def test_more_workers_allow_more_messages_in_flight() -> None:
+    lane = Lane(max_requests_per_message=64)
+    for index in range(MESSAGES_IN_FLIGHT_PER_WORKER * 3):
+        lane.add(entry(index), workers=3)
+        assert lane.take() is not None
+        lane.published()
+    lane.add(entry(99), workers=3)
+    assert lane.take() is None
+
+
+def test_one_taker_at_a_time_and_message_size_is_bounded() -> None:
+    lane = Lane(max_requests_per_message=4)
+    for index in range(10):
+        lane.add(entry(index), workers=5)
+    first = lane.take()
+    assert first is not None and len(first) == 4
+    assert lane.take() is None, "another taker must wait until the first published"
+    lane.published()
+    assert len(lane.take() or []) == 4
+
+
+def test_requests_that_gave_up_are_skipped() -> None:
+    lane = Lane(max_requests_per_message=64)
+    gone, kept = entry(0), entry(1)
+    lane.add(gone, workers=1)
+    lane.add(kept, workers=1)
+    gone[1].cancel()
+    assert lane.take() == [kept]
