@@ -57,7 +57,8 @@ class CompiledVersion:
         tensors = {self._input_index[name]: self._to_ov(name, array) for name, array in inputs.items()}
         try:
             with self._submit_lock:
-                self._queue.start_async(tensors, future)
+                # OpenVINO reads the arrays in place; the userdata keeps them alive until the callback
+                self._queue.start_async(tensors, (future, tensors), share_inputs=True)
         except RuntimeError as exc:
             future.set_exception(_inference_error(self.signature, exc))
         return future
@@ -74,7 +75,8 @@ class CompiledVersion:
             return ov.Tensor(np.ascontiguousarray(array), array.shape, ov.Type.bf16)
         return array
 
-    def _on_done(self, request: ov.InferRequest, future: Future[Tensors]) -> None:
+    def _on_done(self, request: ov.InferRequest, userdata: tuple[Future[Tensors], dict]) -> None:
+        future = userdata[0]
         try:
             outputs = {
                 port.alias: _copy_output(request.get_output_tensor(index), port.precision)
