@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from inference.errors import VERSION_NOT_FOUND, InvalidArgument, NotFound
+import redis
+
+from inference.errors import VERSION_NOT_FOUND, InvalidArgument, NotFound, ServingError
 from inference.request import InferenceRequest, InferenceResult
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
+from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
 from tasks.registry import RegistryView, VersionView
 
@@ -22,10 +26,53 @@ class VersionStatus:
 
 
 class DataPlane:
-    def __init__(self, registry: RegistryView, dispatcher: Dispatcher, default_timeout_s: float) -> None:
+    def __init__(
+        self,
+        registry: RegistryView,
+        dispatcher: Dispatcher,
+        default_timeout_s: float,
+        store: redis.Redis,
+        configured: Callable[[], list[str] | None] = lambda: None,
+    ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._default_timeout_s = default_timeout_s
+        self._store = store
+        self._configured = configured
+
+    def expected_models(self) -> list[str]:
+        """The models this server must serve to be ready: its configuration's when it has one, else the
+        ones live workers are configured with."""
+        configured = self._configured()
+        return sorted(configured) if configured is not None else self._registry.served_model_names(active_only=True)
+
+    def config_status(self) -> dict[str, list[VersionStatus]]:
+        """Every known model's version statuses (GET /v1/config)."""
+        statuses = {}
+        for name in sorted(set(self.expected_models()) | set(self._registry.served_model_names())):
+            try:
+                statuses[name] = self.model_status(name, None)
+            except ServingError:
+                statuses[name] = []
+        return statuses
+
+    def reload_config(self) -> bool:
+        """Every live worker re-reads its configuration now; True if anything was (un/re)loaded."""
+        outcome = request_reload(self._store, self._registry.live_workers())
+        if outcome.errors:
+            raise InvalidArgument("Configuration not applied: " + "; ".join(sorted(set(outcome.errors))))
+        self._registry.refresh()
+        return outcome.changed
+
+    def readiness(self) -> dict[str, bool]:
+        """Per known model: does a live worker hold an AVAILABLE version of it?"""
+        ready = {}
+        for name in self.expected_models():
+            try:
+                ready[name] = any(s.state == "AVAILABLE" for s in self.model_status(name, None))
+            except ServingError:
+                ready[name] = False
+        return ready
 
     def model_status(self, name: str, version: int | None) -> list[VersionStatus]:
         """Every version's status, or just the requested one (NOT_FOUND if it is unknown)."""
@@ -56,7 +103,9 @@ class DataPlane:
             if unknown:
                 raise InvalidArgument(f"Invalid output name - not found in model outputs: {', '.join(unknown)}")
         deadline = time.time() + (timeout_s if timeout_s is not None else self._default_timeout_s)
-        request = InferenceRequest(name, target.version, arrays, list(output_filter or []) or None, deadline)
+        request = InferenceRequest(
+            name, target.version, arrays, list(output_filter or []) or None, deadline, pinned=bool(version)
+        )
         result = self._dispatcher.infer(target, request)
         result.precisions = {name: target.signature.outputs[name].precision for name in result.outputs}
         return result

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import MethodNotAllowed
 
-from api.dataplane import DataPlane
+from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
 from api.rest_codec import parse_predict_body, predict_response
 from inference import dtypes
@@ -62,6 +62,25 @@ def create_app(dataplane: DataPlane) -> Flask:
             return _json(_metadata(dataplane, name, version))
         return _json(_status(dataplane, name, version))
 
+    @app.get("/v1/config")
+    def config() -> Response:
+        return _json(_config_status(dataplane))
+
+    @app.post("/v1/config/reload")
+    def reload_config() -> Response:
+        changed = dataplane.reload_config()
+        return _json(_config_status(dataplane), 201 if changed else 200)
+
+    @app.get("/v1/health/live")
+    def live() -> Response:
+        return _json({"status": "live"})
+
+    @app.get("/v1/health/ready")
+    def ready() -> Response:
+        models = dataplane.readiness()
+        is_ready = bool(models) and all(models.values())
+        return _json({"ready": is_ready, "models": models}, 200 if is_ready else 503)
+
     return app
 
 
@@ -83,6 +102,10 @@ def _json(document: Any, status: int = 200, headers: dict[str, str] | None = Non
 
 
 def _status(dataplane: DataPlane, name: str, version: int | None) -> dict[str, Any]:
+    return _status_json(dataplane.model_status(name, version))
+
+
+def _status_json(statuses: list[VersionStatus]) -> dict[str, Any]:
     return {
         "model_version_status": [
             {
@@ -90,9 +113,14 @@ def _status(dataplane: DataPlane, name: str, version: int | None) -> dict[str, A
                 "state": status.state,
                 "status": {"error_code": status.error_code, "error_message": status.error_message},
             }
-            for status in dataplane.model_status(name, version)
+            for status in statuses
         ]
     }
+
+
+def _config_status(dataplane: DataPlane) -> dict[str, Any]:
+    """OVMS's GET /v1/config: model name -> its version statuses."""
+    return {name: _status_json(statuses) for name, statuses in dataplane.config_status().items()}
 
 
 def _metadata(dataplane: DataPlane, name: str, version: int | None) -> dict[str, Any]:
@@ -128,9 +156,9 @@ def _signature_json(signature: ModelSignature) -> dict[str, Any]:
 
 def _predict(dataplane: DataPlane, name: str, version: int | None) -> Response:
     body = _json_body()
-    resolved, signature = dataplane.model_metadata(name, version)
+    _, signature = dataplane.model_metadata(name, version)
     inputs, form = parse_predict_body(body, signature)
-    result = dataplane.predict(name, resolved, inputs, timeout_s=_timeout())
+    result = dataplane.predict(name, version, inputs, timeout_s=_timeout())  # unpinned stays unpinned
     headers = {WORKER_HEADER: result.worker, BATCH_HEADER: str(result.batch_size)}
     return _json(predict_response(result.outputs, result.precisions, form), headers=headers)
 

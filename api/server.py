@@ -11,9 +11,10 @@ import waitress
 
 from api.dataplane import DataPlane
 from api.grpc_service import ModelService, PredictionService
+from api.health import HealthReporter
 from api.protos import serving_pb2_grpc
 from api.rest_app import create_app
-from inference.settings import ServerSettings
+from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
 from tasks.publisher import store_client
@@ -33,9 +34,12 @@ class ApiServer:
         store = store_client(backend_url)
         self._registry = RegistryView(store)
         self._dispatcher = Dispatcher(store)
-        self._dataplane = DataPlane(self._registry, self._dispatcher, settings.request_timeout_s)
+        self._dataplane = DataPlane(
+            self._registry, self._dispatcher, settings.request_timeout_s, store, ConfiguredModels(settings)
+        )
         self._rest_enabled = rest and settings.rest_port > 0
         self._grpc: grpc.Server | None = None
+        self._health: HealthReporter | None = None
         self._rest: waitress.server.BaseWSGIServer | None = None
 
     def start(self) -> None:
@@ -46,6 +50,8 @@ class ApiServer:
             self._start_rest()
 
     def stop(self, grace_s: float = 5.0) -> None:
+        if self._health is not None:
+            self._health.stop()
         if self._rest is not None:
             self._rest.close()
         if self._grpc is not None:
@@ -63,9 +69,11 @@ class ApiServer:
         server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_THREADS), options=list(options.items()))
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self._dataplane), server)
         serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._dataplane), server)
+        self._health = HealthReporter(self._dataplane, server)
         if server.add_insecure_port(f"[::]:{self._settings.port}") == 0:
             raise RuntimeError(f"cannot bind gRPC port {self._settings.port}")
         server.start()
+        self._health.start()
         self._grpc = server
         log.info("Server started on port %d", self._settings.port)
 

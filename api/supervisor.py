@@ -18,6 +18,7 @@ from api.server import ApiServer
 from inference.settings import ServerSettings
 from tasks.broker import EmbeddedRedis
 from tasks.registry import RegistryView
+from tasks.routing import worker_name
 
 log = logging.getLogger("serving")
 
@@ -37,6 +38,7 @@ class Supervisor:
         self._argv = argv
         self._redis: EmbeddedRedis | None = None
         self._workers: list[subprocess.Popen] = []
+        self._expected_workers: set[str] = set()
         self._child_died = threading.Event()
 
     def run(self) -> int:
@@ -44,7 +46,9 @@ class Supervisor:
         try:
             broker_url = self._settings.broker_url or self._start_embedded_redis()
             for device in self._settings.devices():
-                self._workers.append(self._spawn_worker(device, broker_url))
+                worker = self._spawn_worker(device, broker_url)
+                self._workers.append(worker)
+                self._expected_workers.add(worker_name(device, worker.pid))
             self._wait_for_models(self._settings.result_backend_url or broker_url)
             api = ApiServer(self._settings, broker_url)
             api.start()
@@ -81,15 +85,14 @@ class Supervisor:
         return subprocess.Popen(command, preexec_fn=_die_with_parent)
 
     def _wait_for_models(self, store_url: str) -> None:
-        """Serve only once every configured model has finished loading (AVAILABLE or failed)."""
+        """Serve only once every worker finished loading the models it found (AVAILABLE or failed)."""
         registry = RegistryView(redis.Redis.from_url(store_url))
-        names = [model.name for model in self._settings.models]
         deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
         while time.monotonic() < deadline:
             if any(worker.poll() is not None for worker in self._workers):
                 raise RuntimeError("a worker exited while loading models")
             registry.refresh()
-            if all(_settled(registry, name) for name in names):
+            if self._expected_workers <= registry.loaded_workers():
                 return
             time.sleep(0.1)
         raise RuntimeError(f"models did not load within {MODEL_LOAD_TIMEOUT_S} s")
@@ -116,11 +119,3 @@ class Supervisor:
                 worker.kill()
                 worker.wait()
 
-
-def _settled(registry: RegistryView, name: str) -> bool:
-    try:
-        versions = registry.versions(name)
-    except Exception:
-        return False
-    live = [view for view in versions.values() if view.state != "UNKNOWN"]
-    return bool(live) and all(view.state in ("AVAILABLE", "END") for view in live)

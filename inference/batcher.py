@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from inference.errors import VERSION_RETIRED, NotFound
 from inference.model import CompiledVersion, Tensors
 
 log = logging.getLogger("serving")
@@ -32,6 +33,7 @@ log = logging.getLogger("serving")
 class BatchResult:
     outputs: Tensors  # this request's rows only
     batch_rows: int  # rows in the inference that computed them
+    compiled: CompiledVersion  # the version that computed them
 
 
 @dataclass
@@ -91,7 +93,7 @@ class DynamicBatcher:
         item = _Item(inputs, int(first.shape[0]) if first.ndim else 1, _shape_key(inputs), Future())
         with self._cond:
             if self._closed:
-                raise RuntimeError("the model version is unloading")
+                raise NotFound(VERSION_RETIRED)
             if arrivals is not None and arrivals.remaining:
                 arrivals.remaining -= 1
                 self._expected -= 1
@@ -165,7 +167,7 @@ class DynamicBatcher:
             self._cond.notify_all()
         error = done.exception()
         if error is None:
-            _split(batch, done.result())
+            _split(batch, done.result(), self.compiled)
         elif len(batch) == 1:
             batch[0].future.set_exception(error)
         else:
@@ -185,10 +187,11 @@ def _concatenate(batch: list[_Item]) -> Tensors:
     return {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
 
 
-def _split(batch: list[_Item], outputs: Tensors) -> None:
+def _split(batch: list[_Item], outputs: Tensors, compiled: CompiledVersion) -> None:
     total = sum(item.rows for item in batch)
     start = 0
     for item in batch:
         end = start + item.rows
-        item.future.set_result(BatchResult({name: array[start:end] for name, array in outputs.items()}, total))
+        rows = {name: array[start:end] for name, array in outputs.items()}
+        item.future.set_result(BatchResult(rows, total, compiled))
         start = end

@@ -1,25 +1,36 @@
-"""The model versions one worker holds: which to load, their states, and lookup for inference."""
+"""The model versions one worker holds: which to load, their states, and lookup for inference.
+
+Versions follow TensorFlow Serving's states: a version directory that appears is START until its files
+are complete and unchanged across one poll, then LOADING (fetched, compiled, warmed up with one
+inference) and AVAILABLE; one that disappears (or that the policy drops) goes UNLOADING, finishes
+what is queued, and ends END. A version that failed to load is retried once its files change.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import openvino as ov
 
+from inference import dtypes
 from inference.batcher import DynamicBatcher
 from inference.errors import ServingError
 from inference.model import CompiledVersion
-from inference.repository import list_versions, select_versions
+from inference.repository import select_versions
 from inference.settings import ConfigError, ModelConfig
+from inference.signature import DYNAMIC, ModelSignature
+from inference.storage import ModelStorage, open_storage
 
 log = logging.getLogger("serving")
 
 # TensorFlow Serving's ModelVersionStatus states.
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+_HELD = (START, LOADING, AVAILABLE)
+_LOAD_ERRORS = (RuntimeError, ServingError, ConfigError, OSError)
 
 
 @dataclass
@@ -36,75 +47,168 @@ class VersionStatus:
         return data
 
 
+@dataclass
+class _Model:
+    config: ModelConfig
+    storage: ModelStorage
+    versions: dict[int, VersionStatus] = field(default_factory=dict)
+    seen: dict[int, tuple] = field(default_factory=dict)  # fingerprints at the previous poll
+    failed: dict[int, tuple] = field(default_factory=dict)  # fingerprints that failed to load
+    error: str = ""  # the repository itself cannot be read
+    active: bool = True  # False once removed from the configuration (its versions stay, END)
+
+
 class ModelManager:
-    """Loads the configured models' versions and keeps their states."""
+    """Loads the configured models' versions, keeps their states, and follows changes."""
 
     def __init__(self, models: list[ModelConfig], core: ov.Core | None = None) -> None:
         self._core = core or ov.Core()
-        self._configs = {model.name: model for model in models}
-        self._versions: dict[str, dict[int, VersionStatus]] = {model.name: {} for model in models}
-        self._lock = threading.Lock()
+        self._models: dict[str, _Model] = {}
+        self._lock = threading.RLock()
+        for config in models:
+            self._models[config.name] = _Model(config, open_storage(config.base_path))
 
-    @property
     def configs(self) -> dict[str, ModelConfig]:
-        return dict(self._configs)
+        with self._lock:
+            return {name: model.config for name, model in self._models.items() if model.active}
 
-    def reconcile(self) -> bool:
-        """Load versions the policy selects and unload the ones it no longer does; True if anything changed."""
+    def reconcile(self, initial: bool = False) -> bool:
+        """Follow the repositories: load new versions, unload removed ones; True if any state changed.
+
+        `initial`: trust complete versions at once instead of waiting one poll for them to settle.
+        """
         changed = False
-        for config in self._configs.values():
-            changed |= self._reconcile_model(config)
+        for model in list(self._models.values()):
+            if model.active:
+                changed |= self._reconcile_model(model, initial)
+        return changed
+
+    def apply_config(self, models: list[ModelConfig]) -> bool:
+        """Make the new configuration current: added models load, removed ones unload, changed ones
+        reload (the new version is AVAILABLE before the old one goes); untouched ones are left alone."""
+        wanted = {config.name: config for config in models}
+        changed = False
+        for name in [n for n, model in self._models.items() if model.active and n not in wanted]:
+            log.info("Model %s: removed from the configuration", name)
+            self._retire_model(self._models[name])
+            changed = True
+        for name, config in wanted.items():
+            current = self._models.get(name)
+            if current is not None and current.active and current.config == config:
+                continue
+            log.info("Model %s: configuration %s", name, "changed" if current else "added")
+            if current is None or not current.active or current.config.base_path != config.base_path:
+                if current is not None:
+                    self._retire_model(current)
+                current = self._models[name] = _Model(config, open_storage(config.base_path))
+                self._reconcile_model(current, initial=True)
+            else:
+                self._reload_model(current, config)
+            changed = True
         return changed
 
     def get(self, name: str, version: int) -> DynamicBatcher | None:
         """The batcher that runs an AVAILABLE version, or None."""
-        status = self._versions.get(name, {}).get(version)
+        model = self._models.get(name)
+        status = model.versions.get(version) if model else None
         return status.served if status is not None and status.state == AVAILABLE else None
+
+    def default(self, name: str) -> DynamicBatcher | None:
+        """The highest AVAILABLE version's batcher: where a request that named no version goes."""
+        model = self._models.get(name)
+        if model is None:
+            return None
+        available = [v for v, status in model.versions.items() if status.state == AVAILABLE]
+        return self.get(name, max(available)) if available else None
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Every model's versions with state, error and signature, as published to the api."""
         with self._lock:
             return {
-                name: {str(version): status.to_dict() for version, status in sorted(versions.items())}
-                for name, versions in self._versions.items()
+                name: {
+                    "versions": {str(v): status.to_dict() for v, status in sorted(model.versions.items())},
+                    "error": model.error,
+                    "active": model.active,
+                }
+                for name, model in self._models.items()
             }
 
     def close(self) -> None:
-        for versions in self._versions.values():
-            for status in versions.values():
+        for model in self._models.values():
+            for status in model.versions.values():
                 if status.served is not None:
                     status.served.close()
 
-    def _reconcile_model(self, config: ModelConfig) -> bool:
-        try:
-            wanted = set(select_versions(list_versions(config.base_path), config.model_version_policy))
-        except ConfigError as exc:
-            log.error("Model %s: %s", config.name, exc)
-            return False
-        versions = self._versions[config.name]
-        held = {v for v, status in versions.items() if status.state in (START, LOADING, AVAILABLE)}
-        for version in sorted(wanted - held):
-            self._load(config, version)
-        for version in sorted(held - wanted):
-            self._unload(config.name, version)
-        return wanted != held
-
-    def _set(self, name: str, version: int, status: VersionStatus) -> None:
+    def _set(self, model: _Model, version: int, status: VersionStatus) -> None:
         with self._lock:
-            self._versions[name][version] = status
+            model.versions[version] = status
 
-    def _load(self, config: ModelConfig, version: int) -> None:
-        self._set(config.name, version, VersionStatus(LOADING))
-        log.info("Loading model: %s, version: %d, from path: %s", config.name, version, config.base_path)
+    def _reconcile_model(self, model: _Model, initial: bool) -> bool:
+        config = model.config
         try:
-            compiled = CompiledVersion(self._core, config, version, Path(config.base_path) / str(version))
-        except (RuntimeError, ServingError, ConfigError) as exc:
-            message = getattr(exc, "message", None) or str(exc).splitlines()[0]
-            log.error("Model %s version %d failed to load: %s", config.name, version, message)
-            self._set(config.name, version, VersionStatus(END, "UNKNOWN", message))
-            return
+            wanted = set(select_versions(model.storage.list_versions(), config.model_version_policy))
+        except ConfigError as exc:
+            if model.error != str(exc):
+                log.error("Model %s: %s", config.name, exc)
+            model.error = str(exc)
+            return False
+        model.error = ""
+        changed = False
+        held = {v for v, status in model.versions.items() if status.state in _HELD}
+        for version in sorted(wanted - {v for v in held if model.versions[v].state != START}):
+            changed |= self._maybe_load(model, version, initial)
+        # Availability first: what leaves goes only once something that stays serves (or nothing stays).
+        successor_ready = any(model.versions[v].state == AVAILABLE for v in wanted if v in model.versions)
+        if successor_ready or not wanted:
+            for version in sorted(held - wanted):
+                self._unload(model, version)
+                changed = True
+        return changed
+
+    def _maybe_load(self, model: _Model, version: int, initial: bool) -> bool:
+        """Load a version whose files are complete and settled; otherwise mark it START and wait."""
+        try:
+            fingerprint = model.storage.fingerprint(version)
+        except ConfigError as exc:  # the repository went away between listing and looking
+            log.error("Model %s version %d: %s", model.config.name, version, exc)
+            return False
+        settled = fingerprint is not None and (initial or model.seen.get(version) == fingerprint)
+        model.seen[version] = fingerprint
+        if fingerprint is not None and model.failed.get(version) == fingerprint:
+            return False  # it stays END with its error until its files change
+        if not settled:
+            current = model.versions.get(version)
+            if current is not None and current.state == START:
+                return False
+            self._set(model, version, VersionStatus(START))
+            return True
+        self._set(model, version, VersionStatus(LOADING))
+        log.info("Loading model: %s, version: %d, from path: %s", model.config.name, version, model.config.base_path)
+        try:
+            compiled = self._build(model, model.config, version)
+        except _LOAD_ERRORS as exc:
+            message = _message(exc)
+            log.error("Model %s version %d failed to load: %s", model.config.name, version, message)
+            model.failed[version] = fingerprint
+            self._set(model, version, VersionStatus(END, "UNKNOWN", message))
+            return True
+        model.failed.pop(version, None)
+        self._serve(model, version, compiled)
+        return True
+
+    def _build(self, model: _Model, config: ModelConfig, version: int) -> CompiledVersion:
+        """Fetch, compile and warm up: one inference before AVAILABLE, so no client pays for first-run costs."""
+        compiled = CompiledVersion(self._core, config, version, model.storage.fetch(version))
+        compiled.infer(_zeros(compiled.signature))
+        return compiled
+
+    def _serve(self, model: _Model, version: int, compiled: CompiledVersion) -> None:
+        config = model.config
         batcher = DynamicBatcher(compiled, config.max_batch_size, config.max_queue_delay_ms / 1000)
-        self._set(config.name, version, VersionStatus(AVAILABLE, served=batcher))
+        previous = model.versions.get(version)
+        self._set(model, version, VersionStatus(AVAILABLE, served=batcher))
+        if previous is not None and previous.served is not None:
+            previous.served.close()  # a reload: the new one already serves, the old one drains
         log.info(
             "Loaded model %s; version: %d; state: AVAILABLE; nireq: %d; max batch: %d",
             config.name,
@@ -113,10 +217,44 @@ class ModelManager:
             batcher.max_rows,
         )
 
-    def _unload(self, name: str, version: int) -> None:
-        status = self._versions[name][version]
-        self._set(name, version, VersionStatus(UNLOADING))
+    def _unload(self, model: _Model, version: int) -> None:
+        status = model.versions[version]
+        self._set(model, version, VersionStatus(UNLOADING))
         if status.served is not None:
             status.served.close()
-        self._set(name, version, VersionStatus(END))
-        log.info("Unloaded model %s version %d", name, version)
+        model.storage.release(version)
+        model.seen.pop(version, None)
+        self._set(model, version, VersionStatus(END))
+        log.info("Unloaded model %s version %d", model.config.name, version)
+
+    def _reload_model(self, model: _Model, config: ModelConfig) -> None:
+        """New settings for the same repository: each AVAILABLE version is rebuilt while the old build
+        keeps serving, then swapped in; if the new settings do not load, the old build stays."""
+        model.config = config
+        for version, status in sorted(model.versions.items()):
+            if status.state != AVAILABLE:
+                continue
+            try:
+                compiled = self._build(model, config, version)
+            except _LOAD_ERRORS as exc:
+                log.error("Model %s version %d keeps its old settings: %s", config.name, version, _message(exc))
+                continue
+            self._serve(model, version, compiled)
+        self._reconcile_model(model, initial=True)
+
+    def _retire_model(self, model: _Model) -> None:
+        model.active = False
+        for version, status in sorted(model.versions.items()):
+            if status.state in _HELD:
+                self._unload(model, version)
+
+
+def _message(exc: BaseException) -> str:
+    return getattr(exc, "message", None) or str(exc).splitlines()[0]
+
+
+def _zeros(signature: ModelSignature) -> dict[str, np.ndarray]:
+    return {
+        name: np.zeros([1 if d == DYNAMIC else d for d in spec.shape], dtype=dtypes.by_name(spec.precision).numpy)
+        for name, spec in signature.inputs.items()
+    }

@@ -10,24 +10,6 @@ from inference.settings import ConfigError
 
 log = logging.getLogger("serving")
 
-MAPPING_FILE = "mapping_config.json"
-
-
-def list_versions(base_path: str) -> list[int]:
-    """Positive integer subdirectories of base_path; other entries are ignored with a warning."""
-    root = Path(base_path)
-    if not root.is_dir():
-        raise ConfigError(f"model base path {base_path} is not a directory")
-    versions = []
-    for entry in root.iterdir():
-        if not entry.is_dir():
-            continue
-        if entry.name.isdigit() and int(entry.name) > 0:
-            versions.append(int(entry.name))
-        else:
-            log.warning("Ignoring %s: version directories must be positive integers", entry)
-    return sorted(versions)
-
 
 def select_versions(available: list[int], policy: dict[str, Any]) -> list[int]:
     """Apply a model_version_policy (all / latest N / specific) to the versions on disk."""

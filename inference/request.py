@@ -17,6 +17,7 @@ class InferenceRequest:
     output_filter: list[str] | None = None  # None = every output
     deadline: float = 0.0  # time.time() by which the answer is due
     request_id: str = ""
+    pinned: bool = True  # the client named this version; False: any current default will do
 
 
 @dataclass

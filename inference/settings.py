@@ -372,3 +372,27 @@ def _plugin_config(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError("plugin_config must be a JSON object")
     return value
+
+
+class ConfiguredModels:
+    """The model names a server is configured with, following config.json as it changes.
+
+    None when the server has no model configuration (an `ovms api` started without one).
+    """
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self._path = settings.config_path
+        self._names: list[str] | None = [m.name for m in settings.models] if settings.models else None
+        self._stamp: tuple[int, int] | None = None
+
+    def __call__(self) -> list[str] | None:
+        if self._path:
+            try:
+                stat = os.stat(self._path)
+                stamp = (stat.st_mtime_ns, stat.st_size)
+                if stamp != self._stamp:
+                    self._names = [model.name for model in load_config_file(self._path)]
+                    self._stamp = stamp
+            except (OSError, ConfigError):
+                pass  # an unreadable or invalid file changes nothing, as for the workers
+        return self._names

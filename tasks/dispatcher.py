@@ -33,9 +33,8 @@ log = logging.getLogger("serving")
 class _Pending:
     """The requests of one published message, waiting for its result."""
 
-    def __init__(self, lane: Lane, version: int, futures: dict[str, Future[InferenceResult]]) -> None:
+    def __init__(self, lane: Lane, futures: dict[str, Future[InferenceResult]]) -> None:
         self.lane = lane
-        self.version = version
         self.futures = futures
 
 
@@ -98,7 +97,7 @@ class Dispatcher:
             request.request_id = f"{task_id}.{index}"
         envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
         with self._lock:
-            self._pending[task_id] = _Pending(lane, target.version, {r.request_id: f for r, f in entries})
+            self._pending[task_id] = _Pending(lane, {r.request_id: f for r, f in entries})
             self._targets[task_id] = target
         try:
             self._publisher.publish(
@@ -166,11 +165,11 @@ class Dispatcher:
             try:
                 if entry is None:
                     raise Internal("The worker returned no result for this request")
-                outputs, batch_rows = unpack_result(entry)
+                outputs, batch_rows, version = unpack_result(entry)
             except ServingError as error:
                 future.set_exception(error)
             else:
-                future.set_result(InferenceResult(pending.version, outputs, reply.get("worker", ""), batch_rows))
+                future.set_result(InferenceResult(version, outputs, reply.get("worker", ""), batch_rows))
         self._completed(task_id, pending)
 
     def _resolve_all(self, task_id: str, error: ServingError) -> None:

@@ -32,7 +32,13 @@ def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) 
             chunks.append(data)
             offset += len(data)
         entries.append(
-            {"id": request.request_id, "inputs": metas, "outputs": request.output_filter, "deadline": request.deadline}
+            {
+                "id": request.request_id,
+                "inputs": metas,
+                "outputs": request.output_filter,
+                "deadline": request.deadline,
+                "pinned": request.pinned,
+            }
         )
     first = requests[0]
     envelope = {
@@ -59,6 +65,7 @@ def unpack_requests(envelope: dict[str, Any], payload: bytes) -> list[InferenceR
                 inputs=inputs,
                 output_filter=entry["outputs"],
                 deadline=entry["deadline"],
+                pinned=entry["pinned"],
                 request_id=entry["id"],
             )
         )
@@ -72,9 +79,10 @@ def _array(view: memoryview, precision: str, shape: list[int], offset: int, nbyt
     return np.frombuffer(view[offset : offset + nbytes], dtype=dtype).reshape(shape)
 
 
-def pack_outputs(outputs: Tensors, precisions: dict[str, str], batch_rows: int) -> dict[str, Any]:
+def pack_outputs(outputs: Tensors, precisions: dict[str, str], batch_rows: int, version: int) -> dict[str, Any]:
     return {
         "batch": batch_rows,
+        "version": version,
         "outputs": [
             [name, precisions[name], list(a.shape), np.ascontiguousarray(a).tobytes()] for name, a in outputs.items()
         ],
@@ -85,12 +93,13 @@ def pack_error(error: ServingError) -> dict[str, Any]:
     return {"error": error.to_wire()}
 
 
-def unpack_result(entry: dict[str, Any]) -> tuple[Tensors, int]:
-    """A request's outputs and the rows of the inference that computed them; raises the worker's error."""
+def unpack_result(entry: dict[str, Any]) -> tuple[Tensors, int, int]:
+    """A request's outputs, the rows of the inference that computed them and the version that did;
+    raises the worker's error."""
     if "error" in entry:
         raise ServingError.from_wire(entry["error"])
     outputs = {
         name: np.frombuffer(data, dtype=dtypes.by_name(precision).numpy).reshape(shape)
         for name, precision, shape, data in entry["outputs"]
     }
-    return outputs, entry.get("batch", 0)
+    return outputs, entry["batch"], entry["version"]

@@ -29,7 +29,7 @@ from inference.errors import (
     Unavailable,
 )
 from inference.signature import ModelSignature
-from tasks.routing import CATALOG_KEY, WORKER_PREFIX, worker_key
+from tasks.routing import CATALOG_KEY, WORKER_PREFIX, queue_for, worker_key
 
 log = logging.getLogger("serving")
 
@@ -41,15 +41,14 @@ _STATE_RANK = {"AVAILABLE": 5, "LOADING": 4, "START": 3, "UNLOADING": 2, "END": 
 class WorkerPublisher:
     """Worker side: a heartbeat thread that publishes this worker's models and their states."""
 
-    def __init__(
-        self, client: redis.Redis, worker_id: str, device: str, queues: dict[str, str], snapshot: Callable[[], dict]
-    ) -> None:
+    def __init__(self, client: redis.Redis, worker_id: str, device: str, snapshot: Callable[[], dict]) -> None:
         self._client = client
         self._key = worker_key(worker_id)
         self._worker_id = worker_id
         self._device = device
-        self._queues = queues
         self._snapshot = snapshot
+        self.loaded = False  # set once the models present at start were loaded (or failed)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ovms-heartbeat", daemon=True)
 
@@ -58,16 +57,20 @@ class WorkerPublisher:
         self._thread.start()
 
     def publish(self) -> None:
-        models = {
-            name: {"queue": self._queues[name], "versions": versions} for name, versions in self._snapshot().items()
+        """Write this worker's snapshot now (also called at once when a model's state changes)."""
+        models = {name: {"queue": queue_for(self._device, name), **model} for name, model in self._snapshot().items()}
+        document = {
+            "id": self._worker_id,
+            "device": self._device,
+            "models": models,
+            "loaded": self.loaded,
+            "time": time.time(),
         }
-        document = {"id": self._worker_id, "device": self._device, "models": models, "time": time.time()}
-        with self._client.pipeline(transaction=False) as pipe:
+        with self._lock, self._client.pipeline(transaction=False) as pipe:
             pipe.set(self._key, json.dumps(document), ex=HEARTBEAT_TTL_S)
             for name, model in models.items():
-                pipe.hset(
-                    CATALOG_KEY, name, json.dumps({"device": self._device, "versions": sorted(model["versions"])})
-                )
+                entry = {"device": self._device, "versions": sorted(int(v) for v in model["versions"])}
+                pipe.hset(CATALOG_KEY, name, json.dumps(entry))
             pipe.execute()
 
     def stop(self) -> None:
@@ -115,6 +118,11 @@ class RegistryView:
         self._client = client
         self._interval = refresh_interval_s
         self._models: dict[str, dict[int, VersionView]] = {}
+        self._errors: dict[str, str] = {}  # models whose repository a live worker cannot read
+        self._workers: list[str] = []
+        self._served: set[str] = set()
+        self._active: set[str] = set()
+        self._loaded_workers: set[str] = set()
         self._last_refresh = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -133,14 +141,41 @@ class RegistryView:
         documents = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
         catalog = {name.decode(): json.loads(raw) for name, raw in self._client.hgetall(CATALOG_KEY).items()}
         models = _merge(documents, catalog)
+        errors = {
+            name: model["error"]
+            for document in documents
+            for name, model in document.get("models", {}).items()
+            if model.get("error")
+        }
         with self._lock:
             self._models = models
+            self._errors = errors
+            self._workers = [document["id"] for document in documents]
+            self._served = {name for document in documents for name in document.get("models", {})}
+            self._active = {
+                name
+                for document in documents
+                for name, model in document.get("models", {}).items()
+                if model.get("active", True)
+            }
+            self._loaded_workers = {document["id"] for document in documents if document.get("loaded")}
             self._last_refresh = time.monotonic()
+
+    def live_workers(self) -> list[str]:
+        with self._lock:
+            return list(self._workers)
+
+    def loaded_workers(self) -> set[str]:
+        """Live workers that finished loading the models they found at start."""
+        with self._lock:
+            return set(self._loaded_workers)
 
     def versions(self, name: str) -> dict[int, VersionView]:
         versions = self._lookup(name)
         if versions is None:
             raise NotFound(MODEL_NOT_FOUND)
+        if not versions and name in self._errors:
+            raise Unavailable(f"Model {name}: {self._errors[name]}")
         return versions
 
     def resolve(self, name: str, version: int | None) -> Target:
@@ -164,9 +199,11 @@ class RegistryView:
             raise Unavailable(NO_LIVE_WORKER)
         return Target(name, version, view.signature, view.queue, view.workers)
 
-    def model_names(self) -> list[str]:
+    def served_model_names(self, active_only: bool = False) -> list[str]:
+        """Models live workers report (the catalog also remembers departed ones); `active_only`: only
+        those still in a live worker's configuration, not the ones removed from it."""
         with self._lock:
-            return sorted(self._models)
+            return sorted(self._active if active_only else self._served)
 
     def _lookup(self, name: str) -> dict[int, VersionView] | None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 
 PREFIX = "ovms"
 PREDICT_TASK = "ovms.predict"
@@ -23,6 +24,16 @@ def payload_key(task_id: str) -> str:
 
 def reply_key(api_id: str) -> str:
     return f"{REPLY_PREFIX}{api_id}"
+
+
+def control_key(worker_id: str) -> str:
+    """The list a worker's watcher blocks on for reload requests."""
+    return f"{PREFIX}:control:{worker_id}"
+
+
+def worker_name(device: str, pid: int) -> str:
+    """A worker's id: its device, host and process, e.g. GPU-node7-4121."""
+    return f"{device}-{socket.gethostname()}-{pid}"
 
 
 def worker_key(worker_id: str) -> str:

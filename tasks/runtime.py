@@ -14,7 +14,6 @@ from inference.batcher import Arrivals, BatchResult, DynamicBatcher
 from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, InvalidArgument, NotFound, ServingError
 from inference.manager import ModelManager
 from inference.request import InferenceRequest
-from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
 from tasks.messages import pack_error, pack_outputs, unpack_requests
 from tasks.routing import payload_key
@@ -44,7 +43,7 @@ class WorkerRuntime:
     def serve(self, task_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
         """Run every request of one message; each gets its own outputs or its own error."""
         ids = [entry["id"] for entry in envelope["requests"]]
-        batcher = self._manager.get(envelope["model"], envelope["version"])
+        batcher = self._batcher_for(envelope)
         if batcher is None:
             return self._reply({request_id: pack_error(NotFound(VERSION_RETIRED)) for request_id in ids})
         with batcher.incoming(len(ids)) as arrivals:
@@ -53,10 +52,15 @@ class WorkerRuntime:
             except ServingError as error:
                 return self._reply({request_id: pack_error(error) for request_id in ids})
             started = [(request, self._start(batcher, request, arrivals)) for request in requests]
-        signature = batcher.compiled.signature
-        return self._reply(
-            {request.request_id: self._finish(signature, request, future) for request, future in started}
-        )
+        return self._reply({request.request_id: self._finish(request, future) for request, future in started})
+
+    def _batcher_for(self, envelope: dict[str, Any]) -> DynamicBatcher | None:
+        """The requested version; if it went away, requests that named no version take the new default
+        (this is what makes a version swap invisible to them)."""
+        batcher = self._manager.get(envelope["model"], envelope["version"])
+        if batcher is None and not all(entry.get("pinned", True) for entry in envelope["requests"]):
+            batcher = self._manager.default(envelope["model"])
+        return batcher
 
     def _reply(self, results: dict[str, Any]) -> dict[str, Any]:
         return {"worker": self.worker_id, "results": results}
@@ -76,15 +80,27 @@ class WorkerRuntime:
         """Validate late (the version may differ from what the api saw) and queue for batching."""
         if time.time() > request.deadline:
             return _failed(DeadlineExceeded("Deadline exceeded before the request reached the model"))
+        if request.pinned and batcher.compiled.version != request.version:
+            return _failed(NotFound(VERSION_RETIRED))
         try:
-            tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
-            return batcher.submit(validate_inputs(batcher.compiled.signature, tensors), arrivals)
+            return self._submit(batcher, request, arrivals)
+        except NotFound:  # the version closed a moment ago: a request that named none takes the new default
+            fallback = None if request.pinned else self._manager.default(request.model)
+            if fallback is None or fallback is batcher:
+                return _failed(NotFound(VERSION_RETIRED))
+            try:
+                return self._submit(fallback, request, None)
+            except ServingError as error:
+                return _failed(error)
         except ServingError as error:
             return _failed(error)
 
-    def _finish(
-        self, signature: ModelSignature, request: InferenceRequest, future: Future[BatchResult]
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _submit(batcher: DynamicBatcher, request: InferenceRequest, arrivals: Arrivals | None) -> Future[BatchResult]:
+        tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
+        return batcher.submit(validate_inputs(batcher.compiled.signature, tensors), arrivals)
+
+    def _finish(self, request: InferenceRequest, future: Future[BatchResult]) -> dict[str, Any]:
         try:
             result = future.result(timeout=max(request.deadline - time.time(), 0) + 1.0)
         except ServingError as error:
@@ -97,8 +113,8 @@ class WorkerRuntime:
         outputs = result.outputs
         if request.output_filter:
             outputs = {name: outputs[name] for name in request.output_filter if name in outputs}
-        precisions = {name: spec.precision for name, spec in signature.outputs.items()}
-        return pack_outputs(outputs, precisions, result.batch_rows)
+        precisions = {name: spec.precision for name, spec in result.compiled.signature.outputs.items()}
+        return pack_outputs(outputs, precisions, result.batch_rows, result.compiled.version)
 
 
 def _failed(error: ServingError) -> Future[BatchResult]:

@@ -14,7 +14,8 @@ from inference.settings import ServerSettings
 from tasks import runtime
 from tasks.app import app, configure
 from tasks.registry import WorkerPublisher
-from tasks.routing import queue_for
+from tasks.routing import queue_for, worker_name
+from tasks.watcher import RepositoryWatcher
 
 log = logging.getLogger("serving")
 
@@ -29,16 +30,21 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
     backend_url = settings.result_backend_url or broker_url
     configure(broker_url, backend_url)
     store = redis.Redis.from_url(backend_url)
-    worker_id = f"{device}-{socket.gethostname()}-{os.getpid()}"
-    queues = {model.name: queue_for(device, model.name) for model in models}
+    worker_id = worker_name(device, os.getpid())
     manager = ModelManager(models)
-    publisher = WorkerPublisher(store, worker_id, device, queues, manager.snapshot)
+    publisher = WorkerPublisher(store, worker_id, device, manager.snapshot)
     publisher.start()
-    manager.reconcile()
+    manager.reconcile(initial=True)
+    publisher.loaded = True
     publisher.publish()
+    consumers = QueueConsumers(device, f"{worker_id}@{socket.gethostname()}", manager)
+    watcher = RepositoryWatcher(
+        manager, settings, store, worker_id, on_change=lambda: (publisher.publish(), consumers.sync())
+    )
     runtime.install(runtime.WorkerRuntime(manager, store, worker_id))
     worker_ready.connect(lambda **_: log.info("Worker %s is ready", worker_id), weak=False)
-    log.info("Worker %s serves %s on %s", worker_id, ", ".join(queues), device)
+    log.info("Worker %s serves %s on %s", worker_id, ", ".join(consumers.queues), device)
+    watcher.start()
     try:
         app.worker_main(
             [
@@ -46,7 +52,7 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
                 "worker",
                 "--pool=threads",
                 f"--concurrency={settings.worker_concurrency}",
-                f"--queues={','.join(queues.values())}",
+                f"--queues={','.join(consumers.queues)}",
                 f"--hostname={worker_id}@%h",
                 f"--loglevel={settings.log_level}",
                 "--without-gossip",
@@ -55,6 +61,31 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
             ]
         )
     finally:
+        watcher.stop()
         publisher.stop()
         manager.close()
     return 0
+
+
+class QueueConsumers:
+    """The queues this worker consumes: one per model configured for its device, kept in step with
+    config reloads through Celery's own remote control (add_consumer / cancel_consumer)."""
+
+    def __init__(self, device: str, hostname: str, manager: ModelManager) -> None:
+        self._device = device
+        self._hostname = hostname
+        self._manager = manager
+        self.queues = self._wanted()
+
+    def _wanted(self) -> list[str]:
+        return [queue_for(self._device, name) for name in self._manager.configs()]
+
+    def sync(self) -> None:
+        wanted = self._wanted()
+        for queue in sorted(set(wanted) - set(self.queues)):
+            app.control.add_consumer(queue, destination=[self._hostname])
+            log.info("Worker %s now consumes %s", self._hostname, queue)
+        for queue in sorted(set(self.queues) - set(wanted)):
+            app.control.cancel_consumer(queue, destination=[self._hostname])
+            log.info("Worker %s no longer consumes %s", self._hostname, queue)
+        self.queues = wanted

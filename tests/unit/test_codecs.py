@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from api.rest_codec import COLUMN, ROW, parse_predict_body, predict_response
 from inference import dtypes
 from inference.errors import DeadlineExceeded, InvalidArgument, NotFound, ServingError
 from inference.mapping import TensorMapping, load_mapping
-from inference.repository import find_model_file, list_versions, select_versions
+from inference.repository import find_model_file, select_versions
 from inference.request import InferenceRequest
 from inference.settings import ConfigError
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec
@@ -391,8 +390,8 @@ def test_unpack_rejects_metadata_that_does_not_match_the_payload() -> None:
 @pytest.mark.parametrize("precision", list(SAMPLES))
 def test_outputs_round_trip(precision: str) -> None:
     outputs = {"first": SAMPLES[precision], "second": SAMPLES[precision][:1]}
-    result, batch_rows = unpack_result(pack_outputs(outputs, {"first": precision, "second": precision}, 5))
-    assert batch_rows == 5
+    result, batch_rows, version = unpack_result(pack_outputs(outputs, {"first": precision, "second": precision}, 5, 3))
+    assert (batch_rows, version) == (5, 3)
     assert list(result) == ["first", "second"]
     for name, array in outputs.items():
         assert result[name].dtype == array.dtype
@@ -436,22 +435,6 @@ def test_select_versions(policy: dict[str, Any], expected: list[int]) -> None:
 def test_select_versions_of_nothing() -> None:
     assert select_versions([], {"latest": {"num_versions": 1}}) == []
     assert select_versions([], {"all": {}}) == []
-
-
-def test_list_versions_ignores_non_numeric_entries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    for name in ["1", "2", "10", "abc", "0", "-3", "1.5", "v4"]:
-        (tmp_path / name).mkdir()
-    (tmp_path / "7").write_text("a file, not a version directory")
-    with caplog.at_level(logging.WARNING, logger="serving"):
-        assert list_versions(str(tmp_path)) == [1, 2, 10]
-    ignored = " ".join(caplog.messages)
-    for name in ["abc", "0", "-3", "1.5", "v4"]:
-        assert str(tmp_path / name) in ignored
-
-
-def test_list_versions_of_a_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="is not a directory"):
-        list_versions(str(tmp_path / "missing"))
 
 
 def test_find_model_file(tmp_path: Path) -> None:
