@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from inference.settings import ConfigError
-
-log = logging.getLogger("serving")
 
 
 def select_versions(available: list[int], policy: dict[str, Any]) -> list[int]:

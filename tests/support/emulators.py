@@ -131,3 +131,76 @@ def gcs_emulator() -> Iterator[str]:
         yield process.endpoint
     finally:
         process.stop()
+
+
+class S3Cloud:
+    """Test-side access to moto's S3, with the env the storage reads."""
+
+    scheme = "s3"
+    # Every kind of escaping key; moto stores keys verbatim.
+    unsafe_keys = ("1/../../evil.bin", "1/..\\evil.xml", "1//abs.bin", "1/./dot.bin", "1/sub/../../../evil2.bin")
+
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.endpoint = endpoint
+        self.env = {
+            "S3_ENDPOINT": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+    def dead_env(self, port: int) -> dict[str, str]:
+        return {"S3_ENDPOINT": f"http://127.0.0.1:{port}"}
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(Bucket=bucket)
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.delete_object(Bucket=bucket, Key=key)
+
+
+class GcsCloud:
+    """Test-side access to gcp-storage-emulator, with the env the storage reads."""
+
+    scheme = "gs"
+    # The emulator itself rejects keys with '..' segments and turns backslashes into slashes, so only these reach it.
+    unsafe_keys = ("1//abs.bin", "1/./dot.bin", "1/sub/./x.bin")
+
+    def __init__(self, endpoint: str) -> None:
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        self.endpoint = endpoint
+        self.env = {"STORAGE_EMULATOR_HOST": endpoint}
+        self.client = storage.Client(
+            project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+        )
+
+    def dead_env(self, port: int) -> dict[str, str]:
+        return {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"}
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client.create_bucket(bucket)
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self.client.bucket(bucket).blob(key).upload_from_string(data, retry=None, timeout=10)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client.bucket(bucket).blob(key).delete()
+
+
+Cloud = S3Cloud | GcsCloud

@@ -20,16 +20,22 @@ REST_READY = "Started REST server at"
 class OvmsProcess:
     """A running `ovms` command with its ports and log file."""
 
-    def __init__(self, command: list[str], grpc_port: int, rest_port: int, wait_for: list[str]) -> None:
+    def __init__(
+        self, command: list[str], grpc_port: int, rest_port: int, wait_for: list[str], env: dict[str, str] | None = None
+    ) -> None:
         self.grpc_port = grpc_port
         self.rest_port = rest_port
         self.grpc_address = f"localhost:{grpc_port}"
         self.rest_url = f"http://localhost:{rest_port}"
         self.log_path = Path(tempfile.mkstemp(prefix="ovms-test-", suffix=".log")[1])
         self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process' lifetime
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
         )
         self.wait_for_log(*wait_for)
 
@@ -67,7 +73,9 @@ def ovms_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "api.main", *args]
 
 
-def start_ovms(args: list[str], rest: bool = True, role: str | None = None) -> OvmsProcess:
+def start_ovms(
+    args: list[str], rest: bool = True, role: str | None = None, env: dict[str, str] | None = None
+) -> OvmsProcess:
     """Start `ovms [role] args` on free ports and wait until it is ready."""
     grpc_port = free_port()
     rest_port = free_port() if rest else 0
@@ -78,4 +86,4 @@ def start_ovms(args: list[str], rest: bool = True, role: str | None = None) -> O
         wait_for.append(REST_READY)
     if role == "worker":
         command = ovms_command("worker", *args)
-    return OvmsProcess(command, grpc_port, rest_port, wait_for)
+    return OvmsProcess(command, grpc_port, rest_port, wait_for, env)
