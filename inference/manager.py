@@ -13,16 +13,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import openvino as ov
 
-from inference import dtypes
 from inference.batcher import DynamicBatcher
 from inference.errors import ServingError
 from inference.model import CompiledVersion
 from inference.repository import select_versions
 from inference.settings import ConfigError, ModelConfig
-from inference.signature import DYNAMIC, ModelSignature
 from inference.storage import ModelStorage, open_storage
 
 log = logging.getLogger("serving")
@@ -199,7 +196,7 @@ class ModelManager:
     def _build(self, model: _Model, config: ModelConfig, version: int) -> CompiledVersion:
         """Fetch, compile and warm up: one inference before AVAILABLE, so no client pays for first-run costs."""
         compiled = CompiledVersion(self._core, config, version, model.storage.fetch(version))
-        compiled.infer(_zeros(compiled.signature))
+        compiled.warm_up()
         return compiled
 
     def _serve(self, model: _Model, version: int, compiled: CompiledVersion) -> None:
@@ -251,10 +248,3 @@ class ModelManager:
 
 def _message(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc).splitlines()[0]
-
-
-def _zeros(signature: ModelSignature) -> dict[str, np.ndarray]:
-    return {
-        name: np.zeros([1 if d == DYNAMIC else d for d in spec.shape], dtype=dtypes.by_name(spec.precision).numpy)
-        for name, spec in signature.inputs.items()
-    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,13 +33,21 @@ class _Port:
 
 
 class CompiledVersion:
-    """A loaded model version: its client-facing signature and an async infer queue."""
+    """A loaded model version: its client-facing signature and `nireq` infer requests.
+
+    Each infer request has a thread of its own that takes the next job and runs it synchronously
+    (OpenVINO releases the GIL meanwhile). OpenVINO's asynchronous API does not call back when an
+    inference fails — the error only surfaces in `wait()` — so a failed request would hang its caller
+    and keep its infer request busy for good; a synchronous call raises where it can be reported.
+    """
 
     def __init__(self, core: ov.Core, config: ModelConfig, version: int, version_dir: Path) -> None:
         self.name = config.name
         self.version = version
         mapping = load_mapping(version_dir)
         model = core.read_model(str(find_model_file(version_dir)))
+        # Shapes the model was exported with: warm-up samples that run even once `auto` made them dynamic.
+        original = {mapping.input_alias(_tensor_name(p)): _dims(p.get_partial_shape()) for p in model.inputs}
         _apply_shape_settings(model, config, mapping)
         self._inputs = [_port(p, mapping.input_alias(_tensor_name(p))) for p in model.inputs]
         self._outputs = [_port(p, mapping.output_alias(_tensor_name(p))) for p in model.outputs]
@@ -46,28 +55,49 @@ class CompiledVersion:
         self.batchable = config.max_batch_size > 1 and _make_batch_dynamic(model)
         self._compiled = core.compile_model(model, config.target_device, _plugin_properties(config))
         self.nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        self._queue = ov.AsyncInferQueue(self._compiled, self.nireq)
-        self._queue.set_callback(self._on_done)
         self._input_index = {port.alias: index for index, port in enumerate(self._inputs)}
-        self._submit_lock = threading.Lock()  # AsyncInferQueue hands out idle requests unsafely across threads
+        self._sample_shapes = {
+            name: [_sample_dim(now, before) for now, before in zip(spec.shape, original[name], strict=False)]
+            for name, spec in self.signature.inputs.items()
+        }
+        self._jobs: queue.SimpleQueue[tuple[dict, Future[Tensors]] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(
+                target=self._serve,
+                args=(self._compiled.create_infer_request(),),
+                daemon=True,
+                name=f"infer-{self.name}-{version}-{index}",
+            )
+            for index in range(self.nireq)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def infer_async(self, inputs: Tensors) -> Future[Tensors]:
-        """Start one inference; blocks only while every infer request is busy."""
+        """Queue one inference; the future holds the outputs or the error."""
         future: Future[Tensors] = Future()
         tensors = {self._input_index[name]: self._to_ov(name, array) for name, array in inputs.items()}
-        try:
-            with self._submit_lock:
-                # OpenVINO reads the arrays in place; the userdata keeps them alive until the callback
-                self._queue.start_async(tensors, (future, tensors), share_inputs=True)
-        except RuntimeError as exc:
-            future.set_exception(_inference_error(self.signature, exc))
+        self._jobs.put((tensors, future))
         return future
 
     def infer(self, inputs: Tensors) -> Tensors:
         return self.infer_async(inputs).result()
 
+    def warm_up(self) -> None:
+        """One inference on zeros shaped as the model was exported, so no client pays for first-run costs."""
+        self.infer(
+            {
+                name: np.zeros(self._sample_shapes[name], dtype=dtypes.by_name(spec.precision).numpy)
+                for name, spec in self.signature.inputs.items()
+            }
+        )
+
     def close(self) -> None:
-        self._queue.wait_all()
+        """Finish the queued inferences, then stop the infer threads."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
 
     def _to_ov(self, name: str, array: np.ndarray) -> ov.Tensor | np.ndarray:
         precision = self._inputs[self._input_index[name]].precision
@@ -75,17 +105,28 @@ class CompiledVersion:
             return ov.Tensor(np.ascontiguousarray(array), array.shape, ov.Type.bf16)
         return array
 
-    def _on_done(self, request: ov.InferRequest, userdata: tuple[Future[Tensors], dict]) -> None:
-        future = userdata[0]
-        try:
-            outputs = {
-                port.alias: _copy_output(request.get_output_tensor(index), port.precision)
-                for index, port in enumerate(self._outputs)
-            }
-        except Exception as exc:  # the callback runs on an OpenVINO thread: report, never raise
-            future.set_exception(exc)
-        else:
-            future.set_result(outputs)
+    def _serve(self, request: ov.InferRequest) -> None:
+        while (job := self._jobs.get()) is not None:
+            tensors, future = job
+            try:
+                request.infer(tensors, share_inputs=True)  # OpenVINO reads the arrays in place
+                outputs = {
+                    port.alias: _copy_output(request.get_output_tensor(index), port.precision)
+                    for index, port in enumerate(self._outputs)
+                }
+            except RuntimeError as exc:
+                future.set_exception(_inference_error(self.signature, exc))
+            except Exception as exc:  # whatever goes wrong fails this job, never the thread
+                future.set_exception(exc)
+            else:
+                future.set_result(outputs)
+
+
+def _sample_dim(now: int, exported: int) -> int:
+    """A dimension for a warm-up sample: the configured one if fixed, else the exported one, else 1."""
+    if now != DYNAMIC:
+        return now
+    return exported if exported != DYNAMIC else 1
 
 
 def _tensor_name(port: ov.Output) -> str:

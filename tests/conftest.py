@@ -39,6 +39,22 @@ def server(models_dir: Path, redis_url: str) -> Iterator[OvmsProcess]:
     process.stop()
 
 
+@pytest.fixture
+def launch(redis_url: str) -> Iterator:
+    """Start `ovms` with the given flags on the session's Redis (call it as often as needed); every
+    process it started is stopped after the test."""
+    started: list[OvmsProcess] = []
+
+    def _launch(*args: str) -> OvmsProcess:
+        process = start_ovms([*args, "--broker_url", redis_url])
+        started.append(process)
+        return process
+
+    yield _launch
+    for process in started:
+        process.stop()
+
+
 @pytest.fixture(scope="module")
 def small_config(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A config with the quick-loading models only, for stacks a test module starts and breaks."""

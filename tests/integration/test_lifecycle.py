@@ -6,7 +6,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,7 +13,7 @@ import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.support.stack import OvmsProcess, start_ovms
+from tests.support.stack import OvmsProcess
 
 
 def _copy_version(models_dir: Path, source: str, repository: Path, version: int, source_version: int = 1) -> None:
@@ -88,22 +87,8 @@ def repository(tmp_path: Path, models_dir: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def serve(redis_url: str) -> Iterator:
-    started: list[OvmsProcess] = []
-
-    def _serve(*args: str) -> OvmsProcess:
-        process = start_ovms([*args, "--broker_url", redis_url])
-        started.append(process)
-        return process
-
-    yield _serve
-    for process in started:
-        process.stop()
-
-
-def test_new_version_loads_default_moves_removed_unloads_and_reappears(serve, repository, models_dir):
-    server = serve(
+def test_new_version_loads_default_moves_removed_unloads_and_reappears(launch, repository, models_dir):
+    server = launch(
         "--model_name",
         "life",
         "--model_path",
@@ -131,8 +116,8 @@ def test_new_version_loads_default_moves_removed_unloads_and_reappears(serve, re
     assert _predict(server, "life", version=1).json() == {"predictions": [[2.0, 3.0, 4.0, 5.0]]}
 
 
-def test_a_version_still_being_written_waits_until_complete(serve, repository, models_dir):
-    server = serve(
+def test_a_version_still_being_written_waits_until_complete(launch, repository, models_dir):
+    server = launch(
         "--model_name",
         "partial",
         "--model_path",
@@ -152,9 +137,9 @@ def test_a_version_still_being_written_waits_until_complete(serve, repository, m
     assert _predict(server, "partial", version=2).json() == {"predictions": [[2.0, 4.0, 6.0, 8.0]]}
 
 
-def test_swapping_versions_under_load_fails_no_request(serve, repository, models_dir):
+def test_swapping_versions_under_load_fails_no_request(launch, repository, models_dir):
     """latest 1: version 2 appears, becomes the default, version 1 unloads — while clients keep asking."""
-    server = serve("--model_name", "swap", "--model_path", str(repository), "--file_system_poll_wait_seconds", "1")
+    server = launch("--model_name", "swap", "--model_path", str(repository), "--file_system_poll_wait_seconds", "1")
     with Load(server, "swap") as load:
         time.sleep(1.0)
         _copy_version(models_dir, "versioned", repository, 2, source_version=2)
@@ -170,10 +155,10 @@ def _write_config(path: Path, models: dict[str, Path], **extra: object) -> None:
     path.write_text(json.dumps({"model_config_list": entries}))
 
 
-def test_config_reload_api_adds_and_removes_models_without_a_blip(serve, repository, models_dir, tmp_path):
+def test_config_reload_api_adds_and_removes_models_without_a_blip(launch, repository, models_dir, tmp_path):
     config = tmp_path / "config.json"
     _write_config(config, {"steady": repository})
-    server = serve("--config_path", str(config), "--file_system_poll_wait_seconds", "0")
+    server = launch("--config_path", str(config), "--file_system_poll_wait_seconds", "0")
     reply = requests.post(f"{server.rest_url}/v1/config/reload", timeout=60)
     assert reply.status_code == 200, "nothing changed"
     assert reply.json()["steady"]["model_version_status"][0]["state"] == "AVAILABLE"
@@ -203,10 +188,10 @@ def test_config_reload_api_adds_and_removes_models_without_a_blip(serve, reposit
     )
 
 
-def test_config_file_is_watched_and_an_invalid_one_changes_nothing(serve, repository, models_dir, tmp_path):
+def test_config_file_is_watched_and_an_invalid_one_changes_nothing(launch, repository, models_dir, tmp_path):
     config = tmp_path / "config.json"
     _write_config(config, {"watched": repository})
-    server = serve("--config_path", str(config), "--file_system_poll_wait_seconds", "1")
+    server = launch("--config_path", str(config), "--file_system_poll_wait_seconds", "1")
     config.write_text('{"model_config_list": [{"config": {"name": "x", "base_path": "/x", "bogus": 1}}]}')
     _wait_for(lambda: "Configuration file not applied" in server.log(), what="the rejection logged")
     assert _states(server, "watched") == {1: "AVAILABLE"}
@@ -215,12 +200,12 @@ def test_config_file_is_watched_and_an_invalid_one_changes_nothing(serve, reposi
     assert _predict(server, "watched").status_code == 200
 
 
-def test_readiness_and_health_follow_the_models(serve, repository, tmp_path, models_dir):
+def test_readiness_and_health_follow_the_models(launch, repository, tmp_path, models_dir):
     config = tmp_path / "config.json"
     empty = tmp_path / "empty-repo"
     empty.mkdir()
     _write_config(config, {"ready": repository, "late": empty})
-    server = serve("--config_path", str(config), "--file_system_poll_wait_seconds", "1")
+    server = launch("--config_path", str(config), "--file_system_poll_wait_seconds", "1")
     assert requests.get(f"{server.rest_url}/v1/health/live", timeout=5).status_code == 200
     with grpc.insecure_channel(server.grpc_address) as channel:
         health = health_pb2_grpc.HealthStub(channel)

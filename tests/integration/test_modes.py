@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +10,7 @@ import pytest
 import requests
 from ovmsclient import make_grpc_client
 
-from tests.support.stack import OvmsProcess, start_ovms
-
-
-@pytest.fixture
-def start(redis_url: str) -> Iterator:
-    """Start `ovms` with extra flags on the session's Redis; stopped after the test."""
-    started: list[OvmsProcess] = []
-
-    def _start(*args: str) -> OvmsProcess:
-        process = start_ovms([*args, "--broker_url", redis_url])
-        started.append(process)
-        return process
-
-    yield _start
-    for process in started:
-        process.stop()
+from tests.support.stack import OvmsProcess
 
 
 def _states(process: OvmsProcess, model: str) -> dict[str, str]:
@@ -35,8 +19,8 @@ def _states(process: OvmsProcess, model: str) -> dict[str, str]:
     return {entry["version"]: entry["state"] for entry in reply.json()["model_version_status"]}
 
 
-def test_single_model_mode_serves_digits(start, models_dir: Path):
-    process = start("--model_name", "digits1", "--model_path", str(models_dir / "digits"))
+def test_single_model_mode_serves_digits(launch, models_dir: Path):
+    process = launch("--model_name", "digits1", "--model_path", str(models_dir / "digits"))
     images = np.load(models_dir / "data" / "imgs.npy")[:50]
     labels = np.load(models_dir / "data" / "labels.npy")[:50]
     outputs = make_grpc_client(process.grpc_address).predict({"x": images}, "digits1")
@@ -52,12 +36,12 @@ def test_single_model_mode_serves_digits(start, models_dir: Path):
         ('{"all": {}}', {"1": "AVAILABLE", "2": "AVAILABLE"}),
     ],
 )
-def test_version_policies(start, models_dir: Path, policy: str | None, expected: dict[str, str]):
+def test_version_policies(launch, models_dir: Path, policy: str | None, expected: dict[str, str]):
     name = f"policy{len(expected)}{'x' if policy is None else abs(hash(policy)) % 1000}"
     flags = ["--model_name", name, "--model_path", str(models_dir / "versioned")]
     if policy:
         flags += ["--model_version_policy", policy]
-    process = start(*flags)
+    process = launch(*flags)
     assert _states(process, name) == expected
     default = max(int(v) for v in expected)
     want = np.full((1, 4), 6.0 if default == 2 else 4.0)  # v1 computes x + 1, v2 computes x * 2
@@ -69,16 +53,16 @@ def test_version_policies(start, models_dir: Path, policy: str | None, expected:
     assert reply.json()["predictions"] == want.tolist()
 
 
-def test_batch_size_auto_serves_any_batch(start, models_dir: Path):
-    process = start("--model_name", "resnet_any", "--model_path", str(models_dir / "resnet"), "--batch_size", "auto")
+def test_batch_size_auto_serves_any_batch(launch, models_dir: Path):
+    process = launch("--model_name", "resnet_any", "--model_path", str(models_dir / "resnet"), "--batch_size", "auto")
     images = np.random.default_rng(3).random((3, 3, 224, 224), dtype=np.float32)
     outputs = make_grpc_client(process.grpc_address).predict({"data": images}, "resnet_any")
     assert outputs.shape == (3, 1000)
     np.testing.assert_allclose(outputs.sum(axis=1), 1.0, rtol=1e-2)
 
 
-def test_fixed_batch_size_rejects_other_batches(start, models_dir: Path):
-    process = start("--model_name", "digits4", "--model_path", str(models_dir / "digits"), "--batch_size", "4")
+def test_fixed_batch_size_rejects_other_batches(launch, models_dir: Path):
+    process = launch("--model_name", "digits4", "--model_path", str(models_dir / "digits"), "--batch_size", "4")
     reply = requests.post(
         f"{process.rest_url}/v1/models/digits4:predict", json={"instances": [[0.0] * 64] * 2}, timeout=10
     )
@@ -86,9 +70,9 @@ def test_fixed_batch_size_rejects_other_batches(start, models_dir: Path):
     assert reply.json() == {"error": "Invalid input batch size - Expected: 4; Actual: 2"}
 
 
-def test_logs_use_the_seed_format_and_log_path(start, models_dir: Path, tmp_path: Path):
+def test_logs_use_the_seed_format_and_log_path(launch, models_dir: Path, tmp_path: Path):
     log_file = tmp_path / "ovms.log"
-    process = start(
+    process = launch(
         "--model_name",
         "digits_log",
         "--model_path",
@@ -103,3 +87,18 @@ def test_logs_use_the_seed_format_and_log_path(start, models_dir: Path, tmp_path
     assert f"Server started on port {process.grpc_port}" in text
     assert f"Started REST server at localhost:{process.rest_port}" in text
     assert all(line.match(entry) for entry in text.splitlines() if entry.startswith("[")), text
+
+
+def test_shape_auto_serves_other_shapes_and_reports_impossible_ones(launch, models_dir: Path):
+    """`--shape auto`: any shape the network can take is served; one it cannot is FAILED_PRECONDITION
+    with the seed's message, and the model keeps serving."""
+    process = launch("--model_name", "resnet_auto", "--model_path", str(models_dir / "resnet"), "--shape", "auto")
+    client = make_grpc_client(process.grpc_address)
+    smaller = np.random.default_rng(4).random((1, 3, 160, 160), dtype=np.float32)
+    assert client.predict({"data": smaller}, "resnet_auto").shape == (1, 1000)
+    url = f"{process.rest_url}/v1/models/resnet_auto:predict"
+    reply = requests.post(url, json={"inputs": np.zeros((1, 5, 32, 32)).tolist()}, timeout=30)
+    assert reply.status_code == 412
+    assert reply.json() == {"error": "Model could not be reshaped with requested shape"}
+    usual = np.random.default_rng(5).random((1, 3, 224, 224), dtype=np.float32)
+    assert client.predict({"data": usual}, "resnet_auto").shape == (1, 1000)
