@@ -10,6 +10,7 @@ import grpc
 
 from api.dataplane import DataPlane
 from api.grpc_codec import signature_def, status_code, tensor_from_proto, tensor_to_proto
+from api.metrics import ServingMetrics, Tracker
 from api.protos import serving_pb2, serving_pb2_grpc
 from inference.errors import Internal, InvalidArgument, ServingError
 
@@ -24,11 +25,13 @@ def _requested_version(spec: serving_pb2.ModelSpec) -> int | None:
 
 
 def _serving_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ServingErrors into gRPC status codes; anything unexpected is INTERNAL, never a crash."""
+    """Count and time the call, and turn ServingErrors into gRPC status codes; anything unexpected is
+    INTERNAL, never a crash. The method reports what it served to the tracker it is given."""
 
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            with self._metrics.track("grpc", method.__name__, request.model_spec.name) as tracker:
+                return method(self, request, context, tracker)
         except ServingError as error:
             context.abort(grpc.StatusCode[error.grpc_code], error.message)
         except Exception as exc:
@@ -41,12 +44,13 @@ def _serving_errors(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: ServingMetrics) -> None:
         self._dataplane = dataplane
+        self._metrics = metrics
 
     @_serving_errors
     def Predict(
-        self, request: serving_pb2.PredictRequest, context: grpc.ServicerContext
+        self, request: serving_pb2.PredictRequest, context: grpc.ServicerContext, tracker: Tracker
     ) -> serving_pb2.PredictResponse:
         remaining = context.time_remaining()
         result = self._dataplane.predict(
@@ -63,11 +67,12 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         for name, array in result.outputs.items():
             response.outputs[name].CopyFrom(tensor_to_proto(array, result.precisions[name]))
         context.set_trailing_metadata((("ovms-worker", result.worker), ("ovms-batch-size", str(result.batch_size))))
+        tracker.done(result.version, result)
         return response
 
     @_serving_errors
     def GetModelMetadata(
-        self, request: serving_pb2.GetModelMetadataRequest, context: grpc.ServicerContext
+        self, request: serving_pb2.GetModelMetadataRequest, context: grpc.ServicerContext, tracker: Tracker
     ) -> serving_pb2.GetModelMetadataResponse:
         if list(request.metadata_field) != ["signature_def"]:
             raise InvalidArgument("Invalid signature name")
@@ -80,16 +85,18 @@ class PredictionService(serving_pb2_grpc.PredictionServiceServicer):
         signature_map = serving_pb2.SignatureDefMap()
         signature_map.signature_def[SIGNATURE_NAME].CopyFrom(signature_def(signature))
         response.metadata["signature_def"].Pack(signature_map)
+        tracker.done(version)
         return response
 
 
 class ModelService(serving_pb2_grpc.ModelServiceServicer):
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: ServingMetrics) -> None:
         self._dataplane = dataplane
+        self._metrics = metrics
 
     @_serving_errors
     def GetModelStatus(
-        self, request: serving_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+        self, request: serving_pb2.GetModelStatusRequest, context: grpc.ServicerContext, tracker: Tracker
     ) -> serving_pb2.GetModelStatusResponse:
         statuses = self._dataplane.model_status(request.model_spec.name, _requested_version(request.model_spec))
         response = serving_pb2.GetModelStatusResponse()
@@ -99,4 +106,5 @@ class ModelService(serving_pb2_grpc.ModelServiceServicer):
             entry.state = serving_pb2.ModelVersionStatus.State.Value(status.state)
             entry.status.error_code = status_code(status.error_code)
             entry.status.error_message = status.error_message
+        tracker.done(_requested_version(request.model_spec))
         return response

@@ -8,26 +8,30 @@ import re
 from typing import Any
 
 from flask import Flask, Response, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import MethodNotAllowed
 
 from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
+from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
 from inference import dtypes
 from inference.errors import InvalidArgument, NotFound, ServingError
+from inference.request import InferenceResult
 from inference.signature import ModelSignature
 
 log = logging.getLogger("serving")
 
 # /v1/models/{name}[/versions/{version}][/metadata | :predict]
 _MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict)?$")
+_METHODS = {":predict": "Predict", "/metadata": "GetModelMetadata", None: "GetModelStatus"}
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
 BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
 
 
-def create_app(dataplane: DataPlane) -> Flask:
+def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
     app = Flask("ovms")
 
     @app.errorhandler(ServingError)
@@ -53,14 +57,22 @@ def create_app(dataplane: DataPlane) -> Flask:
         if match is None:
             raise NotFound("Not Found")
         name, action = match["name"], match["action"]
-        version = _version(match["version"])
-        if action == ":predict":
-            _require_method("POST")
-            return _predict(dataplane, name, version)
-        _require_method("GET")
-        if action == "/metadata":
-            return _json(_metadata(dataplane, name, version))
-        return _json(_status(dataplane, name, version))
+        with metrics.track("rest", _METHODS[action], name) as tracker:
+            version = _version(match["version"])
+            if action == ":predict":
+                _require_method("POST")
+                response, result = _predict(dataplane, name, version)
+                tracker.done(result.version, result)
+                return response
+            _require_method("GET")
+            tracker.done(version)
+            if action == "/metadata":
+                return _json(_metadata(dataplane, name, version))
+            return _json(_status(dataplane, name, version))
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/config")
     def config() -> Response:
@@ -154,13 +166,13 @@ def _signature_json(signature: ModelSignature) -> dict[str, Any]:
     }
 
 
-def _predict(dataplane: DataPlane, name: str, version: int | None) -> Response:
+def _predict(dataplane: DataPlane, name: str, version: int | None) -> tuple[Response, InferenceResult]:
     body = _json_body()
     _, signature = dataplane.model_metadata(name, version)
     inputs, form = parse_predict_body(body, signature)
     result = dataplane.predict(name, version, inputs, timeout_s=_timeout())  # unpinned stays unpinned
     headers = {WORKER_HEADER: result.worker, BATCH_HEADER: str(result.batch_size)}
-    return _json(predict_response(result.outputs, result.precisions, form), headers=headers)
+    return _json(predict_response(result.outputs, result.precisions, form), headers=headers), result
 
 
 def _json_body() -> Any:

@@ -12,6 +12,7 @@ import waitress
 from api.dataplane import DataPlane
 from api.grpc_service import ModelService, PredictionService
 from api.health import HealthReporter
+from api.metrics import ServingMetrics
 from api.protos import serving_pb2_grpc
 from api.rest_app import create_app
 from inference.settings import ConfiguredModels, ServerSettings
@@ -37,6 +38,7 @@ class ApiServer:
         self._dataplane = DataPlane(
             self._registry, self._dispatcher, settings.request_timeout_s, store, ConfiguredModels(settings)
         )
+        self._metrics = ServingMetrics(self._registry, store)
         self._rest_enabled = rest and settings.rest_port > 0
         self._grpc: grpc.Server | None = None
         self._health: HealthReporter | None = None
@@ -67,8 +69,10 @@ class ApiServer:
             **self._settings.grpc_channel_arguments,
         }
         server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_THREADS), options=list(options.items()))
-        serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self._dataplane), server)
-        serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._dataplane), server)
+        serving_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self._dataplane, self._metrics), server
+        )
+        serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._dataplane, self._metrics), server)
         self._health = HealthReporter(self._dataplane, server)
         if server.add_insecure_port(f"[::]:{self._settings.port}") == 0:
             raise RuntimeError(f"cannot bind gRPC port {self._settings.port}")
@@ -79,7 +83,7 @@ class ApiServer:
 
     def _start_rest(self) -> None:
         self._rest = waitress.create_server(
-            create_app(self._dataplane),
+            create_app(self._dataplane, self._metrics),
             host="0.0.0.0",
             port=self._settings.rest_port,
             threads=self._settings.rest_workers,

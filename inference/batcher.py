@@ -34,6 +34,8 @@ class BatchResult:
     outputs: Tensors  # this request's rows only
     batch_rows: int  # rows in the inference that computed them
     compiled: CompiledVersion  # the version that computed them
+    started_at: float  # time.time() when their inference was handed to OpenVINO
+    infer_s: float  # how long that inference took
 
 
 @dataclass
@@ -63,8 +65,6 @@ class DynamicBatcher:
         self._free = compiled.nireq
         self._closed = False
         self._cond = threading.Condition()
-        self.batches_run = 0
-        self.rows_run = 0
         self._thread = threading.Thread(target=self._run, name=f"batcher-{compiled.name}", daemon=True)
         self._thread.start()
 
@@ -155,19 +155,18 @@ class DynamicBatcher:
         return batch
 
     def _dispatch(self, batch: list[_Item]) -> None:
-        self.batches_run += 1
-        self.rows_run += sum(item.rows for item in batch)
         inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
+        started = time.time()
         future = self.compiled.infer_async(inputs)
-        future.add_done_callback(lambda done: self._finish(batch, done))
+        future.add_done_callback(lambda done: self._finish(batch, done, started))
 
-    def _finish(self, batch: list[_Item], done: Future[Tensors]) -> None:
+    def _finish(self, batch: list[_Item], done: Future[Tensors], started: float) -> None:
         with self._cond:
             self._free += 1
             self._cond.notify_all()
         error = done.exception()
         if error is None:
-            _split(batch, done.result(), self.compiled)
+            _split(batch, done.result(), self.compiled, started)
         elif len(batch) == 1:
             batch[0].future.set_exception(error)
         else:
@@ -187,11 +186,12 @@ def _concatenate(batch: list[_Item]) -> Tensors:
     return {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
 
 
-def _split(batch: list[_Item], outputs: Tensors, compiled: CompiledVersion) -> None:
+def _split(batch: list[_Item], outputs: Tensors, compiled: CompiledVersion, started: float) -> None:
     total = sum(item.rows for item in batch)
+    took = time.time() - started
     start = 0
     for item in batch:
         end = start + item.rows
         rows = {name: array[start:end] for name, array in outputs.items()}
-        item.future.set_result(BatchResult(rows, total, compiled))
+        item.future.set_result(BatchResult(rows, total, compiled, started, took))
         start = end

@@ -26,4 +26,6 @@ class InferenceResult:
     outputs: Tensors
     worker: str = ""  # which worker served it
     batch_size: int = 0  # rows of the OpenVINO inference that computed it (dynamic batching)
+    queue_s: float = 0.0  # from publishing to the start of its inference
+    infer_s: float = 0.0  # the inference itself
     precisions: dict[str, str] = field(default_factory=dict)  # output name -> precision name

@@ -36,6 +36,7 @@ class _Pending:
     def __init__(self, lane: Lane, futures: dict[str, Future[InferenceResult]]) -> None:
         self.lane = lane
         self.futures = futures
+        self.published_at = time.time()
 
 
 class Dispatcher:
@@ -165,11 +166,20 @@ class Dispatcher:
             try:
                 if entry is None:
                     raise Internal("The worker returned no result for this request")
-                outputs, batch_rows, version = unpack_result(entry)
+                outputs, computed = unpack_result(entry)
             except ServingError as error:
                 future.set_exception(error)
             else:
-                future.set_result(InferenceResult(version, outputs, reply.get("worker", ""), batch_rows))
+                future.set_result(
+                    InferenceResult(
+                        computed["version"],
+                        outputs,
+                        reply.get("worker", ""),
+                        computed["batch"],
+                        queue_s=max(computed["started"] - pending.published_at, 0.0),
+                        infer_s=computed["infer_s"],
+                    )
+                )
         self._completed(task_id, pending)
 
     def _resolve_all(self, task_id: str, error: ServingError) -> None:

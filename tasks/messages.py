@@ -79,10 +79,15 @@ def _array(view: memoryview, precision: str, shape: list[int], offset: int, nbyt
     return np.frombuffer(view[offset : offset + nbytes], dtype=dtype).reshape(shape)
 
 
-def pack_outputs(outputs: Tensors, precisions: dict[str, str], batch_rows: int, version: int) -> dict[str, Any]:
+def pack_outputs(
+    outputs: Tensors, precisions: dict[str, str], *, version: int, batch: int, started: float, infer_s: float
+) -> dict[str, Any]:
+    """A request's outputs with how they were computed: version, batch rows, inference start and time."""
     return {
-        "batch": batch_rows,
+        "batch": batch,
         "version": version,
+        "started": started,
+        "infer_s": infer_s,
         "outputs": [
             [name, precisions[name], list(a.shape), np.ascontiguousarray(a).tobytes()] for name, a in outputs.items()
         ],
@@ -93,13 +98,13 @@ def pack_error(error: ServingError) -> dict[str, Any]:
     return {"error": error.to_wire()}
 
 
-def unpack_result(entry: dict[str, Any]) -> tuple[Tensors, int, int]:
-    """A request's outputs, the rows of the inference that computed them and the version that did;
-    raises the worker's error."""
+def unpack_result(entry: dict[str, Any]) -> tuple[Tensors, dict[str, Any]]:
+    """A request's outputs and how they were computed (version, batch, started, infer_s); raises the
+    worker's error."""
     if "error" in entry:
         raise ServingError.from_wire(entry["error"])
     outputs = {
         name: np.frombuffer(data, dtype=dtypes.by_name(precision).numpy).reshape(shape)
         for name, precision, shape, data in entry["outputs"]
     }
-    return outputs, entry["batch"], entry["version"]
+    return outputs, {key: entry[key] for key in ("version", "batch", "started", "infer_s")}

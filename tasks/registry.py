@@ -121,6 +121,7 @@ class RegistryView:
         self._errors: dict[str, str] = {}  # models whose repository a live worker cannot read
         self._workers: list[str] = []
         self._served: set[str] = set()
+        self._queues: set[str] = set()
         self._active: set[str] = set()
         self._loaded_workers: set[str] = set()
         self._last_refresh = 0.0
@@ -152,6 +153,9 @@ class RegistryView:
             self._errors = errors
             self._workers = [document["id"] for document in documents]
             self._served = {name for document in documents for name in document.get("models", {})}
+            self._queues = {
+                model["queue"] for document in documents for model in document.get("models", {}).values()
+            }
             self._active = {
                 name
                 for document in documents
@@ -164,6 +168,11 @@ class RegistryView:
     def live_workers(self) -> list[str]:
         with self._lock:
             return list(self._workers)
+
+    def queues(self) -> list[str]:
+        """The model queues live workers consume."""
+        with self._lock:
+            return sorted(self._queues)
 
     def loaded_workers(self) -> set[str]:
         """Live workers that finished loading the models they found at start."""

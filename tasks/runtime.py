@@ -114,7 +114,14 @@ class WorkerRuntime:
         if request.output_filter:
             outputs = {name: outputs[name] for name in request.output_filter if name in outputs}
         precisions = {name: spec.precision for name, spec in result.compiled.signature.outputs.items()}
-        return pack_outputs(outputs, precisions, result.batch_rows, result.compiled.version)
+        return pack_outputs(
+            outputs,
+            precisions,
+            version=result.compiled.version,
+            batch=result.batch_rows,
+            started=result.started_at,
+            infer_s=result.infer_s,
+        )
 
 
 def _failed(error: ServingError) -> Future[BatchResult]:

@@ -390,8 +390,11 @@ def test_unpack_rejects_metadata_that_does_not_match_the_payload() -> None:
 @pytest.mark.parametrize("precision", list(SAMPLES))
 def test_outputs_round_trip(precision: str) -> None:
     outputs = {"first": SAMPLES[precision], "second": SAMPLES[precision][:1]}
-    result, batch_rows, version = unpack_result(pack_outputs(outputs, {"first": precision, "second": precision}, 5, 3))
-    assert (batch_rows, version) == (5, 3)
+    packed = pack_outputs(
+        outputs, {"first": precision, "second": precision}, version=3, batch=5, started=100.5, infer_s=0.25
+    )
+    result, computed = unpack_result(packed)
+    assert computed == {"version": 3, "batch": 5, "started": 100.5, "infer_s": 0.25}
     assert list(result) == ["first", "second"]
     for name, array in outputs.items():
         assert result[name].dtype == array.dtype

@@ -1,0 +1,123 @@
+"""Prometheus metrics, in the spirit of OVMS's names, scraped at GET /metrics on the REST port.
+
+Worker-side figures (time queued, inference time, executed batch size) travel back with every result,
+so one scrape of an api process covers the whole path of the requests it served; queue depths and
+live workers are read from Redis and the registry at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from inference.errors import ServingError
+from inference.request import InferenceResult
+from tasks.registry import RegistryView
+
+_MICROSECONDS = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000)
+
+
+class Tracker:
+    def __init__(self) -> None:
+        self.version = ""
+        self.result: InferenceResult | None = None
+
+    def done(self, version: int | None, result: InferenceResult | None = None) -> None:
+        self.version = str(version or "")
+        self.result = result
+
+
+class ServingMetrics:
+    def __init__(self, registry_view: RegistryView, store: redis.Redis) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["name", "version", "interface", "method"]
+        self._success = Counter("ovms_requests_success", "Requests answered", labels, registry=self.registry)
+        self._fail = Counter("ovms_requests_fail", "Requests failed", [*labels, "code"], registry=self.registry)
+        self._request_time = Histogram(
+            "ovms_request_time_us",
+            "Request time in the api, microseconds",
+            ["name", "version", "interface"],
+            buckets=_MICROSECONDS,
+            registry=self.registry,
+        )
+        self._queue_time = Histogram(
+            "ovms_queue_time_us",
+            "From publishing a request to the start of its inference, microseconds",
+            ["name", "version"],
+            buckets=_MICROSECONDS,
+            registry=self.registry,
+        )
+        self._inference_time = Histogram(
+            "ovms_inference_time_us",
+            "OpenVINO inference time of the batch that served a request, microseconds",
+            ["name", "version"],
+            buckets=_MICROSECONDS,
+            registry=self.registry,
+        )
+        self._batch_size = Histogram(
+            "ovms_executed_batch_size",
+            "Rows of the inference that served a request",
+            ["name", "version"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.registry.register(_QueueCollector(registry_view, store))
+
+    @contextmanager
+    def track(self, interface: str, method: str, name: str) -> Iterator[Tracker]:
+        """Count and time one request; the caller reports the version (and predict result) it got."""
+        tracker = Tracker()
+        started = time.perf_counter()
+        try:
+            yield tracker
+        except ServingError as error:
+            self._fail.labels(name, tracker.version, interface, method, error.grpc_code).inc()
+            raise
+        except Exception:
+            self._fail.labels(name, tracker.version, interface, method, "INTERNAL").inc()
+            raise
+        self._success.labels(name, tracker.version, interface, method).inc()
+        if tracker.result is not None:
+            self._observe_predict(name, tracker.version, interface, time.perf_counter() - started, tracker.result)
+
+    def _observe_predict(
+        self, name: str, version: str, interface: str, seconds: float, result: InferenceResult
+    ) -> None:
+        self._request_time.labels(name, version, interface).observe(seconds * 1e6)
+        self._queue_time.labels(name, version).observe(result.queue_s * 1e6)
+        self._inference_time.labels(name, version).observe(result.infer_s * 1e6)
+        self._batch_size.labels(name, version).observe(result.batch_size)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _QueueCollector(Collector):
+    """Read at scrape time: messages waiting in each model queue, and the live workers."""
+
+    def __init__(self, registry_view: RegistryView, store: redis.Redis) -> None:
+        self._view = registry_view
+        self._store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        workers = GaugeMetricFamily("ovms_live_workers", "Workers whose heartbeat is current")
+        workers.add_metric([], len(self._view.live_workers()))
+        yield workers
+        depth = GaugeMetricFamily("ovms_queue_depth", "Messages waiting in a model's queue", labels=["queue"])
+        queues = self._view.queues()
+        try:
+            with self._store.pipeline(transaction=False) as pipe:
+                for queue in queues:
+                    pipe.llen(queue)
+                lengths = pipe.execute()
+        except redis.RedisError:
+            return
+        for queue, length in zip(queues, lengths, strict=True):
+            depth.add_metric([queue], length)
+        yield depth

@@ -1,0 +1,56 @@
+"""Prometheus metrics at GET /metrics move as requests flow."""
+
+from __future__ import annotations
+
+import numpy as np
+import requests
+from ovmsclient import make_grpc_client
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def _scrape(server) -> dict[tuple[str, tuple], float]:
+    reply = requests.get(f"{server.rest_url}/metrics", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["Content-Type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def _value(samples: dict, metric: str, **labels: str) -> float:
+    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_counters_and_histograms_move_with_requests(server):
+    before = _scrape(server)
+    for _ in range(5):
+        reply = requests.post(
+            f"{server.rest_url}/v1/models/versioned/versions/2:predict", json={"instances": [[1, 2, 3, 4]]}, timeout=10
+        )
+        assert reply.status_code == 200
+    client = make_grpc_client(server.grpc_address)
+    for _ in range(3):
+        client.predict({"x": np.ones((1, 4), np.float32)}, "versioned", 2)
+    missing = requests.post(
+        f"{server.rest_url}/v1/models/versioned/versions/9:predict", json={"instances": [[1, 2, 3, 4]]}, timeout=10
+    )
+    assert missing.status_code == 404
+    after = _scrape(server)
+
+    def delta(metric: str, **labels: str) -> float:
+        return _value(after, metric, **labels) - _value(before, metric, **labels)
+
+    rest = {"name": "versioned", "version": "2", "interface": "rest", "method": "Predict"}
+    grpc_ = {**rest, "interface": "grpc"}
+    assert delta("ovms_requests_success_total", **rest) == 5
+    assert delta("ovms_requests_success_total", **grpc_) == 3
+    assert delta("ovms_requests_fail_total", **{**rest, "version": "", "code": "NOT_FOUND"}) == 1
+    assert delta("ovms_request_time_us_count", name="versioned", version="2", interface="rest") == 5
+    assert delta("ovms_request_time_us_sum", name="versioned", version="2", interface="rest") > 0
+    for histogram in ("ovms_queue_time_us", "ovms_inference_time_us", "ovms_executed_batch_size"):
+        assert delta(f"{histogram}_count", name="versioned", version="2") == 8
+    assert delta("ovms_executed_batch_size_sum", name="versioned", version="2") >= 8
+    assert _value(after, "ovms_live_workers") >= 1
+    assert ("ovms_queue_depth", (("queue", "ovms.CPU.versioned"),)) in after
