@@ -12,8 +12,11 @@ BENCH_ARGS ?=
 
 .PHONY: run test venv models tfs-client lint protos test_perf test_throughput bench clean
 
+# `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
+RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
+
 run: venv models
-	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT)
+	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT) $(RUN_FLAGS)
 
 test: venv models tfs-client
 	$(BIN)/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ class Supervisor:
         self._argv = argv
         self._redis: EmbeddedRedis | None = None
         self._workers: list[subprocess.Popen] = []
+        self._children: list[subprocess.Popen] = []  # helpers whose exit does not stop the server
         self._expected_workers: set[str] = set()
         self._child_died = threading.Event()
 
@@ -50,6 +52,8 @@ class Supervisor:
                 self._workers.append(worker)
                 self._expected_workers.add(worker_name(device, worker.pid))
             self._wait_for_models(self._settings.result_backend_url or broker_url)
+            if self._settings.flower_port:
+                self._children.append(self._spawn_flower(broker_url))
             api = ApiServer(self._settings, broker_url)
             api.start()
             threading.Thread(target=self._watch_children, daemon=True).start()
@@ -61,7 +65,7 @@ class Supervisor:
         finally:
             if api is not None:
                 api.stop()
-            self._stop_workers()
+            self._stop_processes(self._children + self._workers)
             if self._redis is not None:
                 self._redis.stop()
 
@@ -107,12 +111,32 @@ class Supervisor:
     def _any_worker_failed(self) -> bool:
         return any(worker.poll() not in (None, 0) for worker in self._workers)
 
-    def _stop_workers(self) -> None:
-        for worker in self._workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
+    def _spawn_flower(self, broker_url: str) -> subprocess.Popen:
+        """Celery Flower on --flower_port; basic auth when FLOWER_USER and FLOWER_PASSWORD are set."""
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            "tasks.app",
+            "--broker",
+            broker_url,
+            "flower",
+            f"--port={self._settings.flower_port}",
+        ]
+        user, password = os.environ.get("FLOWER_USER"), os.environ.get("FLOWER_PASSWORD")
+        if user and password:
+            command.append(f"--basic-auth={user}:{password}")
+        log.info("Starting Flower on port %d", self._settings.flower_port)
+        return subprocess.Popen(command, preexec_fn=_die_with_parent)
+
+    @staticmethod
+    def _stop_processes(processes: list[subprocess.Popen]) -> None:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
-        for worker in self._workers:
+        for worker in processes:
             try:
                 worker.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:

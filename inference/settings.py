@@ -76,6 +76,8 @@ class ServerSettings:
     request_timeout_s: float = 30.0
     device: str | None = None  # the device a worker serves (worker role)
     worker_concurrency: int = 64
+    task_events: bool = False  # workers send Celery task events (for Flower)
+    flower_port: int = 0  # all-in-one: also run Celery Flower on this port; 0 = no Flower
     models: tuple[ModelConfig, ...] = ()
 
     def devices(self) -> list[str]:
@@ -141,6 +143,8 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--request_timeout_s", type=float, help="deadline of a request without its own (default: 30)")
     add("--device", help="worker role: the device whose models this worker serves")
     add("--worker_concurrency", type=int, help="worker role: messages one worker handles at once (default: 64)")
+    add("--task_events", action="store_true", help="workers send Celery task events, for Flower (default: off)")
+    add("--flower_port", type=int, help="with no role: also run Celery Flower on this port (implies --task_events)")
     return parser
 
 
@@ -168,6 +172,8 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
         request_timeout_s=_default(args.request_timeout_s, 30.0),
         device=args.device,
         worker_concurrency=_default(args.worker_concurrency, 64),
+        task_events=args.task_events or bool(args.flower_port),
+        flower_port=_default(args.flower_port, 0),
         models=tuple(models),
     )
     if role == "worker" and settings.device is None:

@@ -51,6 +51,7 @@ class PredictPublisher:
             reply_to=reply_to,
             argsrepr=summary,  # what Flower and logs show; also spares Celery a saferepr of the envelope
             kwargsrepr="{}",
+            shadow=f"predict {envelope['model']} v{envelope['version']}",  # the task name Flower shows
         )
         content_type, content_encoding, body = dumps(message.body, serializer="json")
         properties = dict(message.properties)

@@ -58,6 +58,7 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *(["--task-events"] if settings.task_events else []),
             ]
         )
     finally:

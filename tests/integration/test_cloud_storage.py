@@ -27,8 +27,6 @@ PREFIX = "models/versioned"
 NO_AUTH_MOTO = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"}  # moto then checks access keys against its IAM
 
 
-
-
 @pytest.fixture(scope="module")
 def clean_env() -> Iterator[pytest.MonkeyPatch]:
     """No credentials or endpoints from the developer's environment leak into these tests."""

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import numpy as np
 import requests
 from ovmsclient import make_grpc_client
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.stack import REPO
 
 
 def _scrape(server) -> dict[tuple[str, tuple], float]:
@@ -54,3 +59,13 @@ def test_counters_and_histograms_move_with_requests(server):
     assert delta("ovms_executed_batch_size_sum", name="versioned", version="2") >= 8
     assert _value(after, "ovms_live_workers") >= 1
     assert ("ovms_queue_depth", (("queue", "ovms.CPU.versioned"),)) in after
+
+
+def test_every_metric_on_the_grafana_dashboard_is_exported(server):
+    """ops/grafana/ovms-dashboard.json must only chart metrics the server really exports."""
+    dashboard = json.loads((REPO / "ops" / "grafana" / "ovms-dashboard.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    used = {name for expr in expressions for name in re.findall(r"\b(ovms_[a-z_]+)", expr)}
+    requests.post(f"{server.rest_url}/v1/models/versioned:predict", json={"instances": [[1, 2, 3, 4]]}, timeout=10)
+    exported = {name for name, _ in _scrape(server)}
+    assert used and used <= exported, used - exported
