@@ -38,7 +38,6 @@ PRECISIONS = [
 BY_NAME = {p.name: p for p in PRECISIONS}
 BY_OV_TYPE = {p.ov_type: p for p in PRECISIONS}
 BY_TF_ENUM = {p.tf_enum: p for p in PRECISIONS}
-BY_TF_NAME = {p.tf_name: p for p in PRECISIONS}
 
 
 def by_name(name: str) -> Precision:

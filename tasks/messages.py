@@ -16,8 +16,6 @@ from inference import dtypes
 from inference.errors import ServingError
 from inference.request import InferenceRequest, Tensors
 
-TensorMeta = list[Any]  # [name, precision, shape, offset, nbytes]
-
 
 def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[dict[str, Any], bytes]:
     """One envelope (JSON-able) and one payload for requests of the same model version."""

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.broker import EmbeddedRedis
-from tests.support.stack import REPO, OvmsProcess, start_ovms
+from tests.support.stack import REPO, OvmsProcess, private_redis, start_ovms
 
 MODELS = REPO / "models"
 
@@ -23,12 +22,7 @@ def models_dir() -> Path:
     return MODELS
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """A private Redis server for the session, on a free port."""
-    server = EmbeddedRedis()
-    yield server.start()
-    server.stop()
+redis_url = pytest.fixture(scope="session", name="redis_url")(private_redis)
 
 
 @pytest.fixture(scope="session")

@@ -24,16 +24,12 @@ from tasks.broker import EmbeddedRedis
 from tasks.messages import pack_requests, unpack_result
 from tasks.publisher import PredictPublisher, store_client
 from tasks.routing import queue_for
-from tests.support.stack import OvmsProcess, start_ovms
+from tests.support.stack import OvmsProcess, private_redis, start_ovms
 
 MAX_BATCH = 8
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    server = EmbeddedRedis()
-    yield server.start()
-    server.stop()
+redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
 
 def _model(models_dir: Path, name: str, base: str, **settings: object) -> dict:

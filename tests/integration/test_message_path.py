@@ -22,17 +22,10 @@ from kombu import Connection
 from ovmsclient.tfs_compat.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tasks.broker import EmbeddedRedis
 from tasks.routing import payload_key, queue_for
-from tests.support.stack import OvmsProcess, start_ovms
+from tests.support.stack import OvmsProcess, private_redis, start_ovms
 
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """This module's own Redis: no other test's worker may answer from these queues."""
-    server = EmbeddedRedis()
-    yield server.start()
-    server.stop()
+redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
 
 @pytest.fixture(scope="module")

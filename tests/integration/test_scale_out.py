@@ -11,16 +11,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tasks.broker import EmbeddedRedis, free_port
+from tasks.broker import free_port
 from tasks.routing import worker_name
-from tests.support.stack import OvmsProcess, start_ovms
+from tests.support.stack import OvmsProcess, private_redis, start_ovms
 
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    server = EmbeddedRedis()
-    yield server.start()
-    server.stop()
+redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
 
 @pytest.fixture(scope="module")

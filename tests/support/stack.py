@@ -8,9 +8,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tasks.broker import free_port
+from tasks.broker import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GRPC_READY = "Server started on port"
@@ -87,3 +88,11 @@ def start_ovms(
     if role == "worker":
         command = ovms_command("worker", *args)
     return OvmsProcess(command, grpc_port, rest_port, wait_for, env)
+
+
+def private_redis() -> Iterator[str]:
+    """A Redis server of its own on a free port (yields its URL), for a pytest fixture: modules that
+    freeze or kill workers use one, so that no other module's worker answers from their queues."""
+    server = EmbeddedRedis()
+    yield server.start()
+    server.stop()
