@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,7 +197,14 @@ class ModelManager:
     def _build(self, model: _Model, config: ModelConfig, version: int) -> CompiledVersion:
         """Fetch, compile and warm up: one inference before AVAILABLE, so no client pays for first-run costs."""
         compiled = CompiledVersion(self._core, config, version, model.storage.fetch(version))
+        started = time.perf_counter()
         compiled.warm_up()
+        log.info(
+            "Model %s version %d: warm-up inference took %.1f ms",
+            config.name,
+            version,
+            (time.perf_counter() - started) * 1000,
+        )
         return compiled
 
     def _serve(self, model: _Model, version: int, compiled: CompiledVersion) -> None:

@@ -104,6 +104,9 @@ def test_new_version_loads_default_moves_removed_unloads_and_reappears(launch, r
     _copy_version(models_dir, "versioned", repository, 2, source_version=2)
     gap = _wait_for(lambda: _states(server, "life").get(2) == "AVAILABLE", what="version 2 AVAILABLE")
     print(f"new version AVAILABLE {gap * 1000:.0f} ms after it appeared")
+    log = server.log()
+    warm_up = log.index("Model life version 2: warm-up inference took")
+    assert warm_up < log.index("Loaded model life; version: 2; state: AVAILABLE"), "AVAILABLE only after warm-up"
     assert _predict(server, "life").json() == {"predictions": [[2.0, 4.0, 6.0, 8.0]]}, "default moves to 2"
 
     shutil.rmtree(repository / "1")
