@@ -14,6 +14,7 @@ from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
 from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
+from tasks.jobs import JobStore
 from tasks.registry import RegistryView, VersionView
 
 
@@ -39,6 +40,7 @@ class DataPlane:
         self._default_timeout_s = default_timeout_s
         self._store = store
         self._configured = configured
+        self.jobs = JobStore(store)
 
     def expected_models(self) -> list[str]:
         """The models this server must serve to be ready: its configuration's when it has one, else the
@@ -63,6 +65,12 @@ class DataPlane:
             raise InvalidArgument("Configuration not applied: " + "; ".join(sorted(set(outcome.errors))))
         self._registry.refresh()
         return outcome.changed
+
+    def submit_job(self, name: str, version: int | None, inputs: dict[str, RequestTensor]) -> str:
+        """Validate many samples (any number along the first dimension) and queue them as a job."""
+        target = self._registry.resolve(name, version)
+        arrays = validate_inputs(target.signature.with_any_batch(), inputs)
+        return self.jobs.submit(target, arrays)
 
     def readiness(self) -> dict[str, bool]:
         """Per known model: does a live worker hold an AVAILABLE version of it?"""

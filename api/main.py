@@ -18,6 +18,10 @@ USAGE_EXIT_CODE = 64
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("submit", "jobs", "result"):
+        from api.client import main as client_main
+
+        return client_main(argv)
     setup_logging()
     try:
         settings = parse_command_line(argv)

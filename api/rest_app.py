@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 from typing import Any
 
+import numpy as np
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import MethodNotAllowed
@@ -19,6 +21,7 @@ from inference import dtypes
 from inference.errors import InvalidArgument, NotFound, ServingError
 from inference.request import InferenceResult
 from inference.signature import ModelSignature
+from inference.validation import RequestTensor
 
 log = logging.getLogger("serving")
 
@@ -69,6 +72,29 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
             if action == "/metadata":
                 return _json(_metadata(dataplane, name, version))
             return _json(_status(dataplane, name, version))
+
+    @app.post("/v1/jobs")
+    def submit_job() -> Response:
+        job_id = _submit_job(dataplane)
+        url = f"/v1/jobs/{job_id}"
+        return _json({"id": job_id, "status_url": url, "result_url": f"{url}/result"}, 202, {"Location": url})
+
+    @app.get("/v1/jobs")
+    def list_jobs() -> Response:
+        return _json({"jobs": [dataplane.jobs.status(job_id).to_dict() for job_id in dataplane.jobs.recent()]})
+
+    @app.route("/v1/jobs/<job_id>", methods=["GET", "DELETE"])
+    def job(job_id: str) -> Response:
+        if request.method == "DELETE":
+            dataplane.jobs.cancel(job_id)
+        return _json(dataplane.jobs.status(job_id).to_dict())
+
+    @app.get("/v1/jobs/<job_id>/result")
+    def job_result(job_id: str) -> Response:
+        status = dataplane.jobs.status(job_id)
+        if status.state != "SUCCESS":
+            return _json({"error": f"Job {job_id} is {status.state}", **status.to_dict()}, 409)
+        return _job_result(dataplane.jobs.result(job_id))
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -183,6 +209,61 @@ def _json_body() -> Any:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"Invalid JSON: {exc}") from None
+
+
+_NUMPY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
+
+
+def _submit_job(dataplane: DataPlane) -> str:
+    """A job body is TF Serving JSON with "model" (and "version"), or a .npy / .npz file with
+    ?model=&version= in the query string (.npy for a single-input model, .npz keyed by input name)."""
+    if request.mimetype in _NUMPY_TYPES:
+        name, version = request.args.get("model", ""), _version(request.args.get("version"))
+        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False))
+    else:
+        body = _json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            raise InvalidArgument('A job needs "model" (and optionally "version") with "instances" or "inputs"')
+        name, version = body.pop("model"), _version(str(body.pop("version", "0")))
+        _, signature = dataplane.model_metadata(name, version)
+        inputs, _ = parse_predict_body(body, signature)
+    if not name:
+        raise InvalidArgument("A job needs a model name")
+    return dataplane.submit_job(name, version, inputs)
+
+
+def _numpy_inputs(dataplane: DataPlane, name: str, version: int | None, data: bytes) -> dict[str, RequestTensor]:
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)  # never unpickle what a client sends
+    except (ValueError, OSError, EOFError) as exc:
+        raise InvalidArgument(f"Invalid .npy/.npz upload: {exc}") from None
+    if isinstance(loaded, np.ndarray):
+        _, signature = dataplane.model_metadata(name, version)
+        if len(signature.inputs) != 1:
+            raise InvalidArgument("A .npy upload needs a single-input model; send an .npz keyed by input name")
+        arrays = {next(iter(signature.inputs)): loaded}
+    else:
+        arrays = {key: loaded[key] for key in loaded.files}
+    return {key: RequestTensor(None, array.shape, values=array) for key, array in arrays.items()}
+
+
+def _job_result(outputs: dict[str, np.ndarray]) -> Response:
+    """JSON by default; .npy (one output) or .npz with ?format=npy|npz or the matching Accept type."""
+    wanted = request.args.get("format") or {
+        "application/x-npy": "npy",
+        "application/x-npz": "npz",
+        "application/zip": "npz",
+    }.get(request.accept_mimetypes.best or "", "json")
+    if wanted == "json":
+        return _json({"outputs": {name: array.tolist() for name, array in outputs.items()}})
+    buffer = io.BytesIO()
+    if wanted == "npy" and len(outputs) == 1:
+        np.save(buffer, next(iter(outputs.values())), allow_pickle=False)
+        return Response(buffer.getvalue(), mimetype="application/x-npy")
+    if wanted not in ("npy", "npz"):
+        raise InvalidArgument(f"Unknown result format {wanted}: use json, npy or npz")
+    np.savez(buffer, **outputs)
+    return Response(buffer.getvalue(), mimetype="application/x-npz")
 
 
 def _timeout() -> float | None:

@@ -18,6 +18,7 @@ class InferenceRequest:
     deadline: float = 0.0  # time.time() by which the answer is due
     request_id: str = ""
     pinned: bool = True  # the client named this version; False: any current default will do
+    any_batch: bool = False  # a job chunk: any number of samples, whatever the model's batch size
 
 
 @dataclass

@@ -39,6 +39,10 @@ class ModelSignature:
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
     auto_batch: bool = False  # batch_size "auto": any batch size is served
 
+    def with_any_batch(self) -> ModelSignature:
+        """The same signature accepting any number of samples (jobs are split along that dimension)."""
+        return ModelSignature(self.inputs, self.outputs, auto_batch=True)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "inputs": [spec.to_dict() for spec in self.inputs.values()],

@@ -24,7 +24,7 @@ app.conf.update(
     broker_transport_options={"socket_keepalive": True, "ack_emulation": False},
     result_backend_transport_options={"socket_keepalive": True},
     task_track_started=False,
-    result_expires=3600,
+    result_expires=24 * 3600,  # async job results (predict replies go to reply lists, not here)
 )
 
 

@@ -27,7 +27,9 @@ class ReplyBackend(RedisBackend):
     ) -> Any:
         reply_to = getattr(request, "reply_to", None)
         if not reply_to or not str(reply_to).startswith(REPLY_PREFIX):
-            return super()._store_result(task_id, result, state, traceback, request, **kwargs)
+            stored = super()._store_result(task_id, result, state, traceback, request, **kwargs)
+            self.client.delete(payload_key(task_id))
+            return stored
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = task_id
         with self.client.pipeline(transaction=False) as pipe:

@@ -36,6 +36,7 @@ def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) 
                 "outputs": request.output_filter,
                 "deadline": request.deadline,
                 "pinned": request.pinned,
+                "any_batch": request.any_batch,
             }
         )
     first = requests[0]
@@ -64,6 +65,7 @@ def unpack_requests(envelope: dict[str, Any], payload: bytes) -> list[InferenceR
                 output_filter=entry["outputs"],
                 deadline=entry["deadline"],
                 pinned=entry["pinned"],
+                any_batch=entry.get("any_batch", False),
                 request_id=entry["id"],
             )
         )

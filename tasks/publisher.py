@@ -39,8 +39,17 @@ class PredictPublisher:
         self._client = client
 
     def publish(
-        self, task_id: str, envelope: dict[str, Any], payload: bytes, queue: str, reply_to: str, expires_s: float
+        self,
+        task_id: str,
+        envelope: dict[str, Any],
+        payload: bytes,
+        queue: str,
+        reply_to: str,
+        expires_s: float,
+        name: str = "",
     ) -> None:
+        """`reply_to` names the api's reply list ("" = store the result in the backend, as jobs do);
+        `name` is what Flower shows (default: predict <model> v<version>)."""
         summary = f"{envelope['model']} v{envelope['version']}: {len(envelope['requests'])} request(s)"
         message = self._app.amqp.as_task_v2(
             task_id,
@@ -51,7 +60,7 @@ class PredictPublisher:
             reply_to=reply_to,
             argsrepr=summary,  # what Flower and logs show; also spares Celery a saferepr of the envelope
             kwargsrepr="{}",
-            shadow=f"predict {envelope['model']} v{envelope['version']}",  # the task name Flower shows
+            shadow=name or f"predict {envelope['model']} v{envelope['version']}",  # the task name Flower shows
         )
         content_type, content_encoding, body = dumps(message.body, serializer="json")
         properties = dict(message.properties)

@@ -153,9 +153,7 @@ class RegistryView:
             self._errors = errors
             self._workers = [document["id"] for document in documents]
             self._served = {name for document in documents for name in document.get("models", {})}
-            self._queues = {
-                model["queue"] for document in documents for model in document.get("models", {}).values()
-            }
+            self._queues = {model["queue"] for document in documents for model in document.get("models", {}).values()}
             self._active = {
                 name
                 for document in documents

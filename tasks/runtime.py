@@ -98,7 +98,10 @@ class WorkerRuntime:
     @staticmethod
     def _submit(batcher: DynamicBatcher, request: InferenceRequest, arrivals: Arrivals | None) -> Future[BatchResult]:
         tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
-        return batcher.submit(validate_inputs(batcher.compiled.signature, tensors), arrivals)
+        signature = batcher.compiled.signature
+        if request.any_batch:
+            signature = signature.with_any_batch()
+        return batcher.submit(validate_inputs(signature, tensors), arrivals)
 
     def _finish(self, request: InferenceRequest, future: Future[BatchResult]) -> dict[str, Any]:
         try:

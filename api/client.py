@@ -1,0 +1,116 @@
+"""`ovms submit | jobs | result`: the command-line client for asynchronous jobs over the REST API."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import requests
+from tqdm import tqdm
+
+COMMANDS = ("submit", "jobs", "result")
+FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except requests.RequestException as exc:
+        print(f"ovms {argv[0]}: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url", default=os.environ.get("OVMS_URL", "http://localhost:8000"), help="REST base URL (env OVMS_URL)"
+    )
+    parser = argparse.ArgumentParser(prog="ovms", description="Asynchronous jobs on an ovms REST endpoint")
+    commands = parser.add_subparsers(required=True)
+    submit = commands.add_parser(
+        "submit", parents=[common], help="submit a .npy (one input) or .npz (inputs by name) as a job"
+    )
+    submit.add_argument("--model", required=True)
+    submit.add_argument("--version", type=int, default=0)
+    submit.add_argument("--input", required=True, help=".npy or .npz file of samples")
+    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    submit.add_argument("--output", help="with --wait: write the outputs here (.npy for one output, else .npz)")
+    submit.set_defaults(run=_submit)
+    jobs = commands.add_parser("jobs", parents=[common], help="list recent jobs")
+    jobs.set_defaults(run=_jobs)
+    result = commands.add_parser("result", parents=[common], help="fetch a finished job's outputs")
+    result.add_argument("job_id")
+    result.add_argument("--output", help="write the outputs here (.npy for one output, else .npz); else print JSON")
+    result.set_defaults(run=_result)
+    return parser
+
+
+def _submit(args: argparse.Namespace) -> int:
+    with open(args.input, "rb") as handle:
+        data = handle.read()
+    reply = requests.post(
+        f"{args.url}/v1/jobs",
+        params={"model": args.model, "version": args.version},
+        data=data,
+        headers={"Content-Type": "application/x-npy"},
+        timeout=300,
+    )
+    if reply.status_code != 202:
+        print(f"ovms submit: {reply.status_code} {reply.json().get('error', reply.text)}", file=sys.stderr)
+        return 1
+    job_id = reply.json()["id"]
+    print(job_id)
+    if not args.wait:
+        return 0
+    status = _follow(args.url, job_id)
+    if status["state"] != "SUCCESS":
+        print(f"ovms submit: job {job_id} ended {status['state']}: {'; '.join(status['errors'])}", file=sys.stderr)
+        return 1
+    return _fetch(args.url, job_id, args.output)
+
+
+def _follow(url: str, job_id: str) -> dict:
+    """Poll the job, drawing a progress bar of samples done, until it ends."""
+    with tqdm(unit="sample", desc=job_id[:8], file=sys.stderr) as bar:
+        while True:
+            status = requests.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+            bar.total = status["progress"]["total"]
+            bar.n = status["progress"]["done"]
+            bar.refresh()
+            if status["state"] in FINAL_STATES:
+                return status
+            time.sleep(0.2)
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    for job in requests.get(f"{args.url}/v1/jobs", timeout=30).json()["jobs"]:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created"]))
+        progress = f"{job['progress']['done']}/{job['progress']['total']}"
+        print(f"{job['id']}  {created}  {job['model']} v{job['version']}  {job['state']:<8}  {progress}")
+    return 0
+
+
+def _result(args: argparse.Namespace) -> int:
+    return _fetch(args.url, args.job_id, args.output)
+
+
+def _fetch(url: str, job_id: str, output: str | None) -> int:
+    form = "json" if output is None else ("npy" if output.endswith(".npy") else "npz")
+    reply = requests.get(f"{url}/v1/jobs/{job_id}/result", params={"format": form}, timeout=300)
+    if reply.status_code != 200:
+        print(f"ovms result: {reply.status_code} {reply.json().get('error', reply.text)}", file=sys.stderr)
+        return 1
+    if output is None:
+        print(json.dumps(reply.json()))
+        return 0
+    with open(output, "wb") as handle:
+        handle.write(reply.content)
+    if form == "npy":
+        print(f"{output}: {np.load(io.BytesIO(reply.content)).shape}")
+    return 0
