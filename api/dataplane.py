@@ -34,13 +34,14 @@ class DataPlane:
         default_timeout_s: float,
         store: redis.Redis,
         configured: Callable[[], list[str] | None] = lambda: None,
+        job_ttl_s: int = 86400,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._default_timeout_s = default_timeout_s
         self._store = store
         self._configured = configured
-        self.jobs = JobStore(store)
+        self.jobs = JobStore(store, job_ttl_s)
 
     def expected_models(self) -> list[str]:
         """The models this server must serve to be ready: its configuration's when it has one, else the

@@ -31,12 +31,17 @@ class ApiServer:
     def __init__(self, settings: ServerSettings, broker_url: str, rest: bool = True) -> None:
         self._settings = settings
         backend_url = settings.result_backend_url or broker_url
-        configure(broker_url, backend_url)
+        configure(broker_url, backend_url, settings.job_ttl_s)
         store = store_client(backend_url)
         self._registry = RegistryView(store)
         self._dispatcher = Dispatcher(store)
         self._dataplane = DataPlane(
-            self._registry, self._dispatcher, settings.request_timeout_s, store, ConfiguredModels(settings)
+            self._registry,
+            self._dispatcher,
+            settings.request_timeout_s,
+            store,
+            ConfiguredModels(settings),
+            settings.job_ttl_s,
         )
         self._metrics = ServingMetrics(self._registry, store)
         self._rest_enabled = rest and settings.rest_port > 0

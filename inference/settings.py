@@ -78,6 +78,7 @@ class ServerSettings:
     worker_concurrency: int = 64
     task_events: bool = False  # workers send Celery task events (for Flower)
     flower_port: int = 0  # all-in-one: also run Celery Flower on this port; 0 = no Flower
+    job_ttl_s: int = 86400  # how long async jobs and their results are kept
     models: tuple[ModelConfig, ...] = ()
 
     def devices(self) -> list[str]:
@@ -144,6 +145,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--device", help="worker role: the device whose models this worker serves")
     add("--worker_concurrency", type=int, help="worker role: messages one worker handles at once (default: 64)")
     add("--task_events", action="store_true", help="workers send Celery task events, for Flower (default: off)")
+    add("--job_ttl_s", type=int, help="how long async jobs and their results are kept, seconds (default: 86400)")
     add("--flower_port", type=int, help="with no role: also run Celery Flower on this port (implies --task_events)")
     return parser
 
@@ -174,6 +176,7 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
         worker_concurrency=_default(args.worker_concurrency, 64),
         task_events=args.task_events or bool(args.flower_port),
         flower_port=_default(args.flower_port, 0),
+        job_ttl_s=_default(args.job_ttl_s, 86400),
         models=tuple(models),
     )
     if role == "worker" and settings.device is None:
@@ -205,7 +208,7 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         pass
     if args.rest_workers is not None and not args.rest_port:
         raise UsageError("rest_workers is set but rest_port is not set. rest_port is required to start rest servers")
-    for flag in ("grpc_workers", "rest_workers", "worker_concurrency"):
+    for flag in ("grpc_workers", "rest_workers", "worker_concurrency", "job_ttl_s"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive number")

@@ -24,12 +24,15 @@ app.conf.update(
     broker_transport_options={"socket_keepalive": True, "ack_emulation": False},
     result_backend_transport_options={"socket_keepalive": True},
     task_track_started=False,
-    result_expires=24 * 3600,  # async job results (predict replies go to reply lists, not here)
+    result_expires=24 * 3600,  # async job results (predict replies go to reply lists); see --job_ttl_s
 )
 
 
-def configure(broker_url: str, result_backend_url: str | None = None) -> Celery:
-    """Point the app at Redis; sync replies use our reply-list backend on the result Redis."""
+def configure(broker_url: str, result_backend_url: str | None = None, results_ttl_s: int | None = None) -> Celery:
+    """Point the app at Redis; sync replies use our reply-list backend on the result Redis.
+    `results_ttl_s`: how long stored (async job) results are kept."""
     app.conf.broker_url = broker_url
+    if results_ttl_s:
+        app.conf.result_expires = results_ttl_s
     app.conf.result_backend = f"tasks.backend:ReplyBackend+{result_backend_url or broker_url}"
     return app

@@ -26,7 +26,6 @@ from tasks.registry import Target
 JOB_PREFIX = "ovms:job:"
 JOB_INDEX = "ovms:jobs"
 CHUNK_ROWS = 256
-JOB_TTL_S = 24 * 3600  # how long a job and its results are kept
 JOB_TIMEOUT_S = 3600  # a chunk not run within this is dropped
 
 
@@ -56,8 +55,9 @@ class JobStatus:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self._client = client
+        self._ttl_s = ttl_s  # the workers keep chunk results as long (Celery result_expires)
         self._publisher = PredictPublisher(app, client)
 
     def submit(self, target: Target, inputs: dict[str, np.ndarray]) -> str:
@@ -93,9 +93,9 @@ class JobStore:
             "revoked": False,
         }
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(JOB_PREFIX + job_id, json.dumps(record), ex=JOB_TTL_S)
+            pipe.set(JOB_PREFIX + job_id, json.dumps(record), ex=self._ttl_s)
             pipe.zadd(JOB_INDEX, {job_id: record["created"]})
-            pipe.zremrangebyscore(JOB_INDEX, 0, time.time() - JOB_TTL_S)
+            pipe.zremrangebyscore(JOB_INDEX, 0, time.time() - self._ttl_s)
             pipe.execute()
         return job_id
 

@@ -28,7 +28,7 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
         log.error("No models are configured for device %s", device)
         return 1
     backend_url = settings.result_backend_url or broker_url
-    configure(broker_url, backend_url)
+    configure(broker_url, backend_url, settings.job_ttl_s)
     store = redis.Redis.from_url(backend_url)
     worker_id = worker_name(device, os.getpid())
     manager = ModelManager(models)

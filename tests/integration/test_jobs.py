@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import redis
 import requests
 
 from tests.support.stack import REPO, private_redis, start_ovms
@@ -143,3 +144,20 @@ def test_a_job_survives_an_api_restart_and_can_be_cancelled(small_config, own_re
             second.stop()
     finally:
         worker.stop()
+
+
+def test_jobs_and_their_results_expire_after_job_ttl_s(small_config, own_redis_url):
+    server = start_ovms(["--config_path", str(small_config), "--broker_url", own_redis_url, "--job_ttl_s", "120"])
+    try:
+        reply = requests.post(
+            f"{server.rest_url}/v1/jobs", json={"model": "versioned", "instances": [[1] * 4]}, timeout=10
+        ).json()
+        deadline = time.monotonic() + 20
+        while requests.get(server.rest_url + reply["status_url"], timeout=5).json()["state"] != "SUCCESS":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        store = redis.Redis.from_url(own_redis_url)
+        assert 100 < store.ttl(f"ovms:job:{reply['id']}") <= 120
+        assert 100 < store.ttl(f"celery-task-meta-{reply['id']}-0") <= 120
+    finally:
+        server.stop()
