@@ -31,6 +31,7 @@ _METHODS = {":predict": "Predict", "/metadata": "GetModelMetadata", None: "GetMo
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
+RETRY_AFTER_S = 1  # advised to clients of a full queue (429) or a model without workers (503)
 BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
 
 
@@ -39,7 +40,8 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
 
     @app.errorhandler(ServingError)
     def serving_error(error: ServingError) -> Response:
-        return _json({"error": error.message}, error.http_status)
+        retry = {"Retry-After": str(RETRY_AFTER_S)} if error.http_status in (429, 503) else None
+        return _json({"error": error.message}, error.http_status, retry)
 
     @app.errorhandler(404)
     def no_route(_: Exception) -> Response:

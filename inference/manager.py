@@ -127,6 +127,7 @@ class ModelManager:
                     "versions": {str(v): status.to_dict() for v, status in sorted(model.versions.items())},
                     "error": model.error,
                     "active": model.active,
+                    "max_queue_size": model.config.max_queue_size,
                 }
                 for name, model in self._models.items()
             }

@@ -17,6 +17,7 @@ ROLES = ("all", "api", "worker")
 DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
+DEFAULT_MAX_QUEUE_SIZE = 1024
 
 
 class UsageError(Exception):
@@ -39,6 +40,7 @@ class ModelConfig:
     plugin_config: dict[str, Any] = field(default_factory=dict)
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # rows one inference may hold; 1 = no batching
     max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS  # longest wait for announced batch-mates
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE  # requests an api process lets wait for this model
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json form; equal dicts mean equal configurations."""
@@ -56,6 +58,7 @@ class ModelConfig:
             "plugin_config": self.plugin_config,
             "max_batch_size": self.max_batch_size,
             "max_queue_delay_ms": self.max_queue_delay_ms,
+            "max_queue_size": self.max_queue_size,
         }
 
 
@@ -98,6 +101,7 @@ _MODEL_FLAGS = (
     "plugin_config",
     "max_batch_size",
     "max_queue_delay_ms",
+    "max_queue_size",
 )
 _CONFIG_KEYS = {"name", "base_path", *_MODEL_FLAGS}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -138,6 +142,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--max_queue_delay_ms",
         type=float,
         help=f"dynamic batching: longest wait for batch-mates (default: {DEFAULT_MAX_QUEUE_DELAY_MS})",
+    )
+    add(
+        "--max_queue_size",
+        type=int,
+        help=f"requests that may wait per model in an api process before 429 (default: {DEFAULT_MAX_QUEUE_SIZE})",
     )
     add("--broker_url", help="Redis URL of the broker (env OVMS_BROKER_URL); unset = embedded Redis")
     add("--result_backend_url", help="Redis URL of the result backend (env OVMS_RESULT_BACKEND_URL; default: broker)")
@@ -322,6 +331,7 @@ def model_from_dict(raw: Any) -> ModelConfig:
         plugin_config=_plugin_config(raw.get("plugin_config")),
         max_batch_size=_positive_int(raw, "max_batch_size", DEFAULT_MAX_BATCH_SIZE),
         max_queue_delay_ms=_delay(raw.get("max_queue_delay_ms", DEFAULT_MAX_QUEUE_DELAY_MS)),
+        max_queue_size=_positive_int(raw, "max_queue_size", DEFAULT_MAX_QUEUE_SIZE),
     )
 
 

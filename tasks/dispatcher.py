@@ -65,7 +65,7 @@ class Dispatcher:
         """Publish a request (possibly with others) and wait for its answer until its deadline."""
         future: Future[InferenceResult] = Future()
         lane = self._lane(target)
-        lane.add((request, future), target.workers)
+        lane.add((request, future), target.workers, target.max_queue_size)
         self._pump(target, lane)
         try:
             return future.result(timeout=max(request.deadline - time.time(), 0))

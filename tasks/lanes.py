@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
+from inference.errors import ResourceExhausted
 from inference.request import InferenceRequest, InferenceResult
 
 Entry = tuple[InferenceRequest, Future[InferenceResult]]
@@ -28,8 +29,13 @@ class Lane:
         self._max_per_message = max_requests_per_message
         self.limit = MESSAGES_IN_FLIGHT_PER_WORKER
 
-    def add(self, entry: Entry, workers: int) -> None:
+    def add(self, entry: Entry, workers: int, max_waiting: int) -> None:
+        """Queue a request; raises ResourceExhausted when `max_waiting` requests already wait here."""
         with self._lock:
+            if len(self._waiting) >= max_waiting:
+                raise ResourceExhausted(
+                    f"Too many requests waiting for model {entry[0].model} ({len(self._waiting)}); retry later"
+                )
             self._waiting.append(entry)
             self.limit = MESSAGES_IN_FLIGHT_PER_WORKER * max(workers, 1)
 

@@ -28,6 +28,7 @@ from inference.errors import (
     NotFound,
     Unavailable,
 )
+from inference.settings import DEFAULT_MAX_QUEUE_SIZE
 from inference.signature import ModelSignature
 from tasks.routing import CATALOG_KEY, WORKER_PREFIX, queue_for, worker_key
 
@@ -109,6 +110,7 @@ class Target:
     signature: ModelSignature
     queue: str
     workers: int = 1
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
 
 
 class RegistryView:
@@ -121,6 +123,7 @@ class RegistryView:
         self._errors: dict[str, str] = {}  # models whose repository a live worker cannot read
         self._workers: list[str] = []
         self._served: set[str] = set()
+        self._queue_limits: dict[str, int] = {}
         self._queues: set[str] = set()
         self._active: set[str] = set()
         self._loaded_workers: set[str] = set()
@@ -153,6 +156,11 @@ class RegistryView:
             self._errors = errors
             self._workers = [document["id"] for document in documents]
             self._served = {name for document in documents for name in document.get("models", {})}
+            self._queue_limits = {
+                name: model.get("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
+                for document in documents
+                for name, model in document.get("models", {}).items()
+            }
             self._queues = {model["queue"] for document in documents for model in document.get("models", {}).values()}
             self._active = {
                 name
@@ -204,7 +212,9 @@ class RegistryView:
             raise NotFound(VERSION_RETIRED)
         if view.state != "AVAILABLE" or view.signature is None or view.queue is None:
             raise Unavailable(NO_LIVE_WORKER)
-        return Target(name, version, view.signature, view.queue, view.workers)
+        with self._lock:
+            limit = self._queue_limits.get(name, DEFAULT_MAX_QUEUE_SIZE)
+        return Target(name, version, view.signature, view.queue, view.workers, limit)
 
     def served_model_names(self, active_only: bool = False) -> list[str]:
         """Models live workers report (the catalog also remembers departed ones); `active_only`: only

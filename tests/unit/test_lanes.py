@@ -5,7 +5,9 @@ from __future__ import annotations
 from concurrent.futures import Future
 
 import numpy as np
+import pytest
 
+from inference.errors import ResourceExhausted
 from inference.request import InferenceRequest
 from tasks.lanes import MESSAGES_IN_FLIGHT_PER_WORKER, Lane
 
@@ -16,7 +18,7 @@ def entry(index: int) -> tuple[InferenceRequest, Future]:
 
 def test_a_lone_request_is_taken_at_once() -> None:
     lane = Lane(max_requests_per_message=64)
-    lane.add(entry(0), workers=1)
+    lane.add(entry(0), workers=1, max_waiting=100)
     taken = lane.take()
     assert taken is not None and len(taken) == 1
 
@@ -24,12 +26,12 @@ def test_a_lone_request_is_taken_at_once() -> None:
 def test_requests_wait_while_the_in_flight_limit_is_reached_then_leave_together() -> None:
     lane = Lane(max_requests_per_message=64)
     for index in range(MESSAGES_IN_FLIGHT_PER_WORKER):
-        lane.add(entry(index), workers=1)
+        lane.add(entry(index), workers=1, max_waiting=100)
         assert lane.take() is not None
         lane.published()
     crowd = [entry(index) for index in range(10)]
     for item in crowd:
-        lane.add(item, workers=1)
+        lane.add(item, workers=1, max_waiting=100)
     assert lane.take() is None, "no slot is free: the crowd must wait"
     lane.completed()
     taken = lane.take()
@@ -39,17 +41,17 @@ def test_requests_wait_while_the_in_flight_limit_is_reached_then_leave_together(
 def test_more_workers_allow_more_messages_in_flight() -> None:
     lane = Lane(max_requests_per_message=64)
     for index in range(MESSAGES_IN_FLIGHT_PER_WORKER * 3):
-        lane.add(entry(index), workers=3)
+        lane.add(entry(index), workers=3, max_waiting=100)
         assert lane.take() is not None
         lane.published()
-    lane.add(entry(99), workers=3)
+    lane.add(entry(99), workers=3, max_waiting=100)
     assert lane.take() is None
 
 
 def test_one_taker_at_a_time_and_message_size_is_bounded() -> None:
     lane = Lane(max_requests_per_message=4)
     for index in range(10):
-        lane.add(entry(index), workers=5)
+        lane.add(entry(index), workers=5, max_waiting=100)
     first = lane.take()
     assert first is not None and len(first) == 4
     assert lane.take() is None, "another taker must wait until the first published"
@@ -60,7 +62,19 @@ def test_one_taker_at_a_time_and_message_size_is_bounded() -> None:
 def test_requests_that_gave_up_are_skipped() -> None:
     lane = Lane(max_requests_per_message=64)
     gone, kept = entry(0), entry(1)
-    lane.add(gone, workers=1)
-    lane.add(kept, workers=1)
+    lane.add(gone, workers=1, max_waiting=100)
+    lane.add(kept, workers=1, max_waiting=100)
     gone[1].cancel()
     assert lane.take() == [kept]
+
+
+def test_a_full_lane_refuses_at_once() -> None:
+    lane = Lane(max_requests_per_message=64)
+    for index in range(MESSAGES_IN_FLIGHT_PER_WORKER):
+        lane.add(entry(index), workers=1, max_waiting=3)
+        assert lane.take() is not None
+        lane.published()
+    for index in range(3):
+        lane.add(entry(index), workers=1, max_waiting=3)
+    with pytest.raises(ResourceExhausted, match="Too many requests waiting for model m"):
+        lane.add(entry(9), workers=1, max_waiting=3)

@@ -367,6 +367,7 @@ def test_model_config_to_dict_is_the_config_json_form() -> None:
         "plugin_config": {},
         "max_batch_size": 16,
         "max_queue_delay_ms": 1.0,
+        "max_queue_size": 1024,
     }
 
 
