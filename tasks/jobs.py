@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -171,10 +172,11 @@ def _error(meta: dict[str, Any]) -> str:
 
 
 def _finished_at(dates: list[Any]) -> float | None:
+    """The latest of the chunks' `date_done` (ISO 8601, as Celery stores it) as a Unix time."""
     stamps = []
     for date in dates:
         try:
-            stamps.append(time.mktime(time.strptime(str(date)[:19], "%Y-%m-%dT%H:%M:%S")))
+            stamps.append(datetime.fromisoformat(str(date)).timestamp())
         except ValueError:
             continue
     return max(stamps) if stamps else None
