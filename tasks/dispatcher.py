@@ -33,7 +33,8 @@ log = logging.getLogger("serving")
 class _Pending:
     """The requests of one published message, waiting for its result."""
 
-    def __init__(self, lane: Lane, futures: dict[str, Future[InferenceResult]]) -> None:
+    def __init__(self, target: Target, lane: Lane, futures: dict[str, Future[InferenceResult]]) -> None:
+        self.target = target
         self.lane = lane
         self.futures = futures
         self.published_at = time.time()
@@ -48,7 +49,6 @@ class Dispatcher:
         self._max_per_message = max_requests_per_message
         self.reply_to = reply_key(uuid.uuid4().hex)
         self._pending: dict[str, _Pending] = {}
-        self._targets: dict[str, Target] = {}
         self._lanes: dict[tuple[str, int], Lane] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -98,8 +98,7 @@ class Dispatcher:
             request.request_id = f"{task_id}.{index}"
         envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
         with self._lock:
-            self._pending[task_id] = _Pending(lane, {r.request_id: f for r, f in entries})
-            self._targets[task_id] = target
+            self._pending[task_id] = _Pending(target, lane, {r.request_id: f for r, f in entries})
         try:
             self._publisher.publish(
                 task_id, envelope, payload, target.queue, self.reply_to, max(envelope["deadline"] - time.time(), 0.001)
@@ -118,14 +117,12 @@ class Dispatcher:
             if pending.futures:
                 return
             del self._pending[task_id]
-        self._completed(task_id, pending)
+        self._completed(pending)
 
-    def _completed(self, task_id: str, pending: _Pending) -> None:
+    def _completed(self, pending: _Pending) -> None:
         """A message is done with: free its lane slot and publish what waited for it."""
         pending.lane.completed()
-        target = self._targets.pop(task_id, None)
-        if target is not None:
-            self._pump(target, pending.lane)
+        self._pump(pending.target, pending.lane)
 
     def _listen(self) -> None:
         while not self._stop.is_set():
@@ -180,7 +177,7 @@ class Dispatcher:
                         infer_s=computed["infer_s"],
                     )
                 )
-        self._completed(task_id, pending)
+        self._completed(pending)
 
     def _resolve_all(self, task_id: str, error: ServingError) -> None:
         with self._lock:
@@ -190,7 +187,7 @@ class Dispatcher:
         for future in pending.futures.values():
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
-        self._completed(task_id, pending)
+        self._completed(pending)
 
 
 def _describe(result: Any) -> str:
