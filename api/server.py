@@ -33,8 +33,8 @@ class ApiServer:
         backend_url = settings.result_backend_url or broker_url
         configure(broker_url, backend_url, settings.job_ttl_s)
         store = store_client(backend_url)
-        self._registry = RegistryView(store)
         self._dispatcher = Dispatcher(store)
+        self._registry = RegistryView(store, on_workers_gone=self._dispatcher.workers_gone)
         self._dataplane = DataPlane(
             self._registry,
             self._dispatcher,

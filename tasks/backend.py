@@ -1,9 +1,10 @@
 """A Celery result backend that hands synchronous results straight to the waiting api process.
 
 A predict task carries `reply_to` = that api process's reply list; its result meta is pushed there
-in one pipelined round trip (LPUSH + EXPIRE, and the claim-check payload deleted), and the api's one
-listener routes it to the waiting requests. Tasks without such a reply_to (async jobs) are stored
-the standard Redis-backend way, so AsyncResult, groups and Flower work as usual.
+in one pipelined round trip (LPUSH + EXPIRE, the claim-check payload deleted and the worker's claim
+released), and the api's one listener routes it to the waiting requests. Tasks without such a
+reply_to (async jobs) are stored the standard Redis-backend way, so AsyncResult, groups and Flower
+work as usual.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from celery.backends.redis import RedisBackend
 
+from tasks.claims import release
 from tasks.routing import REPLY_PREFIX, payload_key
 
 REPLY_TTL_S = 60  # a reply list outlives its api process by at most this long
@@ -36,5 +38,6 @@ class ReplyBackend(RedisBackend):
             pipe.lpush(reply_to, self.encode(meta))
             pipe.expire(reply_to, REPLY_TTL_S)
             pipe.delete(payload_key(task_id))
+            release(pipe, reply_to, task_id)
             pipe.execute()
         return result

@@ -44,7 +44,7 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.password = password
         self._process: subprocess.Popen | None = None
-        self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
+        self._dir = ""
 
     @property
     def url(self) -> str:
@@ -52,6 +52,8 @@ class EmbeddedRedis:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> str:
+        """Start (or start again, on the same port) and return the URL."""
+        self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
         command = [
             redis_server_binary(),
             "--port",

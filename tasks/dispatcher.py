@@ -4,6 +4,10 @@ One listener thread per api process blocks on this process's reply list and reso
 of the requests each result answers, so any number of request threads can wait at once without
 touching a shared pub/sub connection. A completed message frees its lane's slot, and the listener
 publishes what waited for it (tasks.lanes).
+
+When workers stop serving (tasks.registry), nothing waits for its deadline in vain: a message a lost
+worker held (tasks.claims) is run once more by another worker, else fails UNAVAILABLE; a message
+still queued where no worker consumes any more is taken back and fails UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -18,16 +22,29 @@ from typing import Any
 
 import redis
 
-from inference.errors import DEADLINE_PASSED, DeadlineExceeded, Internal, ServingError, Unavailable
+from inference.errors import (
+    DEADLINE_PASSED,
+    NO_LIVE_WORKER,
+    WORKER_LOST,
+    DeadlineExceeded,
+    Internal,
+    ServingError,
+    Unavailable,
+)
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
+from tasks.claims import holders, release
 from tasks.lanes import Entry, Lane
 from tasks.messages import pack_requests, unpack_result
 from tasks.publisher import PredictPublisher
-from tasks.registry import Target
+from tasks.registry import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, Target
 from tasks.routing import reply_key
 
 log = logging.getLogger("serving")
+
+MAX_RUNS = 2  # a message whose worker died is run once more: a request that kills workers stops there
+# A worker whose heartbeat lapsed stopped at least this long ago: later messages cannot be with it.
+LOST_WORKER_SILENCE_S = HEARTBEAT_TTL_S - HEARTBEAT_INTERVAL_S - 0.5
 
 
 class _Pending:
@@ -38,6 +55,8 @@ class _Pending:
         self.lane = lane
         self.futures = futures
         self.published_at = time.time()
+        self.message_text = ""  # the message as queued, once published
+        self.runs = 1
 
 
 class Dispatcher:
@@ -97,14 +116,57 @@ class Dispatcher:
         for index, request in enumerate(requests):
             request.request_id = f"{task_id}.{index}"
         envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
+        pending = _Pending(target, lane, {r.request_id: f for r, f in entries})
         with self._lock:
-            self._pending[task_id] = _Pending(target, lane, {r.request_id: f for r, f in entries})
+            self._pending[task_id] = pending
         try:
-            self._publisher.publish(
+            pending.message_text = self._publisher.publish(
                 task_id, envelope, payload, target.queue, self.reply_to, max(envelope["deadline"] - time.time(), 0.001)
             )
         except (redis.RedisError, OSError) as exc:
             self._resolve_all(task_id, Unavailable(f"Broker unavailable: {exc}"))
+
+    def workers_gone(self, lost: set[str], queues: set[str]) -> None:
+        """Some workers stopped serving (see tasks.registry): `lost` ones died with whatever they held;
+        `queues` are still consumed by someone."""
+        self._abandon_unconsumed(queues)
+        try:
+            held = holders(self._store, self.reply_to)
+            silent_since = time.time() - LOST_WORKER_SILENCE_S
+            with self._lock:
+                waiting = [(task_id, p) for task_id, p in self._pending.items() if p.message_text]
+            for task_id, pending in waiting:
+                queue, text = pending.target.queue, pending.message_text
+                holder = held.get(task_id)
+                if holder in lost or (
+                    holder is None and lost and pending.published_at < silent_since
+                    and not self._publisher.is_queued(queue, text)
+                ):
+                    self._rerun_or_fail(task_id, pending, holder or "unknown", queue in queues)
+                elif holder is None and queue not in queues and self._publisher.withdraw(queue, text):
+                    self._resolve_all(task_id, Unavailable(NO_LIVE_WORKER))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("Could not check the messages of stopped workers %s: %s", sorted(lost), exc)
+
+    def _abandon_unconsumed(self, queues: set[str]) -> None:
+        """Requests waiting in a lane whose queue nobody consumes any more fail now."""
+        with self._lock:
+            orphaned = [lane for (queue, _), lane in self._lanes.items() if queue not in queues]
+        for lane in orphaned:
+            for _, future in lane.abandon():
+                if future.set_running_or_notify_cancel():
+                    future.set_exception(Unavailable(NO_LIVE_WORKER))
+
+    def _rerun_or_fail(self, task_id: str, pending: _Pending, worker: str, consumed: bool) -> None:
+        if pending.runs >= MAX_RUNS or not consumed:
+            log.warning("Message %s for %s was lost with worker %s", task_id, pending.target.model, worker)
+            self._resolve_all(task_id, Unavailable(WORKER_LOST))
+            return
+        pending.runs += 1
+        pending.published_at = time.time()
+        release(self._store, self.reply_to, task_id)
+        self._publisher.requeue(pending.target.queue, pending.message_text)
+        log.warning("Running message %s for %s again: worker %s was lost", task_id, pending.target.model, worker)
 
     def _forget(self, request: InferenceRequest) -> None:
         """Stop waiting for a published request whose deadline passed; its message may still be answered."""

@@ -59,6 +59,12 @@ class Lane:
             self._in_flight += 1
             return taken
 
+    def abandon(self) -> list[Entry]:
+        """Everything still waiting here, taken out (its queue lost its last worker)."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+            return waiting
+
     def published(self) -> None:
         with self._lock:
             self._taking = False

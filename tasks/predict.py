@@ -14,4 +14,4 @@ from tasks.routing import PREDICT_TASK
 @app.task(name=PREDICT_TASK, bind=True)
 def predict(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
     """Run one message of predict requests for one model version; see tasks.messages for its shape."""
-    return runtime.current().serve(self.request.id, envelope)
+    return runtime.current().serve(self.request.id, envelope, self.request.reply_to or "")

@@ -47,9 +47,10 @@ class PredictPublisher:
         reply_to: str,
         expires_s: float,
         name: str = "",
-    ) -> None:
+    ) -> str:
         """`reply_to` names the api's reply list ("" = store the result in the backend, as jobs do);
-        `name` is what Flower shows (default: predict <model> v<version>)."""
+        `name` is what Flower shows (default: predict <model> v<version>). Returns the message as
+        queued, for `requeue` and `withdraw`."""
         summary = f"{envelope['model']} v{envelope['version']}: {len(envelope['requests'])} request(s)"
         message = self._app.amqp.as_task_v2(
             task_id,
@@ -77,7 +78,21 @@ class PredictPublisher:
             "headers": message.headers,
             "properties": properties,
         }
+        message_text = json.dumps(wire)
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(payload_key(task_id), payload, px=int(expires_s * 1000) + _PAYLOAD_GRACE_MS)
-            pipe.lpush(queue, json.dumps(wire))
+            pipe.lpush(queue, message_text)
             pipe.execute()
+        return message_text
+
+    def requeue(self, queue: str, message_text: str) -> None:
+        """Put a published message back at the head of its queue (kombu pops from the right), to be run
+        again; its tensors are still under their claim-check key."""
+        self._client.rpush(queue, message_text)
+
+    def withdraw(self, queue: str, message_text: str) -> bool:
+        """Take a message back out of its queue; False if a worker took it already."""
+        return bool(self._client.lrem(queue, 1, message_text))
+
+    def is_queued(self, queue: str, message_text: str) -> bool:
+        return self._client.lpos(queue, message_text) is not None

@@ -49,6 +49,7 @@ class WorkerPublisher:
         self._device = device
         self._snapshot = snapshot
         self.loaded = False  # set once the models present at start were loaded (or failed)
+        self.draining = False  # set on shutdown: finishing what it took, taking nothing new
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ovms-heartbeat", daemon=True)
@@ -65,6 +66,7 @@ class WorkerPublisher:
             "device": self._device,
             "models": models,
             "loaded": self.loaded,
+            "draining": self.draining,
             "time": time.time(),
         }
         with self._lock, self._client.pipeline(transaction=False) as pipe:
@@ -113,12 +115,24 @@ class Target:
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
 
 
-class RegistryView:
-    """Api side: the merged state of every live worker, refreshed in the background."""
+WorkersGone = Callable[[set[str], set[str]], None]
 
-    def __init__(self, client: redis.Redis, refresh_interval_s: float = 0.5) -> None:
+
+class RegistryView:
+    """Api side: the merged state of every live worker, refreshed in the background.
+
+    A draining worker (shutting down, finishing what it took) still heartbeats but serves nothing new.
+    `on_workers_gone(lost, queues)` is called whenever workers stop serving: `lost` are the ones
+    whose heartbeat lapsed (what they held is lost), `queues` the queues someone still consumes.
+    """
+
+    def __init__(
+        self, client: redis.Redis, refresh_interval_s: float = 0.5, on_workers_gone: WorkersGone | None = None
+    ) -> None:
         self._client = client
         self._interval = refresh_interval_s
+        self._on_workers_gone = on_workers_gone
+        self._present: set[str] = set()
         self._models: dict[str, dict[int, VersionView]] = {}
         self._errors: dict[str, str] = {}  # models whose repository a live worker cannot read
         self._workers: list[str] = []
@@ -142,7 +156,8 @@ class RegistryView:
     def refresh(self) -> None:
         """Read every live worker's snapshot and the catalog, and rebuild the view."""
         keys = list(self._client.scan_iter(match=f"{WORKER_PREFIX}*", count=1000))
-        documents = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
+        present = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
+        documents = [document for document in present if not document.get("draining")]
         catalog = {name.decode(): json.loads(raw) for name, raw in self._client.hgetall(CATALOG_KEY).items()}
         models = _merge(documents, catalog)
         errors = {
@@ -152,6 +167,9 @@ class RegistryView:
             if model.get("error")
         }
         with self._lock:
+            lost = self._present - {document["id"] for document in present}
+            stopped = set(self._workers) - {document["id"] for document in documents}
+            self._present = {document["id"] for document in present}
             self._models = models
             self._errors = errors
             self._workers = [document["id"] for document in documents]
@@ -170,6 +188,9 @@ class RegistryView:
             }
             self._loaded_workers = {document["id"] for document in documents if document.get("loaded")}
             self._last_refresh = time.monotonic()
+            queues = set(self._queues)
+        if (stopped or lost) and self._on_workers_gone is not None:
+            self._on_workers_gone(lost, queues)
 
     def live_workers(self) -> list[str]:
         with self._lock:

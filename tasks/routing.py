@@ -26,6 +26,11 @@ def reply_key(api_id: str) -> str:
     return f"{REPLY_PREFIX}{api_id}"
 
 
+def claims_key(reply_to: str) -> str:
+    """The hash of which worker took each in-flight message of the api that owns `reply_to`."""
+    return f"{reply_to}:claims"
+
+
 def control_key(worker_id: str) -> str:
     """The list a worker's watcher blocks on for reload requests."""
     return f"{PREFIX}:control:{worker_id}"

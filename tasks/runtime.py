@@ -15,6 +15,7 @@ from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, Invali
 from inference.manager import ModelManager
 from inference.request import InferenceRequest
 from inference.validation import RequestTensor, validate_inputs
+from tasks.claims import claim
 from tasks.messages import pack_error, pack_outputs, unpack_requests
 from tasks.routing import payload_key
 
@@ -40,15 +41,16 @@ class WorkerRuntime:
         self._store = store
         self.worker_id = worker_id
 
-    def serve(self, task_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
-        """Run every request of one message; each gets its own outputs or its own error."""
+    def serve(self, task_id: str, envelope: dict[str, Any], reply_to: str = "") -> dict[str, Any]:
+        """Run every request of one message; each gets its own outputs or its own error.
+        `reply_to`: the waiting api's reply list, where this worker claims the message (see tasks.claims)."""
         ids = [entry["id"] for entry in envelope["requests"]]
         batcher = self._batcher_for(envelope)
         if batcher is None:
             return self._reply({request_id: pack_error(NotFound(VERSION_RETIRED)) for request_id in ids})
         with batcher.incoming(len(ids)) as arrivals:
             try:
-                requests = self._requests(task_id, envelope)
+                requests = self._requests(task_id, envelope, reply_to)
             except ServingError as error:
                 return self._reply({request_id: pack_error(error) for request_id in ids})
             started = [(request, self._start(batcher, request, arrivals)) for request in requests]
@@ -65,10 +67,14 @@ class WorkerRuntime:
     def _reply(self, results: dict[str, Any]) -> dict[str, Any]:
         return {"worker": self.worker_id, "results": results}
 
-    def _requests(self, task_id: str, envelope: dict[str, Any]) -> list[InferenceRequest]:
+    def _requests(self, task_id: str, envelope: dict[str, Any], reply_to: str) -> list[InferenceRequest]:
         if time.time() > envelope["deadline"]:
             raise DeadlineExceeded("Deadline exceeded before the request reached a worker")
-        payload = self._store.get(payload_key(task_id))
+        with self._store.pipeline(transaction=False) as pipe:
+            pipe.get(payload_key(task_id))
+            if reply_to:
+                claim(pipe, reply_to, task_id, self.worker_id)
+            payload = pipe.execute()[0]
         if payload is None:
             raise DeadlineExceeded("The request's tensors expired before a worker could run it")
         try:

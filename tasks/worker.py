@@ -7,7 +7,7 @@ import os
 import socket
 
 import redis
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutting_down
 
 from inference.manager import ModelManager
 from inference.settings import ServerSettings
@@ -43,6 +43,7 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
     )
     runtime.install(runtime.WorkerRuntime(manager, store, worker_id))
     worker_ready.connect(lambda **_: log.info("Worker %s is ready", worker_id), weak=False)
+    worker_shutting_down.connect(lambda **_: _drain(publisher), weak=False)
     log.info("Worker %s serves %s on %s", worker_id, ", ".join(consumers.queues), device)
     watcher.start()
     try:
@@ -66,6 +67,12 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
         publisher.stop()
         manager.close()
     return 0
+
+
+def _drain(publisher: WorkerPublisher) -> None:
+    """On SIGTERM (called inside the signal handler, so only a flag): the next heartbeat tells the apis
+    to send nothing more here, while Celery stops consuming and lets the running messages finish."""
+    publisher.draining = True
 
 
 class QueueConsumers:

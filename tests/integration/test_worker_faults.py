@@ -1,0 +1,107 @@
+"""Workers that die (kill -9) or are stopped (SIGTERM) under load: no request is lost or left hanging.
+
+The api and every worker are separate processes on a Redis of this module's own; the load is 8
+gRPC clients sending resnet images back to back (each message takes a worker several milliseconds,
+so a worker always holds some when it goes).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from tasks.routing import worker_name
+from tests.support.load import GrpcLoad, float_request
+from tests.support.stack import OvmsProcess, private_redis, start_ovms
+
+redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
+
+DEADLINE_S = 20.0
+IMAGE = float_request("resnet", "data", np.random.default_rng(0).random((1, 3, 224, 224)))
+
+
+@pytest.fixture(scope="module")
+def api(small_config: Path, redis_url: str) -> Iterator[OvmsProcess]:
+    process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="api")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def start_worker(small_config: Path, redis_url: str, api: OvmsProcess) -> Iterator:
+    started: list[OvmsProcess] = []
+
+    def _start() -> OvmsProcess:
+        process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="worker")
+        started.append(process)
+        return process
+
+    yield _start
+    for process in started:
+        process.stop()
+
+
+def _live_workers(api: OvmsProcess) -> int:
+    text = requests.get(f"{api.rest_url}/metrics", timeout=5).text
+    return int(next(float(line.split()[1]) for line in text.splitlines() if line.startswith("ovms_live_workers ")))
+
+
+def _wait_for_workers(api: OvmsProcess, count: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _live_workers(api) != count:
+        assert time.monotonic() < deadline, f"the api never saw {count} live worker(s)"
+        time.sleep(0.1)
+
+
+def _worker_id(process: OvmsProcess) -> str:
+    return worker_name("CPU", process.process.pid)
+
+
+def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker):
+    first, second = start_worker(), start_worker()
+    _wait_for_workers(api, 2)
+    load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
+    time.sleep(2.0)
+    killed_at = time.monotonic()
+    first.signal(signal.SIGKILL)
+    time.sleep(6.0)
+    outcomes = load.stop()
+
+    assert load.codes() == {"OK": len(outcomes)}, "every request must be answered"
+    assert load.codes(since=killed_at)["OK"] > 10, "the surviving worker must carry on"
+    slowest = max(outcome.seconds for outcome in outcomes)
+    assert slowest < 8.0, f"a request waited {slowest:.1f} s: a lost message must run again within seconds"
+    rerun = api.log().count("again: worker " + _worker_id(first))
+    assert rerun >= 1, "the killed worker held no message: the test did not kill it mid-batch"
+    assert {o.worker for o in outcomes if o.started > killed_at + 5} == {_worker_id(second)}
+
+
+def test_killed_only_worker_fails_its_requests_fast_and_a_new_worker_rejoins(api, start_worker):
+    only = start_worker()
+    _wait_for_workers(api, 1)
+    load = GrpcLoad(api.grpc_address, IMAGE, threads=4, timeout_s=DEADLINE_S).start()
+    time.sleep(1.5)
+    killed_at = time.monotonic()
+    only.signal(signal.SIGKILL)
+    time.sleep(6.0)
+    outcomes = load.stop()
+
+    assert set(load.codes()) <= {"OK", "UNAVAILABLE"}, load.codes()
+    assert load.codes(until=killed_at).get("UNAVAILABLE", 0) >= 1, "in-flight requests must fail, not hang"
+    caught = [o for o in outcomes if o.started < killed_at < o.finished]
+    assert caught and all(o.finished - killed_at < 5.0 for o in caught), [o.finished - killed_at for o in caught]
+    assert "was lost with worker " + _worker_id(only) in api.log()
+
+    replacement = start_worker()
+    _wait_for_workers(api, 1)
+    load = GrpcLoad(api.grpc_address, IMAGE, threads=2, timeout_s=DEADLINE_S).start()
+    time.sleep(1.0)
+    load.stop()
+    assert load.codes().get("OK", 0) > 0 and set(load.codes()) == {"OK"}, load.codes()
+    assert {o.worker for o in load.outcomes} == {_worker_id(replacement)}
