@@ -157,6 +157,14 @@ class Dispatcher:
                 if future.set_running_or_notify_cancel():
                     future.set_exception(Unavailable(NO_LIVE_WORKER))
 
+    def _fail_all_pending(self, error: ServingError) -> None:
+        """Replies may never come (a restarted Redis forgets queues and reply lists): fail fast, the
+        client may retry."""
+        with self._lock:
+            task_ids = list(self._pending)
+        for task_id in task_ids:
+            self._resolve_all(task_id, error)
+
     def _rerun_or_fail(self, task_id: str, pending: _Pending, worker: str, consumed: bool) -> None:
         if pending.runs >= MAX_RUNS or not consumed:
             log.warning("Message %s for %s was lost with worker %s", task_id, pending.target.model, worker)
@@ -192,6 +200,7 @@ class Dispatcher:
                 item = self._store.brpop([self.reply_to], timeout=1)
             except (redis.RedisError, OSError) as exc:
                 log.warning("Result listener lost Redis, retrying: %s", exc)
+                self._fail_all_pending(Unavailable(f"Lost the connection to Redis: {exc}"))
                 time.sleep(0.5)
                 continue
             if item is not None:

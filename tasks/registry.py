@@ -133,6 +133,9 @@ class RegistryView:
         self._interval = refresh_interval_s
         self._on_workers_gone = on_workers_gone
         self._present: set[str] = set()
+        # The catalog as last read: a Redis that restarted empty must not turn known models into
+        # unknown ones (NOT_FOUND) until their workers register again; they are UNAVAILABLE meanwhile.
+        self._catalog: dict[str, Any] = {}
         self._models: dict[str, dict[int, VersionView]] = {}
         self._errors: dict[str, str] = {}  # models whose repository a live worker cannot read
         self._workers: list[str] = []
@@ -158,7 +161,8 @@ class RegistryView:
         keys = list(self._client.scan_iter(match=f"{WORKER_PREFIX}*", count=1000))
         present = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
         documents = [document for document in present if not document.get("draining")]
-        catalog = {name.decode(): json.loads(raw) for name, raw in self._client.hgetall(CATALOG_KEY).items()}
+        stored = {name.decode(): json.loads(raw) for name, raw in self._client.hgetall(CATALOG_KEY).items()}
+        catalog = {**self._catalog, **stored}
         models = _merge(documents, catalog)
         errors = {
             name: model["error"]
@@ -170,6 +174,7 @@ class RegistryView:
             lost = self._present - {document["id"] for document in present}
             stopped = set(self._workers) - {document["id"] for document in documents}
             self._present = {document["id"] for document in present}
+            self._catalog = catalog
             self._models = models
             self._errors = errors
             self._workers = [document["id"] for document in documents]
