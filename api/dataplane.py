@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import redis
 
+from api.admission import Admission
 from inference.errors import VERSION_NOT_FOUND, InvalidArgument, NotFound, ServingError
 from inference.request import InferenceRequest, InferenceResult
 from inference.signature import ModelSignature
@@ -42,6 +43,7 @@ class DataPlane:
         self._store = store
         self._configured = configured
         self.jobs = JobStore(store, job_ttl_s)
+        self.admission = Admission()
 
     def expected_models(self) -> list[str]:
         """The models this server must serve to be ready: its configuration's when it has one, else the
@@ -69,19 +71,21 @@ class DataPlane:
 
     def submit_job(self, name: str, version: int | None, inputs: dict[str, RequestTensor]) -> str:
         """Validate many samples (any number along the first dimension) and queue them as a job."""
-        target = self._registry.resolve(name, version)
-        arrays = validate_inputs(target.signature.with_any_batch(), inputs)
-        return self.jobs.submit(target, arrays)
+        with self.admission.admit():
+            target = self._registry.resolve(name, version)
+            arrays = validate_inputs(target.signature.with_any_batch(), inputs)
+            return self.jobs.submit(target, arrays)
 
-    def readiness(self) -> dict[str, bool]:
-        """Per known model: does a live worker hold an AVAILABLE version of it?"""
-        ready = {}
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Ready = not draining and every known model has an AVAILABLE version on a live worker; with
+        the per-model answers."""
+        models = {}
         for name in self.expected_models():
             try:
-                ready[name] = any(s.state == "AVAILABLE" for s in self.model_status(name, None))
+                models[name] = any(s.state == "AVAILABLE" for s in self.model_status(name, None))
             except ServingError:
-                ready[name] = False
-        return ready
+                models[name] = False
+        return bool(models) and all(models.values()) and not self.admission.closed, models
 
     def model_status(self, name: str, version: int | None) -> list[VersionStatus]:
         """Every version's status, or just the requested one (NOT_FOUND if it is unknown)."""
@@ -104,6 +108,17 @@ class DataPlane:
         inputs: dict[str, RequestTensor],
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
+    ) -> InferenceResult:
+        with self.admission.admit():
+            return self._predict(name, version, inputs, output_filter, timeout_s)
+
+    def _predict(
+        self,
+        name: str,
+        version: int | None,
+        inputs: dict[str, RequestTensor],
+        output_filter: list[str] | None,
+        timeout_s: float | None,
     ) -> InferenceResult:
         target = self._registry.resolve(name, version)
         arrays = validate_inputs(target.signature, inputs)

@@ -34,8 +34,7 @@ class HealthReporter:
         self._servicer.enter_graceful_shutdown()
 
     def update(self) -> None:
-        models = self._dataplane.readiness()
-        serving = bool(models) and all(models.values())
+        serving, _ = self._dataplane.readiness()
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in (OVERALL, PREDICTION_SERVICE):
             self._servicer.set(service, status)

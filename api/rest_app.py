@@ -117,8 +117,7 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
 
     @app.get("/v1/health/ready")
     def ready() -> Response:
-        models = dataplane.readiness()
-        is_ready = bool(models) and all(models.values())
+        is_ready, models = dataplane.readiness()
         return _json({"ready": is_ready, "models": models}, 200 if is_ready else 503)
 
     return app

@@ -25,6 +25,7 @@ log = logging.getLogger("serving")
 
 GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
 MAX_MESSAGE_BYTES = 1 << 30
+LISTENER_GRACE_S = 2.0  # for replies still being written when the listeners close
 
 
 class ApiServer:
@@ -56,15 +57,23 @@ class ApiServer:
         if self._rest_enabled:
             self._start_rest()
 
-    def stop(self, grace_s: float = 5.0) -> None:
+    def stop(self) -> None:
+        """Drain: readiness turns false and new inference work is refused (UNAVAILABLE / 503) while the
+        requests in progress finish (none outlives its deadline, at most --request_timeout_s); then
+        the listeners close."""
+        in_progress = self._dataplane.admission.close()
         if self._health is not None:
             self._health.stop()
+        log.info("Draining: %d request(s) in progress", in_progress)
+        if not self._dataplane.admission.wait_idle(self._settings.request_timeout_s + 1.0):
+            log.warning("Requests still in progress after %.0f s; stopping anyway", self._settings.request_timeout_s)
         if self._rest is not None:
             self._rest.close()
         if self._grpc is not None:
-            self._grpc.stop(grace_s).wait()
+            self._grpc.stop(LISTENER_GRACE_S).wait()
         self._dispatcher.stop()
         self._registry.stop()
+        log.info("Api stopped")
 
     def _start_grpc(self) -> None:
         options = {

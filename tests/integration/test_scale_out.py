@@ -13,7 +13,7 @@ import requests
 
 from tasks.broker import free_port
 from tasks.routing import worker_name
-from tests.support.stack import OvmsProcess, private_redis, start_ovms
+from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_workers
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -39,16 +39,10 @@ def _spread(apis: list[OvmsProcess], requests_per_api: int = 48) -> list[request
         return list(pool.map(lambda api: _predict(api, session), targets))
 
 
-def _live_workers(api: OvmsProcess) -> float:
-    text = requests.get(f"{api.rest_url}/metrics", timeout=5).text
-    return next(float(line.split()[1]) for line in text.splitlines() if line.startswith("ovms_live_workers "))
-
-
 def test_both_api_nodes_answer_and_both_workers_take_a_share(cluster):
     apis, _ = cluster
-    deadline = time.monotonic() + 30
-    while any(_live_workers(api) < 2 for api in apis) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    for api in apis:
+        wait_for_workers(api, 2)
     served: dict[str, int] = {}
     for _ in range(5):  # coalescing may put a small burst on one worker: a few rounds make both show
         replies = _spread(apis)
@@ -64,9 +58,8 @@ def test_killing_one_worker_leaves_the_other_serving(cluster):
     apis, workers = cluster
     victim, survivor = workers
     victim.signal(signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while any(_live_workers(api) != 1 for api in apis) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    for api in apis:
+        wait_for_workers(api, 1, timeout_s=10)
     replies = _spread(apis, requests_per_api=16)
     assert all(reply.status_code == 200 for reply in replies)
     assert {reply.headers["X-Ovms-Worker"] for reply in replies} == {worker_name("CPU", survivor.process.pid)}

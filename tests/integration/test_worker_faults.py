@@ -14,11 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from tasks.routing import worker_name
 from tests.support.load import GrpcLoad, float_request
-from tests.support.stack import OvmsProcess, private_redis, start_ovms
+from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_workers
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -47,27 +46,16 @@ def start_worker(small_config: Path, redis_url: str, api: OvmsProcess) -> Iterat
         process.stop()
 
 
-def _live_workers(api: OvmsProcess) -> int:
-    text = requests.get(f"{api.rest_url}/metrics", timeout=5).text
-    return int(next(float(line.split()[1]) for line in text.splitlines() if line.startswith("ovms_live_workers ")))
-
-
-def _wait_for_workers(api: OvmsProcess, count: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while _live_workers(api) != count:
-        assert time.monotonic() < deadline, f"the api never saw {count} live worker(s)"
-        time.sleep(0.1)
-
-
 def _worker_id(process: OvmsProcess) -> str:
     return worker_name("CPU", process.process.pid)
 
 
 def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker):
     first, second = start_worker(), start_worker()
-    _wait_for_workers(api, 2)
+    wait_for_workers(api, 2)
     load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
     time.sleep(2.0)
+    earlier_log = len(api.log())
     killed_at = time.monotonic()
     first.signal(signal.SIGKILL)
     time.sleep(6.0)
@@ -77,14 +65,14 @@ def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker)
     assert load.codes(since=killed_at)["OK"] > 10, "the surviving worker must carry on"
     slowest = max(outcome.seconds for outcome in outcomes)
     assert slowest < 8.0, f"a request waited {slowest:.1f} s: a lost message must run again within seconds"
-    rerun = api.log().count("again: worker " + _worker_id(first))
+    rerun = api.log()[earlier_log:].count("again: worker " + _worker_id(first))
     assert rerun >= 1, "the killed worker held no message: the test did not kill it mid-batch"
     assert {o.worker for o in outcomes if o.started > killed_at + 5} == {_worker_id(second)}
 
 
 def test_killed_only_worker_fails_its_requests_fast_and_a_new_worker_rejoins(api, start_worker):
     only = start_worker()
-    _wait_for_workers(api, 1)
+    wait_for_workers(api, 1)
     load = GrpcLoad(api.grpc_address, IMAGE, threads=4, timeout_s=DEADLINE_S).start()
     time.sleep(1.5)
     killed_at = time.monotonic()
@@ -99,9 +87,31 @@ def test_killed_only_worker_fails_its_requests_fast_and_a_new_worker_rejoins(api
     assert "was lost with worker " + _worker_id(only) in api.log()
 
     replacement = start_worker()
-    _wait_for_workers(api, 1)
+    wait_for_workers(api, 1)
     load = GrpcLoad(api.grpc_address, IMAGE, threads=2, timeout_s=DEADLINE_S).start()
     time.sleep(1.0)
     load.stop()
     assert load.codes().get("OK", 0) > 0 and set(load.codes()) == {"OK"}, load.codes()
     assert {o.worker for o in load.outcomes} == {_worker_id(replacement)}
+
+
+def test_sigterm_worker_finishes_what_it_took_and_exits(api, start_worker):
+    leaving, staying = start_worker(), start_worker()
+    wait_for_workers(api, 2)
+    load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
+    time.sleep(2.0)
+    earlier_log = len(api.log())
+    signalled_at = time.monotonic()
+    leaving.process.send_signal(signal.SIGTERM)
+    exit_code = leaving.process.wait(timeout=30)
+    exited_at = time.monotonic()
+    time.sleep(2.0)
+    outcomes = load.stop()
+
+    assert exit_code == 0, leaving.log()[-2000:]
+    assert exited_at - signalled_at < 10.0
+    assert load.codes() == {"OK": len(outcomes)}, "a draining worker must not lose or fail a request"
+    finished_by_leaver = [o for o in outcomes if o.worker == _worker_id(leaving) and o.finished > signalled_at]
+    assert finished_by_leaver, "the worker did not finish the messages it held when told to stop"
+    assert {o.worker for o in outcomes if o.started > exited_at} == {_worker_id(staying)}
+    assert "again: worker" not in api.log()[earlier_log:], "a drained worker's messages must not need running again"

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import requests
+
 from tasks.broker import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,3 +98,17 @@ def private_redis() -> Iterator[str]:
     server = EmbeddedRedis()
     yield server.start()
     server.stop()
+
+
+def live_workers(api: OvmsProcess) -> int:
+    """How many live workers the api counts (its `ovms_live_workers` metric)."""
+    text = requests.get(f"{api.rest_url}/metrics", timeout=5).text
+    return int(next(float(line.split()[1]) for line in text.splitlines() if line.startswith("ovms_live_workers ")))
+
+
+def wait_for_workers(api: OvmsProcess, count: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while live_workers(api) != count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the api never counted {count} live worker(s)")
+        time.sleep(0.1)

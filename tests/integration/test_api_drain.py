@@ -1,0 +1,62 @@
+"""SIGTERM on an api process: readiness turns false, new work is refused, in-flight requests finish,
+then it exits."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import requests
+from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tests.support.load import float_request
+from tests.support.stack import private_redis, start_ovms, wait_for_workers
+
+redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
+
+REQUEST = float_request("versioned", "x", np.ones((1, 4)))
+
+
+def test_sigterm_api_drains_in_flight_requests_then_exits(small_config: Path, redis_url: str):
+    args = ["--config_path", str(small_config), "--broker_url", redis_url]
+    worker = start_ovms(args, role="worker")
+    api = start_ovms(args, role="api")
+    try:
+        wait_for_workers(api, 1)
+        channel = grpc.insecure_channel(api.grpc_address)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub.Predict(REQUEST, timeout=10)
+        worker.signal(signal.SIGSTOP)  # the next request stays in flight until the worker resumes
+        in_flight: dict[str, object] = {}
+        caller = threading.Thread(target=lambda: in_flight.update(reply=stub.Predict(REQUEST, timeout=30)))
+        caller.start()
+        time.sleep(0.5)
+
+        api.process.send_signal(signal.SIGTERM)
+        api.wait_for_log("Draining: 1 request(s) in progress", timeout_s=5)
+        ready = requests.get(f"{api.rest_url}/v1/health/ready", timeout=5)
+        assert ready.status_code == 503 and ready.json()["ready"] is False
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(REQUEST, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in refused.value.details()
+        body = {"instances": [[1, 2, 3, 4]]}
+        rest = requests.post(f"{api.rest_url}/v1/models/versioned:predict", json=body, timeout=5)
+        assert rest.status_code == 503 and "shutting down" in rest.json()["error"]
+        assert api.process.poll() is None, "the api must wait for its in-flight request"
+
+        worker.signal(signal.SIGCONT)
+        caller.join(timeout=10)
+        assert "reply" in in_flight, "the in-flight request did not complete"
+        assert api.process.wait(timeout=10) == 0
+        assert "Api stopped" in api.log()
+        channel.close()
+    finally:
+        worker.signal(signal.SIGCONT)
+        api.stop()
+        worker.stop()
