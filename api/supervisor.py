@@ -25,6 +25,7 @@ log = logging.getLogger("serving")
 
 MODEL_LOAD_TIMEOUT_S = 600
 WORKER_STOP_TIMEOUT_S = 15
+RESTARTS_PER_MINUTE = 5  # a worker that keeps dying is not restarted for ever: the server stops
 
 
 def _die_with_parent() -> None:
@@ -38,7 +39,9 @@ class Supervisor:
         self._settings = settings
         self._argv = argv
         self._redis: EmbeddedRedis | None = None
-        self._workers: list[subprocess.Popen] = []
+        self._workers: dict[str, subprocess.Popen] = {}  # by device
+        self._restarts: list[float] = []
+        self._broker_url = ""
         self._children: list[subprocess.Popen] = []  # helpers whose exit does not stop the server
         self._expected_workers: set[str] = set()
         self._child_died = threading.Event()
@@ -46,10 +49,9 @@ class Supervisor:
     def run(self) -> int:
         api: ApiServer | None = None
         try:
-            broker_url = self._settings.broker_url or self._start_embedded_redis()
+            broker_url = self._broker_url = self._settings.broker_url or self._start_embedded_redis()
             for device in self._settings.devices():
-                worker = self._spawn_worker(device, broker_url)
-                self._workers.append(worker)
+                worker = self._workers[device] = self._spawn_worker(device, broker_url)
                 self._expected_workers.add(worker_name(device, worker.pid))
             self._wait_for_models(self._settings.result_backend_url or broker_url)
             if self._settings.flower_port:
@@ -65,7 +67,7 @@ class Supervisor:
         finally:
             if api is not None:
                 api.stop()
-            self._stop_processes(self._children + self._workers)
+            self._stop_processes(self._children + list(self._workers.values()))
             if self._redis is not None:
                 self._redis.stop()
 
@@ -93,7 +95,7 @@ class Supervisor:
         registry = RegistryView(redis.Redis.from_url(store_url))
         deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
         while time.monotonic() < deadline:
-            if any(worker.poll() is not None for worker in self._workers):
+            if any(worker.poll() is not None for worker in self._workers.values()):
                 raise RuntimeError("a worker exited while loading models")
             registry.refresh()
             if self._expected_workers <= registry.loaded_workers():
@@ -102,14 +104,24 @@ class Supervisor:
         raise RuntimeError(f"models did not load within {MODEL_LOAD_TIMEOUT_S} s")
 
     def _watch_children(self) -> None:
+        """Restart a worker that died (the api carries on and its requests fail over, see
+        tasks.dispatcher); one that keeps dying stops the server."""
         while not self._child_died.is_set():
-            if any(worker.poll() is not None for worker in self._workers):
-                log.error("A worker process exited; shutting down")
-                self._child_died.set()
+            for device, worker in list(self._workers.items()):
+                if worker.poll() is None:
+                    continue
+                now = time.monotonic()
+                self._restarts = [t for t in self._restarts if now - t < 60] + [now]
+                if len(self._restarts) > RESTARTS_PER_MINUTE:
+                    log.error("The %s worker exited with %s again; shutting down", device, worker.returncode)
+                    self._child_died.set()
+                    return
+                log.error("The %s worker exited with %s; restarting it", device, worker.returncode)
+                self._workers[device] = self._spawn_worker(device, self._broker_url)
             time.sleep(0.5)
 
     def _any_worker_failed(self) -> bool:
-        return any(worker.poll() not in (None, 0) for worker in self._workers)
+        return any(worker.poll() not in (None, 0) for worker in self._workers.values())
 
     def _spawn_flower(self, broker_url: str) -> subprocess.Popen:
         """Celery Flower on --flower_port; basic auth when FLOWER_USER and FLOWER_PASSWORD are set."""

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
+from tasks.registry import HEARTBEAT_TTL_S
 from tasks.routing import worker_name
 from tests.support.load import GrpcLoad, float_request
 from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_workers
@@ -115,3 +117,23 @@ def test_sigterm_worker_finishes_what_it_took_and_exits(api, start_worker):
     assert finished_by_leaver, "the worker did not finish the messages it held when told to stop"
     assert {o.worker for o in outcomes if o.started > exited_at} == {_worker_id(staying)}
     assert "again: worker" not in api.log()[earlier_log:], "a drained worker's messages must not need running again"
+
+
+def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str):
+    server = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url])
+    try:
+        wait_for_workers(server, 1)
+        (worker,) = psutil.Process(server.process.pid).children()
+        worker.kill()
+        server.wait_for_log("worker exited with -9; restarting it", timeout_s=10)
+        (replacement,) = psutil.Process(server.process.pid).children()
+        time.sleep(HEARTBEAT_TTL_S)  # the killed worker no longer counts
+        wait_for_workers(server, 1, timeout_s=60)
+        load = GrpcLoad(server.grpc_address, IMAGE, threads=2, timeout_s=DEADLINE_S).start()
+        time.sleep(1.0)
+        load.stop()
+        assert load.codes().get("OK", 0) > 0 and set(load.codes()) == {"OK"}, load.codes()
+        assert {o.worker for o in load.outcomes} == {worker_name("CPU", replacement.pid)}
+        assert server.process.poll() is None
+    finally:
+        server.stop()
