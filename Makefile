@@ -9,8 +9,9 @@ REST_PORT ?= 8000
 STREAMS ?= 8
 THROUGHPUT_ITERATIONS ?= 500
 BENCH_ARGS ?=
+SOAK_ARGS ?=
 
-.PHONY: run test venv models tfs-client lint protos test_perf test_throughput bench clean
+.PHONY: run test venv models tfs-client lint protos test_perf test_throughput bench soak clean
 
 # `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
 RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
@@ -77,6 +78,10 @@ test_throughput: venv models
 # Served vs raw OpenVINO, one Markdown table per model; starts and stops its own server (see ops/bench.py).
 bench: venv models
 	$(BIN)/python ops/bench.py $(BENCH_ARGS)
+
+# Ten minutes at 70% of measured capacity: errors, latency, memory of every process (see ops/soak.py).
+soak: venv models
+	$(BIN)/python ops/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(TFS_VENV) $(MODELS)

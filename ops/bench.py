@@ -531,7 +531,7 @@ def print_header(args: argparse.Namespace, server: Server, started: datetime.dat
 
 
 def progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    print(f"[{Path(sys.argv[0]).stem}] {message}", file=sys.stderr, flush=True)
 
 
 def describe(stats: Stats) -> str:
