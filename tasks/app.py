@@ -19,6 +19,8 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_redirect_stdouts=False,
     broker_connection_retry_on_startup=True,
+    worker_consumer="tasks.consumer:PromptReconnectConsumer",  # back on a restarted Redis within a second
+    broker_connection_max_retries=None,  # a worker waits for its broker for as long as it takes
     # A predict's deadline is seconds, kombu's redelivery of unacked messages takes the visibility
     # timeout (an hour): its per-message bookkeeping (two Redis round trips) buys nothing here.
     broker_transport_options={"socket_keepalive": True, "ack_emulation": False},
