@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import waitress
+from cheroot import wsgi
 
 from api.dataplane import DataPlane
 from api.grpc_service import ModelService, PredictionService
@@ -25,6 +25,16 @@ log = logging.getLogger("serving")
 
 GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
 MAX_MESSAGE_BYTES = 1 << 30
+REST_IDLE_TIMEOUT_S = 120  # a keep-alive connection with no request for this long is closed
+
+
+class _RestServer(wsgi.Server):
+    """cheroot's WSGI server, logging through our logger (e.g. refused TLS handshakes)."""
+
+    keep_alive_conn_limit = 1000  # idle keep-alive connections kept open; cheroot's default (10) closes the rest
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        log.log(level, "REST server: %s", msg, exc_info=traceback)
 
 
 class ApiServer:
@@ -47,7 +57,7 @@ class ApiServer:
         self._rest_enabled = rest and settings.rest_port > 0
         self._grpc: grpc.Server | None = None
         self._health: HealthReporter | None = None
-        self._rest: waitress.server.BaseWSGIServer | None = None
+        self._rest: _RestServer | None = None
 
     def start(self) -> None:
         self._registry.start()
@@ -60,7 +70,7 @@ class ApiServer:
         if self._health is not None:
             self._health.stop()
         if self._rest is not None:
-            self._rest.close()
+            self._rest.stop()
         if self._grpc is not None:
             self._grpc.stop(grace_s).wait()
         self._dispatcher.stop()
@@ -87,14 +97,15 @@ class ApiServer:
         log.info("Server started on port %d", self._settings.port)
 
     def _start_rest(self) -> None:
-        self._rest = waitress.create_server(
+        server = _RestServer(
+            ("0.0.0.0", self._settings.rest_port),
             create_app(self._dataplane, self._metrics),
-            host="0.0.0.0",
-            port=self._settings.rest_port,
-            threads=self._settings.rest_workers,
-            ident="ovms",
-            connection_limit=1000,
-            channel_timeout=120,
+            numthreads=self._settings.rest_workers,
+            server_name="ovms",
+            timeout=REST_IDLE_TIMEOUT_S,
+            request_queue_size=1024,
         )
-        threading.Thread(target=self._rest.run, name="ovms-rest", daemon=True).start()
+        server.prepare()  # binds now: a taken port fails the start
+        threading.Thread(target=server.serve, name="ovms-rest", daemon=True).start()
+        self._rest = server
         log.info("Started REST server at localhost:%d", self._settings.rest_port)
