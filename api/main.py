@@ -73,8 +73,12 @@ def wait_for_stop_signal(extra_check: threading.Event | None = None) -> None:
 def run_api(settings: ServerSettings, broker_url: str) -> int:
     from api.server import ApiServer
 
-    server = ApiServer(settings, broker_url)
-    server.start()
+    try:
+        server = ApiServer(settings, broker_url)
+        server.start()
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
     try:
         wait_for_stop_signal()
     finally:

@@ -9,12 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from cheroot import wsgi
 
+from api.auth import BearerTokens, TokenInterceptor
 from api.dataplane import DataPlane
 from api.grpc_service import ModelService, PredictionService
 from api.health import HealthReporter
 from api.metrics import ServingMetrics
 from api.protos import serving_pb2_grpc
 from api.rest_app import create_app
+from api.tls import TlsFiles
 from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
@@ -55,6 +57,8 @@ class ApiServer:
         )
         self._metrics = ServingMetrics(self._registry, store)
         self._rest_enabled = rest and settings.rest_port > 0
+        self._tls = TlsFiles.from_settings(settings)
+        self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
         self._grpc: grpc.Server | None = None
         self._health: HealthReporter | None = None
         self._rest: _RestServer | None = None
@@ -83,29 +87,49 @@ class ApiServer:
             "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it
             **self._settings.grpc_channel_arguments,
         }
-        server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_THREADS), options=list(options.items()))
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=GRPC_THREADS),
+            interceptors=[TokenInterceptor(self._tokens)] if self._tokens else None,
+            options=list(options.items()),
+        )
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self._dataplane, self._metrics), server
         )
         serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._dataplane, self._metrics), server)
         self._health = HealthReporter(self._dataplane, server)
-        if server.add_insecure_port(f"[::]:{self._settings.port}") == 0:
+        address = f"[::]:{self._settings.port}"
+        if self._tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, self._tls.grpc_credentials())
+        if bound == 0:
             raise RuntimeError(f"cannot bind gRPC port {self._settings.port}")
         server.start()
         self._health.start()
         self._grpc = server
-        log.info("Server started on port %d", self._settings.port)
+        log.info("Server started on port %d%s", self._settings.port, self._security_note())
 
     def _start_rest(self) -> None:
         server = _RestServer(
             ("0.0.0.0", self._settings.rest_port),
-            create_app(self._dataplane, self._metrics),
+            create_app(self._dataplane, self._metrics, self._tokens),
             numthreads=self._settings.rest_workers,
             server_name="ovms",
             timeout=REST_IDLE_TIMEOUT_S,
             request_queue_size=1024,
         )
+        if self._tls is not None:
+            server.ssl_adapter = self._tls.rest_adapter()
         server.prepare()  # binds now: a taken port fails the start
         threading.Thread(target=server.serve, name="ovms-rest", daemon=True).start()
         self._rest = server
-        log.info("Started REST server at localhost:%d", self._settings.rest_port)
+        log.info("Started REST server at localhost:%d%s", self._settings.rest_port, self._security_note())
+
+    def _security_note(self) -> str:
+        """What the start-up log says about TLS and tokens (never a token itself)."""
+        notes = []
+        if self._tls is not None:
+            notes.append("mutual TLS" if self._tls.client_ca else "TLS")
+        if self._tokens is not None:
+            notes.append("bearer tokens required")
+        return f" ({', '.join(notes)})" if notes else ""

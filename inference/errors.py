@@ -53,6 +53,11 @@ class DeadlineExceeded(ServingError):
     http_status = 504
 
 
+class Unauthenticated(ServingError):
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+
+
 class Internal(ServingError):
     grpc_code = "INTERNAL"
     http_status = 500
@@ -68,3 +73,4 @@ VERSION_NOT_LOADED = "Model with requested version is not loaded yet"
 RESHAPE_FAILED = "Model could not be reshaped with requested shape"
 NO_LIVE_WORKER = "No live worker serves the requested model version"
 DEADLINE_PASSED = "Deadline exceeded while waiting for the inference result"
+TOKEN_REFUSED = "Missing or invalid bearer token"
