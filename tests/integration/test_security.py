@@ -6,6 +6,8 @@ a second CA, which the server does not trust, signs a stranger's.
 
 from __future__ import annotations
 
+import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from ovmsclient import make_grpc_client
 from ovmsclient.tfs_compat.grpc.tensors import make_ndarray, make_tensor_proto
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.support.stack import OvmsProcess, start_ovms
+from tests.support.stack import OvmsProcess, ovms_command, start_ovms
 
 TOKEN = "tok-3c1b9f0e8d"
 ROTATED_TOKEN = "tok-next-77a2"
@@ -164,6 +166,25 @@ def test_plain_http_to_the_tls_rest_port_gets_no_answer(tls_server):
 def test_an_unknown_server_certificate_is_refused_by_the_client(tls_server):
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(f"{_https(tls_server)}/v1/health/live", timeout=10)  # the system CAs do not know ours
+
+
+def test_the_jobs_client_sends_the_token_from_the_environment(tls_server, pki, digits, tmp_path):
+    """`ovms submit`: the token from $OVMS_TOKEN, the CA from requests' $REQUESTS_CA_BUNDLE."""
+    images, labels = digits
+    np.save(tmp_path / "imgs.npy", images)
+    submit = ["submit", "--url", _https(tls_server), "--model", "digits_tls", "--input", str(tmp_path / "imgs.npy")]
+
+    def ovms(*args: str, **env: str) -> subprocess.CompletedProcess:
+        environment = {**os.environ, "REQUESTS_CA_BUNDLE": pki.ca, **env}
+        return subprocess.run(ovms_command(*args), env=environment, capture_output=True, text=True, timeout=120)
+
+    refused = ovms(*submit)
+    assert refused.returncode == 1
+    assert "ovms submit: 401 Missing or invalid bearer token" in refused.stderr
+    done = ovms(*submit, "--wait", "--output", str(tmp_path / "out.npy"), OVMS_TOKEN=TOKEN)
+    assert done.returncode == 0, done.stderr
+    assert (np.load(tmp_path / "out.npy").argmax(axis=1) == labels).mean() >= 0.75
+    assert ovms("jobs", "--url", _https(tls_server), OVMS_TOKEN=TOKEN).returncode == 0
 
 
 def test_grpc_over_tls_with_a_token(tls_server, pki, digits):
