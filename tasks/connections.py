@@ -48,8 +48,9 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def check_reachable(url: str, role: str) -> None:
-    """Connect, authenticate and PING; a RuntimeError says why not (wrong password, TLS, unreachable)."""
+def check_reachable(url: str, purpose: str) -> None:
+    """Connect, authenticate and PING the Redis used as `purpose` (broker, result backend); a RuntimeError
+    says why not (wrong password, TLS, unreachable)."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
         try:
@@ -57,6 +58,6 @@ def check_reachable(url: str, role: str) -> None:
         finally:
             client.close()
     except redis.AuthenticationError as exc:
-        raise RuntimeError(f"Redis {role} {redact(url)}: authentication failed ({exc})") from None
+        raise RuntimeError(f"Redis {purpose} {redact(url)}: authentication failed ({exc})") from None
     except (redis.RedisError, OSError, ValueError) as exc:
-        raise RuntimeError(f"Redis {role} {redact(url)} is not usable: {type(exc).__name__}: {exc}") from None
+        raise RuntimeError(f"Redis {purpose} {redact(url)} is not usable: {type(exc).__name__}: {exc}") from None
