@@ -1,4 +1,8 @@
-"""`ovms submit | jobs | result`: the command-line client for asynchronous jobs over the REST API."""
+"""`ovms submit | jobs | result`: the command-line client for asynchronous jobs over the REST API.
+
+Against a server with `--auth_token_file`, the token comes from $OVMS_TOKEN (never a flag, so that it
+stays off `ps`); for https with a private CA, requests' own $REQUESTS_CA_BUNDLE names the CA file.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,20 @@ FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    args.http = _session()
     try:
         return args.run(args)
     except requests.RequestException as exc:
         print(f"ovms {argv[0]}: cannot reach {args.url}: {exc}", file=sys.stderr)
         return 1
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    token = os.environ.get("OVMS_TOKEN")
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    return session
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
 def _submit(args: argparse.Namespace) -> int:
     with open(args.input, "rb") as handle:
         data = handle.read()
-    reply = requests.post(
+    reply = args.http.post(
         f"{args.url}/v1/jobs",
         params={"model": args.model, "version": args.version},
         data=data,
@@ -62,24 +75,23 @@ def _submit(args: argparse.Namespace) -> int:
         timeout=300,
     )
     if reply.status_code != 202:
-        print(f"ovms submit: {reply.status_code} {reply.json().get('error', reply.text)}", file=sys.stderr)
-        return 1
+        return _failed("submit", reply)
     job_id = reply.json()["id"]
     print(job_id)
     if not args.wait:
         return 0
-    status = _follow(args.url, job_id)
+    status = _follow(args.http, args.url, job_id)
     if status["state"] != "SUCCESS":
         print(f"ovms submit: job {job_id} ended {status['state']}: {'; '.join(status['errors'])}", file=sys.stderr)
         return 1
-    return _fetch(args.url, job_id, args.output)
+    return _fetch(args.http, args.url, job_id, args.output)
 
 
-def _follow(url: str, job_id: str) -> dict:
+def _follow(http: requests.Session, url: str, job_id: str) -> dict:
     """Poll the job, drawing a progress bar of samples done, until it ends."""
     with tqdm(unit="sample", desc=job_id[:8], file=sys.stderr) as bar:
         while True:
-            status = requests.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+            status = http.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
             bar.total = status["progress"]["total"]
             bar.n = status["progress"]["done"]
             bar.refresh()
@@ -89,7 +101,10 @@ def _follow(url: str, job_id: str) -> dict:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    for job in requests.get(f"{args.url}/v1/jobs", timeout=30).json()["jobs"]:
+    reply = args.http.get(f"{args.url}/v1/jobs", timeout=30)
+    if reply.status_code != 200:
+        return _failed("jobs", reply)
+    for job in reply.json()["jobs"]:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created"]))
         progress = f"{job['progress']['done']}/{job['progress']['total']}"
         print(f"{job['id']}  {created}  {job['model']} v{job['version']}  {job['state']:<8}  {progress}")
@@ -97,15 +112,14 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _result(args: argparse.Namespace) -> int:
-    return _fetch(args.url, args.job_id, args.output)
+    return _fetch(args.http, args.url, args.job_id, args.output)
 
 
-def _fetch(url: str, job_id: str, output: str | None) -> int:
+def _fetch(http: requests.Session, url: str, job_id: str, output: str | None) -> int:
     form = "json" if output is None else ("npy" if output.endswith(".npy") else "npz")
-    reply = requests.get(f"{url}/v1/jobs/{job_id}/result", params={"format": form}, timeout=300)
+    reply = http.get(f"{url}/v1/jobs/{job_id}/result", params={"format": form}, timeout=300)
     if reply.status_code != 200:
-        print(f"ovms result: {reply.status_code} {reply.json().get('error', reply.text)}", file=sys.stderr)
-        return 1
+        return _failed("result", reply)
     if output is None:
         print(json.dumps(reply.json()))
         return 0
@@ -114,3 +128,12 @@ def _fetch(url: str, job_id: str, output: str | None) -> int:
     if form == "npy":
         print(f"{output}: {np.load(io.BytesIO(reply.content)).shape}")
     return 0
+
+
+def _failed(command: str, reply: requests.Response) -> int:
+    try:
+        message = reply.json().get("error", reply.text)
+    except ValueError:
+        message = reply.text
+    print(f"ovms {command}: {reply.status_code} {message}", file=sys.stderr)
+    return 1

@@ -10,6 +10,7 @@ import time
 
 from inference.logs import setup_logging
 from inference.settings import ServerSettings, UsageError, parse_command_line
+from tasks.connections import check_reachable
 
 log = logging.getLogger("serving")
 
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return USAGE_EXIT_CODE
     setup_logging(settings.log_level, settings.log_path)
+    try:
+        _check_redis(settings)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
     if settings.role == "worker":
         from tasks.worker import run_worker
 
@@ -40,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     from api.supervisor import Supervisor
 
     return Supervisor(settings, argv).run()
+
+
+def _check_redis(settings: ServerSettings) -> None:
+    """Fail at start, saying why, when a given broker or result backend cannot be used (wrong password,
+    TLS settings, unreachable), rather than retry forever; the embedded Redis needs no check."""
+    if settings.broker_url:
+        check_reachable(settings.broker_url, "broker")
+    if settings.result_backend_url:
+        check_reachable(settings.result_backend_url, "result backend")
 
 
 def wait_for_stop_signal(extra_check: threading.Event | None = None) -> None:
@@ -58,8 +73,12 @@ def wait_for_stop_signal(extra_check: threading.Event | None = None) -> None:
 def run_api(settings: ServerSettings, broker_url: str) -> int:
     from api.server import ApiServer
 
-    server = ApiServer(settings, broker_url)
-    server.start()
+    try:
+        server = ApiServer(settings, broker_url)
+        server.start()
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
     try:
         wait_for_stop_signal()
     finally:

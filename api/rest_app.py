@@ -13,6 +13,7 @@ from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import MethodNotAllowed
 
+from api.auth import BearerTokens, rest_guard
 from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
 from api.metrics import ServingMetrics
@@ -33,15 +34,22 @@ MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry 
 WORKER_HEADER = "X-Ovms-Worker"
 RETRY_AFTER_S = 1  # advised to clients of a full queue (429) or a model without workers (503)
 BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": 'Bearer realm="ovms"'},
+    429: {"Retry-After": str(RETRY_AFTER_S)},  # a full queue
+    503: {"Retry-After": str(RETRY_AFTER_S)},  # a model without workers
+}
 
 
-def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
+def create_app(dataplane: DataPlane, metrics: ServingMetrics, tokens: BearerTokens | None = None) -> Flask:
+    """The REST app; with `tokens`, calls other than health and metrics need one of them (api.auth)."""
     app = Flask("ovms")
+    if tokens is not None:
+        app.before_request(rest_guard(tokens))
 
     @app.errorhandler(ServingError)
     def serving_error(error: ServingError) -> Response:
-        retry = {"Retry-After": str(RETRY_AFTER_S)} if error.http_status in (429, 503) else None
-        return _json({"error": error.message}, error.http_status, retry)
+        return _json({"error": error.message}, error.http_status, _ERROR_HEADERS.get(error.http_status))
 
     @app.errorhandler(404)
     def no_route(_: Exception) -> Response:

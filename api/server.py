@@ -7,14 +7,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-import waitress
+from cheroot import wsgi
 
+from api.auth import BearerTokens, TokenInterceptor
 from api.dataplane import DataPlane
 from api.grpc_service import ModelService, PredictionService
 from api.health import HealthReporter
 from api.metrics import ServingMetrics
 from api.protos import serving_pb2_grpc
 from api.rest_app import create_app
+from api.tls import TlsFiles
 from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
@@ -26,6 +28,16 @@ log = logging.getLogger("serving")
 GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
 MAX_MESSAGE_BYTES = 1 << 30
 LISTENER_GRACE_S = 2.0  # for replies still being written when the listeners close
+REST_IDLE_TIMEOUT_S = 120  # a keep-alive connection with no request for this long is closed
+
+
+class _RestServer(wsgi.Server):
+    """cheroot's WSGI server, logging through our logger (e.g. refused TLS handshakes)."""
+
+    keep_alive_conn_limit = 1000  # idle keep-alive connections kept open; cheroot's default (10) closes the rest
+
+    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
+        log.log(level, "REST server: %s", msg, exc_info=traceback)
 
 
 class ApiServer:
@@ -46,9 +58,11 @@ class ApiServer:
         )
         self._metrics = ServingMetrics(self._registry, store)
         self._rest_enabled = rest and settings.rest_port > 0
+        self._tls = TlsFiles.from_settings(settings)
+        self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
         self._grpc: grpc.Server | None = None
         self._health: HealthReporter | None = None
-        self._rest: waitress.server.BaseWSGIServer | None = None
+        self._rest: _RestServer | None = None
 
     def start(self) -> None:
         self._registry.start()
@@ -59,8 +73,7 @@ class ApiServer:
 
     def stop(self) -> None:
         """Drain: readiness turns false and new inference work is refused (UNAVAILABLE / 503) while the
-        requests in progress finish (none outlives its deadline, at most --request_timeout_s); then
-        the listeners close."""
+        requests in progress finish (waiting at most --request_timeout_s); then the listeners close."""
         in_progress = self._dataplane.admission.close()
         if self._health is not None:
             self._health.stop()
@@ -68,7 +81,7 @@ class ApiServer:
         if not self._dataplane.admission.wait_idle(self._settings.request_timeout_s + 1.0):
             log.warning("Requests still in progress after %.0f s; stopping anyway", self._settings.request_timeout_s)
         if self._rest is not None:
-            self._rest.close()
+            self._rest.stop()
         if self._grpc is not None:
             self._grpc.stop(LISTENER_GRACE_S).wait()
         self._dispatcher.stop()
@@ -82,28 +95,49 @@ class ApiServer:
             "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it
             **self._settings.grpc_channel_arguments,
         }
-        server = grpc.server(ThreadPoolExecutor(max_workers=GRPC_THREADS), options=list(options.items()))
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=GRPC_THREADS),
+            interceptors=[TokenInterceptor(self._tokens)] if self._tokens else None,
+            options=list(options.items()),
+        )
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(
             PredictionService(self._dataplane, self._metrics), server
         )
         serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._dataplane, self._metrics), server)
         self._health = HealthReporter(self._dataplane, server)
-        if server.add_insecure_port(f"[::]:{self._settings.port}") == 0:
+        address = f"[::]:{self._settings.port}"
+        if self._tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, self._tls.grpc_credentials())
+        if bound == 0:
             raise RuntimeError(f"cannot bind gRPC port {self._settings.port}")
         server.start()
         self._health.start()
         self._grpc = server
-        log.info("Server started on port %d", self._settings.port)
+        log.info("Server started on port %d%s", self._settings.port, self._security_note())
 
     def _start_rest(self) -> None:
-        self._rest = waitress.create_server(
-            create_app(self._dataplane, self._metrics),
-            host="0.0.0.0",
-            port=self._settings.rest_port,
-            threads=self._settings.rest_workers,
-            ident="ovms",
-            connection_limit=1000,
-            channel_timeout=120,
+        server = _RestServer(
+            ("0.0.0.0", self._settings.rest_port),
+            create_app(self._dataplane, self._metrics, self._tokens),
+            numthreads=self._settings.rest_workers,
+            server_name="ovms",
+            timeout=REST_IDLE_TIMEOUT_S,
+            request_queue_size=1024,
         )
-        threading.Thread(target=self._rest.run, name="ovms-rest", daemon=True).start()
-        log.info("Started REST server at localhost:%d", self._settings.rest_port)
+        if self._tls is not None:
+            server.ssl_adapter = self._tls.rest_adapter()
+        server.prepare()  # binds now: a taken port fails the start
+        threading.Thread(target=server.serve, name="ovms-rest", daemon=True).start()
+        self._rest = server
+        log.info("Started REST server at localhost:%d%s", self._settings.rest_port, self._security_note())
+
+    def _security_note(self) -> str:
+        """What the start-up log says about TLS and tokens (never a token itself)."""
+        notes = []
+        if self._tls is not None:
+            notes.append("mutual TLS" if self._tls.client_ca else "TLS")
+        if self._tokens is not None:
+            notes.append("bearer tokens required")
+        return f" ({', '.join(notes)})" if notes else ""

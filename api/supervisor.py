@@ -76,19 +76,11 @@ class Supervisor:
         return self._redis.start()
 
     def _spawn_worker(self, device: str, broker_url: str) -> subprocess.Popen:
-        command = [
-            sys.executable,
-            "-m",
-            "api.main",
-            "worker",
-            *self._argv,
-            "--device",
-            device,
-            "--broker_url",
-            broker_url,
-        ]
+        """The broker URL goes by environment, keeping a Redis password off the worker's command line."""
+        command = [sys.executable, "-m", "api.main", "worker", *self._argv, "--device", device]
         log.info("Starting the %s worker", device)
-        return subprocess.Popen(command, preexec_fn=_die_with_parent)
+        env = {**os.environ, "OVMS_BROKER_URL": broker_url}
+        return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
     def _wait_for_models(self, store_url: str) -> None:
         """Serve only once every worker finished loading the models it found (AVAILABLE or failed)."""
@@ -125,22 +117,14 @@ class Supervisor:
 
     def _spawn_flower(self, broker_url: str) -> subprocess.Popen:
         """Celery Flower on --flower_port; basic auth when FLOWER_USER and FLOWER_PASSWORD are set."""
-        command = [
-            sys.executable,
-            "-m",
-            "celery",
-            "--app",
-            "tasks.app",
-            "--broker",
-            broker_url,
-            "flower",
-            f"--port={self._settings.flower_port}",
-        ]
+        port = self._settings.flower_port
+        command = [sys.executable, "-m", "celery", "--app", "tasks.app", "flower", f"--port={port}"]
+        env = {**os.environ, "CELERY_BROKER_URL": broker_url}  # what `celery --broker` would set, off ps
         user, password = os.environ.get("FLOWER_USER"), os.environ.get("FLOWER_PASSWORD")
         if user and password:
-            command.append(f"--basic-auth={user}:{password}")
-        log.info("Starting Flower on port %d", self._settings.flower_port)
-        return subprocess.Popen(command, preexec_fn=_die_with_parent)
+            env["FLOWER_BASIC_AUTH"] = f"{user}:{password}"  # Flower's own variable for --basic-auth
+        log.info("Starting Flower on port %d", port)
+        return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
     @staticmethod
     def _stop_processes(processes: list[subprocess.Popen]) -> None:

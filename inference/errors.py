@@ -53,6 +53,11 @@ class DeadlineExceeded(ServingError):
     http_status = 504
 
 
+class Unauthenticated(ServingError):
+    grpc_code = "UNAUTHENTICATED"
+    http_status = 401
+
+
 class Internal(ServingError):
     grpc_code = "INTERNAL"
     http_status = 500
@@ -69,3 +74,4 @@ RESHAPE_FAILED = "Model could not be reshaped with requested shape"
 NO_LIVE_WORKER = "No live worker serves the requested model version"
 WORKER_LOST = "The worker running this request stopped before answering; retry"
 DEADLINE_PASSED = "Deadline exceeded while waiting for the inference result"
+TOKEN_REFUSED = "Missing or invalid bearer token"

@@ -82,6 +82,10 @@ class ServerSettings:
     task_events: bool = False  # workers send Celery task events (for Flower)
     flower_port: int = 0  # all-in-one: also run Celery Flower on this port; 0 = no Flower
     job_ttl_s: int = 86400  # how long async jobs and their results are kept
+    ssl_certificate: str | None = None  # PEM: TLS on gRPC and REST when set (with ssl_private_key)
+    ssl_private_key: str | None = None
+    ssl_client_ca: str | None = None  # PEM: mutual TLS, clients must present a certificate it signed
+    auth_token_file: str | None = None  # accepted bearer tokens, one a line; unset = no token needed
     models: tuple[ModelConfig, ...] = ()
 
     def devices(self) -> list[str]:
@@ -156,6 +160,10 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--task_events", action="store_true", help="workers send Celery task events, for Flower (default: off)")
     add("--job_ttl_s", type=int, help="how long async jobs and their results are kept, seconds (default: 86400)")
     add("--flower_port", type=int, help="with no role: also run Celery Flower on this port (implies --task_events)")
+    add("--ssl_certificate", help="PEM certificate (chain): serve gRPC and REST over TLS; needs --ssl_private_key")
+    add("--ssl_private_key", help="PEM private key of --ssl_certificate")
+    add("--ssl_client_ca", help="PEM CA certificate(s): mutual TLS, clients must present a certificate they signed")
+    add("--auth_token_file", help="file of accepted bearer tokens, one a line: gRPC and REST calls need one")
     return parser
 
 
@@ -186,6 +194,10 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
         task_events=args.task_events or bool(args.flower_port),
         flower_port=_default(args.flower_port, 0),
         job_ttl_s=_default(args.job_ttl_s, 86400),
+        ssl_certificate=args.ssl_certificate,
+        ssl_private_key=args.ssl_private_key,
+        ssl_client_ca=args.ssl_client_ca,
+        auth_token_file=args.auth_token_file,
         models=tuple(models),
     )
     if role == "worker" and settings.device is None:
@@ -228,6 +240,18 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         raise UsageError("file_system_poll_wait_seconds must not be negative")
     if args.log_level and args.log_level.upper() not in _LOG_LEVELS:
         raise UsageError(f"log_level should be one of: {', '.join(_LOG_LEVELS)}")
+    _check_security_flags(args)
+
+
+def _check_security_flags(args: argparse.Namespace) -> None:
+    if bool(args.ssl_certificate) != bool(args.ssl_private_key):
+        raise UsageError("ssl_certificate and ssl_private_key go together")
+    if args.ssl_client_ca and not args.ssl_certificate:
+        raise UsageError("ssl_client_ca needs ssl_certificate and ssl_private_key")
+    for flag in ("ssl_certificate", "ssl_private_key", "ssl_client_ca", "auth_token_file"):
+        path = getattr(args, flag)
+        if path is not None and not os.access(path, os.R_OK):
+            raise UsageError(f"{flag}: cannot read {path}")
 
 
 def _parse_channel_arguments(text: str | None) -> dict[str, Any]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
+
+from tasks.connections import ssl_options
 
 app = Celery("ovms", include=["tasks.predict"])
 
@@ -27,14 +31,20 @@ app.conf.update(
     result_backend_transport_options={"socket_keepalive": True},
     task_track_started=False,
     result_expires=24 * 3600,  # async job results (predict replies go to reply lists); see --job_ttl_s
+    # The `celery` command (Flower) passes its --broker on as CELERY_BROKER_URL; kombu takes rediss://
+    # settings only from broker_use_ssl (without it, it would not verify the server's certificate).
+    broker_use_ssl=ssl_options(os.environ.get("CELERY_BROKER_URL", "")),
 )
 
 
 def configure(broker_url: str, result_backend_url: str | None = None, results_ttl_s: int | None = None) -> Celery:
     """Point the app at Redis; sync replies use our reply-list backend on the result Redis.
     `results_ttl_s`: how long stored (async job) results are kept."""
+    backend_url = result_backend_url or broker_url
     app.conf.broker_url = broker_url
+    app.conf.broker_use_ssl = ssl_options(broker_url)
     if results_ttl_s:
         app.conf.result_expires = results_ttl_s
-    app.conf.result_backend = f"tasks.backend:ReplyBackend+{result_backend_url or broker_url}"
+    app.conf.result_backend = f"tasks.backend:ReplyBackend+{backend_url}"
+    app.conf.redis_backend_use_ssl = ssl_options(backend_url)
     return app

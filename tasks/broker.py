@@ -51,9 +51,7 @@ class EmbeddedRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 10.0) -> str:
-        """Start (or start again, on the same port) and return the URL."""
-        self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
+    def command(self) -> list[str]:
         command = [
             redis_server_binary(),
             "--port",
@@ -73,7 +71,12 @@ class EmbeddedRedis:
         ]
         if self.password:
             command += ["--requirepass", self.password]
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, start_new_session=True)
+        return command
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Start (or start again, on the same port) and return the URL."""
+        self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
+        self._process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout_s
         while True:

@@ -1,0 +1,90 @@
+"""Optional bearer-token authentication of gRPC and REST calls (`--auth_token_file`).
+
+Clients send `authorization: Bearer <token>`: gRPC metadata (what `grpc.access_token_call_credentials`
+sends) or the HTTP header. Health checks stay open, so that load balancers and Kubernetes probes need
+no credentials, and so does the Prometheus scrape (`/metrics`: counters per model, no tensors).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from flask import request
+
+from inference.errors import TOKEN_REFUSED, Unauthenticated
+
+OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics"})
+OPEN_GRPC_PREFIX = "/grpc.health.v1.Health/"
+
+
+class BearerTokens:
+    """The accepted tokens: the lines of a file, blank lines and `#` comments ignored."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self._tokens = [token.encode() for token in tokens]
+
+    @classmethod
+    def from_file(cls, path: str) -> BearerTokens:
+        with open(path, encoding="utf-8") as handle:
+            tokens = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
+        if not tokens:
+            raise RuntimeError(f"auth_token_file {path} holds no token")
+        return cls(tokens)
+
+    def accepts(self, authorization: str | None) -> bool:
+        """True for an `Authorization` value `Bearer <an accepted token>` (the scheme in any case)."""
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        offered = token.strip().encode()
+        # every token is compared, each in constant time, so timing tells nothing about which one matched
+        matches = [hmac.compare_digest(offered, accepted) for accepted in self._tokens]
+        return any(matches)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Answers UNAUTHENTICATED to every call without an accepted token, except the health service's."""
+
+    def __init__(self, tokens: BearerTokens) -> None:
+        self._tokens = tokens
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_GRPC_PREFIX):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        if self._tokens.accepts(metadata.get("authorization")):
+            return handler
+        return _refusal(handler)
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that only answers UNAUTHENTICATED."""
+
+    def refuse(_request: Any, context: grpc.ServicerContext) -> None:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_REFUSED)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def rest_guard(tokens: BearerTokens) -> Callable[[], None]:
+    """A Flask `before_request` hook: a call without an accepted token is Unauthenticated (401)."""
+
+    def guard() -> None:
+        if request.path not in OPEN_REST_PATHS and not tokens.accepts(request.headers.get("Authorization")):
+            raise Unauthenticated(TOKEN_REFUSED)
+
+    return guard

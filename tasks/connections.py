@@ -1,0 +1,63 @@
+"""Reaching Redis: TLS (`rediss://`) settings for Celery, passwords kept out of logs, and a start-up
+check that fails at once with the reason instead of retrying forever.
+
+A URL is `redis://[:password@]host:port/db` or `rediss://[:password@]host:port/db`, the latter with
+optional query parameters `ssl_ca_certs` (PEM of the CA that signed the server's certificate; default:
+the system's CAs), `ssl_cert_reqs` (`required` by default), and `ssl_certfile` + `ssl_keyfile` (a client
+certificate, for a Redis with `tls-auth-clients yes`). redis-py reads them from the URL itself; Celery's
+broker (kombu) needs them as `broker_use_ssl`, which `ssl_options` derives from the same URL.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis
+
+_CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
+_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+CHECK_TIMEOUT_S = 5.0
+
+
+def ssl_options(url: str) -> dict[str, Any] | None:
+    """Celery's `broker_use_ssl` / `redis_backend_use_ssl` for a rediss:// URL; None for redis://."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss":
+        return None
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    reqs = query.get("ssl_cert_reqs", "required")
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be required, optional or none, not {reqs!r}")
+    options: dict[str, Any] = {"ssl_cert_reqs": _CERT_REQS[reqs]}
+    options.update({key: query[key] for key in _FILES if key in query})
+    return options
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_reachable(url: str, purpose: str) -> None:
+    """Connect, authenticate and PING the Redis used as `purpose` (broker, result backend); a RuntimeError
+    says why not (wrong password, TLS, unreachable)."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.AuthenticationError as exc:
+        raise RuntimeError(f"Redis {purpose} {redact(url)}: authentication failed ({exc})") from None
+    except (redis.RedisError, OSError, ValueError) as exc:
+        raise RuntimeError(f"Redis {purpose} {redact(url)} is not usable: {type(exc).__name__}: {exc}") from None

@@ -1,0 +1,71 @@
+"""Security settings: the TLS and token flags, and bearer-token matching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from api.auth import BearerTokens
+from inference.settings import UsageError, parse_command_line
+
+SINGLE = ["--model_name", "m", "--model_path", "/m"]
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> str:
+    path = tmp_path / "file.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    return str(path)
+
+
+def test_security_flags_are_parsed(pem: str) -> None:
+    settings = parse_command_line(
+        [*SINGLE, "--ssl_certificate", pem, "--ssl_private_key", pem, "--ssl_client_ca", pem, "--auth_token_file", pem]
+    )
+    assert (settings.ssl_certificate, settings.ssl_private_key, settings.ssl_client_ca) == (pem, pem, pem)
+    assert settings.auth_token_file == pem
+
+
+def test_security_is_off_by_default() -> None:
+    settings = parse_command_line(SINGLE)
+    assert (settings.ssl_certificate, settings.ssl_private_key, settings.ssl_client_ca) == (None, None, None)
+    assert settings.auth_token_file is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--ssl_certificate", "{pem}"], "ssl_certificate and ssl_private_key go together"),
+        (["--ssl_private_key", "{pem}"], "ssl_certificate and ssl_private_key go together"),
+        (["--ssl_client_ca", "{pem}"], "ssl_client_ca needs ssl_certificate and ssl_private_key"),
+        (["--ssl_certificate", "/no/cert.pem", "--ssl_private_key", "{pem}"], "ssl_certificate: cannot read"),
+        (["--auth_token_file", "/no/tokens"], "auth_token_file: cannot read /no/tokens"),
+    ],
+)
+def test_security_flag_errors(pem: str, flags: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        parse_command_line([*SINGLE, *(flag.format(pem=pem) for flag in flags)])
+
+
+def test_token_file_lines_comments_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# rotated 2026-11\nfirst-token\n\n  second-token  \n")
+    tokens = BearerTokens.from_file(str(path))
+    assert tokens.accepts("Bearer first-token")
+    assert tokens.accepts("bearer second-token")
+    assert not tokens.accepts("Bearer # rotated 2026-11")
+
+
+def test_a_token_file_without_tokens_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("# nothing yet\n\n")
+    with pytest.raises(RuntimeError, match="holds no token"):
+        BearerTokens.from_file(str(path))
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "", "Bearer", "Bearer ", "Bearer other", "Basic s3cret", "s3cret", "Bearer s3cret2"]
+)
+def test_anything_but_bearer_and_an_accepted_token_is_refused(authorization: str | None) -> None:
+    assert not BearerTokens(["s3cret"]).accepts(authorization)
