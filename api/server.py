@@ -15,6 +15,7 @@ from api.health import HealthReporter
 from api.metrics import ServingMetrics
 from api.protos import serving_pb2_grpc
 from api.rest_app import create_app
+from api.rest_server import JsonErrorChannel
 from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
@@ -24,7 +25,7 @@ from tasks.registry import RegistryView
 log = logging.getLogger("serving")
 
 GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
-MAX_MESSAGE_BYTES = 1 << 30
+MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
 
 
 class ApiServer:
@@ -68,8 +69,8 @@ class ApiServer:
 
     def _start_grpc(self) -> None:
         options = {
-            "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
-            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+            "grpc.max_receive_message_length": self._settings.max_request_bytes,  # else RESOURCE_EXHAUSTED
+            "grpc.max_send_message_length": MAX_RESPONSE_BYTES,
             "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it
             **self._settings.grpc_channel_arguments,
         }
@@ -88,13 +89,16 @@ class ApiServer:
 
     def _start_rest(self) -> None:
         self._rest = waitress.create_server(
-            create_app(self._dataplane, self._metrics),
+            create_app(self._dataplane, self._metrics, self._settings.max_request_bytes),
             host="0.0.0.0",
             port=self._settings.rest_port,
             threads=self._settings.rest_workers,
             ident="ovms",
             connection_limit=1000,
             channel_timeout=120,
+            # waitress reads a whole body before the app sees it: a larger one is refused as its headers arrive
+            max_request_body_size=self._settings.max_request_bytes,
         )
+        self._rest.channel_class = JsonErrorChannel
         threading.Thread(target=self._rest.run, name="ovms-rest", daemon=True).start()
         log.info("Started REST server at localhost:%d", self._settings.rest_port)

@@ -18,6 +18,11 @@ DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 1024
+# Largest request body (REST) or message (gRPC), in MiB. 256 MiB holds a batch of ~400 224x224 float images as
+# tensor_content or ~80 as JSON numbers, far beyond any single inference here, yet a few such requests in flight
+# fit in memory (a JSON body expands several times when parsed). gRPC caps messages at 2 GiB.
+DEFAULT_MAX_REQUEST_MB = 256
+MAX_REQUEST_MB = 2047
 
 
 class UsageError(Exception):
@@ -82,7 +87,12 @@ class ServerSettings:
     task_events: bool = False  # workers send Celery task events (for Flower)
     flower_port: int = 0  # all-in-one: also run Celery Flower on this port; 0 = no Flower
     job_ttl_s: int = 86400  # how long async jobs and their results are kept
+    max_request_mb: int = DEFAULT_MAX_REQUEST_MB  # largest REST body / gRPC message an api process accepts
     models: tuple[ModelConfig, ...] = ()
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_request_mb << 20
 
     def devices(self) -> list[str]:
         """Target devices in use, in order of first appearance."""
@@ -156,6 +166,11 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--task_events", action="store_true", help="workers send Celery task events, for Flower (default: off)")
     add("--job_ttl_s", type=int, help="how long async jobs and their results are kept, seconds (default: 86400)")
     add("--flower_port", type=int, help="with no role: also run Celery Flower on this port (implies --task_events)")
+    add(
+        "--max_request_mb",
+        type=int,
+        help=f"largest REST body / gRPC message in MiB, 1 to {MAX_REQUEST_MB} (default: {DEFAULT_MAX_REQUEST_MB})",
+    )
     return parser
 
 
@@ -186,6 +201,7 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
         task_events=args.task_events or bool(args.flower_port),
         flower_port=_default(args.flower_port, 0),
         job_ttl_s=_default(args.job_ttl_s, 86400),
+        max_request_mb=_default(args.max_request_mb, DEFAULT_MAX_REQUEST_MB),
         models=tuple(models),
     )
     if role == "worker" and settings.device is None:
@@ -224,6 +240,8 @@ def _check_server_flags(args: argparse.Namespace) -> None:
     if args.request_timeout_s is not None and not 0 < args.request_timeout_s <= _MAX_REQUEST_TIMEOUT_S:
         # nan and inf parse as floats; they (and huge values) overflow the Redis expiry of each request's tensors
         raise UsageError(f"request_timeout_s must be a positive number of seconds up to {_MAX_REQUEST_TIMEOUT_S:.0f}")
+    if args.max_request_mb is not None and not 1 <= args.max_request_mb <= MAX_REQUEST_MB:
+        raise UsageError(f"max_request_mb must be from 1 to {MAX_REQUEST_MB} (gRPC messages are limited to 2 GiB)")
     if args.file_system_poll_wait_seconds is not None and args.file_system_poll_wait_seconds < 0:
         raise UsageError("file_system_poll_wait_seconds must not be negative")
     if args.log_level and args.log_level.upper() not in _LOG_LEVELS:
