@@ -6,9 +6,11 @@ import io
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import MethodNotAllowed
@@ -17,6 +19,7 @@ from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
 from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
+from api.uploads import load_upload
 from inference import dtypes
 from inference.errors import InvalidArgument, NotFound, ServingError
 from inference.request import InferenceResult
@@ -26,17 +29,24 @@ from inference.validation import RequestTensor
 log = logging.getLogger("serving")
 
 # /v1/models/{name}[/versions/{version}][/metadata | :predict]
-_MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict)?$")
+MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict)?$")
 _METHODS = {":predict": "Predict", "/metadata": "GetModelMetadata", None: "GetModelStatus"}
+MODEL_ACTIONS = {":predict": "POST", "/metadata": "GET", None: "GET"}  # the HTTP method of each model route
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
 RETRY_AFTER_S = 1  # advised to clients of a full queue (429) or a model without workers (503)
 BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")  # served as JSON at /v1/openapi.json
+_VERSION = re.compile(r"[0-9]{1,19}")
+MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
 
 
-def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
-    app = Flask("ovms")
+def create_app(dataplane: DataPlane, metrics: ServingMetrics, max_request_bytes: int) -> Flask:
+    """The REST app; `max_request_bytes` also bounds what an .npz job upload may unpack to (waitress
+    refuses larger bodies before the app sees them)."""
+    app = Flask("ovms", static_folder=None)  # no static files: nothing beside the API is served
+    openapi = load_openapi()
 
     @app.errorhandler(ServingError)
     def serving_error(error: ServingError) -> Response:
@@ -48,8 +58,8 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
         return _json({"error": "Not Found"}, 404)
 
     @app.errorhandler(405)
-    def wrong_method(_: Exception) -> Response:
-        return _json({"error": "Method Not Allowed"}, 405)
+    def wrong_method(error: MethodNotAllowed) -> Response:
+        return _json({"error": "Method Not Allowed"}, 405, {"Allow": ", ".join(error.valid_methods or [])})
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
@@ -58,26 +68,29 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
 
     @app.route("/v1/models/<path:model_path>", methods=["GET", "POST"])
     def models(model_path: str) -> Response:
-        match = _MODEL_PATH.match(model_path)
+        match = MODEL_PATH.match(model_path)
         if match is None:
             raise NotFound("Not Found")
         name, action = match["name"], match["action"]
         with metrics.track("rest", _METHODS[action], name) as tracker:
             version = _version(match["version"])
+            if request.method != MODEL_ACTIONS[action]:
+                raise MethodNotAllowed(valid_methods=[MODEL_ACTIONS[action]])
             if action == ":predict":
-                _require_method("POST")
                 response, result = _predict(dataplane, name, version)
                 tracker.done(result.version, result)
                 return response
-            _require_method("GET")
-            tracker.done(version)
             if action == "/metadata":
-                return _json(_metadata(dataplane, name, version))
-            return _json(_status(dataplane, name, version))
+                resolved, document = _metadata(dataplane, name, version)
+                tracker.done(resolved)
+                return _json(document)
+            document = _status(dataplane, name, version)
+            tracker.done(version)  # only once it is known: a metric label per version a client makes up would leak
+            return _json(document)
 
     @app.post("/v1/jobs")
     def submit_job() -> Response:
-        job_id = _submit_job(dataplane)
+        job_id = _submit_job(dataplane, max_request_bytes)
         url = f"/v1/jobs/{job_id}"
         return _json({"id": job_id, "status_url": url, "result_url": f"{url}/result"}, 202, {"Location": url})
 
@@ -111,6 +124,10 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
         changed = dataplane.reload_config()
         return _json(_config_status(dataplane), 201 if changed else 200)
 
+    @app.get("/v1/openapi.json")
+    def openapi_document() -> Response:
+        return _json(openapi)
+
     @app.get("/v1/health/live")
     def live() -> Response:
         return _json({"status": "live"})
@@ -124,15 +141,17 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics) -> Flask:
     return app
 
 
-def _require_method(method: str) -> None:
-    if request.method != method:
-        raise MethodNotAllowed(valid_methods=[method])
+def load_openapi() -> dict[str, Any]:
+    """The OpenAPI document of this API."""
+    return yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
 
 
 def _version(text: str | None) -> int | None:
+    """A version from a URL, query or job body: ASCII digits that fit gRPC's int64 (str.isdigit() would
+    also take "²", which int() refuses)."""
     if text is None:
         return None
-    if not text.isdigit():
+    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
         raise InvalidArgument(f"Invalid version: {text}")
     return int(text) or None  # version 0 means the default version, as ovmsclient sends it
 
@@ -163,9 +182,9 @@ def _config_status(dataplane: DataPlane) -> dict[str, Any]:
     return {name: _status_json(statuses) for name, statuses in dataplane.config_status().items()}
 
 
-def _metadata(dataplane: DataPlane, name: str, version: int | None) -> dict[str, Any]:
+def _metadata(dataplane: DataPlane, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
     resolved, signature = dataplane.model_metadata(name, version)
-    return {
+    return resolved, {
         "modelSpec": {"name": name, "signatureName": "", "version": str(resolved)},
         "metadata": {
             "signature_def": {
@@ -216,12 +235,12 @@ def _json_body() -> Any:
 _NUMPY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
 
 
-def _submit_job(dataplane: DataPlane) -> str:
+def _submit_job(dataplane: DataPlane, max_request_bytes: int) -> str:
     """A job body is TF Serving JSON with "model" (and "version"), or a .npy / .npz file with
     ?model=&version= in the query string (.npy for a single-input model, .npz keyed by input name)."""
     if request.mimetype in _NUMPY_TYPES:
         name, version = request.args.get("model", ""), _version(request.args.get("version"))
-        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False))
+        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False), max_request_bytes)
     else:
         body = _json_body()
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
@@ -234,18 +253,17 @@ def _submit_job(dataplane: DataPlane) -> str:
     return dataplane.submit_job(name, version, inputs)
 
 
-def _numpy_inputs(dataplane: DataPlane, name: str, version: int | None, data: bytes) -> dict[str, RequestTensor]:
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)  # never unpickle what a client sends
-    except (ValueError, OSError, EOFError) as exc:
-        raise InvalidArgument(f"Invalid .npy/.npz upload: {exc}") from None
+def _numpy_inputs(
+    dataplane: DataPlane, name: str, version: int | None, data: bytes, max_unpacked_bytes: int
+) -> dict[str, RequestTensor]:
+    loaded = load_upload(data, max_unpacked_bytes)
     if isinstance(loaded, np.ndarray):
         _, signature = dataplane.model_metadata(name, version)
         if len(signature.inputs) != 1:
             raise InvalidArgument("A .npy upload needs a single-input model; send an .npz keyed by input name")
         arrays = {next(iter(signature.inputs)): loaded}
     else:
-        arrays = {key: loaded[key] for key in loaded.files}
+        arrays = loaded
     return {key: RequestTensor(None, array.shape, values=array) for key, array in arrays.items()}
 
 
