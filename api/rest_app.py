@@ -14,6 +14,7 @@ import yaml
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.routing import BaseConverter
 
 from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
@@ -21,17 +22,13 @@ from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
 from api.uploads import load_upload
 from inference import dtypes
-from inference.errors import InvalidArgument, NotFound, ServingError
+from inference.errors import InvalidArgument, ServingError
 from inference.request import InferenceResult
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
 
 log = logging.getLogger("serving")
 
-# /v1/models/{name}[/versions/{version}][/metadata | :predict]
-MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict)?$")
-_METHODS = {":predict": "Predict", "/metadata": "GetModelMetadata", None: "GetModelStatus"}
-MODEL_ACTIONS = {":predict": "POST", "/metadata": "GET", None: "GET"}  # the HTTP method of each model route
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
@@ -40,6 +37,13 @@ BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the requ
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")  # served as JSON at /v1/openapi.json
 _VERSION = re.compile(r"[0-9]{1,19}")
 MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
+
+
+class _Segment(BaseConverter):
+    """A model name or version in /v1/models/{name}[/versions/{version}][/metadata | :predict]: no '/' and no
+    ':', so that "digits:predict" only matches the predict routes (GET on it is a 405, not model "digits:predict")."""
+
+    regex = r"[^/:]+"
 
 
 def create_app(dataplane: DataPlane, metrics: ServingMetrics, max_request_bytes: int) -> Flask:
@@ -66,27 +70,32 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics, max_request_bytes:
         log.exception("Unexpected REST error")
         return _json({"error": f"Internal error: {exc}"}, 500)
 
-    @app.route("/v1/models/<path:model_path>", methods=["GET", "POST"])
-    def models(model_path: str) -> Response:
-        match = MODEL_PATH.match(model_path)
-        if match is None:
-            raise NotFound("Not Found")
-        name, action = match["name"], match["action"]
-        with metrics.track("rest", _METHODS[action], name) as tracker:
-            version = _version(match["version"])
-            if request.method != MODEL_ACTIONS[action]:
-                raise MethodNotAllowed(valid_methods=[MODEL_ACTIONS[action]])
-            if action == ":predict":
-                response, result = _predict(dataplane, name, version)
-                tracker.done(result.version, result)
-                return response
-            if action == "/metadata":
-                resolved, document = _metadata(dataplane, name, version)
-                tracker.done(resolved)
-                return _json(document)
-            document = _status(dataplane, name, version)
-            tracker.done(version)  # only once it is known: a metric label per version a client makes up would leak
+    app.url_map.converters["segment"] = _Segment
+
+    @app.get("/v1/models/<segment:name>")
+    @app.get("/v1/models/<segment:name>/versions/<segment:version>")
+    def model_status(name: str, version: str | None = None) -> Response:
+        with metrics.track("rest", "GetModelStatus", name) as tracker:
+            number = _version(version)
+            document = _status(dataplane, name, number)
+            tracker.done(number)  # only once it is known: a metric label per version a client makes up would leak
             return _json(document)
+
+    @app.get("/v1/models/<segment:name>/metadata")
+    @app.get("/v1/models/<segment:name>/versions/<segment:version>/metadata")
+    def model_metadata(name: str, version: str | None = None) -> Response:
+        with metrics.track("rest", "GetModelMetadata", name) as tracker:
+            resolved, document = _metadata(dataplane, name, _version(version))
+            tracker.done(resolved)
+            return _json(document)
+
+    @app.post("/v1/models/<segment:name>:predict")
+    @app.post("/v1/models/<segment:name>/versions/<segment:version>:predict")
+    def predict(name: str, version: str | None = None) -> Response:
+        with metrics.track("rest", "Predict", name) as tracker:
+            response, result = _predict(dataplane, name, _version(version))
+            tracker.done(result.version, result)
+            return response
 
     @app.post("/v1/jobs")
     def submit_job() -> Response:
@@ -236,16 +245,18 @@ _NUMPY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-
 
 
 def _submit_job(dataplane: DataPlane, max_request_bytes: int) -> str:
-    """A job body is TF Serving JSON with "model" (and "version"), or a .npy / .npz file with
-    ?model=&version= in the query string (.npy for a single-input model, .npz keyed by input name)."""
+    """A job body is TF Serving JSON, or a .npy / .npz file (.npy for a single-input model, .npz keyed by input
+    name); ?model=&version= name the model, or "model" (and "version") in a JSON body, which win."""
+    name, version = request.args.get("model", ""), _version(request.args.get("version"))
     if request.mimetype in _NUMPY_TYPES:
-        name, version = request.args.get("model", ""), _version(request.args.get("version"))
         inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False), max_request_bytes)
     else:
         body = _json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        if not isinstance(body, dict) or not isinstance(body.get("model", name), str):
             raise InvalidArgument('A job needs "model" (and optionally "version") with "instances" or "inputs"')
-        name, version = body.pop("model"), _version(str(body.pop("version", "0")))
+        name = body.pop("model", name)
+        if "version" in body:
+            version = _version(str(body.pop("version")))
         _, signature = dataplane.model_metadata(name, version)
         inputs, _ = parse_predict_body(body, signature)
     if not name:
@@ -269,11 +280,13 @@ def _numpy_inputs(
 
 def _job_result(outputs: dict[str, np.ndarray]) -> Response:
     """JSON by default; .npy (one output) or .npz with ?format=npy|npz or the matching Accept type."""
-    wanted = request.args.get("format") or {
-        "application/x-npy": "npy",
-        "application/x-npz": "npz",
-        "application/zip": "npz",
-    }.get(request.accept_mimetypes.best or "", "json")
+    wanted = request.args.get("format")
+    if wanted is None:
+        wanted = {
+            "application/x-npy": "npy",
+            "application/x-npz": "npz",
+            "application/zip": "npz",
+        }.get(request.accept_mimetypes.best or "", "json")
     if wanted == "json":
         return _json({"outputs": {name: array.tolist() for name, array in outputs.items()}})
     buffer = io.BytesIO()
