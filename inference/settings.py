@@ -333,6 +333,8 @@ def model_from_dict(raw: Any) -> ModelConfig:
     for key in ("name", "base_path"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"model config needs a non-empty string {key}")
+    if ".." in raw["base_path"].replace("\\", "/").split("/"):  # as OVMS: "Path escape with .. is forbidden"
+        raise ConfigError(f"model {raw['name']}: base_path {raw['base_path']} must not contain '..' segments")
     try:
         shape = parse_shape_setting(raw["shape"]) if raw.get("shape") is not None else None
         batch_size = None if shape is not None else parse_batch_size(raw.get("batch_size"))

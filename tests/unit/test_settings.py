@@ -401,6 +401,10 @@ def test_empty_model_list_is_valid() -> None:
         (config_list({"name": "m", "base_path": "/m", "plugin_config": "x"}), "plugin_config must be a JSON object"),
         (config_list({"name": "m", "base_path": "/m", "shape": "(1,x)"}), "model m: invalid shape"),
         (config_list({"name": "m", "base_path": "/m", "batch_size": -2}), "model m: invalid batch_size"),
+        (config_list({"name": "m", "base_path": "/models/../etc"}), "must not contain '..' segments"),
+        (config_list({"name": "m", "base_path": "../models/m"}), "must not contain '..' segments"),
+        (config_list({"name": "m", "base_path": "s3://bucket/../m"}), "must not contain '..' segments"),
+        (config_list({"name": "m", "base_path": "C:\\models\\..\\m"}), "must not contain '..' segments"),
         (
             config_list(
                 {"name": "m", "base_path": "/a"}, {"name": "n", "base_path": "/b"}, {"name": "m", "base_path": "/c"}
@@ -533,3 +537,8 @@ def test_settings_type_is_frozen() -> None:
     assert isinstance(settings, ServerSettings)
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", ["/models/..resnet", "/models/resnet..", "s3://bucket/a..b", "/models/.hidden"])
+def test_dots_inside_a_base_path_name_are_fine(path: str) -> None:
+    assert models_from_document(config_list({"name": "m", "base_path": path}))[0].base_path == path
