@@ -248,19 +248,21 @@ def _submit_job(dataplane: DataPlane, max_request_bytes: int) -> str:
     """A job body is TF Serving JSON, or a .npy / .npz file (.npy for a single-input model, .npz keyed by input
     name); ?model=&version= name the model, or "model" (and "version") in a JSON body, which win."""
     name, version = request.args.get("model", ""), _version(request.args.get("version"))
-    if request.mimetype in _NUMPY_TYPES:
-        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False), max_request_bytes)
-    else:
+    body = None
+    if request.mimetype not in _NUMPY_TYPES:
         body = _json_body()
         if not isinstance(body, dict) or not isinstance(body.get("model", name), str):
             raise InvalidArgument('A job needs "model" (and optionally "version") with "instances" or "inputs"')
         name = body.pop("model", name)
         if "version" in body:
             version = _version(str(body.pop("version")))
-        _, signature = dataplane.model_metadata(name, version)
-        inputs, _ = parse_predict_body(body, signature)
     if not name:
         raise InvalidArgument("A job needs a model name")
+    if body is None:
+        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False), max_request_bytes)
+    else:
+        _, signature = dataplane.model_metadata(name, version)
+        inputs, _ = parse_predict_body(body, signature)
     return dataplane.submit_job(name, version, inputs)
 
 
