@@ -68,19 +68,22 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.registry.register(_QueueCollector(registry_view, store))
+        self._view = registry_view
 
     @contextmanager
     def track(self, interface: str, method: str, name: str) -> Iterator[Tracker]:
-        """Count and time one request; the caller reports the version (and predict result) it got."""
+        """Count and time one request; the caller reports the version (and predict result) it got.
+        Requests for model names no worker knows count under name "" (no model has that name): a series
+        per name a client makes up would grow the api's memory without bound."""
         tracker = Tracker()
         started = time.perf_counter()
         try:
             yield tracker
         except ServingError as error:
-            self._fail.labels(name, tracker.version, interface, method, error.grpc_code).inc()
+            self._fail.labels(self._label(name), tracker.version, interface, method, error.grpc_code).inc()
             raise
         except Exception:
-            self._fail.labels(name, tracker.version, interface, method, "INTERNAL").inc()
+            self._fail.labels(self._label(name), tracker.version, interface, method, "INTERNAL").inc()
             raise
         self._success.labels(name, tracker.version, interface, method).inc()
         if tracker.result is not None:
@@ -93,6 +96,9 @@ class ServingMetrics:
         self._queue_time.labels(name, version).observe(result.queue_s * 1e6)
         self._inference_time.labels(name, version).observe(result.infer_s * 1e6)
         self._batch_size.labels(name, version).observe(result.batch_size)
+
+    def _label(self, name: str) -> str:
+        return name if self._view.knows(name) else ""
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

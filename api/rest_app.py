@@ -6,29 +6,30 @@ import io
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
-from werkzeug.exceptions import MethodNotAllowed
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
 
 from api.auth import BearerTokens, rest_guard
 from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
 from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
+from api.uploads import load_upload
 from inference import dtypes
-from inference.errors import InvalidArgument, NotFound, ServingError
+from inference.errors import InvalidArgument, ServingError
 from inference.request import InferenceResult
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
 
 log = logging.getLogger("serving")
 
-# /v1/models/{name}[/versions/{version}][/metadata | :predict]
-_MODEL_PATH = re.compile(r"^(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?P<action>/metadata|:predict)?$")
-_METHODS = {":predict": "Predict", "/metadata": "GetModelMetadata", None: "GetModelStatus"}
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
@@ -39,13 +40,40 @@ _ERROR_HEADERS = {
     429: {"Retry-After": str(RETRY_AFTER_S)},  # a full queue
     503: {"Retry-After": str(RETRY_AFTER_S)},  # a model without workers
 }
+OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")  # served as JSON at /v1/openapi.json
+_VERSION = re.compile(r"[0-9]{1,19}")
+MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
 
 
-def create_app(dataplane: DataPlane, metrics: ServingMetrics, tokens: BearerTokens | None = None) -> Flask:
-    """The REST app; with `tokens`, calls other than health and metrics need one of them (api.auth)."""
-    app = Flask("ovms")
+class _Segment(BaseConverter):
+    """A model name or version in /v1/models/{name}[/versions/{version}][/metadata | :predict]: no '/' and no
+    ':', so that "digits:predict" only matches the predict routes (GET on it is a 405, not model "digits:predict")."""
+
+    regex = r"[^/:]+"
+
+
+def _refuse_oversized_chunked_body() -> None:
+    """A chunked body has no Content-Length for MAX_CONTENT_LENGTH to judge; werkzeug stops reading it
+    at the limit and would hand the app a silently truncated body. Read it now (get_data caches it)
+    and refuse it if anything is left beyond the limit."""
+    if request.content_length is None and request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        body = request.get_data()
+        if len(body) >= (request.max_content_length or 0) and request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+
+
+def create_app(
+    dataplane: DataPlane, metrics: ServingMetrics, max_request_bytes: int, tokens: BearerTokens | None = None
+) -> Flask:
+    """The REST app. Bodies above `max_request_bytes` are refused (413) before they are read, and it
+    also bounds what an .npz job upload may unpack to; with `tokens`, calls other than health and
+    metrics need one of them (api.auth)."""
+    app = Flask("ovms", static_folder=None)  # no static files: nothing beside the API is served
+    app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
+    openapi = load_openapi()
     if tokens is not None:
         app.before_request(rest_guard(tokens))
+    app.before_request(_refuse_oversized_chunked_body)
 
     @app.errorhandler(ServingError)
     def serving_error(error: ServingError) -> Response:
@@ -55,37 +83,50 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics, tokens: BearerToke
     def no_route(_: Exception) -> Response:
         return _json({"error": "Not Found"}, 404)
 
+    @app.errorhandler(413)
+    def too_large(_: Exception) -> Response:
+        limit_mb = max_request_bytes >> 20
+        return _json({"error": f"Request body too large: the limit is {limit_mb} MB (--max_request_mb)"}, 413)
+
     @app.errorhandler(405)
-    def wrong_method(_: Exception) -> Response:
-        return _json({"error": "Method Not Allowed"}, 405)
+    def wrong_method(error: MethodNotAllowed) -> Response:
+        return _json({"error": "Method Not Allowed"}, 405, {"Allow": ", ".join(error.valid_methods or [])})
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         log.exception("Unexpected REST error")
         return _json({"error": f"Internal error: {exc}"}, 500)
 
-    @app.route("/v1/models/<path:model_path>", methods=["GET", "POST"])
-    def models(model_path: str) -> Response:
-        match = _MODEL_PATH.match(model_path)
-        if match is None:
-            raise NotFound("Not Found")
-        name, action = match["name"], match["action"]
-        with metrics.track("rest", _METHODS[action], name) as tracker:
-            version = _version(match["version"])
-            if action == ":predict":
-                _require_method("POST")
-                response, result = _predict(dataplane, name, version)
-                tracker.done(result.version, result)
-                return response
-            _require_method("GET")
-            tracker.done(version)
-            if action == "/metadata":
-                return _json(_metadata(dataplane, name, version))
-            return _json(_status(dataplane, name, version))
+    app.url_map.converters["segment"] = _Segment
+
+    @app.get("/v1/models/<segment:name>")
+    @app.get("/v1/models/<segment:name>/versions/<segment:version>")
+    def model_status(name: str, version: str | None = None) -> Response:
+        with metrics.track("rest", "GetModelStatus", name) as tracker:
+            number = _version(version)
+            document = _status(dataplane, name, number)
+            tracker.done(number)  # only once it is known: a metric label per version a client makes up would leak
+            return _json(document)
+
+    @app.get("/v1/models/<segment:name>/metadata")
+    @app.get("/v1/models/<segment:name>/versions/<segment:version>/metadata")
+    def model_metadata(name: str, version: str | None = None) -> Response:
+        with metrics.track("rest", "GetModelMetadata", name) as tracker:
+            resolved, document = _metadata(dataplane, name, _version(version))
+            tracker.done(resolved)
+            return _json(document)
+
+    @app.post("/v1/models/<segment:name>:predict")
+    @app.post("/v1/models/<segment:name>/versions/<segment:version>:predict")
+    def predict(name: str, version: str | None = None) -> Response:
+        with metrics.track("rest", "Predict", name) as tracker:
+            response, result = _predict(dataplane, name, _version(version))
+            tracker.done(result.version, result)
+            return response
 
     @app.post("/v1/jobs")
     def submit_job() -> Response:
-        job_id = _submit_job(dataplane)
+        job_id = _submit_job(dataplane, max_request_bytes)
         url = f"/v1/jobs/{job_id}"
         return _json({"id": job_id, "status_url": url, "result_url": f"{url}/result"}, 202, {"Location": url})
 
@@ -119,6 +160,10 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics, tokens: BearerToke
         changed = dataplane.reload_config()
         return _json(_config_status(dataplane), 201 if changed else 200)
 
+    @app.get("/v1/openapi.json")
+    def openapi_document() -> Response:
+        return _json(openapi)
+
     @app.get("/v1/health/live")
     def live() -> Response:
         return _json({"status": "live"})
@@ -131,15 +176,17 @@ def create_app(dataplane: DataPlane, metrics: ServingMetrics, tokens: BearerToke
     return app
 
 
-def _require_method(method: str) -> None:
-    if request.method != method:
-        raise MethodNotAllowed(valid_methods=[method])
+def load_openapi() -> dict[str, Any]:
+    """The OpenAPI document of this API."""
+    return yaml.safe_load(OPENAPI_PATH.read_text(encoding="utf-8"))
 
 
 def _version(text: str | None) -> int | None:
+    """A version from a URL, query or job body: ASCII digits that fit gRPC's int64 (str.isdigit() would
+    also take "²", which int() refuses)."""
     if text is None:
         return None
-    if not text.isdigit():
+    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
         raise InvalidArgument(f"Invalid version: {text}")
     return int(text) or None  # version 0 means the default version, as ovmsclient sends it
 
@@ -170,9 +217,9 @@ def _config_status(dataplane: DataPlane) -> dict[str, Any]:
     return {name: _status_json(statuses) for name, statuses in dataplane.config_status().items()}
 
 
-def _metadata(dataplane: DataPlane, name: str, version: int | None) -> dict[str, Any]:
+def _metadata(dataplane: DataPlane, name: str, version: int | None) -> tuple[int, dict[str, Any]]:
     resolved, signature = dataplane.model_metadata(name, version)
-    return {
+    return resolved, {
         "modelSpec": {"name": name, "signatureName": "", "version": str(resolved)},
         "metadata": {
             "signature_def": {
@@ -223,46 +270,51 @@ def _json_body() -> Any:
 _NUMPY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
 
 
-def _submit_job(dataplane: DataPlane) -> str:
-    """A job body is TF Serving JSON with "model" (and "version"), or a .npy / .npz file with
-    ?model=&version= in the query string (.npy for a single-input model, .npz keyed by input name)."""
-    if request.mimetype in _NUMPY_TYPES:
-        name, version = request.args.get("model", ""), _version(request.args.get("version"))
-        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False))
-    else:
+def _submit_job(dataplane: DataPlane, max_request_bytes: int) -> str:
+    """A job body is TF Serving JSON, or a .npy / .npz file (.npy for a single-input model, .npz keyed by input
+    name); ?model=&version= name the model, or "model" (and "version") in a JSON body, which win."""
+    name, version = request.args.get("model", ""), _version(request.args.get("version"))
+    body = None
+    if request.mimetype not in _NUMPY_TYPES:
         body = _json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        if not isinstance(body, dict) or not isinstance(body.get("model", name), str):
             raise InvalidArgument('A job needs "model" (and optionally "version") with "instances" or "inputs"')
-        name, version = body.pop("model"), _version(str(body.pop("version", "0")))
-        _, signature = dataplane.model_metadata(name, version)
-        inputs, _ = parse_predict_body(body, signature)
+        name = body.pop("model", name)
+        if "version" in body:
+            version = _version(str(body.pop("version")))
     if not name:
         raise InvalidArgument("A job needs a model name")
+    if body is None:
+        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False), max_request_bytes)
+    else:
+        _, signature = dataplane.model_metadata(name, version)
+        inputs, _ = parse_predict_body(body, signature)
     return dataplane.submit_job(name, version, inputs)
 
 
-def _numpy_inputs(dataplane: DataPlane, name: str, version: int | None, data: bytes) -> dict[str, RequestTensor]:
-    try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)  # never unpickle what a client sends
-    except (ValueError, OSError, EOFError) as exc:
-        raise InvalidArgument(f"Invalid .npy/.npz upload: {exc}") from None
+def _numpy_inputs(
+    dataplane: DataPlane, name: str, version: int | None, data: bytes, max_unpacked_bytes: int
+) -> dict[str, RequestTensor]:
+    loaded = load_upload(data, max_unpacked_bytes)
     if isinstance(loaded, np.ndarray):
         _, signature = dataplane.model_metadata(name, version)
         if len(signature.inputs) != 1:
             raise InvalidArgument("A .npy upload needs a single-input model; send an .npz keyed by input name")
         arrays = {next(iter(signature.inputs)): loaded}
     else:
-        arrays = {key: loaded[key] for key in loaded.files}
+        arrays = loaded
     return {key: RequestTensor(None, array.shape, values=array) for key, array in arrays.items()}
 
 
 def _job_result(outputs: dict[str, np.ndarray]) -> Response:
     """JSON by default; .npy (one output) or .npz with ?format=npy|npz or the matching Accept type."""
-    wanted = request.args.get("format") or {
-        "application/x-npy": "npy",
-        "application/x-npz": "npz",
-        "application/zip": "npz",
-    }.get(request.accept_mimetypes.best or "", "json")
+    wanted = request.args.get("format")
+    if wanted is None:
+        wanted = {
+            "application/x-npy": "npy",
+            "application/x-npz": "npz",
+            "application/zip": "npz",
+        }.get(request.accept_mimetypes.best or "", "json")
     if wanted == "json":
         return _json({"outputs": {name: array.tolist() for name, array in outputs.items()}})
     buffer = io.BytesIO()

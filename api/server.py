@@ -26,7 +26,7 @@ from tasks.registry import RegistryView
 log = logging.getLogger("serving")
 
 GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
-MAX_MESSAGE_BYTES = 1 << 30
+MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
 LISTENER_GRACE_S = 2.0  # for replies still being written when the listeners close
 REST_IDLE_TIMEOUT_S = 120  # a keep-alive connection with no request for this long is closed
 
@@ -90,8 +90,8 @@ class ApiServer:
 
     def _start_grpc(self) -> None:
         options = {
-            "grpc.max_receive_message_length": MAX_MESSAGE_BYTES,
-            "grpc.max_send_message_length": MAX_MESSAGE_BYTES,
+            "grpc.max_receive_message_length": self._settings.max_request_bytes,  # else RESOURCE_EXHAUSTED
+            "grpc.max_send_message_length": MAX_RESPONSE_BYTES,
             "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it
             **self._settings.grpc_channel_arguments,
         }
@@ -120,7 +120,7 @@ class ApiServer:
     def _start_rest(self) -> None:
         server = _RestServer(
             ("0.0.0.0", self._settings.rest_port),
-            create_app(self._dataplane, self._metrics, self._tokens),
+            create_app(self._dataplane, self._metrics, self._settings.max_request_bytes, self._tokens),
             numthreads=self._settings.rest_workers,
             server_name="ovms",
             timeout=REST_IDLE_TIMEOUT_S,

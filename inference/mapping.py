@@ -33,6 +33,8 @@ def load_mapping(version_dir: Path) -> TensorMapping:
         raise ConfigError(f"invalid {path}: expected an object with inputs and/or outputs")
     sections = {key: document.get(key, {}) for key in ("inputs", "outputs")}
     for key, section in sections.items():
-        if not isinstance(section, dict) or not all(isinstance(v, str) for v in section.values()):
-            raise ConfigError(f"invalid {path}: {key} must map tensor names to alias strings")
+        if not isinstance(section, dict) or not all(isinstance(v, str) and v for v in section.values()):
+            raise ConfigError(f"invalid {path}: {key} must map tensor names to non-empty alias strings")
+        if len(set(section.values())) != len(section):  # two tensors behind one name: one would be unreachable
+            raise ConfigError(f"invalid {path}: {key} gives several tensors the same alias")
     return TensorMapping(sections["inputs"], sections["outputs"])

@@ -18,6 +18,11 @@ DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 1024
+# Largest request body (REST) or message (gRPC), in MiB. 256 MiB holds a batch of ~400 224x224 float images as
+# tensor_content or ~80 as JSON numbers, far beyond any single inference here, yet a few such requests in flight
+# fit in memory (a JSON body expands several times when parsed). gRPC caps messages at 2 GiB.
+DEFAULT_MAX_REQUEST_MB = 256
+MAX_REQUEST_MB = 2047
 
 
 class UsageError(Exception):
@@ -86,7 +91,12 @@ class ServerSettings:
     ssl_private_key: str | None = None
     ssl_client_ca: str | None = None  # PEM: mutual TLS, clients must present a certificate it signed
     auth_token_file: str | None = None  # accepted bearer tokens, one a line; unset = no token needed
+    max_request_mb: int = DEFAULT_MAX_REQUEST_MB  # largest REST body / gRPC message an api process accepts
     models: tuple[ModelConfig, ...] = ()
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_request_mb << 20
 
     def devices(self) -> list[str]:
         """Target devices in use, in order of first appearance."""
@@ -164,6 +174,11 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--ssl_private_key", help="PEM private key of --ssl_certificate")
     add("--ssl_client_ca", help="PEM CA certificate(s): mutual TLS, clients must present a certificate they signed")
     add("--auth_token_file", help="file of accepted bearer tokens, one a line: gRPC and REST calls need one")
+    add(
+        "--max_request_mb",
+        type=int,
+        help=f"largest REST body / gRPC message in MiB, 1 to {MAX_REQUEST_MB} (default: {DEFAULT_MAX_REQUEST_MB})",
+    )
     return parser
 
 
@@ -198,6 +213,7 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
         ssl_private_key=args.ssl_private_key,
         ssl_client_ca=args.ssl_client_ca,
         auth_token_file=args.auth_token_file,
+        max_request_mb=_default(args.max_request_mb, DEFAULT_MAX_REQUEST_MB),
         models=tuple(models),
     )
     if role == "worker" and settings.device is None:
@@ -236,6 +252,8 @@ def _check_server_flags(args: argparse.Namespace) -> None:
     if args.request_timeout_s is not None and not 0 < args.request_timeout_s <= _MAX_REQUEST_TIMEOUT_S:
         # nan and inf parse as floats; they (and huge values) overflow the Redis expiry of each request's tensors
         raise UsageError(f"request_timeout_s must be a positive number of seconds up to {_MAX_REQUEST_TIMEOUT_S:.0f}")
+    if args.max_request_mb is not None and not 1 <= args.max_request_mb <= MAX_REQUEST_MB:
+        raise UsageError(f"max_request_mb must be from 1 to {MAX_REQUEST_MB} (gRPC messages are limited to 2 GiB)")
     if args.file_system_poll_wait_seconds is not None and args.file_system_poll_wait_seconds < 0:
         raise UsageError("file_system_poll_wait_seconds must not be negative")
     if args.log_level and args.log_level.upper() not in _LOG_LEVELS:
@@ -339,6 +357,8 @@ def model_from_dict(raw: Any) -> ModelConfig:
     for key in ("name", "base_path"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ConfigError(f"model config needs a non-empty string {key}")
+    if ".." in raw["base_path"].replace("\\", "/").split("/"):  # as OVMS: "Path escape with .. is forbidden"
+        raise ConfigError(f"model {raw['name']}: base_path {raw['base_path']} must not contain '..' segments")
     try:
         shape = parse_shape_setting(raw["shape"]) if raw.get("shape") is not None else None
         batch_size = None if shape is not None else parse_batch_size(raw.get("batch_size"))

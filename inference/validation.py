@@ -12,6 +12,7 @@ from inference.errors import InvalidArgument
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec, format_shape
 
 MAX_ELEMENTS = 1 << 28  # 256 Mi elements per tensor: far above any real request, far below exhausting memory
+MAX_RANK = 32  # dimensions per tensor: numpy's own limit (32 before numpy 2, 64 since), far above any model's
 
 
 @dataclass
@@ -49,9 +50,13 @@ def _validate_tensor(spec: TensorSpec, tensor: RequestTensor, auto_batch: bool) 
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], auto_batch: bool) -> None:
+    """Limits first (a claimed shape allocates nothing, and a message quotes at most MAX_RANK dimensions),
+    then the seed's checks."""
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"Invalid input shape - {len(shape)} dimensions exceed the limit of {MAX_RANK}")
     if any(dim < 0 for dim in shape):
         raise InvalidArgument(f"Invalid input shape - negative dimension in {format_shape(shape)}")
-    if math.prod(shape) > MAX_ELEMENTS:
+    if math.prod(shape) > MAX_ELEMENTS or any(dim > MAX_ELEMENTS for dim in shape):  # (0, 2**62) holds 0
         raise InvalidArgument(f"Invalid input shape - {format_shape(shape)} exceeds {MAX_ELEMENTS} elements")
     if spec.auto_shape:
         return
@@ -96,6 +101,8 @@ def _cast(values: np.ndarray, dtype: np.dtype, spec: TensorSpec) -> np.ndarray:
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: non-numeric values")
     if spec.precision == "BF16":  # stored as uint16 bit patterns, but a float type: before the integer checks
         return dtypes.float_to_bf16_bits(values)
+    if dtype.kind in "iub" and values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: NaN or infinite values")
     if dtype.kind in "iub" and values.dtype.kind == "f" and not np.array_equal(values, np.trunc(values)):
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: fractional values")
     if dtype.kind in "iu" and values.size:  # astype would wrap silently: 300 as U8 becomes 44

@@ -248,6 +248,11 @@ class RegistryView:
         with self._lock:
             return sorted(self._active if active_only else self._served)
 
+    def knows(self, name: str) -> bool:
+        """Whether a worker ever reported this model (without a refresh: a cheap check per request)."""
+        with self._lock:
+            return name in self._models
+
     def _lookup(self, name: str) -> dict[int, VersionView] | None:
         with self._lock:
             versions = self._models.get(name)

@@ -474,6 +474,8 @@ def test_load_mapping_with_one_section(tmp_path: Path) -> None:
         json.dumps({"inputs": {"a": "b"}, "extra": {}}),
         json.dumps({"inputs": ["a"]}),
         json.dumps({"outputs": {"a": 1}}),
+        json.dumps({"inputs": {"a": ""}}),
+        json.dumps({"inputs": {"a": "same", "b": "same"}}),
     ],
 )
 def test_invalid_mapping_files(tmp_path: Path, text: str) -> None:

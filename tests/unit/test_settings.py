@@ -63,6 +63,7 @@ def test_defaults_match_the_seed() -> None:
     assert settings.file_system_poll_wait_seconds == 1
     assert settings.request_timeout_s == 30
     assert settings.config_path is None
+    assert (settings.max_request_mb, settings.max_request_bytes) == (256, 256 << 20)
     assert settings.models == (ModelConfig(name="resnet", base_path="/models/resnet"),)
 
 
@@ -89,6 +90,7 @@ def test_every_server_flag_is_parsed() -> None:
             "--grpc_channel_arguments", "grpc.max_connection_age_ms=2000, grpc.lb_policy_name=round_robin",
             "--file_system_poll_wait_seconds", "0",
             "--request_timeout_s", "2.5",
+            "--max_request_mb", "16",
         ]
     )  # fmt: skip
     assert (settings.port, settings.rest_port, settings.grpc_workers, settings.rest_workers) == (9001, 8001, 2, 4)
@@ -100,6 +102,7 @@ def test_every_server_flag_is_parsed() -> None:
     }
     assert settings.file_system_poll_wait_seconds == 0
     assert settings.request_timeout_s == 2.5
+    assert settings.max_request_bytes == 16 << 20
 
 
 def test_every_model_flag_is_parsed() -> None:
@@ -229,6 +232,8 @@ def test_role_is_only_recognised_first() -> None:
         ([*SINGLE, "--grpc_workers", "0"], "grpc_workers must be a positive number"),
         ([*SINGLE, "--log_level", "TRACE"], "log_level should be one of: DEBUG, INFO, WARNING, ERROR"),
         ([*SINGLE, "--file_system_poll_wait_seconds", "-1"], "file_system_poll_wait_seconds must not be negative"),
+        ([*SINGLE, "--max_request_mb", "0"], "max_request_mb must be from 1 to 2047"),
+        ([*SINGLE, "--max_request_mb", "2048"], "max_request_mb must be from 1 to 2047"),
         ([*SINGLE, "--grpc_channel_arguments", "novalue"], "grpc_channel_arguments: expected key=value"),
         ([*SINGLE, "--model_version_policy", "{not json"], "model_version_policy is not valid JSON"),
         ([*SINGLE, "--model_version_policy", '{"newest": {}}'], "invalid model_version_policy"),
@@ -396,6 +401,10 @@ def test_empty_model_list_is_valid() -> None:
         (config_list({"name": "m", "base_path": "/m", "plugin_config": "x"}), "plugin_config must be a JSON object"),
         (config_list({"name": "m", "base_path": "/m", "shape": "(1,x)"}), "model m: invalid shape"),
         (config_list({"name": "m", "base_path": "/m", "batch_size": -2}), "model m: invalid batch_size"),
+        (config_list({"name": "m", "base_path": "/models/../etc"}), "must not contain '..' segments"),
+        (config_list({"name": "m", "base_path": "../models/m"}), "must not contain '..' segments"),
+        (config_list({"name": "m", "base_path": "s3://bucket/../m"}), "must not contain '..' segments"),
+        (config_list({"name": "m", "base_path": "C:\\models\\..\\m"}), "must not contain '..' segments"),
         (
             config_list(
                 {"name": "m", "base_path": "/a"}, {"name": "n", "base_path": "/b"}, {"name": "m", "base_path": "/c"}
@@ -528,3 +537,8 @@ def test_settings_type_is_frozen() -> None:
     assert isinstance(settings, ServerSettings)
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", ["/models/..resnet", "/models/resnet..", "s3://bucket/a..b", "/models/.hidden"])
+def test_dots_inside_a_base_path_name_are_fine(path: str) -> None:
+    assert models_from_document(config_list({"name": "m", "base_path": path}))[0].base_path == path

@@ -8,7 +8,7 @@ import pytest
 from inference import dtypes
 from inference.errors import InvalidArgument
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec
-from inference.validation import MAX_ELEMENTS, RequestTensor, validate_inputs
+from inference.validation import MAX_ELEMENTS, MAX_RANK, RequestTensor, validate_inputs
 
 IMAGE = (1, 3, 224, 224)
 
@@ -289,3 +289,37 @@ def test_json_values_are_reshaped_to_the_request_shape() -> None:
     sig = signature(TensorSpec("x", "FP32", (DYNAMIC, 2, 2)))
     tensor = RequestTensor(None, (1, 2, 2), values=np.array([1, 2, 3, 4]))
     assert validate_inputs(sig, {"x": tensor})["x"].tolist() == [[[1, 2], [3, 4]]]
+
+
+# --------------------------------------------------------------------------- limits on what a client claims
+
+
+def test_too_many_dimensions_are_rejected_before_quoting_them() -> None:
+    sig = resnet(auto_shape=True)
+    assert rejection(sig, {"data": raw((1,) * 10_000)}) == (
+        f"Invalid input shape - 10000 dimensions exceed the limit of {MAX_RANK}"
+    )
+    assert validate_inputs(sig, {"data": raw((1,) * MAX_RANK)})["data"].ndim == MAX_RANK
+
+
+def test_a_huge_dimension_beside_a_zero_is_rejected() -> None:
+    """(0, 2**62) holds no element, but no array of that shape can exist: a 400, not numpy's ValueError."""
+    message = rejection(resnet(auto_shape=True), {"data": raw((0, 2**62), nbytes=0)})
+    assert message == f"Invalid input shape - (0,{2**62}) exceeds {MAX_ELEMENTS} elements"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("precision", ["I32", "U8", "BOOL"])
+def test_nan_and_infinity_are_rejected_for_integer_and_bool_inputs(precision: str, value: float) -> None:
+    sig = signature(TensorSpec("x", precision, (DYNAMIC, 2)))
+    assert rejection(sig, {"x": json_values([[1.0, value]])}) == (
+        f"Invalid input precision - Expected: {precision}; Actual: NaN or infinite values"
+    )
+
+
+@pytest.mark.parametrize("precision", ["FP32", "FP16", "FP64", "BF16"])
+def test_nan_and_infinity_pass_to_float_inputs(precision: str) -> None:
+    sig = signature(TensorSpec("x", precision, (DYNAMIC, 3)))
+    array = validate_inputs(sig, {"x": json_values([[float("nan"), float("inf"), float("-inf")]])})["x"]
+    floats = dtypes.bf16_bits_to_float(array) if precision == "BF16" else array
+    assert np.isnan(floats[0, 0]) and floats[0, 1] == np.inf and floats[0, 2] == -np.inf
