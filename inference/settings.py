@@ -241,8 +241,6 @@ def _check_server_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} number out of range from 0 to 65535")
     if args.rest_port and args.port is not None and args.rest_port == args.port:
         raise UsageError("port and rest_port cannot have the same values")
-    if args.rest_port is None and args.port == 0:
-        pass
     if args.rest_workers is not None and not args.rest_port:
         raise UsageError("rest_workers is set but rest_port is not set. rest_port is required to start rest servers")
     for flag in ("grpc_workers", "rest_workers", "worker_concurrency", "job_ttl_s"):
