@@ -7,6 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import redis
 from cheroot import wsgi
 
 from api.auth import BearerTokens, TokenInterceptor
@@ -47,7 +48,7 @@ class ApiServer:
         configure(broker_url, backend_url, settings.job_ttl_s)
         store = store_client(backend_url)
         self._dispatcher = Dispatcher(store)
-        self._registry = RegistryView(store, on_workers_gone=self._dispatcher.workers_gone)
+        self._registry = RegistryView(store, on_workers_gone=self._workers_gone)
         self._dataplane = DataPlane(
             self._registry,
             self._dispatcher,
@@ -63,6 +64,15 @@ class ApiServer:
         self._grpc: grpc.Server | None = None
         self._health: HealthReporter | None = None
         self._rest: _RestServer | None = None
+
+    def _workers_gone(self, lost: set[str], queues: set[str]) -> None:
+        """Workers stopped serving: settle what they held of this api's requests and of any job."""
+        self._dispatcher.workers_gone(lost, queues)
+        if lost:
+            try:
+                self._dataplane.jobs.recover(lost)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("Could not recover the job chunks of lost workers %s: %s", sorted(lost), exc)
 
     def start(self) -> None:
         self._registry.start()

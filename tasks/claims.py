@@ -1,18 +1,21 @@
 """Which worker took each in-flight predict message, so that an api can tell lost work from slow work.
 
 A worker claims a message in the same pipelined round trip that fetches its tensors: one field per
-message in a hash owned by the api that waits for it (`claims_key(reply_to)`), naming the worker.
-The result backend releases the claim in the round trip that delivers the result. When a worker's
-heartbeat lapses, the api looks up which of its messages that worker still held (tasks.dispatcher).
+message in a hash owned by whoever waits for it (`claims_key(reply_to)`: an api's reply list, or a
+job's record), naming the worker. The result backend releases the claim in the round trip that stores
+the result. When a worker's heartbeat lapses, the apis look up which messages it still held
+(tasks.dispatcher for their own requests, tasks.jobs for job chunks).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import redis
 
 from tasks.routing import claims_key
 
-CLAIMS_TTL_S = 60  # an api's claims outlive it by at most this long
+CLAIMS_TTL_S = 3600  # outlives the longest message (a job chunk may wait an hour); refreshed per claim
 
 
 def claim(pipe: redis.client.Pipeline, reply_to: str, task_id: str, worker_id: str) -> None:
@@ -21,8 +24,9 @@ def claim(pipe: redis.client.Pipeline, reply_to: str, task_id: str, worker_id: s
     pipe.expire(key, CLAIMS_TTL_S)
 
 
-def release(client: redis.Redis | redis.client.Pipeline, reply_to: str, task_id: str) -> None:
-    client.hdel(claims_key(reply_to), task_id)
+def release(client: redis.Redis | redis.client.Pipeline, reply_to: str, task_id: str) -> Any:
+    """Drop a claim; on a client, True if this call dropped it (so one api of many acts on it)."""
+    return client.hdel(claims_key(reply_to), task_id)
 
 
 def holders(client: redis.Redis, reply_to: str) -> dict[str, str]:

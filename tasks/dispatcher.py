@@ -35,7 +35,7 @@ from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import holders, release
 from tasks.lanes import Entry, Lane
-from tasks.messages import pack_requests, unpack_result
+from tasks.messages import describe_failure, pack_requests, unpack_result
 from tasks.publisher import PredictPublisher
 from tasks.registry import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, Target
 from tasks.routing import reply_key
@@ -219,7 +219,7 @@ class Dispatcher:
         elif status == "REVOKED":
             self._resolve_all(task_id, DeadlineExceeded("Deadline exceeded before the request reached a worker"))
         else:
-            self._resolve_all(task_id, Internal(f"Inference task failed: {_describe(meta.get('result'))}"))
+            self._resolve_all(task_id, Internal(f"Inference task failed: {describe_failure(meta.get('result'))}"))
 
     def _deliver(self, task_id: str, reply: dict[str, Any]) -> None:
         with self._lock:
@@ -260,8 +260,3 @@ class Dispatcher:
                 future.set_exception(error)
         self._completed(pending)
 
-
-def _describe(result: Any) -> str:
-    if isinstance(result, dict) and "exc_type" in result:
-        return f"{result['exc_type']}: {result.get('exc_message')}"
-    return str(result)

@@ -2,12 +2,15 @@
 queue (so they batch with everything else), with their results kept in the Celery result backend.
 
 A job's record lives in Redis (`ovms:job:<id>`, plus the `ovms:jobs` index), so any api process —
-including one started after the job was submitted — can report on it.
+including one started after the job was submitted — can report on it. Workers claim its chunks in
+the job's claims hash (tasks.claims); a chunk whose worker died is queued again by whichever api
+notices first, once — a second loss fails it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,17 +20,22 @@ from typing import Any
 import numpy as np
 import redis
 
-from inference.errors import NotFound
+from inference.errors import WORKER_LOST, NotFound, Unavailable
 from inference.request import InferenceRequest
 from tasks.app import app
-from tasks.messages import pack_requests, unpack_result
+from tasks.claims import holders, release
+from tasks.messages import describe_failure, pack_requests, unpack_result
 from tasks.publisher import PredictPublisher
 from tasks.registry import Target
+from tasks.routing import claims_key
+
+log = logging.getLogger("serving")
 
 JOB_PREFIX = "ovms:job:"
 JOB_INDEX = "ovms:jobs"
 CHUNK_ROWS = 256
 JOB_TIMEOUT_S = 3600  # a chunk not run within this is dropped
+RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
 
 
 @dataclass(frozen=True)
@@ -75,20 +83,21 @@ class JobStore:
                 target.model, target.version, rows, None, deadline, f"{task_id}.0", any_batch=True
             )
             envelope, payload = pack_requests([request], precisions)
-            chunks.append({"task": task_id, "rows": int(next(iter(rows.values())).shape[0])})
-            self._publisher.publish(
+            message = self._publisher.publish(
                 task_id,
                 envelope,
                 payload,
                 target.queue,
-                reply_to="",
+                reply_to=JOB_PREFIX + job_id,  # where workers claim the chunk; its result is stored as usual
                 expires_s=JOB_TIMEOUT_S,
                 name=f"job-chunk {target.model} v{target.version}",
             )
+            chunks.append({"task": task_id, "rows": int(next(iter(rows.values())).shape[0]), "message": message})
         record = {
             "model": target.model,
             "version": target.version,
             "total": total,
+            "queue": target.queue,
             "created": time.time(),
             "chunks": chunks,
             "revoked": False,
@@ -145,6 +154,30 @@ class JobStore:
         record["revoked"] = True
         self._client.set(JOB_PREFIX + job_id, json.dumps(record), keepttl=True)
 
+    def recover(self, lost: set[str]) -> None:
+        """Queue again the chunks that the `lost` workers held; only the api that drops a claim acts on
+        it, and a chunk lost twice fails (a chunk that kills workers must not kill them all)."""
+        for key in self._client.scan_iter(match=claims_key(JOB_PREFIX + "*"), count=1000):
+            job_key = key.decode().removesuffix(claims_key(""))
+            for task_id, worker in holders(self._client, job_key).items():
+                if worker in lost and release(self._client, job_key, task_id):
+                    log.warning("Job chunk %s was lost with worker %s", task_id, worker)
+                    self._run_again(job_key, task_id)
+
+    def _run_again(self, job_key: str, task_id: str) -> None:
+        raw = self._client.get(job_key)
+        if raw is None:
+            return
+        record = json.loads(raw)
+        chunk = next((c for c in record["chunks"] if c["task"] == task_id), None)
+        if chunk is None or record["revoked"]:
+            return
+        if self._client.hincrby(RERUNS_KEY, task_id, 1) > 1:
+            app.backend.mark_as_failure(task_id, Unavailable(WORKER_LOST))
+            return
+        self._client.expire(RERUNS_KEY, JOB_TIMEOUT_S)
+        self._publisher.requeue(record["queue"], chunk["message"])
+
     def recent(self, limit: int = 50) -> list[str]:
         return [job_id.decode() for job_id in self._client.zrevrange(JOB_INDEX, 0, limit - 1)]
 
@@ -168,7 +201,7 @@ def _ok(meta: dict[str, Any] | None) -> bool:
 def _error(meta: dict[str, Any]) -> str:
     if meta["status"] == "SUCCESS":
         return "; ".join(entry["error"][1] for entry in meta["result"]["results"].values() if "error" in entry)
-    return str(meta.get("result"))
+    return describe_failure(meta.get("result"))
 
 
 def _finished_at(dates: list[Any]) -> float | None:

@@ -108,3 +108,13 @@ def unpack_result(entry: dict[str, Any]) -> tuple[Tensors, dict[str, Any]]:
         for name, precision, shape, data in entry["outputs"]
     }
     return outputs, {key: entry[key] for key in ("version", "batch", "started", "infer_s")}
+
+
+def describe_failure(result: Any) -> str:
+    """A failed task's stored result (Celery's exception dict) as one line."""
+    if isinstance(result, dict) and "exc_type" in result:
+        message = result.get("exc_message")
+        if isinstance(message, (list, tuple)) and len(message) == 1:
+            message = message[0]
+        return f"{result['exc_type']}: {message}"
+    return str(result)

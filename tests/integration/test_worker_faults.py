@@ -7,6 +7,8 @@ so a worker always holds some when it goes).
 
 from __future__ import annotations
 
+import io
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -15,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+import redis
+import requests
+from ovmsclient import make_grpc_client
 
 from tasks.registry import HEARTBEAT_TTL_S
 from tasks.routing import worker_name
@@ -137,3 +142,39 @@ def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str)
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+def test_job_chunk_of_a_killed_worker_runs_again(api, start_worker, redis_url):
+    start_worker(), start_worker()
+    wait_for_workers(api, 2)
+    images = np.random.default_rng(1).random((128, 3, 224, 224), dtype=np.float32)  # one chunk, ~1 s of inference
+    upload = io.BytesIO()
+    np.save(upload, images)
+    reply = requests.post(
+        f"{api.rest_url}/v1/jobs?model=resnet",
+        data=upload.getvalue(),
+        headers={"Content-Type": "application/x-npy"},
+        timeout=60,
+    )
+    assert reply.status_code == 202, reply.text
+    job_id = reply.json()["id"]
+    store = redis.Redis.from_url(redis_url)
+    claims = f"ovms:job:{job_id}:claims"
+    deadline = time.monotonic() + 30
+    while not (held := store.hgetall(claims)):
+        assert time.monotonic() < deadline, "no worker took the job's chunk"
+        time.sleep(0.01)
+    (worker_id,) = {worker.decode() for worker in held.values()}
+    os.kill(int(worker_id.rsplit("-", 1)[1]), signal.SIGKILL)
+    assert store.hgetall(claims), "the chunk finished before the kill: nothing was lost"
+
+    deadline = time.monotonic() + 60
+    while (status := requests.get(f"{api.rest_url}/v1/jobs/{job_id}", timeout=5).json())["state"] != "SUCCESS":
+        assert status["state"] in ("PENDING", "STARTED"), status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    result = requests.get(f"{api.rest_url}/v1/jobs/{job_id}/result?format=npy", timeout=30)
+    probabilities = np.load(io.BytesIO(result.content), allow_pickle=False)
+    assert probabilities.shape[0] == 128
+    direct = make_grpc_client(api.grpc_address).predict({"data": images[:1]}, "resnet")
+    np.testing.assert_allclose(probabilities[:1], direct, atol=1e-3)
