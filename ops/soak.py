@@ -50,9 +50,10 @@ EMBEDDED_REDIS_LINE = re.compile(r"Embedded Redis started on ([\d.]+):(\d+)")
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Resident memory per process of the stack, and Redis' own accounting."""
+    """Resident memory and threads per process of the stack, and Redis' own accounting."""
 
     rss_mb: dict[str, float]
+    threads: dict[str, int]
     redis_used_mb: float
     redis_keys: int
 
@@ -72,11 +73,13 @@ def snapshot(server: Server, store: redis.Redis) -> Snapshot:
     assert server.process is not None
     root = psutil.Process(server.process.pid)
     rss: dict[str, float] = {}
+    threads: dict[str, int] = {}
     for process in [root, *root.children(recursive=True)]:
         label = process_label(process)
         rss[label] = rss.get(label, 0.0) + process.memory_info().rss / 2**20
+        threads[label] = threads.get(label, 0) + process.num_threads()
     memory = store.info("memory")
-    return Snapshot(rss, memory["used_memory"] / 2**20, int(store.dbsize()))
+    return Snapshot(rss, threads, memory["used_memory"] / 2**20, int(store.dbsize()))
 
 
 @dataclass
@@ -128,12 +131,19 @@ async def open_loop(address: str, rate: float, seconds: float, report_every_s: f
 
 def memory_table(start: Snapshot, end: Snapshot) -> str:
     rows = [
-        [label, f"{start.rss_mb.get(label, 0):.0f}", f"{end.rss_mb.get(label, 0):.0f}"]
+        [
+            label,
+            f"{start.rss_mb.get(label, 0):.0f}",
+            f"{end.rss_mb.get(label, 0):.0f}",
+            str(start.threads.get(label, 0)),
+            str(end.threads.get(label, 0)),
+        ]
         for label in sorted(set(start.rss_mb) | set(end.rss_mb))
     ]
-    rows.append(["Redis used_memory", f"{start.redis_used_mb:.1f}", f"{end.redis_used_mb:.1f}"])
-    rows.append(["Redis keys", str(start.redis_keys), str(end.redis_keys)])
-    return markdown_table(["process", "RSS at start (MB)", "RSS at end (MB)"], rows)
+    rows.append(["Redis used_memory", f"{start.redis_used_mb:.1f}", f"{end.redis_used_mb:.1f}", "", ""])
+    rows.append(["Redis keys", str(start.redis_keys), str(end.redis_keys), "", ""])
+    headers = ["process", "RSS at start (MB)", "RSS at end (MB)", "threads at start", "threads at end"]
+    return markdown_table(headers, rows)
 
 
 def report(
