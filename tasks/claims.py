@@ -30,5 +30,5 @@ def release(client: redis.Redis | redis.client.Pipeline, reply_to: str, task_id:
 
 
 def holders(client: redis.Redis, reply_to: str) -> dict[str, str]:
-    """task id -> id of the worker running it, for the messages of the api owning `reply_to`."""
+    """task id -> id of the worker running it, for the messages waited for at `reply_to`."""
     return {task.decode(): worker.decode() for task, worker in client.hgetall(claims_key(reply_to)).items()}

@@ -48,9 +48,9 @@ class PredictPublisher:
         expires_s: float,
         name: str = "",
     ) -> str:
-        """`reply_to` names the api's reply list ("" = store the result in the backend, as jobs do);
-        `name` is what Flower shows (default: predict <model> v<version>). Returns the message as
-        queued, for `requeue` and `withdraw`."""
+        """`reply_to` names the api's reply list, or for a job chunk its job's record (the result is then
+        stored in the backend; see tasks.backend); `name` is what Flower shows (default: predict <model>
+        v<version>). Returns the message as queued, for `requeue` and `withdraw`."""
         summary = f"{envelope['model']} v{envelope['version']}: {len(envelope['requests'])} request(s)"
         message = self._app.amqp.as_task_v2(
             task_id,

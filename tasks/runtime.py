@@ -43,7 +43,8 @@ class WorkerRuntime:
 
     def serve(self, task_id: str, envelope: dict[str, Any], reply_to: str = "") -> dict[str, Any]:
         """Run every request of one message; each gets its own outputs or its own error.
-        `reply_to`: the waiting api's reply list, where this worker claims the message (see tasks.claims)."""
+        `reply_to`: the waiting api's reply list or the job's record, where this worker claims the message
+        (see tasks.claims)."""
         ids = [entry["id"] for entry in envelope["requests"]]
         batcher = self._batcher_for(envelope)
         if batcher is None:

@@ -33,6 +33,15 @@ def server(models_dir: Path, redis_url: str) -> Iterator[OvmsProcess]:
     process.stop()
 
 
+@pytest.fixture(scope="module")
+def api(small_config: Path, redis_url: str) -> Iterator[OvmsProcess]:
+    """An `ovms api` process alone (start workers beside it as the test needs) on the module's Redis:
+    modules that freeze or kill workers give themselves a private one (see tests.support.stack)."""
+    process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="api")
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 def launch(redis_url: str) -> Iterator:
     """Start `ovms` with the given flags on the session's Redis (call it as often as needed); every

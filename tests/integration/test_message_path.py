@@ -28,13 +28,6 @@ from tests.support.stack import OvmsProcess, private_redis, start_ovms
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
 
-@pytest.fixture(scope="module")
-def api(small_config: Path, redis_url: str) -> Iterator[OvmsProcess]:
-    process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="api")
-    yield process
-    process.stop()
-
-
 @pytest.fixture
 def worker(small_config: Path, redis_url: str, api: OvmsProcess) -> Iterator[OvmsProcess]:
     process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="worker")

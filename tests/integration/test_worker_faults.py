@@ -32,13 +32,6 @@ DEADLINE_S = 20.0
 IMAGE = float_request("resnet", "data", np.random.default_rng(0).random((1, 3, 224, 224)))
 
 
-@pytest.fixture(scope="module")
-def api(small_config: Path, redis_url: str) -> Iterator[OvmsProcess]:
-    process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="api")
-    yield process
-    process.stop()
-
-
 @pytest.fixture
 def start_worker(small_config: Path, redis_url: str, api: OvmsProcess) -> Iterator:
     started: list[OvmsProcess] = []
