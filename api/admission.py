@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from inference.errors import Unavailable
 from inference.validation import RequestTensor
 from tasks.budget import ByteBudget
+from tasks.memory import TrimSoon
 
 SHUTTING_DOWN = "The server is shutting down; retry on another instance"
 
@@ -23,6 +24,7 @@ class Admission:
         self._in_progress = 0
         self.closed = False
         self.budget = ByteBudget(max_inflight_bytes, "this api (--max_inflight_mb)")
+        self._trim = TrimSoon()
 
     @contextmanager
     def admit(self, nbytes: int = 0) -> Iterator[None]:
@@ -39,6 +41,7 @@ class Admission:
             with self._condition:
                 self._in_progress -= 1
                 self._condition.notify_all()
+            self._trim.after(nbytes)  # served or refused, a large request leaves freed memory behind
 
     def close(self) -> int:
         """Admit nothing more; returns how many requests are still in progress."""

@@ -125,6 +125,7 @@ class CompiledVersion:
                 future.set_exception(exc)
             else:
                 future.set_result(outputs)
+            job = tensors = future = outputs = None  # not kept alive until the next job: they may be large
 
 
     def _run(self, request: ov.InferRequest, tensors: dict[int, ov.Tensor | np.ndarray]) -> Tensors:

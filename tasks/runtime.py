@@ -24,7 +24,7 @@ from inference.request import InferenceRequest
 from inference.validation import RequestTensor, validate_inputs
 from tasks.budget import ByteBudget
 from tasks.claims import claim
-from tasks.memory import give_back
+from tasks.memory import LARGE_REQUEST_BYTES, TrimSoon
 from tasks.messages import pack_error, pack_outputs, payload_size, unpack_requests
 from tasks.routing import payload_key
 
@@ -50,6 +50,7 @@ class WorkerRuntime:
         self._store = store
         self.worker_id = worker_id
         self.budget = ByteBudget(max_inflight_bytes, f"worker {worker_id} (--worker_max_inflight_mb)")
+        self._trim = TrimSoon()
 
     def serve(self, task_id: str, envelope: dict[str, Any], reply_to: str = "") -> dict[str, Any]:
         """Run every request of one message; each gets its own outputs or its own error.
@@ -69,7 +70,11 @@ class WorkerRuntime:
             return self._serve(task_id, envelope, reply_to, batcher, ids)
         finally:
             self.budget.release(nbytes)
-            give_back(nbytes)
+            if nbytes >= LARGE_REQUEST_BYTES:
+                # The hiredis reader of the connection that fetched the payload keeps a buffer of its size
+                # until that connection reads again: idle connections are closed (they reconnect when used).
+                self._store.connection_pool.disconnect(inuse_connections=False)
+            self._trim.after(nbytes)  # the result is stored after this returns: trim a little later
 
     def _serve(
         self, task_id: str, envelope: dict[str, Any], reply_to: str, batcher: DynamicBatcher, ids: list[str]
