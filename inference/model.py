@@ -127,7 +127,6 @@ class CompiledVersion:
                 future.set_result(outputs)
             job = tensors = future = outputs = None  # not kept alive until the next job: they may be large
 
-
     def _run(self, request: ov.InferRequest, tensors: dict[int, ov.Tensor | np.ndarray]) -> Tensors:
         """The outputs for `tensors`: one inference, or several of bounded size whose rows are joined."""
         nbytes = sum(t.nbytes for t in tensors.values() if isinstance(t, np.ndarray))

@@ -32,10 +32,10 @@ class ByteBudget:
         finally:
             self.release(nbytes)
 
-    def reserve(self, nbytes: int) -> None:
-        """Hold `nbytes` until `release`; raises ResourceExhausted if they do not fit."""
+    def reserve(self, nbytes: int, refuse: bool = True) -> None:
+        """Hold `nbytes` until `release`; raises ResourceExhausted if they do not fit (and `refuse`)."""
         with self._lock:
-            if self.held_bytes and self.held_bytes + nbytes > self.limit_bytes:
+            if refuse and self.held_bytes and self.held_bytes + nbytes > self.limit_bytes:
                 raise ResourceExhausted(
                     f"Too much request data in flight on {self._what}: {_mib(self.held_bytes)} MiB held, "
                     f"{_mib(nbytes)} MiB more would pass the limit of {_mib(self.limit_bytes)} MiB; retry later"

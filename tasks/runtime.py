@@ -11,14 +11,7 @@ from typing import Any
 import redis
 
 from inference.batcher import Arrivals, BatchResult, DynamicBatcher
-from inference.errors import (
-    VERSION_RETIRED,
-    DeadlineExceeded,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    ServingError,
-)
+from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, InvalidArgument, NotFound, ServingError
 from inference.manager import ModelManager
 from inference.request import InferenceRequest
 from inference.validation import RequestTensor, validate_inputs
@@ -56,14 +49,15 @@ class WorkerRuntime:
         """Run every request of one message; each gets its own outputs or its own error.
         `reply_to`: the waiting api's reply list or the job's record, where this worker claims the message
         (see tasks.claims). A message whose tensors do not fit the worker's in-flight budget is refused
-        before they are fetched (RESOURCE_EXHAUSTED)."""
+        before they are fetched (RESOURCE_EXHAUSTED), unless it is an async job's chunk: no client waits to
+        retry it, so it is run (and counted) anyway; job chunks are bounded by their own size."""
         ids = [entry["id"] for entry in envelope["requests"]]
         batcher = self._batcher_for(envelope)
         if batcher is None:
             return self._reply({request_id: pack_error(NotFound(VERSION_RETIRED)) for request_id in ids})
         try:
             nbytes = payload_size(envelope)
-            self.budget.reserve(nbytes)
+            self.budget.reserve(nbytes, refuse=not all(entry.get("any_batch") for entry in envelope["requests"]))
         except ServingError as error:
             return self._reply({request_id: pack_error(error) for request_id in ids})
         try:

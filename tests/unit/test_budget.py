@@ -33,3 +33,11 @@ def test_bytes_are_released_when_the_request_fails() -> None:
     with pytest.raises(ValueError), budget.hold(3 * MIB):
         raise ValueError("inference failed")
     assert budget.held_bytes == 0
+
+
+def test_what_may_not_be_refused_is_counted_beyond_the_limit() -> None:
+    budget = ByteBudget(4 * MIB, "a worker")
+    with budget.hold(3 * MIB):
+        budget.reserve(3 * MIB, refuse=False)  # an async job's chunk: no client waits to retry it
+        assert budget.held_bytes == 6 * MIB
+        budget.release(3 * MIB)
