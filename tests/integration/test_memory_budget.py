@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 import requests
-from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
+from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from tests.integration.test_grpc import content_tensor, predict_request
 from tests.support.leaks import rss_bytes
@@ -58,31 +58,39 @@ def rows_of(mib: float) -> int:
     return int(mib * 2**20) // ROW_BYTES
 
 
+def zeros_request(rows: int) -> predict_pb2.PredictRequest:
+    return predict_request("digits", {"x": content_tensor(np.zeros((rows, 64), np.float32))})
+
+
+def call(api: OvmsProcess, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    with grpc.insecure_channel(api.grpc_address, options=CHANNEL_OPTIONS) as channel:
+        return prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=TIMEOUT_S)
+
+
 def probabilities(api: OvmsProcess, rows: np.ndarray) -> np.ndarray:
     """digits' answer to `rows` (raises grpc.RpcError)."""
-    request = predict_request("digits", {"x": content_tensor(rows)})
-    with grpc.insecure_channel(api.grpc_address, options=CHANNEL_OPTIONS) as channel:
-        reply = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=TIMEOUT_S)
+    reply = call(api, predict_request("digits", {"x": content_tensor(rows)}))
     return np.frombuffer(reply.outputs["probabilities"].tensor_content, np.float32).reshape(len(rows), 10)
 
 
-def grpc_predict(api: OvmsProcess, rows: int) -> tuple[str, float]:
-    """A digits Predict of `rows` zero rows: its status code name and how long it took."""
+def grpc_predict(api: OvmsProcess, request: predict_pb2.PredictRequest) -> tuple[str, float]:
+    """The call's status code name and how long it took."""
     started = time.monotonic()
     try:
-        probabilities(api, np.zeros((rows, 64), np.float32))
+        call(api, request)
     except grpc.RpcError as error:
         return error.code().name, time.monotonic() - started
     return "OK", time.monotonic() - started
 
 
 def parallel_predicts(api: OvmsProcess, count: int, rows: int, stopped: OvmsProcess | None = None) -> list:
-    """`count` Predicts at once; with `stopped`, that worker is frozen while they arrive."""
+    """`count` Predicts of `rows` zero rows at once; with `stopped`, that worker is frozen while they arrive."""
+    request = zeros_request(rows)
     if stopped is not None:
         stopped.signal(signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(max_workers=count) as pool:
-            pending = [pool.submit(grpc_predict, api, rows) for _ in range(count)]
+            pending = [pool.submit(grpc_predict, api, request) for _ in range(count)]
             time.sleep(STOP_S)
             if stopped is not None:
                 stopped.signal(signal.SIGCONT)
@@ -111,7 +119,7 @@ def test_a_rest_request_beyond_the_budget_is_429_with_retry_after(stack: dict) -
     worker.signal(signal.SIGSTOP)
     try:
         with ThreadPoolExecutor(max_workers=1) as pool:
-            held = pool.submit(grpc_predict, api, rows_of(3))
+            held = pool.submit(grpc_predict, api, zeros_request(rows_of(3)))
             time.sleep(STOP_S / 2)
             started = time.monotonic()
             reply = requests.post(f"{api.rest_url}/v1/models/digits:predict", data=body, timeout=TIMEOUT_S)
@@ -154,13 +162,13 @@ def test_the_worker_refuses_what_passes_its_budget_and_serves_the_rest(stack: di
 
 def test_the_worker_gives_memory_back_after_a_burst_of_large_requests(stack: dict) -> None:
     worker = stack["worker"]
-    assert grpc_predict(stack["api"], 1)[0] == "OK"
+    assert grpc_predict(stack["api"], zeros_request(1))[0] == "OK"
     baseline = rss_bytes(worker.process.pid)
     for _ in range(2):
         outcomes = parallel_predicts(stack["api"], 4, rows_of(MAX_REQUEST_MB - 1))
         assert {code for code, _ in outcomes} <= {"OK", "RESOURCE_EXHAUSTED"}, outcomes
         assert "OK" in {code for code, _ in outcomes}
-    assert grpc_predict(stack["api"], 1)[0] == "OK"
+    assert grpc_predict(stack["api"], zeros_request(1))[0] == "OK"
     deadline = time.monotonic() + 10
     while (grown := rss_bytes(worker.process.pid) - baseline) > RSS_SETTLED_BOUND and time.monotonic() < deadline:
         time.sleep(0.5)
