@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import redis
 
-from api.admission import Admission
+from api.admission import Admission, request_bytes
 from inference.errors import VERSION_NOT_FOUND, InvalidArgument, NotFound, ServingError
 from inference.request import InferenceRequest, InferenceResult
+from inference.settings import DEFAULT_MAX_REQUEST_MB, INFLIGHT_REQUESTS_BY_DEFAULT
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
 from tasks.control import request_reload
@@ -36,6 +37,7 @@ class DataPlane:
         store: redis.Redis,
         configured: Callable[[], list[str] | None] = lambda: None,
         job_ttl_s: int = 86400,
+        max_inflight_bytes: int = INFLIGHT_REQUESTS_BY_DEFAULT * (DEFAULT_MAX_REQUEST_MB << 20),
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
@@ -43,7 +45,7 @@ class DataPlane:
         self._store = store
         self._configured = configured
         self.jobs = JobStore(store, job_ttl_s)
-        self.admission = Admission()
+        self.admission = Admission(max_inflight_bytes)
 
     def expected_models(self) -> list[str]:
         """The models this server must serve to be ready: its configuration's when it has one, else the
@@ -71,7 +73,7 @@ class DataPlane:
 
     def submit_job(self, name: str, version: int | None, inputs: dict[str, RequestTensor]) -> str:
         """Validate many samples (any number along the first dimension) and queue them as a job."""
-        with self.admission.admit():
+        with self.admission.admit(request_bytes(inputs)):
             target = self._registry.resolve(name, version)
             arrays = validate_inputs(target.signature.with_any_batch(), inputs)
             return self.jobs.submit(target, arrays)
@@ -109,7 +111,7 @@ class DataPlane:
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
     ) -> InferenceResult:
-        with self.admission.admit():
+        with self.admission.admit(request_bytes(inputs)):
             return self._predict(name, version, inputs, output_filter, timeout_s)
 
     def _predict(

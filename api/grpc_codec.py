@@ -18,10 +18,11 @@ def tensor_from_proto(proto: tensorflow_pb2.TensorProto) -> RequestTensor:
     """The client's tensor as sent: raw tensor_content, or the typed *_val field of its dtype."""
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
     precision = dtypes.BY_TF_ENUM.get(proto.dtype)
+    content = proto.tensor_content  # each read of a bytes field is a new copy: read it once
     if precision is None:
-        return RequestTensor(dtypes.tf_enum_name(proto.dtype), shape, content=proto.tensor_content)
-    if proto.tensor_content:
-        return RequestTensor(precision.name, shape, content=proto.tensor_content)
+        return RequestTensor(dtypes.tf_enum_name(proto.dtype), shape, content=content)
+    if content:
+        return RequestTensor(precision.name, shape, content=content)
     field = precision.proto_field
     # Decode typed values into a wide type: validation then rejects values out of the input type's range
     # (converting straight to e.g. uint8 would wrap or raise, depending on the protobuf runtime).

@@ -252,6 +252,7 @@ def _predict(dataplane: DataPlane, name: str, version: int | None) -> tuple[Resp
     body = _json_body()
     _, signature = dataplane.model_metadata(name, version)
     inputs, form = parse_predict_body(body, signature)
+    del body  # parsed JSON takes many times its tensors' size: not kept while the request waits
     result = dataplane.predict(name, version, inputs, timeout_s=_timeout())  # unpinned stays unpinned
     headers = {WORKER_HEADER: result.worker, BATCH_HEADER: str(result.batch_size)}
     return _json(predict_response(result.outputs, result.precisions, form), headers=headers), result

@@ -56,6 +56,7 @@ class ApiServer:
             store,
             ConfiguredModels(settings),
             settings.job_ttl_s,
+            settings.max_inflight_bytes,
         )
         self._metrics = ServingMetrics(self._registry, store)
         self._rest_enabled = rest and settings.rest_port > 0

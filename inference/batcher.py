@@ -123,6 +123,7 @@ class DynamicBatcher:
                     return
                 self._free -= 1
             self._dispatch(batch)
+            del batch  # not kept alive while waiting for the next one: its inputs may be large
 
     def _next_batch(self) -> list[_Item] | None:
         """Wait (holding the lock) for a free infer request and work, then form a batch."""

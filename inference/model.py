@@ -25,6 +25,13 @@ log = logging.getLogger("serving")
 
 Tensors = dict[str, np.ndarray]
 
+# A request with more rows than fit in this many input bytes runs as several inferences of that size (on a
+# batchable model): OpenVINO's intermediate buffers grow with the rows of one inference and are kept after it.
+MAX_INFERENCE_INPUT_BYTES = 16 << 20
+# After an inference this large, its infer request is given small inputs again: it holds its last inputs
+# (shared, not copied), which would keep a large request's tensors alive until its next inference.
+RELEASE_INPUTS_BYTES = 1 << 20
+
 
 @dataclass(frozen=True)
 class _Port:
@@ -60,6 +67,7 @@ class CompiledVersion:
             name: [_sample_dim(now, before) for now, before in zip(spec.shape, original[name], strict=False)]
             for name, spec in self.signature.inputs.items()
         }
+        self._min_rows_per_inference = max(config.max_batch_size, 1)
         self._jobs: queue.SimpleQueue[tuple[dict, Future[Tensors]] | None] = queue.SimpleQueue()
         self._threads = [
             threading.Thread(
@@ -85,12 +93,13 @@ class CompiledVersion:
 
     def warm_up(self) -> None:
         """One inference on zeros shaped as the model was exported, so no client pays for first-run costs."""
-        self.infer(
-            {
-                name: np.zeros(self._sample_shapes[name], dtype=dtypes.by_name(spec.precision).numpy)
-                for name, spec in self.signature.inputs.items()
-            }
-        )
+        self.infer(self._samples())
+
+    def _samples(self) -> Tensors:
+        return {
+            name: np.zeros(self._sample_shapes[name], dtype=dtypes.by_name(spec.precision).numpy)
+            for name, spec in self.signature.inputs.items()
+        }
 
     def close(self) -> None:
         """Finish the queued inferences, then stop the infer threads."""
@@ -109,17 +118,49 @@ class CompiledVersion:
         while (job := self._jobs.get()) is not None:
             tensors, future = job
             try:
-                request.infer(tensors, share_inputs=True)  # OpenVINO reads the arrays in place
-                outputs = {
-                    port.alias: _copy_output(request.get_output_tensor(index), port.precision)
-                    for index, port in enumerate(self._outputs)
-                }
+                outputs = self._run(request, tensors)
             except RuntimeError as exc:
                 future.set_exception(_inference_error(self.signature, exc))
             except Exception as exc:  # whatever goes wrong fails this job, never the thread
                 future.set_exception(exc)
             else:
                 future.set_result(outputs)
+            job = tensors = future = outputs = None  # not kept alive until the next job: they may be large
+
+    def _run(self, request: ov.InferRequest, tensors: dict[int, ov.Tensor | np.ndarray]) -> Tensors:
+        """The outputs for `tensors`: one inference, or several of bounded size whose rows are joined."""
+        nbytes = sum(t.nbytes for t in tensors.values() if isinstance(t, np.ndarray))
+        step = self._rows_per_inference(tensors, nbytes)
+        if step is None:
+            outputs = self._infer_once(request, tensors)
+        else:
+            rows = next(iter(tensors.values())).shape[0]
+            parts = [
+                self._infer_once(request, {index: array[start : start + step] for index, array in tensors.items()})
+                for start in range(0, rows, step)
+            ]
+            outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        if nbytes >= RELEASE_INPUTS_BYTES:
+            self._infer_once(request, {self._input_index[n]: a for n, a in self._samples().items()})
+        return outputs
+
+    def _rows_per_inference(self, tensors: dict[int, ov.Tensor | np.ndarray], nbytes: int) -> int | None:
+        """Rows per inference when a request must be split, else None (it runs whole)."""
+        if not self.batchable or nbytes <= MAX_INFERENCE_INPUT_BYTES:
+            return None
+        arrays = list(tensors.values())
+        if not all(isinstance(a, np.ndarray) and a.ndim for a in arrays) or len({a.shape[0] for a in arrays}) != 1:
+            return None  # bf16 tensors, or inputs disagreeing on rows: OpenVINO judges the request whole
+        rows = arrays[0].shape[0]
+        step = max(self._min_rows_per_inference, rows * MAX_INFERENCE_INPUT_BYTES // nbytes)
+        return step if step < rows else None
+
+    def _infer_once(self, request: ov.InferRequest, tensors: dict[int, ov.Tensor | np.ndarray]) -> Tensors:
+        request.infer(tensors, share_inputs=True)  # OpenVINO reads the arrays in place
+        return {
+            port.alias: _copy_output(request.get_output_tensor(index), port.precision)
+            for index, port in enumerate(self._outputs)
+        }
 
 
 def _sample_dim(now: int, exported: int) -> int:

@@ -22,7 +22,11 @@ DEFAULT_MAX_QUEUE_SIZE = 1024
 # tensor_content or ~80 as JSON numbers, far beyond any single inference here, yet a few such requests in flight
 # fit in memory (a JSON body expands several times when parsed). gRPC caps messages at 2 GiB.
 DEFAULT_MAX_REQUEST_MB = 256
+# Request bytes an api process (or a worker) holds at once, by default: two maximum-size requests, or many
+# smaller ones. A request beyond it is refused with RESOURCE_EXHAUSTED / 429, unless nothing else is held.
+INFLIGHT_REQUESTS_BY_DEFAULT = 2
 MAX_REQUEST_MB = 2047
+MAX_INFLIGHT_MB = 1 << 20  # 1 TiB: only a bound against typing mistakes
 
 
 class UsageError(Exception):
@@ -92,11 +96,21 @@ class ServerSettings:
     ssl_client_ca: str | None = None  # PEM: mutual TLS, clients must present a certificate it signed
     auth_token_file: str | None = None  # accepted bearer tokens, one a line; unset = no token needed
     max_request_mb: int = DEFAULT_MAX_REQUEST_MB  # largest REST body / gRPC message an api process accepts
+    max_inflight_mb: int | None = None  # request MiB an api process holds at once; None = 2 x max_request_mb
+    worker_max_inflight_mb: int | None = None  # tensor MiB a worker holds at once; None = 2 x max_request_mb
     models: tuple[ModelConfig, ...] = ()
 
     @property
     def max_request_bytes(self) -> int:
         return self.max_request_mb << 20
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return _or_default_budget(self.max_inflight_mb, self.max_request_mb) << 20
+
+    @property
+    def worker_max_inflight_bytes(self) -> int:
+        return _or_default_budget(self.worker_max_inflight_mb, self.max_request_mb) << 20
 
     def devices(self) -> list[str]:
         """Target devices in use, in order of first appearance."""
@@ -104,6 +118,10 @@ class ServerSettings:
 
     def models_for(self, device: str) -> list[ModelConfig]:
         return [model for model in self.models if model.target_device == device]
+
+
+def _or_default_budget(budget_mb: int | None, max_request_mb: int) -> int:
+    return budget_mb if budget_mb is not None else INFLIGHT_REQUESTS_BY_DEFAULT * max_request_mb
 
 
 _MODEL_FLAGS = (
@@ -179,6 +197,16 @@ def _build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"largest REST body / gRPC message in MiB, 1 to {MAX_REQUEST_MB} (default: {DEFAULT_MAX_REQUEST_MB})",
     )
+    add(
+        "--max_inflight_mb",
+        type=int,
+        help="request MiB an api process holds at once before RESOURCE_EXHAUSTED / 429 (default: 2 x max_request_mb)",
+    )
+    add(
+        "--worker_max_inflight_mb",
+        type=int,
+        help="tensor MiB a worker holds at once before RESOURCE_EXHAUSTED / 429 (default: 2 x max_request_mb)",
+    )
     return parser
 
 
@@ -214,6 +242,8 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
         ssl_client_ca=args.ssl_client_ca,
         auth_token_file=args.auth_token_file,
         max_request_mb=_default(args.max_request_mb, DEFAULT_MAX_REQUEST_MB),
+        max_inflight_mb=args.max_inflight_mb,
+        worker_max_inflight_mb=args.worker_max_inflight_mb,
         models=tuple(models),
     )
     if role == "worker" and settings.device is None:
@@ -252,6 +282,10 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         raise UsageError(f"request_timeout_s must be a positive number of seconds up to {_MAX_REQUEST_TIMEOUT_S:.0f}")
     if args.max_request_mb is not None and not 1 <= args.max_request_mb <= MAX_REQUEST_MB:
         raise UsageError(f"max_request_mb must be from 1 to {MAX_REQUEST_MB} (gRPC messages are limited to 2 GiB)")
+    for flag in ("max_inflight_mb", "worker_max_inflight_mb"):
+        value = getattr(args, flag)
+        if value is not None and not 1 <= value <= MAX_INFLIGHT_MB:
+            raise UsageError(f"{flag} must be from 1 to {MAX_INFLIGHT_MB}")
     if args.file_system_poll_wait_seconds is not None and args.file_system_poll_wait_seconds < 0:
         raise UsageError("file_system_poll_wait_seconds must not be negative")
     if args.log_level and args.log_level.upper() not in _LOG_LEVELS:

@@ -18,6 +18,9 @@ from inference.request import InferenceRequest, InferenceResult
 Entry = tuple[InferenceRequest, Future[InferenceResult]]
 
 MESSAGES_IN_FLIGHT_PER_WORKER = 2  # one being computed, one on its way: keeps every worker busy
+# Requests stop joining a message once it holds this many tensor bytes: a worker's in-flight budget
+# (--worker_max_inflight_mb) then judges large requests one by one, not a pile of them at once.
+MAX_COALESCED_BYTES = 16 << 20
 
 
 class Lane:
@@ -49,10 +52,15 @@ class Lane:
             if self._taking or self._in_flight >= self.limit:
                 return None
             taken: list[Entry] = []
+            nbytes = 0
             while self._waiting and len(taken) < self._max_per_message:
+                size = _tensor_bytes(self._waiting[0][0])
+                if taken and nbytes + size > MAX_COALESCED_BYTES:
+                    break
                 entry = self._waiting.pop(0)
                 if not entry[1].cancelled():  # its deadline passed while it waited here
                     taken.append(entry)
+                    nbytes += size
             if not taken:
                 return None
             self._taking = True
@@ -73,3 +81,7 @@ class Lane:
         """A message of this lane was answered (or given up on): its slot is free."""
         with self._lock:
             self._in_flight -= 1
+
+
+def _tensor_bytes(request: InferenceRequest) -> int:
+    return sum(array.nbytes for array in request.inputs.values())

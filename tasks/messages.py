@@ -2,7 +2,8 @@
 
 Celery's Redis transport wraps every body in base64 inside JSON; a 600 KB image costs tens of
 milliseconds that way. So the message carries only names, types, shapes and offsets, and the
-tensors of all its requests travel as one raw byte string under `payload_key(task_id)`.
+tensors of all its requests travel as one raw byte string under `payload_key(task_id)`. The api sends
+a large one as views of the request arrays (no copy; see tasks.publisher).
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ from typing import Any
 import numpy as np
 
 from inference import dtypes
-from inference.errors import ServingError
+from inference.errors import InvalidArgument, ServingError
 from inference.request import InferenceRequest, Tensors
 
+Payload = list[bytes | memoryview]  # the parts of one payload, in order
+JOIN_BELOW_BYTES = 1 << 20  # a smaller payload is one joined string (one SET); a larger one, views (SET + APPENDs)
 
-def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[dict[str, Any], bytes]:
+
+def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[dict[str, Any], Payload]:
     """One envelope (JSON-able) and one payload for requests of the same model version."""
-    chunks: list[bytes] = []
+    chunks: list[memoryview] = []
     offset = 0
     entries = []
     for request in requests:
         metas = []
         for name, array in request.inputs.items():
-            data = np.ascontiguousarray(array).tobytes()
+            data = _bytes_view(array)
             metas.append([name, precisions[name], list(array.shape), offset, len(data)])
             chunks.append(data)
             offset += len(data)
@@ -46,7 +50,20 @@ def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) 
         "deadline": max(r.deadline for r in requests),  # the message lives while any request still waits
         "requests": entries,
     }
-    return envelope, b"".join(chunks)
+    return envelope, [b"".join(chunks)] if offset < JOIN_BELOW_BYTES else chunks
+
+
+def _bytes_view(array: np.ndarray) -> memoryview:
+    """The array's bytes without copying them (unless it is not contiguous)."""
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def payload_size(envelope: dict[str, Any]) -> int:
+    """The bytes of a message's tensors, from its envelope alone (before they are fetched)."""
+    try:
+        return sum(int(meta[4]) for entry in envelope["requests"] for meta in entry["inputs"])
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise InvalidArgument(f"Malformed predict message: {exc}") from None
 
 
 def unpack_requests(envelope: dict[str, Any], payload: bytes) -> list[InferenceRequest]:

@@ -5,7 +5,9 @@ claim-check SET another round trip. The message itself is still a standard Celer
 message built by Celery (`app.amqp.as_task_v2`), wrapped exactly as kombu's Redis transport wraps it
 (JSON envelope, base64 body, delivery info for the anonymous exchange), so any Celery worker,
 Flower or `celery inspect` reads it as if `apply_async` had sent it. Only the transport write is ours:
-`SET payload` + `LPUSH queue` in one pipeline.
+`SET payload` (+ `APPEND` for each further part) + `LPUSH queue` in one pipeline. The payload's parts
+are views of the request arrays: redis-py writes each one to the socket as it is, so no joined copy
+of a large request is made.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kombu.serialization import dumps
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
+from tasks.messages import Payload
 from tasks.routing import PREDICT_TASK, payload_key
 
 _PAYLOAD_GRACE_MS = 5000  # tensors outlive the deadline a little, for a worker already running them
@@ -42,7 +45,7 @@ class PredictPublisher:
         self,
         task_id: str,
         envelope: dict[str, Any],
-        payload: bytes,
+        payload: Payload,
         queue: str,
         reply_to: str,
         expires_s: float,
@@ -80,7 +83,10 @@ class PredictPublisher:
         }
         message_text = json.dumps(wire)
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(payload_key(task_id), payload, px=int(expires_s * 1000) + _PAYLOAD_GRACE_MS)
+            key = payload_key(task_id)
+            pipe.set(key, payload[0] if payload else b"", px=int(expires_s * 1000) + _PAYLOAD_GRACE_MS)
+            for part in payload[1:]:
+                pipe.append(key, part)
             pipe.lpush(queue, message_text)
             pipe.execute()
         return message_text

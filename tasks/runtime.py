@@ -15,8 +15,10 @@ from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, Invali
 from inference.manager import ModelManager
 from inference.request import InferenceRequest
 from inference.validation import RequestTensor, validate_inputs
+from tasks.budget import ByteBudget
 from tasks.claims import claim
-from tasks.messages import pack_error, pack_outputs, unpack_requests
+from tasks.memory import LARGE_REQUEST_BYTES, TrimSoon
+from tasks.messages import pack_error, pack_outputs, payload_size, unpack_requests
 from tasks.routing import payload_key
 
 log = logging.getLogger("serving")
@@ -36,19 +38,41 @@ def current() -> WorkerRuntime:
 
 
 class WorkerRuntime:
-    def __init__(self, manager: ModelManager, store: redis.Redis, worker_id: str) -> None:
+    def __init__(self, manager: ModelManager, store: redis.Redis, worker_id: str, max_inflight_bytes: int) -> None:
         self._manager = manager
         self._store = store
         self.worker_id = worker_id
+        self.budget = ByteBudget(max_inflight_bytes, f"worker {worker_id} (--worker_max_inflight_mb)")
+        self._trim = TrimSoon()
 
     def serve(self, task_id: str, envelope: dict[str, Any], reply_to: str = "") -> dict[str, Any]:
         """Run every request of one message; each gets its own outputs or its own error.
         `reply_to`: the waiting api's reply list or the job's record, where this worker claims the message
-        (see tasks.claims)."""
+        (see tasks.claims). A message whose tensors do not fit the worker's in-flight budget is refused
+        before they are fetched (RESOURCE_EXHAUSTED), unless it is an async job's chunk: no client waits to
+        retry it, so it is run (and counted) anyway; job chunks are bounded by their own size."""
         ids = [entry["id"] for entry in envelope["requests"]]
         batcher = self._batcher_for(envelope)
         if batcher is None:
             return self._reply({request_id: pack_error(NotFound(VERSION_RETIRED)) for request_id in ids})
+        try:
+            nbytes = payload_size(envelope)
+            self.budget.reserve(nbytes, refuse=not all(entry.get("any_batch") for entry in envelope["requests"]))
+        except ServingError as error:
+            return self._reply({request_id: pack_error(error) for request_id in ids})
+        try:
+            return self._serve(task_id, envelope, reply_to, batcher, ids)
+        finally:
+            self.budget.release(nbytes)
+            if nbytes >= LARGE_REQUEST_BYTES:
+                # The hiredis reader of the connection that fetched the payload keeps a buffer of its size
+                # until that connection reads again: idle connections are closed (they reconnect when used).
+                self._store.connection_pool.disconnect(inuse_connections=False)
+            self._trim.after(nbytes)  # the result is stored after this returns: trim a little later
+
+    def _serve(
+        self, task_id: str, envelope: dict[str, Any], reply_to: str, batcher: DynamicBatcher, ids: list[str]
+    ) -> dict[str, Any]:
         with batcher.incoming(len(ids)) as arrivals:
             try:
                 requests = self._requests(task_id, envelope, reply_to)

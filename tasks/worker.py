@@ -41,7 +41,7 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
     watcher = RepositoryWatcher(
         manager, settings, store, worker_id, on_change=lambda: (publisher.publish(), consumers.sync())
     )
-    runtime.install(runtime.WorkerRuntime(manager, store, worker_id))
+    runtime.install(runtime.WorkerRuntime(manager, store, worker_id, settings.worker_max_inflight_bytes))
     worker_ready.connect(lambda **_: log.info("Worker %s is ready", worker_id), weak=False)
     worker_shutting_down.connect(lambda **_: _drain(publisher), weak=False)
     log.info("Worker %s serves %s on %s", worker_id, ", ".join(consumers.queues), device)

@@ -26,7 +26,14 @@ from inference.request import InferenceRequest
 from inference.settings import ConfigError
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec
 from inference.validation import validate_inputs
-from tasks.messages import pack_error, pack_outputs, pack_requests, unpack_requests, unpack_result
+from tasks.messages import (
+    JOIN_BELOW_BYTES,
+    pack_error,
+    pack_outputs,
+    pack_requests,
+    unpack_requests,
+    unpack_result,
+)
 
 # One sample per precision, covering each type's extremes.
 SAMPLES: dict[str, np.ndarray] = {
@@ -338,13 +345,19 @@ def request(request_id: str, inputs: dict[str, np.ndarray], outputs: list[str] |
     return InferenceRequest("multi", 3, inputs, outputs, deadline=1000.0 + len(request_id), request_id=request_id)
 
 
+def packed(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[dict, bytes]:
+    """The envelope and the payload as Redis stores it (its parts joined)."""
+    envelope, parts = pack_requests(requests, precisions)
+    return envelope, b"".join(parts)
+
+
 def test_pack_and_unpack_several_requests_with_several_inputs() -> None:
     requests = [
         request("r1", {"a": np.arange(6, dtype=np.float32).reshape(3, 2), "b": np.array([[1, -2]], dtype=np.int32)}),
         request("r22", {"a": np.ones((1, 2), np.float32), "b": np.zeros((0, 2), np.int32)}, ["sum"]),
         request("r333", {"a": np.full((2, 2), -1.5, np.float32), "b": np.array([[7, 8], [9, 10]], np.int32)}),
     ]
-    envelope, payload = pack_requests(requests, {"a": "FP32", "b": "I32"})
+    envelope, payload = packed(requests, {"a": "FP32", "b": "I32"})
     assert envelope["model"] == "multi" and envelope["version"] == 3
     assert envelope["deadline"] == 1004.0  # the message lives while its latest request still waits
     offsets = [(offset, nbytes) for entry in envelope["requests"] for *_, offset, nbytes in entry["inputs"]]
@@ -364,22 +377,29 @@ def test_pack_and_unpack_several_requests_with_several_inputs() -> None:
 
 def test_unpack_reads_tensors_at_their_offsets() -> None:
     requests = [request("x", {"b": np.array([[1, 2]], np.int32)}), request("y", {"b": np.array([[3, 4]], np.int32)})]
-    envelope, payload = pack_requests(requests, {"b": "I32"})
+    envelope, payload = packed(requests, {"b": "I32"})
     second = envelope["requests"][1]["inputs"][0]
     assert np.frombuffer(payload[second[3] : second[3] + second[4]], np.int32).tolist() == [3, 4]
 
 
 def test_envelope_carries_no_tensor_data() -> None:
     image = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)  # 602112 bytes
-    envelope, payload = pack_requests([request("img", {"data": image})], {"data": "FP32"})
+    envelope, payload = packed([request("img", {"data": image})], {"data": "FP32"})
     text = json.dumps(envelope)
     assert len(payload) == image.nbytes == 602112
     assert len(text) < 500, text
     assert envelope["requests"][0]["inputs"] == [["data", "FP32", [1, 3, 224, 224], 0, 602112]]
 
 
+def test_a_large_payload_is_sent_as_views_of_the_arrays() -> None:
+    arrays = [np.arange(JOIN_BELOW_BYTES // 4, dtype=np.float32).reshape(-1, 4), np.ones((3, 4), np.float32)]
+    _, parts = pack_requests([request(f"r{i}", {"data": a}) for i, a in enumerate(arrays)], {"data": "FP32"})
+    assert all(np.shares_memory(np.asarray(part), array) for part, array in zip(parts, arrays, strict=True))
+    assert b"".join(parts) == b"".join(array.tobytes() for array in arrays)
+
+
 def test_unpack_rejects_metadata_that_does_not_match_the_payload() -> None:
-    envelope, payload = pack_requests([request("r", {"b": np.array([[1, 2]], np.int32)})], {"b": "I32"})
+    envelope, payload = packed([request("r", {"b": np.array([[1, 2]], np.int32)})], {"b": "I32"})
     with pytest.raises(ValueError, match="does not match the payload"):
         unpack_requests(envelope, payload[:4])
     envelope["requests"][0]["inputs"][0][2] = [1, 3]

@@ -9,7 +9,7 @@ import pytest
 
 from inference.errors import ResourceExhausted
 from inference.request import InferenceRequest
-from tasks.lanes import MESSAGES_IN_FLIGHT_PER_WORKER, Lane
+from tasks.lanes import MAX_COALESCED_BYTES, MESSAGES_IN_FLIGHT_PER_WORKER, Lane
 
 
 def entry(index: int) -> tuple[InferenceRequest, Future]:
@@ -78,3 +78,17 @@ def test_a_full_lane_refuses_at_once() -> None:
         lane.add(entry(index), workers=1, max_waiting=3)
     with pytest.raises(ResourceExhausted, match="Too many requests waiting for model m"):
         lane.add(entry(9), workers=1, max_waiting=3)
+
+
+
+def test_a_message_stops_taking_requests_once_it_holds_enough_bytes() -> None:
+    lane = Lane(max_requests_per_message=64)
+    half = MAX_COALESCED_BYTES // 2 // 4  # float32 elements in half the cap
+    for elements in (half, half, half, 4 * half):
+        request = InferenceRequest("m", 1, {"x": np.zeros((1, elements), np.float32)}, deadline=1e12)
+        lane.add((request, Future()), workers=4, max_waiting=100)
+    sizes = []
+    while (taken := lane.take()) is not None:
+        sizes.append([entry[0].inputs["x"].size // half for entry in taken])
+        lane.published()
+    assert sizes == [[1, 1], [1], [4]]  # a request larger than the cap still leaves, alone

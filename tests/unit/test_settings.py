@@ -64,6 +64,7 @@ def test_defaults_match_the_seed() -> None:
     assert settings.request_timeout_s == 30
     assert settings.config_path is None
     assert (settings.max_request_mb, settings.max_request_bytes) == (256, 256 << 20)
+    assert settings.max_inflight_bytes == settings.worker_max_inflight_bytes == 512 << 20  # 2 x max_request_mb
     assert settings.models == (ModelConfig(name="resnet", base_path="/models/resnet"),)
 
 
@@ -91,8 +92,11 @@ def test_every_server_flag_is_parsed() -> None:
             "--file_system_poll_wait_seconds", "0",
             "--request_timeout_s", "2.5",
             "--max_request_mb", "16",
+            "--max_inflight_mb", "40",
+            "--worker_max_inflight_mb", "24",
         ]
     )  # fmt: skip
+    assert (settings.max_inflight_bytes, settings.worker_max_inflight_bytes) == (40 << 20, 24 << 20)
     assert (settings.port, settings.rest_port, settings.grpc_workers, settings.rest_workers) == (9001, 8001, 2, 4)
     assert settings.log_level == "DEBUG"
     assert settings.log_path == "/tmp/ovms.log"
@@ -234,6 +238,8 @@ def test_role_is_only_recognised_first() -> None:
         ([*SINGLE, "--file_system_poll_wait_seconds", "-1"], "file_system_poll_wait_seconds must not be negative"),
         ([*SINGLE, "--max_request_mb", "0"], "max_request_mb must be from 1 to 2047"),
         ([*SINGLE, "--max_request_mb", "2048"], "max_request_mb must be from 1 to 2047"),
+        ([*SINGLE, "--max_inflight_mb", "0"], "max_inflight_mb must be from 1 to 1048576"),
+        ([*SINGLE, "--worker_max_inflight_mb", "-5"], "worker_max_inflight_mb must be from 1 to 1048576"),
         ([*SINGLE, "--grpc_channel_arguments", "novalue"], "grpc_channel_arguments: expected key=value"),
         ([*SINGLE, "--model_version_policy", "{not json"], "model_version_policy is not valid JSON"),
         ([*SINGLE, "--model_version_policy", '{"newest": {}}'], "invalid model_version_policy"),
