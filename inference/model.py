@@ -51,8 +51,8 @@ class CompiledVersion:
         _apply_shape_settings(model, config, mapping)
         self._inputs = [_port(p, mapping.input_alias(_tensor_name(p))) for p in model.inputs]
         self._outputs = [_port(p, mapping.output_alias(_tensor_name(p))) for p in model.outputs]
-        self.signature = _signature(model, config, self._inputs, self._outputs)
-        self.batchable = config.max_batch_size > 1 and _make_batch_dynamic(model)
+        self.signature = _signature(model, config, self._inputs, self._outputs, original)
+        self.batchable = config.max_batch_size > 1 and self.signature.shared_batch and _make_batch_dynamic(model)
         self._compiled = core.compile_model(model, config.target_device, _plugin_properties(config))
         self.nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self._input_index = {port.alias: index for index, port in enumerate(self._inputs)}
@@ -204,24 +204,43 @@ def _make_batch_dynamic(model: ov.Model) -> bool:
     return outputs_follow
 
 
-def _signature(model: ov.Model, config: ModelConfig, inputs: list[_Port], outputs: list[_Port]) -> ModelSignature:
+def _signature(
+    model: ov.Model,
+    config: ModelConfig,
+    inputs: list[_Port],
+    outputs: list[_Port],
+    exported: dict[str, tuple[int, ...]],
+) -> ModelSignature:
     def auto_shape(alias: str) -> bool:
         shape = config.shape or {}
         return shape.get(alias, shape.get(None)) == AUTO
 
+    input_specs = {
+        port.alias: TensorSpec(port.alias, port.precision.name, _dims(p.get_partial_shape()), auto_shape(port.alias))
+        for port, p in zip(inputs, model.inputs, strict=False)
+    }
     return ModelSignature(
-        inputs={
-            port.alias: TensorSpec(
-                port.alias, port.precision.name, _dims(p.get_partial_shape()), auto_shape(port.alias)
-            )
-            for port, p in zip(inputs, model.inputs, strict=False)
-        },
+        inputs=input_specs,
         outputs={
             port.alias: TensorSpec(port.alias, port.precision.name, _dims(p.get_partial_shape()))
             for port, p in zip(outputs, model.outputs, strict=False)
         },
         auto_batch=config.batch_size == AUTO,
+        shared_batch=_shares_batch_dimension(input_specs, exported),
     )
+
+
+def _shares_batch_dimension(inputs: dict[str, TensorSpec], exported: dict[str, tuple[int, ...]]) -> bool:
+    """Whether every input's first dimension is one batch dimension: each input has one, and they are all
+    dynamic or all the same size. A `shape: auto` input (all dynamic now) counts with its exported size,
+    so that e.g. a per-channel scale [3] beside images [N,3,H,W] stays a separate input."""
+    firsts = set()
+    for name, spec in inputs.items():
+        dims = exported[name] if spec.auto_shape else spec.shape
+        if not dims:
+            return False
+        firsts.add(dims[0])
+    return len(firsts) == 1
 
 
 def _plugin_properties(config: ModelConfig) -> dict[str, Any]:

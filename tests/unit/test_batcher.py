@@ -129,6 +129,7 @@ def test_outputs_that_are_not_per_row_are_computed_alone(batcher_for) -> None:
         result = future.result(timeout=30)
         np.testing.assert_array_equal(result.outputs["y"], np.concatenate([inputs["x"], inputs["x"]]))
         assert result.batch_rows == inputs["x"].shape[0]
+    assert doubled.max_rows == 1, "a model whose outputs are not per row must stop batching"
 
 
 def test_a_model_whose_inputs_share_no_batch_dimension_runs_requests_alone(batcher_for) -> None:
