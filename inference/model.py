@@ -72,6 +72,8 @@ class CompiledVersion:
         ]
         for thread in self._threads:
             thread.start()
+        if self.batchable and not self._rows_are_independent():
+            self.batchable = False
 
     def infer_async(self, inputs: Tensors) -> Future[Tensors]:
         """Queue one inference; the future holds the outputs or the error."""
@@ -91,6 +93,36 @@ class CompiledVersion:
                 for name, spec in self.signature.inputs.items()
             }
         )
+
+    def _rows_are_independent(self) -> bool:
+        """Whether two random rows run together give each the answer it gets alone: then requests may share
+        an inference. A first dimension that is not a batch dimension (a vector [3] normalized as a whole,
+        a per-request scale [1] beside data [1,10]) fails this, and the model runs requests one by one."""
+        rng = np.random.default_rng(0)
+        rows = [
+            {
+                name: _random_sample(rng, spec.precision, [1, *self._sample_shapes[name][1:]])
+                for name, spec in self.signature.inputs.items()
+            }
+            for _ in range(2)
+        ]
+        try:
+            alone = [self.infer(sample) for sample in rows]
+            together = self.infer({name: np.concatenate([row[name] for row in rows]) for name in rows[0]})
+        except Exception as exc:  # any failure means: do not batch this model
+            log.info("Model %s version %d runs requests one by one: %s", self.name, self.version, _first_line(exc))
+            return False
+        independent = all(
+            array.ndim > 0
+            and array.shape[0] == 2
+            and all(_same_values(array[i : i + 1], alone[i][name]) for i in range(2))
+            for name, array in together.items()
+        )
+        if not independent:
+            log.info(
+                "Model %s version %d runs requests one by one: its rows are not independent", self.name, self.version
+            )
+        return independent
 
     def close(self) -> None:
         """Finish the queued inferences, then stop the infer threads."""
@@ -127,6 +159,25 @@ def _sample_dim(now: int, exported: int) -> int:
     if now != DYNAMIC:
         return now
     return exported if exported != DYNAMIC else 1
+
+
+def _random_sample(rng: np.random.Generator, precision: str, shape: list[int]) -> np.ndarray:
+    """Small values of any type: 0-2 for integers, so that index inputs stay in range."""
+    info = dtypes.by_name(precision)
+    if precision == "BF16":
+        return dtypes.float_to_bf16_bits(rng.standard_normal(shape))
+    if info.numpy.kind == "f":
+        return rng.standard_normal(shape).astype(info.numpy)
+    return rng.integers(0, 3, shape).astype(info.numpy)
+
+
+def _same_values(batched: np.ndarray, alone: np.ndarray) -> bool:
+    """Equal, up to the rounding a different batch size may bring to floating-point kernels."""
+    if batched.shape != alone.shape:
+        return False
+    if batched.dtype.kind == "f":
+        return bool(np.allclose(batched, alone, rtol=1e-3, atol=1e-5, equal_nan=True))
+    return bool(np.array_equal(batched, alone))
 
 
 def _tensor_name(port: ov.Output) -> str:

@@ -74,7 +74,25 @@ def _scaled() -> ov.Model:
     return ov.Model([y], [x, scale], "scaled")
 
 
-SMALL_MODELS = {"doubled": _doubled_rows, "scaled": _scaled}
+def _normalized() -> ov.Model:
+    """A vector [3] divided by its sum: the first dimension is not a batch dimension."""
+    x = ops.parameter([3], ov.Type.f32, name="x")
+    y = ops.divide(x, ops.reduce_sum(x, ops.constant(np.array([0])), keep_dims=True))
+    y.output(0).get_tensor().set_names({"y"})
+    return ov.Model([y], [x], "normalized")
+
+
+def _tempered() -> ov.Model:
+    """data [1,4] times a per-request temperature [1]: both have a first dimension of 1, but batched the
+    temperatures would broadcast across every row."""
+    data = ops.parameter([1, 4], ov.Type.f32, name="data")
+    temperature = ops.parameter([1], ov.Type.f32, name="temperature")
+    y = ops.multiply(data, temperature)
+    y.output(0).get_tensor().set_names({"y"})
+    return ov.Model([y], [data, temperature], "tempered")
+
+
+SMALL_MODELS = {"doubled": _doubled_rows, "scaled": _scaled, "normalized": _normalized, "tempered": _tempered}
 
 
 def _together(batcher: DynamicBatcher, requests: list[Tensors]) -> list[Future[BatchResult]]:
@@ -141,3 +159,24 @@ def test_a_model_whose_inputs_share_no_batch_dimension_runs_requests_alone(batch
     ]
     for inputs, future in zip(requests, _together(scaled, requests), strict=True):
         np.testing.assert_array_equal(future.result(timeout=30).outputs["y"], inputs["x"] * inputs["scale"])
+
+
+def test_a_model_whose_rows_are_not_independent_runs_requests_alone(batcher_for) -> None:
+    """Its first dimension looks like a batch dimension, but rows computed together differ from rows
+    computed alone: the load-time check keeps it from batching."""
+    normalized = batcher_for("normalized")
+    assert not normalized.compiled.batchable
+    requests = [{"x": np.array([1, 2, 1 + seed], np.float32)} for seed in range(4)]
+    for inputs, future in zip(requests, _together(normalized, requests), strict=True):
+        np.testing.assert_allclose(future.result(timeout=30).outputs["y"], inputs["x"] / inputs["x"].sum(), rtol=1e-6)
+
+
+def test_per_request_parameters_beside_data_are_never_batched(batcher_for) -> None:
+    tempered = batcher_for("tempered")
+    assert not tempered.compiled.batchable
+    requests = [
+        {"data": np.full((1, 4), 1 + seed, np.float32), "temperature": np.array([seed], np.float32)}
+        for seed in range(4)
+    ]
+    for inputs, future in zip(requests, _together(tempered, requests), strict=True):
+        np.testing.assert_array_equal(future.result(timeout=30).outputs["y"], inputs["data"] * inputs["temperature"])
