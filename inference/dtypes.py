@@ -17,17 +17,19 @@ class Precision:
     tf_enum: int  # tensorflow.DataType value
     tf_name: str
     proto_field: str  # the typed TensorProto field TensorFlow uses for this type
-    # The values OpenVINO computes exactly, when narrower than the type: its CPU plugin runs I64, U64 and U32
-    # as 32-bit signed integers (2**40 + 5 comes back as 5), so wider values are refused, not cut.
-    computed_range: tuple[int, int] | None = None
+    # The values OpenVINO can compute, when narrower than the type: its CPU plugin runs I64, U64 and U32 as
+    # 32-bit signed integers (2**40 + 5 comes back as 5) and FP64 as FP32 (1e300 comes back as 3.4e38), so
+    # values beyond are refused rather than cut. (FP64 within range is rounded to FP32's 24-bit precision.)
+    computed_range: tuple[float, float] | None = None
 
 
 _INT32_RANGE = (-(2**31), 2**31 - 1)
 _NON_NEGATIVE_INT32 = (0, 2**31 - 1)
+_FP32_MAX = float(np.finfo(np.float32).max)
 
 PRECISIONS = [
     Precision("FP32", np.dtype("<f4"), "f32", 1, "DT_FLOAT", "float_val"),
-    Precision("FP64", np.dtype("<f8"), "f64", 2, "DT_DOUBLE", "double_val"),
+    Precision("FP64", np.dtype("<f8"), "f64", 2, "DT_DOUBLE", "double_val", (-_FP32_MAX, _FP32_MAX)),
     Precision("FP16", np.dtype("<f2"), "f16", 19, "DT_HALF", "half_val"),
     Precision("BF16", np.dtype("<u2"), "bf16", 14, "DT_BFLOAT16", "half_val"),
     Precision("I8", np.dtype("i1"), "i8", 6, "DT_INT8", "int_val"),

@@ -114,19 +114,25 @@ def _to_array(spec: TensorSpec, tensor: RequestTensor) -> np.ndarray:
     return _cast(values, dtype, spec).reshape(tensor.shape)
 
 
-def _check_computed_range(spec: TensorSpec, array: np.ndarray) -> None:
+def _check_computed_range(spec: TensorSpec, values: np.ndarray) -> None:
     """Refuse values OpenVINO would silently cut to 32 bits (see dtypes.Precision.computed_range)."""
     computed = dtypes.by_name(spec.precision).computed_range
-    if computed is None or not array.size:
+    if computed is None or not values.size:
         return
     low, high = computed
-    if array.min() >= low and array.max() <= high:
-        return
-    outside = array[(array < low) | (array > high)].flat[0]
-    raise InvalidArgument(
-        f"Invalid input values - {spec.precision} input {spec.name} holds {outside}, outside {low}..{high}: "
-        f"OpenVINO computes {spec.precision} as 32-bit integers"
-    )
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]  # NaN and infinities pass through 32 bits unchanged
+    outside = values[(values < low) | (values > high)]
+    if outside.size:
+        kind = "floats" if dtypes.by_name(spec.precision).numpy.kind == "f" else "integers"
+        raise InvalidArgument(
+            f"Invalid input values - {spec.precision} input {spec.name} holds {outside.flat[0]}, "
+            f"outside {_number(low)}..{_number(high)}: OpenVINO computes {spec.precision} as 32-bit {kind}"
+        )
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 2**53 else f"{bound:g}"
 
 
 def _cast(values: np.ndarray, dtype: np.dtype, spec: TensorSpec) -> np.ndarray:

@@ -31,7 +31,7 @@ from tasks.messages import pack_error, pack_outputs, pack_requests, unpack_reque
 # One sample per precision, covering each type's extremes.
 SAMPLES: dict[str, np.ndarray] = {
     "FP32": np.array([[1.5, -0.0], [np.finfo(np.float32).max, np.finfo(np.float32).tiny]], dtype="<f4"),
-    "FP64": np.array([[1e300, -2.5], [np.pi, 0.0]], dtype="<f8"),
+    "FP64": np.array([[3e38, -2.5], [np.pi, 0.0]], dtype="<f8"),
     "FP16": np.array([[1.0, -2.0], [65504.0, 0.000061035156]], dtype="<f2"),
     "BF16": dtypes.float_to_bf16_bits(np.array([[1.0, -2.5], [3.0e38, 0.15625]], dtype=np.float32)),
     "I8": np.array([[-128, 127], [0, -1]], dtype="i1"),
@@ -39,14 +39,15 @@ SAMPLES: dict[str, np.ndarray] = {
     "I16": np.array([[-32768, 32767], [0, -1]], dtype="<i2"),
     "U16": np.array([[0, 65535], [1, 2]], dtype="<u2"),
     "I32": np.array([[-(2**31), 2**31 - 1], [0, -1]], dtype="<i4"),
-    # OpenVINO computes these as 32-bit integers: validation accepts only what it computes exactly
+    # OpenVINO computes these as 32-bit integers (FP64 as FP32): validation accepts only what they hold
     "U32": np.array([[0, 2**31 - 1], [1, 2]], dtype="<u4"),
     "I64": np.array([[-(2**31), 2**31 - 1], [0, -1]], dtype="<i8"),
     "U64": np.array([[0, 2**31 - 1], [1, 2]], dtype="<u8"),
     "BOOL": np.array([[True, False], [False, True]], dtype="?"),
 }
-# The full range of those types, which the wire carries and validation refuses.
+# The full range of those types (and FP64 beyond FP32's range), which the wire carries and validation refuses.
 WIDE_EXTREMES: dict[str, np.ndarray] = {
+    "FP64": np.array([[1e300, -2.5], [np.pi, 0.0]], dtype="<f8"),
     "U32": np.array([[0, 2**32 - 1], [1, 2]], dtype="<u4"),
     "I64": np.array([[-(2**63), 2**63 - 1], [0, -1]], dtype="<i8"),
     "U64": np.array([[0, 2**64 - 1], [1, 2]], dtype="<u8"),

@@ -221,11 +221,11 @@ def test_json_integers_are_cast_to_float_inputs() -> None:
 
 def test_json_floats_are_cast_to_the_model_float_type() -> None:
     sig = signature(TensorSpec("x", "FP16", (DYNAMIC, 2)), TensorSpec("y", "FP64", (DYNAMIC, 2)))
-    arrays = validate_inputs(sig, {"x": json_values([[0.5, -2.25]]), "y": json_values([[0.1, 1e300]])})
+    arrays = validate_inputs(sig, {"x": json_values([[0.5, -2.25]]), "y": json_values([[0.1, 1e-300]])})
     assert arrays["x"].dtype == np.float16
     assert arrays["x"].tolist() == [[0.5, -2.25]]
     assert arrays["y"].dtype == np.float64
-    assert arrays["y"].tolist() == [[0.1, 1e300]]
+    assert arrays["y"].tolist() == [[0.1, 1e-300]]
 
 
 def test_json_booleans_and_integral_floats_are_accepted_for_integer_inputs() -> None:
@@ -413,3 +413,22 @@ def test_wide_integers_within_what_openvino_computes_are_accepted(precision: str
     assert validate_inputs(sig, {"x": json_values([[low, I32_MAX]])})["x"].tolist() == [[low, I32_MAX]]
     empty = RequestTensor(precision, (0, 2), content=b"")
     assert validate_inputs(sig, {"x": empty})["x"].shape == (0, 2)
+
+
+@pytest.mark.parametrize("value", [1e300, -1e39, 2.0**128])
+@pytest.mark.parametrize("form", ["json", "content"])
+def test_fp64_beyond_what_openvino_computes_is_rejected(value: float, form: str) -> None:
+    """The CPU plugin computes FP64 as FP32: 1e300 came back as 3.4e38."""
+    sig = signature(TensorSpec("x", "FP64", (DYNAMIC, 2)))
+    array = np.array([[1.5, value]])
+    tensor = json_values(array) if form == "json" else RequestTensor("FP64", (1, 2), content=array.tobytes())
+    assert rejection(sig, {"x": tensor}) == (
+        f"Invalid input values - FP64 input x holds {np.float64(value)}, outside -3.40282e+38..3.40282e+38: "
+        "OpenVINO computes FP64 as 32-bit floats"
+    )
+
+
+def test_fp64_within_what_openvino_computes_is_accepted() -> None:
+    sig = signature(TensorSpec("x", "FP64", (DYNAMIC, 4)))
+    values = [[3.4e38, -3.4e38, np.inf, 1e-300]]
+    assert validate_inputs(sig, {"x": json_values(values)})["x"].tolist() == values
