@@ -459,12 +459,12 @@ def client_calls(draw: st.DrawFn) -> ClientCall:
 
 
 def test_concurrent_mixes_of_clients_each_get_exactly_their_own_answer(worker, api, clients, digits_alone):
-    """hypothesis draws groups of up to 16 concurrent requests over gRPC and REST to `multi`, `types`,
+    """hypothesis draws groups of 4 to 16 concurrent requests over gRPC and REST to `multi`, `types`,
     `digits` and `mapped`; each answer must equal the model's function on that request alone."""
     batches: list[int] = []
 
-    @settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(st.lists(client_calls(), min_size=2, max_size=16))
+    @settings(max_examples=50, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.lists(client_calls(), min_size=4, max_size=16))
     def check(calls: list[ClientCall]) -> None:
         for call, inputs, answer, batch in clients(calls):
             _check_answer(call, inputs, answer, digits_alone)
