@@ -58,11 +58,19 @@ def batcher_for(models_dir: Path, tmp_path: Path, open_batchers: list[DynamicBat
 
 
 def _doubled_rows() -> ov.Model:
-    """y = concat(x, x) along the rows: twice as many output rows as input rows (not per-row)."""
+    """y = concat(x, x) along the rows: twice as many output rows as input rows (not per row)."""
     x = ops.parameter([-1, 2], ov.Type.f32, name="x")
     y = ops.concat([x, x], 0)
     y.output(0).get_tensor().set_names({"y"})
     return ov.Model([y], [x], "doubled")
+
+
+def _first_two_rows() -> ov.Model:
+    """y = x[:2]: per row for one or two rows (what the load-time check tries), not beyond."""
+    x = ops.parameter([-1, 2], ov.Type.f32, name="x")
+    y = ops.slice(x, np.array([0]), np.array([2]), np.array([1]), np.array([0]))
+    y.output(0).get_tensor().set_names({"y"})
+    return ov.Model([y], [x], "first_two")
 
 
 def _scaled() -> ov.Model:
@@ -92,7 +100,13 @@ def _tempered() -> ov.Model:
     return ov.Model([y], [data, temperature], "tempered")
 
 
-SMALL_MODELS = {"doubled": _doubled_rows, "scaled": _scaled, "normalized": _normalized, "tempered": _tempered}
+SMALL_MODELS = {
+    "doubled": _doubled_rows,
+    "first_two": _first_two_rows,
+    "scaled": _scaled,
+    "normalized": _normalized,
+    "tempered": _tempered,
+}
 
 
 def _together(batcher: DynamicBatcher, requests: list[Tensors]) -> list[Future[BatchResult]]:
@@ -140,14 +154,16 @@ def test_mapped_names_batch_and_split_by_their_aliases(batcher_for) -> None:
 
 
 def test_outputs_that_are_not_per_row_are_computed_alone(batcher_for) -> None:
-    """The batch's output has twice its rows: splitting it would hand out other requests' rows."""
-    doubled = batcher_for("doubled")
+    """A 5-row batch gives 2 output rows: splitting them would hand out other requests' rows. The
+    requests run again one by one, and the version stops batching."""
+    first_two = batcher_for("first_two")
+    assert first_two.compiled.batchable, "one and two rows look per row to the load-time check"
     requests = [{"x": np.full((rows, 2), seed, np.float32)} for seed, rows in enumerate([1, 2, 1, 1])]
-    for inputs, future in zip(requests, _together(doubled, requests), strict=True):
+    for inputs, future in zip(requests, _together(first_two, requests), strict=True):
         result = future.result(timeout=30)
-        np.testing.assert_array_equal(result.outputs["y"], np.concatenate([inputs["x"], inputs["x"]]))
+        np.testing.assert_array_equal(result.outputs["y"], inputs["x"][:2])
         assert result.batch_rows == inputs["x"].shape[0]
-    assert doubled.max_rows == 1, "a model whose outputs are not per row must stop batching"
+    assert first_two.max_rows == 1, "a model whose outputs are not per row must stop batching"
 
 
 def test_a_model_whose_inputs_share_no_batch_dimension_runs_requests_alone(batcher_for) -> None:
@@ -169,6 +185,13 @@ def test_a_model_whose_rows_are_not_independent_runs_requests_alone(batcher_for)
     requests = [{"x": np.array([1, 2, 1 + seed], np.float32)} for seed in range(4)]
     for inputs, future in zip(requests, _together(normalized, requests), strict=True):
         np.testing.assert_allclose(future.result(timeout=30).outputs["y"], inputs["x"] / inputs["x"].sum(), rtol=1e-6)
+
+
+def test_outputs_with_more_rows_than_inputs_are_seen_at_load(batcher_for) -> None:
+    doubled = batcher_for("doubled")
+    assert not doubled.compiled.batchable
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.testing.assert_array_equal(_together(doubled, [{"x": x}])[0].result(timeout=30).outputs["y"], np.vstack([x, x]))
 
 
 def test_per_request_parameters_beside_data_are_never_batched(batcher_for) -> None:
