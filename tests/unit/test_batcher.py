@@ -30,8 +30,8 @@ def _save(model: ov.Model, base: Path) -> Path:
     return base
 
 
-def _batcher(base_path: Path, name: str) -> DynamicBatcher:
-    config = ModelConfig(name, str(base_path), nireq=1, max_batch_size=64, max_queue_delay_ms=5000)
+def _batcher(base_path: Path, name: str, **settings: object) -> DynamicBatcher:
+    config = ModelConfig(name, str(base_path), nireq=1, max_batch_size=64, max_queue_delay_ms=5000, **settings)
     return DynamicBatcher(CompiledVersion(ov.Core(), config, 1, base_path / "1"), 64, 5.0)
 
 
@@ -48,9 +48,9 @@ def batcher_for(models_dir: Path, tmp_path: Path, open_batchers: list[DynamicBat
     """A batcher (one infer request, so that announced requests meet in one inference) for an example
     model by name, or for a small model built here."""
 
-    def build(name: str) -> DynamicBatcher:
+    def build(name: str, **settings: object) -> DynamicBatcher:
         base = models_dir / name if (models_dir / name).is_dir() else _save(SMALL_MODELS[name](), tmp_path / name)
-        batcher = _batcher(base, name)
+        batcher = _batcher(base, name, **settings)
         open_batchers.append(batcher)
         return batcher
 
@@ -133,6 +133,19 @@ def test_inputs_disagreeing_on_rows_fail_alone_and_leak_nothing(batcher_for) -> 
         np.testing.assert_array_equal(result.outputs["sum"], inputs["a"] + inputs["b"])
         np.testing.assert_array_equal(result.outputs["product"], inputs["a"] * inputs["b"])
     assert result.batch_rows == 12
+
+
+def test_shape_auto_models_refuse_disagreeing_rows_too(batcher_for) -> None:
+    """With `shape: auto` OpenVINO broadcasts `a` [1,2] with `b` [0,2]; batched, `b` would be other
+    clients' rows."""
+    multi = batcher_for("multi", shape={None: "auto"})
+    assert multi.compiled.batchable and multi.compiled.signature.shared_batch
+    honest = [_pair(1, 1, seed) for seed in range(4)]
+    futures = _together(multi, [*honest, _pair(1, 0, 99)])
+    with pytest.raises(InvalidArgument, match="same batch size"):
+        futures[-1].result(timeout=30)
+    for inputs, future in zip(honest, futures, strict=False):
+        np.testing.assert_array_equal(future.result(timeout=30).outputs["sum"], inputs["a"] + inputs["b"])
 
 
 def test_zero_and_several_row_requests_get_their_own_rows(batcher_for) -> None:
