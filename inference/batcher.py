@@ -8,6 +8,12 @@ Policy, per model version:
 - only requests whose non-batch dimensions match are concatenated; others wait for the next batch;
 - outputs are split back by rows, so each request gets exactly its own slice. If a batched inference
   fails, its requests are retried one by one, so a bad request fails alone.
+
+Isolation holds by construction, not only because requests were validated: a request's rows are the first
+dimension all its inputs share (one that disagrees fails alone, never joins a batch), and a batch's outputs
+are split only if each has exactly as many rows as the batch — otherwise the model's outputs are not per
+row, its requests are run again one by one, and the version stops batching. A request run alone gets its
+outputs whole.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from inference.errors import VERSION_RETIRED, NotFound
+from inference.errors import VERSION_RETIRED, NotFound, ServingError
 from inference.model import CompiledVersion, Tensors
+from inference.validation import batch_rows
 
 log = logging.getLogger("serving")
 
@@ -89,14 +96,19 @@ class DynamicBatcher:
         On an idle model (a free infer request, nothing queued or announced) the request is dispatched
         right here, saving the hand-over to the batching thread.
         """
-        first = next(iter(inputs.values()))
-        item = _Item(inputs, int(first.shape[0]) if first.ndim else 1, _shape_key(inputs), Future())
+        try:
+            item = _Item(inputs, self._rows(inputs), _shape_key(inputs), Future())
+        except ServingError as error:
+            item = _Item(inputs, 0, (), Future())
+            item.future.set_exception(error)
         with self._cond:
             if self._closed:
                 raise NotFound(VERSION_RETIRED)
             if arrivals is not None and arrivals.remaining:
                 arrivals.remaining -= 1
                 self._expected -= 1
+            if item.future.done():  # refused: it never joins a batch
+                return item.future
             direct = self._free > 0 and not self._pending and self._expected == 0
             if direct:
                 self._free -= 1
@@ -106,6 +118,14 @@ class DynamicBatcher:
         if direct:
             self._dispatch([item])
         return item.future
+
+    def _rows(self, inputs: Tensors) -> int:
+        """The rows a request adds to a batch: the first dimension all its inputs share. A model that does
+        not batch runs each request alone, whatever its inputs' shapes."""
+        if self.compiled.batchable:
+            return batch_rows({name: array.shape for name, array in inputs.items()})
+        first = next(iter(inputs.values()))
+        return int(first.shape[0]) if first.ndim else 1
 
     def close(self) -> None:
         """Finish what is queued, then stop."""
@@ -166,17 +186,38 @@ class DynamicBatcher:
             self._free += 1
             self._cond.notify_all()
         error = done.exception()
-        if error is None:
-            _split(batch, done.result(), self.compiled, started)
-        elif len(batch) == 1:
+        if error is not None and len(batch) == 1:
             batch[0].future.set_exception(error)
-        else:
+        elif error is not None:
             log.warning("A batch of %d requests failed (%s); retrying them one by one", len(batch), error)
-            for item in batch:
-                item.solo = True
-            with self._cond:
-                self._pending.extendleft(reversed(batch))
-                self._cond.notify_all()
+            self._retry_alone(batch)
+        elif len(batch) == 1 or _per_row(done.result(), batch):
+            rows = sum(item.rows for item in batch)
+            _split(batch, done.result(), BatchResult({}, rows, self.compiled, started, time.time() - started))
+        else:
+            self._stop_batching(batch, done.result())
+
+    def _stop_batching(self, batch: list[_Item], outputs: Tensors) -> None:
+        """The model's outputs are not one row per input row: splitting them would hand out other requests'
+        rows. Run this batch's requests again one by one, and batch this version no more."""
+        log.warning(
+            "Model %s version %d: the outputs of a %d-row batch are not per row (%s); its requests run again "
+            "one by one, and this version no longer batches",
+            self.compiled.name,
+            self.compiled.version,
+            sum(item.rows for item in batch),
+            ", ".join(f"{name}: {tuple(array.shape)}" for name, array in outputs.items()),
+        )
+        with self._cond:
+            self.max_rows = 1
+        self._retry_alone(batch)
+
+    def _retry_alone(self, batch: list[_Item]) -> None:
+        for item in batch:
+            item.solo = True
+        with self._cond:
+            self._pending.extendleft(reversed(batch))
+            self._cond.notify_all()
 
 
 def _shape_key(inputs: Tensors) -> tuple:
@@ -187,12 +228,21 @@ def _concatenate(batch: list[_Item]) -> Tensors:
     return {name: np.concatenate([item.inputs[name] for item in batch]) for name in batch[0].inputs}
 
 
-def _split(batch: list[_Item], outputs: Tensors, compiled: CompiledVersion, started: float) -> None:
+def _per_row(outputs: Tensors, batch: list[_Item]) -> bool:
+    """Whether every output has one row per row of the batch, so that it can be split back by rows."""
     total = sum(item.rows for item in batch)
-    took = time.time() - started
+    return all(array.ndim and array.shape[0] == total for array in outputs.values())
+
+
+def _split(batch: list[_Item], outputs: Tensors, template: BatchResult) -> None:
+    """Give each request its own rows of the batch's outputs (checked by _per_row); a request that ran
+    alone gets them whole, whatever their shapes."""
+    if len(batch) == 1:
+        batch[0].future.set_result(replace(template, outputs=outputs))
+        return
     start = 0
     for item in batch:
         end = start + item.rows
         rows = {name: array[start:end] for name, array in outputs.items()}
-        item.future.set_result(BatchResult(rows, total, compiled, started, took))
+        item.future.set_result(replace(template, outputs=rows))
         start = end

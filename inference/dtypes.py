@@ -17,11 +17,19 @@ class Precision:
     tf_enum: int  # tensorflow.DataType value
     tf_name: str
     proto_field: str  # the typed TensorProto field TensorFlow uses for this type
+    # The values OpenVINO can compute, when narrower than the type: its CPU plugin runs I64, U64 and U32 as
+    # 32-bit signed integers (2**40 + 5 comes back as 5) and FP64 as FP32 (1e300 comes back as 3.4e38), so
+    # values beyond are refused rather than cut. (FP64 within range is rounded to FP32's 24-bit precision.)
+    computed_range: tuple[float, float] | None = None
 
+
+_INT32_RANGE = (-(2**31), 2**31 - 1)
+_NON_NEGATIVE_INT32 = (0, 2**31 - 1)
+_FP32_MAX = float(np.finfo(np.float32).max)
 
 PRECISIONS = [
     Precision("FP32", np.dtype("<f4"), "f32", 1, "DT_FLOAT", "float_val"),
-    Precision("FP64", np.dtype("<f8"), "f64", 2, "DT_DOUBLE", "double_val"),
+    Precision("FP64", np.dtype("<f8"), "f64", 2, "DT_DOUBLE", "double_val", (-_FP32_MAX, _FP32_MAX)),
     Precision("FP16", np.dtype("<f2"), "f16", 19, "DT_HALF", "half_val"),
     Precision("BF16", np.dtype("<u2"), "bf16", 14, "DT_BFLOAT16", "half_val"),
     Precision("I8", np.dtype("i1"), "i8", 6, "DT_INT8", "int_val"),
@@ -29,9 +37,9 @@ PRECISIONS = [
     Precision("I16", np.dtype("<i2"), "i16", 5, "DT_INT16", "int_val"),
     Precision("U16", np.dtype("<u2"), "u16", 17, "DT_UINT16", "int_val"),
     Precision("I32", np.dtype("<i4"), "i32", 3, "DT_INT32", "int_val"),
-    Precision("U32", np.dtype("<u4"), "u32", 22, "DT_UINT32", "uint32_val"),
-    Precision("I64", np.dtype("<i8"), "i64", 9, "DT_INT64", "int64_val"),
-    Precision("U64", np.dtype("<u8"), "u64", 23, "DT_UINT64", "uint64_val"),
+    Precision("U32", np.dtype("<u4"), "u32", 22, "DT_UINT32", "uint32_val", _NON_NEGATIVE_INT32),
+    Precision("I64", np.dtype("<i8"), "i64", 9, "DT_INT64", "int64_val", _INT32_RANGE),
+    Precision("U64", np.dtype("<u8"), "u64", 23, "DT_UINT64", "uint64_val", _NON_NEGATIVE_INT32),
     Precision("BOOL", np.dtype("?"), "boolean", 10, "DT_BOOL", "bool_val"),
 ]
 

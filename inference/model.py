@@ -58,8 +58,8 @@ class CompiledVersion:
         _apply_shape_settings(model, config, mapping)
         self._inputs = [_port(p, mapping.input_alias(_tensor_name(p))) for p in model.inputs]
         self._outputs = [_port(p, mapping.output_alias(_tensor_name(p))) for p in model.outputs]
-        self.signature = _signature(model, config, self._inputs, self._outputs)
-        self.batchable = config.max_batch_size > 1 and _make_batch_dynamic(model)
+        self.signature = _signature(model, config, self._inputs, self._outputs, original)
+        self.batchable = config.max_batch_size > 1 and self.signature.shared_batch and _make_batch_dynamic(model)
         self._compiled = core.compile_model(model, config.target_device, _plugin_properties(config))
         self.nireq = config.nireq or self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
         self._input_index = {port.alias: index for index, port in enumerate(self._inputs)}
@@ -80,6 +80,8 @@ class CompiledVersion:
         ]
         for thread in self._threads:
             thread.start()
+        if self.batchable and not self._rows_are_independent():
+            self.batchable = False
 
     def infer_async(self, inputs: Tensors) -> Future[Tensors]:
         """Queue one inference; the future holds the outputs or the error."""
@@ -100,6 +102,36 @@ class CompiledVersion:
             name: np.zeros(self._sample_shapes[name], dtype=dtypes.by_name(spec.precision).numpy)
             for name, spec in self.signature.inputs.items()
         }
+
+    def _rows_are_independent(self) -> bool:
+        """Whether two random rows run together give each the answer it gets alone: then requests may share
+        an inference. A first dimension that is not a batch dimension (a vector [3] normalized as a whole,
+        a per-request scale [1] beside data [1,10]) fails this, and the model runs requests one by one."""
+        rng = np.random.default_rng(0)
+        rows = [
+            {
+                name: _random_sample(rng, spec.precision, [1, *self._sample_shapes[name][1:]])
+                for name, spec in self.signature.inputs.items()
+            }
+            for _ in range(2)
+        ]
+        try:
+            alone = [self.infer(sample) for sample in rows]
+            together = self.infer({name: np.concatenate([row[name] for row in rows]) for name in rows[0]})
+        except Exception as exc:  # any failure means: do not batch this model
+            log.info("Model %s version %d runs requests one by one: %s", self.name, self.version, _first_line(exc))
+            return False
+        independent = all(
+            array.ndim > 0
+            and array.shape[0] == 2
+            and all(_same_values(array[i : i + 1], alone[i][name]) for i in range(2))
+            for name, array in together.items()
+        )
+        if not independent:
+            log.info(
+                "Model %s version %d runs requests one by one: its rows are not independent", self.name, self.version
+            )
+        return independent
 
     def close(self) -> None:
         """Finish the queued inferences, then stop the infer threads."""
@@ -168,6 +200,25 @@ def _sample_dim(now: int, exported: int) -> int:
     if now != DYNAMIC:
         return now
     return exported if exported != DYNAMIC else 1
+
+
+def _random_sample(rng: np.random.Generator, precision: str, shape: list[int]) -> np.ndarray:
+    """Small values of any type: 0-2 for integers, so that index inputs stay in range."""
+    info = dtypes.by_name(precision)
+    if precision == "BF16":
+        return dtypes.float_to_bf16_bits(rng.standard_normal(shape))
+    if info.numpy.kind == "f":
+        return rng.standard_normal(shape).astype(info.numpy)
+    return rng.integers(0, 3, shape).astype(info.numpy)
+
+
+def _same_values(batched: np.ndarray, alone: np.ndarray) -> bool:
+    """Equal, up to the rounding a different batch size may bring to floating-point kernels."""
+    if batched.shape != alone.shape:
+        return False
+    if batched.dtype.kind == "f":
+        return bool(np.allclose(batched, alone, rtol=1e-3, atol=1e-5, equal_nan=True))
+    return bool(np.array_equal(batched, alone))
 
 
 def _tensor_name(port: ov.Output) -> str:
@@ -245,24 +296,43 @@ def _make_batch_dynamic(model: ov.Model) -> bool:
     return outputs_follow
 
 
-def _signature(model: ov.Model, config: ModelConfig, inputs: list[_Port], outputs: list[_Port]) -> ModelSignature:
+def _signature(
+    model: ov.Model,
+    config: ModelConfig,
+    inputs: list[_Port],
+    outputs: list[_Port],
+    exported: dict[str, tuple[int, ...]],
+) -> ModelSignature:
     def auto_shape(alias: str) -> bool:
         shape = config.shape or {}
         return shape.get(alias, shape.get(None)) == AUTO
 
+    input_specs = {
+        port.alias: TensorSpec(port.alias, port.precision.name, _dims(p.get_partial_shape()), auto_shape(port.alias))
+        for port, p in zip(inputs, model.inputs, strict=False)
+    }
     return ModelSignature(
-        inputs={
-            port.alias: TensorSpec(
-                port.alias, port.precision.name, _dims(p.get_partial_shape()), auto_shape(port.alias)
-            )
-            for port, p in zip(inputs, model.inputs, strict=False)
-        },
+        inputs=input_specs,
         outputs={
             port.alias: TensorSpec(port.alias, port.precision.name, _dims(p.get_partial_shape()))
             for port, p in zip(outputs, model.outputs, strict=False)
         },
         auto_batch=config.batch_size == AUTO,
+        shared_batch=_shares_batch_dimension(input_specs, exported),
     )
+
+
+def _shares_batch_dimension(inputs: dict[str, TensorSpec], exported: dict[str, tuple[int, ...]]) -> bool:
+    """Whether every input's first dimension is one batch dimension: each input has one, and they are all
+    dynamic or all the same size. A `shape: auto` input (all dynamic now) counts with its exported size,
+    so that e.g. a per-channel scale [3] beside images [N,3,H,W] stays a separate input."""
+    firsts = set()
+    for name, spec in inputs.items():
+        dims = exported[name] if spec.auto_shape else spec.shape
+        if not dims:
+            return False
+        firsts.add(dims[0])
+    return len(firsts) == 1
 
 
 def _plugin_properties(config: ModelConfig) -> dict[str, Any]:

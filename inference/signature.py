@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 DYNAMIC = -1
@@ -38,16 +38,20 @@ class ModelSignature:
     inputs: dict[str, TensorSpec] = field(default_factory=dict)
     outputs: dict[str, TensorSpec] = field(default_factory=dict)
     auto_batch: bool = False  # batch_size "auto": any batch size is served
+    # Every input's first dimension is one batch dimension (rows), so a request's inputs must agree on it.
+    # False for models whose inputs do not share one (e.g. images [N,3,H,W] beside a scale [3]).
+    shared_batch: bool = True
 
     def with_any_batch(self) -> ModelSignature:
         """The same signature accepting any number of samples (jobs are split along that dimension)."""
-        return ModelSignature(self.inputs, self.outputs, auto_batch=True)
+        return replace(self, auto_batch=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "inputs": [spec.to_dict() for spec in self.inputs.values()],
             "outputs": [spec.to_dict() for spec in self.outputs.values()],
             "auto_batch": self.auto_batch,
+            "shared_batch": self.shared_batch,
         }
 
     @staticmethod
@@ -55,4 +59,9 @@ class ModelSignature:
         def specs(items: list[dict[str, Any]]) -> dict[str, TensorSpec]:
             return {item["name"]: TensorSpec.from_dict(item) for item in items}
 
-        return ModelSignature(specs(data["inputs"]), specs(data["outputs"]), data.get("auto_batch", False))
+        return ModelSignature(
+            specs(data["inputs"]),
+            specs(data["outputs"]),
+            data.get("auto_batch", False),
+            data.get("shared_batch", True),
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,24 @@ def validate_inputs(signature: ModelSignature, inputs: dict[str, RequestTensor])
         if tensor is None:
             raise InvalidArgument(f"Missing input with specific name - Required input: {name}")
         arrays[name] = _validate_tensor(spec, tensor, signature.auto_batch)
+    if signature.shared_batch:
+        batch_rows({name: array.shape for name, array in arrays.items()})
     return arrays
+
+
+def batch_rows(shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """The batch size every input of one request shares (their first dimension).
+
+    Batched requests are concatenated and their outputs split back by rows, so inputs that disagree
+    would take or give rows of other clients' requests: they are refused.
+    """
+    sizes = {name: shape[0] if shape else None for name, shape in shapes.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        actual = ", ".join(f"{name}: {'none' if size is None else size}" for name, size in sizes.items())
+        raise InvalidArgument(
+            f"Invalid input batch size - every input must have the same batch size (first dimension); Actual: {actual}"
+        )
+    return int(next(iter(sizes.values())))
 
 
 def _validate_tensor(spec: TensorSpec, tensor: RequestTensor, auto_batch: bool) -> np.ndarray:
@@ -83,7 +101,9 @@ def _to_array(spec: TensorSpec, tensor: RequestTensor) -> np.ndarray:
                 "Invalid content size of tensor proto - "
                 f"Expected: {expected_bytes} bytes; Actual: {len(tensor.content)} bytes"
             )
-        return np.frombuffer(tensor.content, dtype=dtype).reshape(tensor.shape)
+        array = np.frombuffer(tensor.content, dtype=dtype).reshape(tensor.shape)
+        _check_computed_range(spec, array)
+        return array
     values = tensor.values
     if values is None or values.size != count:
         actual = 0 if values is None else values.size
@@ -94,8 +114,30 @@ def _to_array(spec: TensorSpec, tensor: RequestTensor) -> np.ndarray:
     return _cast(values, dtype, spec).reshape(tensor.shape)
 
 
+def _check_computed_range(spec: TensorSpec, values: np.ndarray) -> None:
+    """Refuse values OpenVINO would silently cut to 32 bits (see dtypes.Precision.computed_range)."""
+    computed = dtypes.by_name(spec.precision).computed_range
+    if computed is None or not values.size:
+        return
+    low, high = computed
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]  # NaN and infinities pass through 32 bits unchanged
+    outside = values[(values < low) | (values > high)]
+    if outside.size:
+        kind = "floats" if dtypes.by_name(spec.precision).numpy.kind == "f" else "integers"
+        raise InvalidArgument(
+            f"Invalid input values - {spec.precision} input {spec.name} holds {outside.flat[0]}, "
+            f"outside {_number(low)}..{_number(high)}: OpenVINO computes {spec.precision} as 32-bit {kind}"
+        )
+
+
+def _number(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 2**53 else f"{bound:g}"
+
+
 def _cast(values: np.ndarray, dtype: np.dtype, spec: TensorSpec) -> np.ndarray:
     if values.dtype == dtype:
+        _check_computed_range(spec, values)
         return values
     if values.dtype.kind not in "biuf":
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: non-numeric values")
@@ -105,6 +147,7 @@ def _cast(values: np.ndarray, dtype: np.dtype, spec: TensorSpec) -> np.ndarray:
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: NaN or infinite values")
     if dtype.kind in "iub" and values.dtype.kind == "f" and not np.array_equal(values, np.trunc(values)):
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: fractional values")
+    _check_computed_range(spec, values)  # before the cast: 2**64 - 1 read from JSON as a float would wrap
     if dtype.kind in "iu" and values.size:  # astype would wrap silently: 300 as U8 becomes 44
         info = np.iinfo(dtype)
         if values.min() < info.min or values.max() > info.max:

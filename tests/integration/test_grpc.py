@@ -252,6 +252,18 @@ def test_typed_values_out_of_range(stubs: Stubs, name: str, tensor: tensor_pb2.T
     assert_rpc_error(stubs.prediction.Predict, predict_request("types", inputs), INVALID, expected)
 
 
+@pytest.mark.parametrize("encode", [content_tensor, typed_tensor], ids=["tensor_content", "typed_val"])
+def test_i64_values_beyond_what_openvino_computes_are_invalid(stubs: Stubs, encode) -> None:
+    """The CPU plugin runs I64 as 32-bit integers: [[2**40+5, -2**33]] used to come back [[5, 0]]."""
+    inputs = {name: encode(extremes(dtype)) for name, dtype in TYPES_MODEL_INPUTS.items()}
+    inputs["i64"] = encode(np.array([[2**40 + 5, -(2**33)], [0, 1]], dtype=np.int64))
+    expected = (
+        f"Invalid input values - I64 input i64 holds {2**40 + 5}, outside -2147483648..2147483647: "
+        "OpenVINO computes I64 as 32-bit integers"
+    )
+    assert_rpc_error(stubs.prediction.Predict, predict_request("types", inputs), INVALID, expected)
+
+
 def test_half_val_out_of_range(stubs: Stubs) -> None:
     inputs = {name: typed_tensor(extremes(dtype)) for name, dtype in TYPES_MODEL_INPUTS.items()}
     inputs["f16"] = raw_tensor(types_pb2.DT_HALF, (2, 2), half_val=[70000, 0, 0, 0])

@@ -273,6 +273,28 @@ def test_types_model_round_trips_each_json_type(server: OvmsProcess) -> None:
     assert outputs["boolean_out"][0][0] is True
 
 
+@pytest.mark.parametrize(
+    "encode", [lambda rows: rows, lambda rows: b64(np.array(rows, dtype="<i8"))], ids=["json", "b64"]
+)
+def test_i64_values_beyond_what_openvino_computes_are_400(server: OvmsProcess, encode) -> None:
+    """The CPU plugin runs I64 as 32-bit integers: [[2**40+5, -2**33]] used to come back [[5, 0]]."""
+    inputs = {
+        "f16": [[1, 2]],
+        "i8": [[1, 2]],
+        "u8": [[1, 2]],
+        "i16": [[1, 2]],
+        "i32": [[1, 2]],
+        "i64": encode([[2**40 + 5, -(2**33)]]),
+        "boolean": [[True, False]],
+    }
+    assert_error(
+        predict(server, "types", {"inputs": inputs}),
+        400,
+        f"Invalid input values - I64 input i64 holds {2**40 + 5}, outside -2147483648..2147483647: "
+        "OpenVINO computes I64 as 32-bit integers",
+    )
+
+
 def test_integers_are_accepted_for_float_inputs(server: OvmsProcess) -> None:
     assert predict_ok(server, "onnx_add", {"inputs": {"x": [[1, 2, 3]]}}) == {"outputs": [[11, 12, 13]]}
 

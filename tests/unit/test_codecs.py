@@ -38,7 +38,7 @@ from tasks.messages import (
 # One sample per precision, covering each type's extremes.
 SAMPLES: dict[str, np.ndarray] = {
     "FP32": np.array([[1.5, -0.0], [np.finfo(np.float32).max, np.finfo(np.float32).tiny]], dtype="<f4"),
-    "FP64": np.array([[1e300, -2.5], [np.pi, 0.0]], dtype="<f8"),
+    "FP64": np.array([[3e38, -2.5], [np.pi, 0.0]], dtype="<f8"),
     "FP16": np.array([[1.0, -2.0], [65504.0, 0.000061035156]], dtype="<f2"),
     "BF16": dtypes.float_to_bf16_bits(np.array([[1.0, -2.5], [3.0e38, 0.15625]], dtype=np.float32)),
     "I8": np.array([[-128, 127], [0, -1]], dtype="i1"),
@@ -46,10 +46,18 @@ SAMPLES: dict[str, np.ndarray] = {
     "I16": np.array([[-32768, 32767], [0, -1]], dtype="<i2"),
     "U16": np.array([[0, 65535], [1, 2]], dtype="<u2"),
     "I32": np.array([[-(2**31), 2**31 - 1], [0, -1]], dtype="<i4"),
+    # OpenVINO computes these as 32-bit integers (FP64 as FP32): validation accepts only what they hold
+    "U32": np.array([[0, 2**31 - 1], [1, 2]], dtype="<u4"),
+    "I64": np.array([[-(2**31), 2**31 - 1], [0, -1]], dtype="<i8"),
+    "U64": np.array([[0, 2**31 - 1], [1, 2]], dtype="<u8"),
+    "BOOL": np.array([[True, False], [False, True]], dtype="?"),
+}
+# The full range of those types (and FP64 beyond FP32's range), which the wire carries and validation refuses.
+WIDE_EXTREMES: dict[str, np.ndarray] = {
+    "FP64": np.array([[1e300, -2.5], [np.pi, 0.0]], dtype="<f8"),
     "U32": np.array([[0, 2**32 - 1], [1, 2]], dtype="<u4"),
     "I64": np.array([[-(2**63), 2**63 - 1], [0, -1]], dtype="<i8"),
     "U64": np.array([[0, 2**64 - 1], [1, 2]], dtype="<u8"),
-    "BOOL": np.array([[True, False], [False, True]], dtype="?"),
 }
 
 
@@ -122,6 +130,19 @@ def test_typed_val_fields_round_trip(precision: str) -> None:
     assert decoded.dtype == dtypes.by_name(precision).numpy
     np.testing.assert_array_equal(decoded, array)
     assert tensor_to_proto(decoded, precision).tensor_content == array.tobytes()
+
+
+@pytest.mark.parametrize("precision", list(WIDE_EXTREMES))
+def test_wide_integer_extremes_survive_the_wire_and_validation_refuses_them(precision: str) -> None:
+    array = WIDE_EXTREMES[precision]
+    from_content = tensor_from_proto(tensor_to_proto(array, precision))
+    from_typed = tensor_from_proto(typed_proto(precision, array))
+    assert from_content.content is not None and from_typed.values is not None
+    np.testing.assert_array_equal(np.frombuffer(from_content.content, array.dtype).reshape(2, 2), array)
+    np.testing.assert_array_equal(from_typed.values.reshape(2, 2), array)
+    for tensor in (from_content, from_typed):
+        with pytest.raises(InvalidArgument, match=f"Invalid input values - {precision} input t holds"):
+            validate_inputs(model([spec("t", precision, (DYNAMIC, 2))]), {"t": tensor})
 
 
 def test_fp16_half_val_bit_patterns() -> None:
@@ -409,7 +430,8 @@ def test_unpack_rejects_metadata_that_does_not_match_the_payload() -> None:
 
 @pytest.mark.parametrize("precision", list(SAMPLES))
 def test_outputs_round_trip(precision: str) -> None:
-    outputs = {"first": SAMPLES[precision], "second": SAMPLES[precision][:1]}
+    sample = WIDE_EXTREMES.get(precision, SAMPLES[precision])  # outputs may hold any value of their type
+    outputs = {"first": sample, "second": sample[:1]}
     packed = pack_outputs(
         outputs, {"first": precision, "second": precision}, version=3, batch=5, started=100.5, infer_s=0.25
     )

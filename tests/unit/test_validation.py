@@ -182,8 +182,8 @@ def test_auto_shape_skips_rank_batch_and_shape_checks() -> None:
 
 def test_auto_shape_applies_per_input() -> None:
     sig = signature(TensorSpec("free", "FP32", (1, 2), auto_shape=True), TensorSpec("fixed", "FP32", (1, 2)))
-    arrays = validate_inputs(sig, {"free": raw((4, 4)), "fixed": raw((1, 2))})
-    assert arrays["free"].shape == (4, 4)
+    arrays = validate_inputs(sig, {"free": raw((1, 4, 4)), "fixed": raw((1, 2))})
+    assert arrays["free"].shape == (1, 4, 4)
     assert rejection(sig, {"free": raw((4, 4)), "fixed": raw((4, 4))}) == (
         "Invalid input batch size - Expected: 1; Actual: 4"
     )
@@ -221,11 +221,11 @@ def test_json_integers_are_cast_to_float_inputs() -> None:
 
 def test_json_floats_are_cast_to_the_model_float_type() -> None:
     sig = signature(TensorSpec("x", "FP16", (DYNAMIC, 2)), TensorSpec("y", "FP64", (DYNAMIC, 2)))
-    arrays = validate_inputs(sig, {"x": json_values([[0.5, -2.25]]), "y": json_values([[0.1, 1e300]])})
+    arrays = validate_inputs(sig, {"x": json_values([[0.5, -2.25]]), "y": json_values([[0.1, 1e-300]])})
     assert arrays["x"].dtype == np.float16
     assert arrays["x"].tolist() == [[0.5, -2.25]]
     assert arrays["y"].dtype == np.float64
-    assert arrays["y"].tolist() == [[0.1, 1e300]]
+    assert arrays["y"].tolist() == [[0.1, 1e-300]]
 
 
 def test_json_booleans_and_integral_floats_are_accepted_for_integer_inputs() -> None:
@@ -279,10 +279,10 @@ def test_json_floats_for_bf16_inputs_become_bf16_bit_patterns() -> None:
 
 def test_values_of_the_model_type_pass_through_unchanged() -> None:
     sig = signature(TensorSpec("x", "I64", (DYNAMIC, 2)))
-    values = np.array([[2**40, -(2**40)]], dtype=np.int64)
+    values = np.array([[2**31 - 1, -(2**31)]], dtype=np.int64)
     array = validate_inputs(sig, {"x": RequestTensor("I64", (1, 2), values=values)})["x"]
     assert array.dtype == np.int64
-    assert array.tolist() == [[2**40, -(2**40)]]
+    assert array.tolist() == [[2**31 - 1, -(2**31)]]
 
 
 def test_json_values_are_reshaped_to_the_request_shape() -> None:
@@ -323,3 +323,112 @@ def test_nan_and_infinity_pass_to_float_inputs(precision: str) -> None:
     array = validate_inputs(sig, {"x": json_values([[float("nan"), float("inf"), float("-inf")]])})["x"]
     floats = dtypes.bf16_bits_to_float(array) if precision == "BF16" else array
     assert np.isnan(floats[0, 0]) and floats[0, 1] == np.inf and floats[0, 2] == -np.inf
+
+
+# --------------------------------------------------------------------------- one batch dimension per request
+
+
+def pair(auto_shape: bool = False, shared_batch: bool = True) -> ModelSignature:
+    specs = [TensorSpec(name, "FP32", (DYNAMIC, 2), auto_shape=auto_shape) for name in ("a", "b")]
+    outputs = {"sum": TensorSpec("sum", "FP32", (DYNAMIC, 2))}
+    return ModelSignature({spec.name: spec for spec in specs}, outputs, shared_batch=shared_batch)
+
+
+@pytest.mark.parametrize(
+    "sig", [pair(), pair().with_any_batch(), pair(auto_shape=True)], ids=["predict", "job", "auto_shape"]
+)
+@pytest.mark.parametrize(("rows_a", "rows_b"), [(1, 0), (0, 1), (2, 1), (1, 3)])
+def test_inputs_must_agree_on_the_batch_size(sig: ModelSignature, rows_a: int, rows_b: int) -> None:
+    """Rows of one request are split back by position: inputs that disagree would mix clients' rows."""
+    assert rejection(sig, {"a": raw((rows_a, 2)), "b": raw((rows_b, 2))}) == (
+        "Invalid input batch size - every input must have the same batch size (first dimension); "
+        f"Actual: a: {rows_a}, b: {rows_b}"
+    )
+
+
+@pytest.mark.parametrize("rows", [0, 1, 5])
+def test_inputs_agreeing_on_the_batch_size_are_accepted(rows: int) -> None:
+    arrays = validate_inputs(pair().with_any_batch(), {"a": raw((rows, 2)), "b": raw((rows, 2))})
+    assert arrays["a"].shape == arrays["b"].shape == (rows, 2)
+
+
+def test_an_auto_shape_input_without_a_batch_dimension_is_rejected() -> None:
+    assert rejection(pair(auto_shape=True), {"a": raw((1, 2)), "b": raw(())}) == (
+        "Invalid input batch size - every input must have the same batch size (first dimension); Actual: a: 1, b: none"
+    )
+
+
+def test_inputs_of_a_model_without_a_shared_batch_dimension_may_differ() -> None:
+    """e.g. images [N,3,H,W] beside a per-channel scale [3]: the model is never batched."""
+    arrays = validate_inputs(pair(shared_batch=False), {"a": raw((1, 2)), "b": raw((3, 2))})
+    assert arrays["b"].shape == (3, 2)
+
+
+def test_the_shared_batch_setting_travels_with_the_signature() -> None:
+    for sig in [pair(), pair(shared_batch=False)]:
+        assert ModelSignature.from_dict(sig.to_dict()) == sig
+        assert sig.with_any_batch().shared_batch == sig.shared_batch
+
+
+# --------------------------------------------------------------------------- what OpenVINO computes exactly
+
+# OpenVINO's CPU plugin runs I64, U64 and U32 as 32-bit signed integers: [[2**40+5, -2**33]] came back [[5, 0]].
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+
+
+@pytest.mark.parametrize(
+    ("precision", "value"),
+    [
+        ("I64", 2**40 + 5),
+        ("I64", -(2**33)),
+        ("I64", I32_MAX + 1),
+        ("I64", I32_MIN - 1),
+        ("I64", 2**63 - 1),
+        ("U64", I32_MAX + 1),
+        ("U64", 2**64 - 1),
+        ("U32", I32_MAX + 1),
+        ("U32", 2**32 - 1),
+    ],
+)
+@pytest.mark.parametrize("form", ["json", "content", "typed"])
+def test_wide_integers_beyond_what_openvino_computes_are_rejected(precision: str, value: int, form: str) -> None:
+    sig = signature(TensorSpec("x", precision, (DYNAMIC, 2)))
+    array = np.array([[1, value]], dtype=dtypes.by_name(precision).numpy)
+    tensor = {
+        "json": json_values([[1, value]]),
+        "content": RequestTensor(precision, (1, 2), content=array.tobytes()),
+        "typed": RequestTensor(precision, (1, 2), values=array),
+    }[form]
+    low = I32_MIN if precision == "I64" else 0
+    shown = tensor.values.ravel()[1] if form == "json" else value  # 2**64 - 1 is a float in JSON-parsed values
+    assert rejection(sig, {"x": tensor}) == (
+        f"Invalid input values - {precision} input x holds {shown}, outside {low}..{I32_MAX}: "
+        f"OpenVINO computes {precision} as 32-bit integers"
+    )
+
+
+@pytest.mark.parametrize(("precision", "low"), [("I64", I32_MIN), ("U64", 0), ("U32", 0)])
+def test_wide_integers_within_what_openvino_computes_are_accepted(precision: str, low: int) -> None:
+    sig = signature(TensorSpec("x", precision, (DYNAMIC, 2)))
+    assert validate_inputs(sig, {"x": json_values([[low, I32_MAX]])})["x"].tolist() == [[low, I32_MAX]]
+    empty = RequestTensor(precision, (0, 2), content=b"")
+    assert validate_inputs(sig, {"x": empty})["x"].shape == (0, 2)
+
+
+@pytest.mark.parametrize("value", [1e300, -1e39, 2.0**128])
+@pytest.mark.parametrize("form", ["json", "content"])
+def test_fp64_beyond_what_openvino_computes_is_rejected(value: float, form: str) -> None:
+    """The CPU plugin computes FP64 as FP32: 1e300 came back as 3.4e38."""
+    sig = signature(TensorSpec("x", "FP64", (DYNAMIC, 2)))
+    array = np.array([[1.5, value]])
+    tensor = json_values(array) if form == "json" else RequestTensor("FP64", (1, 2), content=array.tobytes())
+    assert rejection(sig, {"x": tensor}) == (
+        f"Invalid input values - FP64 input x holds {np.float64(value)}, outside -3.40282e+38..3.40282e+38: "
+        "OpenVINO computes FP64 as 32-bit floats"
+    )
+
+
+def test_fp64_within_what_openvino_computes_is_accepted() -> None:
+    sig = signature(TensorSpec("x", "FP64", (DYNAMIC, 4)))
+    values = [[3.4e38, -3.4e38, np.inf, 1e-300]]
+    assert validate_inputs(sig, {"x": json_values(values)})["x"].tolist() == values
