@@ -97,8 +97,8 @@ class DataPlane:
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         """Ready = not draining, Redis reachable, and every known model has an AVAILABLE version on a
-        live worker; with the per-model answers."""
-        if not self.link.up:
+        live worker (as read from Redis since it was last reachable again); with the per-model answers."""
+        if not self.link.up or self._registry.refreshed_at < self.link.up_since:
             return False, dict.fromkeys(self.expected_models(), False)
         models = {}
         for name in self.expected_models():

@@ -47,7 +47,8 @@ class Supervisor:
         self._broker_url = ""
         self._children: list[subprocess.Popen] = []  # helpers whose exit does not stop the server
         self._expected_workers: set[str] = set()
-        self._child_died = threading.Event()
+        self._stopping = threading.Event()  # a child kept dying, or the server is stopping
+        self._watcher = threading.Thread(target=self._watch_children, name="ovms-supervisor", daemon=True)
 
     def run(self) -> int:
         api: ApiServer | None = None
@@ -61,13 +62,16 @@ class Supervisor:
                 self._children.append(self._spawn_flower(broker_url))
             api = ApiServer(self._settings, broker_url)
             api.start()
-            threading.Thread(target=self._watch_children, daemon=True).start()
-            wait_for_stop_signal(self._child_died)
+            self._watcher.start()
+            wait_for_stop_signal(self._stopping)
             return 1 if self._gave_up else 0
         except RuntimeError as exc:
             log.error("%s", exc)
             return 1
         finally:
+            self._stopping.set()  # no restarts while the children are being stopped
+            if self._watcher.is_alive():
+                self._watcher.join()
             if api is not None:
                 api.stop()
             self._stop_processes(self._children + list(self._workers.values()))
@@ -102,7 +106,7 @@ class Supervisor:
         """Restart a worker that died (the api carries on and its requests fail over, see
         tasks.dispatcher), and the embedded Redis (see _restart_redis); one that keeps dying stops the
         server."""
-        while not self._child_died.is_set():
+        while not self._stopping.is_set():
             for device, worker in list(self._workers.items()):
                 if worker.poll() is None:
                     continue
@@ -135,7 +139,7 @@ class Supervisor:
             return True
         log.error("%s exited with %s again; shutting down", what, code)
         self._gave_up = True
-        self._child_died.set()
+        self._stopping.set()
         return False
 
     def _spawn_flower(self, broker_url: str) -> subprocess.Popen:

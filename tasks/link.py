@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import redis
@@ -33,6 +34,7 @@ class RedisLink:
         self._url = url
         self._probe = redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
         self._reason: str | None = None  # why Redis is unreachable; None while it answers
+        self.up_since = 0.0  # time.monotonic() when Redis last came back (a restarted one may be empty)
         self._lock = threading.Lock()
         self._on_down: list[Callable[[Unavailable], None]] = []
         self._wake = threading.Event()
@@ -96,6 +98,8 @@ class RedisLink:
     def _came_back(self) -> None:
         with self._lock:
             was_down, self._reason = self._reason is not None, None
+            if was_down:
+                self.up_since = time.monotonic()
         if was_down:
             log.info("Redis %s is reachable again", redact(self._url))
 

@@ -175,9 +175,12 @@ def test_all_in_one_restarts_a_killed_embedded_redis(models_dir: Path):
         (restarted,) = [p for p in psutil.Process(server.process.pid).children() if "redis" in p.name()]
         assert restarted.pid != embedded.pid
         assert ready_s < RECOVERY_S and server.process.poll() is None
+        assert "Internal error" not in server.log()
     finally:
         probe.close()
-        server.stop()
+        exit_code = server.stop()
+    assert exit_code == 0
+    restarted.wait(timeout=5)  # stopped with the server, not restarted again by it
 
 
 def test_stopped_redis_makes_every_route_unavailable_at_once(stack, probe, broker):
