@@ -140,20 +140,25 @@ def _timed(call: Callable[[], object]) -> tuple[object, float]:
     return outcome, time.monotonic() - started
 
 
-def _assert_all_unavailable(probe: Probe) -> None:
-    """Every route that needs Redis answers 503 / UNAVAILABLE within FAIL_FAST_S, and says why."""
+def _assert_all_unavailable(probe: Probe) -> float:
+    """Every route that needs Redis answers 503 / UNAVAILABLE within FAIL_FAST_S, and says why; returns
+    the slowest answer's seconds."""
+    slowest = 0.0
     for name, call in probe.rest_calls().items():
         reply, seconds = _timed(call)
         assert reply.status_code == 503, (name, reply.status_code, reply.text)
         assert "Redis" in reply.json()["error"], (name, reply.text)
         assert seconds < FAIL_FAST_S, f"REST {name} took {seconds:.2f} s to fail"
+        slowest = max(slowest, seconds)
     for name, call in probe.grpc_calls().items():
         error, seconds = _timed(call)
         assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE, (name, error)
         assert seconds < FAIL_FAST_S, f"gRPC {name} took {seconds:.2f} s to fail"
+        slowest = max(slowest, seconds)
     assert requests.get(f"{probe.url}/v1/health/live", timeout=5).status_code == 200
     metrics = requests.get(f"{probe.url}/metrics", timeout=5)
     assert metrics.status_code == 200 and "ovms_redis_up 0.0" in metrics.text
+    return slowest
 
 
 def test_all_in_one_restarts_a_killed_embedded_redis(models_dir: Path):
@@ -185,18 +190,19 @@ def test_all_in_one_restarts_a_killed_embedded_redis(models_dir: Path):
 
 def test_stopped_redis_makes_every_route_unavailable_at_once(stack, probe, broker):
     assert probe.ready() == 200 and probe.predicts()
-    broker.stop()
     stopped = time.monotonic()
-    not_ready_s = _wait_for(lambda: probe.ready() == 503, NOTICED_S, "readiness 503")
+    broker.stop()
+    _wait_for(lambda: probe.ready() == 503, NOTICED_S, "readiness 503")
+    not_ready_s = time.monotonic() - stopped
     _wait_for(lambda: not probe.serving(), NOTICED_S, "gRPC health NOT_SERVING")
-    _assert_all_unavailable(probe)
+    slowest = _assert_all_unavailable(probe)
     assert "Internal error" not in stack.log()
 
     broker.start()
     started = time.monotonic()
     _wait_for(lambda: probe.ready() == 200 and probe.serving() and probe.predicts(), RECOVERY_S, "service again")
     print(
-        f"\nRedis stopped: readiness 503 after {not_ready_s:.2f} s; served again "
+        f"\nRedis stopped: readiness 503 after {not_ready_s:.2f} s, routes 503 in <= {slowest:.3f} s; served again "
         f"{time.monotonic() - started:.2f} s after its restart (outage {started - stopped:.1f} s)"
     )
 
@@ -208,23 +214,36 @@ def test_paused_redis_fails_predicts_promptly_and_service_resumes(stack, probe, 
         threading.Thread(target=lambda: outcomes.append(_timed(probe.grpc_calls()["Predict"]))) for _ in range(4)
     ]
     os.kill(broker.pid, signal.SIGSTOP)
+    paused = time.monotonic()
     for caller in callers:
         caller.start()
+    _wait_for(lambda: probe.ready() == 503, NOTICED_S, "readiness 503")
+    not_ready_s = time.monotonic() - paused
     for caller in callers:
         caller.join(timeout=35)
     codes = [error.code() if isinstance(error, grpc.RpcError) else "OK" for error, _ in outcomes]
     slowest = max(seconds for _, seconds in outcomes)
     assert codes == [grpc.StatusCode.UNAVAILABLE] * 4, codes
     assert slowest < 3.0, f"a predict took {slowest:.2f} s to fail on a paused Redis (deadline 30 s)"
-    not_ready_s = _wait_for(lambda: probe.ready() == 503, NOTICED_S, "readiness 503")
-    _assert_all_unavailable(probe)
+    slowest_route = _assert_all_unavailable(probe)
 
     os.kill(broker.pid, signal.SIGCONT)
     resumed_s = _wait_for(lambda: probe.ready() == 200 and probe.predicts(), RECOVERY_S, "service again")
     print(
-        f"\nRedis paused: predicts UNAVAILABLE within {slowest:.2f} s, readiness 503 within {not_ready_s:.2f} s "
-        f"more; served again {resumed_s:.2f} s after SIGCONT"
+        f"\nRedis paused: predicts UNAVAILABLE within {slowest:.2f} s, readiness 503 after {not_ready_s:.2f} s, "
+        f"routes 503 in <= {slowest_route:.3f} s; served again {resumed_s:.2f} s after SIGCONT"
     )
+
+
+def test_a_job_lost_with_a_restarted_redis_answers_404_saying_so(stack, probe, broker):
+    body = {"model": MODEL, "instances": [[1.0, 2.0, 3.0, 4.0]]}
+    job = requests.post(f"{probe.url}/v1/jobs", json=body, timeout=30).json()["id"]
+    broker.stop()
+    broker.start()  # empty: it keeps nothing on disk
+    _wait_for(lambda: probe.ready() == 200, RECOVERY_S, "ready again")
+    reply = requests.get(f"{probe.url}/v1/jobs/{job}", timeout=10)
+    assert reply.status_code == 404
+    assert reply.json()["error"] == f"Job {job} is not found: unknown id, expired, or lost when Redis restarted empty"
 
 
 def test_readiness_is_false_while_no_live_worker_serves_a_configured_model(models_dir: Path, broker: EmbeddedRedis):
