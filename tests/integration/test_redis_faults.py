@@ -27,6 +27,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from api.supervisor import RESTARTS_PER_MINUTE
 from tasks.broker import EmbeddedRedis
 from tests.support.load import float_request
 from tests.support.stack import OvmsProcess, start_ovms
@@ -186,6 +187,28 @@ def test_all_in_one_restarts_a_killed_embedded_redis(models_dir: Path):
         exit_code = server.stop()
     assert exit_code == 0
     restarted.wait(timeout=5)  # stopped with the server, not restarted again by it
+
+
+def test_an_embedded_redis_that_keeps_dying_stops_the_server(models_dir: Path):
+    server = _serve(models_dir)
+    try:
+        killed: set[int] = set()
+        for _ in range(RESTARTS_PER_MINUTE + 1):
+            _wait_for(lambda: server.process.poll() is not None or _embedded_redis(server, killed), 15, "a restart")
+            embedded = _embedded_redis(server, killed)
+            assert embedded is not None, server.log()[-2000:]
+            embedded.kill()
+            killed.add(embedded.pid)
+        assert server.process.wait(timeout=60) == 1
+        assert "Embedded Redis exited with -9 again; shutting down" in server.log()
+    finally:
+        server.stop()
+
+
+def _embedded_redis(server: OvmsProcess, killed: set[int]) -> psutil.Process | None:
+    """The supervisor's running redis-server child, not one of the `killed` ones."""
+    children = psutil.Process(server.process.pid).children()
+    return next((p for p in children if "redis" in p.name() and p.pid not in killed and p.status() != "zombie"), None)
 
 
 def test_stopped_redis_makes_every_route_unavailable_at_once(stack, probe, broker):
