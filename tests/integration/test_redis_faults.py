@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +32,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import (
 from api.supervisor import RESTARTS_PER_MINUTE
 from tasks.broker import EmbeddedRedis
 from tests.support.load import float_request
-from tests.support.stack import OvmsProcess, start_ovms
+from tests.support.stack import REPO, OvmsProcess, start_ovms
 
 MODEL = "versioned"
 PREDICT = float_request(MODEL, "x", np.ones((1, 4)))
@@ -267,6 +269,32 @@ def test_a_job_lost_with_a_restarted_redis_answers_404_saying_so(stack, probe, b
     reply = requests.get(f"{probe.url}/v1/jobs/{job}", timeout=10)
     assert reply.status_code == 404
     assert reply.json()["error"] == f"Job {job} is not found: unknown id, expired, or lost when Redis restarted empty"
+
+
+def test_ovms_submit_wait_rides_out_an_outage_and_ends_when_redis_lost_the_job(stack, probe, broker, tmp_path):
+    (worker,) = [p for p in psutil.Process(stack.process.pid).children() if "worker" in p.cmdline()]
+    worker.suspend()  # the job stays queued
+    try:
+        np.save(tmp_path / "x.npy", np.ones((3, 4), dtype=np.float32))
+        command = [sys.executable, "-m", "api.main", "submit", "--url", probe.url, "--model", MODEL]
+        client = subprocess.Popen(
+            [*command, "--input", str(tmp_path / "x.npy"), "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        assert client.stdout is not None
+        job = client.stdout.readline().strip()  # printed once the job is queued
+        broker.stop()
+        time.sleep(1.5)  # the client polls through 503s meanwhile
+        broker.start()  # empty: the job is gone
+        _, stderr = client.communicate(timeout=30)
+    finally:
+        worker.resume()
+    assert client.returncode == 1
+    assert f"404 Job {job} is not found: unknown id, expired, or lost when Redis restarted empty" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_readiness_is_false_while_no_live_worker_serves_a_configured_model(models_dir: Path, broker: EmbeddedRedis):
