@@ -6,7 +6,6 @@ breaks that Redis. Figures (time to 503, time to recover) are printed for the RE
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -39,17 +38,6 @@ PREDICT = float_request(MODEL, "x", np.ones((1, 4)))
 FAIL_FAST_S = 1.0  # the longest any call may take to fail while Redis is unreachable
 NOTICED_S = 2.5  # the longest readiness may take to turn false once Redis is gone or paused
 RECOVERY_S = 15.0
-
-
-@pytest.fixture
-def broker() -> Iterator[EmbeddedRedis]:
-    """A Redis of this test's own, to stop, pause and start again."""
-    server = EmbeddedRedis()
-    server.start()
-    yield server
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(server.pid, signal.SIGCONT)  # a paused one must be able to stop
-    server.stop()
 
 
 def _serve(models_dir: Path, *args: str) -> OvmsProcess:
