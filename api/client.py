@@ -80,23 +80,33 @@ def _submit(args: argparse.Namespace) -> int:
     print(job_id)
     if not args.wait:
         return 0
-    status = _follow(args.http, args.url, job_id)
+    reply = _follow(args.http, args.url, job_id)
+    if reply.status_code != 200:  # e.g. 404: the job was lost with a Redis that restarted empty
+        return _failed("submit", reply)
+    status = reply.json()
     if status["state"] != "SUCCESS":
         print(f"ovms submit: job {job_id} ended {status['state']}: {'; '.join(status['errors'])}", file=sys.stderr)
         return 1
     return _fetch(args.http, args.url, job_id, args.output)
 
 
-def _follow(http: requests.Session, url: str, job_id: str) -> dict:
-    """Poll the job, drawing a progress bar of samples done, until it ends."""
+def _follow(http: requests.Session, url: str, job_id: str) -> requests.Response:
+    """Poll the job, drawing a progress bar of samples done, until it ends (its last status) or an error
+    other than 503 (Redis or the server unavailable for now: polled again after its Retry-After)."""
     with tqdm(unit="sample", desc=job_id[:8], file=sys.stderr) as bar:
         while True:
-            status = http.get(f"{url}/v1/jobs/{job_id}", timeout=30).json()
+            reply = http.get(f"{url}/v1/jobs/{job_id}", timeout=30)
+            if reply.status_code == 503:
+                time.sleep(float(reply.headers.get("Retry-After", 1)))
+                continue
+            if reply.status_code != 200:
+                return reply
+            status = reply.json()
             bar.total = status["progress"]["total"]
             bar.n = status["progress"]["done"]
             bar.refresh()
             if status["state"] in FINAL_STATES:
-                return status
+                return reply
             time.sleep(0.2)
 
 

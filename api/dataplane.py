@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -17,6 +18,7 @@ from inference.validation import RequestTensor, validate_inputs
 from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
 from tasks.jobs import JobStore
+from tasks.link import OUTAGES, RedisLink
 from tasks.registry import RegistryView, VersionView
 
 
@@ -35,10 +37,12 @@ class DataPlane:
         dispatcher: Dispatcher,
         default_timeout_s: float,
         store: redis.Redis,
+        link: RedisLink,
         configured: Callable[[], list[str] | None] = lambda: None,
         job_ttl_s: int = 86400,
         max_inflight_bytes: int = INFLIGHT_REQUESTS_BY_DEFAULT * (DEFAULT_MAX_REQUEST_MB << 20),
     ) -> None:
+        self.link = link
         self._registry = registry
         self._dispatcher = dispatcher
         self._default_timeout_s = default_timeout_s
@@ -53,8 +57,22 @@ class DataPlane:
         configured = self._configured()
         return sorted(configured) if configured is not None else self._registry.served_model_names(active_only=True)
 
+    @contextmanager
+    def needs_redis(self) -> Iterator[None]:
+        """Around work that reads or writes Redis: UNAVAILABLE at once while Redis is unreachable, and
+        for an outage met on the way (never a 500, never a wait for a socket timeout)."""
+        self.link.check()
+        try:
+            yield
+        except OUTAGES as exc:
+            raise self.link.failed(exc) from None
+
     def config_status(self) -> dict[str, list[VersionStatus]]:
         """Every known model's version statuses (GET /v1/config)."""
+        with self.needs_redis():
+            return self._config_status()
+
+    def _config_status(self) -> dict[str, list[VersionStatus]]:
         statuses = {}
         for name in sorted(set(self.expected_models()) | set(self._registry.served_model_names())):
             try:
@@ -65,22 +83,25 @@ class DataPlane:
 
     def reload_config(self) -> bool:
         """Every live worker re-reads its configuration now; True if anything was (un/re)loaded."""
-        outcome = request_reload(self._store, self._registry.live_workers())
-        if outcome.errors:
-            raise InvalidArgument("Configuration not applied: " + "; ".join(sorted(set(outcome.errors))))
-        self._registry.refresh()
-        return outcome.changed
+        with self.needs_redis():
+            outcome = request_reload(self._store, self._registry.live_workers())
+            if outcome.errors:
+                raise InvalidArgument("Configuration not applied: " + "; ".join(sorted(set(outcome.errors))))
+            self._registry.refresh()
+            return outcome.changed
 
     def submit_job(self, name: str, version: int | None, inputs: dict[str, RequestTensor]) -> str:
         """Validate many samples (any number along the first dimension) and queue them as a job."""
-        with self.admission.admit(request_bytes(inputs)):
+        with self.admission.admit(request_bytes(inputs)), self.needs_redis():
             target = self._registry.resolve(name, version)
             arrays = validate_inputs(target.signature.with_any_batch(), inputs)
             return self.jobs.submit(target, arrays)
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
-        """Ready = not draining and every known model has an AVAILABLE version on a live worker; with
-        the per-model answers."""
+        """Ready = not draining, Redis reachable, and every known model has an AVAILABLE version on a
+        live worker (as read from Redis since it was last reachable again); with the per-model answers."""
+        if not self.link.up or self._registry.refreshed_at < self.link.up_since:
+            return False, dict.fromkeys(self.expected_models(), False)
         models = {}
         for name in self.expected_models():
             try:
@@ -91,7 +112,8 @@ class DataPlane:
 
     def model_status(self, name: str, version: int | None) -> list[VersionStatus]:
         """Every version's status, or just the requested one (NOT_FOUND if it is unknown)."""
-        versions = self._registry.versions(name)
+        with self.needs_redis():
+            versions = self._registry.versions(name)
         if version:
             view = versions.get(version)
             if view is None:
@@ -100,7 +122,8 @@ class DataPlane:
         return [_status(v, view) for v, view in sorted(versions.items())]
 
     def model_metadata(self, name: str, version: int | None) -> tuple[int, ModelSignature]:
-        target = self._registry.resolve(name, version)
+        with self.needs_redis():
+            target = self._registry.resolve(name, version)
         return target.version, target.signature
 
     def predict(
@@ -111,7 +134,7 @@ class DataPlane:
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
     ) -> InferenceResult:
-        with self.admission.admit(request_bytes(inputs)):
+        with self.admission.admit(request_bytes(inputs)), self.needs_redis():
             return self._predict(name, version, inputs, output_filter, timeout_s)
 
     def _predict(

@@ -16,7 +16,7 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 class HealthReporter:
     """Keeps the health service in step with readiness: every known model has an AVAILABLE version."""
 
-    def __init__(self, dataplane: DataPlane, server: grpc.Server, interval_s: float = 1.0) -> None:
+    def __init__(self, dataplane: DataPlane, server: grpc.Server, interval_s: float = 0.25) -> None:
         self._dataplane = dataplane
         self._interval = interval_s
         self._servicer = health.HealthServicer()

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from inference.errors import ServingError
 from inference.request import InferenceResult
+from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
 _MICROSECONDS = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000)
@@ -34,7 +35,7 @@ class Tracker:
 
 
 class ServingMetrics:
-    def __init__(self, registry_view: RegistryView, store: redis.Redis) -> None:
+    def __init__(self, registry_view: RegistryView, store: redis.Redis, link: RedisLink) -> None:
         self.registry = CollectorRegistry()
         labels = ["name", "version", "interface", "method"]
         self._success = Counter("ovms_requests_success", "Requests answered", labels, registry=self.registry)
@@ -67,7 +68,7 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
-        self.registry.register(_QueueCollector(registry_view, store))
+        self.registry.register(_QueueCollector(registry_view, store, link))
         self._view = registry_view
 
     @contextmanager
@@ -105,18 +106,25 @@ class ServingMetrics:
 
 
 class _QueueCollector(Collector):
-    """Read at scrape time: messages waiting in each model queue, and the live workers."""
+    """Read at scrape time: whether Redis answers, the live workers, and messages waiting in each model
+    queue (left out while Redis is unreachable: a scrape never waits for it)."""
 
-    def __init__(self, registry_view: RegistryView, store: redis.Redis) -> None:
+    def __init__(self, registry_view: RegistryView, store: redis.Redis, link: RedisLink) -> None:
         self._view = registry_view
         self._store = store
+        self._link = link
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("ovms_redis_up", "1 while this api process reaches its Redis, else 0")
+        up.add_metric([], float(self._link.up))
+        yield up
         workers = GaugeMetricFamily("ovms_live_workers", "Workers whose heartbeat is current")
         workers.add_metric([], len(self._view.live_workers()))
         yield workers
         depth = GaugeMetricFamily("ovms_queue_depth", "Messages waiting in a model's queue", labels=["queue"])
         queues = self._view.queues()
+        if not self._link.up:
+            return
         try:
             with self._store.pipeline(transaction=False) as pipe:
                 for queue in queues:

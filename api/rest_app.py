@@ -27,6 +27,7 @@ from inference.errors import InvalidArgument, ServingError
 from inference.request import InferenceResult
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
+from tasks.link import OUTAGES
 
 log = logging.getLogger("serving")
 
@@ -40,6 +41,7 @@ _ERROR_HEADERS = {
     429: {"Retry-After": str(RETRY_AFTER_S)},  # a full queue
     503: {"Retry-After": str(RETRY_AFTER_S)},  # a model without workers
 }
+_WITHOUT_REDIS = {"live", "ready", "prometheus", "openapi_document"}  # routes that answer while Redis is down
 OPENAPI_PATH = Path(__file__).with_name("openapi.yaml")  # served as JSON at /v1/openapi.json
 _VERSION = re.compile(r"[0-9]{1,19}")
 MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
@@ -75,9 +77,21 @@ def create_app(
         app.before_request(rest_guard(tokens))
     app.before_request(_refuse_oversized_chunked_body)
 
+    @app.before_request
+    def redis_reachable() -> None:
+        """While Redis is unreachable, routes that need it answer 503 at once (see tasks.link)."""
+        if request.endpoint not in _WITHOUT_REDIS:
+            dataplane.link.check()
+
     @app.errorhandler(ServingError)
     def serving_error(error: ServingError) -> Response:
         return _json({"error": error.message}, error.http_status, _ERROR_HEADERS.get(error.http_status))
+
+    def redis_outage(exc: Exception) -> Response:
+        return serving_error(dataplane.link.failed(exc))
+
+    for outage in OUTAGES:  # Redis calls outside the data plane (the job routes)
+        app.register_error_handler(outage, redis_outage)
 
     @app.errorhandler(404)
     def no_route(_: Exception) -> Response:

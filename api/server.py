@@ -21,6 +21,7 @@ from api.tls import TlsFiles
 from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
+from tasks.link import RedisLink
 from tasks.publisher import store_client
 from tasks.registry import RegistryView
 
@@ -47,18 +48,20 @@ class ApiServer:
         backend_url = settings.result_backend_url or broker_url
         configure(broker_url, backend_url, settings.job_ttl_s)
         store = store_client(backend_url)
-        self._dispatcher = Dispatcher(store)
+        self._link = RedisLink(backend_url)
+        self._dispatcher = Dispatcher(store, self._link)
         self._registry = RegistryView(store, on_workers_gone=self._workers_gone)
         self._dataplane = DataPlane(
             self._registry,
             self._dispatcher,
             settings.request_timeout_s,
             store,
+            self._link,
             ConfiguredModels(settings),
             settings.job_ttl_s,
             settings.max_inflight_bytes,
         )
-        self._metrics = ServingMetrics(self._registry, store)
+        self._metrics = ServingMetrics(self._registry, store, self._link)
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
         self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
@@ -76,6 +79,7 @@ class ApiServer:
                 log.warning("Could not recover the job chunks of lost workers %s: %s", sorted(lost), exc)
 
     def start(self) -> None:
+        self._link.start()
         self._registry.start()
         self._dispatcher.start()
         self._start_grpc()
@@ -97,6 +101,7 @@ class ApiServer:
             self._grpc.stop(LISTENER_GRACE_S).wait()
         self._dispatcher.stop()
         self._registry.stop()
+        self._link.stop()
         log.info("Api stopped")
 
     def _start_grpc(self) -> None:

@@ -25,7 +25,8 @@ log = logging.getLogger("serving")
 
 MODEL_LOAD_TIMEOUT_S = 600
 WORKER_STOP_TIMEOUT_S = 15
-RESTARTS_PER_MINUTE = 5  # a worker that keeps dying is not restarted for ever: the server stops
+RESTARTS_PER_MINUTE = 5  # a worker (or embedded Redis) that keeps dying is not restarted for ever: the server stops
+WATCH_INTERVAL_S = 0.2
 
 
 def _die_with_parent() -> None:
@@ -40,11 +41,14 @@ class Supervisor:
         self._argv = argv
         self._redis: EmbeddedRedis | None = None
         self._workers: dict[str, subprocess.Popen] = {}  # by device
-        self._restarts: list[float] = []
+        self._restarts: list[float] = []  # of workers
+        self._redis_restarts: list[float] = []
+        self._gave_up = False  # a child kept dying
         self._broker_url = ""
         self._children: list[subprocess.Popen] = []  # helpers whose exit does not stop the server
         self._expected_workers: set[str] = set()
-        self._child_died = threading.Event()
+        self._stopping = threading.Event()  # a child kept dying, or the server is stopping
+        self._watcher = threading.Thread(target=self._watch_children, name="ovms-supervisor", daemon=True)
 
     def run(self) -> int:
         api: ApiServer | None = None
@@ -58,13 +62,16 @@ class Supervisor:
                 self._children.append(self._spawn_flower(broker_url))
             api = ApiServer(self._settings, broker_url)
             api.start()
-            threading.Thread(target=self._watch_children, daemon=True).start()
-            wait_for_stop_signal(self._child_died)
-            return 1 if self._child_died.is_set() and self._any_worker_failed() else 0
+            self._watcher.start()
+            wait_for_stop_signal(self._stopping)
+            return 1 if self._gave_up else 0
         except RuntimeError as exc:
             log.error("%s", exc)
             return 1
         finally:
+            self._stopping.set()  # no restarts while the children are being stopped
+            if self._watcher.is_alive():
+                self._watcher.join()
             if api is not None:
                 api.stop()
             self._stop_processes(self._children + list(self._workers.values()))
@@ -97,23 +104,43 @@ class Supervisor:
 
     def _watch_children(self) -> None:
         """Restart a worker that died (the api carries on and its requests fail over, see
-        tasks.dispatcher); one that keeps dying stops the server."""
-        while not self._child_died.is_set():
+        tasks.dispatcher), and the embedded Redis (see _restart_redis); one that keeps dying stops the
+        server."""
+        while not self._stopping.is_set():
             for device, worker in list(self._workers.items()):
                 if worker.poll() is None:
                     continue
-                now = time.monotonic()
-                self._restarts = [t for t in self._restarts if now - t < 60] + [now]
-                if len(self._restarts) > RESTARTS_PER_MINUTE:
-                    log.error("The %s worker exited with %s again; shutting down", device, worker.returncode)
-                    self._child_died.set()
+                if not self._may_restart(self._restarts, f"The {device} worker", worker.returncode):
                     return
                 log.error("The %s worker exited with %s; restarting it", device, worker.returncode)
                 self._workers[device] = self._spawn_worker(device, self._broker_url)
-            time.sleep(0.5)
+            if self._redis is not None and (code := self._redis.exit_code()) is not None:
+                if not self._may_restart(self._redis_restarts, "Embedded Redis", code):
+                    return
+                self._restart_redis(self._redis, code)
+            time.sleep(WATCH_INTERVAL_S)
 
-    def _any_worker_failed(self) -> bool:
-        return any(worker.poll() not in (None, 0) for worker in self._workers.values())
+    @staticmethod
+    def _restart_redis(server: EmbeddedRedis, code: int) -> None:
+        """Start the embedded Redis again on its port, so that the api and the workers reconnect to it
+        on their own. It comes back empty (it keeps nothing on disk): requests in flight have already
+        failed UNAVAILABLE (tasks.link), and queued async jobs are gone (their ids answer 404)."""
+        log.error("Embedded Redis exited with %s; restarting it on port %d, empty", code, server.port)
+        try:
+            server.start()
+        except RuntimeError as exc:  # counts as another restart on the next round
+            log.error("%s", exc)
+
+    def _may_restart(self, history: list[float], what: str, code: int | None) -> bool:
+        """Record a restart in `history`; past RESTARTS_PER_MINUTE, stop the server instead."""
+        now = time.monotonic()
+        history[:] = [t for t in history if now - t < 60] + [now]
+        if len(history) <= RESTARTS_PER_MINUTE:
+            return True
+        log.error("%s exited with %s again; shutting down", what, code)
+        self._gave_up = True
+        self._stopping.set()
+        return False
 
     def _spawn_flower(self, broker_url: str) -> subprocess.Popen:
         """Celery Flower on --flower_port; basic auth when FLOWER_USER and FLOWER_PASSWORD are set."""

@@ -51,6 +51,11 @@ class EmbeddedRedis:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id (0 before it is started)."""
+        return self._process.pid if self._process is not None else 0
+
     def command(self) -> list[str]:
         command = [
             redis_server_binary(),
@@ -73,8 +78,14 @@ class EmbeddedRedis:
             command += ["--requirepass", self.password]
         return command
 
+    def exit_code(self) -> int | None:
+        """The server's exit status once it has exited (e.g. -9 when killed), else None."""
+        return self._process.poll() if self._process is not None else None
+
     def start(self, timeout_s: float = 10.0) -> str:
-        """Start (or start again, on the same port) and return the URL."""
+        """Start (or start again, on the same port, empty) and return the URL."""
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
         self._process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis.from_url(self.url)
@@ -87,6 +98,7 @@ class EmbeddedRedis:
                 if self._process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"embedded Redis did not start on port {self.port}") from None
                 time.sleep(0.02)
+        client.close()
         log.info("Embedded Redis started on 127.0.0.1:%d", self.port)
         return self.url
 

@@ -35,6 +35,7 @@ from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import holders, release
 from tasks.lanes import Entry, Lane
+from tasks.link import RedisLink
 from tasks.messages import describe_failure, pack_requests, unpack_result
 from tasks.publisher import PredictPublisher
 from tasks.registry import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, Target
@@ -62,8 +63,10 @@ class _Pending:
 class Dispatcher:
     """Publishes predict requests, coalesced per model version (see tasks.lanes), and routes results back."""
 
-    def __init__(self, store: redis.Redis, max_requests_per_message: int = 64) -> None:
+    def __init__(self, store: redis.Redis, link: RedisLink, max_requests_per_message: int = 64) -> None:
         self._store = store
+        self._link = link
+        link.on_down(self._fail_all_pending)  # a paused Redis may never answer: fail now, not at the deadline
         self._publisher = PredictPublisher(app, store)
         self._max_per_message = max_requests_per_message
         self.reply_to = reply_key(uuid.uuid4().hex)
@@ -120,11 +123,14 @@ class Dispatcher:
         with self._lock:
             self._pending[task_id] = pending
         try:
+            self._link.check()
             pending.message_text = self._publisher.publish(
                 task_id, envelope, payload, target.queue, self.reply_to, max(envelope["deadline"] - time.time(), 0.001)
             )
+        except Unavailable as error:
+            self._resolve_all(task_id, error)
         except (redis.RedisError, OSError) as exc:
-            self._resolve_all(task_id, Unavailable(f"Broker unavailable: {exc}"))
+            self._resolve_all(task_id, self._link.failed(exc))
 
     def workers_gone(self, lost: set[str], queues: set[str]) -> None:
         """Some workers stopped serving (see tasks.registry): `lost` ones died with whatever they held;
@@ -200,7 +206,7 @@ class Dispatcher:
                 item = self._store.brpop([self.reply_to], timeout=1)
             except (redis.RedisError, OSError) as exc:
                 log.warning("Result listener lost Redis, retrying: %s", exc)
-                self._fail_all_pending(Unavailable(f"Lost the connection to Redis: {exc}"))
+                self._fail_all_pending(self._link.failed(exc))
                 time.sleep(0.5)
                 continue
             if item is not None:

@@ -184,7 +184,7 @@ class JobStore:
     def _record(self, job_id: str) -> dict[str, Any]:
         raw = self._client.get(JOB_PREFIX + job_id)
         if raw is None:
-            raise NotFound(f"Job {job_id} is not found")
+            raise NotFound(f"Job {job_id} is not found: unknown id, expired, or lost when Redis restarted empty")
         return json.loads(raw)
 
     def _chunk_metas(self, record: dict[str, Any]) -> list[dict[str, Any] | None]:

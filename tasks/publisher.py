@@ -23,17 +23,43 @@ from kombu.serialization import dumps
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
+from tasks.link import REDIS_TIMEOUT_S
 from tasks.messages import Payload
 from tasks.routing import PREDICT_TASK, payload_key
 
 _PAYLOAD_GRACE_MS = 5000  # tensors outlive the deadline a little, for a worker already running them
 
 
+_SLICE_BYTES = 4 << 20  # the most one socket send carries
+
+
+class _SlicingSerializer(PythonRespSerializer):
+    """redis-py's own command packer, which sends a large value without copying it (the hiredis packer,
+    used by default when hiredis is installed, takes ~0.5 ms per 600 KB), with large values sent in
+    slices: the socket timeout then bounds each slice, so a paused Redis fails a call within it while
+    a 2 GB tensor that moves at loopback speed never times out."""
+
+    def pack(self, *args: Any) -> list[bytes | memoryview]:
+        output: list[bytes | memoryview] = []
+        for item in super().pack(*args):
+            if len(item) <= _SLICE_BYTES:
+                output.append(item)
+                continue
+            view = memoryview(item).cast("B")
+            output.extend(view[start : start + _SLICE_BYTES] for start in range(0, len(view), _SLICE_BYTES))
+        return output
+
+
 def store_client(url: str) -> redis.Redis:
-    """A Redis client for tensors: redis-py's own command packer sends a large value without copying it,
-    where the hiredis packer (used by default when hiredis is installed) takes ~0.5 ms per 600 KB."""
-    packer = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
-    return redis.Redis.from_url(url, command_packer=packer, health_check_interval=10)
+    """The api's Redis client (tensors, replies, registry, jobs): no call waits more than REDIS_TIMEOUT_S
+    for a Redis that stopped answering (see tasks.link)."""
+    return redis.Redis.from_url(
+        url,
+        command_packer=_SlicingSerializer(6000, Encoder("utf-8", "strict", False).encode),
+        socket_timeout=REDIS_TIMEOUT_S,
+        socket_connect_timeout=REDIS_TIMEOUT_S,
+        health_check_interval=10,
+    )
 
 
 class PredictPublisher:

@@ -158,6 +158,7 @@ class RegistryView:
 
     def refresh(self) -> None:
         """Read every live worker's snapshot and the catalog, and rebuild the view."""
+        started = time.monotonic()
         keys = list(self._client.scan_iter(match=f"{WORKER_PREFIX}*", count=1000))
         present = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
         documents = [document for document in present if not document.get("draining")]
@@ -192,10 +193,15 @@ class RegistryView:
                 if model.get("active", True)
             }
             self._loaded_workers = {document["id"] for document in documents if document.get("loaded")}
-            self._last_refresh = time.monotonic()
+            self._last_refresh = started
             queues = set(self._queues)
         if (stopped or lost) and self._on_workers_gone is not None:
             self._on_workers_gone(lost, queues)
+
+    @property
+    def refreshed_at(self) -> float:
+        """When (time.monotonic()) the last successful refresh began to read Redis."""
+        return self._last_refresh
 
     def live_workers(self) -> list[str]:
         with self._lock:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tasks.broker import EmbeddedRedis
 from tests.support.stack import REPO, OvmsProcess, private_redis, start_ovms
 
 MODELS = REPO / "models"
@@ -40,6 +44,17 @@ def api(small_config: Path, redis_url: str) -> Iterator[OvmsProcess]:
     process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="api")
     yield process
     process.stop()
+
+
+@pytest.fixture
+def broker() -> Iterator[EmbeddedRedis]:
+    """A Redis server of the test's own, for tests that stop, pause (SIGSTOP) or restart it."""
+    server = EmbeddedRedis()
+    server.start()
+    yield server
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(server.pid, signal.SIGCONT)  # a paused one must be able to stop
+    server.stop()
 
 
 @pytest.fixture

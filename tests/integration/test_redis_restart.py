@@ -19,14 +19,6 @@ RECOVERY_GOAL_S = 5.0
 
 
 @pytest.fixture
-def broker() -> Iterator[EmbeddedRedis]:
-    server = EmbeddedRedis()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def stack(small_config: Path, broker: EmbeddedRedis) -> Iterator[OvmsProcess]:
     process = start_ovms(["--config_path", str(small_config), "--broker_url", broker.url])
     yield process

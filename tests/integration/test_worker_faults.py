@@ -24,7 +24,7 @@ from ovmsclient import make_grpc_client
 from tasks.registry import HEARTBEAT_TTL_S
 from tasks.routing import worker_name
 from tests.support.load import GrpcLoad, float_request
-from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_workers
+from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_ready, wait_for_workers
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -126,7 +126,7 @@ def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str)
         server.wait_for_log("worker exited with -9; restarting it", timeout_s=10)
         (replacement,) = psutil.Process(server.process.pid).children()
         time.sleep(HEARTBEAT_TTL_S)  # the killed worker no longer counts
-        wait_for_workers(server, 1, timeout_s=60)
+        wait_for_ready(server, timeout_s=60)  # the replacement has loaded every model
         load = GrpcLoad(server.grpc_address, IMAGE, threads=2, timeout_s=DEADLINE_S).start()
         time.sleep(1.0)
         load.stop()

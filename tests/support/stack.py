@@ -112,3 +112,12 @@ def wait_for_workers(api: OvmsProcess, count: int, timeout_s: float = 30.0) -> N
         if time.monotonic() > deadline:
             raise TimeoutError(f"the api never counted {count} live worker(s)")
         time.sleep(0.1)
+
+
+def wait_for_ready(api: OvmsProcess, timeout_s: float = 30.0) -> None:
+    """Until GET /v1/health/ready answers 200 (every configured model served by a live worker)."""
+    deadline = time.monotonic() + timeout_s
+    while requests.get(f"{api.rest_url}/v1/health/ready", timeout=5).status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the api was not ready within {timeout_s} s")
+        time.sleep(0.1)

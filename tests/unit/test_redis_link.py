@@ -1,0 +1,51 @@
+"""The api's view of its Redis (tasks.link) and its Redis client (tasks.publisher.store_client), against a
+real Redis server that the test pauses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from inference.errors import Unavailable
+from tasks.broker import EmbeddedRedis
+from tasks.link import PROBE_INTERVAL_S, PROBE_TIMEOUT_S, RedisLink
+from tasks.publisher import store_client
+
+
+def test_large_values_go_out_in_slices_and_arrive_whole(broker: EmbeddedRedis) -> None:
+    client = store_client(broker.url)
+    value = np.random.default_rng(0).bytes(10 << 20)
+    packed = client.connection_pool.make_connection().pack_command("SET", "key", value)
+    assert max(len(piece) for piece in packed) <= 4 << 20
+    client.set("key", value)
+    assert client.get("key") == value
+
+
+def test_a_paused_redis_is_noticed_within_a_probe_and_its_recovery_too(broker: EmbeddedRedis) -> None:
+    link = RedisLink(broker.url)
+    outages: list[Unavailable] = []
+    link.on_down(outages.append)
+    link.start()
+    try:
+        assert link.up
+        link.check()
+        os.kill(broker.pid, signal.SIGSTOP)
+        paused = time.monotonic()
+        while link.up:
+            assert time.monotonic() - paused < PROBE_INTERVAL_S + PROBE_TIMEOUT_S + 1.0, "the pause went unnoticed"
+            time.sleep(0.02)
+        with pytest.raises(Unavailable, match=r"Redis unavailable \(TimeoutError"):
+            link.check()
+        os.kill(broker.pid, signal.SIGCONT)
+        resumed = time.monotonic()
+        while not link.up:
+            assert time.monotonic() - resumed < PROBE_INTERVAL_S + PROBE_TIMEOUT_S + 1.0, "the recovery went unnoticed"
+            time.sleep(0.02)
+        assert link.up_since >= resumed
+        assert len(outages) == 1 and "Redis unavailable" in outages[0].message
+    finally:
+        link.stop()
