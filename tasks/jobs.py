@@ -214,27 +214,25 @@ class JobResult:
 
     def __init__(self, client: redis.Redis, record: dict[str, Any]) -> None:
         self._client = client
-        self._chunks = record["chunks"]
-        first = self._outputs(self._chunks[0])
-        rows = sum(chunk["rows"] for chunk in self._chunks)
+        self._chunks = [(chunk["task"], chunk["rows"]) for chunk in record["chunks"]]  # not their messages
+        first = self._outputs(self._chunks[0][0])
+        rows = sum(rows for _, rows in self._chunks)
         self.layout = {name: (array.dtype, (rows, *array.shape[1:])) for name, array in first.items()}
 
     def parts(self, name: str) -> Iterator[np.ndarray]:
         """Output `name` of each chunk in turn."""
         dtype, shape = self.layout[name]
-        for chunk in self._chunks:
-            part = self._outputs(chunk)[name]
-            if part.dtype != dtype or part.shape != (chunk["rows"], *shape[1:]):
-                raise RuntimeError(
-                    f"Output {name} of chunk {chunk['task']} is {part.dtype}{part.shape}, not rows of {shape}"
-                )
+        for task_id, rows in self._chunks:
+            part = self._outputs(task_id)[name]
+            if part.dtype != dtype or part.shape != (rows, *shape[1:]):
+                raise RuntimeError(f"Output {name} of chunk {task_id} is {part.dtype}{part.shape}, not rows of {shape}")
             yield part
 
-    def _outputs(self, chunk: dict[str, Any]) -> dict[str, np.ndarray]:
-        raw = self._client.get(app.backend.get_key_for_task(chunk["task"]))
+    def _outputs(self, task_id: str) -> dict[str, np.ndarray]:
+        raw = self._client.get(app.backend.get_key_for_task(task_id))
         if raw is None:
             raise NotFound("The job's result has expired")
-        outputs, _ = unpack_result(app.backend.decode(raw)["result"]["results"][f"{chunk['task']}.0"])
+        outputs, _ = unpack_result(app.backend.decode(raw)["result"]["results"][f"{task_id}.0"])
         return outputs
 
 
@@ -250,11 +248,11 @@ def _index(owner: str | None) -> str:
 
 
 def _without_tensors(meta: dict[str, Any]) -> dict[str, Any]:
-    """A chunk's result meta with its output bytes dropped: states, errors and dates are what status needs."""
+    """A chunk's result meta with only what status needs (state, errors, date): no output bytes."""
     if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
         for entry in meta["result"].get("results", {}).values():
             entry.pop("outputs", None)
-    return meta
+    return {key: meta.get(key) for key in ("status", "result", "date_done")}
 
 
 def _ok(meta: dict[str, Any] | None) -> bool:
