@@ -6,8 +6,8 @@ including one started after the job was submitted — can report on it. With bea
 to the token that submitted it: its record names the token's owner id (api.auth.owner_id) and the
 owner's index (`ovms:jobs:<owner>`) lists it; any other caller is told it does not exist. Job ids are
 32 lowercase hex digits, checked before they make a Redis key; each chunk task has an id of its own, so
-that Flower and logs, which show task ids, show no job id. Workers claim its chunks in
-the job's claims hash (tasks.claims); a chunk whose worker died is queued again by whichever api
+that Flower and logs, which show task ids, show no job id. Workers claim a job's chunks in
+its claims hash (tasks.claims); a chunk whose worker died is queued again by whichever api
 notices first, once — a second loss fails it.
 """
 
