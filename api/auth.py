@@ -3,10 +3,15 @@
 Clients send `authorization: Bearer <token>`: gRPC metadata (what `grpc.access_token_call_credentials`
 sends) or the HTTP header. Health checks stay open, so that load balancers and Kubernetes probes need
 no credentials, and so does the Prometheus scrape (`/metrics`: counters per model, no tensors).
+
+Each token owns the async jobs submitted with it: a job record keeps the token's owner id (`owner_id`),
+never the token.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import hmac
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +23,14 @@ from inference.errors import TOKEN_REFUSED, Unauthenticated
 
 OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics"})
 OPEN_GRPC_PREFIX = "/grpc.health.v1.Health/"
+OWNER_SALT = b"ovms job owner v1"
+
+
+@functools.cache  # one hash per accepted token and process: only accepted tokens get here
+def owner_id(token: bytes) -> str:
+    """The owner id of a token's jobs: a slow salted hash (scrypt, ~50 ms once), so that whoever reads the
+    job records in Redis cannot recover a weak token by fast guessing; the same in every api process."""
+    return hashlib.scrypt(token, salt=OWNER_SALT, n=2**14, r=8, p=1, dklen=16).hex()
 
 
 class BearerTokens:
@@ -36,13 +49,21 @@ class BearerTokens:
 
     def accepts(self, authorization: str | None) -> bool:
         """True for an `Authorization` value `Bearer <an accepted token>` (the scheme in any case)."""
+        return self._accepted(authorization) is not None
+
+    def owner_of(self, authorization: str | None) -> str | None:
+        """The owner id of the accepted token in an `Authorization` value (None if none is accepted)."""
+        token = self._accepted(authorization)
+        return None if token is None else owner_id(token)
+
+    def _accepted(self, authorization: str | None) -> bytes | None:
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer":
-            return False
+            return None
         offered = token.strip().encode()
         # every token is compared, each in constant time, so timing tells nothing about which one matched
         matches = [hmac.compare_digest(offered, accepted) for accepted in self._tokens]
-        return any(matches)
+        return next((accepted for accepted, match in zip(self._tokens, matches, strict=True) if match), None)
 
 
 class TokenInterceptor(grpc.ServerInterceptor):

@@ -90,12 +90,15 @@ class DataPlane:
             self._registry.refresh()
             return outcome.changed
 
-    def submit_job(self, name: str, version: int | None, inputs: dict[str, RequestTensor]) -> str:
-        """Validate many samples (any number along the first dimension) and queue them as a job."""
+    def submit_job(
+        self, name: str, version: int | None, inputs: dict[str, RequestTensor], owner: str | None = None
+    ) -> str:
+        """Validate many samples (any number along the first dimension) and queue them as a job (of
+        `owner`, with bearer tokens)."""
         with self.admission.admit(request_bytes(inputs)), self.needs_redis():
             target = self._registry.resolve(name, version)
             arrays = validate_inputs(target.signature.with_any_batch(), inputs)
-            return self.jobs.submit(target, arrays)
+            return self.jobs.submit(target, arrays, owner)
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         """Ready = not draining, Redis reachable, and every known model has an AVAILABLE version on a

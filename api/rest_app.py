@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -19,6 +18,7 @@ from werkzeug.routing import BaseConverter
 from api.auth import BearerTokens, rest_guard
 from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
+from api.job_results import json_body, npy_body, npy_length, npz_body
 from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
 from api.uploads import load_upload
@@ -27,6 +27,7 @@ from inference.errors import InvalidArgument, ServingError
 from inference.request import InferenceResult
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
+from tasks.jobs import JobResult
 from tasks.link import OUTAGES
 
 log = logging.getLogger("serving")
@@ -138,28 +139,34 @@ def create_app(
             tracker.done(result.version, result)
             return response
 
+    def job_owner() -> str | None:
+        """With tokens, the caller's owner id: it sees only its own jobs (api.auth); without, None: all."""
+        return tokens.owner_of(request.headers.get("Authorization")) if tokens is not None else None
+
     @app.post("/v1/jobs")
     def submit_job() -> Response:
-        job_id = _submit_job(dataplane, max_request_bytes)
+        job_id = _submit_job(dataplane, max_request_bytes, job_owner())
         url = f"/v1/jobs/{job_id}"
         return _json({"id": job_id, "status_url": url, "result_url": f"{url}/result"}, 202, {"Location": url})
 
     @app.get("/v1/jobs")
     def list_jobs() -> Response:
-        return _json({"jobs": [dataplane.jobs.status(job_id).to_dict() for job_id in dataplane.jobs.recent()]})
+        owner = job_owner()
+        jobs = [dataplane.jobs.status(job_id, owner).to_dict() for job_id in dataplane.jobs.recent(owner=owner)]
+        return _json({"jobs": jobs})
 
     @app.route("/v1/jobs/<job_id>", methods=["GET", "DELETE"])
     def job(job_id: str) -> Response:
         if request.method == "DELETE":
-            dataplane.jobs.cancel(job_id)
-        return _json(dataplane.jobs.status(job_id).to_dict())
+            dataplane.jobs.cancel(job_id, job_owner())
+        return _json(dataplane.jobs.status(job_id, job_owner()).to_dict())
 
     @app.get("/v1/jobs/<job_id>/result")
     def job_result(job_id: str) -> Response:
-        status = dataplane.jobs.status(job_id)
+        status = dataplane.jobs.status(job_id, job_owner())
         if status.state != "SUCCESS":
             return _json({"error": f"Job {job_id} is {status.state}", **status.to_dict()}, 409)
-        return _job_result(dataplane.jobs.result(job_id))
+        return _job_result(dataplane.jobs.result(job_id, job_owner()))
 
     @app.get("/metrics")
     def prometheus() -> Response:
@@ -285,7 +292,7 @@ def _json_body() -> Any:
 _NUMPY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
 
 
-def _submit_job(dataplane: DataPlane, max_request_bytes: int) -> str:
+def _submit_job(dataplane: DataPlane, max_request_bytes: int, owner: str | None) -> str:
     """A job body is TF Serving JSON, or a .npy / .npz file (.npy for a single-input model, .npz keyed by input
     name); ?model=&version= name the model, or "model" (and "version") in a JSON body, which win."""
     name, version = request.args.get("model", ""), _version(request.args.get("version"))
@@ -304,7 +311,7 @@ def _submit_job(dataplane: DataPlane, max_request_bytes: int) -> str:
     else:
         _, signature = dataplane.model_metadata(name, version)
         inputs, _ = parse_predict_body(body, signature)
-    return dataplane.submit_job(name, version, inputs)
+    return dataplane.submit_job(name, version, inputs, owner)
 
 
 def _numpy_inputs(
@@ -321,8 +328,9 @@ def _numpy_inputs(
     return {key: RequestTensor(None, array.shape, values=array) for key, array in arrays.items()}
 
 
-def _job_result(outputs: dict[str, np.ndarray]) -> Response:
-    """JSON by default; .npy (one output) or .npz with ?format=npy|npz or the matching Accept type."""
+def _job_result(result: JobResult) -> Response:
+    """JSON by default; .npy (one output) or .npz with ?format=npy|npz or the matching Accept type. The
+    body streams chunk by chunk from Redis (api.job_results)."""
     wanted = request.args.get("format")
     if wanted is None:
         wanted = {
@@ -331,15 +339,14 @@ def _job_result(outputs: dict[str, np.ndarray]) -> Response:
             "application/zip": "npz",
         }.get(request.accept_mimetypes.best or "", "json")
     if wanted == "json":
-        return _json({"outputs": {name: array.tolist() for name, array in outputs.items()}})
-    buffer = io.BytesIO()
-    if wanted == "npy" and len(outputs) == 1:
-        np.save(buffer, next(iter(outputs.values())), allow_pickle=False)
-        return Response(buffer.getvalue(), mimetype="application/x-npy")
+        return Response(json_body(result), mimetype="application/json")
+    if wanted == "npy" and len(result.layout) == 1:
+        name = next(iter(result.layout))
+        length = str(npy_length(result, name))
+        return Response(npy_body(result, name), mimetype="application/x-npy", headers={"Content-Length": length})
     if wanted not in ("npy", "npz"):
         raise InvalidArgument(f"Unknown result format {wanted}: use json, npy or npz")
-    np.savez(buffer, **outputs)
-    return Response(buffer.getvalue(), mimetype="application/x-npz")
+    return Response(npz_body(result), mimetype="application/x-npz")
 
 
 def _timeout() -> float | None:

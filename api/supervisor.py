@@ -143,14 +143,19 @@ class Supervisor:
         return False
 
     def _spawn_flower(self, broker_url: str) -> subprocess.Popen:
-        """Celery Flower on --flower_port; basic auth when FLOWER_USER and FLOWER_PASSWORD are set."""
+        """Celery Flower on --flower_port: with basic auth when FLOWER_USER and FLOWER_PASSWORD are set,
+        else on 127.0.0.1 only (its UI and API show every task and can control the workers)."""
         port = self._settings.flower_port
         command = [sys.executable, "-m", "celery", "--app", "tasks.app", "flower", f"--port={port}"]
         env = {**os.environ, "CELERY_BROKER_URL": broker_url}  # what `celery --broker` would set, off ps
+        env.pop("FLOWER_BASIC_AUTH", None)  # credentials come from FLOWER_USER / FLOWER_PASSWORD only
         user, password = os.environ.get("FLOWER_USER"), os.environ.get("FLOWER_PASSWORD")
         if user and password:
             env["FLOWER_BASIC_AUTH"] = f"{user}:{password}"  # Flower's own variable for --basic-auth
-        log.info("Starting Flower on port %d", port)
+            log.info("Starting Flower on port %d (basic auth)", port)
+        else:
+            command.append("--address=127.0.0.1")
+            log.info("Starting Flower on 127.0.0.1:%d (no FLOWER_USER / FLOWER_PASSWORD: local only)", port)
         return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
     @staticmethod

@@ -2,8 +2,12 @@
 queue (so they batch with everything else), with their results kept in the Celery result backend.
 
 A job's record lives in Redis (`ovms:job:<id>`, plus the `ovms:jobs` index), so any api process —
-including one started after the job was submitted — can report on it. Workers claim its chunks in
-the job's claims hash (tasks.claims); a chunk whose worker died is queued again by whichever api
+including one started after the job was submitted — can report on it. With bearer tokens, a job belongs
+to the token that submitted it: its record names the token's owner id (api.auth.owner_id) and the
+owner's index (`ovms:jobs:<owner>`) lists it; any other caller is told it does not exist. Job ids are
+32 lowercase hex digits, checked before they make a Redis key; each chunk task has an id of its own, so
+that Flower and logs, which show task ids, show no job id. Workers claim a job's chunks in
+its claims hash (tasks.claims); a chunk whose worker died is queued again by whichever api
 notices first, once — a second loss fails it.
 """
 
@@ -11,8 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -36,6 +42,8 @@ JOB_INDEX = "ovms:jobs"
 CHUNK_ROWS = 256
 JOB_TIMEOUT_S = 3600  # a chunk not run within this is dropped
 RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
+META_BATCH = 16  # chunk results read per Redis round trip by status: never the whole result at once
 
 
 @dataclass(frozen=True)
@@ -69,15 +77,16 @@ class JobStore:
         self._ttl_s = ttl_s  # the workers keep chunk results as long (Celery result_expires)
         self._publisher = PredictPublisher(app, client)
 
-    def submit(self, target: Target, inputs: dict[str, np.ndarray]) -> str:
-        """Split validated inputs (a leading sample dimension) into chunks and queue them."""
+    def submit(self, target: Target, inputs: dict[str, np.ndarray], owner: str | None = None) -> str:
+        """Split validated inputs (a leading sample dimension) into chunks and queue them; `owner`: the
+        submitting token's owner id, with bearer tokens."""
         job_id = uuid.uuid4().hex
         total = int(next(iter(inputs.values())).shape[0])
         precisions = {name: spec.precision for name, spec in target.signature.inputs.items()}
         deadline = time.time() + JOB_TIMEOUT_S
         chunks = []
         for start in range(0, total, CHUNK_ROWS):
-            task_id = f"{job_id}-{len(chunks)}"
+            task_id = chunk_task_id()
             rows = {name: array[start : start + CHUNK_ROWS] for name, array in inputs.items()}
             request = InferenceRequest(
                 target.model, target.version, rows, None, deadline, f"{task_id}.0", any_batch=True
@@ -101,16 +110,20 @@ class JobStore:
             "created": time.time(),
             "chunks": chunks,
             "revoked": False,
+            "owner": owner,
         }
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(JOB_PREFIX + job_id, json.dumps(record), ex=self._ttl_s)
-            pipe.zadd(JOB_INDEX, {job_id: record["created"]})
-            pipe.zremrangebyscore(JOB_INDEX, 0, time.time() - self._ttl_s)
+            for index in {JOB_INDEX, _index(owner)}:
+                pipe.zadd(index, {job_id: record["created"]})
+                pipe.zremrangebyscore(index, 0, time.time() - self._ttl_s)
+                pipe.expire(index, self._ttl_s)
             pipe.execute()
         return job_id
 
-    def status(self, job_id: str) -> JobStatus:
-        record = self._record(job_id)
+    def status(self, job_id: str, owner: str | None = None) -> JobStatus:
+        """The job's state; with `owner`, only if it is that owner's (else NotFound, as for no such job)."""
+        record = self._record(job_id, owner)
         metas = self._chunk_metas(record)
         done = sum(chunk["rows"] for chunk, meta in zip(record["chunks"], metas, strict=True) if _ok(meta))
         errors = sorted({_error(meta) for meta in metas if meta and meta["status"] != "SUCCESS"} - {""})
@@ -135,21 +148,15 @@ class JobStore:
             errors,
         )
 
-    def result(self, job_id: str) -> dict[str, np.ndarray]:
-        """Every output, concatenated over the chunks in order (the job must have succeeded)."""
-        record = self._record(job_id)
-        parts: dict[str, list[np.ndarray]] = {}
-        for chunk, meta in zip(record["chunks"], self._chunk_metas(record), strict=True):
-            outputs, _ = unpack_result(meta["result"]["results"][f"{chunk['task']}.0"])
-            for name, array in outputs.items():
-                parts.setdefault(name, []).append(array)
-        return {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    def result(self, job_id: str, owner: str | None = None) -> JobResult:
+        """The outputs of a job that succeeded, to be read chunk by chunk (see JobResult)."""
+        return JobResult(self._client, self._record(job_id, owner))
 
-    def cancel(self, job_id: str) -> None:
+    def cancel(self, job_id: str, owner: str | None = None) -> None:
         """Revoke the chunks not run yet; a job that already ended keeps its state."""
-        if self.status(job_id).state in ("SUCCESS", "FAILURE"):
+        if self.status(job_id, owner).state in ("SUCCESS", "FAILURE"):
             return
-        record = self._record(job_id)
+        record = self._record(job_id, owner)
         app.control.revoke([chunk["task"] for chunk in record["chunks"]])
         record["revoked"] = True
         self._client.set(JOB_PREFIX + job_id, json.dumps(record), keepttl=True)
@@ -178,18 +185,74 @@ class JobStore:
         self._client.expire(RERUNS_KEY, JOB_TIMEOUT_S)
         self._publisher.requeue(record["queue"], chunk["message"])
 
-    def recent(self, limit: int = 50) -> list[str]:
-        return [job_id.decode() for job_id in self._client.zrevrange(JOB_INDEX, 0, limit - 1)]
+    def recent(self, limit: int = 50, owner: str | None = None) -> list[str]:
+        """The latest jobs: every job, or with `owner` that owner's only."""
+        return [job_id.decode() for job_id in self._client.zrevrange(_index(owner), 0, limit - 1)]
 
-    def _record(self, job_id: str) -> dict[str, Any]:
-        raw = self._client.get(JOB_PREFIX + job_id)
-        if raw is None:
-            raise NotFound(f"Job {job_id} is not found: unknown id, expired, or lost when Redis restarted empty")
-        return json.loads(raw)
+    def _record(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        """A job's record; NotFound for a malformed id (before it makes a key) and, with `owner`, for
+        another owner's job, in the same words as for no such job."""
+        raw = self._client.get(JOB_PREFIX + job_id) if JOB_ID.fullmatch(job_id) else None
+        record = json.loads(raw) if raw is not None else None
+        if record is None or (owner is not None and record.get("owner") != owner):
+            raise NotFound(f"Job {job_id[:64]} is not found: unknown id, expired, or lost when Redis restarted empty")
+        return record
 
     def _chunk_metas(self, record: dict[str, Any]) -> list[dict[str, Any] | None]:
+        """Each chunk's result meta without its output tensors, read a few chunks at a time."""
         keys = [app.backend.get_key_for_task(chunk["task"]) for chunk in record["chunks"]]
-        return [app.backend.decode(raw) if raw else None for raw in self._client.mget(keys)]
+        metas: list[dict[str, Any] | None] = []
+        for start in range(0, len(keys), META_BATCH):
+            raws = self._client.mget(keys[start : start + META_BATCH])
+            metas += [_without_tensors(app.backend.decode(raw)) if raw else None for raw in raws]
+        return metas
+
+
+class JobResult:
+    """A finished job's outputs, read from Redis one chunk at a time (a download streams them, and never
+    holds the whole result). Each output is its chunks' rows in order, as np.concatenate would join them."""
+
+    def __init__(self, client: redis.Redis, record: dict[str, Any]) -> None:
+        self._client = client
+        self._chunks = [(chunk["task"], chunk["rows"]) for chunk in record["chunks"]]  # not their messages
+        first = self._outputs(self._chunks[0][0])
+        rows = sum(rows for _, rows in self._chunks)
+        self.layout = {name: (array.dtype, (rows, *array.shape[1:])) for name, array in first.items()}
+
+    def parts(self, name: str) -> Iterator[np.ndarray]:
+        """Output `name` of each chunk in turn."""
+        dtype, shape = self.layout[name]
+        for task_id, rows in self._chunks:
+            part = self._outputs(task_id)[name]
+            if part.dtype != dtype or part.shape != (rows, *shape[1:]):
+                raise RuntimeError(f"Output {name} of chunk {task_id} is {part.dtype}{part.shape}, not rows of {shape}")
+            yield part
+
+    def _outputs(self, task_id: str) -> dict[str, np.ndarray]:
+        raw = self._client.get(app.backend.get_key_for_task(task_id))
+        if raw is None:
+            raise NotFound("The job's result has expired")
+        outputs, _ = unpack_result(app.backend.decode(raw)["result"]["results"][f"{task_id}.0"])
+        return outputs
+
+
+def chunk_task_id() -> str:
+    """A job chunk's task id: random, not derived from its job's id, since Flower and logs show task ids
+    and a job id is what gives access to the job. The job record lists its chunks' ids."""
+    return uuid.uuid4().hex
+
+
+def _index(owner: str | None) -> str:
+    """The sorted set of job ids by creation time: every job's, or one owner's."""
+    return JOB_INDEX if owner is None else f"{JOB_INDEX}:{owner}"
+
+
+def _without_tensors(meta: dict[str, Any]) -> dict[str, Any]:
+    """A chunk's result meta with only what status needs (state, errors, date): no output bytes."""
+    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
+        for entry in meta["result"].get("results", {}).values():
+            entry.pop("outputs", None)
+    return {key: meta.get(key) for key in ("status", "result", "date_done")}
 
 
 def _ok(meta: dict[str, Any] | None) -> bool:

@@ -136,6 +136,17 @@ def _ports(service: dict[str, Any]) -> set[tuple[int, int]]:
     return pairs
 
 
+def _host_ips(service: dict[str, Any]) -> list[str]:
+    """The host address each port is published on ("" for every interface), from either port syntax."""
+    addresses = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            addresses.append(port.get("host_ip", ""))
+        else:
+            addresses.append(":".join(str(port).split("/")[0].split(":")[:-2]))  # [ip:]published:target
+    return addresses
+
+
 def _build_models_module():
     spec = importlib.util.spec_from_file_location("build_models", REPO / "ops" / "build_models.py")
     module = importlib.util.module_from_spec(spec)
@@ -273,6 +284,7 @@ def test_compose_renders_services_ports_and_volumes(compose: dict[str, Any]) -> 
     assert "ports" not in redis, "Redis is reachable from the compose network only"
     assert _ports(services["api"]) == {(9178, 9178), (8000, 8000)}
     assert _ports(services["flower"]) == {(5555, 5555)}
+    assert _host_ips(services["flower"]) == ["127.0.0.1"], "Flower is published on the host's loopback only"
     worker = services["worker-cpu"]
     assert not worker.get("ports") and "container_name" not in worker, "worker-cpu must stay scalable"
     images = {services[name]["image"] for name in OVMS_SERVICES}
@@ -478,6 +490,9 @@ def test_k8s_commands_parse_with_the_real_cli(
     (flower,) = _containers(_find(manifests, "Deployment", "ovms-flower"))
     assert flower["command"] == ["celery"] and flower["args"] == ["--app", "tasks.app", "flower", "--port=5555"]
     assert _container_env(flower, manifests)["CELERY_BROKER_URL"] == broker
+    assert "FLOWER_BASIC_AUTH" in {variable["name"] for variable in flower["env"]}, "Flower needs credentials"
+    service = _find(manifests, "Service", "ovms-flower")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP", "Flower stays inside the cluster"
 
 
 # KEDA's CRDs are not part of the Kubernetes schema: the structure of keda.sh/v1alpha1 ScaledObject and

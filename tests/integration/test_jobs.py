@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -158,6 +159,7 @@ def test_jobs_and_their_results_expire_after_job_ttl_s(small_config, own_redis_u
             time.sleep(0.1)
         store = redis.Redis.from_url(own_redis_url)
         assert 100 < store.ttl(f"ovms:job:{reply['id']}") <= 120
-        assert 100 < store.ttl(f"celery-task-meta-{reply['id']}-0") <= 120
+        (chunk,) = json.loads(store.get(f"ovms:job:{reply['id']}"))["chunks"]
+        assert 100 < store.ttl(f"celery-task-meta-{chunk['task']}") <= 120
     finally:
         server.stop()

@@ -69,3 +69,12 @@ def test_a_token_file_without_tokens_is_refused(tmp_path: Path) -> None:
 )
 def test_anything_but_bearer_and_an_accepted_token_is_refused(authorization: str | None) -> None:
     assert not BearerTokens(["s3cret"]).accepts(authorization)
+
+
+def test_each_accepted_token_has_its_own_stable_owner_id_that_does_not_hold_it() -> None:
+    tokens = BearerTokens(["alpha-token", "beta-token"])
+    alpha, beta = tokens.owner_of("Bearer alpha-token"), tokens.owner_of("bearer  beta-token ")
+    assert alpha and beta and alpha != beta
+    assert BearerTokens(["beta-token", "alpha-token"]).owner_of("Bearer alpha-token") == alpha, "any process agrees"
+    assert "alpha" not in alpha and len(alpha) == 32
+    assert tokens.owner_of("Bearer gamma-token") is None and tokens.owner_of(None) is None
