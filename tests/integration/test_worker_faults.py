@@ -171,3 +171,34 @@ def test_job_chunk_of_a_killed_worker_runs_again(api, start_worker, redis_url):
     assert probabilities.shape[0] == 128
     direct = make_grpc_client(api.grpc_address).predict({"data": images[:1]}, "resnet")
     np.testing.assert_allclose(probabilities[:1], direct, atol=1e-3)
+
+
+def test_job_chunks_a_killed_worker_had_taken_all_run(api, start_worker, redis_url):
+    """Many small chunks, two workers: whatever the killed one had taken from the queue — running or
+    waiting in its process — runs again, and the job ends with every sample."""
+    first, _ = start_worker(), start_worker()
+    wait_for_workers(api, 2)
+    samples = np.arange(200_000 * 4, dtype=np.float32).reshape(200_000, 4)
+    upload = io.BytesIO()
+    np.save(upload, samples)
+    reply = requests.post(
+        f"{api.rest_url}/v1/jobs?model=versioned",
+        data=upload.getvalue(),
+        headers={"Content-Type": "application/x-npy"},
+        timeout=60,
+    )
+    assert reply.status_code == 202, reply.text
+    status_url = f"{api.rest_url}/v1/jobs/{reply.json()['id']}"
+    deadline = time.monotonic() + 60
+    while requests.get(status_url, timeout=5).json()["progress"]["done"] < 20_000:
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.05)
+    first.signal(signal.SIGKILL)
+
+    deadline = time.monotonic() + 60
+    while (status := requests.get(status_url, timeout=5).json())["state"] in ("PENDING", "STARTED"):
+        assert time.monotonic() < deadline, f"the job is stuck: {status}"
+        time.sleep(0.2)
+    assert status["state"] == "SUCCESS" and status["progress"] == {"done": 200_000, "total": 200_000}, status
+    result = requests.get(f"{status_url}/result?format=npy", timeout=60)
+    np.testing.assert_array_equal(np.load(io.BytesIO(result.content), allow_pickle=False), samples * 2)
