@@ -15,7 +15,7 @@ from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
 from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
-from tasks.jobs import JobStore
+from tasks.jobs import JobLimits, JobStore
 from tasks.registry import RegistryView, VersionView
 
 
@@ -36,13 +36,14 @@ class DataPlane:
         store: redis.Redis,
         configured: Callable[[], list[str] | None] = lambda: None,
         job_ttl_s: int = 86400,
+        job_limits: JobLimits | None = None,
     ) -> None:
         self._registry = registry
         self._dispatcher = dispatcher
         self._default_timeout_s = default_timeout_s
         self._store = store
         self._configured = configured
-        self.jobs = JobStore(store, job_ttl_s)
+        self.jobs = JobStore(store, job_ttl_s, job_limits or JobLimits())
         self.admission = Admission()
 
     def expected_models(self) -> list[str]:

@@ -21,6 +21,7 @@ from api.tls import TlsFiles
 from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
+from tasks.jobs import JobLimits
 from tasks.publisher import store_client
 from tasks.registry import RegistryView
 
@@ -56,6 +57,7 @@ class ApiServer:
             store,
             ConfiguredModels(settings),
             settings.job_ttl_s,
+            JobLimits.from_settings(settings),
         )
         self._metrics = ServingMetrics(self._registry, store)
         self._rest_enabled = rest and settings.rest_port > 0
