@@ -249,6 +249,7 @@ def test_a_chunk_past_its_deadline_fails_the_job_and_submit_wait_ends(stopped_wo
     assert submit.returncode != 0 and "FAILURE" in stderr, stderr
     assert "--job_timeout_s" in stderr, stderr
     assert took < 15, f"ovms submit --wait took {took:.1f} s to give up"
+    print(f"ovms submit --wait of a job with --job_timeout_s 2 exited {submit.returncode} after {took:.1f} s")
 
     worker.signal(signal.SIGCONT)  # the worker now takes the expired chunks: each fails with its deadline
     status_url = f"{api.rest_url}/v1/jobs/{stdout.split()[0]}"
