@@ -50,18 +50,20 @@ class JobFeeder:
         self._thread.join(JOIN_TIMEOUT_S)
 
     def _run(self) -> None:
-        registered = False
+        clean = False  # registered, and nothing left in the taken list by an earlier failure
         while not self._stop.is_set():
             self._runtime.predicts.wait_until_idle(MAX_YIELD_S)
             try:
-                if not registered:
+                if not clean:
                     job_queue.register(self._client, self.queue, self._runtime.worker_id)
-                    registered = True
+                    job_queue.give_back(self._client, self.queue, self._runtime.worker_id)
+                    clean = True
                 taken = job_queue.take(self._client, self.queue, self._runtime.worker_id, TAKE_WAIT_S)
                 if taken is not None:
                     self._run_chunk(*taken)
             except (redis.RedisError, OSError) as exc:
                 log.warning("Job queue %s: %s; retrying", self.queue, exc)
+                clean = False
                 self._stop.wait(TAKE_WAIT_S)
 
     def _run_chunk(self, raw: bytes, chunk: Chunk) -> None:

@@ -76,6 +76,13 @@ def take(client: redis.Redis, queue: str, worker_id: str, wait_s: float) -> tupl
     return None if raw is None else (raw, Chunk.decode(raw))
 
 
+def give_back(client: redis.Redis, queue: str, worker_id: str) -> None:
+    """Put what this worker's taken list holds back at the head of the queue: chunks it could not finish
+    (Redis failed under it) while it stays alive, so that no api would recover them."""
+    while client.lmove(job_taken_key(queue, worker_id), queue, "RIGHT", "RIGHT") is not None:
+        pass
+
+
 def finish(client: redis.Redis, queue: str, worker_id: str, raw: bytes, chunk: Chunk) -> None:
     """The chunk ended (its result is stored, or it was dropped): out of the taken list and the backlog."""
     with client.pipeline(transaction=True) as pipe:
