@@ -44,10 +44,14 @@ SWEEP_INTERVAL_S = 1.0
 
 
 class JobTooLarge(ResourceExhausted):
+    """One job over --job_max_mb: retrying cannot help."""
+
     http_status = 413
 
 
 class JobBacklogFull(ResourceExhausted):
+    """The server's queued jobs would pass --job_backlog_mb: retry once some have run."""
+
     retry_after_s = BACKLOG_RETRY_AFTER_S
 
 

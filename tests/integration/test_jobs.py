@@ -260,10 +260,14 @@ def test_a_chunk_past_its_deadline_fails_the_job_and_submit_wait_ends(stopped_wo
     assert status["state"] == "FAILURE" and status["progress"]["done"] == 0, status
 
 
-def test_job_size_and_backlog_caps(stopped_worker_stack):
+def test_job_size_and_backlog_caps(stopped_worker_stack, tmp_path):
     api, worker = stopped_worker_stack("--job_max_mb", "1", "--job_backlog_mb", "2")
     too_big = _post_npy(api.rest_url, "versioned", np.ones((70_000, 4), np.float32))  # 1.07 MiB of tensors
     assert too_big.status_code == 413 and "--job_max_mb" in too_big.json()["error"], too_big.text
+    np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
+    waited = _ovms("submit", "--url", api.rest_url, "--model", "versioned", "--input", str(tmp_path / "x.npy"),
+                   "--wait", "--timeout", "1")  # fmt: skip
+    assert waited.returncode == 1 and "still PENDING after 1 s (--timeout)" in waited.stderr, waited.stderr
 
     rows = np.ones((40_000, 4), np.float32)  # 0.61 MiB each: three fit in 2 MiB, the fourth does not
     accepted = [_post_npy(api.rest_url, "versioned", rows) for _ in range(3)]
