@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 COMMANDS = ("submit", "jobs", "result")
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
+WAIT_TIMEOUT_S = 3700.0  # a job fails on the server after --job_timeout_s (default 3600)
+POLL_INTERVAL_S = 0.2
 
 
 def main(argv: list[str]) -> int:
@@ -53,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--version", type=int, default=0)
     submit.add_argument("--input", required=True, help=".npy or .npz file of samples")
     submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    submit.add_argument(
+        "--timeout",
+        type=float,
+        default=WAIT_TIMEOUT_S,
+        help=f"with --wait: give up (exit 1) after this many seconds (default: {WAIT_TIMEOUT_S:.0f})",
+    )
     submit.add_argument("--output", help="with --wait: write the outputs here (.npy for one output, else .npz)")
     submit.set_defaults(run=_submit)
     jobs = commands.add_parser("jobs", parents=[common], help="list recent jobs")
@@ -80,24 +88,28 @@ def _submit(args: argparse.Namespace) -> int:
     print(job_id)
     if not args.wait:
         return 0
-    reply = _follow(args.http, args.url, job_id)
-    if reply.status_code != 200:  # e.g. 404: the job was lost with a Redis that restarted empty
-        return _failed("submit", reply)
-    status = reply.json()
+    status = _follow(args.http, args.url, job_id, time.monotonic() + args.timeout)
+    if isinstance(status, requests.Response):
+        return _failed("submit", status)
+    if status["state"] not in FINAL_STATES:
+        print(
+            f"ovms submit: job {job_id} still {status['state']} after {args.timeout:.0f} s (--timeout)", file=sys.stderr
+        )
+        return 1
     if status["state"] != "SUCCESS":
         print(f"ovms submit: job {job_id} ended {status['state']}: {'; '.join(status['errors'])}", file=sys.stderr)
         return 1
     return _fetch(args.http, args.url, job_id, args.output)
 
 
-def _follow(http: requests.Session, url: str, job_id: str) -> requests.Response:
-    """Poll the job, drawing a progress bar of samples done, until it ends (its last status) or an error
-    other than 503 (Redis or the server unavailable for now: polled again after its Retry-After)."""
+def _follow(http: requests.Session, url: str, job_id: str, deadline: float) -> dict | requests.Response:
+    """Poll the job, drawing a progress bar of samples done, until it ends or `deadline` (time.monotonic())
+    passes: its last status, or the reply that was not one (e.g. 404 once the job expired)."""
     with tqdm(unit="sample", desc=job_id[:8], file=sys.stderr) as bar:
         while True:
             reply = http.get(f"{url}/v1/jobs/{job_id}", timeout=30)
-            if reply.status_code == 503:
-                time.sleep(float(reply.headers.get("Retry-After", 1)))
+            if reply.status_code == 503 and time.monotonic() < deadline:  # e.g. Redis restarting: ask again
+                time.sleep(POLL_INTERVAL_S)
                 continue
             if reply.status_code != 200:
                 return reply
@@ -105,9 +117,9 @@ def _follow(http: requests.Session, url: str, job_id: str) -> requests.Response:
             bar.total = status["progress"]["total"]
             bar.n = status["progress"]["done"]
             bar.refresh()
-            if status["state"] in FINAL_STATES:
-                return reply
-            time.sleep(0.2)
+            if status["state"] in FINAL_STATES or time.monotonic() > deadline:
+                return status
+            time.sleep(POLL_INTERVAL_S)
 
 
 def _jobs(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
 from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
-from tasks.jobs import JobStore
+from tasks.jobs import JobLimits, JobStore
 from tasks.link import OUTAGES, RedisLink
 from tasks.registry import RegistryView, VersionView
 
@@ -41,6 +41,7 @@ class DataPlane:
         configured: Callable[[], list[str] | None] = lambda: None,
         job_ttl_s: int = 86400,
         max_inflight_bytes: int = INFLIGHT_REQUESTS_BY_DEFAULT * (DEFAULT_MAX_REQUEST_MB << 20),
+        job_limits: JobLimits | None = None,
     ) -> None:
         self.link = link
         self._registry = registry
@@ -48,7 +49,7 @@ class DataPlane:
         self._default_timeout_s = default_timeout_s
         self._store = store
         self._configured = configured
-        self.jobs = JobStore(store, job_ttl_s)
+        self.jobs = JobStore(store, job_ttl_s, job_limits or JobLimits())
         self.admission = Admission(max_inflight_bytes)
 
     def expected_models(self) -> list[str]:

@@ -86,7 +86,11 @@ def create_app(
 
     @app.errorhandler(ServingError)
     def serving_error(error: ServingError) -> Response:
-        return _json({"error": error.message}, error.http_status, _ERROR_HEADERS.get(error.http_status))
+        headers = _ERROR_HEADERS.get(error.http_status)
+        retry_after_s = getattr(error, "retry_after_s", None)  # e.g. a full job backlog (tasks.jobs)
+        if retry_after_s is not None:
+            headers = {"Retry-After": str(retry_after_s)}
+        return _json({"error": error.message}, error.http_status, headers)
 
     def redis_outage(exc: Exception) -> Response:
         return serving_error(dataplane.link.failed(exc))

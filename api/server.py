@@ -21,6 +21,7 @@ from api.tls import TlsFiles
 from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
+from tasks.jobs import JobLimits
 from tasks.link import RedisLink
 from tasks.publisher import store_client
 from tasks.registry import RegistryView
@@ -60,6 +61,7 @@ class ApiServer:
             ConfiguredModels(settings),
             settings.job_ttl_s,
             settings.max_inflight_bytes,
+            JobLimits.from_settings(settings),
         )
         self._metrics = ServingMetrics(self._registry, store, self._link)
         self._rest_enabled = rest and settings.rest_port > 0

@@ -25,6 +25,11 @@ DEFAULT_MAX_REQUEST_MB = 256
 # Request bytes an api process (or a worker) holds at once, by default: two maximum-size requests, or many
 # smaller ones. A request beyond it is refused with RESOURCE_EXHAUSTED / 429, unless nothing else is held.
 INFLIGHT_REQUESTS_BY_DEFAULT = 2
+# Async jobs: their tensors wait in Redis until a worker runs them. 128 MiB is 500,000 digits samples or 220
+# 224x224 float images per job; the backlog of all jobs keeps Redis well under a gigabyte.
+DEFAULT_JOB_TIMEOUT_S = 3600
+DEFAULT_JOB_MAX_MB = 128
+DEFAULT_JOB_BACKLOG_MB = 512
 MAX_REQUEST_MB = 2047
 MAX_INFLIGHT_MB = 1 << 20  # 1 TiB: only a bound against typing mistakes
 
@@ -91,6 +96,9 @@ class ServerSettings:
     task_events: bool = False  # workers send Celery task events (for Flower)
     flower_port: int = 0  # all-in-one: also run Celery Flower on this port; 0 = no Flower
     job_ttl_s: int = 86400  # how long async jobs and their results are kept
+    job_timeout_s: int = DEFAULT_JOB_TIMEOUT_S  # a job not finished within this fails
+    job_max_mb: int = DEFAULT_JOB_MAX_MB  # tensors of one job
+    job_backlog_mb: int = DEFAULT_JOB_BACKLOG_MB  # tensors of all jobs not yet run, server-wide
     ssl_certificate: str | None = None  # PEM: TLS on gRPC and REST when set (with ssl_private_key)
     ssl_private_key: str | None = None
     ssl_client_ca: str | None = None  # PEM: mutual TLS, clients must present a certificate it signed
@@ -187,6 +195,17 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--worker_concurrency", type=int, help="worker role: messages one worker handles at once (default: 64)")
     add("--task_events", action="store_true", help="workers send Celery task events, for Flower (default: off)")
     add("--job_ttl_s", type=int, help="how long async jobs and their results are kept, seconds (default: 86400)")
+    add(
+        "--job_timeout_s",
+        type=int,
+        help=f"an async job not finished within this fails, seconds (default: {DEFAULT_JOB_TIMEOUT_S})",
+    )
+    add("--job_max_mb", type=int, help=f"tensors of one async job in MiB, else 413 (default: {DEFAULT_JOB_MAX_MB})")
+    add(
+        "--job_backlog_mb",
+        type=int,
+        help=f"tensors of all async jobs not yet run in MiB, else 429 (default: {DEFAULT_JOB_BACKLOG_MB})",
+    )
     add("--flower_port", type=int, help="with no role: also run Celery Flower on this port (implies --task_events)")
     add("--ssl_certificate", help="PEM certificate (chain): serve gRPC and REST over TLS; needs --ssl_private_key")
     add("--ssl_private_key", help="PEM private key of --ssl_certificate")
@@ -237,6 +256,9 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
         task_events=args.task_events or bool(args.flower_port),
         flower_port=_default(args.flower_port, 0),
         job_ttl_s=_default(args.job_ttl_s, 86400),
+        job_timeout_s=_default(args.job_timeout_s, DEFAULT_JOB_TIMEOUT_S),
+        job_max_mb=_default(args.job_max_mb, DEFAULT_JOB_MAX_MB),
+        job_backlog_mb=_default(args.job_backlog_mb, DEFAULT_JOB_BACKLOG_MB),
         ssl_certificate=args.ssl_certificate,
         ssl_private_key=args.ssl_private_key,
         ssl_client_ca=args.ssl_client_ca,
@@ -273,7 +295,15 @@ def _check_server_flags(args: argparse.Namespace) -> None:
         raise UsageError("port and rest_port cannot have the same values")
     if args.rest_workers is not None and not args.rest_port:
         raise UsageError("rest_workers is set but rest_port is not set. rest_port is required to start rest servers")
-    for flag in ("grpc_workers", "rest_workers", "worker_concurrency", "job_ttl_s"):
+    for flag in (
+        "grpc_workers",
+        "rest_workers",
+        "worker_concurrency",
+        "job_ttl_s",
+        "job_timeout_s",
+        "job_max_mb",
+        "job_backlog_mb",
+    ):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive number")

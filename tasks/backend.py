@@ -2,9 +2,9 @@
 
 A predict task carries `reply_to` = that api process's reply list; its result meta is pushed there
 in one pipelined round trip (LPUSH + EXPIRE, the claim-check payload deleted and the worker's claim
-released), and the api's one listener routes it to the waiting requests. Other tasks (async job
-chunks, whose reply_to names their job only for claims) are stored the standard Redis-backend way,
-so AsyncResult, groups and Flower work as usual.
+released), and the api's one listener routes it to the waiting requests. Other results (async job
+chunks, which the job feeders store here) are stored the standard Redis-backend way, so AsyncResult,
+groups and Flower work as usual.
 """
 
 from __future__ import annotations
@@ -30,11 +30,7 @@ class ReplyBackend(RedisBackend):
         reply_to = getattr(request, "reply_to", None)
         if not reply_to or not str(reply_to).startswith(REPLY_PREFIX):
             stored = super()._store_result(task_id, result, state, traceback, request, **kwargs)
-            with self.client.pipeline(transaction=False) as pipe:
-                pipe.delete(payload_key(task_id))
-                if reply_to:  # a job chunk: its job's record holds the claim
-                    release(pipe, reply_to, task_id)
-                pipe.execute()
+            self.client.delete(payload_key(task_id))
             return stored
         meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
         meta["task_id"] = task_id

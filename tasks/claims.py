@@ -1,10 +1,10 @@
 """Which worker took each in-flight predict message, so that an api can tell lost work from slow work.
 
 A worker claims a message in the same pipelined round trip that fetches its tensors: one field per
-message in a hash owned by whoever waits for it (`claims_key(reply_to)`: an api's reply list, or a
-job's record), naming the worker. The result backend releases the claim in the round trip that stores
-the result. When a worker's heartbeat lapses, the apis look up which messages it still held
-(tasks.dispatcher for their own requests, tasks.jobs for job chunks).
+message in a hash owned by the api that waits for it (`claims_key(reply_to)`, beside its reply list),
+naming the worker. The result backend releases the claim in the round trip that stores
+the result. When a worker's heartbeat lapses, each api looks up which of its messages that worker still held
+(tasks.dispatcher). Async job chunks are claimed differently, by the taking itself (tasks.job_queue).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import redis
 
 from tasks.routing import claims_key
 
-CLAIMS_TTL_S = 3600  # outlives the longest message (a job chunk may wait an hour); refreshed per claim
+CLAIMS_TTL_S = 3600  # outlives the longest message; refreshed per claim
 
 
 def claim(pipe: redis.client.Pipeline, reply_to: str, task_id: str, worker_id: str) -> None:

@@ -145,7 +145,9 @@ class Dispatcher:
                 queue, text = pending.target.queue, pending.message_text
                 holder = held.get(task_id)
                 if holder in lost or (
-                    holder is None and lost and pending.published_at < silent_since
+                    holder is None
+                    and lost
+                    and pending.published_at < silent_since
                     and not self._publisher.is_queued(queue, text)
                 ):
                     self._rerun_or_fail(task_id, pending, holder or "unknown", queue in queues)
@@ -265,4 +267,3 @@ class Dispatcher:
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
         self._completed(pending)
-

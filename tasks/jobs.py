@@ -1,14 +1,16 @@
-"""Asynchronous jobs: many samples split into chunks that run as ordinary predict tasks on the model's
-queue (so they batch with everything else), with their results kept in the Celery result backend.
+"""Asynchronous jobs: many samples split into chunks that the model's workers run between predicts
+(tasks.job_queue, tasks.job_feeder), with their results kept in the Celery result backend.
 
 A job's record lives in Redis (`ovms:job:<id>`, plus the `ovms:jobs` index), so any api process —
-including one started after the job was submitted — can report on it. With bearer tokens, a job belongs
-to the token that submitted it: its record names the token's owner id (api.auth.owner_id) and the
-owner's index (`ovms:jobs:<owner>`) lists it; any other caller is told it does not exist. Job ids are
-32 lowercase hex digits, checked before they make a Redis key; each chunk task has an id of its own, so
-that Flower and logs, which show task ids, show no job id. Workers claim a job's chunks in
-its claims hash (tasks.claims); a chunk whose worker died is queued again by whichever api
-notices first, once — a second loss fails it.
+including one started after the job was submitted — can report on it. Every chunk is queued or taken
+by exactly one worker until its result is stored; a chunk whose worker died is queued again by
+whichever api notices first, once — a second loss fails it. A job ends: SUCCESS, FAILURE at the first
+failed chunk (with its error), FAILURE at its deadline (`--job_timeout_s`), or REVOKED.
+
+With bearer tokens, a job belongs to the token that submitted it: its record names the token's owner id
+(api.auth.owner_id) and the owner's index (`ovms:jobs:<owner>`) lists it; any other caller is told it
+does not exist. Job ids are 32 lowercase hex digits, checked before they make a Redis key; each chunk
+has a random id of its own, so that logs, which show task ids, show no job id.
 """
 
 from __future__ import annotations
@@ -26,24 +28,50 @@ from typing import Any
 import numpy as np
 import redis
 
-from inference.errors import WORKER_LOST, NotFound, Unavailable
+from inference.errors import WORKER_LOST, NotFound, ResourceExhausted, Unavailable
 from inference.request import InferenceRequest
+from inference.settings import DEFAULT_JOB_BACKLOG_MB, DEFAULT_JOB_MAX_MB, DEFAULT_JOB_TIMEOUT_S, ServerSettings
+from tasks import job_backlog, job_queue
 from tasks.app import app
-from tasks.claims import holders, release
+from tasks.job_queue import Chunk, stop_key
 from tasks.messages import describe_failure, pack_requests, unpack_result
-from tasks.publisher import PredictPublisher
 from tasks.registry import Target
-from tasks.routing import claims_key
+from tasks.routing import job_queue_for, worker_key
 
 log = logging.getLogger("serving")
 
 JOB_PREFIX = "ovms:job:"
 JOB_INDEX = "ovms:jobs"
 CHUNK_ROWS = 256
-JOB_TIMEOUT_S = 3600  # a chunk not run within this is dropped
-RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
 META_BATCH = 16  # chunk results read per Redis round trip by status: never the whole result at once
+CHUNK_BYTES = 2 << 20  # a chunk's tensors: a predict waits at most for one chunk's inference
+PAYLOAD_GRACE_S = 5  # tensors outlive the job's deadline a little, for a worker already running them
+BACKLOG_RETRY_AFTER_S = 10
+SWEEP_INTERVAL_S = 1.0
+
+
+class JobTooLarge(ResourceExhausted):
+    """One job over --job_max_mb: retrying cannot help."""
+
+    http_status = 413
+
+
+class JobBacklogFull(ResourceExhausted):
+    """The server's queued jobs would pass --job_backlog_mb: retry once some have run."""
+
+    retry_after_s = BACKLOG_RETRY_AFTER_S
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    max_job_bytes: int = DEFAULT_JOB_MAX_MB << 20
+    max_backlog_bytes: int = DEFAULT_JOB_BACKLOG_MB << 20
+    timeout_s: int = DEFAULT_JOB_TIMEOUT_S
+
+    @staticmethod
+    def from_settings(settings: ServerSettings) -> JobLimits:
+        return JobLimits(settings.job_max_mb << 20, settings.job_backlog_mb << 20, settings.job_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -72,53 +100,58 @@ class JobStatus:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int, limits: JobLimits) -> None:
         self._client = client
         self._ttl_s = ttl_s  # the workers keep chunk results as long (Celery result_expires)
-        self._publisher = PredictPublisher(app, client)
+        self._limits = limits
+        self._swept_at = 0.0
 
     def submit(self, target: Target, inputs: dict[str, np.ndarray], owner: str | None = None) -> str:
-        """Split validated inputs (a leading sample dimension) into chunks and queue them; `owner`: the
-        submitting token's owner id, with bearer tokens."""
+        """Split validated inputs (a leading sample dimension) into chunks and queue them: JobTooLarge
+        (413) beyond --job_max_mb, JobBacklogFull (429) if the server's queued jobs would pass
+        --job_backlog_mb. `owner`: the submitting token's owner id, with bearer tokens."""
+        nbytes = sum(array.nbytes for array in inputs.values())
+        limit, flag = min(
+            (self._limits.max_job_bytes, "--job_max_mb"), (self._limits.max_backlog_bytes, "--job_backlog_mb")
+        )
+        if nbytes > limit:
+            raise JobTooLarge(f"The job's tensors take {_mib(nbytes)} MiB; the limit is {_mib(limit)} MiB ({flag})")
         job_id = uuid.uuid4().hex
-        total = int(next(iter(inputs.values())).shape[0])
-        precisions = {name: spec.precision for name, spec in target.signature.inputs.items()}
-        deadline = time.time() + JOB_TIMEOUT_S
-        chunks = []
-        for start in range(0, total, CHUNK_ROWS):
-            task_id = chunk_task_id()
-            rows = {name: array[start : start + CHUNK_ROWS] for name, array in inputs.items()}
-            request = InferenceRequest(
-                target.model, target.version, rows, None, deadline, f"{task_id}.0", any_batch=True
+        created = time.time()
+        deadline = created + self._limits.timeout_s
+        chunks = list(_split(job_id, target, inputs, deadline))
+        cap = self._limits.max_backlog_bytes
+        used = job_backlog.admit(self._client, [(chunk.task_id, chunk.nbytes) for chunk, _, _ in chunks], deadline, cap)
+        if used is not None:
+            raise JobBacklogFull(
+                f"The server's job backlog is full: {_mib(used)} MiB queued, this job {_mib(nbytes)} MiB, "
+                f"the limit {_mib(cap)} MiB (--job_backlog_mb); retry later"
             )
-            envelope, payload = pack_requests([request], precisions)
-            message = self._publisher.publish(
-                task_id,
-                envelope,
-                payload,
-                target.queue,
-                reply_to=JOB_PREFIX + job_id,  # where workers claim the chunk; its result is stored as usual
-                expires_s=JOB_TIMEOUT_S,
-                name=f"job-chunk {target.model} v{target.version}",
-            )
-            chunks.append({"task": task_id, "rows": int(next(iter(rows.values())).shape[0]), "message": message})
         record = {
             "model": target.model,
             "version": target.version,
-            "total": total,
+            "total": int(next(iter(inputs.values())).shape[0]),
             "queue": target.queue,
-            "created": time.time(),
-            "chunks": chunks,
+            "created": created,
+            "deadline": deadline,
+            "chunks": [{"task": chunk.task_id, "rows": rows} for chunk, rows, _ in chunks],
             "revoked": False,
             "owner": owner,
         }
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(JOB_PREFIX + job_id, json.dumps(record), ex=self._ttl_s)
-            for index in {JOB_INDEX, _index(owner)}:
-                pipe.zadd(index, {job_id: record["created"]})
-                pipe.zremrangebyscore(index, 0, time.time() - self._ttl_s)
-                pipe.expire(index, self._ttl_s)
-            pipe.execute()
+        queue = job_queue_for(target.queue)
+        try:
+            with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(JOB_PREFIX + job_id, json.dumps(record), ex=self._ttl_s)
+                for index in {JOB_INDEX, _index(owner)}:
+                    pipe.zadd(index, {job_id: created})
+                    pipe.zremrangebyscore(index, 0, created - self._ttl_s)
+                    pipe.expire(index, self._ttl_s)
+                for chunk, _, payload in chunks:
+                    job_queue.publish(pipe, queue, chunk, payload, deadline + PAYLOAD_GRACE_S - created)
+                pipe.execute()
+        except (redis.RedisError, OSError):
+            job_backlog.release(self._client, [chunk.task_id for chunk, _, _ in chunks])
+            raise
         return job_id
 
     def status(self, job_id: str, owner: str | None = None) -> JobStatus:
@@ -126,16 +159,22 @@ class JobStore:
         record = self._record(job_id, owner)
         metas = self._chunk_metas(record)
         done = sum(chunk["rows"] for chunk, meta in zip(record["chunks"], metas, strict=True) if _ok(meta))
-        errors = sorted({_error(meta) for meta in metas if meta and meta["status"] != "SUCCESS"} - {""})
+        errors = sorted({_error(meta) for meta in metas if meta and not _ok(meta)} - {""})
         finished = [meta.get("date_done") for meta in metas if meta]
+        deadline = record.get("deadline", record["created"] + JobLimits.timeout_s)
         if record["revoked"]:
             state = "REVOKED"
         elif errors:
             state = "FAILURE"
         elif done == record["total"]:
             state = "SUCCESS"
+        elif time.time() > deadline:
+            state = "FAILURE"  # no worker ran the rest in time (none serves the model, or all too busy)
+            errors = [f"The job did not finish within {deadline - record['created']:.0f} s (--job_timeout_s)"]
+            finished = [deadline]
         else:
             state = "STARTED" if any(metas) else "PENDING"
+            self._sweep()
         return JobStatus(
             job_id,
             record["model"],
@@ -153,37 +192,46 @@ class JobStore:
         return JobResult(self._client, self._record(job_id, owner))
 
     def cancel(self, job_id: str, owner: str | None = None) -> None:
-        """Revoke the chunks not run yet; a job that already ended keeps its state."""
+        """Drop the chunks not run yet (workers skip them); a job that already ended keeps its state."""
         if self.status(job_id, owner).state in ("SUCCESS", "FAILURE"):
             return
         record = self._record(job_id, owner)
-        app.control.revoke([chunk["task"] for chunk in record["chunks"]])
         record["revoked"] = True
-        self._client.set(JOB_PREFIX + job_id, json.dumps(record), keepttl=True)
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(JOB_PREFIX + job_id, json.dumps(record), keepttl=True)
+            pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
+            pipe.execute()
 
-    def recover(self, lost: set[str]) -> None:
-        """Queue again the chunks that the `lost` workers held; only the api that drops a claim acts on
-        it, and a chunk lost twice fails (a chunk that kills workers must not kill them all)."""
-        for key in self._client.scan_iter(match=claims_key(JOB_PREFIX + "*"), count=1000):
-            job_key = key.decode().removesuffix(claims_key(""))
-            for task_id, worker in holders(self._client, job_key).items():
-                if worker in lost and release(self._client, job_key, task_id):
-                    log.warning("Job chunk %s was lost with worker %s", task_id, worker)
-                    self._run_again(job_key, task_id)
+    def _sweep(self) -> None:
+        """Look for dead workers' chunks now and then while someone watches an unfinished job: a loss
+        no api saw (or could not act on) is repaired within a poll or two."""
+        now = time.monotonic()
+        if now - self._swept_at >= SWEEP_INTERVAL_S:
+            self._swept_at = now
+            self.recover()
 
-    def _run_again(self, job_key: str, task_id: str) -> None:
-        raw = self._client.get(job_key)
-        if raw is None:
-            return
-        record = json.loads(raw)
-        chunk = next((c for c in record["chunks"] if c["task"] == task_id), None)
-        if chunk is None or record["revoked"]:
-            return
-        if self._client.hincrby(RERUNS_KEY, task_id, 1) > 1:
-            app.backend.mark_as_failure(task_id, Unavailable(WORKER_LOST))
-            return
-        self._client.expire(RERUNS_KEY, JOB_TIMEOUT_S)
-        self._publisher.requeue(record["queue"], chunk["message"])
+    def recover(self, lost: set[str] = frozenset()) -> None:
+        """Queue again the chunks that dead workers had taken: the `lost` ones', and any other's whose
+        heartbeat is gone (it died while no api was watching). One api of many gets each chunk."""
+        prefix = app.backend.task_keyprefix.decode()
+        takers = job_queue.taken_lists(self._client)
+        with self._client.pipeline(transaction=False) as pipe:
+            for worker in takers.values():
+                pipe.exists(worker_key(worker))
+            alive = pipe.execute()
+        for (taken_key, worker), heartbeat in zip(takers.items(), alive, strict=True):
+            if heartbeat and worker not in lost:
+                continue
+            while (moved := job_queue.take_back(self._client, taken_key, prefix, self._limits.timeout_s)) is not None:
+                chunk, outcome = moved
+                log.warning("Job chunk %s was lost with worker %s: %s", chunk.task_id, worker, outcome)
+                if outcome == "lost":
+                    app.backend.mark_as_failure(chunk.task_id, Unavailable(WORKER_LOST))
+                    self._client.set(stop_key(chunk.job_id), "failed", ex=self._limits.timeout_s)
+                if outcome != "queued":
+                    job_backlog.release(self._client, [chunk.task_id])
+            if not heartbeat:
+                job_queue.forget_taker(self._client, taken_key)
 
     def recent(self, limit: int = 50, owner: str | None = None) -> list[str]:
         """The latest jobs: every job, or with `owner` that owner's only."""
@@ -253,6 +301,28 @@ def _without_tensors(meta: dict[str, Any]) -> dict[str, Any]:
         for entry in meta["result"].get("results", {}).values():
             entry.pop("outputs", None)
     return {key: meta.get(key) for key in ("status", "result", "date_done")}
+
+
+def _split(
+    job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float
+) -> Iterator[tuple[Chunk, int, bytes]]:
+    """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
+    number of samples and its tensor payload."""
+    total = int(next(iter(inputs.values())).shape[0])
+    sample_bytes = sum(array[:1].nbytes for array in inputs.values())
+    rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(sample_bytes, 1)))
+    precisions = {name: spec.precision for name, spec in target.signature.inputs.items()}
+    for start in range(0, total, rows):
+        task_id = chunk_task_id()
+        part = {name: array[start : start + rows] for name, array in inputs.items()}
+        request = InferenceRequest(target.model, target.version, part, None, deadline, f"{task_id}.0", any_batch=True)
+        envelope, payload = pack_requests([request], precisions)
+        nbytes = sum(array.nbytes for array in part.values())
+        yield Chunk(task_id, job_id, nbytes, envelope), int(next(iter(part.values())).shape[0]), payload
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.1f}".removesuffix(".0")
 
 
 def _ok(meta: dict[str, Any] | None) -> bool:

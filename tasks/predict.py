@@ -14,4 +14,6 @@ from tasks.routing import PREDICT_TASK
 @app.task(name=PREDICT_TASK, bind=True)
 def predict(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
     """Run one message of predict requests for one model version; see tasks.messages for its shape."""
-    return runtime.current().serve(self.request.id, envelope, self.request.reply_to or "")
+    worker = runtime.current()
+    with worker.predicts.serving():
+        return worker.serve(self.request.id, envelope, self.request.reply_to or "")

@@ -75,11 +75,9 @@ class PredictPublisher:
         queue: str,
         reply_to: str,
         expires_s: float,
-        name: str = "",
     ) -> str:
-        """`reply_to` names the api's reply list, or for a job chunk its job's record (the result is then
-        stored in the backend; see tasks.backend); `name` is what Flower shows (default: predict <model>
-        v<version>). Returns the message as queued, for `requeue` and `withdraw`."""
+        """`reply_to` names the api's reply list. Returns the message as queued, for `requeue` and
+        `withdraw`."""
         summary = f"{envelope['model']} v{envelope['version']}: {len(envelope['requests'])} request(s)"
         message = self._app.amqp.as_task_v2(
             task_id,
@@ -90,7 +88,7 @@ class PredictPublisher:
             reply_to=reply_to,
             argsrepr=summary,  # what Flower and logs show; also spares Celery a saferepr of the envelope
             kwargsrepr="{}",
-            shadow=name or f"predict {envelope['model']} v{envelope['version']}",  # the task name Flower shows
+            shadow=f"predict {envelope['model']} v{envelope['version']}",  # the task name Flower shows
         )
         content_type, content_encoding, body = dumps(message.body, serializer="json")
         properties = dict(message.properties)

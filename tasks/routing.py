@@ -10,11 +10,23 @@ PREDICT_TASK = "ovms.predict"
 REPLY_PREFIX = f"{PREFIX}:reply:"
 WORKER_PREFIX = f"{PREFIX}:worker:"
 CATALOG_KEY = f"{PREFIX}:catalog"
+TAKEN_INFIX = ":taken:"
 
 
 def queue_for(device: str, model: str) -> str:
     """Each model has its own queue on its device, so workers of that device share its load."""
     return f"{PREFIX}.{_safe(device)}.{_safe(model)}"
+
+
+def job_queue_for(queue: str) -> str:
+    """The list of a model's async job chunks: not a Celery queue, a worker takes them itself when its
+    predicts leave room (tasks.job_feeder)."""
+    return f"{PREFIX}:jobq:{queue}"
+
+
+def job_taken_key(job_queue: str, worker_id: str) -> str:
+    """The list of the chunks of `job_queue` that a worker has taken and not finished."""
+    return f"{job_queue}{TAKEN_INFIX}{worker_id}"
 
 
 def payload_key(task_id: str) -> str:

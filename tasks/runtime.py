@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -37,6 +40,30 @@ def current() -> WorkerRuntime:
     return _current
 
 
+class PredictActivity:
+    """How many predict messages this worker is serving: job chunks wait for none (tasks.job_feeder)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._serving = 0
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        with self._cond:
+            self._serving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._serving -= 1
+                self._cond.notify_all()
+
+    def wait_until_idle(self, timeout_s: float) -> bool:
+        """True once no predict is being served; False if there still is one after `timeout_s`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._serving == 0, timeout_s)
+
+
 class WorkerRuntime:
     def __init__(self, manager: ModelManager, store: redis.Redis, worker_id: str, max_inflight_bytes: int) -> None:
         self._manager = manager
@@ -44,13 +71,15 @@ class WorkerRuntime:
         self.worker_id = worker_id
         self.budget = ByteBudget(max_inflight_bytes, f"worker {worker_id} (--worker_max_inflight_mb)")
         self._trim = TrimSoon()
+        self.predicts = PredictActivity()
 
     def serve(self, task_id: str, envelope: dict[str, Any], reply_to: str = "") -> dict[str, Any]:
         """Run every request of one message; each gets its own outputs or its own error.
-        `reply_to`: the waiting api's reply list or the job's record, where this worker claims the message
-        (see tasks.claims). A message whose tensors do not fit the worker's in-flight budget is refused
-        before they are fetched (RESOURCE_EXHAUSTED), unless it is an async job's chunk: no client waits to
-        retry it, so it is run (and counted) anyway; job chunks are bounded by their own size."""
+        `reply_to`: the waiting api's reply list, where this worker claims the message (see tasks.claims);
+        none for a job chunk (its worker's taken list is its claim, see tasks.job_queue). A message whose
+        tensors do not fit the worker's in-flight budget is refused before they are fetched
+        (RESOURCE_EXHAUSTED), unless it is an async job's chunk: no client waits to retry it, so it is run
+        (and counted) anyway; job chunks are bounded by their own size."""
         ids = [entry["id"] for entry in envelope["requests"]]
         batcher = self._batcher_for(envelope)
         if batcher is None:

@@ -13,6 +13,7 @@ from inference.manager import ModelManager
 from inference.settings import ServerSettings
 from tasks import runtime
 from tasks.app import app, configure
+from tasks.job_feeder import JobFeeders
 from tasks.registry import WorkerPublisher
 from tasks.routing import queue_for, worker_name
 from tasks.watcher import RepositoryWatcher
@@ -38,12 +39,19 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
     publisher.loaded = True
     publisher.publish()
     consumers = QueueConsumers(device, f"{worker_id}@{socket.gethostname()}", manager)
+    worker_runtime = runtime.WorkerRuntime(manager, store, worker_id, settings.worker_max_inflight_bytes)
+    runtime.install(worker_runtime)
+    feeders = JobFeeders(worker_runtime, store)
+    feeders.sync(consumers.queues)
     watcher = RepositoryWatcher(
-        manager, settings, store, worker_id, on_change=lambda: (publisher.publish(), consumers.sync())
+        manager,
+        settings,
+        store,
+        worker_id,
+        on_change=lambda: (publisher.publish(), consumers.sync(), feeders.sync(consumers.queues)),
     )
-    runtime.install(runtime.WorkerRuntime(manager, store, worker_id, settings.worker_max_inflight_bytes))
     worker_ready.connect(lambda **_: log.info("Worker %s is ready", worker_id), weak=False)
-    worker_shutting_down.connect(lambda **_: _drain(publisher), weak=False)
+    worker_shutting_down.connect(lambda **_: _drain(publisher, feeders), weak=False)
     log.info("Worker %s serves %s on %s", worker_id, ", ".join(consumers.queues), device)
     watcher.start()
     try:
@@ -63,16 +71,20 @@ def run_worker(settings: ServerSettings, broker_url: str) -> int:
             ]
         )
     finally:
+        feeders.stop()
+        feeders.join()
         watcher.stop()
         publisher.stop()
         manager.close()
     return 0
 
 
-def _drain(publisher: WorkerPublisher) -> None:
-    """On SIGTERM (called inside the signal handler, so only a flag): the next heartbeat tells the apis
-    to send nothing more here, while Celery stops consuming and lets the running messages finish."""
+def _drain(publisher: WorkerPublisher, feeders: JobFeeders) -> None:
+    """On SIGTERM (called inside the signal handler, so only flags): the next heartbeat tells the apis
+    to send nothing more here, while Celery stops consuming and lets the running messages finish, and
+    the job feeders finish the chunk they hold and take no more."""
     publisher.draining = True
+    feeders.stop()
 
 
 class QueueConsumers:

@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 import requests
 
+from tasks import job_backlog
 from tests.support.stack import REPO, private_redis, start_ovms
 
 
@@ -163,3 +166,183 @@ def test_jobs_and_their_results_expire_after_job_ttl_s(small_config, own_redis_u
         assert 100 < store.ttl(f"celery-task-meta-{chunk['task']}") <= 120
     finally:
         server.stop()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _post_npy(rest_url: str, model: str, array: np.ndarray) -> requests.Response:
+    return requests.post(
+        f"{rest_url}/v1/jobs?model={model}",
+        data=_npy(array),
+        headers={"Content-Type": "application/x-npy"},
+        timeout=60,
+    )
+
+
+def _status(status_url: str) -> dict:
+    return requests.get(status_url, timeout=10).json()
+
+
+def _wait_for_end(status_url: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (status := _status(status_url))["state"] in ("PENDING", "STARTED"):
+        assert time.monotonic() < deadline, f"the job did not end within {timeout_s} s: {status}"
+        time.sleep(0.2)
+    return status
+
+
+def test_a_chunk_whose_request_fails_fails_the_job(server):
+    """The attacker's upload: `a` has 3 rows, `b` 700. Refused at once (400), or the job ends FAILURE
+    with the chunk's error — never STARTED for ever."""
+    upload = io.BytesIO()
+    np.savez(upload, a=np.ones((3, 2), np.float32), b=np.ones((700, 2), np.float32))
+    reply = requests.post(
+        f"{server.rest_url}/v1/jobs?model=multi",
+        data=upload.getvalue(),
+        headers={"Content-Type": "application/x-npz"},
+        timeout=30,
+    )
+    if reply.status_code == 400:
+        return
+    assert reply.status_code == 202, reply.text
+    status = _wait_for_end(server.rest_url + reply.json()["status_url"], 30)
+    assert status["state"] == "FAILURE" and status["errors"], status
+
+
+@pytest.fixture
+def stopped_worker_stack(small_config, own_redis_url) -> Iterator:
+    """An api (with the given extra flags) and one worker, frozen (SIGSTOP) until the test resumes it."""
+    started = []
+
+    def _start(*flags: str) -> tuple:
+        args = ["--config_path", str(small_config), "--broker_url", own_redis_url]
+        worker = start_ovms(args, role="worker")
+        started.append(worker)
+        api = start_ovms([*args, *flags], role="api")
+        started.append(api)
+        worker.signal(signal.SIGSTOP)
+        return api, worker
+
+    yield _start
+    for process in started:
+        process.signal(signal.SIGCONT)
+        process.stop()
+
+
+def test_a_chunk_past_its_deadline_fails_the_job_and_submit_wait_ends(stopped_worker_stack, tmp_path):
+    api, worker = stopped_worker_stack("--job_timeout_s", "2")
+    np.save(tmp_path / "x.npy", np.ones((600, 4), np.float32))
+    started = time.monotonic()
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "api.main", "submit", "--url", api.rest_url, "--model", "versioned",
+         "--input", str(tmp_path / "x.npy"), "--wait"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = submit.communicate(timeout=30)
+    finally:
+        submit.kill()
+    took = time.monotonic() - started
+    assert submit.returncode != 0 and "FAILURE" in stderr, stderr
+    assert "--job_timeout_s" in stderr, stderr
+    assert took < 15, f"ovms submit --wait took {took:.1f} s to give up"
+    print(f"ovms submit --wait of a job with --job_timeout_s 2 exited {submit.returncode} after {took:.1f} s")
+
+    worker.signal(signal.SIGCONT)  # the worker now takes the expired chunks: each fails with its deadline
+    status_url = f"{api.rest_url}/v1/jobs/{stdout.split()[0]}"
+    deadline = time.monotonic() + 30
+    while "Deadline exceeded" not in " ".join((status := _status(status_url))["errors"]):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert status["state"] == "FAILURE" and status["progress"]["done"] == 0, status
+
+
+def test_job_size_and_backlog_caps(stopped_worker_stack, tmp_path):
+    api, worker = stopped_worker_stack("--job_max_mb", "1", "--job_backlog_mb", "2")
+    too_big = _post_npy(api.rest_url, "versioned", np.ones((70_000, 4), np.float32))  # 1.07 MiB of tensors
+    assert too_big.status_code == 413 and "--job_max_mb" in too_big.json()["error"], too_big.text
+    np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
+    waited = _ovms("submit", "--url", api.rest_url, "--model", "versioned", "--input", str(tmp_path / "x.npy"),
+                   "--wait", "--timeout", "1")  # fmt: skip
+    assert waited.returncode == 1 and "still PENDING after 1 s (--timeout)" in waited.stderr, waited.stderr
+
+    rows = np.ones((40_000, 4), np.float32)  # 0.61 MiB each: three fit in 2 MiB, the fourth does not
+    accepted = [_post_npy(api.rest_url, "versioned", rows) for _ in range(3)]
+    assert [reply.status_code for reply in accepted] == [202] * 3, [reply.text for reply in accepted]
+    refused = _post_npy(api.rest_url, "versioned", rows)
+    assert refused.status_code == 429 and "--job_backlog_mb" in refused.json()["error"], refused.text
+    assert int(refused.headers["Retry-After"]) >= 1
+
+    worker.signal(signal.SIGCONT)  # the backlog drains: jobs are accepted again
+    for reply in accepted:
+        assert _wait_for_end(api.rest_url + reply.json()["status_url"], 60)["state"] == "SUCCESS"
+    assert _post_npy(api.rest_url, "versioned", rows).status_code == 202
+
+
+@pytest.fixture
+def digits_and_resnet_config(models_dir, tmp_path) -> Path:
+    path = tmp_path / "config.json"
+    models = [{"config": {"name": name, "base_path": str(models_dir / name)}} for name in ("digits", "resnet")]
+    path.write_text(json.dumps({"model_config_list": models}))
+    return path
+
+
+def test_a_job_backlog_does_not_push_predicts_past_their_deadline(digits_and_resnet_config, own_redis_url, models_dir):
+    """200 resnet images (a minute of inference on a busy box) and 200,000 digits samples queued as jobs,
+    then digits predicts with a 5 s deadline, one after another: each must be answered in time. One
+    Celery thread per worker, so that job work holding it (as chunks on the predict queues did) would
+    hold every predict. The resnet job is then cancelled: its chunks are dropped and the backlog empties."""
+    args = ["--config_path", str(digits_and_resnet_config), "--broker_url", own_redis_url, "--worker_concurrency", "1"]
+    server = start_ovms(args)
+    try:
+        images, _ = _digits(models_dir, 200_000)
+        photos = np.random.default_rng(2).random((200, 3, 224, 224), dtype=np.float32)
+        jobs = [_post_npy(server.rest_url, "resnet", photos), _post_npy(server.rest_url, "digits", images)]
+        assert [reply.status_code for reply in jobs] == [202, 202], [reply.text for reply in jobs]
+        latencies, codes = [], []
+        for index in range(40):
+            started = time.monotonic()
+            reply = requests.post(
+                f"{server.rest_url}/v1/models/digits:predict",
+                json={"instances": images[index : index + 1].tolist()},
+                headers={"X-Request-Timeout": "5"},
+                timeout=30,
+            )
+            latencies.append(time.monotonic() - started)
+            codes.append(reply.status_code)
+            time.sleep(0.05)
+        p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
+        print(f"digits predicts beside a job backlog: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
+        assert codes == [200] * len(codes), codes
+        resnet_url, digits_url = (server.rest_url + reply.json()["status_url"] for reply in jobs)
+        assert _wait_for_end(digits_url, 120)["state"] == "SUCCESS"
+        deadline = time.monotonic() + 60
+        while _status(resnet_url)["progress"]["done"] == 0:
+            assert time.monotonic() < deadline, "the resnet job made no progress"
+            time.sleep(0.2)
+        assert requests.delete(resnet_url, timeout=10).json()["state"] in ("REVOKED", "SUCCESS")
+        store = redis.Redis.from_url(own_redis_url)
+        deadline = time.monotonic() + 60
+        while int(store.get(job_backlog.TOTAL) or 0) > 0:  # the cancelled job's chunks are dropped unrun
+            assert time.monotonic() < deadline, "the job backlog did not drain"
+            time.sleep(0.2)
+    finally:
+        server.stop()
+
+
+def test_the_job_backlog_counts_each_chunk_once_and_heals_at_deadlines(own_redis_url):
+    store = redis.Redis.from_url(own_redis_url)
+    later = time.time() + 60
+    assert job_backlog.admit(store, [("a-0", 600), ("a-1", 400)], later, 1500) is None
+    assert job_backlog.admit(store, [("b-0", 600)], later, 1500) == 1000, "full: the bytes queued"
+    job_backlog.release(store, ["a-0"])
+    job_backlog.release(store, ["a-0"])  # a chunk ends once, however often it is reported
+    assert job_backlog.admit(store, [("b-0", 600)], later, 1500) is None
+    assert int(store.get(job_backlog.TOTAL)) == 1000
+    assert job_backlog.admit(store, [("c-0", 900)], time.time() - 1, 2000) is None
+    assert job_backlog.admit(store, [("d-0", 900)], later, 2000) is None, "c-0 dropped out at its deadline"
+    assert int(store.get(job_backlog.TOTAL)) == 1900

@@ -1,0 +1,110 @@
+"""Worker side of async jobs: one thread per model queue runs that model's job chunks, one at a time,
+in the gaps between predicts.
+
+Predicts come first: a feeder takes a chunk only when this worker serves no predict message (or after
+`MAX_YIELD_S` of continuous predict traffic, so that jobs still progress under full load), and it never
+holds more than one chunk. So a predict waits at most for one chunk's inference (chunks are at most
+a few MiB, see tasks.jobs), never behind a job's backlog. Chunks are not Celery tasks: Celery's consumer
+prefetches, and it would serve a job queue in turn with the predict queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from celery import states
+
+from inference.errors import Internal
+from tasks import job_queue
+from tasks.app import app
+from tasks.job_queue import Chunk, stop_key
+from tasks.routing import job_queue_for
+from tasks.runtime import WorkerRuntime
+
+log = logging.getLogger("serving")
+
+MAX_YIELD_S = 1.0  # under continuous predict traffic, still one chunk per second
+TAKE_WAIT_S = 1.0  # how long one BLMOVE waits for a chunk (also how soon a stop is noticed)
+JOIN_TIMEOUT_S = 30.0
+
+
+class JobFeeder:
+    def __init__(self, runtime: WorkerRuntime, client: redis.Redis, queue: str) -> None:
+        self._runtime = runtime
+        self._client = client
+        self.queue = job_queue_for(queue)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"jobs-{queue}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Take no more chunks (safe in a signal handler: it only sets a flag)."""
+        self._stop.set()
+
+    def join(self) -> None:
+        self._thread.join(JOIN_TIMEOUT_S)
+
+    def _run(self) -> None:
+        clean = False  # registered, and nothing left in the taken list by an earlier failure
+        while not self._stop.is_set():
+            self._runtime.predicts.wait_until_idle(MAX_YIELD_S)
+            try:
+                if not clean:
+                    job_queue.register(self._client, self.queue, self._runtime.worker_id)
+                    job_queue.give_back(self._client, self.queue, self._runtime.worker_id)
+                    clean = True
+                taken = job_queue.take(self._client, self.queue, self._runtime.worker_id, TAKE_WAIT_S)
+                if taken is not None:
+                    self._run_chunk(*taken)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("Job queue %s: %s; retrying", self.queue, exc)
+                clean = False
+                self._stop.wait(TAKE_WAIT_S)
+
+    def _run_chunk(self, raw: bytes, chunk: Chunk) -> None:
+        if not self._client.exists(stop_key(chunk.job_id)):
+            try:
+                reply = self._runtime.serve(chunk.task_id, chunk.envelope)
+            except Exception as exc:  # a chunk must fail its job, never this thread
+                log.exception("Job chunk %s failed", chunk.task_id)
+                app.backend.mark_as_failure(chunk.task_id, Internal(f"Job chunk failed: {exc}"))
+                self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
+            else:
+                app.backend.store_result(chunk.task_id, reply, states.SUCCESS)
+                if any("error" in entry for entry in reply["results"].values()):
+                    self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
+        job_queue.finish(self._client, self.queue, self._runtime.worker_id, raw, chunk)
+
+
+def _remaining(chunk: Chunk) -> int:
+    """Seconds until the chunk's job deadline (at least 1)."""
+    return max(int(chunk.envelope["deadline"] - time.time()) + 1, 1)
+
+
+class JobFeeders:
+    """The feeders of the queues this worker consumes, kept in step with config reloads."""
+
+    def __init__(self, runtime: WorkerRuntime, client: redis.Redis) -> None:
+        self._runtime = runtime
+        self._client = client
+        self._feeders: dict[str, JobFeeder] = {}
+
+    def sync(self, queues: list[str]) -> None:
+        for queue in sorted(set(queues) - set(self._feeders)):
+            self._feeders[queue] = JobFeeder(self._runtime, self._client, queue)
+            self._feeders[queue].start()
+        for queue in sorted(set(self._feeders) - set(queues)):
+            self._feeders.pop(queue).stop()
+
+    def stop(self) -> None:
+        for feeder in self._feeders.values():
+            feeder.stop()
+
+    def join(self) -> None:
+        for feeder in self._feeders.values():
+            feeder.join()

@@ -1,0 +1,114 @@
+"""The job chunk queue of a model: a Redis list beside its Celery queue, where every chunk is always in
+exactly one place until it ends — queued, or taken by one worker — so that none can be lost.
+
+A worker takes a chunk with one `BLMOVE` from the queue to its own taken list (`<queue>:taken:<worker>`):
+taking is claiming, atomically, and a worker takes one chunk at a time, so nothing sits unclaimed in a
+prefetch buffer. The chunk leaves the taken list (`LREM`, with its backlog entry, in one transaction)
+after its result is stored. When a worker stops heartbeating, an api moves what its taken lists hold
+back to the head of their queues with a Lua script (so one api of many gets each chunk), once: a chunk
+whose worker dies twice fails, so that a chunk that kills workers cannot kill them all.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from tasks import job_backlog
+from tasks.routing import TAKEN_INFIX, job_taken_key, payload_key
+
+RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
+TAKERS_KEY = "ovms:jobq:takers"  # set of every worker's taken lists
+MAX_RERUNS = 1
+
+# KEYS: taken list, job queue, reruns hash. ARGV: result key prefix, max reruns, reruns TTL.
+_TAKE_BACK = """
+local item = redis.call('RPOP', KEYS[1])
+if not item then return false end
+local task = cjson.decode(item)['task']
+if redis.call('EXISTS', ARGV[1] .. task) == 1 then return {item, 'done'} end
+local reruns = redis.call('HINCRBY', KEYS[3], task, 1)
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+if reruns > tonumber(ARGV[2]) then return {item, 'lost'} end
+redis.call('RPUSH', KEYS[2], item)
+return {item, 'queued'}
+"""
+
+
+def stop_key(job_id: str) -> str:
+    """Set when a job was cancelled or one of its chunks failed: its other chunks are dropped unrun."""
+    return f"ovms:job:{job_id}:stopped"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    task_id: str
+    job_id: str
+    nbytes: int
+    envelope: dict[str, Any]
+
+    def encode(self) -> str:
+        return json.dumps({"task": self.task_id, "job": self.job_id, "bytes": self.nbytes, "envelope": self.envelope})
+
+    @staticmethod
+    def decode(raw: bytes | str) -> Chunk:
+        item = json.loads(raw)
+        return Chunk(item["task"], item["job"], item["bytes"], item["envelope"])
+
+
+def publish(pipe: redis.client.Pipeline, queue: str, chunk: Chunk, payload: bytes, expires_s: float) -> None:
+    """Queue a chunk with its tensors under their claim-check key (the caller executes the pipeline)."""
+    pipe.set(payload_key(chunk.task_id), payload, px=int(expires_s * 1000))
+    pipe.lpush(queue, chunk.encode())
+
+
+def register(client: redis.Redis, queue: str, worker_id: str) -> None:
+    """Make this worker's taken list of `queue` known to the apis that look after dead workers' chunks."""
+    client.sadd(TAKERS_KEY, job_taken_key(queue, worker_id))
+
+
+def take(client: redis.Redis, queue: str, worker_id: str, wait_s: float) -> tuple[bytes, Chunk] | None:
+    """The oldest chunk of `queue`, now in this worker's taken list (waits up to `wait_s` for one)."""
+    raw = client.blmove(queue, job_taken_key(queue, worker_id), wait_s, "RIGHT", "LEFT")
+    return None if raw is None else (raw, Chunk.decode(raw))
+
+
+def give_back(client: redis.Redis, queue: str, worker_id: str) -> None:
+    """Put what this worker's taken list holds back at the head of the queue: chunks it could not finish
+    (Redis failed under it) while it stays alive, so that no api would recover them."""
+    while client.lmove(job_taken_key(queue, worker_id), queue, "RIGHT", "RIGHT") is not None:
+        pass
+
+
+def finish(client: redis.Redis, queue: str, worker_id: str, raw: bytes, chunk: Chunk) -> None:
+    """The chunk ended (its result is stored, or it was dropped): out of the taken list and the backlog."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.lrem(job_taken_key(queue, worker_id), 1, raw)
+        pipe.delete(payload_key(chunk.task_id))
+        job_backlog.release(pipe, [chunk.task_id])
+        pipe.execute()
+
+
+def take_back(client: redis.Redis, taken_key: str, result_prefix: str, ttl_s: int) -> tuple[Chunk, str] | None:
+    """Move the oldest chunk of a dead worker's taken list back to its queue: (chunk, 'queued'), or
+    (chunk, 'done') if its result was stored already, or (chunk, 'lost') if it was lost once before
+    (not queued: the caller fails it). None when the list is empty."""
+    queue = taken_key.rpartition(TAKEN_INFIX)[0]
+    moved = client.eval(_TAKE_BACK, 3, taken_key, queue, RERUNS_KEY, result_prefix, MAX_RERUNS, ttl_s)
+    if not moved:
+        return None
+    raw, outcome = moved
+    return Chunk.decode(raw), outcome.decode()
+
+
+def taken_lists(client: redis.Redis) -> dict[str, str]:
+    """Every worker's taken list -> that worker's id."""
+    return {key.decode(): key.decode().rpartition(TAKEN_INFIX)[2] for key in client.smembers(TAKERS_KEY)}
+
+
+def forget_taker(client: redis.Redis, taken_key: str) -> None:
+    """A dead worker's taken list, now empty, need not be looked at again."""
+    client.srem(TAKERS_KEY, taken_key)
