@@ -18,6 +18,8 @@ from typing import Any
 import redis
 
 from tasks import job_backlog
+from tasks.messages import Payload
+from tasks.publisher import store_payload
 from tasks.routing import TAKEN_INFIX, job_taken_key, payload_key
 
 RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
@@ -59,9 +61,9 @@ class Chunk:
         return Chunk(item["task"], item["job"], item["bytes"], item["envelope"])
 
 
-def publish(pipe: redis.client.Pipeline, queue: str, chunk: Chunk, payload: bytes, expires_s: float) -> None:
+def publish(pipe: redis.client.Pipeline, queue: str, chunk: Chunk, payload: Payload, expires_s: float) -> None:
     """Queue a chunk with its tensors under their claim-check key (the caller executes the pipeline)."""
-    pipe.set(payload_key(chunk.task_id), payload, px=int(expires_s * 1000))
+    store_payload(pipe, payload_key(chunk.task_id), payload, int(expires_s * 1000))
     pipe.lpush(queue, chunk.encode())
 
 

@@ -34,7 +34,7 @@ from inference.settings import DEFAULT_JOB_BACKLOG_MB, DEFAULT_JOB_MAX_MB, DEFAU
 from tasks import job_backlog, job_queue
 from tasks.app import app
 from tasks.job_queue import Chunk, stop_key
-from tasks.messages import describe_failure, pack_requests, unpack_result
+from tasks.messages import Payload, describe_failure, pack_requests, unpack_result
 from tasks.registry import Target
 from tasks.routing import job_queue_for, worker_key
 
@@ -305,7 +305,7 @@ def _without_tensors(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _split(
     job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float
-) -> Iterator[tuple[Chunk, int, bytes]]:
+) -> Iterator[tuple[Chunk, int, Payload]]:
     """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
     number of samples and its tensor payload."""
     total = int(next(iter(inputs.values())).shape[0])

@@ -62,6 +62,14 @@ def store_client(url: str) -> redis.Redis:
     )
 
 
+def store_payload(pipe: redis.client.Pipeline, key: str, payload: Payload, expires_ms: int) -> None:
+    """Queue the writes of a claim-check payload on `pipe`: `SET` of its first part, `APPEND` of the others
+    (each part is sent as it is, with no joined copy)."""
+    pipe.set(key, payload[0] if payload else b"", px=expires_ms)
+    for part in payload[1:]:
+        pipe.append(key, part)
+
+
 class PredictPublisher:
     def __init__(self, app: Celery, client: redis.Redis) -> None:
         self._app = app
@@ -107,10 +115,7 @@ class PredictPublisher:
         }
         message_text = json.dumps(wire)
         with self._client.pipeline(transaction=False) as pipe:
-            key = payload_key(task_id)
-            pipe.set(key, payload[0] if payload else b"", px=int(expires_s * 1000) + _PAYLOAD_GRACE_MS)
-            for part in payload[1:]:
-                pipe.append(key, part)
+            store_payload(pipe, payload_key(task_id), payload, int(expires_s * 1000) + _PAYLOAD_GRACE_MS)
             pipe.lpush(queue, message_text)
             pipe.execute()
         return message_text
