@@ -9,14 +9,15 @@ silent or lying about its body costs a coroutine and its own bytes, never one of
 - a body larger than `max_body_bytes` is 413: at once when Content-Length says so, else as soon as the
   chunks received go beyond it;
 - a body that stops arriving for `body_idle_timeout_s` is 408, and one the client ends early is 400;
-- the app is called only with the whole body received, passed on with its real Content-Length.
+- the app is called only with the whole body received, with its real Content-Length.
+
+It is the ASGI application hypercorn serves; `app` receives (scope, body, send) for each request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -24,12 +25,11 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+WholeRequestApp = Callable[[Scope, bytes, Send], Awaitable[None]]
 
 MAX_HEAD_BYTES = 32 << 10  # request line and headers
 MAX_URL_BYTES = 8 << 10  # path and query; request lines of well-behaved clients are far shorter
 BODY_IDLE_TIMEOUT_S = 5.0  # a body with no byte for this long is cut
-REPLAY_CHUNK_BYTES = 1 << 20  # what the app's input stream receives at a time
 
 
 def body_too_large_message(max_body_bytes: int) -> str:
@@ -46,7 +46,7 @@ class _Refused(Exception):
 class HttpLimits:
     def __init__(
         self,
-        app: AsgiApp,
+        app: WholeRequestApp,
         max_body_bytes: int,
         max_head_bytes: int = MAX_HEAD_BYTES,
         max_url_bytes: int = MAX_URL_BYTES,
@@ -59,16 +59,19 @@ class HttpLimits:
         self._body_idle_timeout_s = body_idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":  # lifespan
-            await self._app(scope, receive, send)
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":  # a WebSocket upgrade: not served
+            await send({"type": "websocket.close", "code": 1003})
             return
         try:
             self._check_head(scope)
-            chunks = await self._read_body(receive)
+            body = await self._read_body(receive)
         except _Refused as refused:
             await _answer(send, refused.status, refused.message)
             return
-        await self._app(_with_length(scope, sum(map(len, chunks))), _replay(chunks, receive), send)
+        await self._app(_with_length(scope, len(body)), body, send)
 
     def _check_head(self, scope: Scope) -> None:
         url_bytes = len(scope["raw_path"]) + len(scope["query_string"])
@@ -86,10 +89,9 @@ class HttpLimits:
             if int(declared) > self._max_body_bytes:
                 raise _Refused(413, body_too_large_message(self._max_body_bytes))
 
-    async def _read_body(self, receive: Receive) -> deque[bytes]:
-        """The body in chunks of at most REPLAY_CHUNK_BYTES, once the client has sent all of it."""
-        chunks: deque[bytes] = deque()
-        pending = bytearray()
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The body, once the client has sent all of it."""
+        chunks: list[bytes] = []
         size = 0
         while True:
             try:
@@ -104,12 +106,9 @@ class HttpLimits:
             size += len(data)
             if size > self._max_body_bytes:
                 raise _Refused(413, body_too_large_message(self._max_body_bytes))
-            pending += data
-            if len(pending) >= REPLAY_CHUNK_BYTES or not message.get("more_body", False):
-                chunks.append(bytes(pending))
-                pending.clear()
+            chunks.append(data)
             if not message.get("more_body", False):
-                return chunks
+                return b"".join(chunks)
 
 
 def _with_length(scope: Scope, length: int) -> Scope:
@@ -121,17 +120,11 @@ def _with_length(scope: Scope, length: int) -> Scope:
 _FRAMING = (b"content-length", b"transfer-encoding")
 
 
-def _replay(chunks: deque[bytes], receive: Receive) -> Receive:
-    """A receive that hands the app the buffered body (dropping each chunk as it goes), then the
-    connection's own messages (its disconnect)."""
-
-    async def replayed() -> Message:
-        if chunks:
-            body = chunks.popleft()
-            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
-        return await receive()
-
-    return replayed
+async def _lifespan(receive: Receive, send: Send) -> None:
+    """Nothing to start or stop: the api owns the app's resources."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
 
 
 async def _answer(send: Send, status: int, message: str) -> None:

@@ -2,7 +2,7 @@
 
 Connections live on one event loop and cost no thread: TLS handshakes, request heads and bodies are
 read there, each under a timeout of a few seconds, and a request reaches one of the `--rest_workers`
-threads running the WSGI app (a2wsgi) only once it is whole (api.rest_limits). So idle, slow or
+threads running the WSGI app (api.wsgi_bridge) only once it is whole (api.rest_limits). So idle, slow or
 half-open connections, however many, never take a thread from the clients being served.
 """
 
@@ -14,14 +14,13 @@ import resource
 import socket
 import ssl
 import threading
-from typing import Any
 
-from a2wsgi import WSGIMiddleware
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from api.rest_limits import MAX_HEAD_BYTES, HttpLimits
 from api.tls import TlsFiles
+from api.wsgi_bridge import WsgiApp, WsgiBridge
 
 log = logging.getLogger("serving")
 
@@ -32,10 +31,10 @@ LISTENER_GRACE_S = 2.0  # for replies still being written when the listener clos
 
 
 class RestServer:
-    def __init__(self, wsgi_app: Any, port: int, workers: int, max_body_bytes: int, tls: TlsFiles | None) -> None:
+    def __init__(self, wsgi_app: WsgiApp, port: int, workers: int, max_body_bytes: int, tls: TlsFiles | None) -> None:
         """`workers` threads run `wsgi_app`: at most that many requests are in the app at once."""
         self._port = port
-        self._wsgi = WSGIMiddleware(wsgi_app, workers=workers)
+        self._wsgi = WsgiBridge(wsgi_app, workers)
         self._app = HttpLimits(self._wsgi, max_body_bytes)
         self._config = _config(tls)
         self._loop: asyncio.AbstractEventLoop | None = None
