@@ -23,6 +23,8 @@ from api.tls import TlsFiles
 from api.wsgi_bridge import WsgiApp, WsgiBridge
 
 log = logging.getLogger("serving")
+server_log = logging.getLogger("serving.rest")  # hypercorn's: its errors, not its start-up banner
+server_log.setLevel(logging.WARNING)
 
 HEAD_TIMEOUT_S = 5  # a connection without a whole request head for this long (idle keep-alive too) is closed
 HANDSHAKE_TIMEOUT_S = 5  # a TLS handshake not done in this time is dropped
@@ -43,7 +45,7 @@ class RestServer:
 
     def start(self) -> None:
         """Binds now (a taken port or unreadable TLS files fail the start), then serves on a thread."""
-        raise_open_file_limit()
+        log.info("Open-file limit: %d (each connection holds one)", raise_open_file_limit())
         self._config.create_ssl_context()
         listener = _listen(self._port)
         self._config.bind = [f"fd://{listener.detach()}"]
@@ -77,7 +79,7 @@ def _config(tls: TlsFiles | None) -> Config:
     config.alpn_protocols = ["http/1.1"]
     config.include_server_header = False
     config.accesslog = None
-    config.errorlog = log
+    config.errorlog = server_log
     if tls is not None:
         config.certfile, config.keyfile = tls.certificate, tls.private_key
         if tls.client_ca:

@@ -281,7 +281,7 @@ def test_a_body_that_stops_arriving_is_cut(server: OvmsProcess) -> None:
     request = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
     answer, seconds = exchange(server.rest_port, request, wait_s=CUT_S + 5)
     assert seconds < CUT_S, f"a silent body held the connection for {seconds:.1f} s"
-    assert status_of(answer) in (None, 408), answer[:300]
+    assert status_of(answer) == 408, answer[:300]
 
 
 def test_keep_alive_serves_several_requests_on_one_connection(server: OvmsProcess) -> None:
