@@ -66,7 +66,10 @@ class RestServer:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         started.set()
-        await serve(self._app, self._config, shutdown_trigger=self._stopping.wait, mode="asgi")
+        try:
+            await serve(self._app, self._config, shutdown_trigger=self._stopping.wait, mode="asgi")
+        except Exception:
+            log.exception("The REST server stopped")
 
 
 def _config(tls: TlsFiles | None) -> Config:
