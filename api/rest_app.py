@@ -12,7 +12,7 @@ import numpy as np
 import yaml
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
-from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.routing import BaseConverter
 
 from api.auth import BearerTokens, rest_guard
@@ -21,6 +21,7 @@ from api.grpc_service import SIGNATURE_NAME
 from api.job_results import json_body, npy_body, npy_length, npz_body
 from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
+from api.rest_limits import body_too_large_message
 from api.uploads import load_upload
 from inference import dtypes
 from inference.errors import InvalidArgument, ServingError
@@ -55,16 +56,6 @@ class _Segment(BaseConverter):
     regex = r"[^/:]+"
 
 
-def _refuse_oversized_chunked_body() -> None:
-    """A chunked body has no Content-Length for MAX_CONTENT_LENGTH to judge; werkzeug stops reading it
-    at the limit and would hand the app a silently truncated body. Read it now (get_data caches it)
-    and refuse it if anything is left beyond the limit."""
-    if request.content_length is None and request.headers.get("Transfer-Encoding", "").lower() == "chunked":
-        body = request.get_data()
-        if len(body) >= (request.max_content_length or 0) and request.environ["wsgi.input"].read(1):
-            raise RequestEntityTooLarge()
-
-
 def create_app(
     dataplane: DataPlane, metrics: ServingMetrics, max_request_bytes: int, tokens: BearerTokens | None = None
 ) -> Flask:
@@ -76,7 +67,6 @@ def create_app(
     openapi = load_openapi()
     if tokens is not None:
         app.before_request(rest_guard(tokens))
-    app.before_request(_refuse_oversized_chunked_body)
 
     @app.before_request
     def redis_reachable() -> None:
@@ -104,8 +94,7 @@ def create_app(
 
     @app.errorhandler(413)
     def too_large(_: Exception) -> Response:
-        limit_mb = max_request_bytes >> 20
-        return _json({"error": f"Request body too large: the limit is {limit_mb} MB (--max_request_mb)"}, 413)
+        return _json({"error": body_too_large_message(max_request_bytes)}, 413)
 
     @app.errorhandler(405)
     def wrong_method(error: MethodNotAllowed) -> Response:

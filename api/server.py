@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import redis
-from cheroot import wsgi
 
 from api.auth import BearerTokens, TokenInterceptor
 from api.dataplane import DataPlane
@@ -17,6 +15,7 @@ from api.health import HealthReporter
 from api.metrics import ServingMetrics
 from api.protos import serving_pb2_grpc
 from api.rest_app import create_app
+from api.rest_server import RestServer
 from api.tls import TlsFiles
 from inference.settings import ConfiguredModels, ServerSettings
 from tasks.app import configure
@@ -31,16 +30,6 @@ log = logging.getLogger("serving")
 GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
 MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
 LISTENER_GRACE_S = 2.0  # for replies still being written when the listeners close
-REST_IDLE_TIMEOUT_S = 120  # a keep-alive connection with no request for this long is closed
-
-
-class _RestServer(wsgi.Server):
-    """cheroot's WSGI server, logging through our logger (e.g. refused TLS handshakes)."""
-
-    keep_alive_conn_limit = 1000  # idle keep-alive connections kept open; cheroot's default (10) closes the rest
-
-    def error_log(self, msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-        log.log(level, "REST server: %s", msg, exc_info=traceback)
 
 
 class ApiServer:
@@ -69,7 +58,7 @@ class ApiServer:
         self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
         self._grpc: grpc.Server | None = None
         self._health: HealthReporter | None = None
-        self._rest: _RestServer | None = None
+        self._rest: RestServer | None = None
 
     def _workers_gone(self, lost: set[str], queues: set[str]) -> None:
         """Workers stopped serving: settle what they held of this api's requests and of any job."""
@@ -136,18 +125,11 @@ class ApiServer:
         log.info("Server started on port %d%s", self._settings.port, self._security_note())
 
     def _start_rest(self) -> None:
-        server = _RestServer(
-            ("0.0.0.0", self._settings.rest_port),
-            create_app(self._dataplane, self._metrics, self._settings.max_request_bytes, self._tokens),
-            numthreads=self._settings.rest_workers,
-            server_name="ovms",
-            timeout=REST_IDLE_TIMEOUT_S,
-            request_queue_size=1024,
+        app = create_app(self._dataplane, self._metrics, self._settings.max_request_bytes, self._tokens)
+        server = RestServer(
+            app, self._settings.rest_port, self._settings.rest_workers, self._settings.max_request_bytes, self._tls
         )
-        if self._tls is not None:
-            server.ssl_adapter = self._tls.rest_adapter()
-        server.prepare()  # binds now: a taken port fails the start
-        threading.Thread(target=server.serve, name="ovms-rest", daemon=True).start()
+        server.start()
         self._rest = server
         log.info("Started REST server at localhost:%d%s", self._settings.rest_port, self._security_note())
 

@@ -1,14 +1,13 @@
 """TLS and mutual TLS for the gRPC and REST servers, from `--ssl_certificate`, `--ssl_private_key`
-and `--ssl_client_ca` (when given, clients must present a certificate signed by that CA)."""
+and `--ssl_client_ca` (when given, clients must present a certificate signed by that CA); the REST
+server gives these files to hypercorn (api.rest_server)."""
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from inference.settings import ServerSettings
 
@@ -32,10 +31,3 @@ class TlsFiles:
         return grpc.ssl_server_credentials(
             [key_and_chain], root_certificates=client_ca, require_client_auth=client_ca is not None
         )
-
-    def rest_adapter(self) -> BuiltinSSLAdapter:
-        adapter = BuiltinSSLAdapter(self.certificate, self.private_key)
-        if self.client_ca:
-            adapter.context.load_verify_locations(cafile=self.client_ca)
-            adapter.context.verify_mode = ssl.CERT_REQUIRED
-        return adapter

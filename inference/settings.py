@@ -163,7 +163,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add("--port", type=int, help="gRPC server port (default: 9178)")
     add("--rest_port", type=int, help="REST server port; 0 or unset disables REST (default: 0)")
     add("--grpc_workers", type=int, help="number of gRPC server processes sharing --port (default: 1)")
-    add("--rest_workers", type=int, help="REST server threads; needs --rest_port (default: 24)")
+    add("--rest_workers", type=int, help="threads running the REST app; needs --rest_port (default: 24)")
     add("--log_level", help="DEBUG, INFO, WARNING or ERROR (default: INFO)")
     add("--log_path", help="also write the log to this file")
     add("--grpc_channel_arguments", help="comma separated k=v gRPC server arguments")

@@ -1,0 +1,80 @@
+"""Runs the WSGI app (Flask) for requests whose body the event loop has already received in full.
+
+One hop to a thread and one back per request: the app runs on one of `workers` threads, its whole
+answer is collected there (the app's responses are in memory anyway), and the loop writes it. A
+streaming bridge (a2wsgi) crosses threads for every body read and every response part, which costs a
+scheduling delay each on a busy machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class WsgiBridge:
+    def __init__(self, app: WsgiApp, workers: int) -> None:
+        self._app = app
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ovms-rest")
+
+    async def __call__(self, scope: MutableMapping[str, Any], body: bytes, send: Send) -> None:
+        environ = _environ(scope, body)
+        loop = asyncio.get_running_loop()
+        status, headers, chunks = await loop.run_in_executor(self.executor, self._run, environ)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _run(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
+        started: list[Any] = []
+        chunks: list[bytes] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:
+            encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+            started[:] = [int(status.split(" ", 1)[0]), encoded]
+            return chunks.append
+
+        result = self._app(environ, start_response)
+        try:
+            chunks.extend(chunk for chunk in result if chunk)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        return started[0], started[1], chunks
+
+
+def _environ(scope: MutableMapping[str, Any], body: bytes) -> dict[str, Any]:
+    """PEP 3333's environ for an ASGI HTTP scope."""
+    server_host, server_port = scope.get("server") or ("localhost", 80)
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": "",
+        "PATH_INFO": scope["path"].encode("utf-8").decode("latin-1"),
+        "QUERY_STRING": scope["query_string"].decode("latin-1"),
+        "SERVER_NAME": server_host,
+        "SERVER_PORT": str(server_port),
+        "SERVER_PROTOCOL": f"HTTP/{scope['http_version']}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+    }
+    if scope.get("client"):
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = scope["client"][0], str(scope["client"][1])
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        key = name if name in ("CONTENT_LENGTH", "CONTENT_TYPE") else f"HTTP_{name}"
+        value = raw_value.decode("latin-1")
+        environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
