@@ -1,0 +1,74 @@
+"""One hostile gRPC client must not take the server from everyone else: half-open HTTP/2 streams,
+idle TCP connections and a flood of concurrent calls on one channel (issue 10, findings 3 and 11).
+The same over TLS with tokens required is in test_security.py."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from tests.support.hostile_grpc import HalfOpenStreams, IdleConnections
+from tests.support.load import float_request
+
+HALF_OPEN_STREAMS = 300  # more than the 256 threads that used to serve every call
+IDLE_CONNECTIONS = 1000
+
+
+@pytest.fixture(scope="module")
+def digits_request(models_dir: Path):
+    return float_request("digits", "x", np.load(models_dir / "data" / "imgs.npy")[:1])
+
+
+def predict_p50_ms(address: str, request, calls: int = 40) -> float:
+    """The median latency of `calls` Predicts one after another on a fresh channel; every one must answer."""
+    with grpc.insecure_channel(address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub.Predict(request, timeout=5)  # connects
+        took = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            stub.Predict(request, timeout=5)
+            took.append(time.perf_counter() - started)
+    return statistics.median(took) * 1000
+
+
+def health_status(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        request = health_pb2.HealthCheckRequest(service="")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=2).status
+
+
+def test_half_open_streams_and_idle_connections_leave_others_served(server, digits_request):
+    before_ms = predict_p50_ms(server.grpc_address, digits_request)
+    with (
+        IdleConnections(server.grpc_port, IDLE_CONNECTIONS),
+        HalfOpenStreams(server.grpc_port, HALF_OPEN_STREAMS) as streams,
+    ):
+        assert streams.opened == HALF_OPEN_STREAMS
+        time.sleep(0.5)  # the server has taken every stream in
+        assert health_status(server.grpc_address) == health_pb2.HealthCheckResponse.SERVING
+        held_ms = predict_p50_ms(server.grpc_address, digits_request)
+        assert not any(connection.closed for connection in streams.connections), "the attack must stay connected"
+    print(f"\nPredict p50: {before_ms:.2f} ms alone, {held_ms:.2f} ms with {IDLE_CONNECTIONS} idle connections and "
+          f"{HALF_OPEN_STREAMS} half-open streams on {len(streams.connections)} connection(s) held")  # fmt: skip
+    assert held_ms < max(5 * before_ms, before_ms + 20), "others must be served within their normal latency"
+
+
+def test_two_thousand_concurrent_calls_on_one_channel_are_answered_or_refused(server, digits_request):
+    """Every call ends with an answer or a clear RESOURCE_EXHAUSTED: never CANCELLED, never a hang."""
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        calls = [stub.Predict.future(digits_request, timeout=60) for _ in range(2000)]
+        codes = Counter(call.code().name for call in calls)
+        details = {call.details() for call in calls if call.code() != grpc.StatusCode.OK}
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, (codes, details)
+    assert codes["OK"] >= 1000, codes
+    assert health_status(server.grpc_address) == health_pb2.HealthCheckResponse.SERVING
