@@ -57,6 +57,7 @@ def test_half_open_streams_and_idle_connections_leave_others_served(server, digi
         assert health_status(server.grpc_address) == health_pb2.HealthCheckResponse.SERVING
         held_ms = predict_p50_ms(server.grpc_address, digits_request)
         assert not any(connection.closed for connection in streams.connections), "the attack must stay connected"
+        assert not streams.answered(), "the half-open streams stay open: they are waiting for their requests"
     print(f"\nPredict p50: {before_ms:.2f} ms alone, {held_ms:.2f} ms with {IDLE_CONNECTIONS} idle connections and "
           f"{HALF_OPEN_STREAMS} half-open streams on {len(streams.connections)} connection(s) held")  # fmt: skip
     assert held_ms < max(5 * before_ms, before_ms + 20), "others must be served within their normal latency"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections import Counter
 from contextlib import AbstractContextManager, suppress
 
 import h2.config
@@ -26,7 +27,7 @@ class _RawConnection:
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.lock = threading.Lock()
         self.settled = threading.Event()  # the server's SETTINGS arrived: its stream limit is known
-        self.reset_streams = 0  # streams the server refused or answered
+        self.statuses: dict[int, str] = {}  # stream id -> the grpc-status the server ended it with
         self.closed = False
         with self.lock:
             self.h2.initiate_connection()
@@ -45,8 +46,12 @@ class _RawConnection:
                 for event in events:
                     if isinstance(event, h2.events.RemoteSettingsChanged):
                         self.settled.set()
-                    elif isinstance(event, h2.events.StreamReset | h2.events.StreamEnded):
-                        self.reset_streams += 1
+                    elif isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                        status = dict(event.headers).get("grpc-status")
+                        if status is not None:
+                            self.statuses.setdefault(event.stream_id, status)
+                    elif isinstance(event, h2.events.StreamReset):  # after a status, it only ends the upload
+                        self.statuses.setdefault(event.stream_id, f"RST_STREAM {event.error_code}")
         self.closed = True
         self.settled.set()
 
@@ -101,6 +106,10 @@ class HalfOpenStreams(AbstractContextManager):
     def __exit__(self, *exc_info: object) -> None:
         for connection in self.connections:
             connection.close()
+
+    def answered(self) -> Counter[str]:
+        """How the server ended the streams it did not leave open, by grpc-status."""
+        return Counter(status for connection in self.connections for status in connection.statuses.values())
 
 
 class IdleConnections(AbstractContextManager):
