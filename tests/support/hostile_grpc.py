@@ -55,8 +55,9 @@ class _RawConnection:
         self.closed = True
         self.settled.set()
 
-    def open_half_streams(self, count: int, headers: list[tuple[str, str]]) -> int:
-        """Send up to `count` HEADERS frames without END_STREAM; returns how many the server's limit allowed."""
+    def open_half_streams(self, count: int, headers: list[tuple[str, str]], partial: bytes) -> int:
+        """Send up to `count` HEADERS frames (then `partial` as DATA) without END_STREAM; returns how many the
+        server's limit allowed."""
         opened = 0
         with self.lock:
             for _ in range(count):
@@ -65,25 +66,37 @@ class _RawConnection:
                 stream_id = self.h2.get_next_available_stream_id()
                 request = [(":method", "POST"), (":scheme", self.scheme), (":path", PREDICT_PATH), *headers]
                 self.h2.send_headers(stream_id, request, end_stream=False)
+                if partial:
+                    self.h2.send_data(stream_id, partial, end_stream=False)
                 opened += 1
             self.sock.sendall(self.h2.data_to_send())
         return opened
 
     def close(self) -> None:
         with suppress(OSError):
-            self.sock.close()
+            self.sock.shutdown(socket.SHUT_RDWR)  # close() alone leaves the connection to the blocked reader
+        self.sock.close()
+        self._reader.join(timeout=5)
 
 
 class HalfOpenStreams(AbstractContextManager):
-    """`count` gRPC Predict calls whose request message never comes: HEADERS only, on one connection, or
+    """`count` gRPC Predict calls whose request message never comes: HEADERS only, or with
+    `partial_message` the first bytes of a message that never ends (a slow sender); on one connection, or
     on as few as the server's per-connection stream limit allows. Held until the context exits."""
 
     def __init__(
-        self, port: int, count: int, tls: ssl.SSLContext | None = None, metadata: tuple[tuple[str, str], ...] = ()
+        self,
+        port: int,
+        count: int,
+        tls: ssl.SSLContext | None = None,
+        metadata: tuple[tuple[str, str], ...] = (),
+        partial_message: bool = False,
     ) -> None:
         self._port = port
         self._count = count
         self._tls = tls
+        # the gRPC message prefix (not compressed, 1,000 bytes long), then only 10 of those bytes
+        self._partial = (b"\x00" + (1000).to_bytes(4, "big") + bytes(10)) if partial_message else b""
         self._headers = [
             (":authority", f"localhost:{port}"),
             ("content-type", "application/grpc"),
@@ -97,7 +110,7 @@ class HalfOpenStreams(AbstractContextManager):
         while self.opened < self._count:
             connection = _RawConnection(self._port, self._tls)
             self.connections.append(connection)
-            opened = connection.open_half_streams(self._count - self.opened, self._headers)
+            opened = connection.open_half_streams(self._count - self.opened, self._headers, self._partial)
             if opened == 0:
                 raise RuntimeError("the server allows no stream on a new connection")
             self.opened += opened
