@@ -18,14 +18,15 @@ import grpc
 
 from api.auth import BearerTokens, TokenInterceptor
 from api.dataplane import DataPlane
-from api.grpc_service import CallLimit, ModelService, PredictionService
+from api.grpc_limits import AwaitedRequests, CallLimit
+from api.grpc_service import ModelService, PredictionService, add_services
 from api.health import HealthReporter
 from api.metrics import ServingMetrics
-from api.protos import serving_pb2_grpc
 from api.tls import TlsFiles
 
 MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
 MAX_CALLS_IN_PROGRESS = 4096  # calls whose request arrived and whose answer has not left
+MAX_CALLS_AWAITING_REQUEST = 1024  # half-open streams and slow senders (≈ 22 KB each); the oldest is pushed out
 # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: one connection may hold as many calls as the server serves at
 # once. grpc core refuses streams beyond it (REFUSED_STREAM: UNAVAILABLE, which clients may retry),
 # counting streams not yet freed too (its Rapid Reset protection, kept on).
@@ -95,10 +96,9 @@ class GrpcServer:
             interceptors=[TokenInterceptor(self._tokens)] if self._tokens else None,
             options=list(self._options.items()),
         )
-        calls = CallLimit(MAX_CALLS_IN_PROGRESS)
-        services = (self._dataplane, self._metrics, self._executor, calls)
-        serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(*services), server)
-        serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(*services), server)
+        limits = (CallLimit(MAX_CALLS_IN_PROGRESS), AwaitedRequests(MAX_CALLS_AWAITING_REQUEST))
+        services = (self._dataplane, self._metrics, self._executor, *limits)
+        add_services(server, PredictionService(*services), ModelService(*services))
         self._health = HealthReporter(self._dataplane, server)
         address = f"[::]:{self._port}"
         try:

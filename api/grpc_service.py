@@ -10,18 +10,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
 
 from api.dataplane import DataPlane
 from api.grpc_codec import signature_def, status_code, tensor_from_proto, tensor_to_proto
+from api.grpc_limits import AwaitedRequests, CallLimit
 from api.metrics import ServingMetrics, Tracker
-from api.protos import serving_pb2, serving_pb2_grpc
-from inference.errors import Internal, InvalidArgument, ResourceExhausted, ServingError
+from api.protos import serving_pb2
+from inference.errors import Internal, InvalidArgument, ServingError
 from inference.request import InferenceResult
 
 log = logging.getLogger("serving")
@@ -36,46 +36,37 @@ def _requested_version(spec: serving_pb2.ModelSpec) -> int | None:
     return spec.version.value if spec.HasField("version") else None
 
 
-class CallLimit:
-    """A bound on the calls being served at once (their request arrived; the answer has not left yet):
-    beyond it a call is refused at once with RESOURCE_EXHAUSTED instead of queueing without limit.
-    Used from the event loop's thread only."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_progress = 0
-
-    @contextmanager
-    def admit(self) -> Iterator[None]:
-        if self.in_progress >= self.limit:
-            raise ResourceExhausted(f"Too many calls in progress on this server ({self.limit}); retry later")
-        self.in_progress += 1
-        try:
-            yield
-        finally:
-            self.in_progress -= 1
-
-
 class _Servicer:
     """What the services share: the data plane, the metrics, the thread pool that runs anything blocking
-    or CPU-heavy off the event loop, and the bound on calls in progress."""
+    or CPU-heavy off the event loop, and the bounds on calls."""
 
-    def __init__(self, dataplane: DataPlane, metrics: ServingMetrics, executor: Executor, calls: CallLimit) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: ServingMetrics,
+        executor: Executor,
+        calls: CallLimit,
+        awaited: AwaitedRequests,
+    ) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
         self._executor = executor
         self._calls = calls
+        self._awaited = awaited
 
     async def _off_loop(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
 
 
 def _serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Bound, count and time the call, and turn ServingErrors into gRPC status codes; anything unexpected
-    is INTERNAL, never a crash. The method reports what it served to the tracker it is given."""
+    """The handler of a unary method registered request-streaming (see add_services): it reads the one
+    request itself, then bounds, counts and times the call, and turns ServingErrors into gRPC status
+    codes; anything unexpected is INTERNAL, never a crash. The method reports what it served to the
+    tracker it is given."""
 
-    async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def handler(self: _Servicer, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
         try:
+            request = await self._awaited.receive(requests)
             with self._metrics.track("grpc", method.__name__, request.model_spec.name) as tracker, self._calls.admit():
                 return await method(self, request, context, tracker)
         except ServingError as error:
@@ -85,11 +76,46 @@ def _serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
             error = Internal(f"Internal error: {exc}")
             await context.abort(grpc.StatusCode.INTERNAL, error.message)
 
-    wrapper.__name__ = method.__name__
-    return wrapper
+    handler.__name__ = method.__name__
+    return handler
 
 
-class PredictionService(_Servicer, serving_pb2_grpc.PredictionServiceServicer):
+def add_services(server: grpc.aio.Server, prediction: PredictionService, model: ModelService) -> None:
+    """Register the TensorFlow Serving methods. Each is unary, but registered request-streaming: grpc.aio
+    runs such a handler as soon as the call arrives, so that waiting for the request is bounded by
+    AwaitedRequests (a unary handler would only run once the request has arrived)."""
+
+    def unary(handler: Callable[..., Awaitable[Any]], request: type, response: type) -> grpc.RpcMethodHandler:
+        return grpc.stream_unary_rpc_method_handler(
+            handler, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "tensorflow.serving.PredictionService",
+                {
+                    "Predict": unary(prediction.Predict, serving_pb2.PredictRequest, serving_pb2.PredictResponse),
+                    "GetModelMetadata": unary(
+                        prediction.GetModelMetadata,
+                        serving_pb2.GetModelMetadataRequest,
+                        serving_pb2.GetModelMetadataResponse,
+                    ),
+                },
+            ),
+            grpc.method_handlers_generic_handler(
+                "tensorflow.serving.ModelService",
+                {
+                    "GetModelStatus": unary(
+                        model.GetModelStatus, serving_pb2.GetModelStatusRequest, serving_pb2.GetModelStatusResponse
+                    )
+                },
+            ),
+        )
+    )
+
+
+class PredictionService(_Servicer):
     @_serving_errors
     async def Predict(
         self, request: serving_pb2.PredictRequest, context: grpc.aio.ServicerContext, tracker: Tracker
@@ -145,7 +171,7 @@ def _predict_response(request: serving_pb2.PredictRequest, result: InferenceResu
     return response
 
 
-class ModelService(_Servicer, serving_pb2_grpc.ModelServiceServicer):
+class ModelService(_Servicer):
     @_serving_errors
     async def GetModelStatus(
         self, request: serving_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext, tracker: Tracker

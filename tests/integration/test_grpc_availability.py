@@ -15,6 +15,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from api.grpc_server import MAX_CALLS_AWAITING_REQUEST
 from tests.support.hostile_grpc import HalfOpenStreams, IdleConnections
 from tests.support.load import float_request
 
@@ -64,6 +65,23 @@ def test_half_open_streams_and_idle_connections_leave_others_served(server, digi
     print(f"\nPredict p50: {before_ms:.2f} ms alone, {held_ms:.2f} ms with {IDLE_CONNECTIONS} idle connections, "
           f"{HALF_OPEN_STREAMS} half-open and {SLOW_STREAMS} slow streams held")  # fmt: skip
     assert held_ms < max(5 * before_ms, before_ms + 20), "others must be served within their normal latency"
+
+
+def test_beyond_the_bound_the_longest_stalled_calls_are_pushed_out(server, digits_request):
+    """More half-open streams than the server keeps (however many connections they come on): the ones
+    that waited longest end with RESOURCE_EXHAUSTED, the newer ones and other clients are served."""
+    extra = 200
+    with (
+        HalfOpenStreams(server.grpc_port, MAX_CALLS_AWAITING_REQUEST) as older,
+        HalfOpenStreams(server.grpc_port, extra) as newer,
+    ):
+        deadline = time.monotonic() + 10
+        while older.answered()["8"] < extra and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert older.answered() == {"8": extra}, "RESOURCE_EXHAUSTED (8) for the longest waiting"
+        assert not newer.answered()
+        assert health_status(server.grpc_address) == health_pb2.HealthCheckResponse.SERVING
+        assert predict_p50_ms(server.grpc_address, digits_request, calls=5) < 1000
 
 
 def test_two_thousand_concurrent_calls_on_one_channel_are_answered_or_refused(server, digits_request):

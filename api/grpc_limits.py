@@ -1,0 +1,79 @@
+"""What bounds the work one gRPC client can make the server hold, on the event loop's thread.
+
+Calls are counted in two phases: waiting for their request message (half-open streams, slow senders)
+and being served (the request arrived, the answer has not left). Neither bound makes one client's
+stalled calls turn away others: a call that waits too long for its request is the one pushed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError
+
+from inference.errors import InvalidArgument, ResourceExhausted
+
+T = TypeVar("T")
+
+PUSHED_OUT = "Too many calls are waiting for their request message; this one waited longest"
+
+
+class CallLimit:
+    """At most `limit` calls served at once; beyond it a call is refused at once with RESOURCE_EXHAUSTED
+    instead of queueing without bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_progress = 0
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.in_progress >= self.limit:
+            raise ResourceExhausted(f"Too many calls in progress on this server ({self.limit}); retry later")
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+
+class AwaitedRequests:
+    """At most `limit` calls waiting for their request message across the server; when a new call finds
+    it full, the call that has waited longest ends with RESOURCE_EXHAUSTED. An honest request arrives
+    within milliseconds of its call, so what gets pushed out is what stalls, however many streams or
+    connections a client opens."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._waiting: dict[asyncio.Task, None] = {}  # in arrival order: the longest waiting first
+        self._pushed_out: set[asyncio.Task] = set()
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    async def receive(self, requests: AsyncIterator[T]) -> T:
+        """The call's one request message (INVALID_ARGUMENT if it is missing or not a valid message)."""
+        task = asyncio.current_task()
+        assert task is not None
+        if len(self._waiting) >= self.limit:
+            longest = next(iter(self._waiting))
+            del self._waiting[longest]
+            self._pushed_out.add(longest)
+            longest.cancel()
+        self._waiting[task] = None
+        try:
+            return await anext(requests)
+        except StopAsyncIteration:
+            raise InvalidArgument("Missing request message") from None
+        except DecodeError as exc:
+            raise InvalidArgument(f"Invalid request message: {exc}") from None
+        except asyncio.CancelledError:
+            if task not in self._pushed_out:
+                raise  # the client went away
+            self._pushed_out.discard(task)
+            raise ResourceExhausted(PUSHED_OUT) from None
+        finally:
+            self._waiting.pop(task, None)
