@@ -94,3 +94,17 @@ def test_two_thousand_concurrent_calls_on_one_channel_are_answered_or_refused(se
     assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, (codes, details)
     assert codes["OK"] >= 1000, codes
     assert health_status(server.grpc_address) == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize(
+    ("requests", "message"),
+    [([b"\xff\xff\xff"], "Invalid request message: "), ([], "Missing request message")],
+    ids=["undecodable", "missing"],
+)
+def test_a_bad_or_missing_request_message_is_invalid_argument(server, requests, message):
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        predict = channel.stream_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as error:
+            predict(iter(requests), timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details().startswith(message)
