@@ -1,10 +1,12 @@
 """The gRPC server: grpc.aio on an event loop of its own thread.
 
-A call costs a thread only while its request is decoded and published (or its answer encoded), never
-while its request message is still arriving or its answer is awaited: no number of idle connections,
-half-open streams or slow senders takes threads from other clients. What bounds a hostile client:
-`grpc.max_concurrent_streams` per connection, a handshake timeout for connections that never speak
-HTTP/2, the bound on calls in progress (RESOURCE_EXHAUSTED beyond it) and each model's queue limit.
+A call costs a thread only while its request is decoded and published (or a large answer encoded),
+never while its request message is still arriving or its answer is awaited: no number of idle
+connections, half-open streams or slow senders takes threads from other clients. What bounds a
+hostile client: the calls waiting for their request (the longest waiting is pushed out) and the calls
+being served (api.grpc_limits), streams per connection, a handshake timeout for connections that never
+speak HTTP/2, and each model's queue limit; every bound answers at once (RESOURCE_EXHAUSTED), never by
+a hang.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ class _Servicer:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
 
 
-def _serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def _unary_handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """The handler of a unary method registered request-streaming (see add_services): it reads the one
     request itself, then bounds, counts and times the call, and turns ServingErrors into gRPC status
     codes; anything unexpected is INTERNAL, never a crash. The method reports what it served to the
@@ -116,7 +116,7 @@ def add_services(server: grpc.aio.Server, prediction: PredictionService, model: 
 
 
 class PredictionService(_Servicer):
-    @_serving_errors
+    @_unary_handler
     async def Predict(
         self, request: serving_pb2.PredictRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> serving_pb2.PredictResponse:
@@ -137,7 +137,7 @@ class PredictionService(_Servicer):
         tracker.done(result.version, result)
         return response
 
-    @_serving_errors
+    @_unary_handler
     async def GetModelMetadata(
         self, request: serving_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> serving_pb2.GetModelMetadataResponse:
@@ -172,7 +172,7 @@ def _predict_response(request: serving_pb2.PredictRequest, result: InferenceResu
 
 
 class ModelService(_Servicer):
-    @_serving_errors
+    @_unary_handler
     async def GetModelStatus(
         self, request: serving_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> serving_pb2.GetModelStatusResponse:
