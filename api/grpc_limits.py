@@ -8,13 +8,15 @@ stalled calls turn away others: a call that waits too long for its request is th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import grpc
 from google.protobuf.message import DecodeError
 
-from inference.errors import InvalidArgument, ResourceExhausted
+from inference.errors import InvalidArgument, ResourceExhausted, ServingError
 
 T = TypeVar("T")
 
@@ -77,3 +79,51 @@ class AwaitedRequests:
             raise ResourceExhausted(PUSHED_OUT) from None
         finally:
             self._waiting.pop(task, None)
+
+
+class RequestReader(grpc.aio.ServerInterceptor):
+    """Turns every method with a unary request into a request-streaming one whose handler reads that
+    request through AwaitedRequests: grpc.aio runs a request-streaming handler as soon as the call
+    arrives, while it reads a unary request before any code of ours runs, without bound or timeout.
+    The client sees the same protocol. Put it after the token check, which refuses without reading."""
+
+    def __init__(self, awaited: AwaitedRequests) -> None:
+        self._awaited = awaited
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        return self._reading(handler)
+
+    def _reading(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        async def read(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await self._awaited.receive(requests)
+            except ServingError as error:
+                await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if not handler.response_streaming:
+
+            async def unary_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                return await handler.unary_unary(await read(requests, context), context)
+
+            return grpc.stream_unary_rpc_method_handler(unary_response, **serializers)
+
+        async def streamed_response(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+            responses = handler.unary_stream(await read(requests, context), context)
+            if inspect.isasyncgen(responses):
+                async for response in responses:
+                    await context.write(response)
+            else:  # a coroutine that writes with context.write (grpc.health.v1 Watch)
+                await responses
+
+        return grpc.stream_stream_rpc_method_handler(streamed_response, **serializers)

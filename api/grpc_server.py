@@ -20,10 +20,11 @@ import grpc
 
 from api.auth import BearerTokens, TokenInterceptor
 from api.dataplane import DataPlane
-from api.grpc_limits import AwaitedRequests, CallLimit
-from api.grpc_service import ModelService, PredictionService, add_services
+from api.grpc_limits import AwaitedRequests, CallLimit, RequestReader
+from api.grpc_service import ModelService, PredictionService
 from api.health import HealthReporter
 from api.metrics import ServingMetrics
+from api.protos import serving_pb2_grpc
 from api.tls import TlsFiles
 
 MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
@@ -94,13 +95,12 @@ class GrpcServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _start(self) -> None:
-        server = grpc.aio.server(
-            interceptors=[TokenInterceptor(self._tokens)] if self._tokens else None,
-            options=list(self._options.items()),
-        )
-        limits = (CallLimit(MAX_CALLS_IN_PROGRESS), AwaitedRequests(MAX_CALLS_AWAITING_REQUEST))
-        services = (self._dataplane, self._metrics, self._executor, *limits)
-        add_services(server, PredictionService(*services), ModelService(*services))
+        interceptors = [TokenInterceptor(self._tokens)] if self._tokens else []
+        interceptors.append(RequestReader(AwaitedRequests(MAX_CALLS_AWAITING_REQUEST)))
+        server = grpc.aio.server(interceptors=interceptors, options=list(self._options.items()))
+        services = (self._dataplane, self._metrics, self._executor, CallLimit(MAX_CALLS_IN_PROGRESS))
+        serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(*services), server)
+        serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(*services), server)
         self._health = HealthReporter(self._dataplane, server)
         address = f"[::]:{self._port}"
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -18,9 +18,9 @@ import grpc
 
 from api.dataplane import DataPlane
 from api.grpc_codec import signature_def, status_code, tensor_from_proto, tensor_to_proto
-from api.grpc_limits import AwaitedRequests, CallLimit
+from api.grpc_limits import CallLimit
 from api.metrics import ServingMetrics, Tracker
-from api.protos import serving_pb2
+from api.protos import serving_pb2, serving_pb2_grpc
 from inference.errors import Internal, InvalidArgument, ServingError
 from inference.request import InferenceResult
 
@@ -40,33 +40,22 @@ class _Servicer:
     """What the services share: the data plane, the metrics, the thread pool that runs anything blocking
     or CPU-heavy off the event loop, and the bounds on calls."""
 
-    def __init__(
-        self,
-        dataplane: DataPlane,
-        metrics: ServingMetrics,
-        executor: Executor,
-        calls: CallLimit,
-        awaited: AwaitedRequests,
-    ) -> None:
+    def __init__(self, dataplane: DataPlane, metrics: ServingMetrics, executor: Executor, calls: CallLimit) -> None:
         self._dataplane = dataplane
         self._metrics = metrics
         self._executor = executor
         self._calls = calls
-        self._awaited = awaited
 
     async def _off_loop(self, function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, functools.partial(function, *args))
 
 
-def _unary_handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """The handler of a unary method registered request-streaming (see add_services): it reads the one
-    request itself, then bounds, counts and times the call, and turns ServingErrors into gRPC status
-    codes; anything unexpected is INTERNAL, never a crash. The method reports what it served to the
-    tracker it is given."""
+def _serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Bound, count and time the call, and turn ServingErrors into gRPC status codes; anything unexpected
+    is INTERNAL, never a crash. The method reports what it served to the tracker it is given."""
 
-    async def handler(self: _Servicer, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: _Servicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            request = await self._awaited.receive(requests)
             with self._metrics.track("grpc", method.__name__, request.model_spec.name) as tracker, self._calls.admit():
                 return await method(self, request, context, tracker)
         except ServingError as error:
@@ -76,47 +65,12 @@ def _unary_handler(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
             error = Internal(f"Internal error: {exc}")
             await context.abort(grpc.StatusCode.INTERNAL, error.message)
 
-    handler.__name__ = method.__name__
-    return handler
+    wrapper.__name__ = method.__name__
+    return wrapper
 
 
-def add_services(server: grpc.aio.Server, prediction: PredictionService, model: ModelService) -> None:
-    """Register the TensorFlow Serving methods. Each is unary, but registered request-streaming: grpc.aio
-    runs such a handler as soon as the call arrives, so that waiting for the request is bounded by
-    AwaitedRequests (a unary handler would only run once the request has arrived)."""
-
-    def unary(handler: Callable[..., Awaitable[Any]], request: type, response: type) -> grpc.RpcMethodHandler:
-        return grpc.stream_unary_rpc_method_handler(
-            handler, request_deserializer=request.FromString, response_serializer=response.SerializeToString
-        )
-
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                "tensorflow.serving.PredictionService",
-                {
-                    "Predict": unary(prediction.Predict, serving_pb2.PredictRequest, serving_pb2.PredictResponse),
-                    "GetModelMetadata": unary(
-                        prediction.GetModelMetadata,
-                        serving_pb2.GetModelMetadataRequest,
-                        serving_pb2.GetModelMetadataResponse,
-                    ),
-                },
-            ),
-            grpc.method_handlers_generic_handler(
-                "tensorflow.serving.ModelService",
-                {
-                    "GetModelStatus": unary(
-                        model.GetModelStatus, serving_pb2.GetModelStatusRequest, serving_pb2.GetModelStatusResponse
-                    )
-                },
-            ),
-        )
-    )
-
-
-class PredictionService(_Servicer):
-    @_unary_handler
+class PredictionService(_Servicer, serving_pb2_grpc.PredictionServiceServicer):
+    @_serving_errors
     async def Predict(
         self, request: serving_pb2.PredictRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> serving_pb2.PredictResponse:
@@ -137,7 +91,7 @@ class PredictionService(_Servicer):
         tracker.done(result.version, result)
         return response
 
-    @_unary_handler
+    @_serving_errors
     async def GetModelMetadata(
         self, request: serving_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> serving_pb2.GetModelMetadataResponse:
@@ -171,8 +125,8 @@ def _predict_response(request: serving_pb2.PredictRequest, result: InferenceResu
     return response
 
 
-class ModelService(_Servicer):
-    @_unary_handler
+class ModelService(_Servicer, serving_pb2_grpc.ModelServiceServicer):
+    @_serving_errors
     async def GetModelStatus(
         self, request: serving_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> serving_pb2.GetModelStatusResponse:

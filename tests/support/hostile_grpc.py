@@ -15,6 +15,7 @@ import h2.events
 import h2.exceptions
 
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"  # open without a token
 
 
 class _RawConnection:
@@ -55,7 +56,7 @@ class _RawConnection:
         self.closed = True
         self.settled.set()
 
-    def open_half_streams(self, count: int, headers: list[tuple[str, str]], partial: bytes) -> int:
+    def open_half_streams(self, count: int, path: str, headers: list[tuple[str, str]], partial: bytes) -> int:
         """Send up to `count` HEADERS frames (then `partial` as DATA) without END_STREAM; returns how many the
         server's limit allowed."""
         opened = 0
@@ -64,7 +65,7 @@ class _RawConnection:
                 if self.h2.open_outbound_streams >= self.h2.remote_settings.max_concurrent_streams:
                     break
                 stream_id = self.h2.get_next_available_stream_id()
-                request = [(":method", "POST"), (":scheme", self.scheme), (":path", PREDICT_PATH), *headers]
+                request = [(":method", "POST"), (":scheme", self.scheme), (":path", path), *headers]
                 self.h2.send_headers(stream_id, request, end_stream=False)
                 if partial:
                     self.h2.send_data(stream_id, partial, end_stream=False)
@@ -91,8 +92,10 @@ class HalfOpenStreams(AbstractContextManager):
         tls: ssl.SSLContext | None = None,
         metadata: tuple[tuple[str, str], ...] = (),
         partial_message: bool = False,
+        path: str = PREDICT_PATH,
     ) -> None:
         self._port = port
+        self._path = path
         self._count = count
         self._tls = tls
         # the gRPC message prefix (not compressed, 1,000 bytes long), then only 10 of those bytes
@@ -110,7 +113,7 @@ class HalfOpenStreams(AbstractContextManager):
         while self.opened < self._count:
             connection = _RawConnection(self._port, self._tls)
             self.connections.append(connection)
-            opened = connection.open_half_streams(self._count - self.opened, self._headers, self._partial)
+            opened = connection.open_half_streams(self._count - self.opened, self._path, self._headers, self._partial)
             if opened == 0:
                 raise RuntimeError("the server allows no stream on a new connection")
             self.opened += opened
