@@ -1,8 +1,10 @@
 """What bounds the work one gRPC client can make the server hold, on the event loop's thread.
 
-Calls are counted in two phases: waiting for their request message (half-open streams, slow senders)
-and being served (the request arrived, the answer has not left). Neither bound makes one client's
-stalled calls turn away others: a call that waits too long for its request is the one pushed out.
+Calls are counted in two phases: waiting for their request message (half-open streams, slow senders:
+AwaitedRequests, enforced for every method by the RequestReader interceptor) and being served (the
+request arrived, the answer has not left: CallLimit). Stalled calls never turn a fresh call away: when
+the first bound is full, the call that has waited longest is pushed out instead. The second bound
+counts only calls whose request has arrived, i.e. real work.
 """
 
 from __future__ import annotations

@@ -109,3 +109,12 @@ def test_a_bad_or_missing_request_message_is_invalid_argument(server, requests, 
             predict(iter(requests), timeout=5)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details().startswith(message)
+
+
+def test_health_watch_streams_through_the_request_reader(server):
+    """Server-streaming methods (grpc.health.v1 Watch) keep working behind the bound on awaited requests."""
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        request = health_pb2.HealthCheckRequest(service="tensorflow.serving.PredictionService")
+        updates = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=5)
+        assert next(updates).status == health_pb2.HealthCheckResponse.SERVING
+        updates.cancel()
