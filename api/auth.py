@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -66,39 +66,37 @@ class BearerTokens:
         return next((accepted for accepted, match in zip(self._tokens, matches, strict=True) if match), None)
 
 
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Answers UNAUTHENTICATED to every call without an accepted token, except the health service's."""
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Answers UNAUTHENTICATED to every call without an accepted token, except the health service's.
+
+    The refusal is decided on the call's metadata alone, before its request message is read: a caller
+    without a token can make the server neither read nor hold a message."""
 
     def __init__(self, tokens: BearerTokens) -> None:
         self._tokens = tokens
 
-    def intercept_service(
+    async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
-        handler = continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_GRPC_PREFIX):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         if self._tokens.accepts(metadata.get("authorization")):
             return handler
-        return _refusal(handler)
+        return _REFUSAL
 
 
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that only answers UNAUTHENTICATED."""
+async def _refuse(_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_REFUSED)
 
-    def refuse(_request: Any, context: grpc.ServicerContext) -> None:
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_REFUSED)
 
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
+# Request-streaming whatever the method: grpc.aio reads a unary request before calling its handler,
+# and a streamed one only when the handler asks for it (this one never does). The client sees the
+# same status either way.
+_REFUSAL = grpc.stream_stream_rpc_method_handler(_refuse)
 
 
 def rest_guard(tokens: BearerTokens) -> Callable[[], None]:

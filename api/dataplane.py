@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -19,7 +21,7 @@ from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
 from tasks.jobs import JobLimits, JobStore
 from tasks.link import OUTAGES, RedisLink
-from tasks.registry import RegistryView, VersionView
+from tasks.registry import RegistryView, Target, VersionView
 
 
 @dataclass(frozen=True)
@@ -139,29 +141,58 @@ class DataPlane:
         timeout_s: float | None = None,
     ) -> InferenceResult:
         with self.admission.admit(request_bytes(inputs)), self.needs_redis():
-            return self._predict(name, version, inputs, output_filter, timeout_s)
+            target, request = self._request(name, version, inputs, output_filter, self._deadline(timeout_s))
+            return _with_precisions(target, self._dispatcher.infer(target, request))
 
-    def _predict(
+    async def predict_async(
+        self,
+        executor: Executor,
+        name: str,
+        version: int | None,
+        inputs: Callable[[], dict[str, RequestTensor]],
+        nbytes: int,
+        output_filter: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> InferenceResult:
+        """predict() for an asyncio frontend: decoding (`inputs()`), validation and publishing run on
+        `executor`, and the wait for the answer holds no thread. `nbytes`: the request's size as received,
+        held in the in-flight budget from before it is decoded."""
+        with self.admission.admit(nbytes), self.needs_redis():
+            deadline = self._deadline(timeout_s)
+
+            def submit() -> tuple[Target, InferenceRequest, Future[InferenceResult]]:
+                target, request = self._request(name, version, inputs(), output_filter, deadline)
+                return target, request, self._dispatcher.submit(target, request)
+
+            target, request, future = await asyncio.get_running_loop().run_in_executor(executor, submit)
+            return _with_precisions(target, await self._dispatcher.outcome(request, future))
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return time.time() + (timeout_s if timeout_s is not None else self._default_timeout_s)
+
+    def _request(
         self,
         name: str,
         version: int | None,
         inputs: dict[str, RequestTensor],
         output_filter: list[str] | None,
-        timeout_s: float | None,
-    ) -> InferenceResult:
+        deadline: float,
+    ) -> tuple[Target, InferenceRequest]:
         target = self._registry.resolve(name, version)
         arrays = validate_inputs(target.signature, inputs)
         if output_filter:
             unknown = [o for o in output_filter if o not in target.signature.outputs]
             if unknown:
                 raise InvalidArgument(f"Invalid output name - not found in model outputs: {', '.join(unknown)}")
-        deadline = time.time() + (timeout_s if timeout_s is not None else self._default_timeout_s)
         request = InferenceRequest(
             name, target.version, arrays, list(output_filter or []) or None, deadline, pinned=bool(version)
         )
-        result = self._dispatcher.infer(target, request)
-        result.precisions = {name: target.signature.outputs[name].precision for name in result.outputs}
-        return result
+        return target, request
+
+
+def _with_precisions(target: Target, result: InferenceResult) -> InferenceResult:
+    result.precisions = {name: target.signature.outputs[name].precision for name in result.outputs}
+    return result
 
 
 def _status(version: int, view: VersionView) -> VersionStatus:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import redis
 
-from api.auth import BearerTokens, TokenInterceptor
+from api.auth import BearerTokens
 from api.dataplane import DataPlane
-from api.grpc_service import ModelService, PredictionService
-from api.health import HealthReporter
+from api.grpc_server import GrpcServer
 from api.metrics import ServingMetrics
-from api.protos import serving_pb2_grpc
 from api.rest_app import create_app
 from api.rest_server import RestServer
 from api.tls import TlsFiles
@@ -27,8 +23,6 @@ from tasks.registry import RegistryView
 
 log = logging.getLogger("serving")
 
-GRPC_THREADS = 256  # each in-flight request holds a thread while its result is on the way
-MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
 LISTENER_GRACE_S = 2.0  # for replies still being written when the listeners close
 
 
@@ -56,8 +50,7 @@ class ApiServer:
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
         self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
-        self._grpc: grpc.Server | None = None
-        self._health: HealthReporter | None = None
+        self._grpc: GrpcServer | None = None
         self._rest: RestServer | None = None
 
     def _workers_gone(self, lost: set[str], queues: set[str]) -> None:
@@ -81,46 +74,31 @@ class ApiServer:
         """Drain: readiness turns false and new inference work is refused (UNAVAILABLE / 503) while the
         requests in progress finish (waiting at most --request_timeout_s); then the listeners close."""
         in_progress = self._dataplane.admission.close()
-        if self._health is not None:
-            self._health.stop()
+        if self._grpc is not None:
+            self._grpc.not_serving()
         log.info("Draining: %d request(s) in progress", in_progress)
         if not self._dataplane.admission.wait_idle(self._settings.request_timeout_s + 1.0):
             log.warning("Requests still in progress after %.0f s; stopping anyway", self._settings.request_timeout_s)
         if self._rest is not None:
             self._rest.stop()
         if self._grpc is not None:
-            self._grpc.stop(LISTENER_GRACE_S).wait()
+            self._grpc.stop(LISTENER_GRACE_S)
         self._dispatcher.stop()
         self._registry.stop()
         self._link.stop()
         log.info("Api stopped")
 
     def _start_grpc(self) -> None:
-        options = {
-            "grpc.max_receive_message_length": self._settings.max_request_bytes,  # else RESOURCE_EXHAUSTED
-            "grpc.max_send_message_length": MAX_RESPONSE_BYTES,
-            "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it
-            **self._settings.grpc_channel_arguments,
-        }
-        server = grpc.server(
-            ThreadPoolExecutor(max_workers=GRPC_THREADS),
-            interceptors=[TokenInterceptor(self._tokens)] if self._tokens else None,
-            options=list(options.items()),
+        server = GrpcServer(
+            self._settings.port,
+            self._dataplane,
+            self._metrics,
+            self._settings.max_request_bytes,
+            self._settings.grpc_channel_arguments,
+            self._tls,
+            self._tokens,
         )
-        serving_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self._dataplane, self._metrics), server
-        )
-        serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self._dataplane, self._metrics), server)
-        self._health = HealthReporter(self._dataplane, server)
-        address = f"[::]:{self._settings.port}"
-        if self._tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            bound = server.add_secure_port(address, self._tls.grpc_credentials())
-        if bound == 0:
-            raise RuntimeError(f"cannot bind gRPC port {self._settings.port}")
         server.start()
-        self._health.start()
         self._grpc = server
         log.info("Server started on port %d%s", self._settings.port, self._security_note())
 

@@ -12,6 +12,7 @@ still queued where no worker consumes any more is taken back and fails UNAVAILAB
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -85,10 +86,7 @@ class Dispatcher:
 
     def infer(self, target: Target, request: InferenceRequest) -> InferenceResult:
         """Publish a request (possibly with others) and wait for its answer until its deadline."""
-        future: Future[InferenceResult] = Future()
-        lane = self._lane(target)
-        lane.add((request, future), target.workers, target.max_queue_size)
-        self._pump(target, lane)
+        future = self.submit(target, request)
         try:
             return future.result(timeout=max(request.deadline - time.time(), 0))
         except FutureTimeout:
@@ -96,6 +94,31 @@ class Dispatcher:
                 return future.result()
             self._forget(request)
             raise DeadlineExceeded(DEADLINE_PASSED) from None
+
+    def submit(self, target: Target, request: InferenceRequest) -> Future[InferenceResult]:
+        """Publish a request (possibly with others) without waiting: the listener resolves the future.
+        Raises ResourceExhausted when too many requests already wait for the model."""
+        future: Future[InferenceResult] = Future()
+        lane = self._lane(target)
+        lane.add((request, future), target.workers, target.max_queue_size)
+        self._pump(target, lane)
+        return future
+
+    async def outcome(self, request: InferenceRequest, future: Future[InferenceResult]) -> InferenceResult:
+        """infer()'s wait for a submitted request, for asyncio callers: it holds no thread. A caller that
+        goes away (its task cancelled) stops waiting like one whose deadline passed."""
+        answer = asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait({answer}, timeout=max(request.deadline - time.time(), 0))
+        except asyncio.CancelledError:
+            if future.cancel():
+                loop.run_in_executor(None, self._forget, request)  # it may publish: not on the event loop
+            raise
+        if not answer.done() and future.cancel():
+            loop.run_in_executor(None, self._forget, request)
+            raise DeadlineExceeded(DEADLINE_PASSED)
+        return await answer  # the answer, or the one being delivered right now
 
     def _lane(self, target: Target) -> Lane:
         key = (target.queue, target.version)

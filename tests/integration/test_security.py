@@ -7,7 +7,9 @@ a second CA, which the server does not trust, signs a stranger's.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from ovmsclient import make_grpc_client
 from ovmsclient.tfs_compat.grpc.tensors import make_ndarray, make_tensor_proto
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from tests.support.hostile_grpc import HalfOpenStreams
 from tests.support.stack import OvmsProcess, ovms_command, start_ovms
 
 TOKEN = "tok-3c1b9f0e8d"
@@ -208,6 +211,28 @@ def test_grpc_without_an_accepted_token_is_unauthenticated(tls_server, pki, digi
             stub.Predict(_predict_request("digits_tls", digits[0]), timeout=30)
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert error.value.details() == "Missing or invalid bearer token"
+
+
+def test_half_open_streams_without_a_token_are_refused_at_once(tls_server, pki, digits):
+    """300 streams over TLS, with no token, that never send their request: each is answered
+    UNAUTHENTICATED without its message being awaited, and others are served meanwhile."""
+    tls = ssl.create_default_context(cafile=pki.ca)
+    tls.set_alpn_protocols(["h2"])
+    credentials = grpc.composite_channel_credentials(
+        _channel_credentials(pki), grpc.access_token_call_credentials(TOKEN)
+    )
+    with (
+        HalfOpenStreams(tls_server.grpc_port, 300, tls=tls) as streams,
+        grpc.secure_channel(tls_server.grpc_address, credentials) as channel,
+    ):
+        assert streams.opened == 300
+        assert _health(tls_server.grpc_address, _channel_credentials(pki)) == health_pb2.HealthCheckResponse.SERVING
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        assert stub.Predict(_predict_request("digits_tls", digits[0]), timeout=5).outputs["probabilities"]
+        deadline = time.monotonic() + 5
+        while streams.answered()["16"] < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert streams.answered() == {"16": 300}, "every stream without a token ends UNAUTHENTICATED (16)"
 
 
 def test_grpc_health_needs_no_token(tls_server, pki):
