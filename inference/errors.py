@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+# OpenVINO prefixes its messages with the C++ source locations they passed through: internal detail that
+# says nothing to a client ("Exception from src/inference/src/cpp/infer_request.cpp:224:",
+# "Check 'x' failed at src/plugins/intel_cpu/src/node.h:99:").
+_OPENVINO_LOCATION = re.compile(r"^(Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)\s*$")
+
 
 class ServingError(Exception):
     """Base class: a failure that is reported to the client with a code and a message."""
@@ -75,3 +82,10 @@ NO_LIVE_WORKER = "No live worker serves the requested model version"
 WORKER_LOST = "The worker running this request stopped before answering; retry"
 DEADLINE_PASSED = "Deadline exceeded while waiting for the inference result"
 TOKEN_REFUSED = "Missing or invalid bearer token"
+
+
+def plain_message(exc: BaseException) -> str:
+    """The first line of an error that says what went wrong, without OpenVINO's source locations."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    said = [line for line in lines if line and not _OPENVINO_LOCATION.match(line)]
+    return said[0] if said else type(exc).__name__

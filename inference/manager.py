@@ -17,7 +17,7 @@ from typing import Any
 import openvino as ov
 
 from inference.batcher import DynamicBatcher
-from inference.errors import ServingError
+from inference.errors import ServingError, plain_message
 from inference.model import CompiledVersion
 from inference.repository import select_versions
 from inference.settings import ConfigError, ModelConfig
@@ -256,4 +256,4 @@ class ModelManager:
 
 
 def _message(exc: BaseException) -> str:
-    return getattr(exc, "message", None) or str(exc).splitlines()[0]
+    return getattr(exc, "message", None) or plain_message(exc)

@@ -14,7 +14,7 @@ import numpy as np
 import openvino as ov
 
 from inference import dtypes
-from inference.errors import RESHAPE_FAILED, FailedPrecondition, InvalidArgument
+from inference.errors import RESHAPE_FAILED, FailedPrecondition, InvalidArgument, plain_message
 from inference.mapping import TensorMapping, load_mapping
 from inference.repository import find_model_file
 from inference.settings import ConfigError, ModelConfig
@@ -119,7 +119,7 @@ class CompiledVersion:
             alone = [self.infer(sample) for sample in rows]
             together = self.infer({name: np.concatenate([row[name] for row in rows]) for name in rows[0]})
         except Exception as exc:  # any failure means: do not batch this model
-            log.info("Model %s version %d runs requests one by one: %s", self.name, self.version, _first_line(exc))
+            log.info("Model %s version %d runs requests one by one: %s", self.name, self.version, plain_message(exc))
             return False
         independent = all(
             array.ndim > 0
@@ -261,7 +261,7 @@ def _apply_shape_settings(model: ov.Model, config: ModelConfig, mapping: TensorM
         try:
             model.reshape(new_shapes)
         except RuntimeError as exc:
-            raise FailedPrecondition(f"{RESHAPE_FAILED}: {_first_line(exc)}") from None
+            raise FailedPrecondition(f"{RESHAPE_FAILED}: {plain_message(exc)}") from None
 
 
 def _make_batch_dynamic(model: ov.Model) -> bool:
@@ -284,7 +284,7 @@ def _make_batch_dynamic(model: ov.Model) -> bool:
         log.info(
             "Model %s keeps a static batch dimension, requests run unbatched: %s",
             model.get_friendly_name(),
-            _first_line(exc),
+            plain_message(exc),
         )
         return False
     outputs_follow = all(
@@ -350,9 +350,4 @@ def _inference_error(signature: ModelSignature, exc: Exception) -> Exception:
     """OpenVINO rejects shapes a dynamic model cannot take; that is the seed's reshape failure."""
     if any(spec.auto_shape for spec in signature.inputs.values()):
         return FailedPrecondition(RESHAPE_FAILED)
-    return InvalidArgument(f"Inference failed: {_first_line(exc)}")
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
+    return InvalidArgument(f"Inference failed: {plain_message(exc)}")

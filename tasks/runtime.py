@@ -14,7 +14,15 @@ from typing import Any
 import redis
 
 from inference.batcher import Arrivals, BatchResult, DynamicBatcher
-from inference.errors import VERSION_RETIRED, DeadlineExceeded, Internal, InvalidArgument, NotFound, ServingError
+from inference.errors import (
+    VERSION_RETIRED,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ServingError,
+    plain_message,
+)
 from inference.manager import ModelManager
 from inference.request import InferenceRequest
 from inference.validation import RequestTensor, validate_inputs
@@ -172,7 +180,7 @@ class WorkerRuntime:
             return pack_error(DeadlineExceeded("Deadline exceeded during inference"))
         except Exception as exc:  # an inference failure must fail this request, never the worker
             log.exception("Inference failed for %s version %d", request.model, request.version)
-            return pack_error(Internal(f"Inference failed: {exc}"))
+            return pack_error(Internal(f"Inference failed: {plain_message(exc)}"))
         outputs = result.outputs
         if request.output_filter:
             outputs = {name: outputs[name] for name in request.output_filter if name in outputs}

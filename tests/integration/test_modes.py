@@ -102,3 +102,14 @@ def test_shape_auto_serves_other_shapes_and_reports_impossible_ones(launch, mode
     assert reply.json() == {"error": "Model could not be reshaped with requested shape"}
     usual = np.random.default_rng(5).random((1, 3, 224, 224), dtype=np.float32)
     assert client.predict({"data": usual}, "resnet_auto").shape == (1, 1000)
+
+
+def test_openvino_errors_reach_clients_without_its_source_locations(launch, models_dir: Path):
+    """A model OpenVINO cannot reshape fails to load; its status says why in OpenVINO's words, without
+    the C++ source paths OpenVINO prefixes them with."""
+    process = launch("--model_name", "bad", "--model_path", str(models_dir / "resnet"), "--shape", "(1,5,32,32)")
+    status = requests.get(f"{process.rest_url}/v1/models/bad", timeout=10).json()["model_version_status"][0]
+    message = status["status"]["error_message"]
+    assert message.startswith("Model could not be reshaped with requested shape: "), message
+    assert len(message) > len("Model could not be reshaped with requested shape: ") + 10, message
+    assert "src/" not in message and ".cpp" not in message and ".h:" not in message, message
