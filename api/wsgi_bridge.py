@@ -1,9 +1,11 @@
 """Runs the WSGI app (Flask) for requests whose body the event loop has already received in full.
 
-One hop to a thread and one back per request: the app runs on one of `workers` threads, its whole
-answer is collected there (the app's responses are in memory anyway), and the loop writes it. A
-streaming bridge (a2wsgi) crosses threads for every body read and every response part, which costs a
-scheduling delay each on a busy machine.
+One hop to a thread and one back per request: the app runs on one of `workers` threads, the first
+EAGER_BYTES of its answer are collected there, and the loop writes them. A streaming bridge (a2wsgi)
+crosses threads for every body read and every response part, which costs a scheduling delay each on a
+busy machine. An answer longer than that (a job's result, streamed from Redis) is read on: one part per
+hop, each written (and drained to the client) before the next is read, so a large answer never sits
+whole in the api and a slow reader holds no thread.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+EAGER_BYTES = 1 << 20  # of an answer, collected in the app's thread before the loop starts writing
 
 
 class WsgiBridge:
@@ -27,13 +31,24 @@ class WsgiBridge:
     async def __call__(self, scope: MutableMapping[str, Any], body: bytes, send: Send) -> None:
         environ = _environ(scope, body)
         loop = asyncio.get_running_loop()
-        status, headers, chunks = await loop.run_in_executor(self.executor, self._run, environ)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        for chunk in chunks:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        status, headers, chunks, rest = await loop.run_in_executor(self.executor, self._run, environ)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            for chunk in chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            while rest is not None:
+                chunk = await loop.run_in_executor(self.executor, next, rest, None)
+                if chunk is None:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            if rest is not None and hasattr(rest, "close"):
+                await loop.run_in_executor(self.executor, rest.close)
 
-    def _run(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes]]:
+    def _run(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], list[bytes], Iterator | None]:
+        """Run the app; its status, headers, the answer's first parts, and the rest of it (None if the
+        parts are all of it; else an iterator the caller reads on and closes)."""
         started: list[Any] = []
         chunks: list[bytes] = []
 
@@ -43,12 +58,40 @@ class WsgiBridge:
             return chunks.append
 
         result = self._app(environ, start_response)
+        parts = _non_empty(result)
+        collected = 0
         try:
-            chunks.extend(chunk for chunk in result if chunk)
-        finally:
+            for chunk in parts:
+                chunks.append(chunk)
+                collected += len(chunk)
+                if collected >= EAGER_BYTES:
+                    return started[0], started[1], chunks, _Closing(parts, result)
+        except BaseException:
             if hasattr(result, "close"):
                 result.close()
-        return started[0], started[1], chunks
+            raise
+        if hasattr(result, "close"):
+            result.close()
+        return started[0], started[1], chunks, None
+
+
+class _Closing(Iterator[bytes]):
+    """The rest of an answer's parts; close() closes the app's iterable, as PEP 3333 asks."""
+
+    def __init__(self, parts: Iterator[bytes], result: Iterable[bytes]) -> None:
+        self._parts = parts
+        self._result = result
+
+    def __next__(self) -> bytes:
+        return next(self._parts)
+
+    def close(self) -> None:
+        if hasattr(self._result, "close"):
+            self._result.close()
+
+
+def _non_empty(result: Iterable[bytes]) -> Iterator[bytes]:
+    return (chunk for chunk in result if chunk)
 
 
 def _environ(scope: MutableMapping[str, Any], body: bytes) -> dict[str, Any]:
