@@ -35,7 +35,7 @@ class Tracker:
 
 
 class ServingMetrics:
-    def __init__(self, registry_view: RegistryView, store: redis.Redis, link: RedisLink) -> None:
+    def __init__(self, registry_view: RegistryView, broker: redis.Redis, link: RedisLink) -> None:
         self.registry = CollectorRegistry()
         labels = ["name", "version", "interface", "method"]
         self._success = Counter("ovms_requests_success", "Requests answered", labels, registry=self.registry)
@@ -68,7 +68,7 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
-        self.registry.register(_QueueCollector(registry_view, store, link))
+        self.registry.register(_QueueCollector(registry_view, broker, link))
         self._view = registry_view
 
     @contextmanager
@@ -109,13 +109,13 @@ class _QueueCollector(Collector):
     """Read at scrape time: whether Redis answers, the live workers, and messages waiting in each model
     queue (left out while Redis is unreachable: a scrape never waits for it)."""
 
-    def __init__(self, registry_view: RegistryView, store: redis.Redis, link: RedisLink) -> None:
+    def __init__(self, registry_view: RegistryView, broker: redis.Redis, link: RedisLink) -> None:
         self._view = registry_view
-        self._store = store
+        self._broker = broker  # where the model queues are
         self._link = link
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("ovms_redis_up", "1 while this api process reaches its Redis, else 0")
+        up = GaugeMetricFamily("ovms_redis_up", "1 while this api reaches its broker and result backend, else 0")
         up.add_metric([], float(self._link.up))
         yield up
         workers = GaugeMetricFamily("ovms_live_workers", "Workers whose heartbeat is current")
@@ -126,7 +126,7 @@ class _QueueCollector(Collector):
         if not self._link.up:
             return
         try:
-            with self._store.pipeline(transaction=False) as pipe:
+            with self._broker.pipeline(transaction=False) as pipe:
                 for queue in queues:
                     pipe.llen(queue)
                 lengths = pipe.execute()

@@ -32,8 +32,9 @@ class ApiServer:
         backend_url = settings.result_backend_url or broker_url
         configure(broker_url, backend_url, settings.job_ttl_s)
         store = store_client(backend_url)
-        self._link = RedisLink(backend_url)
-        self._dispatcher = Dispatcher(store, self._link)
+        broker = store if backend_url == broker_url else store_client(broker_url)  # the Celery queues
+        self._link = RedisLink(broker_url, backend_url)
+        self._dispatcher = Dispatcher(store, broker, self._link)
         self._registry = RegistryView(store, on_workers_gone=self._workers_gone)
         self._dataplane = DataPlane(
             self._registry,
@@ -46,7 +47,7 @@ class ApiServer:
             settings.max_inflight_bytes,
             JobLimits.from_settings(settings),
         )
-        self._metrics = ServingMetrics(self._registry, store, self._link)
+        self._metrics = ServingMetrics(self._registry, broker, self._link)
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
         self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None

@@ -83,10 +83,13 @@ class Supervisor:
         return self._redis.start()
 
     def _spawn_worker(self, device: str, broker_url: str) -> subprocess.Popen:
-        """The broker URL goes by environment, keeping a Redis password off the worker's command line."""
+        """The broker URL (maybe the embedded Redis's) and the result backend's go by environment, keeping
+        a Redis password off the worker's command line; the worker then looks where the api looks."""
         command = [sys.executable, "-m", "api.main", "worker", *self._argv, "--device", device]
         log.info("Starting the %s worker", device)
         env = {**os.environ, "OVMS_BROKER_URL": broker_url}
+        if self._settings.result_backend_url:
+            env["OVMS_RESULT_BACKEND_URL"] = self._settings.result_backend_url
         return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
     def _wait_for_models(self, store_url: str) -> None:

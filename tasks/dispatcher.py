@@ -64,11 +64,14 @@ class _Pending:
 class Dispatcher:
     """Publishes predict requests, coalesced per model version (see tasks.lanes), and routes results back."""
 
-    def __init__(self, store: redis.Redis, link: RedisLink, max_requests_per_message: int = 64) -> None:
+    def __init__(
+        self, store: redis.Redis, broker: redis.Redis, link: RedisLink, max_requests_per_message: int = 64
+    ) -> None:
+        """`store`: the result backend (tensors, replies, claims); `broker`: the Celery queues."""
         self._store = store
         self._link = link
         link.on_down(self._fail_all_pending)  # a paused Redis may never answer: fail now, not at the deadline
-        self._publisher = PredictPublisher(app, store)
+        self._publisher = PredictPublisher(app, store, broker)
         self._max_per_message = max_requests_per_message
         self.reply_to = reply_key(uuid.uuid4().hex)
         self._pending: dict[str, _Pending] = {}

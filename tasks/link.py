@@ -1,10 +1,12 @@
 """Whether this api process reaches its Redis, known to every route without a round trip.
 
-A probe thread PINGs Redis every PROBE_INTERVAL_S on a connection of its own that gives up after
-PROBE_TIMEOUT_S, so a Redis that is gone (connection refused) or paused (no answer) is noticed within
-about a second. While the link is down, readiness is false and every route that needs Redis fails at
-once with UNAVAILABLE / 503 instead of waiting for a socket timeout; the `on_down` callbacks (the
-dispatcher failing the requests that wait for replies) run once per outage. A Redis call that fails
+"Its Redis" is the broker (Celery queues) and the result backend (tensors, replies, registry, jobs):
+one server, or two (or two dbs of one), all needed to serve. A probe thread PINGs each every
+PROBE_INTERVAL_S on a connection of its own that gives up after PROBE_TIMEOUT_S, so a Redis that is
+gone (connection refused) or paused (no answer) is noticed within about a second. While the link
+is down, readiness is false and every route that needs Redis fails at once with UNAVAILABLE / 503
+instead of waiting for a socket timeout; the `on_down` callbacks (the dispatcher failing the
+requests that wait for replies) run once per outage. A Redis call that fails
 on a route maps to UNAVAILABLE here too (`failed`), and makes the probe look again at once.
 """
 
@@ -30,9 +32,12 @@ OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, redis
 
 
 class RedisLink:
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._probe = redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
+    def __init__(self, *urls: str) -> None:
+        """`urls`: every Redis the api needs (the same URL given twice is probed once)."""
+        self._probes = {
+            url: redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
+            for url in dict.fromkeys(urls)
+        }
         self._reason: str | None = None  # why Redis is unreachable; None while it answers
         self.up_since = 0.0  # time.monotonic() when Redis last came back (a restarted one may be empty)
         self._lock = threading.Lock()
@@ -57,7 +62,8 @@ class RedisLink:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=PROBE_TIMEOUT_S + 1)
-        self._probe.close()
+        for probe in self._probes.values():
+            probe.close()
 
     def check(self) -> None:
         """UNAVAILABLE at once while Redis is unreachable."""
@@ -79,18 +85,19 @@ class RedisLink:
                 self._probe_once()
 
     def _probe_once(self) -> None:
-        try:
-            self._probe.ping()
-        except (redis.RedisError, OSError) as exc:
-            self._went_down(f"{type(exc).__name__}: {exc}")
-        else:
-            self._came_back()
+        for url, probe in self._probes.items():
+            try:
+                probe.ping()
+            except (redis.RedisError, OSError) as exc:
+                self._went_down(url, f"{type(exc).__name__}: {exc}")
+                return
+        self._came_back()
 
-    def _went_down(self, reason: str) -> None:
+    def _went_down(self, url: str, reason: str) -> None:
         with self._lock:
             was_up, self._reason = self._reason is None, reason
         if was_up:
-            log.error("Redis %s is unreachable (%s): answering UNAVAILABLE until it is back", redact(self._url), reason)
+            log.error("Redis %s is unreachable (%s): answering UNAVAILABLE until it is back", redact(url), reason)
             error = _unavailable(reason)
             for callback in self._on_down:
                 callback(error)
@@ -101,7 +108,7 @@ class RedisLink:
             if was_down:
                 self.up_since = time.monotonic()
         if was_down:
-            log.info("Redis %s is reachable again", redact(self._url))
+            log.info("Redis %s is reachable again", ", ".join(redact(url) for url in self._probes))
 
 
 def _unavailable(reason: str) -> Unavailable:

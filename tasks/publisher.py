@@ -8,6 +8,11 @@ Flower or `celery inspect` reads it as if `apply_async` had sent it. Only the tr
 `SET payload` (+ `APPEND` for each further part) + `LPUSH queue` in one pipeline. The payload's parts
 are views of the request arrays: redis-py writes each one to the socket as it is, so no joined copy
 of a large request is made.
+
+The payload goes to the result backend (`store`), the message to the broker (`broker`), where the
+workers consume it. When both are one client (the same URL), that is the single round trip above;
+when they differ, the payload is written first, so a worker never takes a message whose tensors are
+not there yet.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ class _SlicingSerializer(PythonRespSerializer):
 
 
 def store_client(url: str) -> redis.Redis:
-    """The api's Redis client (tensors, replies, registry, jobs): no call waits more than REDIS_TIMEOUT_S
+    """The api's Redis client (the result backend's tensors, replies, registry, jobs; the broker's
+    queues): no call waits more than REDIS_TIMEOUT_S
     for a Redis that stopped answering (see tasks.link)."""
     return redis.Redis.from_url(
         url,
@@ -71,9 +77,11 @@ def store_payload(pipe: redis.client.Pipeline, key: str, payload: Payload, expir
 
 
 class PredictPublisher:
-    def __init__(self, app: Celery, client: redis.Redis) -> None:
+    def __init__(self, app: Celery, store: redis.Redis, broker: redis.Redis) -> None:
+        """`store`: the result backend's client; `broker`: the broker's (the same object when they share a URL)."""
         self._app = app
-        self._client = client
+        self._store = store
+        self._broker = broker
 
     def publish(
         self,
@@ -114,20 +122,23 @@ class PredictPublisher:
             "properties": properties,
         }
         message_text = json.dumps(wire)
-        with self._client.pipeline(transaction=False) as pipe:
+        with self._store.pipeline(transaction=False) as pipe:
             store_payload(pipe, payload_key(task_id), payload, int(expires_s * 1000) + _PAYLOAD_GRACE_MS)
-            pipe.lpush(queue, message_text)
+            if self._broker is self._store:
+                pipe.lpush(queue, message_text)
             pipe.execute()
+        if self._broker is not self._store:
+            self._broker.lpush(queue, message_text)
         return message_text
 
     def requeue(self, queue: str, message_text: str) -> None:
         """Put a published message back at the head of its queue (kombu pops from the right), to be run
         again; its tensors are still under their claim-check key."""
-        self._client.rpush(queue, message_text)
+        self._broker.rpush(queue, message_text)
 
     def withdraw(self, queue: str, message_text: str) -> bool:
         """Take a message back out of its queue; False if a worker took it already."""
-        return bool(self._client.lrem(queue, 1, message_text))
+        return bool(self._broker.lrem(queue, 1, message_text))
 
     def is_queued(self, queue: str, message_text: str) -> bool:
-        return self._client.lpos(queue, message_text) is not None
+        return self._broker.lpos(queue, message_text) is not None

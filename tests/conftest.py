@@ -46,8 +46,7 @@ def api(small_config: Path, redis_url: str) -> Iterator[OvmsProcess]:
     process.stop()
 
 
-@pytest.fixture
-def broker() -> Iterator[EmbeddedRedis]:
+def _breakable_redis() -> Iterator[EmbeddedRedis]:
     """A Redis server of the test's own, for tests that stop, pause (SIGSTOP) or restart it."""
     server = EmbeddedRedis()
     server.start()
@@ -55,6 +54,10 @@ def broker() -> Iterator[EmbeddedRedis]:
     with contextlib.suppress(ProcessLookupError):
         os.kill(server.pid, signal.SIGCONT)  # a paused one must be able to stop
     server.stop()
+
+
+broker = pytest.fixture(name="broker")(_breakable_redis)
+result_backend = pytest.fixture(name="result_backend")(_breakable_redis)  # a second one, apart from the broker
 
 
 @pytest.fixture

@@ -187,7 +187,7 @@ def test_a_request_failing_late_fails_alone(worker, api, redis_url):
         InferenceRequest("versioned", 2, {"x": good + 2}, None, now + 30, "r.3"),
     ]
     envelope, payload = pack_requests(requests_, {"x": "FP32"})
-    PredictPublisher(app, client).publish(
+    PredictPublisher(app, client, client).publish(
         "late-" + uuid.uuid4().hex, envelope, payload, queue_for("CPU", "versioned"), reply_to, 30
     )
     _, raw = redis.Redis.from_url(redis_url).brpop([reply_to], timeout=30)
@@ -422,7 +422,7 @@ def test_a_message_that_skipped_the_api_cannot_mix_rows(worker, api, redis_url):
     pairs["r.attacker"] = {"a": np.ones((1, 2), np.float32), "b": np.zeros((0, 2), np.float32)}
     requests_ = [InferenceRequest("multi", 1, inputs, None, deadline, rid) for rid, inputs in pairs.items()]
     envelope, payload = pack_requests(requests_, {"a": "FP32", "b": "FP32"})
-    PredictPublisher(app, store_client(redis_url)).publish(
+    PredictPublisher(app, store := store_client(redis_url), store).publish(
         "mix-" + uuid.uuid4().hex, envelope, payload, queue_for("CPU", "multi"), reply_to, 30
     )
     _, raw = redis.Redis.from_url(redis_url).brpop([reply_to], timeout=30)

@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 import psutil
 import pytest
+import redis
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import (
@@ -300,3 +301,90 @@ def test_readiness_is_false_while_no_live_worker_serves_a_configured_model(model
     finally:
         probe.close()
         api.stop()
+
+
+def _split_args(models_dir: Path, broker_url: str, backend_url: str) -> list[str]:
+    return [
+        *("--model_name", MODEL, "--model_path", str(models_dir / MODEL)),
+        *("--broker_url", broker_url, "--result_backend_url", backend_url),
+    ]
+
+
+def _serves_everything(probe: Probe) -> None:
+    """gRPC and REST predicts, and an async job to its result."""
+    assert probe.ready() == 200 and probe.serving()
+    assert probe.predicts()
+    predict = probe.rest_calls()["predict"]()
+    assert predict.status_code == 200 and predict.json()["predictions"], predict.text
+    job = probe.rest_calls()["submit"]()
+    assert job.status_code in (200, 202), job.text
+    status_url = probe.url + job.json()["status_url"]
+    _wait_for(lambda: requests.get(status_url, timeout=5).json()["state"] == "SUCCESS", 20, "the job done")
+
+
+@pytest.mark.parametrize("layout", ["two servers, all in one", "two dbs of one server, api and worker"])
+def test_predicts_and_jobs_with_broker_and_result_backend_apart(models_dir, broker, result_backend, layout):
+    """Celery queues on the broker, tensors, replies, registry and jobs on the result backend."""
+    apart = layout.startswith("two servers")
+    backend_url = result_backend.url if apart else broker.url.removesuffix("/0") + "/1"
+    args = _split_args(models_dir, broker.url, backend_url)
+    processes = [_serve(models_dir, *args[4:])] if apart else [start_ovms(args, role="worker")]
+    if not apart:
+        processes.insert(0, start_ovms(args, role="api"))
+    probe = Probe(processes[0])
+    try:
+        _wait_for(lambda: probe.ready() == 200, RECOVERY_S, "ready")
+        _serves_everything(probe)
+        queues = redis.Redis.from_url(broker.url)
+        store = redis.Redis.from_url(backend_url)
+        assert not list(queues.scan_iter("ovms:*")), "the broker holds only Celery's keys"
+        assert list(store.scan_iter("ovms:job:*")) and list(store.scan_iter("ovms:worker*"))
+        assert "ovms_queue_depth{queue=" in requests.get(f"{probe.url}/metrics", timeout=5).text
+    finally:
+        probe.close()
+        for process in processes:
+            process.stop()
+
+
+@pytest.fixture
+def split_stack(models_dir: Path, broker: EmbeddedRedis, result_backend: EmbeddedRedis) -> Iterator[OvmsProcess]:
+    process = _serve(models_dir, "--broker_url", broker.url, "--result_backend_url", result_backend.url)
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("fault", ["broker stopped", "broker paused", "result backend stopped"])
+def test_either_redis_gone_makes_the_api_unready_and_unavailable_at_once(split_stack, broker, result_backend, fault):
+    probe = Probe(split_stack)
+    server = result_backend if fault.startswith("result backend") else broker
+    try:
+        _wait_for(lambda: probe.ready() == 200, RECOVERY_S, "ready")
+        assert probe.predicts()
+        outcomes: list[tuple[object, float]] = []
+        caller = threading.Thread(target=lambda: outcomes.append(_timed(probe.grpc_calls()["Predict"])))
+        if fault.endswith("paused"):
+            os.kill(server.pid, signal.SIGSTOP)
+        else:
+            server.stop()
+        broken = time.monotonic()
+        caller.start()
+        not_ready_s = _wait_for(lambda: probe.ready() == 503 and not probe.serving(), NOTICED_S, "unready")
+        caller.join(timeout=35)
+        ((predict, predict_s),) = outcomes
+        assert isinstance(predict, grpc.RpcError) and predict.code() == grpc.StatusCode.UNAVAILABLE, predict
+        assert predict_s < 3.0, f"a predict took {predict_s:.2f} s to fail (deadline 30 s)"
+        slowest = _assert_all_unavailable(probe)
+        if fault.endswith("paused"):
+            os.kill(server.pid, signal.SIGCONT)
+        else:
+            server.start()
+        mended = time.monotonic()
+        _wait_for(lambda: probe.ready() == 200 and probe.serving() and probe.predicts(), RECOVERY_S, "service again")
+        print(
+            f"\n{fault}: readiness 503 after {not_ready_s:.2f} s, a predict UNAVAILABLE in {predict_s:.2f} s, "
+            f"routes 503 in <= {slowest:.3f} s; served again {time.monotonic() - mended:.2f} s after the repair "
+            f"(outage {mended - broken:.1f} s)"
+        )
+        assert "Internal error" not in split_stack.log()
+    finally:
+        probe.close()

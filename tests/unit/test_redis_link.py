@@ -49,3 +49,26 @@ def test_a_paused_redis_is_noticed_within_a_probe_and_its_recovery_too(broker: E
         assert len(outages) == 1 and "Redis unavailable" in outages[0].message
     finally:
         link.stop()
+
+
+def test_a_link_to_broker_and_result_backend_is_down_while_either_is(
+    broker: EmbeddedRedis, result_backend: EmbeddedRedis
+) -> None:
+    link = RedisLink(broker.url, result_backend.url)
+    link.start()
+    try:
+        for server in (broker, result_backend):
+            assert link.up
+            server.stop()
+            stopped = time.monotonic()
+            while link.up:
+                assert time.monotonic() - stopped < PROBE_INTERVAL_S + PROBE_TIMEOUT_S + 1.0, "unnoticed"
+                time.sleep(0.02)
+            with pytest.raises(Unavailable, match=rf"ConnectionError.*{server.port}"):
+                link.check()
+            server.start()
+            while not link.up:
+                assert time.monotonic() - stopped < 10, "the recovery went unnoticed"
+                time.sleep(0.02)
+    finally:
+        link.stop()
