@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 from inference.errors import Unavailable
 from inference.validation import RequestTensor
@@ -13,6 +14,11 @@ from tasks.budget import ByteBudget
 from tasks.memory import TrimSoon
 
 SHUTTING_DOWN = "The server is shutting down; retry on another instance"
+
+# Budget bytes the current request already holds from the moment its head announced its body
+# (api.rest_limits), until it is answered: admit() takes only what its tensors need beyond them, so
+# receiving, parsing and serving a REST request are one reservation, not two.
+PREPAID_BYTES: ContextVar[int] = ContextVar("prepaid_bytes", default=0)
 
 
 class Admission:
@@ -35,13 +41,19 @@ class Admission:
                 raise Unavailable(SHUTTING_DOWN)
             self._in_progress += 1
         try:
-            with self.budget.hold(nbytes):
+            prepaid = PREPAID_BYTES.get()
+            with self.budget.hold(max(0, nbytes - prepaid), already_mine=prepaid):
                 yield
         finally:
             with self._condition:
                 self._in_progress -= 1
                 self._condition.notify_all()
             self._trim.after(nbytes)  # served or refused, a large request leaves freed memory behind
+
+    def released(self, nbytes: int) -> None:
+        """A request's prepaid `nbytes` (see PREPAID_BYTES) are given back: it was answered."""
+        self.budget.release(nbytes)
+        self._trim.after(nbytes)
 
     def close(self) -> int:
         """Admit nothing more; returns how many requests are still in progress."""

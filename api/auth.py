@@ -17,9 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from flask import request
 
-from inference.errors import TOKEN_REFUSED, Unauthenticated
+from inference.errors import TOKEN_REFUSED
 
 OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics"})
 OPEN_GRPC_PREFIX = "/grpc.health.v1.Health/"
@@ -99,11 +98,7 @@ async def _refuse(_requests: AsyncIterator[Any], context: grpc.aio.ServicerConte
 _REFUSAL = grpc.stream_stream_rpc_method_handler(_refuse)
 
 
-def rest_guard(tokens: BearerTokens) -> Callable[[], None]:
-    """A Flask `before_request` hook: a call without an accepted token is Unauthenticated (401)."""
-
-    def guard() -> None:
-        if request.path not in OPEN_REST_PATHS and not tokens.accepts(request.headers.get("Authorization")):
-            raise Unauthenticated(TOKEN_REFUSED)
-
-    return guard
+def rest_call_allowed(tokens: BearerTokens | None, path: str, authorization: str | None) -> bool:
+    """Whether a REST call may go on: always without tokens, else on the open paths or with an accepted
+    token. Decided from the request head alone (api.rest_limits), before any body byte is read."""
+    return tokens is None or path in OPEN_REST_PATHS or tokens.accepts(authorization)

@@ -15,13 +15,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.routing import BaseConverter
 
-from api.auth import BearerTokens, rest_guard
+from api.auth import BearerTokens
 from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
 from api.job_results import json_body, npy_body, npy_length, npz_body
 from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
-from api.rest_limits import body_too_large_message
+from api.rest_limits import RAW_BODY_TYPES, RETRY_AFTER_S, body_too_large_message
 from api.uploads import load_upload
 from inference import dtypes
 from inference.errors import InvalidArgument, ServingError
@@ -36,10 +36,8 @@ log = logging.getLogger("serving")
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
-RETRY_AFTER_S = 1  # advised to clients of a full queue (429) or a model without workers (503)
 BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
 _ERROR_HEADERS = {
-    401: {"WWW-Authenticate": 'Bearer realm="ovms"'},
     429: {"Retry-After": str(RETRY_AFTER_S)},  # a full queue
     503: {"Retry-After": str(RETRY_AFTER_S)},  # a model without workers
 }
@@ -60,13 +58,11 @@ def create_app(
     dataplane: DataPlane, metrics: ServingMetrics, max_request_bytes: int, tokens: BearerTokens | None = None
 ) -> Flask:
     """The REST app. Bodies above `max_request_bytes` are refused (413) before they are read, and it
-    also bounds what an .npz job upload may unpack to; with `tokens`, calls other than health and
-    metrics need one of them (api.auth)."""
+    also bounds what an .npz job upload may unpack to; `tokens` (checked on the request head in front
+    of the app: api.rest_limits) tell which caller owns which job."""
     app = Flask("ovms", static_folder=None)  # no static files: nothing beside the API is served
     app.config["MAX_CONTENT_LENGTH"] = max_request_bytes
     openapi = load_openapi()
-    if tokens is not None:
-        app.before_request(rest_guard(tokens))
 
     @app.before_request
     def redis_reachable() -> None:
@@ -282,15 +278,12 @@ def _json_body() -> Any:
         raise InvalidArgument(f"Invalid JSON: {exc}") from None
 
 
-_NUMPY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
-
-
 def _submit_job(dataplane: DataPlane, max_request_bytes: int, owner: str | None) -> str:
     """A job body is TF Serving JSON, or a .npy / .npz file (.npy for a single-input model, .npz keyed by input
     name); ?model=&version= name the model, or "model" (and "version") in a JSON body, which win."""
     name, version = request.args.get("model", ""), _version(request.args.get("version"))
     body = None
-    if request.mimetype not in _NUMPY_TYPES:
+    if request.mimetype not in RAW_BODY_TYPES:
         body = _json_body()
         if not isinstance(body, dict) or not isinstance(body.get("model", name), str):
             raise InvalidArgument('A job needs "model" (and optionally "version") with "instances" or "inputs"')

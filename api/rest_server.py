@@ -18,6 +18,8 @@ import threading
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from api.admission import Admission
+from api.auth import BearerTokens
 from api.rest_limits import MAX_HEAD_BYTES, HttpLimits
 from api.tls import TlsFiles
 from api.wsgi_bridge import WsgiApp, WsgiBridge
@@ -33,11 +35,21 @@ LISTENER_GRACE_S = 2.0  # for replies still being written when the listener clos
 
 
 class RestServer:
-    def __init__(self, wsgi_app: WsgiApp, port: int, workers: int, max_body_bytes: int, tls: TlsFiles | None) -> None:
-        """`workers` threads run `wsgi_app`: at most that many requests are in the app at once."""
+    def __init__(
+        self,
+        wsgi_app: WsgiApp,
+        port: int,
+        workers: int,
+        max_body_bytes: int,
+        tls: TlsFiles | None,
+        admission: Admission,
+        tokens: BearerTokens | None,
+    ) -> None:
+        """`workers` threads run `wsgi_app`: at most that many requests are in the app at once. Bodies
+        are held within `admission`'s budget; with `tokens`, calls that need one are refused without it."""
         self._port = port
         self._wsgi = WsgiBridge(wsgi_app, workers)
-        self._app = HttpLimits(self._wsgi, max_body_bytes)
+        self._app = HttpLimits(self._wsgi, max_body_bytes, admission, tokens)
         self._config = _config(tls)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
@@ -61,6 +73,7 @@ class RestServer:
         if self._thread is not None:
             self._thread.join(LISTENER_GRACE_S + 3.0)
         self._wsgi.executor.shutdown(wait=False, cancel_futures=True)
+        self._wsgi.probe_executor.shutdown(wait=False, cancel_futures=True)
 
     async def _serve(self, started: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()

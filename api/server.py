@@ -106,7 +106,13 @@ class ApiServer:
     def _start_rest(self) -> None:
         app = create_app(self._dataplane, self._metrics, self._settings.max_request_bytes, self._tokens)
         server = RestServer(
-            app, self._settings.rest_port, self._settings.rest_workers, self._settings.max_request_bytes, self._tls
+            app,
+            self._settings.rest_port,
+            self._settings.rest_workers,
+            self._settings.max_request_bytes,
+            self._tls,
+            self._dataplane.admission,
+            self._tokens,
         )
         server.start()
         self._rest = server

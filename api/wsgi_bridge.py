@@ -6,11 +6,15 @@ crosses threads for every body read and every response part, which costs a sched
 busy machine. An answer longer than that (a job's result, streamed from Redis) is read on: one part per
 hop, each written (and drained to the client) before the next is read, so a large answer never sits
 whole in the api and a slow reader holds no thread.
+
+The health probes run on threads of their own (PROBE_THREADS), so that liveness and readiness answer
+at once even while every one of the `workers` threads is held by slow work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
@@ -21,17 +25,22 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 EAGER_BYTES = 1 << 20  # of an answer, collected in the app's thread before the loop starts writing
+PROBE_PATHS = frozenset({"/v1/health/live", "/v1/health/ready"})
+PROBE_THREADS = 2  # one probe of each kind at once (readiness may read Redis when a model is missing)
 
 
 class WsgiBridge:
     def __init__(self, app: WsgiApp, workers: int) -> None:
         self._app = app
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ovms-rest")
+        self.probe_executor = ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="ovms-rest-probe")
 
     async def __call__(self, scope: MutableMapping[str, Any], body: bytes, send: Send) -> None:
         environ = _environ(scope, body)
         loop = asyncio.get_running_loop()
-        status, headers, chunks, rest = await loop.run_in_executor(self.executor, self._run, environ)
+        executor = self.probe_executor if scope["path"] in PROBE_PATHS else self.executor
+        run = contextvars.copy_context().run  # the request's context (api.admission.PREPAID_BYTES) in its thread
+        status, headers, chunks, rest = await loop.run_in_executor(executor, run, self._run, environ)
         try:
             await send({"type": "http.response.start", "status": status, "headers": headers})
             for chunk in chunks:

@@ -24,18 +24,20 @@ class ByteBudget:
         self.held_bytes = 0
 
     @contextmanager
-    def hold(self, nbytes: int) -> Iterator[None]:
+    def hold(self, nbytes: int, already_mine: int = 0) -> Iterator[None]:
         """Hold `nbytes` for the duration of the block; raises ResourceExhausted if they do not fit."""
-        self.reserve(nbytes)
+        self.reserve(nbytes, already_mine=already_mine)
         try:
             yield
         finally:
             self.release(nbytes)
 
-    def reserve(self, nbytes: int, refuse: bool = True) -> None:
-        """Hold `nbytes` until `release`; raises ResourceExhausted if they do not fit (and `refuse`)."""
+    def reserve(self, nbytes: int, refuse: bool = True, already_mine: int = 0) -> None:
+        """Hold `nbytes` until `release`; raises ResourceExhausted if they do not fit (and `refuse`).
+        `already_mine`: bytes the same holder reserved before (a body received in parts), which do not
+        count as held by others: a holder alone is always admitted."""
         with self._lock:
-            if refuse and self.held_bytes and self.held_bytes + nbytes > self.limit_bytes:
+            if refuse and nbytes and self.held_bytes > already_mine and self.held_bytes + nbytes > self.limit_bytes:
                 raise ResourceExhausted(
                     f"Too much request data in flight on {self._what}: {_mib(self.held_bytes)} MiB held, "
                     f"{_mib(nbytes)} MiB more would pass the limit of {_mib(self.limit_bytes)} MiB; retry later"
