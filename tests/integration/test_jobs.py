@@ -7,11 +7,14 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import redis
 import requests
@@ -346,3 +349,65 @@ def test_the_job_backlog_counts_each_chunk_once_and_heals_at_deadlines(own_redis
     assert job_backlog.admit(store, [("c-0", 900)], time.time() - 1, 2000) is None
     assert job_backlog.admit(store, [("d-0", 900)], later, 2000) is None, "c-0 dropped out at its deadline"
     assert int(store.get(job_backlog.TOTAL)) == 1900
+
+
+def _post_npz(rest_url: str, model: str, data: bytes) -> requests.Response:
+    return requests.post(
+        f"{rest_url}/v1/jobs?model={model}", data=data, headers={"Content-Type": "application/x-npz"}, timeout=60
+    )
+
+
+def _compressed_npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_an_npz_bomb_is_refused_from_its_headers_without_unpacking(stopped_worker_stack):
+    """A 64 KB .npz that unpacks to 64 MiB (within --max_request_mb, beyond --job_max_mb), posted 12 times
+    at once: each is 413 from its headers, and the api's memory does not grow by even one unpacked copy."""
+    api, _ = stopped_worker_stack("--max_request_mb", "64", "--job_max_mb", "1")
+    metadata = requests.get(f"{api.rest_url}/v1/models/versioned/metadata", timeout=10).json()
+    (input_name,) = metadata["metadata"]["signature_def"]["signatureDef"]["serving_default"]["inputs"]
+    bomb = _compressed_npz(**{input_name: np.zeros(((64 << 20) // 16 - 64, 4), np.float32)})
+    assert len(bomb) < 100_000
+    process = psutil.Process(api.process.pid)
+    base, peak, sending = process.memory_info().rss, [0], True
+
+    def watch() -> None:
+        while sending:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(lambda _: _post_npz(api.rest_url, "versioned", bomb), range(12)))
+    finally:
+        sending = False
+        watcher.join()
+    took = time.monotonic() - started
+    assert [reply.status_code for reply in replies] == [413] * 12, [reply.text[:200] for reply in replies]
+    assert "--job_max_mb" in replies[0].json()["error"]
+    grown_mib = (peak[0] - base) / 2**20
+    print(f"\n12 npz bombs (64 KB -> 64 MiB): 413 in {took:.2f} s, api RSS grew {grown_mib:.0f} MiB")
+    assert grown_mib < 48, f"the api grew by {grown_mib:.0f} MiB: the bombs were unpacked"
+
+    honest = np.random.default_rng(0).random((60_000, 4), dtype=np.float32)  # 0.9 MiB, within --job_max_mb
+    accepted = _post_npz(api.rest_url, "versioned", _compressed_npz(**{input_name: honest}))
+    assert accepted.status_code == 202, accepted.text
+
+
+@pytest.mark.parametrize(
+    ("model", "upload"),
+    [
+        ("digits", _npy(np.zeros((0, 64), np.float32))),
+        ("multi", _compressed_npz(a=np.zeros((0, 2), np.float32), b=np.zeros((0, 2), np.float32))),
+    ],
+    ids=["npy", "npz"],
+)
+def test_a_job_of_zero_samples_is_refused(server, model, upload):
+    reply = _post_npz(server.rest_url, model, upload)  # the server tells .npy from .npz by their bytes
+    assert reply.status_code == 400 and "at least one sample" in reply.json()["error"], reply.text

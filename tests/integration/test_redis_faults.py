@@ -191,7 +191,7 @@ def test_kill_9_of_the_all_in_one_leaves_no_embedded_redis_behind(models_dir: Pa
     for child in alive:
         child.kill()
     assert not alive, f"still running 10 s after kill -9 of ovms: {[names[p.pid] for p in alive]}"
-    print(f"\nkill -9 of the all-in-one: its {len(gone)} children ({', '.join(names[p.pid] for p in gone)}) gone with it")
+    print(f"\nkill -9 of the all-in-one: its children ({', '.join(names[p.pid] for p in gone)}) went with it")
 
 
 def test_an_embedded_redis_that_keeps_dying_stops_the_server(models_dir: Path):
