@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ import redis
 import requests
 
 from tasks import job_backlog
-from tests.support.stack import REPO, private_redis, start_ovms
+from tests.support.stack import GRPC_READY, REPO, REST_READY, OvmsProcess, ovms_command, private_redis, start_ovms
 
 
 def _digits(models_dir, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +234,8 @@ def stopped_worker_stack(small_config, own_redis_url) -> Iterator:
 
     yield _start
     for process in started:
-        process.signal(signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # one the test stopped already
+            process.signal(signal.SIGCONT)
         process.stop()
 
 
@@ -411,3 +414,44 @@ def test_an_npz_bomb_is_refused_from_its_headers_without_unpacking(stopped_worke
 def test_a_job_of_zero_samples_is_refused(server, model, upload):
     reply = _post_npz(server.rest_url, model, upload)  # the server tells .npy from .npz by their bytes
     assert reply.status_code == 400 and "at least one sample" in reply.json()["error"], reply.text
+
+
+def _submit_wait(rest_url: str, upload: Path, timeout_s: float) -> subprocess.Popen:
+    """`ovms submit --wait` in the background, once it printed its job id."""
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "api.main", "submit", "--url", rest_url, "--model", "versioned",
+         "--input", str(upload), "--wait", "--timeout", str(timeout_s)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the job id before it waits
+    )  # fmt: skip
+    assert waiting.stdout is not None and len(waiting.stdout.readline().strip()) == 32
+    return waiting
+
+
+def test_submit_wait_polls_through_an_api_restart_and_gives_up_in_one_line(
+    stopped_worker_stack, small_config, own_redis_url, tmp_path
+):
+    api, worker = stopped_worker_stack()
+    np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
+    waiting = _submit_wait(api.rest_url, tmp_path / "x.npy", 120)
+    api.stop()  # the api goes away while the job waits; another one comes back on the same ports
+    time.sleep(1)
+    args = ["--config_path", str(small_config), "--broker_url", own_redis_url]
+    command = ovms_command("api", *args, "--port", str(api.grpc_port), "--rest_port", str(api.rest_port))
+    again = OvmsProcess(command, api.grpc_port, api.rest_port, [GRPC_READY, REST_READY])
+    try:
+        worker.signal(signal.SIGCONT)
+        _, stderr = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0 and "10/10" in stderr, stderr
+
+        worker.signal(signal.SIGSTOP)
+        gives_up = _submit_wait(again.rest_url, tmp_path / "x.npy", 2)
+    finally:
+        again.stop()
+    started = time.monotonic()
+    _, stderr = gives_up.communicate(timeout=60)
+    took = time.monotonic() - started
+    last = stderr.strip().splitlines()[-1]
+    assert gives_up.returncode == 1 and "Traceback" not in stderr, stderr
+    assert last.startswith(f"ovms submit: no answer from {again.rest_url}: ConnectionError"), stderr
+    print(f"\nsubmit --wait --timeout 2 against a stopped api: exit 1 after {took:.1f} s: {last[:100]}")
