@@ -160,6 +160,8 @@ def create_app(
         status = dataplane.jobs.status(job_id, job_owner())
         if status.state != "SUCCESS":
             return _json({"error": f"Job {job_id} is {status.state}", **status.to_dict()}, 409)
+        if not status.total:  # refused at submit now, but one queued before that may still be kept
+            return _json({"error": f"Job {job_id} has no samples, so no outputs", **status.to_dict()}, 409)
         return _job_result(dataplane.jobs.result(job_id, job_owner()))
 
     @app.get("/metrics")

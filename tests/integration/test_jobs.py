@@ -455,3 +455,15 @@ def test_submit_wait_polls_through_an_api_restart_and_gives_up_in_one_line(
     assert gives_up.returncode == 1 and "Traceback" not in stderr, stderr
     assert last.startswith(f"ovms submit: no answer from {again.rest_url}: ConnectionError"), stderr
     print(f"\nsubmit --wait --timeout 2 against a stopped api: exit 1 after {took:.1f} s: {last[:100]}")
+
+
+def test_a_job_of_zero_samples_kept_from_before_has_no_result_but_no_500(server, redis_url):
+    """As an older api queued it (no chunks): it is SUCCESS, and its result is a 409 in every format."""
+    job_id = "0" * 32
+    record = {"model": "digits", "version": 1, "total": 0, "queue": "q", "created": time.time(),
+              "deadline": time.time() + 60, "chunks": [], "revoked": False, "owner": None}  # fmt: skip
+    redis.Redis.from_url(redis_url).set(f"ovms:job:{job_id}", json.dumps(record), ex=60)
+    assert _status(f"{server.rest_url}/v1/jobs/{job_id}")["state"] == "SUCCESS"
+    for form in ("json", "npy", "npz"):
+        reply = requests.get(f"{server.rest_url}/v1/jobs/{job_id}/result?format={form}", timeout=10)
+        assert reply.status_code == 409 and "no samples" in reply.json()["error"], reply.text
