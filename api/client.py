@@ -21,6 +21,7 @@ COMMANDS = ("submit", "jobs", "result")
 FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 WAIT_TIMEOUT_S = 3700.0  # a job fails on the server after --job_timeout_s (default 3600)
 POLL_INTERVAL_S = 0.2
+POLL_TIMEOUT_S = 30.0  # one status request; an api that takes longer is asked again
 
 
 def main(argv: list[str]) -> int:
@@ -28,9 +29,13 @@ def main(argv: list[str]) -> int:
     args.http = _session()
     try:
         return args.run(args)
-    except requests.RequestException as exc:
-        print(f"ovms {argv[0]}: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except requests.RequestException as exc:  # a connection error, a timeout, a reply cut short or not JSON
+        print(f"ovms {argv[0]}: no answer from {args.url}: {_one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
 def _session() -> requests.Session:
@@ -104,10 +109,18 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _follow(http: requests.Session, url: str, job_id: str, deadline: float) -> dict | requests.Response:
     """Poll the job, drawing a progress bar of samples done, until it ends or `deadline` (time.monotonic())
-    passes: its last status, or the reply that was not one (e.g. 404 once the job expired)."""
+    passes: its last status, or the reply that was not one (e.g. 404 once the job expired). An api that is
+    unreachable, slow (a request timeout) or unavailable (503) is asked again until then; past it, its last
+    connection error is raised."""
     with tqdm(unit="sample", desc=job_id[:8], file=sys.stderr) as bar:
         while True:
-            reply = http.get(f"{url}/v1/jobs/{job_id}", timeout=30)
+            try:
+                reply = http.get(f"{url}/v1/jobs/{job_id}", timeout=min(POLL_TIMEOUT_S, _left(deadline)))
+            except (requests.ConnectionError, requests.Timeout):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(POLL_INTERVAL_S)
+                continue
             if reply.status_code == 503 and time.monotonic() < deadline:  # e.g. Redis restarting: ask again
                 time.sleep(POLL_INTERVAL_S)
                 continue
@@ -120,6 +133,11 @@ def _follow(http: requests.Session, url: str, job_id: str, deadline: float) -> d
             if status["state"] in FINAL_STATES or time.monotonic() > deadline:
                 return status
             time.sleep(POLL_INTERVAL_S)
+
+
+def _left(deadline: float) -> float:
+    """Seconds until `deadline`, at least a short one: a poll's request timeout."""
+    return max(deadline - time.monotonic(), POLL_INTERVAL_S)
 
 
 def _jobs(args: argparse.Namespace) -> int:

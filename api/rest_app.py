@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 from flask import Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.routing import BaseConverter
 
+from api.admission import request_bytes
 from api.auth import BearerTokens
 from api.dataplane import DataPlane, VersionStatus
 from api.grpc_service import SIGNATURE_NAME
@@ -22,7 +23,7 @@ from api.job_results import json_body, npy_body, npy_length, npz_body
 from api.metrics import ServingMetrics
 from api.rest_codec import parse_predict_body, predict_response
 from api.rest_limits import RAW_BODY_TYPES, RETRY_AFTER_S, body_too_large_message
-from api.uploads import load_upload
+from api.uploads import NPY_KEY, Upload, inspect_upload
 from inference import dtypes
 from inference.errors import InvalidArgument, ServingError
 from inference.request import InferenceResult
@@ -155,6 +156,8 @@ def create_app(
         status = dataplane.jobs.status(job_id, job_owner())
         if status.state != "SUCCESS":
             return _json({"error": f"Job {job_id} is {status.state}", **status.to_dict()}, 409)
+        if not status.total:  # refused at submit now, but one queued before that may still be kept
+            return _json({"error": f"Job {job_id} has no samples, so no outputs", **status.to_dict()}, 409)
         return _job_result(dataplane.jobs.result(job_id, job_owner()))
 
     @app.get("/metrics")
@@ -293,25 +296,41 @@ def _submit_job(dataplane: DataPlane, max_request_bytes: int, owner: str | None)
     if not name:
         raise InvalidArgument("A job needs a model name")
     if body is None:
-        inputs = _numpy_inputs(dataplane, name, version, request.get_data(cache=False), max_request_bytes)
-    else:
-        _, signature = dataplane.model_metadata(name, version)
-        inputs, _ = parse_predict_body(body, signature)
-    return dataplane.submit_job(name, version, inputs, owner)
+        return _submit_upload(dataplane, name, version, request.get_data(cache=False), max_request_bytes, owner)
+    _, signature = dataplane.model_metadata(name, version)
+    inputs, _ = parse_predict_body(body, signature)
+    return dataplane.submit_job(name, version, lambda: inputs, request_bytes(inputs), owner)
 
 
-def _numpy_inputs(
-    dataplane: DataPlane, name: str, version: int | None, data: bytes, max_unpacked_bytes: int
-) -> dict[str, RequestTensor]:
-    loaded = load_upload(data, max_unpacked_bytes)
-    if isinstance(loaded, np.ndarray):
-        _, signature = dataplane.model_metadata(name, version)
-        if len(signature.inputs) != 1:
-            raise InvalidArgument("A .npy upload needs a single-input model; send an .npz keyed by input name")
-        arrays = {next(iter(signature.inputs)): loaded}
-    else:
-        arrays = loaded
-    return {key: RequestTensor(None, array.shape, values=array) for key, array in arrays.items()}
+def _submit_upload(
+    dataplane: DataPlane, name: str, version: int | None, data: bytes, max_unpacked_bytes: int, owner: str | None
+) -> str:
+    """A .npy / .npz job: refused from its headers alone if it would unpack beyond `max_unpacked_bytes` or
+    --job_max_mb, and unpacked only once what it allocates is held in the in-flight budget."""
+    upload = inspect_upload(data, max_unpacked_bytes)
+    _, signature = dataplane.model_metadata(name, version)
+    names = _input_names(upload, signature)
+    dataplane.refuse_oversized_job(
+        sum(
+            math.prod(shape) * dtypes.by_name(signature.inputs[names[key]].precision).numpy.itemsize
+            for key, shape in upload.shapes.items()
+            if names[key] in signature.inputs
+        )
+    )
+
+    def decode() -> dict[str, RequestTensor]:
+        return {names[key]: RequestTensor(None, array.shape, values=array) for key, array in upload.load().items()}
+
+    return dataplane.submit_job(name, version, decode, upload.unpacked_bytes, owner)
+
+
+def _input_names(upload: Upload, signature: ModelSignature) -> dict[str, str]:
+    """The model input each array of the upload is for: an .npz's by member name, a .npy's the only one."""
+    if NPY_KEY not in upload.shapes:
+        return {key: key for key in upload.shapes}
+    if len(signature.inputs) != 1:
+        raise InvalidArgument("A .npy upload needs a single-input model; send an .npz keyed by input name")
+    return {NPY_KEY: next(iter(signature.inputs))}
 
 
 def _job_result(result: JobResult) -> Response:

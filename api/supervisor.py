@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -18,6 +16,7 @@ from api.main import wait_for_stop_signal
 from api.server import ApiServer
 from inference.settings import ServerSettings
 from tasks.broker import EmbeddedRedis
+from tasks.lifetime import die_with_parent
 from tasks.registry import RegistryView
 from tasks.routing import worker_name
 
@@ -27,12 +26,6 @@ MODEL_LOAD_TIMEOUT_S = 600
 WORKER_STOP_TIMEOUT_S = 15
 RESTARTS_PER_MINUTE = 5  # a worker (or embedded Redis) that keeps dying is not restarted for ever: the server stops
 WATCH_INTERVAL_S = 0.2
-
-
-def _die_with_parent() -> None:
-    """Children get SIGTERM if the supervisor dies without cleaning up (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
 
 class Supervisor:
@@ -90,7 +83,7 @@ class Supervisor:
         env = {**os.environ, "OVMS_BROKER_URL": broker_url}
         if self._settings.result_backend_url:
             env["OVMS_RESULT_BACKEND_URL"] = self._settings.result_backend_url
-        return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
 
     def _wait_for_models(self, store_url: str) -> None:
         """Serve only once every worker finished loading the models it found (AVAILABLE or failed)."""
@@ -159,7 +152,7 @@ class Supervisor:
         else:
             command.append("--address=127.0.0.1")
             log.info("Starting Flower on 127.0.0.1:%d (no FLOWER_USER / FLOWER_PASSWORD: local only)", port)
-        return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+        return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
 
     @staticmethod
     def _stop_processes(processes: list[subprocess.Popen]) -> None:

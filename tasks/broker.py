@@ -12,6 +12,8 @@ import time
 
 import redis
 
+from tasks.lifetime import die_with_parent
+
 log = logging.getLogger("serving")
 
 
@@ -38,7 +40,8 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """A private, non-persistent Redis on a free loopback port, stopped with its owner."""
+    """A private, non-persistent Redis on a free loopback port, stopped with its owner: by stop(), or by
+    the kernel when the owner dies without calling it (e.g. kill -9)."""
 
     def __init__(self, port: int = 0, password: str | None = None) -> None:
         self.port = port or free_port()
@@ -87,7 +90,9 @@ class EmbeddedRedis:
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
-        self._process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, start_new_session=True)
+        self._process = subprocess.Popen(
+            self.command(), stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+        )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout_s
         while True:

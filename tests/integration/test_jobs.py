@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import redis
 import requests
 
 from tasks import job_backlog
-from tests.support.stack import REPO, private_redis, start_ovms
+from tests.support.stack import GRPC_READY, REPO, REST_READY, OvmsProcess, ovms_command, private_redis, start_ovms
 
 
 def _digits(models_dir, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -229,7 +234,8 @@ def stopped_worker_stack(small_config, own_redis_url) -> Iterator:
 
     yield _start
     for process in started:
-        process.signal(signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # one the test stopped already
+            process.signal(signal.SIGCONT)
         process.stop()
 
 
@@ -346,3 +352,118 @@ def test_the_job_backlog_counts_each_chunk_once_and_heals_at_deadlines(own_redis
     assert job_backlog.admit(store, [("c-0", 900)], time.time() - 1, 2000) is None
     assert job_backlog.admit(store, [("d-0", 900)], later, 2000) is None, "c-0 dropped out at its deadline"
     assert int(store.get(job_backlog.TOTAL)) == 1900
+
+
+def _post_npz(rest_url: str, model: str, data: bytes) -> requests.Response:
+    return requests.post(
+        f"{rest_url}/v1/jobs?model={model}", data=data, headers={"Content-Type": "application/x-npz"}, timeout=60
+    )
+
+
+def _compressed_npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def test_an_npz_bomb_is_refused_from_its_headers_without_unpacking(stopped_worker_stack):
+    """A 64 KB .npz that unpacks to 64 MiB (within --max_request_mb, beyond --job_max_mb), posted 12 times
+    at once: each is 413 from its headers, and the api's memory does not grow by even one unpacked copy."""
+    api, _ = stopped_worker_stack("--max_request_mb", "64", "--job_max_mb", "1")
+    metadata = requests.get(f"{api.rest_url}/v1/models/versioned/metadata", timeout=10).json()
+    (input_name,) = metadata["metadata"]["signature_def"]["signatureDef"]["serving_default"]["inputs"]
+    bomb = _compressed_npz(**{input_name: np.zeros(((64 << 20) // 16 - 64, 4), np.float32)})
+    assert len(bomb) < 100_000
+    process = psutil.Process(api.process.pid)
+    base, peak, sending = process.memory_info().rss, [0], True
+
+    def watch() -> None:
+        while sending:
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(lambda _: _post_npz(api.rest_url, "versioned", bomb), range(12)))
+    finally:
+        sending = False
+        watcher.join()
+    took = time.monotonic() - started
+    assert [reply.status_code for reply in replies] == [413] * 12, [reply.text[:200] for reply in replies]
+    assert "--job_max_mb" in replies[0].json()["error"]
+    grown_mib = (peak[0] - base) / 2**20
+    print(f"\n12 npz bombs (64 KB -> 64 MiB): 413 in {took:.2f} s, api RSS grew {grown_mib:.0f} MiB")
+    assert grown_mib < 48, f"the api grew by {grown_mib:.0f} MiB: the bombs were unpacked"
+
+    honest = np.random.default_rng(0).random((60_000, 4), dtype=np.float32)  # 0.9 MiB, within --job_max_mb
+    accepted = _post_npz(api.rest_url, "versioned", _compressed_npz(**{input_name: honest}))
+    assert accepted.status_code == 202, accepted.text
+
+
+@pytest.mark.parametrize(
+    ("model", "upload"),
+    [
+        ("digits", _npy(np.zeros((0, 64), np.float32))),
+        ("multi", _compressed_npz(a=np.zeros((0, 2), np.float32), b=np.zeros((0, 2), np.float32))),
+    ],
+    ids=["npy", "npz"],
+)
+def test_a_job_of_zero_samples_is_refused(server, model, upload):
+    reply = _post_npz(server.rest_url, model, upload)  # the server tells .npy from .npz by their bytes
+    assert reply.status_code == 400 and "at least one sample" in reply.json()["error"], reply.text
+
+
+def _submit_wait(rest_url: str, upload: Path, timeout_s: float) -> subprocess.Popen:
+    """`ovms submit --wait` in the background, once it printed its job id."""
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "api.main", "submit", "--url", rest_url, "--model", "versioned",
+         "--input", str(upload), "--wait", "--timeout", str(timeout_s)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the job id before it waits
+    )  # fmt: skip
+    assert waiting.stdout is not None and len(waiting.stdout.readline().strip()) == 32
+    return waiting
+
+
+def test_submit_wait_polls_through_an_api_restart_and_gives_up_in_one_line(
+    stopped_worker_stack, small_config, own_redis_url, tmp_path
+):
+    api, worker = stopped_worker_stack()
+    np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
+    waiting = _submit_wait(api.rest_url, tmp_path / "x.npy", 120)
+    api.stop()  # the api goes away while the job waits; another one comes back on the same ports
+    time.sleep(1)
+    args = ["--config_path", str(small_config), "--broker_url", own_redis_url]
+    command = ovms_command("api", *args, "--port", str(api.grpc_port), "--rest_port", str(api.rest_port))
+    again = OvmsProcess(command, api.grpc_port, api.rest_port, [GRPC_READY, REST_READY])
+    try:
+        worker.signal(signal.SIGCONT)
+        _, stderr = waiting.communicate(timeout=60)
+        assert waiting.returncode == 0 and "10/10" in stderr, stderr
+
+        worker.signal(signal.SIGSTOP)
+        gives_up = _submit_wait(again.rest_url, tmp_path / "x.npy", 2)
+    finally:
+        again.stop()
+    started = time.monotonic()
+    _, stderr = gives_up.communicate(timeout=60)
+    took = time.monotonic() - started
+    last = stderr.strip().splitlines()[-1]
+    assert gives_up.returncode == 1 and "Traceback" not in stderr, stderr
+    assert last.startswith(f"ovms submit: no answer from {again.rest_url}: ConnectionError"), stderr
+    print(f"\nsubmit --wait --timeout 2 against a stopped api: exit 1 after {took:.1f} s: {last[:100]}")
+
+
+def test_a_job_of_zero_samples_kept_from_before_has_no_result_but_no_500(server, redis_url):
+    """As an older api queued it (no chunks): it is SUCCESS, and its result is a 409 in every format."""
+    job_id = "0" * 32
+    record = {"model": "digits", "version": 1, "total": 0, "queue": "q", "created": time.time(),
+              "deadline": time.time() + 60, "chunks": [], "revoked": False, "owner": None}  # fmt: skip
+    redis.Redis.from_url(redis_url).set(f"ovms:job:{job_id}", json.dumps(record), ex=60)
+    assert _status(f"{server.rest_url}/v1/jobs/{job_id}")["state"] == "SUCCESS"
+    for form in ("json", "npy", "npz"):
+        reply = requests.get(f"{server.rest_url}/v1/jobs/{job_id}/result?format={form}", timeout=10)
+        assert reply.status_code == 409 and "no samples" in reply.json()["error"], reply.text

@@ -180,6 +180,21 @@ def test_all_in_one_restarts_a_killed_embedded_redis(models_dir: Path):
     restarted.wait(timeout=5)  # stopped with the server, not restarted again by it
 
 
+def test_kill_9_of_the_all_in_one_leaves_no_embedded_redis_behind(models_dir: Path):
+    """Its workers and its embedded Redis (holding every job's data) die with it (PR_SET_PDEATHSIG)."""
+    server = _serve(models_dir)
+    children = [child for child in psutil.Process(server.process.pid).children(recursive=True) if child.is_running()]
+    names = {child.pid: child.name() for child in children}
+    assert any("redis" in name for name in names.values()), names
+    os.kill(server.process.pid, signal.SIGKILL)  # the ovms process alone, as the OOM killer would
+    server.stop()
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    for child in alive:
+        child.kill()
+    assert not alive, f"still running 10 s after kill -9 of ovms: {[names[p.pid] for p in alive]}"
+    print(f"\nkill -9 of the all-in-one: its children ({', '.join(names[p.pid] for p in gone)}) went with it")
+
+
 def test_an_embedded_redis_that_keeps_dying_stops_the_server(models_dir: Path):
     server = _serve(models_dir)
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from api.uploads import load_upload
+from api.uploads import NPY_KEY, UploadTooLarge, inspect_upload
 from inference.errors import InvalidArgument
 
 LIMIT = 1 << 20
@@ -36,9 +36,13 @@ def npz(members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> b
     return buffer.getvalue()
 
 
+def load(data: bytes) -> dict[str, np.ndarray]:
+    return inspect_upload(data, LIMIT).load()
+
+
 def rejection(data: bytes) -> str:
     with pytest.raises(InvalidArgument) as error:
-        load_upload(data, LIMIT)
+        load(data)
     assert error.value.message.startswith("Invalid .npy/.npz upload: ")
     return error.value.message
 
@@ -46,16 +50,16 @@ def rejection(data: bytes) -> str:
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_npy_round_trip(order: str) -> None:
     array = np.asfortranarray(np.arange(12, dtype="<i8").reshape(3, 4)) if order == "F" else np.eye(3, dtype="<f2")
-    loaded = load_upload(npy(array), LIMIT)
-    assert isinstance(loaded, np.ndarray) and loaded.dtype == array.dtype
+    loaded = load(npy(array))[NPY_KEY]
+    assert loaded.dtype == array.dtype
     np.testing.assert_array_equal(loaded, array)
 
 
 def test_npz_round_trip() -> None:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, a=np.ones((2, 3), np.float32), b=np.arange(4, dtype=np.uint8))
-    loaded = load_upload(buffer.getvalue(), LIMIT)
-    assert isinstance(loaded, dict) and sorted(loaded) == ["a", "b"]
+    loaded = load(buffer.getvalue())
+    assert sorted(loaded) == ["a", "b"]
     np.testing.assert_array_equal(loaded["b"], np.arange(4, dtype=np.uint8))
 
 
@@ -80,7 +84,9 @@ def test_garbage_is_refused(data: bytes) -> None:
 def test_an_npz_that_inflates_beyond_the_limit_is_refused_before_inflating() -> None:
     bomb = npz({"x.npy": npy(np.zeros(LIMIT, np.uint8))})  # 1 MiB of zeros compresses to ~1 KB
     assert len(bomb) < 10_000
-    assert "more than the limit" in rejection(bomb)
+    with pytest.raises(UploadTooLarge) as error:
+        inspect_upload(bomb, LIMIT - 1)
+    assert error.value.http_status == 413 and "nothing was unpacked" in error.value.message
 
 
 def test_an_npz_member_that_is_not_npy_is_refused() -> None:
@@ -89,3 +95,36 @@ def test_an_npz_member_that_is_not_npy_is_refused() -> None:
 
 def test_an_npz_member_with_a_lying_header_is_refused() -> None:
     rejection(npz({"x.npy": npy_claiming((2**40,))}))
+
+
+def test_the_headers_tell_what_loading_allocates_before_anything_is_unpacked() -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, a=np.zeros((1000, 64), np.float32), b=np.zeros(3, np.uint8))
+    upload = inspect_upload(buffer.getvalue(), LIMIT)
+    assert upload.shapes == {"a": (1000, 64), "b": (3,)}
+    assert 256_000 < upload.unpacked_bytes < 257_000
+    assert inspect_upload(npy(np.ones((2, 3))), LIMIT).unpacked_bytes == 0  # a view of the body
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [(["x.npy", "x.npy"], "appears twice"), (["inner/x.npy"], "in folders"), (["x.npy", "y.txt"], "must be an .npy")],
+)
+def test_nested_and_repeated_members_are_refused(names: list[str], message: str) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in names:
+            archive.writestr(name, npy(np.ones(2)))
+    assert message in rejection(buffer.getvalue())
+
+
+@pytest.mark.parametrize("data_bytes", [8, 24])
+def test_an_npz_member_whose_header_disagrees_with_its_size_is_refused_unread(data_bytes: int) -> None:
+    assert "the header declares 16 bytes of data" in rejection(
+        npz({"x.npy": npy_claiming((4,), data=b"\0" * data_bytes)})
+    )
+
+
+def test_an_npz_object_member_is_refused() -> None:
+    assert "pickle" in rejection(npz({"x.npy": npy_claiming((1,), dtype="|O", data=b"\0" * 8)}))
