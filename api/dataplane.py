@@ -101,7 +101,7 @@ class DataPlane:
         with self.admission.admit(request_bytes(inputs)), self.needs_redis():
             target = self._registry.resolve(name, version)
             arrays = validate_inputs(target.signature.with_any_batch(), inputs)
-            return self.jobs.submit(target, arrays, owner)
+            return self.jobs.submit(target, arrays, owner, pinned=bool(version))
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         """Ready = not draining, Redis reachable, and every known model has an AVAILABLE version on a

@@ -4,9 +4,12 @@ version rollout in the middle of a job."""
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +80,35 @@ def test_a_worker_that_stalled_once_and_dies_later_loses_no_chunk(job_stack, own
     assert status["state"] == "SUCCESS", status
     for name, values in _outputs(api, second).items():
         np.testing.assert_allclose(values, expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def one_version_config(models_dir, tmp_path) -> Path:
+    """`versioned` with only its version 1 (y = x + 1), served by the default policy (the latest)."""
+    shutil.copytree(models_dir / "versioned" / "1", tmp_path / "versioned" / "1")
+    config = {"model_config_list": [{"config": {"name": "versioned", "base_path": str(tmp_path / "versioned")}}]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_a_job_that_named_no_version_follows_a_version_rollout(one_version_config, models_dir, own_redis_url):
+    """Version 2 (y = x * 2) appears while the job runs and version 1 is unloaded: the job that named
+    no version ends SUCCESS, each sample computed by one of them, and its status lists both."""
+    args = ["--config_path", str(one_version_config), "--broker_url", own_redis_url]
+    worker = start_ovms(args, role="worker")
+    api = start_ovms(args, role="api")
+    try:
+        samples = np.random.default_rng(0).random((1_000_000, 4), dtype=np.float32) + 2  # 4000 chunks
+        status_url = _post_npy(api.rest_url, "versioned", samples).json()["status_url"]
+        shutil.copytree(models_dir / "versioned" / "2", one_version_config.parent / "versioned" / "2")
+        status = _wait_for_end(api.rest_url + status_url, 90)
+        assert status["state"] == "SUCCESS", status
+        assert status["versions"] == [1, 2] and status["version"] == 1 and not status["pinned"], status
+        outputs = _outputs(api, status_url)["y"]
+        by_v1, by_v2 = outputs == samples + 1, outputs == samples * 2
+        assert (by_v1 | by_v2).all(), "every sample is computed by one version"
+        assert by_v1.all(axis=1).any() and by_v2.all(axis=1).any()
+    finally:
+        api.stop()
+        worker.stop()
