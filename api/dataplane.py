@@ -19,7 +19,7 @@ from inference.signature import ModelSignature
 from inference.validation import RequestTensor, validate_inputs
 from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
-from tasks.jobs import JobLimits, JobStore, JobTooLarge
+from tasks.jobs import JobLimits, JobStore
 from tasks.link import OUTAGES, RedisLink
 from tasks.registry import RegistryView, Target, VersionView
 
@@ -51,8 +51,7 @@ class DataPlane:
         self._default_timeout_s = default_timeout_s
         self._store = store
         self._configured = configured
-        self._job_limits = job_limits or JobLimits()
-        self.jobs = JobStore(store, job_ttl_s, self._job_limits)
+        self.jobs = JobStore(store, job_ttl_s, job_limits or JobLimits())
         self.admission = Admission(max_inflight_bytes)
 
     def expected_models(self) -> list[str]:
@@ -111,18 +110,7 @@ class DataPlane:
             arrays = validate_inputs(target.signature.with_any_batch(), decode())
             if not next(iter(arrays.values())).shape[0]:
                 raise InvalidArgument("A job needs at least one sample: its inputs have 0 rows")
-            return self.jobs.submit(target, arrays, owner)
-
-    def refuse_oversized_job(self, nbytes: int) -> None:
-        """JobTooLarge (413) for a job whose validated tensors will take `nbytes`, known from an upload's
-        headers: refused before it is unpacked (JobStore.submit applies the same caps to the arrays)."""
-        limit, flag = min(
-            (self._job_limits.max_job_bytes, "--job_max_mb"), (self._job_limits.max_backlog_bytes, "--job_backlog_mb")
-        )
-        if nbytes > limit:
-            raise JobTooLarge(
-                f"The job's tensors take {nbytes / 2**20:.1f} MiB; the limit is {limit / 2**20:.1f} MiB ({flag})"
-            )
+            return self.jobs.submit(target, arrays, owner, pinned=bool(version))
 
     def readiness(self) -> tuple[bool, dict[str, bool]]:
         """Ready = not draining, Redis reachable, and every known model has an AVAILABLE version on a

@@ -310,7 +310,7 @@ def _submit_upload(
     upload = inspect_upload(data, max_unpacked_bytes)
     _, signature = dataplane.model_metadata(name, version)
     names = _input_names(upload, signature)
-    dataplane.refuse_oversized_job(
+    dataplane.jobs.refuse_oversized(
         sum(
             math.prod(shape) * dtypes.by_name(signature.inputs[names[key]].precision).numpy.itemsize
             for key, shape in upload.shapes.items()

@@ -18,7 +18,7 @@ from inference.settings import ServerSettings
 from tasks.broker import EmbeddedRedis
 from tasks.lifetime import die_with_parent
 from tasks.registry import RegistryView
-from tasks.routing import worker_name
+from tasks.routing import worker_prefix
 
 log = logging.getLogger("serving")
 
@@ -39,7 +39,7 @@ class Supervisor:
         self._gave_up = False  # a child kept dying
         self._broker_url = ""
         self._children: list[subprocess.Popen] = []  # helpers whose exit does not stop the server
-        self._expected_workers: set[str] = set()
+        self._expected_workers: set[str] = set()  # how their ids begin
         self._stopping = threading.Event()  # a child kept dying, or the server is stopping
         self._watcher = threading.Thread(target=self._watch_children, name="ovms-supervisor", daemon=True)
 
@@ -49,7 +49,7 @@ class Supervisor:
             broker_url = self._broker_url = self._settings.broker_url or self._start_embedded_redis()
             for device in self._settings.devices():
                 worker = self._workers[device] = self._spawn_worker(device, broker_url)
-                self._expected_workers.add(worker_name(device, worker.pid))
+                self._expected_workers.add(worker_prefix(device, worker.pid))
             self._wait_for_models(self._settings.result_backend_url or broker_url)
             if self._settings.flower_port:
                 self._children.append(self._spawn_flower(broker_url))
@@ -93,7 +93,8 @@ class Supervisor:
             if any(worker.poll() is not None for worker in self._workers.values()):
                 raise RuntimeError("a worker exited while loading models")
             registry.refresh()
-            if self._expected_workers <= registry.loaded_workers():
+            loaded = registry.loaded_workers()
+            if all(any(worker.startswith(prefix) for worker in loaded) for prefix in self._expected_workers):
                 return
             time.sleep(0.1)
         raise RuntimeError(f"models did not load within {MODEL_LOAD_TIMEOUT_S} s")

@@ -50,12 +50,11 @@ class JobFeeder:
         self._thread.join(JOIN_TIMEOUT_S)
 
     def _run(self) -> None:
-        clean = False  # registered, and nothing left in the taken list by an earlier failure
+        clean = False  # nothing left in the taken list by an earlier failure
         while not self._stop.is_set():
             self._runtime.predicts.wait_until_idle(MAX_YIELD_S)
             try:
                 if not clean:
-                    job_queue.register(self._client, self.queue, self._runtime.worker_id)
                     job_queue.give_back(self._client, self.queue, self._runtime.worker_id)
                     clean = True
                 taken = job_queue.take(self._client, self.queue, self._runtime.worker_id, TAKE_WAIT_S)
@@ -67,7 +66,10 @@ class JobFeeder:
                 self._stop.wait(TAKE_WAIT_S)
 
     def _run_chunk(self, raw: bytes, chunk: Chunk) -> None:
-        if not self._client.exists(stop_key(chunk.job_id)):
+        """Run a chunk unless its job stopped or another copy of it already ran: an api queues a chunk
+        again when its worker stalls past the heartbeat expiry, and that worker may still finish it."""
+        result_key = app.backend.get_key_for_task(chunk.task_id)
+        if not self._client.exists(stop_key(chunk.job_id), result_key):
             try:
                 reply = self._runtime.serve(chunk.task_id, chunk.envelope)
             except Exception as exc:  # a chunk must fail its job, never this thread
@@ -75,9 +77,11 @@ class JobFeeder:
                 app.backend.mark_as_failure(chunk.task_id, Internal(f"Job chunk failed: {exc}"))
                 self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
             else:
-                app.backend.store_result(chunk.task_id, reply, states.SUCCESS)
-                if any("error" in entry for entry in reply["results"].values()):
-                    self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
+                failed = any("error" in entry for entry in reply["results"].values())
+                if not (failed and self._client.exists(result_key)):  # the other copy's result stands
+                    app.backend.store_result(chunk.task_id, reply, states.SUCCESS)
+                    if failed:
+                        self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
         job_queue.finish(self._client, self.queue, self._runtime.worker_id, raw, chunk)
 
 

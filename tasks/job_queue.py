@@ -1,9 +1,13 @@
 """The job chunk queue of a model: a Redis list beside its Celery queue, where every chunk is always in
 exactly one place until it ends — queued, or taken by one worker — so that none can be lost.
 
-A worker takes a chunk with one `BLMOVE` from the queue to its own taken list (`<queue>:taken:<worker>`):
-taking is claiming, atomically, and a worker takes one chunk at a time, so nothing sits unclaimed in a
-prefetch buffer. The chunk leaves the taken list (`LREM`, with its backlog entry, in one transaction)
+A worker takes a chunk with a Lua script that moves it from the queue to its own taken list
+(`<queue>:taken:<worker>`) and names that list in `ovms:jobq:takers` in the same step: taking is claiming,
+atomically, and a taken list that holds anything is always one the apis look at — also after an api gave
+up on its worker once (a stall past the heartbeat expiry) and forgot the list, which it does only while the
+list is empty, atomically too. A worker takes one chunk at a time, so nothing sits unclaimed in a prefetch
+buffer; it waits for one with a blocking `BLMOVE` of the queue onto itself, which moves nothing.
+The chunk leaves the taken list (`LREM`, with its backlog entry, in one transaction)
 after its result is stored. When a worker stops heartbeating, an api moves what its taken lists hold
 back to the head of their queues with a Lua script (so one api of many gets each chunk), once: a chunk
 whose worker dies twice fails, so that a chunk that kills workers cannot kill them all.
@@ -12,6 +16,7 @@ whose worker dies twice fails, so that a chunk that kills workers cannot kill th
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +30,18 @@ from tasks.routing import TAKEN_INFIX, job_taken_key, payload_key
 RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
 TAKERS_KEY = "ovms:jobq:takers"  # set of every worker's taken lists
 MAX_RERUNS = 1
+
+# KEYS: job queue, taken list, takers set.
+_TAKE = """
+redis.call('SADD', KEYS[3], KEYS[2])
+return redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+"""
+
+# KEYS: taken list, takers set.
+_FORGET = """
+if redis.call('LLEN', KEYS[1]) > 0 then return 0 end
+return redis.call('SREM', KEYS[2], KEYS[1])
+"""
 
 # KEYS: taken list, job queue, reruns hash. ARGV: result key prefix, max reruns, reruns TTL.
 _TAKE_BACK = """
@@ -67,15 +84,17 @@ def publish(pipe: redis.client.Pipeline, queue: str, chunk: Chunk, payload: Payl
     pipe.lpush(queue, chunk.encode())
 
 
-def register(client: redis.Redis, queue: str, worker_id: str) -> None:
-    """Make this worker's taken list of `queue` known to the apis that look after dead workers' chunks."""
-    client.sadd(TAKERS_KEY, job_taken_key(queue, worker_id))
-
-
 def take(client: redis.Redis, queue: str, worker_id: str, wait_s: float) -> tuple[bytes, Chunk] | None:
-    """The oldest chunk of `queue`, now in this worker's taken list (waits up to `wait_s` for one)."""
-    raw = client.blmove(queue, job_taken_key(queue, worker_id), wait_s, "RIGHT", "LEFT")
-    return None if raw is None else (raw, Chunk.decode(raw))
+    """The oldest chunk of `queue`, now in this worker's taken list, which the apis know of (waits up
+    to `wait_s` for one)."""
+    deadline = time.monotonic() + wait_s
+    while (left := deadline - time.monotonic()) > 0:
+        if client.blmove(queue, queue, max(left, 0.01), "RIGHT", "RIGHT") is None:  # wait: moves nothing
+            return None
+        raw = client.eval(_TAKE, 3, queue, job_taken_key(queue, worker_id), TAKERS_KEY)
+        if raw is not None:  # else another worker took it first
+            return raw, Chunk.decode(raw)
+    return None
 
 
 def give_back(client: redis.Redis, queue: str, worker_id: str) -> None:
@@ -112,5 +131,6 @@ def taken_lists(client: redis.Redis) -> dict[str, str]:
 
 
 def forget_taker(client: redis.Redis, taken_key: str) -> None:
-    """A dead worker's taken list, now empty, need not be looked at again."""
-    client.srem(TAKERS_KEY, taken_key)
+    """A dead worker's taken list, now empty, need not be looked at again (kept if it is not empty:
+    its worker was only stalled, and took a chunk since)."""
+    client.eval(_FORGET, 2, taken_key, TAKERS_KEY)

@@ -4,8 +4,12 @@
 A job's record lives in Redis (`ovms:job:<id>`, plus the `ovms:jobs` index), so any api process —
 including one started after the job was submitted — can report on it. Every chunk is queued or taken
 by exactly one worker until its result is stored; a chunk whose worker died is queued again by
-whichever api notices first, once — a second loss fails it. A job ends: SUCCESS, FAILURE at the first
-failed chunk (with its error), FAILURE at its deadline (`--job_timeout_s`), or REVOKED.
+whichever api notices first, once — a second loss fails it. A job that named no version follows the
+model's default version as a predict does: its chunks run on the version that was the default at
+submission while it serves, and on the new default once a rollout retires it (the status lists the
+versions that computed the job). A job that named its version fails if that version goes.
+A job ends: SUCCESS, FAILURE at the first failed chunk (with its error), FAILURE at its deadline
+(`--job_timeout_s`), or REVOKED.
 
 With bearer tokens, a job belongs to the token that submitted it: its record names the token's owner id
 (api.auth.owner_id) and the owner's index (`ovms:jobs:<owner>`) lists it; any other caller is told it
@@ -78,7 +82,9 @@ class JobLimits:
 class JobStatus:
     job_id: str
     model: str
-    version: int
+    version: int  # named at submission, or the default then
+    versions: list[int]  # that computed its samples so far
+    pinned: bool  # the job named its version
     state: str  # PENDING, STARTED, SUCCESS, FAILURE, REVOKED
     done: int  # samples with results
     total: int
@@ -91,6 +97,8 @@ class JobStatus:
             "id": self.job_id,
             "model": self.model,
             "version": self.version,
+            "versions": self.versions,
+            "pinned": self.pinned,
             "state": self.state,
             "progress": {"done": self.done, "total": self.total},
             "created": self.created,
@@ -106,20 +114,19 @@ class JobStore:
         self._limits = limits
         self._swept_at = 0.0
 
-    def submit(self, target: Target, inputs: dict[str, np.ndarray], owner: str | None = None) -> str:
+    def submit(
+        self, target: Target, inputs: dict[str, np.ndarray], owner: str | None = None, pinned: bool = True
+    ) -> str:
         """Split validated inputs (a leading sample dimension) into chunks and queue them: JobTooLarge
         (413) beyond --job_max_mb, JobBacklogFull (429) if the server's queued jobs would pass
-        --job_backlog_mb. `owner`: the submitting token's owner id, with bearer tokens."""
+        --job_backlog_mb. `owner`: the submitting token's owner id, with bearer tokens; `pinned`: the
+        caller named `target.version` (else chunks follow the model's default version)."""
         nbytes = sum(array.nbytes for array in inputs.values())
-        limit, flag = min(
-            (self._limits.max_job_bytes, "--job_max_mb"), (self._limits.max_backlog_bytes, "--job_backlog_mb")
-        )
-        if nbytes > limit:
-            raise JobTooLarge(f"The job's tensors take {_mib(nbytes)} MiB; the limit is {_mib(limit)} MiB ({flag})")
+        self.refuse_oversized(nbytes)
         job_id = uuid.uuid4().hex
         created = time.time()
         deadline = created + self._limits.timeout_s
-        chunks = list(_split(job_id, target, inputs, deadline))
+        chunks = list(_split(job_id, target, inputs, deadline, pinned))
         cap = self._limits.max_backlog_bytes
         used = job_backlog.admit(self._client, [(chunk.task_id, chunk.nbytes) for chunk, _, _ in chunks], deadline, cap)
         if used is not None:
@@ -130,6 +137,7 @@ class JobStore:
         record = {
             "model": target.model,
             "version": target.version,
+            "pinned": pinned,
             "total": int(next(iter(inputs.values())).shape[0]),
             "queue": target.queue,
             "created": created,
@@ -153,6 +161,16 @@ class JobStore:
             job_backlog.release(self._client, [chunk.task_id for chunk, _, _ in chunks])
             raise
         return job_id
+
+    def refuse_oversized(self, nbytes: int) -> None:
+        """JobTooLarge (413) for a job whose tensors take `nbytes`: over --job_max_mb, or over the whole
+        --job_backlog_mb (which it could never fit). Also called with an upload's size, from its headers,
+        before it is unpacked."""
+        limit, flag = min(
+            (self._limits.max_job_bytes, "--job_max_mb"), (self._limits.max_backlog_bytes, "--job_backlog_mb")
+        )
+        if nbytes > limit:
+            raise JobTooLarge(f"The job's tensors take {_mib(nbytes)} MiB; the limit is {_mib(limit)} MiB ({flag})")
 
     def status(self, job_id: str, owner: str | None = None) -> JobStatus:
         """The job's state; with `owner`, only if it is that owner's (else NotFound, as for no such job)."""
@@ -179,6 +197,8 @@ class JobStore:
             job_id,
             record["model"],
             record["version"],
+            sorted({version for meta in metas if _ok(meta) for version in _versions(meta)}),
+            record.get("pinned", True),
             state,
             done,
             record["total"],
@@ -304,7 +324,7 @@ def _without_tensors(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def _split(
-    job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float
+    job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float, pinned: bool
 ) -> Iterator[tuple[Chunk, int, Payload]]:
     """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
     number of samples and its tensor payload."""
@@ -315,7 +335,8 @@ def _split(
     for start in range(0, total, rows):
         task_id = chunk_task_id()
         part = {name: array[start : start + rows] for name, array in inputs.items()}
-        request = InferenceRequest(target.model, target.version, part, None, deadline, f"{task_id}.0", any_batch=True)
+        request_id = f"{task_id}.0"
+        request = InferenceRequest(target.model, target.version, part, None, deadline, request_id, pinned, True)
         envelope, payload = pack_requests([request], precisions)
         nbytes = sum(array.nbytes for array in part.values())
         yield Chunk(task_id, job_id, nbytes, envelope), int(next(iter(part.values())).shape[0]), payload
@@ -329,6 +350,11 @@ def _ok(meta: dict[str, Any] | None) -> bool:
     if not meta or meta["status"] != "SUCCESS":
         return False
     return all("error" not in entry for entry in meta["result"]["results"].values())
+
+
+def _versions(meta: dict[str, Any]) -> set[int]:
+    """The versions that computed a chunk that succeeded."""
+    return {int(entry["version"]) for entry in meta["result"]["results"].values() if "version" in entry}
 
 
 def _error(meta: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 import socket
 
 PREFIX = "ovms"
@@ -49,8 +50,16 @@ def control_key(worker_id: str) -> str:
 
 
 def worker_name(device: str, pid: int) -> str:
-    """A worker's id: its device, host and process, e.g. GPU-node7-4121."""
-    return f"{device}-{socket.gethostname()}-{pid}"
+    """A worker's id: its device, host and process, and a random tag of this start, e.g.
+    GPU-node7-4121-3fa9c1. The tag tells a process restarted on the same host under the same pid (a
+    container restart: PID 1 again) from the one before, so that everything keyed by the id (heartbeat,
+    claimed predicts, taken job chunks) belongs to one process: the old one's are recovered as lost."""
+    return f"{worker_prefix(device, pid)}{secrets.token_hex(3)}"
+
+
+def worker_prefix(device: str, pid: int) -> str:
+    """How the id of the worker started as process `pid` on this host begins."""
+    return f"{device}-{socket.gethostname()}-{pid}-"
 
 
 def worker_key(worker_id: str) -> str:

@@ -12,7 +12,6 @@ import pytest
 import requests
 
 from tasks.broker import free_port
-from tasks.routing import worker_name
 from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_workers
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
@@ -62,7 +61,7 @@ def test_killing_one_worker_leaves_the_other_serving(cluster):
         wait_for_workers(api, 1, timeout_s=10)
     replies = _spread(apis, requests_per_api=16)
     assert all(reply.status_code == 200 for reply in replies)
-    assert {reply.headers["X-Ovms-Worker"] for reply in replies} == {worker_name("CPU", survivor.process.pid)}
+    assert {reply.headers["X-Ovms-Worker"] for reply in replies} == {survivor.worker_id()}
 
 
 def test_flower_shows_predict_tasks_by_model(small_config: Path, redis_url: str):

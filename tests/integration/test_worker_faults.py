@@ -8,6 +8,8 @@ so a worker always holds some when it goes).
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -20,9 +22,16 @@ import redis
 import requests
 
 from tasks.registry import HEARTBEAT_TTL_S
-from tasks.routing import job_queue_for, job_taken_key, queue_for, worker_name
+from tasks.routing import job_queue_for, job_taken_key, queue_for, worker_prefix
 from tests.support.load import GrpcLoad, float_request
-from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_ready, wait_for_workers
+from tests.support.stack import (
+    OvmsProcess,
+    ovms_command,
+    private_redis,
+    start_ovms,
+    wait_for_ready,
+    wait_for_workers,
+)
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -34,18 +43,45 @@ IMAGE = float_request("resnet", "data", np.random.default_rng(0).random((1, 3, 2
 def start_worker(small_config: Path, redis_url: str, api: OvmsProcess) -> Iterator:
     started: list[OvmsProcess] = []
 
-    def _start() -> OvmsProcess:
-        process = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="worker")
+    def _start(pid_namespace: bool = False) -> OvmsProcess:
+        """`pid_namespace`: run it as PID 1 of a PID namespace of its own, as in a container."""
+        args = ["--config_path", str(small_config), "--broker_url", redis_url]
+        if pid_namespace:
+            command = ["unshare", "--pid", "--fork", "--mount-proc", *ovms_command("worker", *args)]
+            process = OvmsProcess(command, 0, 0, ["is ready"])
+        else:
+            process = start_ovms(args, role="worker")
         started.append(process)
         return process
 
     yield _start
     for process in started:
+        if process.process.poll() is None:
+            process.signal(signal.SIGTERM)  # the worker too, not only the unshare wrapper
         process.stop()
 
 
 def _worker_id(process: OvmsProcess) -> str:
-    return worker_name("CPU", process.process.pid)
+    return process.worker_id()
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs unshare as root")
+def test_a_worker_restarted_under_the_same_pid_leaves_no_request_waiting(api, start_worker):
+    """A container restart: the new worker has the host and pid (1) of the one killed. Each start tags
+    its id, so the api sees the old one lost and runs what it held again, instead of letting it wait."""
+    first = start_worker(pid_namespace=True)
+    wait_for_workers(api, 1)
+    load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
+    time.sleep(2.0)
+    first.signal(signal.SIGKILL)
+    second = start_worker(pid_namespace=True)
+    time.sleep(2.0)
+    outcomes = load.stop()
+
+    assert load.codes() == {"OK": len(outcomes)}, "every request must be answered"
+    assert first.worker_id().startswith(worker_prefix("CPU", 1)), first.worker_id()
+    assert second.worker_id().startswith(worker_prefix("CPU", 1)) and second.worker_id() != first.worker_id()
+    assert "again: worker " + first.worker_id() in api.log(), "the killed worker held no message"
 
 
 def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker):
@@ -129,7 +165,7 @@ def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str)
         time.sleep(1.0)
         load.stop()
         assert load.codes().get("OK", 0) > 0 and set(load.codes()) == {"OK"}, load.codes()
-        assert {o.worker for o in load.outcomes} == {worker_name("CPU", replacement.pid)}
+        assert all(o.worker.startswith(worker_prefix("CPU", replacement.pid)) for o in load.outcomes)
         assert server.process.poll() is None
     finally:
         server.stop()

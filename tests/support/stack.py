@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -55,6 +56,13 @@ class OvmsProcess:
                 raise RuntimeError(f"ovms exited with {self.process.returncode}:\n{text[-4000:]}")
             time.sleep(0.1)
         raise TimeoutError(f"ovms did not log {lines} within {timeout_s} s:\n{self.log()[-4000:]}")
+
+    def worker_id(self) -> str:
+        """The id a worker process logged at start (ids carry a random tag of each start)."""
+        found = re.search(r"Worker (\S+) serves", self.log())
+        if found is None:
+            raise RuntimeError(f"no worker id in the log:\n{self.log()[-2000:]}")
+        return found.group(1)
 
     def signal(self, signum: int) -> None:
         os.killpg(self.process.pid, signum)
