@@ -158,7 +158,7 @@ def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str)
         (worker,) = psutil.Process(server.process.pid).children()
         worker.kill()
         server.wait_for_log("worker exited with -9; restarting it", timeout_s=10)
-        (replacement,) = psutil.Process(server.process.pid).children()
+        replacement = _replacement_of(server, worker)
         time.sleep(HEARTBEAT_TTL_S)  # the killed worker no longer counts
         wait_for_ready(server, timeout_s=60)  # the replacement has loaded every model
         load = GrpcLoad(server.grpc_address, IMAGE, threads=2, timeout_s=DEADLINE_S).start()
@@ -169,6 +169,17 @@ def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str)
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+def _replacement_of(server: OvmsProcess, dead: psutil.Process, timeout_s: float = 10.0) -> psutil.Process:
+    """The supervisor's new child once the dead one is reaped (the restart is logged before it spawns)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        children = [c for c in psutil.Process(server.process.pid).children() if c.pid != dead.pid]
+        if len(children) == 1:
+            return children[0]
+        time.sleep(0.05)
+    raise TimeoutError("the supervisor started no replacement worker")
 
 
 def test_job_chunks_a_killed_worker_had_taken_all_run(api, start_worker, redis_url):
