@@ -38,6 +38,13 @@ MAX_STREAMS_PER_CONNECTION = MAX_CALLS_IN_PROGRESS
 # drops them at random with CANCELLED, which a burst of a few thousand calls on one channel hit.
 MAX_PENDING_CALLS = 4 * MAX_CALLS_IN_PROGRESS
 HANDSHAKE_TIMEOUT_MS = 10_000  # a connection must finish TLS and the HTTP/2 preface within this
+# A connection with no call in progress for this long is sent GOAWAY and closed (grpc core's max_idle
+# filter: its timer runs only while the connection carries no call, so a long Predict is never cut). It
+# also ends connections that sent the preface and then nothing, which no other timer of grpc core does.
+IDLE_CONNECTION_MS = 5_000
+# Open gRPC connections at most; grpc core closes one accepted beyond this at once, so that the gRPC port
+# alone can never fill the api's file-descriptor table (20,000) that REST and Redis share.
+MAX_CONNECTIONS = 8_192
 BLOCKING_WORK_THREADS = 16  # decoding, validation, publishing, registry reads, large encodings
 
 
@@ -62,6 +69,8 @@ class GrpcServer:
             "grpc.max_send_message_length": MAX_RESPONSE_BYTES,
             "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION,
             "grpc.server_handshake_timeout_ms": HANDSHAKE_TIMEOUT_MS,
+            "grpc.max_connection_idle_ms": IDLE_CONNECTION_MS,
+            "grpc.max_allowed_incoming_connections": MAX_CONNECTIONS,
             "grpc.server.max_pending_requests": MAX_PENDING_CALLS,
             "grpc.server.max_pending_requests_hard_limit": MAX_PENDING_CALLS,
             "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it

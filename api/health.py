@@ -1,4 +1,11 @@
-"""The standard gRPC health service (grpc.health.v1), SERVING only while the server is ready."""
+"""The standard gRPC health service (grpc.health.v1), SERVING only while the server is ready.
+
+The service needs no token (probes carry none), so what one client can make it hold is bounded: at most
+MAX_WATCH_STREAMS Watch streams at once server-wide (a Watch beyond them is RESOURCE_EXHAUSTED at once;
+the streams held are the long-lived ones of honest watchers, so none is pushed out), and a service name
+we do not report is answered without being kept: Check NOT_FOUND, Watch SERVICE_UNKNOWN and then the
+stream stays open as the health protocol asks, counted among the Watch streams.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,75 @@ import asyncio
 import contextlib
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from api.dataplane import DataPlane
 
 OVERALL = ""  # the service name health checkers ask about by default
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MAX_WATCH_STREAMS = 256  # ≈ 40 KB of api memory each (HTTP/2 stream, call, request); Checks are not counted
+
+ServingStatus = health_pb2.HealthCheckResponse.ServingStatus
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+class BoundedHealthServicer(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1 for a fixed set of services, with at most `max_watches` Watch streams at once."""
+
+    def __init__(self, services: tuple[str, ...], max_watches: int) -> None:
+        self._statuses: dict[str, ServingStatus] = dict.fromkeys(services, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._changed = asyncio.Condition()
+        self._max_watches = max_watches
+        self._watches = 0
+        self._shutting_down = False
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext):  # noqa: N802
+        status = self._statuses.get(request.service)
+        if status is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "Unknown service")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+        if self._watches >= self._max_watches:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Too many health Watch streams on this server ({self._max_watches}); use Check or retry later",
+            )
+        self._watches += 1
+        try:
+            service = request.service if request.service in self._statuses else None
+            del request  # an unknown name, however long, is not kept for the stream's life
+            if service is None:
+                await context.write(health_pb2.HealthCheckResponse(status=SERVICE_UNKNOWN))
+                await asyncio.Event().wait()  # our services are fixed: it never becomes known
+            last_sent = None
+            async with self._changed:
+                while True:
+                    status = self._statuses[service]
+                    if status != last_sent:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                        last_sent = status
+                    await self._changed.wait()
+        finally:
+            self._watches -= 1
+
+    async def set(self, service: str, status: ServingStatus) -> None:
+        """Set a known service's status (ignored once shutting down) and wake its watchers."""
+        if not self._shutting_down:
+            await self._set(service, status)
+
+    async def enter_graceful_shutdown(self) -> None:
+        """NOT_SERVING for every service, for good."""
+        self._shutting_down = True
+        for service in self._statuses:
+            await self._set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _set(self, service: str, status: ServingStatus) -> None:
+        if self._statuses[service] == status:
+            return  # set every 0.25 s: watchers wake only on a change
+        async with self._changed:
+            self._statuses[service] = status
+            self._changed.notify_all()
 
 
 class HealthReporter:
@@ -22,7 +92,7 @@ class HealthReporter:
     def __init__(self, dataplane: DataPlane, server: grpc.aio.Server, interval_s: float = 0.25) -> None:
         self._dataplane = dataplane
         self._interval = interval_s
-        self._servicer = health.aio.HealthServicer()
+        self._servicer = BoundedHealthServicer((OVERALL, PREDICTION_SERVICE), MAX_WATCH_STREAMS)
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
         self._task: asyncio.Task | None = None
 

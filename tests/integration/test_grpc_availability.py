@@ -1,6 +1,7 @@
 """One hostile gRPC client must not take the server from everyone else: half-open HTTP/2 streams,
-idle TCP connections and a flood of concurrent calls on one channel (issue 10, findings 3 and 11).
-The same over TLS with tokens required is in test_security.py."""
+idle TCP connections, connections that send only the HTTP/2 preface, a flood of health Watch streams
+and of concurrent calls on one channel (issue 10, findings 3 and 11). The same over TLS with tokens
+required is in test_security.py."""
 
 from __future__ import annotations
 
@@ -16,8 +17,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from api.grpc_server import MAX_CALLS_AWAITING_REQUEST
-from tests.support.hostile_grpc import HEALTH_CHECK_PATH, HalfOpenStreams, IdleConnections
+from api.health import MAX_WATCH_STREAMS
+from tests.support.hostile_grpc import HEALTH_CHECK_PATH, HTTP2_PREFACE, HalfOpenStreams, IdleConnections
+from tests.support.leaks import rss_bytes
 from tests.support.load import float_request
+from tests.support.stack import OvmsProcess
 
 HALF_OPEN_STREAMS = 300  # more than the 256 threads that used to serve every call
 SLOW_STREAMS = 100  # a message begun and never finished
@@ -118,3 +122,66 @@ def test_health_watch_streams_through_the_request_reader(server):
         updates = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=5)
         assert next(updates).status == health_pb2.HealthCheckResponse.SERVING
         updates.cancel()
+
+
+def test_many_watch_streams_with_long_names_are_bounded_and_others_served(server, digits_request):
+    """Health needs no token: 2,000 Watch streams, each naming a different unknown 16 KB service, are held
+    up to MAX_WATCH_STREAMS (SERVICE_UNKNOWN, then open as the protocol asks); the others are refused at
+    once; the api's memory stays bounded and other clients are served."""
+    streams = 2000
+    rss_before = rss_bytes(server.process.pid)
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch
+        names = [f"{n:08d}" + "x" * 16_000 for n in range(streams)]
+        calls = [watch(health_pb2.HealthCheckRequest(service=name), timeout=30) for name in names]
+        first = Counter()
+        for call in calls:
+            try:
+                first[health_pb2.HealthCheckResponse.ServingStatus.Name(next(call).status)] += 1
+            except grpc.RpcError as error:
+                first[error.code().name] += 1
+        grown_mb = (rss_bytes(server.process.pid) - rss_before) / 2**20
+        assert health_status(server.grpc_address) == health_pb2.HealthCheckResponse.SERVING
+        assert predict_p50_ms(server.grpc_address, digits_request, calls=5) < 1000
+        for call in calls:
+            call.cancel()
+    print(f"\n{streams} Watch streams: {dict(first)}; api RSS +{grown_mb:.0f} MB")
+    assert first["SERVICE_UNKNOWN"] <= MAX_WATCH_STREAMS, first
+    assert first["SERVICE_UNKNOWN"] + first["RESOURCE_EXHAUSTED"] == streams, first
+    assert grown_mb < 64, "held Watch streams must not grow the api without bound"
+
+
+def test_a_watch_stream_is_not_an_idle_connection(server):
+    """The idle-connection timer runs only while a connection carries no call: a Watch held past it keeps
+    streaming (as would a Predict waiting for a slow model)."""
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        request = health_pb2.HealthCheckRequest(service="tensorflow.serving.PredictionService")
+        updates = health_pb2_grpc.HealthStub(channel).Watch(request, timeout=30)
+        assert next(updates).status == health_pb2.HealthCheckResponse.SERVING
+        time.sleep(8)  # past the 5 s idle timer
+        assert updates.is_active(), "the call must outlive the idle timer"
+        updates.cancel()
+
+
+def assert_preface_only_connections_closed(process: OvmsProcess, tls=None) -> None:
+    """200 connections that send the HTTP/2 preface and SETTINGS, then nothing: the server closes each
+    within a few seconds, and serves others meanwhile."""
+    with IdleConnections(process.grpc_port, 200, greeting=HTTP2_PREFACE, tls=tls) as connections:
+        started = time.monotonic()
+        still_open = connections.open_after(20)
+        took = time.monotonic() - started
+    print(f"\npreface-only connections: {200 - still_open} of 200 closed within {took:.1f} s")
+    assert still_open == 0, f"{still_open} preface-only connections still open after 20 s"
+
+
+def test_preface_only_connections_are_closed_within_seconds(server):
+    assert_preface_only_connections_closed(server)
+    assert health_status(server.grpc_address) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_preface_only_connections_are_closed_with_channel_arguments_given(launch, models_dir):
+    process = launch(
+        "--model_name", "digits", "--model_path", str(models_dir / "digits"),
+        "--grpc_channel_arguments", "grpc.max_connection_age_ms=600000,grpc.keepalive_time_ms=60000",
+    )  # fmt: skip
+    assert_preface_only_connections_closed(process)

@@ -24,7 +24,7 @@ from ovmsclient import make_grpc_client
 from ovmsclient.tfs_compat.grpc.tensors import make_ndarray, make_tensor_proto
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.support.hostile_grpc import HalfOpenStreams
+from tests.support.hostile_grpc import HTTP2_PREFACE, HalfOpenStreams, IdleConnections
 from tests.support.stack import OvmsProcess, ovms_command, start_ovms
 
 TOKEN = "tok-3c1b9f0e8d"
@@ -233,6 +233,14 @@ def test_half_open_streams_without_a_token_are_refused_at_once(tls_server, pki, 
         while streams.answered()["16"] < 300 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert streams.answered() == {"16": 300}, "every stream without a token ends UNAUTHENTICATED (16)"
+
+
+def test_preface_only_tls_connections_are_closed_within_seconds(tls_server, pki):
+    """Over TLS too, a connection that sends the HTTP/2 preface and nothing more is closed once idle."""
+    tls = ssl.create_default_context(cafile=pki.ca)
+    tls.set_alpn_protocols(["h2"])
+    with IdleConnections(tls_server.grpc_port, 100, greeting=HTTP2_PREFACE, tls=tls) as connections:
+        assert connections.open_after(20) == 0, "preface-only TLS connections still open after 20 s"
 
 
 def test_grpc_health_needs_no_token(tls_server, pki):

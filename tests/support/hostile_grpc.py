@@ -1,11 +1,13 @@
 """What a hostile gRPC client holds open: HTTP/2 streams that send HEADERS and never a message (raw
-HTTP/2 through `h2`), and TCP connections that send nothing at all."""
+HTTP/2 through `h2`), and TCP connections that send nothing at all, or only the HTTP/2 preface."""
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 import threading
+import time
 from collections import Counter
 from contextlib import AbstractContextManager, suppress
 
@@ -16,6 +18,7 @@ import h2.exceptions
 
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"  # open without a token
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # + empty SETTINGS
 
 
 class _RawConnection:
@@ -129,18 +132,42 @@ class HalfOpenStreams(AbstractContextManager):
 
 
 class IdleConnections(AbstractContextManager):
-    """`count` TCP connections to a port that send nothing, held until the context exits."""
+    """`count` TCP connections to a port that send nothing (or only `greeting`, after the TLS handshake
+    with `tls`), held until the context exits."""
 
-    def __init__(self, port: int, count: int) -> None:
+    def __init__(self, port: int, count: int, greeting: bytes = b"", tls: ssl.SSLContext | None = None) -> None:
         self._port = port
         self._count = count
+        self._greeting = greeting
+        self._tls = tls
         self.sockets: list[socket.socket] = []
 
     def __enter__(self) -> IdleConnections:
         for _ in range(self._count):
-            self.sockets.append(socket.create_connection(("127.0.0.1", self._port), timeout=10))
+            sock = socket.create_connection(("127.0.0.1", self._port), timeout=10)
+            if self._tls:
+                sock = self._tls.wrap_socket(sock, server_hostname="localhost")
+            self.sockets.append(sock)
+            sock.sendall(self._greeting)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         for sock in self.sockets:
             sock.close()
+
+    def open_after(self, wait_s: float) -> int:
+        """How many of the connections the server has not closed within `wait_s` (whatever it sends
+        before closing, e.g. SETTINGS and GOAWAY, is read and dropped)."""
+        open_ = set(self.sockets)
+        deadline = time.monotonic() + wait_s
+        while open_ and (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(list(open_), [], [], min(left, 0.5))
+            for sock in readable:
+                try:
+                    if not sock.recv(65536):
+                        open_.discard(sock)
+                except ssl.SSLWantReadError:
+                    continue
+                except OSError:
+                    open_.discard(sock)
+        return len(open_)
