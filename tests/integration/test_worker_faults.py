@@ -22,7 +22,7 @@ import redis
 import requests
 
 from tasks.registry import HEARTBEAT_TTL_S
-from tasks.routing import job_queue_for, job_taken_key, queue_for, worker_prefix
+from tasks.routing import REPLY_PREFIX, claims_key, job_queue_for, job_taken_key, queue_for, worker_prefix
 from tests.support.load import GrpcLoad, float_request
 from tests.support.stack import (
     OvmsProcess,
@@ -84,11 +84,23 @@ def test_a_worker_restarted_under_the_same_pid_leaves_no_request_waiting(api, st
     assert "again: worker " + first.worker_id() in api.log(), "the killed worker held no message"
 
 
-def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker):
+def _wait_until_holding(store: redis.Redis, worker_id: str, timeout_s: float = 10.0) -> None:
+    """Until `worker_id` has claimed a message of the api (tasks.claims), so that killing it is mid-batch."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for key in store.scan_iter(match=claims_key(REPLY_PREFIX + "*")):
+            if worker_id.encode() in store.hvals(key):
+                return
+        time.sleep(0.005)
+    raise TimeoutError(f"worker {worker_id} never held a message")
+
+
+def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker, redis_url):
     first, second = start_worker(), start_worker()
     wait_for_workers(api, 2)
     load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
     time.sleep(2.0)
+    _wait_until_holding(redis.Redis.from_url(redis_url), _worker_id(first))
     earlier_log = len(api.log())
     killed_at = time.monotonic()
     first.signal(signal.SIGKILL)
