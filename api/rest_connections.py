@@ -143,6 +143,9 @@ class _WriteTimeoutTcpServer(TCPServer):
         WRITE_TIMEOUT_S (a slow reader that keeps reading is waited for)."""
         transport = self.writer.transport
         pending = transport.get_write_buffer_size()
+        if pending <= transport.get_write_buffer_limits()[1]:
+            await self.writer.drain()  # as hypercorn does: no wait, and no task switch (wait_for's would reorder
+            return  # this send with the connection's reads, and hold up the close after an early answer)
         while True:
             try:
                 await asyncio.wait_for(self.writer.drain(), WRITE_TIMEOUT_S)

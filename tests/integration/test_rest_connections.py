@@ -395,35 +395,6 @@ def test_a_client_that_never_reads_its_answer_is_cut(server: OvmsProcess, held: 
     assert requests.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": DIGIT}, timeout=5).ok
 
 
-def test_a_body_of_one_byte_chunks_is_held_as_one_buffer(server: OvmsProcess) -> None:
-    """~40 bytes of api memory per body byte before (one Python object per chunk). The body is not JSON:
-    the app refuses it without parsing, so what the api holds is the body alone."""
-    body = b"0" * (100 << 10)
-    chunked = b"".join(b"1\r\n%c\r\n" % byte for byte in body) + b"0\r\n\r\n"
-    head = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
-    api = psutil.Process(server.process.pid)
-    before = api.memory_info().rss
-    peak = [before]
-    answered = threading.Event()
-
-    def sample() -> None:
-        while not answered.wait(0.05):
-            peak[0] = max(peak[0], api.memory_info().rss)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        answer, seconds = exchange(
-            server.rest_port, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked, wait_s=2 * CUT_S
-        )
-    finally:
-        answered.set()
-        sampler.join()
-    print(f"{len(body) >> 10} KiB in 1-byte chunks: api RSS +{(peak[0] - before) >> 10} KiB at most, {seconds:.1f} s")
-    assert status_of(answer) not in (None, 408), answer[:300]
-    assert peak[0] - before < 10 * len(body), f"{(peak[0] - before) >> 10} KiB for a {len(body) >> 10} KiB body"
-
-
 def test_a_body_trickling_below_the_minimum_rate_is_cut(server: OvmsProcess) -> None:
     head = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     with socket.create_connection(("127.0.0.1", server.rest_port), timeout=CUT_S) as sock:
