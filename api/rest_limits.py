@@ -2,19 +2,25 @@
 
 Everything here runs before a request reaches a thread of the WSGI app, so a client that is slow,
 silent or lying about its body costs a coroutine and its own bytes, never one of the app's threads:
+- a request that is not HTTP/1.x (the HTTP/2 preface, `PRI * HTTP/2.0`; see api.rest_connections) is 400
+  and the connection is closed;
 - a request head (request line and headers) larger than `max_head_bytes` is 431, and a URL longer than
   `max_url_bytes` is 414 (the server itself stops buffering an unfinished head at MAX_HEAD_BYTES: 431);
 - Content-Length together with Transfer-Encoding is 400 and the connection is closed (the framing is
   ambiguous: the classic request-smuggling shape);
 - a body larger than `max_body_bytes` is 413: at once when Content-Length says so, else as soon as the
   chunks received go beyond it;
-- a body that stops arriving for `body_idle_timeout_s` is 408, and one the client ends early is 400;
+- a body that stops arriving for `body_idle_timeout_s` is 408, and so is one slower on average than
+  MIN_BODY_BYTES_PER_S once BODY_GRACE_S have passed; one the client ends early is 400. A body is kept
+  as one buffer, whatever the size of the parts it came in;
 - with bearer tokens, a call that needs one and has none accepted is 401 from its head alone (api.auth);
 - the bytes a body will take count against the api's in-flight budget (--max_inflight_mb) from the
   moment its head announces them: a Content-Length is reserved at once (429 if it does not fit beside
   what other requests hold), a chunked body as its parts arrive; JSON at JSON_BODY_FACTOR times its
   length (what parsing it takes), and the reservation lasts until the request is answered (the app's
-  own admission takes only what goes beyond it: api.admission.PREPAID_BYTES);
+  own admission takes only what goes beyond it: api.admission.PREPAID_BYTES); while the answer is
+  written, the reservation covers at least the answer's part in hand (beyond the budget if need be: the
+  bytes exist already), so answers a client is slow to read count too;
 - the app is called only with the whole body received, with its real Content-Length.
 
 It is the ASGI application hypercorn serves; `app` receives (scope, body, send) for each request.
@@ -40,6 +46,8 @@ WholeRequestApp = Callable[[Scope, bytes, Send], Awaitable[None]]
 MAX_HEAD_BYTES = 32 << 10  # request line and headers
 MAX_URL_BYTES = 8 << 10  # path and query; request lines of well-behaved clients are far shorter
 BODY_IDLE_TIMEOUT_S = 5.0  # a body with no byte for this long is cut
+BODY_GRACE_S = 10.0  # then a body must have come at MIN_BODY_BYTES_PER_S on average
+MIN_BODY_BYTES_PER_S = 16 << 10  # (the loop itself takes ~30k chunks a second: 1-byte chunks pass)
 RETRY_AFTER_S = 1  # advised to clients of a full budget or queue (429) or a model without workers (503)
 # json.loads makes a Python object of every number: measured 3x (random float32 text) to 9x ("0.0" values)
 # the body's length, beside the body itself
@@ -77,6 +85,12 @@ class _Held:
         except ResourceExhausted as refused:
             raise _Refused(429, refused.message, {b"retry-after": str(RETRY_AFTER_S).encode()}) from None
         self.nbytes += nbytes
+
+    def cover(self, nbytes: int) -> None:
+        """Hold at least `nbytes` (an answer's part being written), beyond the budget if need be."""
+        if nbytes > self.nbytes:
+            self._admission.budget.reserve(nbytes - self.nbytes, refuse=False)
+            self.nbytes = nbytes
 
     def release(self) -> None:
         if self.nbytes:
@@ -128,7 +142,7 @@ class HttpLimits:
                 return
             prepaid = PREPAID_BYTES.set(held.nbytes)
             try:
-                await self._app(_with_length(scope, len(body)), body, send)
+                await self._app(_with_length(scope, len(body)), body, _counted(send, held))
             finally:
                 PREPAID_BYTES.reset(prepaid)
         finally:
@@ -136,6 +150,8 @@ class HttpLimits:
 
     def _check_head(self, scope: Scope) -> int | None:
         """The body's declared length (None without Content-Length), once the head passed every check."""
+        if scope["http_version"] not in ("1.0", "1.1"):
+            raise _Refused(400, f"HTTP/{scope['http_version']} is not served on this port: use HTTP/1.1")
         url_bytes = len(scope["raw_path"]) + len(scope["query_string"])
         if url_bytes + sum(len(name) + len(value) + 4 for name, value in scope["headers"]) > self._max_head_bytes:
             raise _Refused(431, f"Request headers too large: the limit is {self._max_head_bytes} bytes")
@@ -160,26 +176,46 @@ class HttpLimits:
     async def _read_body(self, receive: Receive, held: _Held, count_parts: bool) -> bytes:
         """The body, once the client has sent all of it; with `count_parts` (no Content-Length reserved
         it), each part is reserved in `held` as it arrives."""
-        chunks: list[bytes] = []
-        size = 0
+        body = bytearray()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
+            too_slow_at = started + BODY_GRACE_S + len(body) / MIN_BODY_BYTES_PER_S
+            wait_s = min(self._body_idle_timeout_s, too_slow_at - loop.time())
             try:
-                message = await asyncio.wait_for(receive(), self._body_idle_timeout_s)
+                message = await asyncio.wait_for(receive(), max(wait_s, 0.0))
             except TimeoutError:
-                raise _Refused(
-                    408, f"Request body timeout: nothing arrived for {self._body_idle_timeout_s:g} s"
-                ) from None
+                too_slow = wait_s < self._body_idle_timeout_s
+                raise _Refused(408, _body_timeout_message(too_slow, self._body_idle_timeout_s)) from None
             if message["type"] == "http.disconnect":
                 raise _Refused(400, "Request body incomplete: the client closed the connection")
             data = message.get("body", b"")
-            size += len(data)
-            if size > self._max_body_bytes:
+            if len(body) + len(data) > self._max_body_bytes:
                 raise _Refused(413, body_too_large_message(self._max_body_bytes))
             if count_parts:
                 held.grow(len(data))
-            chunks.append(data)
+            body += data
             if not message.get("more_body", False):
-                return b"".join(chunks)
+                return bytes(body)
+
+
+def _body_timeout_message(too_slow: bool, idle_timeout_s: float) -> str:
+    if too_slow:
+        return (
+            f"Request body timeout: slower than {MIN_BODY_BYTES_PER_S >> 10} KiB/s on average after {BODY_GRACE_S:g} s"
+        )
+    return f"Request body timeout: nothing arrived for {idle_timeout_s:g} s"
+
+
+def _counted(send: Send, held: _Held) -> Send:
+    """`send`, with each part of the answer covered by the request's reservation while it is written."""
+
+    async def send_counted(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            held.cover(len(message.get("body", b"")))
+        await send(message)
+
+    return send_counted
 
 
 def _with_length(scope: Scope, length: int) -> Scope:

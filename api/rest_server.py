@@ -15,9 +15,11 @@ import socket
 import ssl
 import threading
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config, Sockets
+from hypercorn.utils import wrap_app
 
+from api import rest_connections
 from api.admission import Admission
 from api.auth import BearerTokens
 from api.rest_limits import MAX_HEAD_BYTES, HttpLimits
@@ -54,13 +56,17 @@ class RestServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
+        self._sockets: Sockets | None = None
 
     def start(self) -> None:
         """Binds now (a taken port or unreadable TLS files fail the start), then serves on a thread."""
-        log.info("Open-file limit: %d (each connection holds one)", raise_open_file_limit())
+        open_files = raise_open_file_limit()
+        max_connections = rest_connections.connection_cap(open_files)
+        log.info("Open-file limit: %d; REST connections at most %d (the rest kept)", open_files, max_connections)
+        rest_connections.install()
         self._config.create_ssl_context()
-        listener = _listen(self._port)
-        self._config.bind = [f"fd://{listener.detach()}"]
+        listener = rest_connections.CappedListener(_listen(self._port), max_connections)
+        self._sockets = Sockets([listener], [], []) if self._config.ssl_enabled else Sockets([], [listener], [])
         started = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(started),), name="ovms-rest", daemon=True)
         self._thread.start()
@@ -77,10 +83,12 @@ class RestServer:
 
     async def _serve(self, started: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(rest_connections.log_loop_errors)
         self._stopping = asyncio.Event()
         started.set()
         try:
-            await serve(self._app, self._config, shutdown_trigger=self._stopping.wait, mode="asgi")
+            app = wrap_app(self._app, self._config.wsgi_max_body_size, "asgi")  # as hypercorn.asyncio.serve
+            await worker_serve(app, self._config, sockets=self._sockets, shutdown_trigger=self._stopping.wait)
         except Exception:
             log.exception("The REST server stopped")
 

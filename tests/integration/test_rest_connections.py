@@ -8,6 +8,9 @@ Every socket a test opens is closed by the `held` fixture, however the test ends
 from __future__ import annotations
 
 import contextlib
+import json
+import re
+import resource
 import socket
 import ssl
 import statistics
@@ -16,12 +19,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+import psutil
 import pytest
 import requests
+from grpc_health.v1 import health_pb2
 
 from tests.integration import test_security
 from tests.integration.test_security import TOKEN, Pki
-from tests.support.stack import OvmsProcess
+from tests.support.stack import OvmsProcess, start_ovms
 
 pki, tls_server, mtls_server = test_security.pki, test_security.tls_server, test_security.mtls_server  # fixtures
 
@@ -290,3 +295,116 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: OvmsProces
             assert session.get(f"{server.rest_url}/v1/health/live", timeout=5).status_code == 200
         reply = session.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": DIGIT}, timeout=5)
         assert reply.status_code == 200 and np.array(reply.json()["predictions"]).shape == (1, 10)
+
+
+# ------------------------------------------------------------- connections that make no progress (hostile run)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+LOW_OPEN_FILE_LIMIT = 2048  # REST may hold ~3/4 of what the api has not opened (api.rest_connections)
+PAST_THE_CAP = 2100  # connections: more than the api's open-file limit
+
+
+def test_an_http2_preface_is_400_and_closed_at_once(server: OvmsProcess, held: list[socket.socket]) -> None:
+    """The plain port speaks HTTP/1.1 only: hypercorn's HTTP/2 side had no idle timer, so a connection
+    that sent only the preface stayed open for good."""
+    for _ in range(100):
+        sock = socket.create_connection(("127.0.0.1", server.rest_port), timeout=5)
+        sock.sendall(PREFACE)
+        held.append(sock)
+    answer, seconds = exchange(server.rest_port, PREFACE, wait_s=CUT_S)
+    assert status_of(answer) == 400 and seconds < REFUSAL_S, (answer[:300], seconds)
+    assert_served_quickly(latencies(plain_routes(server)), "100 preface connections")
+
+
+def test_an_h2c_upgrade_is_answered_in_http_1_1(server: OvmsProcess) -> None:
+    request = b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    answer, _ = exchange(server.rest_port, request + b"HTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: close\r\n\r\n")
+    assert status_of(answer) == 200, answer[:300]
+
+
+@pytest.fixture
+def few_files_server(small_config: object, redis_url: str) -> Iterator[OvmsProcess]:
+    """An api alone under a low open-file limit, to reach its REST connection cap quickly."""
+    args = ["--config_path", str(small_config), "--broker_url", redis_url]
+    process = start_ovms(args, role="api", open_file_limit=LOW_OPEN_FILE_LIMIT)
+    yield process
+    process.stop()
+
+
+def test_connections_past_the_cap_are_closed_and_grpc_and_the_log_are_spared(
+    few_files_server: OvmsProcess, held: list[socket.socket]
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * PAST_THE_CAP)), hard))
+    log_lines = few_files_server.log().count("\n")
+    open_idle(few_files_server.rest_port, PAST_THE_CAP, held)
+    answers = (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING)  # no workers
+    assert test_security._health(few_files_server.grpc_address) in answers
+    closed = 0
+    for sock in held:
+        sock.settimeout(0.01)
+        with contextlib.suppress(TimeoutError):
+            closed += sock.recv(1) == b""
+    cap = int(re.search(r"REST connections at most (\d+)", few_files_server.log()).group(1))
+    assert closed >= PAST_THE_CAP - cap, (closed, cap)
+    time.sleep(3)
+    grown = few_files_server.log().count("\n") - log_lines
+    assert grown < 10 and "Too many open files" not in few_files_server.log(), few_files_server.log()[-3000:]
+    for sock in held:
+        sock.close()
+    held.clear()
+    time.sleep(0.5)
+    assert requests.get(f"{few_files_server.rest_url}/v1/health/live", timeout=5).status_code == 200
+
+
+def _big_predict(rows: int) -> bytes:
+    body = json.dumps({"instances": [[1.0, 1.0, 1.0]] * rows}).encode()
+    head = b"POST /v1/models/mapped:predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def test_a_client_that_never_reads_its_answer_is_cut(server: OvmsProcess, held: list[socket.socket]) -> None:
+    """Its answer is dropped after the write timeout, instead of staying in the api for as long as the
+    client keeps the connection."""
+    request = _big_predict(200_000)
+    answer_bytes = len(
+        requests.post(
+            f"{server.rest_url}/v1/models/mapped:predict",
+            data=request.split(b"\r\n\r\n", 1)[1],
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        ).content
+    )
+    api = psutil.Process(server.process.pid)
+    before = api.memory_info().rss
+    for _ in range(4):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.connect(("127.0.0.1", server.rest_port))
+        sock.sendall(request)
+        held.append(sock)
+    time.sleep(CUT_S)
+    print(f"api RSS {before >> 20} -> {api.memory_info().rss >> 20} MB with 4 unread answers held")
+    for sock in held:
+        received = 0
+        sock.settimeout(2)
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        assert received < answer_bytes, f"the whole answer, not read for {CUT_S} s, was still there"
+    assert requests.post(f"{server.rest_url}/v1/models/digits:predict", json={"instances": DIGIT}, timeout=5).ok
+
+
+def test_a_body_trickling_below_the_minimum_rate_is_cut(server: OvmsProcess) -> None:
+    head = b"POST /v1/models/digits:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=CUT_S) as sock:
+        sock.sendall(head)
+        start = time.perf_counter()
+        answer = b""
+        with contextlib.suppress(OSError):
+            while time.perf_counter() - start < 3 * CUT_S and not answer:
+                sock.sendall(b"1\r\n \r\n")  # a byte a second: never idle for the 5 s idle timeout
+                sock.settimeout(1)
+                with contextlib.suppress(TimeoutError):
+                    answer = sock.recv(65536)
+    assert status_of(answer) == 408, (answer[:300], time.perf_counter() - start)

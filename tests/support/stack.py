@@ -85,9 +85,14 @@ def ovms_command(*args: str) -> list[str]:
 
 
 def start_ovms(
-    args: list[str], rest: bool = True, role: str | None = None, env: dict[str, str] | None = None
+    args: list[str],
+    rest: bool = True,
+    role: str | None = None,
+    env: dict[str, str] | None = None,
+    open_file_limit: int | None = None,
 ) -> OvmsProcess:
-    """Start `ovms [role] args` on free ports and wait until it is ready."""
+    """Start `ovms [role] args` on free ports and wait until it is ready; with `open_file_limit`, under
+    that hard limit of open files."""
     grpc_port = free_port()
     rest_port = free_port() if rest else 0
     command = ovms_command(*([role] if role else []), *args, "--port", str(grpc_port))
@@ -97,6 +102,8 @@ def start_ovms(
         wait_for.append(REST_READY)
     if role == "worker":
         command = ovms_command("worker", *args)
+    if open_file_limit is not None:
+        command = ["sh", "-c", f'ulimit -n {open_file_limit} && exec "$@"', "sh", *command]
     return OvmsProcess(command, grpc_port, rest_port, wait_for, env)
 
 
