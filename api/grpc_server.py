@@ -42,8 +42,9 @@ HANDSHAKE_TIMEOUT_MS = 10_000  # a connection must finish TLS and the HTTP/2 pre
 # filter: its timer runs only while the connection carries no call, so a long Predict is never cut). It
 # also ends connections that sent the preface and then nothing, which no other timer of grpc core does.
 IDLE_CONNECTION_MS = 5_000
-# Open gRPC connections at most; grpc core closes one accepted beyond this at once, so that the gRPC port
-# alone can never fill the api's file-descriptor table (20,000) that REST and Redis share.
+# Open gRPC connections at most, and at most the port's share of the descriptors (api.descriptors); grpc core
+# closes one accepted beyond this at once, so that the gRPC port can never fill the descriptor table that
+# REST and Redis share.
 MAX_CONNECTIONS = 8_192
 BLOCKING_WORK_THREADS = 16  # decoding, validation, publishing, registry reads, large encodings
 
@@ -58,6 +59,7 @@ class GrpcServer:
         channel_arguments: dict[str, Any],
         tls: TlsFiles | None,
         tokens: BearerTokens | None,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._port = port
         self._dataplane = dataplane
@@ -70,7 +72,7 @@ class GrpcServer:
             "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION,
             "grpc.server_handshake_timeout_ms": HANDSHAKE_TIMEOUT_MS,
             "grpc.max_connection_idle_ms": IDLE_CONNECTION_MS,
-            "grpc.max_allowed_incoming_connections": MAX_CONNECTIONS,
+            "grpc.max_allowed_incoming_connections": min(MAX_CONNECTIONS, max_connections),
             "grpc.server.max_pending_requests": MAX_PENDING_CALLS,
             "grpc.server.max_pending_requests_hard_limit": MAX_PENDING_CALLS,
             "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it

@@ -7,8 +7,8 @@
   and answered in HTTP/1.1 (RFC 9110 lets a server ignore Upgrade). TLS offers only http/1.1 by ALPN.
 - A write timeout: an answer the client takes no byte of for WRITE_TIMEOUT_S is dropped with its
   connection (aborted: a close would wait for the unread bytes to drain).
-- A cap on open connections (CappedListener), a share of the descriptors still free at start: a
-  connection past it is closed as it is accepted, so gRPC, Redis and files keep descriptors of their own
+- A cap on open connections (CappedListener, api.descriptors): a connection past it is closed as it is
+  accepted, so gRPC, Redis and files keep descriptors of their own
   and the accept loop does not fail for want of one. Should it fail all the same (descriptors taken
   elsewhere), asyncio would log every failed accept, up to the backlog's length a second: here they are
   logged once every LOG_EVERY_S (log_loop_errors).
@@ -33,18 +33,7 @@ from hypercorn.protocol.h11 import H11Protocol
 log = logging.getLogger("serving")
 
 WRITE_TIMEOUT_S = 5.0  # an answer the client takes nothing of for this long is dropped
-FD_SHARE = 3 / 4  # of the descriptors free at start, at most this much for REST connections
 LOG_EVERY_S = 10.0  # connections refused at the cap, and failed accepts, are logged at most this often
-
-
-def connection_cap(open_file_limit: int) -> int:
-    """The most REST connections open at once: a share of the descriptors not yet open, the rest kept
-    for gRPC, Redis and files."""
-    try:
-        open_now = len(os.listdir("/proc/self/fd"))
-    except OSError:  # not Linux
-        open_now = 0
-    return max(1, int((open_file_limit - open_now) * FD_SHARE))
 
 
 class _Throttled:

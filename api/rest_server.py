@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import socket
 import ssl
 import threading
@@ -46,9 +45,12 @@ class RestServer:
         tls: TlsFiles | None,
         admission: Admission,
         tokens: BearerTokens | None,
+        max_connections: int,
     ) -> None:
         """`workers` threads run `wsgi_app`: at most that many requests are in the app at once. Bodies
-        are held within `admission`'s budget; with `tokens`, calls that need one are refused without it."""
+        are held within `admission`'s budget; with `tokens`, calls that need one are refused without it;
+        at most `max_connections` are open at once."""
+        self._max_connections = max_connections
         self._port = port
         self._wsgi = WsgiBridge(wsgi_app, workers)
         self._app = HttpLimits(self._wsgi, max_body_bytes, admission, tokens)
@@ -60,12 +62,9 @@ class RestServer:
 
     def start(self) -> None:
         """Binds now (a taken port or unreadable TLS files fail the start), then serves on a thread."""
-        open_files = raise_open_file_limit()
-        max_connections = rest_connections.connection_cap(open_files)
-        log.info("Open-file limit: %d; REST connections at most %d (the rest kept)", open_files, max_connections)
         rest_connections.install()
         self._config.create_ssl_context()
-        listener = rest_connections.CappedListener(_listen(self._port), max_connections)
+        listener = rest_connections.CappedListener(_listen(self._port), self._max_connections)
         self._sockets = Sockets([listener], [], []) if self._config.ssl_enabled else Sockets([], [listener], [])
         started = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(started),), name="ovms-rest", daemon=True)
@@ -122,15 +121,3 @@ def _listen(port: int) -> socket.socket:
         listener.close()
         raise RuntimeError(f"cannot bind REST port {port}: {exc}") from None
     return listener
-
-
-def raise_open_file_limit() -> int:
-    """Every connection is a file descriptor: lift the soft limit to the hard one, and return it."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("Could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
-    return soft

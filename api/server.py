@@ -8,6 +8,8 @@ import redis
 
 from api.auth import BearerTokens
 from api.dataplane import DataPlane
+from api.descriptors import connections_per_port, raise_open_file_limit
+from api.grpc_server import MAX_CONNECTIONS as MAX_GRPC_CONNECTIONS
 from api.grpc_server import GrpcServer
 from api.metrics import ServingMetrics
 from api.rest_app import create_app
@@ -67,9 +69,13 @@ class ApiServer:
         self._link.start()
         self._registry.start()
         self._dispatcher.start()
-        self._start_grpc()
+        open_files = raise_open_file_limit()
+        per_port = connections_per_port(open_files)
+        log.info("Open-file limit: %d; REST connections at most %d, gRPC at most %d (the rest kept)",
+                 open_files, per_port, min(per_port, MAX_GRPC_CONNECTIONS))  # fmt: skip
+        self._start_grpc(per_port)
         if self._rest_enabled:
-            self._start_rest()
+            self._start_rest(per_port)
 
     def stop(self) -> None:
         """Drain: readiness turns false and new inference work is refused (UNAVAILABLE / 503) while the
@@ -89,7 +95,7 @@ class ApiServer:
         self._link.stop()
         log.info("Api stopped")
 
-    def _start_grpc(self) -> None:
+    def _start_grpc(self, max_connections: int) -> None:
         server = GrpcServer(
             self._settings.port,
             self._dataplane,
@@ -98,12 +104,13 @@ class ApiServer:
             self._settings.grpc_channel_arguments,
             self._tls,
             self._tokens,
+            max_connections,
         )
         server.start()
         self._grpc = server
         log.info("Server started on port %d%s", self._settings.port, self._security_note())
 
-    def _start_rest(self) -> None:
+    def _start_rest(self, max_connections: int) -> None:
         app = create_app(self._dataplane, self._metrics, self._settings.max_request_bytes, self._tokens)
         server = RestServer(
             app,
@@ -113,6 +120,7 @@ class ApiServer:
             self._tls,
             self._dataplane.admission,
             self._tokens,
+            max_connections,
         )
         server.start()
         self._rest = server

@@ -300,7 +300,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: OvmsProces
 # ------------------------------------------------------------- connections that make no progress (hostile run)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-LOW_OPEN_FILE_LIMIT = 2048  # REST may hold ~3/4 of what the api has not opened (api.rest_connections)
+LOW_OPEN_FILE_LIMIT = 2048  # REST may hold 40 % of what the api has not opened (api.descriptors)
 PAST_THE_CAP = 2100  # connections: more than the api's open-file limit
 
 
