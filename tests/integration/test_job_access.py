@@ -18,6 +18,7 @@ import redis
 import requests
 
 from tasks.broker import free_port
+from tests.support.jobs import post_npy
 from tests.support.stack import OvmsProcess, private_redis, start_ovms
 
 TOKEN_A = "tok-a-5d0c2e7f41"
@@ -58,14 +59,7 @@ def _as(token: str) -> requests.Session:
 def _submit(stack: OvmsProcess, session: requests.Session, rows: int = 4) -> str:
     images = np.load(Path(__file__).resolve().parents[2] / "models" / "data" / "imgs.npy")
     samples = np.resize(images, (rows, images.shape[1]))
-    body = io.BytesIO()
-    np.save(body, samples)
-    reply = session.post(
-        f"{stack.rest_url}/v1/jobs?model=digits",
-        data=body.getvalue(),
-        headers={"Content-Type": "application/x-npy"},
-        timeout=120,
-    )
+    reply = post_npy(stack.rest_url, "digits", samples, session, timeout_s=120)
     assert reply.status_code == 202, reply.text
     return reply.json()["id"]
 

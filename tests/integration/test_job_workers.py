@@ -17,7 +17,7 @@ import redis
 import requests
 
 from tasks.job_queue import TAKERS_KEY
-from tests.integration.test_jobs import _post_npy, _wait_for_end
+from tests.support.jobs import post_npy, wait_for_end
 from tests.support.stack import OvmsProcess, private_redis, start_ovms
 
 own_redis_url = pytest.fixture(name="own_redis_url")(private_redis)  # no other test's worker may take its chunks
@@ -64,19 +64,19 @@ def test_a_worker_that_stalled_once_and_dies_later_loses_no_chunk(job_stack, own
     api = job_stack("api")
     images = np.random.default_rng(0).random((24, 3, 224, 224), dtype=np.float32)  # resnet: 8 chunks
 
-    first = _post_npy(api.rest_url, "resnet", images).json()["status_url"]
+    first = post_npy(api.rest_url, "resnet", images).json()["status_url"]
     _until(lambda: _holding(client), 30, "the worker taking a chunk")
     stalled.signal(signal.SIGSTOP)
     _until(lambda: not client.smembers(TAKERS_KEY), 15, "an api forgetting the stalled worker's taken list")
     stalled.signal(signal.SIGCONT)
-    assert _wait_for_end(api.rest_url + first, 60)["state"] == "SUCCESS"
+    assert wait_for_end(api.rest_url + first, 60)["state"] == "SUCCESS"
     expected = _outputs(api, first)
 
-    second = _post_npy(api.rest_url, "resnet", images).json()["status_url"]
+    second = post_npy(api.rest_url, "resnet", images).json()["status_url"]
     _until(lambda: _holding(client), 30, "the resumed worker taking a chunk")
     stalled.signal(signal.SIGKILL)
     job_stack("worker")
-    status = _wait_for_end(api.rest_url + second, 30)
+    status = wait_for_end(api.rest_url + second, 30)
     assert status["state"] == "SUCCESS", status
     for name, values in _outputs(api, second).items():
         np.testing.assert_allclose(values, expected[name], rtol=1e-5, atol=1e-6)
@@ -100,9 +100,9 @@ def test_a_job_that_named_no_version_follows_a_version_rollout(one_version_confi
     api = start_ovms(args, role="api")
     try:
         samples = np.random.default_rng(0).random((1_000_000, 4), dtype=np.float32) + 2  # 4000 chunks
-        status_url = _post_npy(api.rest_url, "versioned", samples).json()["status_url"]
+        status_url = post_npy(api.rest_url, "versioned", samples).json()["status_url"]
         shutil.copytree(models_dir / "versioned" / "2", one_version_config.parent / "versioned" / "2")
-        status = _wait_for_end(api.rest_url + status_url, 90)
+        status = wait_for_end(api.rest_url + status_url, 90)
         assert status["state"] == "SUCCESS", status
         assert status["versions"] == [1, 2] and status["version"] == 1 and not status["pinned"], status
         outputs = _outputs(api, status_url)["y"]

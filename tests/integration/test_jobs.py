@@ -22,6 +22,7 @@ import redis
 import requests
 
 from tasks import job_backlog
+from tests.support.jobs import npy_bytes, post_npy, wait_for_end
 from tests.support.stack import GRPC_READY, REPO, REST_READY, OvmsProcess, ovms_command, private_redis, start_ovms
 
 
@@ -173,31 +174,8 @@ def test_jobs_and_their_results_expire_after_job_ttl_s(small_config, own_redis_u
         server.stop()
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def _post_npy(rest_url: str, model: str, array: np.ndarray) -> requests.Response:
-    return requests.post(
-        f"{rest_url}/v1/jobs?model={model}",
-        data=_npy(array),
-        headers={"Content-Type": "application/x-npy"},
-        timeout=60,
-    )
-
-
 def _status(status_url: str) -> dict:
     return requests.get(status_url, timeout=10).json()
-
-
-def _wait_for_end(status_url: str, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while (status := _status(status_url))["state"] in ("PENDING", "STARTED"):
-        assert time.monotonic() < deadline, f"the job did not end within {timeout_s} s: {status}"
-        time.sleep(0.2)
-    return status
 
 
 def test_a_chunk_whose_request_fails_fails_the_job(server):
@@ -214,7 +192,7 @@ def test_a_chunk_whose_request_fails_fails_the_job(server):
     if reply.status_code == 400:
         return
     assert reply.status_code == 202, reply.text
-    status = _wait_for_end(server.rest_url + reply.json()["status_url"], 30)
+    status = wait_for_end(server.rest_url + reply.json()["status_url"], 30)
     assert status["state"] == "FAILURE" and status["errors"], status
 
 
@@ -269,7 +247,7 @@ def test_a_chunk_past_its_deadline_fails_the_job_and_submit_wait_ends(stopped_wo
 
 def test_job_size_and_backlog_caps(stopped_worker_stack, tmp_path):
     api, worker = stopped_worker_stack("--job_max_mb", "1", "--job_backlog_mb", "2")
-    too_big = _post_npy(api.rest_url, "versioned", np.ones((70_000, 4), np.float32))  # 1.07 MiB of tensors
+    too_big = post_npy(api.rest_url, "versioned", np.ones((70_000, 4), np.float32))  # 1.07 MiB of tensors
     assert too_big.status_code == 413 and "--job_max_mb" in too_big.json()["error"], too_big.text
     np.save(tmp_path / "x.npy", np.ones((10, 4), np.float32))
     waited = _ovms("submit", "--url", api.rest_url, "--model", "versioned", "--input", str(tmp_path / "x.npy"),
@@ -277,16 +255,16 @@ def test_job_size_and_backlog_caps(stopped_worker_stack, tmp_path):
     assert waited.returncode == 1 and "still PENDING after 1 s (--timeout)" in waited.stderr, waited.stderr
 
     rows = np.ones((40_000, 4), np.float32)  # 0.61 MiB each: three fit in 2 MiB, the fourth does not
-    accepted = [_post_npy(api.rest_url, "versioned", rows) for _ in range(3)]
+    accepted = [post_npy(api.rest_url, "versioned", rows) for _ in range(3)]
     assert [reply.status_code for reply in accepted] == [202] * 3, [reply.text for reply in accepted]
-    refused = _post_npy(api.rest_url, "versioned", rows)
+    refused = post_npy(api.rest_url, "versioned", rows)
     assert refused.status_code == 429 and "--job_backlog_mb" in refused.json()["error"], refused.text
     assert int(refused.headers["Retry-After"]) >= 1
 
     worker.signal(signal.SIGCONT)  # the backlog drains: jobs are accepted again
     for reply in accepted:
-        assert _wait_for_end(api.rest_url + reply.json()["status_url"], 60)["state"] == "SUCCESS"
-    assert _post_npy(api.rest_url, "versioned", rows).status_code == 202
+        assert wait_for_end(api.rest_url + reply.json()["status_url"], 60)["state"] == "SUCCESS"
+    assert post_npy(api.rest_url, "versioned", rows).status_code == 202
 
 
 @pytest.fixture
@@ -307,7 +285,7 @@ def test_a_job_backlog_does_not_push_predicts_past_their_deadline(digits_and_res
     try:
         images, _ = _digits(models_dir, 200_000)
         photos = np.random.default_rng(2).random((200, 3, 224, 224), dtype=np.float32)
-        jobs = [_post_npy(server.rest_url, "resnet", photos), _post_npy(server.rest_url, "digits", images)]
+        jobs = [post_npy(server.rest_url, "resnet", photos), post_npy(server.rest_url, "digits", images)]
         assert [reply.status_code for reply in jobs] == [202, 202], [reply.text for reply in jobs]
         latencies, codes = [], []
         for index in range(40):
@@ -325,7 +303,7 @@ def test_a_job_backlog_does_not_push_predicts_past_their_deadline(digits_and_res
         print(f"digits predicts beside a job backlog: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
         assert codes == [200] * len(codes), codes
         resnet_url, digits_url = (server.rest_url + reply.json()["status_url"] for reply in jobs)
-        assert _wait_for_end(digits_url, 120)["state"] == "SUCCESS"
+        assert wait_for_end(digits_url, 120)["state"] == "SUCCESS"
         deadline = time.monotonic() + 60
         while _status(resnet_url)["progress"]["done"] == 0:
             assert time.monotonic() < deadline, "the resnet job made no progress"
@@ -406,7 +384,7 @@ def test_an_npz_bomb_is_refused_from_its_headers_without_unpacking(stopped_worke
 @pytest.mark.parametrize(
     ("model", "upload"),
     [
-        ("digits", _npy(np.zeros((0, 64), np.float32))),
+        ("digits", npy_bytes(np.zeros((0, 64), np.float32))),
         ("multi", _compressed_npz(a=np.zeros((0, 2), np.float32), b=np.zeros((0, 2), np.float32))),
     ],
     ids=["npy", "npz"],

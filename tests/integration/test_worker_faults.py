@@ -23,6 +23,7 @@ import requests
 
 from tasks.registry import HEARTBEAT_TTL_S
 from tasks.routing import REPLY_PREFIX, claims_key, job_queue_for, job_taken_key, queue_for, worker_prefix
+from tests.support.jobs import post_npy
 from tests.support.load import GrpcLoad, float_request
 from tests.support.stack import (
     OvmsProcess,
@@ -200,14 +201,7 @@ def test_job_chunks_a_killed_worker_had_taken_all_run(api, start_worker, redis_u
     first, _ = start_worker(), start_worker()
     wait_for_workers(api, 2)
     samples = np.arange(200_000 * 4, dtype=np.float32).reshape(200_000, 4)
-    upload = io.BytesIO()
-    np.save(upload, samples)
-    reply = requests.post(
-        f"{api.rest_url}/v1/jobs?model=versioned",
-        data=upload.getvalue(),
-        headers={"Content-Type": "application/x-npy"},
-        timeout=60,
-    )
+    reply = post_npy(api.rest_url, "versioned", samples)
     assert reply.status_code == 202, reply.text
     status_url = f"{api.rest_url}/v1/jobs/{reply.json()['id']}"
     store = redis.Redis.from_url(redis_url)
