@@ -6,6 +6,7 @@ breaks that Redis. Figures (time to 503, time to recover) are printed for the RE
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -213,8 +214,11 @@ def test_an_embedded_redis_that_keeps_dying_stops_the_server(models_dir: Path):
 
 def _embedded_redis(server: OvmsProcess, killed: set[int]) -> psutil.Process | None:
     """The supervisor's running redis-server child, not one of the `killed` ones."""
-    children = psutil.Process(server.process.pid).children()
-    return next((p for p in children if "redis" in p.name() and p.pid not in killed and p.status() != "zombie"), None)
+    for child in psutil.Process(server.process.pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child may exit while it is looked at
+            if "redis" in child.name() and child.pid not in killed and child.status() != psutil.STATUS_ZOMBIE:
+                return child
+    return None
 
 
 def test_stopped_redis_makes_every_route_unavailable_at_once(stack, probe, broker):

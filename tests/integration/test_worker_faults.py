@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import time
@@ -225,7 +226,8 @@ def test_job_chunks_a_killed_worker_had_taken_all_run(api, start_worker, redis_u
         time.sleep(0.2)
     assert status["state"] == "SUCCESS" and status["progress"] == {"done": 200_000, "total": 200_000}, status
     print(f"job of 200,000 samples done {time.monotonic() - killed_at:.1f} s after the kill")
-    assert f"was lost with worker {_worker_id(first)}: queued" in api.log()
+    # queued again; or "done" when the kill came between storing its result and leaving the taken list
+    assert re.search(f"was lost with worker {re.escape(_worker_id(first))}: (queued|done)", api.log()), api.log()
     assert store.llen(taken) == 0
     result = requests.get(f"{status_url}/result?format=npy", timeout=60)
     np.testing.assert_array_equal(np.load(io.BytesIO(result.content), allow_pickle=False), samples * 2)
