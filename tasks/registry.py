@@ -123,7 +123,9 @@ class RegistryView:
 
     A draining worker (shutting down, finishing what it took) still heartbeats but serves nothing new.
     `on_workers_gone(lost, queues)` is called whenever workers stop serving: `lost` are the ones
-    whose heartbeat lapsed (what they held is lost), `queues` the queues someone still consumes.
+    whose heartbeat lapsed (what they held is lost), `queues` the queues someone still consumes. It is
+    called on the background thread only (tasks.recovery): a refresh on a request thread (a look-up
+    that missed) only notes what it saw go and wakes that thread.
     """
 
     def __init__(
@@ -145,8 +147,10 @@ class RegistryView:
         self._active: set[str] = set()
         self._loaded_workers: set[str] = set()
         self._last_refresh = 0.0
+        self._gone: set[str] | None = None  # lost workers not yet reported (empty: only stopped ones)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ovms-registry", daemon=True)
 
     def start(self) -> None:
@@ -155,9 +159,11 @@ class RegistryView:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def refresh(self) -> None:
-        """Read every live worker's snapshot and the catalog, and rebuild the view."""
+        """Read every live worker's snapshot and the catalog, and rebuild the view; workers that stopped
+        serving are reported by the background thread (see the class)."""
         started = time.monotonic()
         keys = list(self._client.scan_iter(match=f"{WORKER_PREFIX}*", count=1000))
         present = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
@@ -194,9 +200,8 @@ class RegistryView:
             }
             self._loaded_workers = {document["id"] for document in documents if document.get("loaded")}
             self._last_refresh = started
-            queues = set(self._queues)
-        if (stopped or lost) and self._on_workers_gone is not None:
-            self._on_workers_gone(lost, queues)
+        if stopped or lost:
+            self._note_workers_gone(lost)
 
     @property
     def refreshed_at(self) -> float:
@@ -270,11 +275,37 @@ class RegistryView:
         return versions
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.refresh()
-            except (redis.RedisError, ValueError) as exc:
-                log.warning("Could not refresh the model registry: %s", exc)
+        while True:
+            woken = self._wake.wait(self._interval)  # early: a refresh elsewhere saw workers go
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if not woken:
+                try:
+                    self.refresh()
+                except (redis.RedisError, ValueError) as exc:
+                    log.warning("Could not refresh the model registry: %s", exc)
+            self._report_workers_gone()
+
+    def _note_workers_gone(self, lost: set[str]) -> None:
+        """Keep what went for the background thread to report, and wake it if this is another thread."""
+        if self._on_workers_gone is None:
+            return
+        with self._lock:
+            self._gone = (self._gone or set()) | lost
+        if threading.current_thread() is not self._thread:
+            self._wake.set()
+
+    def _report_workers_gone(self) -> None:
+        with self._lock:
+            lost, self._gone = self._gone, None
+            queues = set(self._queues)
+        if lost is None or self._on_workers_gone is None:
+            return
+        try:
+            self._on_workers_gone(lost, queues)
+        except Exception:  # recovery must not end the refreshes
+            log.exception("Recovery after workers %s stopped serving failed", sorted(lost))
 
 
 def _merge(documents: list[dict[str, Any]], catalog: dict[str, Any]) -> dict[str, dict[int, VersionView]]:

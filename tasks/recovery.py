@@ -1,0 +1,30 @@
+"""Recovery after workers stop serving, run by the registry's background thread (tasks.registry), never
+on a request thread: what this api published to them (tasks.dispatcher) and the job chunks they had
+taken (tasks.jobs) are run again or failed, and requests waiting for a queue nobody consumes fail."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+
+from tasks.dispatcher import Dispatcher
+from tasks.jobs import JobStore
+
+log = logging.getLogger("serving")
+
+
+class WorkerLossRecovery:
+    def __init__(self, dispatcher: Dispatcher, jobs: JobStore) -> None:
+        self._dispatcher = dispatcher
+        self._jobs = jobs
+
+    def workers_gone(self, lost: set[str], queues: set[str]) -> None:
+        """`lost`: workers whose heartbeat lapsed (what they held is lost); `queues`: the queues live
+        workers still consume (see RegistryView)."""
+        self._dispatcher.workers_gone(lost, queues)
+        if lost:
+            try:
+                self._jobs.recover(lost)
+            except (redis.RedisError, OSError) as exc:
+                log.warning("Could not recover the job chunks of lost workers %s: %s", sorted(lost), exc)
