@@ -45,7 +45,7 @@ class ApiServer:
         self._dispatcher = Dispatcher(store, broker, self._link)
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
         recovery = WorkerLossRecovery(self._dispatcher, jobs)
-        self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone)
+        self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone, on_refreshed=recovery.refreshed)
         self._dataplane = _data_plane(settings, store, self._registry, self._dispatcher, jobs, self._link)
         self._metrics = ServingMetrics(self._registry, broker, self._link)
         self._rest_enabled = rest and settings.rest_port > 0

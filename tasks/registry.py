@@ -123,17 +123,23 @@ class RegistryView:
 
     A draining worker (shutting down, finishing what it took) still heartbeats but serves nothing new.
     `on_workers_gone(lost, queues)` is called whenever workers stop serving: `lost` are the ones
-    whose heartbeat lapsed (what they held is lost), `queues` the queues someone still consumes. It is
-    called on the background thread only (tasks.recovery): a refresh on a request thread (a look-up
-    that missed) only notes what it saw go and wakes that thread.
+    whose heartbeat lapsed (what they held is lost), `queues` the queues someone still consumes;
+    `on_refreshed()` after each refresh of the background thread. Both are called on the background
+    thread only (tasks.recovery): a refresh on a request thread (a look-up that missed) only notes
+    what it saw go and wakes that thread.
     """
 
     def __init__(
-        self, client: redis.Redis, refresh_interval_s: float = 0.5, on_workers_gone: WorkersGone | None = None
+        self,
+        client: redis.Redis,
+        refresh_interval_s: float = 0.5,
+        on_workers_gone: WorkersGone | None = None,
+        on_refreshed: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._interval = refresh_interval_s
         self._on_workers_gone = on_workers_gone
+        self._on_refreshed = on_refreshed
         self._present: set[str] = set()
         # The catalog as last read: a Redis that restarted empty must not turn known models into
         # unknown ones (NOT_FOUND) until their workers register again; they are UNAVAILABLE meanwhile.
@@ -280,12 +286,18 @@ class RegistryView:
             self._wake.clear()
             if self._stop.is_set():
                 return
-            if not woken:
-                try:
-                    self.refresh()
-                except (redis.RedisError, ValueError) as exc:
-                    log.warning("Could not refresh the model registry: %s", exc)
+            refreshed = not woken and self._refresh_logged()
             self._report_workers_gone()
+            if refreshed and self._on_refreshed is not None:
+                _call_safely(self._on_refreshed)
+
+    def _refresh_logged(self) -> bool:
+        try:
+            self.refresh()
+        except (redis.RedisError, ValueError) as exc:
+            log.warning("Could not refresh the model registry: %s", exc)
+            return False
+        return True
 
     def _note_workers_gone(self, lost: set[str]) -> None:
         """Keep what went for the background thread to report, and wake it if this is another thread."""
@@ -300,12 +312,16 @@ class RegistryView:
         with self._lock:
             lost, self._gone = self._gone, None
             queues = set(self._queues)
-        if lost is None or self._on_workers_gone is None:
-            return
-        try:
-            self._on_workers_gone(lost, queues)
-        except Exception:  # recovery must not end the refreshes
-            log.exception("Recovery after workers %s stopped serving failed", sorted(lost))
+        if lost is not None and self._on_workers_gone is not None:
+            _call_safely(self._on_workers_gone, lost, queues)
+
+
+def _call_safely(callback: Callable[..., None], *args: Any) -> None:
+    """Run a recovery callback on the background thread: whatever it raises must not end the refreshes."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("Recovery (%s) failed", getattr(callback, "__qualname__", callback))
 
 
 def _merge(documents: list[dict[str, Any]], catalog: dict[str, Any]) -> dict[str, dict[int, VersionView]]:

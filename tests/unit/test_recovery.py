@@ -26,8 +26,12 @@ class Recorded:
         self.called = threading.Event()
 
     def __call__(self, lost: set[str], queues: set[str]) -> None:
-        self.calls.append((threading.current_thread().name, lost, queues))
+        self.calls.append((current_thread(), lost, queues))
         self.called.set()
+
+
+def current_thread() -> str:
+    return threading.current_thread().name
 
 
 def start_worker(client: redis.Redis, worker_id: str) -> None:
@@ -64,6 +68,19 @@ def test_a_loss_seen_by_the_background_refresh_is_recovered_there_once(broker: E
         assert recovery.called.wait(5)
         threading.Event().wait(0.3)  # later refreshes see nothing new go
         assert recovery.calls == [(BACKGROUND, {"w1"}, {queue_for("CPU", "digits")})]
+    finally:
+        registry.stop()
+
+
+def test_the_job_sweep_hook_runs_after_background_refreshes_only(broker: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(broker.url)
+    threads: list[str] = []
+    registry = RegistryView(client, refresh_interval_s=0.05, on_refreshed=lambda: threads.append(current_thread()))
+    registry.start()  # its first refresh runs here, on this thread
+    try:
+        registry.refresh()
+        threading.Event().wait(0.3)
+        assert threads and set(threads) == {BACKGROUND}
     finally:
         registry.stop()
 
