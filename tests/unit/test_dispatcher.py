@@ -46,10 +46,10 @@ class Taken:
 
 def take(store: redis.Redis, worker_id: str, queue: str = TARGET.queue) -> Taken:
     """Do what a worker does with the next message of `queue` before it infers: pop it (kombu pops from the
-    right), then fetch its tensors and claim it in one round trip (tasks.runtime)."""
-    raw = store.rpop(queue)
-    assert raw is not None, f"nothing queued in {queue}"
-    message = json.loads(raw)
+    right; waits for one), then fetch its tensors and claim it in one round trip (tasks.runtime)."""
+    popped = store.brpop([queue], timeout=WAIT_S)
+    assert popped is not None, f"nothing queued in {queue}"
+    message = json.loads(popped[1])
     args, _, _ = json.loads(base64.b64decode(message["body"]))
     task_id, reply_to = message["headers"]["id"], message["properties"]["reply_to"]
     with store.pipeline(transaction=False) as pipe:
@@ -107,8 +107,11 @@ def assert_doubled(sent: InferenceRequest, future: Future[InferenceResult], work
 def test_each_request_of_a_message_gets_its_own_result(dispatcher: Dispatcher, store: redis.Redis) -> None:
     sent = [request(10 * i) for i in range(3)]
     futures = [dispatcher.submit(TARGET, r) for r in sent]
-    while queued(store):
-        answer(take(store, "worker-a"), "worker-a")
+    answered = 0
+    while answered < len(sent):  # two messages in flight at most: the third leaves once one is answered
+        taken = take(store, "worker-a")
+        answer(taken, "worker-a")
+        answered += len(taken.requests)
     for r, future in zip(sent, futures, strict=True):
         assert_doubled(r, future, "worker-a")
     assert holders(store, dispatcher.reply_to) == {}, "storing the result released the claims"
