@@ -4,7 +4,6 @@ view resolves requests and reports workers that stop serving."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -65,8 +64,9 @@ class Worker:
 
 
 @pytest.fixture
-def registry(store: redis.Redis) -> Iterator[RegistryView]:
-    yield RegistryView(store)
+def registry(store: redis.Redis) -> RegistryView:
+    """A view that the test refreshes itself (its background thread is not started)."""
+    return RegistryView(store)
 
 
 def publish(store: redis.Redis, *workers: Worker) -> None:
