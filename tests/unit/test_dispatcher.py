@@ -17,22 +17,18 @@ import numpy as np
 import pytest
 import redis
 from celery import states
-from celery.app.task import Context
 
 from inference.errors import NO_LIVE_WORKER, WORKER_LOST, Unavailable
 from inference.request import InferenceRequest, InferenceResult
-from inference.signature import ModelSignature, TensorSpec
 from tasks.app import app
 from tasks.claims import claim, holders
 from tasks.dispatcher import Dispatcher
 from tasks.link import RedisLink
-from tasks.messages import pack_outputs, unpack_requests
-from tasks.registry import Target
+from tasks.messages import unpack_requests
 from tasks.routing import payload_key
+from tests.support.worker_part import DOUBLER, doubled, store_reply
 
 WAIT_S = 5.0
-SIGNATURE = ModelSignature({"x": TensorSpec("x", "FP32", (-1, 2))}, {"y": TensorSpec("y", "FP32", (-1, 2))})
-TARGET = Target("doubler", 1, SIGNATURE, "ovms.TEST.doubler")
 
 
 @dataclass
@@ -44,7 +40,7 @@ class Taken:
     requests: list[InferenceRequest]  # none if its tensors were gone (a copy of it was answered already)
 
 
-def take(store: redis.Redis, worker_id: str, queue: str = TARGET.queue) -> Taken:
+def take(store: redis.Redis, worker_id: str, queue: str = DOUBLER.queue) -> Taken:
     """Do what a worker does with the next message of `queue` before it infers: pop it (kombu pops from the
     right; waits for one), then fetch its tensors and claim it in one round trip (tasks.runtime)."""
     popped = store.brpop([queue], timeout=WAIT_S)
@@ -60,22 +56,13 @@ def take(store: redis.Redis, worker_id: str, queue: str = TARGET.queue) -> Taken
 
 
 def answer(taken: Taken, worker_id: str) -> None:
-    """Store y = 2 x for each request of the message, as a worker's result backend does."""
-    results = {
-        request.request_id: pack_outputs(
-            {"y": request.inputs["x"] * 2}, {"y": "FP32"}, version=1, batch=1, started=time.time(), infer_s=0.001
-        )
-        for request in taken.requests
-    }
-    reply = {"worker": worker_id, "results": results}
-    app.backend.store_result(
-        taken.task_id, reply, states.SUCCESS, request=Context(id=taken.task_id, reply_to=taken.reply_to)
-    )
+    """Store y = 2 x for each request of the message, as a worker does."""
+    store_reply(taken.task_id, worker_id, {r.request_id: doubled(r) for r in taken.requests}, taken.reply_to)
 
 
 def request(first: float) -> InferenceRequest:
     inputs = {"x": np.array([[first, first + 1]], np.float32)}
-    return InferenceRequest(TARGET.model, TARGET.version, inputs, None, time.time() + 30)
+    return InferenceRequest(DOUBLER.model, DOUBLER.version, inputs, None, time.time() + 30)
 
 
 @pytest.fixture
@@ -94,7 +81,7 @@ def dispatcher(store: redis.Redis, core_redis_url: str) -> Iterator[Dispatcher]:
     link.stop()
 
 
-def queued(store: redis.Redis, queue: str = TARGET.queue) -> int:
+def queued(store: redis.Redis, queue: str = DOUBLER.queue) -> int:
     return int(store.llen(queue))
 
 
@@ -106,7 +93,7 @@ def assert_doubled(sent: InferenceRequest, future: Future[InferenceResult], work
 
 def test_each_request_of_a_message_gets_its_own_result(dispatcher: Dispatcher, store: redis.Redis) -> None:
     sent = [request(10 * i) for i in range(3)]
-    futures = [dispatcher.submit(TARGET, r) for r in sent]
+    futures = [dispatcher.submit(DOUBLER, r) for r in sent]
     answered = 0
     while answered < len(sent):  # two messages in flight at most: the third leaves once one is answered
         taken = take(store, "worker-a")
@@ -119,10 +106,10 @@ def test_each_request_of_a_message_gets_its_own_result(dispatcher: Dispatcher, s
 
 def test_a_message_whose_worker_was_lost_runs_once_more(dispatcher: Dispatcher, store: redis.Redis) -> None:
     sent = request(1)
-    future = dispatcher.submit(TARGET, sent)
+    future = dispatcher.submit(DOUBLER, sent)
     first = take(store, "worker-a")
     assert holders(store, dispatcher.reply_to) == {first.task_id: "worker-a"}
-    dispatcher.workers_gone({"worker-a"}, {TARGET.queue})
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
     assert queued(store) == 1 and not future.done(), "queued again for another worker"
     assert holders(store, dispatcher.reply_to) == {}, "the lost worker's claim is dropped"
     again = take(store, "worker-b")
@@ -132,11 +119,11 @@ def test_a_message_whose_worker_was_lost_runs_once_more(dispatcher: Dispatcher, 
 
 
 def test_a_message_lost_with_a_second_worker_fails(dispatcher: Dispatcher, store: redis.Redis) -> None:
-    future = dispatcher.submit(TARGET, request(1))
+    future = dispatcher.submit(DOUBLER, request(1))
     take(store, "worker-a")
-    dispatcher.workers_gone({"worker-a"}, {TARGET.queue})
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
     take(store, "worker-b")
-    dispatcher.workers_gone({"worker-b"}, {TARGET.queue})
+    dispatcher.workers_gone({"worker-b"}, {DOUBLER.queue})
     with pytest.raises(Unavailable, match=WORKER_LOST):
         future.result(timeout=WAIT_S)
     assert queued(store) == 0, "not run a third time"
@@ -145,7 +132,7 @@ def test_a_message_lost_with_a_second_worker_fails(dispatcher: Dispatcher, store
 def test_a_lost_message_whose_queue_nobody_consumes_any_more_fails_at_once(
     dispatcher: Dispatcher, store: redis.Redis
 ) -> None:
-    future = dispatcher.submit(TARGET, request(1))
+    future = dispatcher.submit(DOUBLER, request(1))
     take(store, "worker-a")
     dispatcher.workers_gone({"worker-a"}, set())
     with pytest.raises(Unavailable, match=WORKER_LOST):
@@ -154,7 +141,7 @@ def test_a_lost_message_whose_queue_nobody_consumes_any_more_fails_at_once(
 
 
 def test_a_message_queued_where_nobody_consumes_is_withdrawn(dispatcher: Dispatcher, store: redis.Redis) -> None:
-    future = dispatcher.submit(TARGET, request(1))
+    future = dispatcher.submit(DOUBLER, request(1))
     assert queued(store) == 1
     dispatcher.workers_gone(set(), set())
     with pytest.raises(Unavailable, match=NO_LIVE_WORKER):
@@ -168,11 +155,11 @@ def test_messages_of_other_workers_and_consumed_queues_are_left_alone(
     """Worker a is lost; worker b still runs its message, and a third message waits in a queue someone
     consumes: neither is touched."""
     held = request(1)
-    held_future = dispatcher.submit(TARGET, held)
+    held_future = dispatcher.submit(DOUBLER, held)
     by_b = take(store, "worker-b")
     waiting = request(5)
-    waiting_future = dispatcher.submit(TARGET, waiting)
-    dispatcher.workers_gone({"worker-a"}, {TARGET.queue})
+    waiting_future = dispatcher.submit(DOUBLER, waiting)
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
     assert not held_future.done() and not waiting_future.done()
     assert queued(store) == 1 and holders(store, dispatcher.reply_to) == {by_b.task_id: "worker-b"}
     answer(by_b, "worker-b")
@@ -185,9 +172,9 @@ def test_a_late_answer_from_the_lost_worker_still_counts_once(dispatcher: Dispat
     """A worker that only stalled past its heartbeat answers after its message was queued again: that answer
     resolves the request; the copy run again finds its tensors gone, and its answer is dropped."""
     sent = request(3)
-    future = dispatcher.submit(TARGET, sent)
+    future = dispatcher.submit(DOUBLER, sent)
     stalled = take(store, "worker-a")
-    dispatcher.workers_gone({"worker-a"}, {TARGET.queue})
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
     answer(stalled, "worker-a")
     assert_doubled(sent, future, "worker-a")
     copy = take(store, "worker-b")

@@ -4,25 +4,19 @@ limits, status and progress, cancelling, owners, and the recovery of chunks whos
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import redis
-from celery import states
 
 from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ServingError
-from inference.signature import ModelSignature, TensorSpec
 from tasks import job_queue
-from tasks.app import app
 from tasks.jobs import CHUNK_ROWS, JobBacklogFull, JobLimits, JobStore, JobTooLarge
-from tasks.messages import pack_error, pack_outputs, unpack_requests
-from tasks.registry import Target, WorkerPublisher
+from tasks.messages import unpack_requests
+from tasks.registry import WorkerPublisher
 from tasks.routing import job_queue_for, payload_key
+from tests.support.worker_part import DOUBLER, doubled, failed, store_reply
 
-SIGNATURE = ModelSignature({"x": TensorSpec("x", "FP32", (-1, 2))}, {"y": TensorSpec("y", "FP32", (-1, 2))})
-TARGET = Target("doubler", 1, SIGNATURE, "ovms.TEST.doubler")
-QUEUE = job_queue_for(TARGET.queue)
+QUEUE = job_queue_for(DOUBLER.queue)
 TTL_S = 600
 ROW_BYTES = 8  # one sample: two float32
 
@@ -52,16 +46,7 @@ def store_result(
 ) -> None:
     """Compute y = 2 x for a taken chunk (or fail it with `error`) and store the result as a job feeder does."""
     [request] = unpack_requests(chunk.envelope, client.get(payload_key(chunk.task_id)))
-    if error is None:
-        rows = request.inputs["x"].shape[0]
-        entry = pack_outputs(
-            {"y": request.inputs["x"] * 2}, {"y": "FP32"}, version=1, batch=rows, started=time.time(), infer_s=0.01
-        )
-    else:
-        entry = pack_error(error)
-    app.backend.store_result(
-        chunk.task_id, {"worker": worker_id, "results": {request.request_id: entry}}, states.SUCCESS
-    )
+    store_reply(chunk.task_id, worker_id, {request.request_id: doubled(request) if error is None else failed(error)})
 
 
 def run_chunk(client: redis.Redis, worker_id: str, error: ServingError | None = None) -> job_queue.Chunk:
@@ -84,7 +69,7 @@ def test_a_job_is_split_into_chunks_and_progresses_to_success(store: redis.Redis
     jobs = job_store(store)
     worker = alive(store, "worker-a")
     inputs = samples(2 * CHUNK_ROWS + 10)
-    job_id = jobs.submit(TARGET, inputs)
+    job_id = jobs.submit(DOUBLER, inputs)
     status = jobs.status(job_id)
     assert (status.state, status.done, status.total, status.finished) == ("PENDING", 0, 2 * CHUNK_ROWS + 10, None)
     assert store.llen(QUEUE) == 3
@@ -103,7 +88,7 @@ def test_a_job_is_split_into_chunks_and_progresses_to_success(store: redis.Redis
 def test_a_chunk_that_fails_fails_its_job_with_its_error(store: redis.Redis) -> None:
     jobs = job_store(store)
     worker = alive(store, "worker-a")
-    job_id = jobs.submit(TARGET, samples(CHUNK_ROWS + 1))
+    job_id = jobs.submit(DOUBLER, samples(CHUNK_ROWS + 1))
     run_chunk(store, worker)
     run_chunk(store, worker, InvalidArgument("sample 300 is not a number"))
     status = jobs.status(job_id)
@@ -114,7 +99,7 @@ def test_a_chunk_that_fails_fails_its_job_with_its_error(store: redis.Redis) -> 
 def test_a_cancelled_job_is_revoked_and_its_other_chunks_are_to_be_dropped(store: redis.Redis) -> None:
     jobs = job_store(store)
     worker = alive(store, "worker-a")
-    job_id = jobs.submit(TARGET, samples(CHUNK_ROWS + 1))
+    job_id = jobs.submit(DOUBLER, samples(CHUNK_ROWS + 1))
     run_chunk(store, worker)
     jobs.cancel(job_id)
     assert jobs.status(job_id).state == "REVOKED"
@@ -124,7 +109,7 @@ def test_a_cancelled_job_is_revoked_and_its_other_chunks_are_to_be_dropped(store
 
 def test_cancelling_a_finished_job_keeps_its_state(store: redis.Redis) -> None:
     jobs = job_store(store)
-    job_id = jobs.submit(TARGET, samples(3))
+    job_id = jobs.submit(DOUBLER, samples(3))
     run_all(store, alive(store, "worker-a"))
     jobs.cancel(job_id)
     assert jobs.status(job_id).state == "SUCCESS"
@@ -132,8 +117,8 @@ def test_cancelling_a_finished_job_keeps_its_state(store: redis.Redis) -> None:
 
 def test_a_job_is_visible_to_its_owner_only(store: redis.Redis) -> None:
     jobs = job_store(store)
-    mine = jobs.submit(TARGET, samples(3), owner="alice")
-    theirs = jobs.submit(TARGET, samples(3), owner="bob")
+    mine = jobs.submit(DOUBLER, samples(3), owner="alice")
+    theirs = jobs.submit(DOUBLER, samples(3), owner="bob")
     assert jobs.status(mine, owner="alice").job_id == mine
     unknown = "0" * 32
     with pytest.raises(NotFound) as not_found:
@@ -156,36 +141,36 @@ def test_a_malformed_job_id_is_not_found(store: redis.Redis, job_id: str) -> Non
 def test_a_job_over_the_job_limit_is_refused_as_too_large(store: redis.Redis) -> None:
     jobs = job_store(store, max_job_bytes=10 * ROW_BYTES)
     with pytest.raises(JobTooLarge, match="--job_max_mb"):
-        jobs.submit(TARGET, samples(11))
-    jobs.submit(TARGET, samples(10))
+        jobs.submit(DOUBLER, samples(11))
+    jobs.submit(DOUBLER, samples(10))
 
 
 def test_a_job_larger_than_the_whole_backlog_is_too_large_not_retried(store: redis.Redis) -> None:
     jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
     with pytest.raises(JobTooLarge, match="--job_backlog_mb"):
-        jobs.submit(TARGET, samples(11))
+        jobs.submit(DOUBLER, samples(11))
 
 
 def test_the_backlog_refuses_jobs_until_queued_ones_have_run(store: redis.Redis) -> None:
     jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
-    jobs.submit(TARGET, samples(6))
+    jobs.submit(DOUBLER, samples(6))
     with pytest.raises(JobBacklogFull, match="--job_backlog_mb") as full:
-        jobs.submit(TARGET, samples(6))
+        jobs.submit(DOUBLER, samples(6))
     assert full.value.retry_after_s > 0
     assert store.llen(QUEUE) == 1, "a refused job queues nothing"
     run_all(store, alive(store, "worker-a"))
-    jobs.submit(TARGET, samples(6))
+    jobs.submit(DOUBLER, samples(6))
 
 
 def test_a_job_not_done_by_its_deadline_fails(store: redis.Redis) -> None:
     jobs = job_store(store, timeout_s=0)
-    job_id = jobs.submit(TARGET, samples(3))
+    job_id = jobs.submit(DOUBLER, samples(3))
     status = jobs.status(job_id)
     assert status.state == "FAILURE" and "--job_timeout_s" in status.errors[0]
 
 
 def test_a_job_record_expires_with_the_results(store: redis.Redis) -> None:
-    job_id = job_store(store).submit(TARGET, samples(3))
+    job_id = job_store(store).submit(DOUBLER, samples(3))
     [record] = [key for key in store.scan_iter(f"*{job_id}*")]
     assert 0 < store.ttl(record) <= TTL_S
 
@@ -193,7 +178,7 @@ def test_a_job_record_expires_with_the_results(store: redis.Redis) -> None:
 def test_a_dead_workers_chunk_is_queued_again_once(store: redis.Redis) -> None:
     jobs = job_store(store)
     inputs = samples(CHUNK_ROWS + 1)
-    job_id = jobs.submit(TARGET, inputs)
+    job_id = jobs.submit(DOUBLER, inputs)
     _, lost = take(store, "worker-dead")  # it never heartbeats: it died
     jobs.recover()
     survivor = alive(store, "worker-b")
@@ -206,7 +191,7 @@ def test_a_dead_workers_chunk_is_queued_again_once(store: redis.Redis) -> None:
 
 def test_a_chunk_lost_with_a_second_worker_fails_its_job(store: redis.Redis) -> None:
     jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
-    job_id = jobs.submit(TARGET, samples(6))
+    job_id = jobs.submit(DOUBLER, samples(6))
     take(store, "worker-dead")
     jobs.recover()
     take(store, "worker-dead-too")
@@ -214,24 +199,24 @@ def test_a_chunk_lost_with_a_second_worker_fails_its_job(store: redis.Redis) -> 
     status = jobs.status(job_id)
     assert status.state == "FAILURE" and any(WORKER_LOST in error for error in status.errors)
     assert store.llen(QUEUE) == 0
-    jobs.submit(TARGET, samples(6))  # admitted: the lost chunk left the backlog
+    jobs.submit(DOUBLER, samples(6))  # admitted: the lost chunk left the backlog
 
 
 def test_a_chunk_whose_result_was_stored_before_its_worker_died_is_done(store: redis.Redis) -> None:
     jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
-    job_id = jobs.submit(TARGET, samples(6))
+    job_id = jobs.submit(DOUBLER, samples(6))
     _, chunk = take(store, "worker-dead")
     store_result(store, "worker-dead", chunk)  # and died before leaving its taken list
     jobs.recover()
     assert store.llen(QUEUE) == 0, "not run again"
     assert jobs.status(job_id).state == "SUCCESS"
-    jobs.submit(TARGET, samples(6))  # admitted: the chunk left the backlog
+    jobs.submit(DOUBLER, samples(6))  # admitted: the chunk left the backlog
 
 
 def test_a_live_workers_chunks_are_left_alone_unless_it_is_reported_lost(store: redis.Redis) -> None:
     jobs = job_store(store)
     worker = alive(store, "worker-a")
-    jobs.submit(TARGET, samples(3))
+    jobs.submit(DOUBLER, samples(3))
     take(store, worker)
     jobs.recover()
     assert store.llen(QUEUE) == 0, "its heartbeat is current: still running it"
