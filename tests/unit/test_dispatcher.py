@@ -92,13 +92,16 @@ def assert_doubled(sent: InferenceRequest, future: Future[InferenceResult], work
 
 
 def test_each_request_of_a_message_gets_its_own_result(dispatcher: Dispatcher, store: redis.Redis) -> None:
-    sent = [request(10 * i) for i in range(3)]
+    """Two messages in flight at most (one worker): the first two requests leave alone, the three that wait
+    leave together once a reply frees a slot, and each gets its own answer."""
+    sent = [request(10 * i) for i in range(5)]
     futures = [dispatcher.submit(DOUBLER, r) for r in sent]
-    answered = 0
-    while answered < len(sent):  # two messages in flight at most: the third leaves once one is answered
+    sizes = []
+    while sum(sizes) < len(sent):
         taken = take(store, "worker-a")
         answer(taken, "worker-a")
-        answered += len(taken.requests)
+        sizes.append(len(taken.requests))
+    assert sizes == [1, 1, 3]
     for r, future in zip(sent, futures, strict=True):
         assert_doubled(r, future, "worker-a")
     assert holders(store, dispatcher.reply_to) == {}, "storing the result released the claims"
