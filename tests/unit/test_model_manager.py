@@ -15,6 +15,7 @@ from inference.batcher import DynamicBatcher
 from inference.errors import VERSION_RETIRED, NotFound
 from inference.manager import ModelManager
 from inference.settings import ModelConfig
+from inference.shapes import parse_shape_setting
 
 WAIT_S = 10.0
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -169,7 +170,7 @@ def test_changed_settings_rebuild_each_version_while_the_old_build_serves(manage
 def test_settings_that_do_not_load_keep_the_old_build(manager_for, repository: Path) -> None:
     manager = manager_for(config(repository))
     old = manager.get("versioned", 2)
-    manager.apply_config([config(repository, shape={None: "(1,2,3)"})])
+    manager.apply_config([config(repository, shape=parse_shape_setting("(1,2,3)"))])  # not the model's rank
     assert manager.get("versioned", 2) is old
     np.testing.assert_array_equal(answer(old), ANSWERS[2])
 
