@@ -10,9 +10,9 @@ import redis
 
 from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ServingError
 from tasks import job_queue
+from tasks.heartbeat import Heartbeat
 from tasks.jobs import CHUNK_ROWS, JobBacklogFull, JobLimits, JobStore, JobTooLarge
 from tasks.messages import unpack_requests
-from tasks.registry import WorkerPublisher
 from tasks.routing import job_queue_for, payload_key
 from tests.support.worker_part import DOUBLER, doubled, failed, store_reply
 
@@ -30,8 +30,8 @@ def job_store(client: redis.Redis, **limits: int) -> JobStore:
 
 
 def alive(client: redis.Redis, worker_id: str) -> str:
-    """A worker whose heartbeat is current (written by the workers' own publisher)."""
-    WorkerPublisher(client, worker_id, "CPU", dict).publish()
+    """A worker whose heartbeat is current (written by the workers' own Heartbeat)."""
+    Heartbeat(client, worker_id, "CPU", dict).publish()
     return worker_id
 
 
