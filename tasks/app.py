@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
 from tasks.connections import ssl_options
 
-app = Celery("ovms", include=["tasks.predict"])
+if TYPE_CHECKING:
+    from tasks.runtime import WorkerRuntime
+
+
+class ServingApp(Celery):
+    """Celery, plus the runtime this app's worker serves predicts with: the worker's PredictRuntime step
+    sets it while the worker runs (tasks.worker_steps), and the predict task reads it through its own
+    `self.app`. None in an api process, and before or after a worker's run."""
+
+    worker_runtime: WorkerRuntime | None = None
+
+
+app = ServingApp("ovms", include=["tasks.predict"])
 
 app.conf.update(
     # Never pickle: task messages are JSON (metadata only, tensors travel by claim check),

@@ -11,7 +11,8 @@ import redis
 
 from inference.errors import NotFound
 from tasks.broker import EmbeddedRedis
-from tasks.registry import RegistryView, WorkerPublisher
+from tasks.heartbeat import Heartbeat
+from tasks.registry import RegistryView
 from tasks.routing import queue_for, worker_key
 
 MODEL = {"versions": {"1": {"state": "AVAILABLE", "error_code": "OK", "error_message": ""}}}
@@ -35,7 +36,7 @@ def current_thread() -> str:
 
 
 def start_worker(client: redis.Redis, worker_id: str) -> None:
-    WorkerPublisher(client, worker_id, "CPU", lambda: {"digits": MODEL}).publish()
+    Heartbeat(client, worker_id, "CPU", lambda: {"digits": MODEL}).publish()
 
 
 def test_a_loss_seen_by_a_request_thread_is_recovered_on_the_background_thread(broker: EmbeddedRedis) -> None:
