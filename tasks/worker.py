@@ -10,18 +10,18 @@ import redis
 from celery.signals import worker_ready, worker_shutting_down
 
 from inference.manager import ModelManager
-from inference.settings import ServerSettings
 from tasks import runtime
 from tasks.app import app, configure
 from tasks.job_feeder import JobFeeders
 from tasks.registry import WorkerPublisher
 from tasks.routing import queue_for, worker_name
+from tasks.settings import WorkerSettings
 from tasks.watcher import RepositoryWatcher
 
 log = logging.getLogger("serving")
 
 
-def run_worker(settings: ServerSettings, broker_url: str) -> int:
+def run_worker(settings: WorkerSettings, broker_url: str) -> int:
     """Run a Celery worker for `settings.device` until it is told to stop; returns an exit code."""
     device = settings.device
     models = settings.models_for(device)

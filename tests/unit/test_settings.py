@@ -12,17 +12,10 @@ from typing import Any
 
 import pytest
 
-from api.main import USAGE_EXIT_CODE
-from inference.settings import (
-    ConfigError,
-    ModelConfig,
-    ServerSettings,
-    UsageError,
-    load_config_file,
-    models_from_document,
-    parse_command_line,
-)
+from inference.model_config import ConfigError, ModelConfig, load_config_file, models_from_document
 from inference.shapes import AUTO, ShapeParseError, parse_batch_size, parse_input_shape, parse_shape_setting
+from ovms.cli import USAGE_EXIT_CODE
+from ovms.settings import ServerSettings, UsageError, parse_command_line
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = ["--model_name", "resnet", "--model_path", "/models/resnet"]
@@ -43,7 +36,7 @@ def run_ovms(*args: str) -> subprocess.CompletedProcess[str]:
     """`ovms args` in a child process, without a broker in the environment."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("OVMS_")}
     return subprocess.run(
-        [sys.executable, "-m", "api.main", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ovms", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
 
 
