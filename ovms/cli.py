@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         from ovms.worker_role import run_worker_role
 
         return run_worker_role(settings)
-    _warn_about_grpc_workers(settings)
+    warn_about_grpc_workers(settings)
     if settings.role == "api":
         from ovms.api_role import run_api_role
 
@@ -59,7 +59,7 @@ def _check_redis(settings: ServerSettings) -> None:
         check_reachable(settings.result_backend_url, "result backend")
 
 
-def _warn_about_grpc_workers(settings: ServerSettings) -> None:
+def warn_about_grpc_workers(settings: ServerSettings) -> None:
     """--grpc_workers is the seed's; scripts pass it, so it is accepted, but one asyncio gRPC server per
     api process serves every connection here."""
     if settings.grpc_workers > 1:

@@ -8,10 +8,7 @@ from dataclasses import dataclass
 from inference.model_config import ModelSettings
 from inference.options import from_to, not_negative, option, positive
 
-# Largest request body (REST) or message (gRPC), in MiB. 256 MiB holds a batch of ~400 224x224 float images as
-# tensor_content or ~80 as JSON numbers, far beyond any single inference here, yet a few such requests in flight
-# fit in memory (a JSON body expands several times when parsed). gRPC caps messages at 2 GiB.
-MAX_REQUEST_MB = 2047
+MAX_REQUEST_MB = 2047  # gRPC caps messages at 2 GiB
 # Request bytes an api process (or a worker) holds at once, by default: two maximum-size requests, or many
 # smaller ones. A request beyond it is refused with RESOURCE_EXHAUSTED / 429, unless nothing else is held.
 INFLIGHT_REQUESTS_BY_DEFAULT = 2
@@ -60,7 +57,11 @@ class JobSettings:
 @dataclass(frozen=True)
 class BudgetSettings:
     """Request sizes: the largest one an api accepts, and the tensor bytes a worker holds at once (by
-    default two of the largest, hence both here)."""
+    default two of the largest, hence both here).
+
+    256 MiB holds a batch of ~400 224x224 float images as tensor_content or ~80 as JSON numbers, far
+    beyond any single inference here, yet a few such requests in flight fit in memory (a JSON body
+    expands several times when parsed)."""
 
     max_request_mb: int = option(
         256,
