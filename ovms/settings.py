@@ -65,22 +65,23 @@ def build_parser() -> argparse.ArgumentParser:
         if own:
             group = parser.add_argument_group(f"declared in {owner.__module__}.{owner.__name__}")
             for declared in own:
-                _add_flag(group, declared)
+                name, details = _argument(declared)
+                group.add_argument(name, **details)
     return parser
 
 
-def _add_flag(parser: argparse._ActionsContainer, declared: Declared) -> None:
-    """Every flag defaults to None, meaning "not given": defaults and environment variables are applied
-    after the checks, which (like the seed's) only look at what was given."""
+def _argument(declared: Declared) -> tuple[str, dict[str, Any]]:
+    """`add_argument`'s name and keywords for a declared option. Every flag defaults to None, meaning
+    "not given": the checks (like the seed's) look only at what was given, and the declared default
+    comes after them."""
     option_ = declared.option
     shown = declared.shown_default()
     notes = [f"env {option_.env}"] if option_.env else []
     notes += [] if shown == "—" else [f"default: {shown}"]
     help_text = option_.help + (f" ({'; '.join(notes)})" if notes else "")
     if option_.type is None:
-        parser.add_argument(f"--{declared.flag}", action="store_true", default=None, help=help_text)
-    else:
-        parser.add_argument(f"--{declared.flag}", type=option_.type, help=help_text)
+        return f"--{declared.flag}", {"action": "store_true", "default": None, "help": help_text}
+    return f"--{declared.flag}", {"type": option_.type, "help": help_text}
 
 
 def parse_command_line(argv: list[str]) -> ServerSettings:
