@@ -19,8 +19,8 @@ import openvino as ov
 from inference.batcher import DynamicBatcher
 from inference.errors import ServingError, plain_message
 from inference.model import CompiledVersion
+from inference.model_config import ConfigError, ModelConfig
 from inference.repository import select_versions
-from inference.settings import ConfigError, ModelConfig
 from inference.storage import ModelStorage, open_storage
 
 log = logging.getLogger("serving")

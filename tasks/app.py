@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 
 from tasks.connections import ssl_options
+from tasks.settings import JobSettings
 
 if TYPE_CHECKING:
     from tasks.runtime import WorkerRuntime
@@ -43,7 +44,7 @@ app.conf.update(
     broker_transport_options={"socket_keepalive": True, "ack_emulation": False},
     result_backend_transport_options={"socket_keepalive": True},
     task_track_started=False,
-    result_expires=24 * 3600,  # async job results (predict replies go to reply lists); see --job_ttl_s
+    result_expires=JobSettings.job_ttl_s,  # async job results (predict replies go to reply lists); the default
     # The `celery` command (Flower) passes its --broker on as CELERY_BROKER_URL; kombu takes rediss://
     # settings only from broker_use_ssl (without it, it would not verify the server's certificate).
     broker_use_ssl=ssl_options(os.environ.get("CELERY_BROKER_URL", "")),

@@ -34,13 +34,13 @@ import redis
 
 from inference.errors import WORKER_LOST, NotFound, ResourceExhausted, Unavailable
 from inference.request import InferenceRequest
-from inference.settings import DEFAULT_JOB_BACKLOG_MB, DEFAULT_JOB_MAX_MB, DEFAULT_JOB_TIMEOUT_S, ServerSettings
 from tasks import job_backlog, job_queue
 from tasks.app import app
 from tasks.job_queue import Chunk, stop_key
 from tasks.messages import Payload, describe_failure, pack_requests, unpack_result
 from tasks.registry import Target
 from tasks.routing import job_queue_for, worker_key
+from tasks.settings import JobSettings
 
 log = logging.getLogger("serving")
 
@@ -69,12 +69,12 @@ class JobBacklogFull(ResourceExhausted):
 
 @dataclass(frozen=True)
 class JobLimits:
-    max_job_bytes: int = DEFAULT_JOB_MAX_MB << 20
-    max_backlog_bytes: int = DEFAULT_JOB_BACKLOG_MB << 20
-    timeout_s: int = DEFAULT_JOB_TIMEOUT_S
+    max_job_bytes: int
+    max_backlog_bytes: int
+    timeout_s: int
 
     @staticmethod
-    def from_settings(settings: ServerSettings) -> JobLimits:
+    def from_settings(settings: JobSettings) -> JobLimits:
         return JobLimits(settings.job_max_mb << 20, settings.job_backlog_mb << 20, settings.job_timeout_s)
 
 
@@ -180,7 +180,7 @@ class JobStore:
         done = sum(chunk["rows"] for chunk, meta in zip(record["chunks"], metas, strict=True) if _ok(meta))
         errors = sorted({_error(meta) for meta in metas if meta and not _ok(meta)} - {""})
         finished = [meta.get("date_done") for meta in metas if meta]
-        deadline = record.get("deadline", record["created"] + JobLimits.timeout_s)
+        deadline = record.get("deadline", record["created"] + JobSettings.job_timeout_s)
         if record["revoked"]:
             state = "REVOKED"
         elif errors:

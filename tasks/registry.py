@@ -24,7 +24,7 @@ from inference.errors import (
     NotFound,
     Unavailable,
 )
-from inference.settings import DEFAULT_MAX_QUEUE_SIZE
+from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.signature import ModelSignature
 from tasks.routing import CATALOG_KEY, WORKER_PREFIX
 

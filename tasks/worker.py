@@ -8,15 +8,15 @@ import socket
 
 import redis
 
-from inference.settings import ServerSettings
 from tasks.app import app, configure
 from tasks.routing import worker_name
+from tasks.settings import WorkerSettings
 from tasks.worker_steps import SERVING_STEPS, ServingOptions
 
 log = logging.getLogger("serving")
 
 
-def run_worker(settings: ServerSettings, broker_url: str) -> int:
+def run_worker(settings: WorkerSettings, broker_url: str) -> int:
     """Run a Celery worker for `settings.device` until it is told to stop; returns an exit code."""
     device = settings.device
     if not settings.models_for(device):

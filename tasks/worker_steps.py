@@ -29,11 +29,11 @@ from celery.signals import worker_ready
 from celery.worker import WorkController
 
 from inference.manager import ModelManager
-from inference.settings import ServerSettings
 from tasks.heartbeat import Heartbeat
 from tasks.job_feeder import JobFeeders
 from tasks.queue_consumers import QueueConsumers
 from tasks.runtime import WorkerRuntime
+from tasks.settings import WorkerSettings
 from tasks.watcher import RepositoryWatcher
 
 log = logging.getLogger("serving")
@@ -45,7 +45,7 @@ CELERY_POOL = "celery.worker.components:Pool"
 class ServingOptions:
     """What the steps need, handed to them as the worker option `serving` (tasks.worker.run_worker)."""
 
-    settings: ServerSettings
+    settings: WorkerSettings
     worker_id: str
     store: redis.Redis  # the result backend: heartbeats, tensors, job queues, control lists
 

@@ -15,7 +15,7 @@ import pytest
 from inference.batcher import BatchResult, DynamicBatcher
 from inference.errors import InvalidArgument
 from inference.model import CompiledVersion
-from inference.settings import ModelConfig
+from inference.model_config import ModelConfig
 
 try:
     import openvino.opset13 as ops

@@ -17,7 +17,7 @@ from celery.worker import WorkController, state
 from celery.worker.components import Consumer, Pool
 
 from inference.errors import NotFound
-from inference.settings import parse_command_line
+from ovms.settings import parse_command_line
 from tasks.app import ServingApp, app, configure
 from tasks.broker import EmbeddedRedis
 from tasks.routing import worker_key
