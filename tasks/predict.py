@@ -8,12 +8,14 @@ from celery import Task
 
 from tasks import runtime
 from tasks.app import app
+from tasks.messages import PredictEnvelope
 from tasks.routing import PREDICT_TASK
 
 
 @app.task(name=PREDICT_TASK, bind=True)
 def predict(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
-    """Run one message of predict requests for one model version; see tasks.messages for its shape."""
+    """Run one message of predict requests for one model version (a tasks.messages.PredictEnvelope);
+    returns its PredictReply. A malformed envelope fails the task with InvalidArgument."""
     worker = runtime.current()
     with worker.predicts.serving():
-        return worker.serve(self.request.id, envelope, self.request.reply_to or "")
+        return worker.serve(self.request.id, PredictEnvelope.from_wire(envelope), self.request.reply_to or "").to_wire()
