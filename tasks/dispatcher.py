@@ -250,7 +250,7 @@ class Dispatcher:
         status = meta.get("status")
         if status == "SUCCESS":
             try:
-                reply = PredictReply.from_wire(meta["result"])
+                reply = PredictReply.from_wire(meta.get("result"))
             except InvalidArgument as error:
                 self._resolve_all(task_id, Internal(error.message))
             else:

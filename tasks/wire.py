@@ -90,6 +90,7 @@ class Message(Record):
 
 
 _ABSENT = object()
+_SCALARS = (int, float, str, bool, bytes)
 
 
 class _Plan:
@@ -107,33 +108,51 @@ class _Plan:
             (field.name, field.metadata.get("wire", field.name), _writer(hints[field.name]), _omits_none(field))
             for field in fields
         ]
-        # (key, reader, default or _ABSENT), in the order of the class's __init__
+        # (key, the type a value passes as it is (None: always read), reader, default or _ABSENT), in the
+        # order of the class's __init__. The type test spares most values a call (this is per message).
         self.reads = [
-            (field.metadata.get("wire", field.name), _reader(hints[field.name]), _default(field)) for field in fields
+            (
+                field.metadata.get("wire", field.name),
+                hints[field.name] if hints[field.name] in _SCALARS else None,
+                _reader(hints[field.name]),
+                _default(field),
+            )
+            for field in fields
         ]
-        self.required_keys = frozenset(key for key, _, default in self.reads if default is _ABSENT)
+        self.required_keys = frozenset(key for key, _, _, default in self.reads if default is _ABSENT)
 
     def encode(self, record: Any) -> Any:
         if self.as_array:
-            return [_write(write, getattr(record, name)) for name, _, write, _ in self.writes]
+            values = [getattr(record, name) for name, _, _, _ in self.writes]
+            return [v if w is None or v is None else w(v) for v, (_, _, w, _) in zip(values, self.writes, strict=True)]
         wire = {}
         for name, key, write, omit_none in self.writes:
             value = getattr(record, name)
-            if value is not None or not omit_none:
-                wire[key] = _write(write, value)
+            if value is None:
+                if not omit_none:
+                    wire[key] = None
+            else:
+                wire[key] = value if write is None else write(value)
         return wire
 
     def decode(self, data: Any) -> Any:
         if self.as_array:
             if not len(self.required_keys) <= len(_sequence(data)) <= len(self.reads):
                 raise Malformed(f"expected {len(self.reads)} items, got {len(data)}")
-            return self.cls(*[read(value) for (_, read, _), value in zip(self.reads, data, strict=False)])
+            return self.cls(
+                *[
+                    value if type(value) is kind else read(value)
+                    for (_, kind, read, _), value in zip(self.reads, data, strict=False)
+                ]
+            )
         if type(data) is not dict:
             raise Malformed(f"expected an object, got {type(data).__name__}")
         values = []
-        for key, read, default in self.reads:
+        for key, kind, read, default in self.reads:
             value = data.get(key, _ABSENT)
-            if value is not _ABSENT:
+            if type(value) is kind:
+                values.append(value)
+            elif value is not _ABSENT:
                 values.append(read(value))
             elif default is not _ABSENT:
                 values.append(default)
@@ -142,7 +161,7 @@ class _Plan:
         return self.cls(*values)
 
 
-def _write(write: Writer, value: Any) -> Any:
+def _written(write: Writer, value: Any) -> Any:
     return value if write is None or value is None else write(value)
 
 
@@ -203,8 +222,8 @@ def _reader(kind: Any) -> Reader:
             return read
         return lambda value: None if value is None else read(value)
     if origin in (list, tuple):
-        read = _reader(args[0])
-        return lambda value: origin(read(item) for item in _sequence(value))
+        read, kind = _reader(args[0]), args[0] if args[0] in _SCALARS else None
+        return lambda value: origin([item if type(item) is kind else read(item) for item in _sequence(value)])
     if origin is dict:
         read_key, read_value = (_int_key if args[0] is int else _scalar(str)), _reader(args[1])
         return lambda value: {read_key(k): read_value(v) for k, v in _mapping(value).items()}
@@ -228,10 +247,10 @@ def _writer(kind: Any) -> Writer:
         return _writer(options[0]) if len(options) == 1 else _to_wire
     if origin in (list, tuple):
         write = _writer(args[0])
-        return list if write is None else (lambda value: [_write(write, item) for item in value])
+        return list if write is None else (lambda value: [_written(write, item) for item in value])
     if origin is dict:
         write = _writer(args[1])
-        return lambda value: {str(k): _write(write, v) for k, v in value.items()}
+        return lambda value: {str(k): _written(write, v) for k, v in value.items()}
     if kind in _CUSTOM:
         return _CUSTOM[kind][1]
     if isinstance(kind, type) and issubclass(kind, Record):
