@@ -71,6 +71,7 @@ class DynamicBatcher:
         self._pending: deque[_Item] = deque()
         self._expected = 0
         self._free = compiled.nireq
+        self._unfinished = 0  # inferences whose requests are not yet answered or queued again
         self._closed = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name=f"batcher-{compiled.name}", daemon=True)
@@ -113,6 +114,7 @@ class DynamicBatcher:
             direct = self._free > 0 and not self._pending and self._expected == 0
             if direct:
                 self._free -= 1
+                self._unfinished += 1
             else:
                 self._pending.append(item)
                 self._cond.notify_all()
@@ -129,7 +131,8 @@ class DynamicBatcher:
         return int(first.shape[0]) if first.ndim else 1
 
     def close(self) -> None:
-        """Finish what is queued, then stop."""
+        """Finish what is queued and running (a failed batch's requests are still retried one by one), then
+        stop."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -143,6 +146,7 @@ class DynamicBatcher:
                 if batch is None:
                     return
                 self._free -= 1
+                self._unfinished += 1
             self._dispatch(batch)
             del batch  # not kept alive while waiting for the next one: its inputs may be large
 
@@ -150,8 +154,10 @@ class DynamicBatcher:
         """Wait (holding the lock) for a free infer request and work, then form a batch."""
         while not self._closed and (not self._pending or self._free == 0):
             self._cond.wait()
-        if self._closed and not self._pending:
-            return None
+        while self._closed and not self._pending:
+            if self._unfinished == 0:
+                return None
+            self._cond.wait()  # a running batch may fail and come back to be retried
         while self._expected > 0 and self._pending_rows() < self.max_rows:
             remaining = self._pending[0].arrived + self._max_delay - time.monotonic()
             if remaining <= 0:
@@ -186,6 +192,14 @@ class DynamicBatcher:
         with self._cond:
             self._free += 1
             self._cond.notify_all()
+        try:
+            self._answer(batch, done, started)
+        finally:
+            with self._cond:
+                self._unfinished -= 1
+                self._cond.notify_all()
+
+    def _answer(self, batch: list[_Item], done: Future[Tensors], started: float) -> None:
         error = done.exception()
         if error is not None and len(batch) == 1:
             batch[0].future.set_exception(error)

@@ -226,8 +226,13 @@ def test_job_chunks_a_killed_worker_had_taken_all_run(api, start_worker, redis_u
         time.sleep(0.2)
     assert status["state"] == "SUCCESS" and status["progress"] == {"done": 200_000, "total": 200_000}, status
     print(f"job of 200,000 samples done {time.monotonic() - killed_at:.1f} s after the kill")
-    # queued again; or "done" when the kill came between storing its result and leaving the taken list
-    assert re.search(f"was lost with worker {re.escape(_worker_id(first))}: (queued|done)", api.log()), api.log()
+    # queued again; or "done" when the kill came between storing its result and leaving the taken list.
+    # In the "done" case the job can end before the api has noticed the loss: wait for it to notice.
+    lost_line = re.compile(f"was lost with worker {re.escape(_worker_id(first))}: (queued|done)")
+    deadline = time.monotonic() + 30
+    while not lost_line.search(api.log()):
+        assert time.monotonic() < deadline, api.log()
+        time.sleep(0.2)
     assert store.llen(taken) == 0
     result = requests.get(f"{status_url}/result?format=npy", timeout=60)
     np.testing.assert_array_equal(np.load(io.BytesIO(result.content), allow_pickle=False), samples * 2)

@@ -1,0 +1,300 @@
+"""DynamicBatcher's scheduling, with a stand-in model whose inferences the test completes by hand: which
+requests share an inference, in which order, and what each one gets back. No timing is guessed: the test
+sees every inference the batcher hands to the model and decides when (and how) it ends."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from inference.batcher import BatchResult, DynamicBatcher
+from inference.errors import VERSION_RETIRED, NotFound
+
+WAIT_S = 5.0  # the longest any step may take; a correct batcher takes milliseconds
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass
+class Inference:
+    """One inference the batcher handed to the model, waiting for the test to end it."""
+
+    inputs: Tensors
+    future: Future[Tensors]
+
+    @property
+    def rows(self) -> int:
+        return int(self.inputs["x"].shape[0])
+
+    def complete(self) -> None:
+        """Answer with y = 10 x, row by row: each request's rows can be told apart in the answer."""
+        self.future.set_result({"y": self.inputs["x"] * 10})
+
+    def fail(self, message: str = "the device failed") -> None:
+        self.future.set_exception(RuntimeError(message))
+
+
+class HandRunModel:
+    """Stands in for a compiled model version (inference.model.CompiledVersion): records each inference
+    and leaves it running until the test ends it."""
+
+    name = "hand"
+    version = 1
+
+    def __init__(self, nireq: int = 1, batchable: bool = True) -> None:
+        self.nireq = nireq
+        self.batchable = batchable
+        self.closed = threading.Event()
+        self._started: queue.Queue[Inference] = queue.Queue()
+
+    def infer_async(self, inputs: Tensors) -> Future[Tensors]:
+        inference = Inference(inputs, Future())
+        self._started.put(inference)
+        return inference.future
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def next_inference(self) -> Inference:
+        return self._started.get(timeout=WAIT_S)
+
+    def complete_started(self, wait_s: float = 0.05) -> None:
+        """Complete the inferences started so far, waiting up to `wait_s` for one."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self._started.get(timeout=wait_s).complete()
+
+    def nothing_started(self) -> bool:
+        return self._started.empty()
+
+
+@pytest.fixture
+def make_batcher() -> Iterator:
+    """A batcher over a HandRunModel; every one started is closed after the test (its inferences ended)."""
+    started: list[tuple[DynamicBatcher, HandRunModel]] = []
+
+    def build(max_batch_size: int = 8, nireq: int = 1, delay_s: float = 30.0) -> tuple[DynamicBatcher, HandRunModel]:
+        model = HandRunModel(nireq)
+        batcher = DynamicBatcher(model, max_batch_size, delay_s)  # type: ignore[arg-type]
+        started.append((batcher, model))
+        return batcher, model
+
+    yield build
+    for batcher, model in started:
+        closer = threading.Thread(target=batcher.close)
+        closer.start()
+        while closer.is_alive():
+            model.complete_started()
+        closer.join()
+
+
+def rows(first: int, count: int, width: int = 2) -> Tensors:
+    """`count` rows whose values start at `first`: no two requests of a test share a value."""
+    return {"x": np.arange(first, first + count * width, dtype=np.float32).reshape(count, width)}
+
+
+def assert_own_rows(inputs: Tensors, future: Future[BatchResult]) -> BatchResult:
+    result = future.result(timeout=WAIT_S)
+    np.testing.assert_array_equal(result.outputs["y"], inputs["x"] * 10)
+    return result
+
+
+def occupy(batcher: DynamicBatcher, model: HandRunModel) -> tuple[Inference, Future[BatchResult]]:
+    """Submit a request to an idle model: it goes straight to its only infer request, so what is submitted
+    next queues in the batcher until the test ends this inference."""
+    future = batcher.submit(rows(-100, 1))
+    return model.next_inference(), future
+
+
+def test_a_lone_request_on_an_idle_model_is_run_at_once_and_alone(make_batcher) -> None:
+    batcher, model = make_batcher()
+    inputs = rows(0, 3)
+    future = batcher.submit(inputs)
+    inference = model.next_inference()
+    assert inference.rows == 3 and not future.done()
+    inference.complete()
+    result = assert_own_rows(inputs, future)
+    assert result.batch_rows == 3 and result.compiled is model
+
+
+def test_a_batch_holds_at_most_max_batch_size_rows(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=4)
+    busy, _ = occupy(batcher, model)
+    requests = [rows(10 * i, 2) for i in range(5)]
+    futures = [batcher.submit(inputs) for inputs in requests]
+    busy.complete()
+    sizes = []
+    for _ in range(3):  # one infer request: each batch starts once the previous one ended
+        inference = model.next_inference()
+        sizes.append(inference.rows)
+        inference.complete()
+    assert sizes == [4, 4, 2]
+    for inputs, future in zip(requests, futures, strict=True):
+        assert_own_rows(inputs, future)
+
+
+def test_a_request_larger_than_the_batch_limit_runs_alone_whole(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=4)
+    busy, _ = occupy(batcher, model)
+    small, large = rows(0, 1), rows(100, 6)
+    futures = [batcher.submit(small), batcher.submit(large)]
+    busy.complete()
+    first = model.next_inference()
+    assert first.rows == 1
+    first.complete()
+    second = model.next_inference()
+    assert second.rows == 6
+    second.complete()
+    assert_own_rows(small, futures[0])
+    assert assert_own_rows(large, futures[1]).batch_rows == 6
+
+
+def test_only_requests_of_the_same_shape_and_type_share_an_inference(make_batcher) -> None:
+    batcher, model = make_batcher()
+    busy, _ = occupy(batcher, model)
+    narrow = [rows(0, 1, width=2), rows(10, 2, width=2)]
+    wide = [rows(100, 1, width=3), rows(110, 1, width=3)]
+    other_type = {"x": np.arange(2, dtype=np.int32).reshape(1, 2)}
+    submitted = [narrow[0], wide[0], other_type, narrow[1], wide[1]]
+    futures = [batcher.submit(inputs) for inputs in submitted]
+    busy.complete()
+    seen = []
+    for _ in range(3):
+        inference = model.next_inference()
+        seen.append((inference.inputs["x"].shape, inference.inputs["x"].dtype))
+        inference.complete()
+    assert seen == [((3, 2), np.float32), ((2, 3), np.float32), ((1, 2), np.int32)], "grouped by shape, in order"
+    for inputs, future in zip(submitted, futures, strict=True):
+        assert_own_rows(inputs, future)
+
+
+def test_announced_requests_wait_for_each_other_and_share_one_inference(make_batcher) -> None:
+    batcher, model = make_batcher()
+    requests = [rows(10 * i, 1) for i in range(3)]
+    with batcher.incoming(len(requests)) as arrivals:
+        futures = [batcher.submit(inputs, arrivals) for inputs in requests]
+    inference = model.next_inference()
+    assert inference.rows == 3
+    inference.complete()
+    for inputs, future in zip(requests, futures, strict=True):
+        assert assert_own_rows(inputs, future).batch_rows == 3
+
+
+def test_a_partial_batch_leaves_after_the_queue_delay_without_the_missing_requests(make_batcher) -> None:
+    batcher, model = make_batcher(delay_s=0.05)
+    with batcher.incoming(2) as arrivals:
+        inputs = rows(0, 1)
+        future = batcher.submit(inputs, arrivals)
+        inference = model.next_inference()  # while the second is still announced
+        assert inference.rows == 1
+    inference.complete()
+    assert_own_rows(inputs, future)
+
+
+def test_a_failed_batch_is_retried_one_by_one_so_a_bad_request_fails_alone(make_batcher) -> None:
+    batcher, model = make_batcher()
+    busy, _ = occupy(batcher, model)
+    requests = [rows(10 * i, 1) for i in range(3)]
+    futures = [batcher.submit(inputs) for inputs in requests]
+    busy.complete()
+    batch = model.next_inference()
+    assert batch.rows == 3
+    batch.fail("one of them is poison")
+    for index in range(3):
+        inference = model.next_inference()
+        assert inference.rows == 1, "retried requests never share an inference"
+        np.testing.assert_array_equal(inference.inputs["x"], requests[index]["x"])
+        if index == 1:
+            inference.fail("poison")
+        else:
+            inference.complete()
+    assert_own_rows(requests[0], futures[0])
+    assert_own_rows(requests[2], futures[2])
+    with pytest.raises(RuntimeError, match="poison"):
+        futures[1].result(timeout=WAIT_S)
+
+
+def test_a_request_that_fails_alone_gets_the_models_error(make_batcher) -> None:
+    batcher, model = make_batcher()
+    future = batcher.submit(rows(0, 1))
+    model.next_inference().fail("out of device memory")
+    with pytest.raises(RuntimeError, match="out of device memory"):
+        future.result(timeout=WAIT_S)
+    assert model.nothing_started(), "a lone request is not retried"
+
+
+def test_closing_finishes_what_is_queued_then_refuses_new_requests(make_batcher) -> None:
+    batcher, model = make_batcher()
+    busy, busy_future = occupy(batcher, model)
+    queued = [rows(10 * i, 1) for i in range(2)]
+    futures = [batcher.submit(inputs) for inputs in queued]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    queued_batch = model.next_inference()  # handed over at close, without waiting for a free infer request
+    assert queued_batch.rows == 2
+    with pytest.raises(NotFound, match=VERSION_RETIRED):
+        batcher.submit(rows(100, 1))
+    busy.complete()
+    queued_batch.complete()
+    closer.join(WAIT_S)
+    assert not closer.is_alive() and model.closed.is_set()
+    busy_future.result(timeout=WAIT_S)
+    for inputs, future in zip(queued, futures, strict=True):
+        assert_own_rows(inputs, future)
+
+
+def test_a_batch_that_fails_while_closing_still_answers_each_request(make_batcher) -> None:
+    """A reload closes the old version's batcher while it still runs a batch: if that batch fails, its
+    requests are retried one by one as ever, not left waiting for a batcher that stopped."""
+    batcher, model = make_batcher()
+    busy, _ = occupy(batcher, model)
+    queued = [rows(10 * i, 1) for i in range(2)]
+    futures = [batcher.submit(inputs) for inputs in queued]
+    closer = threading.Thread(target=batcher.close)
+    closer.start()
+    model.next_inference().fail("a batch that fails")
+    busy.complete()
+    for inputs, future in zip(queued, futures, strict=True):
+        alone = model.next_inference()
+        np.testing.assert_array_equal(alone.inputs["x"], inputs["x"])
+        alone.complete()
+        assert_own_rows(inputs, future)
+    closer.join(WAIT_S)
+    assert not closer.is_alive()
+
+
+def test_concurrent_callers_each_get_their_own_rows(make_batcher) -> None:
+    """Many threads submit at once to a model with two infer requests: however the batcher groups them,
+    every caller gets exactly the answer to its own rows."""
+    batcher, model = make_batcher(max_batch_size=8, nireq=2)
+    callers = 24
+    requests = [rows(1000 * i, 1 + i % 3) for i in range(callers)]
+    futures: list[Future[BatchResult] | None] = [None] * callers
+    start = threading.Barrier(callers)
+
+    def call(index: int) -> None:
+        start.wait(WAIT_S)
+        futures[index] = batcher.submit(requests[index])
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(callers)]
+    for thread in threads:
+        thread.start()
+    answered = 0
+    batch_sizes = []
+    while answered < sum(inputs["x"].shape[0] for inputs in requests):
+        inference = model.next_inference()
+        batch_sizes.append(inference.rows)
+        answered += inference.rows
+        inference.complete()
+    for thread in threads:
+        thread.join(WAIT_S)
+    for inputs, future in zip(requests, futures, strict=True):
+        assert future is not None
+        assert_own_rows(inputs, future)
+    assert max(batch_sizes) <= 8

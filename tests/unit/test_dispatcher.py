@@ -1,0 +1,186 @@
+"""The api's Dispatcher on a real Redis, with the test playing the workers: it takes the published message
+from its queue, claims it and stores its result the way a worker does (tasks.claims, tasks.messages, the
+Celery result backend), or vanishes with it. What a lost worker held is run once more, then fails; what
+waits in a queue nobody consumes any more is taken back."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import redis
+from celery import states
+
+from inference.errors import NO_LIVE_WORKER, WORKER_LOST, Unavailable
+from inference.request import InferenceRequest, InferenceResult
+from tasks.app import app
+from tasks.claims import claim, holders
+from tasks.dispatcher import Dispatcher
+from tasks.link import RedisLink
+from tasks.messages import unpack_requests
+from tasks.routing import payload_key
+from tests.support.worker_part import DOUBLER, doubled, store_reply
+
+WAIT_S = 5.0
+
+
+@dataclass
+class Taken:
+    """A predict message as a worker took it from its queue."""
+
+    task_id: str
+    reply_to: str
+    requests: list[InferenceRequest]  # none if its tensors were gone (a copy of it was answered already)
+
+
+def take(store: redis.Redis, worker_id: str, queue: str = DOUBLER.queue) -> Taken:
+    """Do what a worker does with the next message of `queue` before it infers: pop it (kombu pops from the
+    right; waits for one), then fetch its tensors and claim it in one round trip (tasks.runtime)."""
+    popped = store.brpop([queue], timeout=WAIT_S)
+    assert popped is not None, f"nothing queued in {queue}"
+    message = json.loads(popped[1])
+    args, _, _ = json.loads(base64.b64decode(message["body"]))
+    task_id, reply_to = message["headers"]["id"], message["properties"]["reply_to"]
+    with store.pipeline(transaction=False) as pipe:
+        pipe.get(payload_key(task_id))
+        claim(pipe, reply_to, task_id, worker_id)
+        payload = pipe.execute()[0]
+    return Taken(task_id, reply_to, unpack_requests(args[0], payload) if payload is not None else [])
+
+
+def answer(taken: Taken, worker_id: str) -> None:
+    """Store y = 2 x for each request of the message, as a worker does."""
+    store_reply(taken.task_id, worker_id, {r.request_id: doubled(r) for r in taken.requests}, taken.reply_to)
+
+
+def request(first: float) -> InferenceRequest:
+    inputs = {"x": np.array([[first, first + 1]], np.float32)}
+    return InferenceRequest(DOUBLER.model, DOUBLER.version, inputs, None, time.time() + 30)
+
+
+@pytest.fixture
+def dispatcher(store: redis.Redis, core_redis_url: str) -> Iterator[Dispatcher]:
+    link = RedisLink(core_redis_url)
+    link.start()
+    dispatcher = Dispatcher(store, store, link)
+    dispatcher.start()
+    yield dispatcher
+    stopper = threading.Thread(target=dispatcher.stop)
+    stopper.start()
+    wake_up = app.backend.encode({"task_id": "none", "status": states.SUCCESS, "result": {}})  # answers nothing
+    while stopper.is_alive():  # wake the listener from its blocking read, rather than wait for its timeout
+        store.lpush(dispatcher.reply_to, wake_up)
+        stopper.join(0.05)
+    link.stop()
+
+
+def queued(store: redis.Redis, queue: str = DOUBLER.queue) -> int:
+    return int(store.llen(queue))
+
+
+def assert_doubled(sent: InferenceRequest, future: Future[InferenceResult], worker_id: str) -> None:
+    result = future.result(timeout=WAIT_S)
+    np.testing.assert_array_equal(result.outputs["y"], sent.inputs["x"] * 2)
+    assert result.worker == worker_id
+
+
+def test_each_request_of_a_message_gets_its_own_result(dispatcher: Dispatcher, store: redis.Redis) -> None:
+    """Two messages in flight at most (one worker): the first two requests leave alone, the three that wait
+    leave together once a reply frees a slot, and each gets its own answer."""
+    sent = [request(10 * i) for i in range(5)]
+    futures = [dispatcher.submit(DOUBLER, r) for r in sent]
+    sizes = []
+    while sum(sizes) < len(sent):
+        taken = take(store, "worker-a")
+        answer(taken, "worker-a")
+        sizes.append(len(taken.requests))
+    assert sizes == [1, 1, 3]
+    for r, future in zip(sent, futures, strict=True):
+        assert_doubled(r, future, "worker-a")
+    assert holders(store, dispatcher.reply_to) == {}, "storing the result released the claims"
+
+
+def test_a_message_whose_worker_was_lost_runs_once_more(dispatcher: Dispatcher, store: redis.Redis) -> None:
+    sent = request(1)
+    future = dispatcher.submit(DOUBLER, sent)
+    first = take(store, "worker-a")
+    assert holders(store, dispatcher.reply_to) == {first.task_id: "worker-a"}
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
+    assert queued(store) == 1 and not future.done(), "queued again for another worker"
+    assert holders(store, dispatcher.reply_to) == {}, "the lost worker's claim is dropped"
+    again = take(store, "worker-b")
+    assert again.task_id == first.task_id
+    answer(again, "worker-b")
+    assert_doubled(sent, future, "worker-b")
+
+
+def test_a_message_lost_with_a_second_worker_fails(dispatcher: Dispatcher, store: redis.Redis) -> None:
+    future = dispatcher.submit(DOUBLER, request(1))
+    take(store, "worker-a")
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
+    take(store, "worker-b")
+    dispatcher.workers_gone({"worker-b"}, {DOUBLER.queue})
+    with pytest.raises(Unavailable, match=WORKER_LOST):
+        future.result(timeout=WAIT_S)
+    assert queued(store) == 0, "not run a third time"
+
+
+def test_a_lost_message_whose_queue_nobody_consumes_any_more_fails_at_once(
+    dispatcher: Dispatcher, store: redis.Redis
+) -> None:
+    future = dispatcher.submit(DOUBLER, request(1))
+    take(store, "worker-a")
+    dispatcher.workers_gone({"worker-a"}, set())
+    with pytest.raises(Unavailable, match=WORKER_LOST):
+        future.result(timeout=WAIT_S)
+    assert queued(store) == 0
+
+
+def test_a_message_queued_where_nobody_consumes_is_withdrawn(dispatcher: Dispatcher, store: redis.Redis) -> None:
+    future = dispatcher.submit(DOUBLER, request(1))
+    assert queued(store) == 1
+    dispatcher.workers_gone(set(), set())
+    with pytest.raises(Unavailable, match=NO_LIVE_WORKER):
+        future.result(timeout=WAIT_S)
+    assert queued(store) == 0, "taken back out of the queue"
+
+
+def test_messages_of_other_workers_and_consumed_queues_are_left_alone(
+    dispatcher: Dispatcher, store: redis.Redis
+) -> None:
+    """Worker a is lost; worker b still runs its message, and a third message waits in a queue someone
+    consumes: neither is touched."""
+    held = request(1)
+    held_future = dispatcher.submit(DOUBLER, held)
+    by_b = take(store, "worker-b")
+    waiting = request(5)
+    waiting_future = dispatcher.submit(DOUBLER, waiting)
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
+    assert not held_future.done() and not waiting_future.done()
+    assert queued(store) == 1 and holders(store, dispatcher.reply_to) == {by_b.task_id: "worker-b"}
+    answer(by_b, "worker-b")
+    answer(take(store, "worker-c"), "worker-c")
+    assert_doubled(held, held_future, "worker-b")
+    assert_doubled(waiting, waiting_future, "worker-c")
+
+
+def test_a_late_answer_from_the_lost_worker_still_counts_once(dispatcher: Dispatcher, store: redis.Redis) -> None:
+    """A worker that only stalled past its heartbeat answers after its message was queued again: that answer
+    resolves the request; the copy run again finds its tensors gone, and its answer is dropped."""
+    sent = request(3)
+    future = dispatcher.submit(DOUBLER, sent)
+    stalled = take(store, "worker-a")
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
+    answer(stalled, "worker-a")
+    assert_doubled(sent, future, "worker-a")
+    copy = take(store, "worker-b")
+    assert copy.requests == []
+    answer(copy, "worker-b")
+    assert future.result(timeout=WAIT_S).worker == "worker-a"

@@ -1,0 +1,224 @@
+"""The api's JobStore on a real Redis, with the test playing the workers through the job queue's own
+functions (tasks.job_queue) and storing chunk results as a worker's job feeder does: submission and its
+limits, status and progress, cancelling, owners, and the recovery of chunks whose worker died."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+
+from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ServingError
+from tasks import job_queue
+from tasks.jobs import CHUNK_ROWS, JobBacklogFull, JobLimits, JobStore, JobTooLarge
+from tasks.messages import unpack_requests
+from tasks.registry import WorkerPublisher
+from tasks.routing import job_queue_for, payload_key
+from tests.support.worker_part import DOUBLER, doubled, failed, store_reply
+
+QUEUE = job_queue_for(DOUBLER.queue)
+TTL_S = 600
+ROW_BYTES = 8  # one sample: two float32
+
+
+def samples(count: int, first: int = 0) -> dict[str, np.ndarray]:
+    return {"x": np.arange(first, first + 2 * count, dtype=np.float32).reshape(count, 2)}
+
+
+def job_store(client: redis.Redis, **limits: int) -> JobStore:
+    return JobStore(client, TTL_S, JobLimits(**limits))
+
+
+def alive(client: redis.Redis, worker_id: str) -> str:
+    """A worker whose heartbeat is current (written by the workers' own publisher)."""
+    WorkerPublisher(client, worker_id, "CPU", dict).publish()
+    return worker_id
+
+
+def take(client: redis.Redis, worker_id: str) -> tuple[bytes, job_queue.Chunk]:
+    taken = job_queue.take(client, QUEUE, worker_id, wait_s=1.0)
+    assert taken is not None, "no chunk queued"
+    return taken
+
+
+def store_result(
+    client: redis.Redis, worker_id: str, chunk: job_queue.Chunk, error: ServingError | None = None
+) -> None:
+    """Compute y = 2 x for a taken chunk (or fail it with `error`) and store the result as a job feeder does."""
+    [request] = unpack_requests(chunk.envelope, client.get(payload_key(chunk.task_id)))
+    store_reply(chunk.task_id, worker_id, {request.request_id: doubled(request) if error is None else failed(error)})
+
+
+def run_chunk(client: redis.Redis, worker_id: str, error: ServingError | None = None) -> job_queue.Chunk:
+    """What a worker's job feeder does with the next chunk: take it, run it, store its result, finish it."""
+    raw, chunk = take(client, worker_id)
+    store_result(client, worker_id, chunk, error)
+    job_queue.finish(client, QUEUE, worker_id, raw, chunk)
+    return chunk
+
+
+def run_all(client: redis.Redis, worker_id: str) -> int:
+    ran = 0
+    while client.llen(QUEUE):
+        run_chunk(client, worker_id)
+        ran += 1
+    return ran
+
+
+def test_a_job_is_split_into_chunks_and_progresses_to_success(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    inputs = samples(2 * CHUNK_ROWS + 10)
+    job_id = jobs.submit(DOUBLER, inputs)
+    status = jobs.status(job_id)
+    assert (status.state, status.done, status.total, status.finished) == ("PENDING", 0, 2 * CHUNK_ROWS + 10, None)
+    assert store.llen(QUEUE) == 3
+    run_chunk(store, worker)
+    status = jobs.status(job_id)
+    assert (status.state, status.done, status.versions) == ("STARTED", CHUNK_ROWS, [1])
+    assert run_all(store, worker) == 2
+    status = jobs.status(job_id)
+    assert (status.state, status.done, status.errors) == ("SUCCESS", status.total, [])
+    assert status.finished is not None and status.finished >= status.created
+    result = jobs.result(job_id)
+    np.testing.assert_array_equal(np.concatenate(list(result.parts("y"))), inputs["x"] * 2)
+    assert jobs.recent() == [job_id]
+
+
+def test_a_chunk_that_fails_fails_its_job_with_its_error(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    job_id = jobs.submit(DOUBLER, samples(CHUNK_ROWS + 1))
+    run_chunk(store, worker)
+    run_chunk(store, worker, InvalidArgument("sample 300 is not a number"))
+    status = jobs.status(job_id)
+    assert (status.state, status.errors) == ("FAILURE", ["sample 300 is not a number"])
+    assert status.finished is not None
+
+
+def test_a_cancelled_job_is_revoked_and_its_other_chunks_are_to_be_dropped(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    job_id = jobs.submit(DOUBLER, samples(CHUNK_ROWS + 1))
+    run_chunk(store, worker)
+    jobs.cancel(job_id)
+    assert jobs.status(job_id).state == "REVOKED"
+    _, chunk = take(store, worker)
+    assert store.exists(job_queue.stop_key(chunk.job_id)), "the worker is told to drop the rest"
+
+
+def test_cancelling_a_finished_job_keeps_its_state(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    job_id = jobs.submit(DOUBLER, samples(3))
+    run_all(store, alive(store, "worker-a"))
+    jobs.cancel(job_id)
+    assert jobs.status(job_id).state == "SUCCESS"
+
+
+def test_a_job_is_visible_to_its_owner_only(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    mine = jobs.submit(DOUBLER, samples(3), owner="alice")
+    theirs = jobs.submit(DOUBLER, samples(3), owner="bob")
+    assert jobs.status(mine, owner="alice").job_id == mine
+    unknown = "0" * 32
+    with pytest.raises(NotFound) as not_found:
+        jobs.status(unknown, owner="alice")
+    for call in (jobs.status, jobs.result, jobs.cancel):
+        with pytest.raises(NotFound) as refused:
+            call(theirs, owner="alice")
+        assert refused.value.message == not_found.value.message.replace(unknown, theirs), "no hint that it exists"
+    assert jobs.status(theirs).state == "PENDING", "not cancelled by another owner"
+    assert jobs.recent(owner="alice") == [mine]
+    assert set(jobs.recent()) == {mine, theirs}
+
+
+@pytest.mark.parametrize("job_id", ["", "xyz", "0" * 31, "A" * 32, "../" + "0" * 32, "0" * 32 + "*"])
+def test_a_malformed_job_id_is_not_found(store: redis.Redis, job_id: str) -> None:
+    with pytest.raises(NotFound):
+        job_store(store).status(job_id)
+
+
+def test_a_job_over_the_job_limit_is_refused_as_too_large(store: redis.Redis) -> None:
+    jobs = job_store(store, max_job_bytes=10 * ROW_BYTES)
+    with pytest.raises(JobTooLarge, match="--job_max_mb"):
+        jobs.submit(DOUBLER, samples(11))
+    jobs.submit(DOUBLER, samples(10))
+
+
+def test_a_job_larger_than_the_whole_backlog_is_too_large_not_retried(store: redis.Redis) -> None:
+    jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
+    with pytest.raises(JobTooLarge, match="--job_backlog_mb"):
+        jobs.submit(DOUBLER, samples(11))
+
+
+def test_the_backlog_refuses_jobs_until_queued_ones_have_run(store: redis.Redis) -> None:
+    jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
+    jobs.submit(DOUBLER, samples(6))
+    with pytest.raises(JobBacklogFull, match="--job_backlog_mb") as full:
+        jobs.submit(DOUBLER, samples(6))
+    assert full.value.retry_after_s > 0
+    assert store.llen(QUEUE) == 1, "a refused job queues nothing"
+    run_all(store, alive(store, "worker-a"))
+    jobs.submit(DOUBLER, samples(6))
+
+
+def test_a_job_not_done_by_its_deadline_fails(store: redis.Redis) -> None:
+    jobs = job_store(store, timeout_s=0)
+    job_id = jobs.submit(DOUBLER, samples(3))
+    status = jobs.status(job_id)
+    assert status.state == "FAILURE" and "--job_timeout_s" in status.errors[0]
+
+
+def test_a_job_record_expires_with_the_results(store: redis.Redis) -> None:
+    job_id = job_store(store).submit(DOUBLER, samples(3))
+    [record] = [key for key in store.scan_iter(f"*{job_id}*")]
+    assert 0 < store.ttl(record) <= TTL_S
+
+
+def test_a_dead_workers_chunk_is_queued_again_once(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    inputs = samples(CHUNK_ROWS + 1)
+    job_id = jobs.submit(DOUBLER, inputs)
+    _, lost = take(store, "worker-dead")  # it never heartbeats: it died
+    jobs.recover()
+    survivor = alive(store, "worker-b")
+    again = run_chunk(store, survivor)
+    assert again.task_id == lost.task_id, "queued again at the head of the queue"
+    run_all(store, survivor)
+    assert jobs.status(job_id).state == "SUCCESS"
+    np.testing.assert_array_equal(np.concatenate(list(jobs.result(job_id).parts("y"))), inputs["x"] * 2)
+
+
+def test_a_chunk_lost_with_a_second_worker_fails_its_job(store: redis.Redis) -> None:
+    jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
+    job_id = jobs.submit(DOUBLER, samples(6))
+    take(store, "worker-dead")
+    jobs.recover()
+    take(store, "worker-dead-too")
+    jobs.recover()
+    status = jobs.status(job_id)
+    assert status.state == "FAILURE" and any(WORKER_LOST in error for error in status.errors)
+    assert store.llen(QUEUE) == 0
+    jobs.submit(DOUBLER, samples(6))  # admitted: the lost chunk left the backlog
+
+
+def test_a_chunk_whose_result_was_stored_before_its_worker_died_is_done(store: redis.Redis) -> None:
+    jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
+    job_id = jobs.submit(DOUBLER, samples(6))
+    _, chunk = take(store, "worker-dead")
+    store_result(store, "worker-dead", chunk)  # and died before leaving its taken list
+    jobs.recover()
+    assert store.llen(QUEUE) == 0, "not run again"
+    assert jobs.status(job_id).state == "SUCCESS"
+    jobs.submit(DOUBLER, samples(6))  # admitted: the chunk left the backlog
+
+
+def test_a_live_workers_chunks_are_left_alone_unless_it_is_reported_lost(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    jobs.submit(DOUBLER, samples(3))
+    take(store, worker)
+    jobs.recover()
+    assert store.llen(QUEUE) == 0, "its heartbeat is current: still running it"
+    jobs.recover({worker})  # its heartbeat lapsed as the registry saw it, though the key is still there
+    assert store.llen(QUEUE) == 1

@@ -1,0 +1,262 @@
+"""The api's merged view of the workers (tasks.registry.RegistryView) on a real Redis, fed with heartbeats
+written by the workers' own publisher: table-driven merges of several workers' version states, then how the
+view resolves requests and reports workers that stop serving."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import redis
+
+from inference.errors import (
+    MODEL_NOT_FOUND,
+    NO_LIVE_WORKER,
+    VERSION_NOT_FOUND,
+    VERSION_NOT_LOADED,
+    VERSION_RETIRED,
+    NotFound,
+    Unavailable,
+)
+from inference.signature import ModelSignature, TensorSpec
+from tasks.registry import RegistryView, WorkerPublisher
+from tasks.routing import queue_for, worker_key
+
+
+def signature(width: int) -> ModelSignature:
+    return ModelSignature({"x": TensorSpec("x", "FP32", (-1, width))}, {"y": TensorSpec("y", "FP32", (-1, width))})
+
+
+def status(state: str, width: int = 4, error: str = "") -> dict:
+    """A version's status as a worker's ModelManager reports it (a signature once it serves)."""
+    document = {"state": state, "error_code": "UNKNOWN" if error else "OK", "error_message": error or "OK"}
+    if state == "AVAILABLE":
+        document["signature"] = signature(width).to_dict()
+    return document
+
+
+def model(versions: dict[int, dict], *, error: str = "", active: bool = True, max_queue_size: int = 100) -> dict:
+    """A model's entry in a worker's snapshot (ModelManager.snapshot)."""
+    return {
+        "versions": {str(v): s for v, s in versions.items()},
+        "error": error,
+        "active": active,
+        "max_queue_size": max_queue_size,
+    }
+
+
+@dataclass
+class Worker:
+    """A worker's heartbeat, published by the workers' own publisher."""
+
+    worker_id: str
+    models: dict[str, dict]
+    device: str = "CPU"
+    loaded: bool = True
+    draining: bool = False
+    publisher: WorkerPublisher | None = field(default=None, repr=False)
+
+    def publish(self, client: redis.Redis) -> None:
+        self.publisher = WorkerPublisher(client, self.worker_id, self.device, lambda: self.models)
+        self.publisher.loaded = self.loaded
+        self.publisher.draining = self.draining
+        self.publisher.publish()
+
+
+@pytest.fixture
+def registry(store: redis.Redis) -> RegistryView:
+    """A view that the test refreshes itself (its background thread is not started)."""
+    return RegistryView(store)
+
+
+def publish(store: redis.Redis, *workers: Worker) -> None:
+    for worker in workers:
+        worker.publish(store)
+
+
+# Each case: the workers' heartbeats, and per version of model "m": (state, live workers holding it AVAILABLE,
+# devices whose queue may serve it).
+MERGES = {
+    "one worker, one version": (
+        [Worker("a", {"m": model({1: status("AVAILABLE")})})],
+        {1: ("AVAILABLE", 1, {"CPU"})},
+    ),
+    "the best state any worker reports wins": (
+        [
+            Worker("a", {"m": model({1: status("END"), 2: status("LOADING")})}),
+            Worker("b", {"m": model({1: status("AVAILABLE"), 2: status("START")})}),
+            Worker("c", {"m": model({1: status("UNLOADING"), 2: status("END")})}),
+        ],
+        {1: ("AVAILABLE", 1, {"CPU"}), 2: ("LOADING", 0, set())},
+    ),
+    "states rank AVAILABLE > LOADING > START > UNLOADING > END": (
+        [
+            Worker("a", {"m": model({1: status("START"), 2: status("UNLOADING"), 3: status("END")})}),
+            Worker("b", {"m": model({1: status("LOADING"), 2: status("START"), 3: status("UNLOADING")})}),
+        ],
+        {1: ("LOADING", 0, set()), 2: ("START", 0, set()), 3: ("UNLOADING", 0, set())},
+    ),
+    "every worker holding a version AVAILABLE counts": (
+        [
+            Worker("a", {"m": model({1: status("AVAILABLE"), 2: status("AVAILABLE")})}),
+            Worker("b", {"m": model({1: status("AVAILABLE"), 2: status("LOADING")})}),
+            Worker("c", {"m": model({1: status("AVAILABLE")})}),
+        ],
+        {1: ("AVAILABLE", 3, {"CPU"}), 2: ("AVAILABLE", 1, {"CPU"})},
+    ),
+    "a model on two devices counts the workers of both": (
+        [
+            Worker("a", {"m": model({1: status("AVAILABLE")})}, device="CPU"),
+            Worker("b", {"m": model({1: status("AVAILABLE")})}, device="GPU"),
+        ],
+        {1: ("AVAILABLE", 2, {"CPU", "GPU"})},
+    ),
+    "a draining worker serves nothing new": (
+        [
+            Worker("a", {"m": model({1: status("AVAILABLE")})}, draining=True),
+            Worker("b", {"m": model({1: status("AVAILABLE")})}, device="GPU"),
+        ],
+        {1: ("AVAILABLE", 1, {"GPU"})},
+    ),
+    "an ended version beats one only the catalog remembers": (
+        [Worker("a", {"m": model({1: status("END"), 2: status("AVAILABLE")})})],
+        {1: ("END", 0, set()), 2: ("AVAILABLE", 1, {"CPU"})},
+    ),
+    "a failed load is reported with its error until some worker does better": (
+        [
+            Worker("a", {"m": model({1: status("END", error="broken model.xml")})}),
+            Worker("b", {"m": model({1: status("START")})}),
+        ],
+        {1: ("START", 0, set())},
+    ),
+}
+
+
+@pytest.mark.parametrize("workers, expected", MERGES.values(), ids=MERGES.keys())
+def test_merge(registry: RegistryView, store: redis.Redis, workers: list[Worker], expected: dict) -> None:
+    publish(store, *workers)
+    registry.refresh()
+    versions = registry.versions("m")
+    assert {v: (view.state, view.workers) for v, view in versions.items()} == {
+        v: (state, count) for v, (state, count, _) in expected.items()
+    }
+    for version, (state, _, devices) in expected.items():
+        view = versions[version]
+        assert (view.queue is not None) == (state == "AVAILABLE")
+        assert view.queue is None or view.queue in {queue_for(device, "m") for device in devices}
+        assert (view.signature is not None) == (state == "AVAILABLE")
+
+
+def test_a_failed_load_keeps_its_error(registry: RegistryView, store: redis.Redis) -> None:
+    publish(store, Worker("a", {"m": model({1: status("END", error="broken model.xml")})}))
+    registry.refresh()
+    view = registry.versions("m")[1]
+    assert (view.state, view.error_code, view.error_message) == ("END", "UNKNOWN", "broken model.xml")
+
+
+def test_catalog_only_versions_are_unavailable(registry: RegistryView, store: redis.Redis) -> None:
+    """A worker that served versions 1 and 2 is gone; its catalog entry remains."""
+    gone = Worker("a", {"m": model({1: status("AVAILABLE"), 2: status("AVAILABLE")})})
+    publish(store, gone)
+    store.delete(worker_key("a"))
+    registry.refresh()
+    assert {v: view.state for v, view in registry.versions("m").items()} == {1: "UNKNOWN", 2: "UNKNOWN"}
+    assert registry.versions("m")[1].error_message == NO_LIVE_WORKER
+    with pytest.raises(Unavailable, match=NO_LIVE_WORKER):
+        registry.resolve("m", None)
+
+
+def test_the_signature_comes_from_the_serving_worker(registry: RegistryView, store: redis.Redis) -> None:
+    publish(
+        store,
+        Worker("a", {"m": model({1: status("LOADING", width=7)}, max_queue_size=5)}, device="GPU"),
+        Worker("b", {"m": model({1: status("AVAILABLE", width=3)}, max_queue_size=5)}),
+    )
+    registry.refresh()
+    target = registry.resolve("m", 1)
+    assert target.signature == signature(3)
+    assert (target.queue, target.workers, target.max_queue_size) == (queue_for("CPU", "m"), 1, 5)
+
+
+RESOLVE = {
+    "no version: the highest AVAILABLE": ({1: "AVAILABLE", 2: "AVAILABLE", 3: "LOADING"}, None, 2),
+    "version 0 means none": ({1: "AVAILABLE", 2: "END"}, 0, 1),
+    "a named version": ({1: "AVAILABLE", 2: "AVAILABLE"}, 1, 1),
+    "still loading": ({1: "LOADING"}, 1, NotFound(VERSION_NOT_LOADED)),
+    "waiting for its files": ({1: "START"}, 1, NotFound(VERSION_NOT_LOADED)),
+    "none loaded yet": ({1: "START", 2: "LOADING"}, None, NotFound(VERSION_NOT_LOADED)),
+    "unloading": ({1: "UNLOADING", 2: "AVAILABLE"}, 1, NotFound(VERSION_RETIRED)),
+    "ended": ({1: "END", 2: "AVAILABLE"}, 1, NotFound(VERSION_RETIRED)),
+    "every version ended": ({1: "END"}, None, Unavailable(NO_LIVE_WORKER)),
+    "no such version": ({1: "AVAILABLE"}, 7, NotFound(VERSION_NOT_FOUND)),
+}
+
+
+@pytest.mark.parametrize("states, asked, expected", RESOLVE.values(), ids=RESOLVE.keys())
+def test_resolve(registry: RegistryView, store: redis.Redis, states: dict, asked: int | None, expected) -> None:
+    publish(store, Worker("a", {"m": model({v: status(state) for v, state in states.items()})}))
+    registry.refresh()
+    if isinstance(expected, Exception):
+        with pytest.raises(type(expected), match=expected.message):
+            registry.resolve("m", asked)
+    else:
+        assert registry.resolve("m", asked).version == expected
+
+
+def test_an_unknown_model_is_not_found_and_an_unreadable_one_unavailable(
+    registry: RegistryView, store: redis.Redis
+) -> None:
+    publish(store, Worker("a", {"m": model({}, error="cannot list gs://bucket/m")}))
+    registry.refresh()
+    with pytest.raises(NotFound, match=MODEL_NOT_FOUND):
+        registry.resolve("other", None)
+    with pytest.raises(Unavailable, match="cannot list gs://bucket/m"):
+        registry.resolve("m", None)
+
+
+def test_which_workers_and_models_are_reported(registry: RegistryView, store: redis.Redis) -> None:
+    publish(
+        store,
+        Worker("a", {"m": model({1: status("AVAILABLE")}), "old": model({1: status("END")}, active=False)}),
+        Worker("b", {"m": model({1: status("LOADING")})}, loaded=False),
+        Worker("c", {"n": model({1: status("AVAILABLE")})}, device="GPU", draining=True),
+    )
+    registry.refresh()
+    assert sorted(registry.live_workers()) == ["a", "b"]
+    assert registry.loaded_workers() == {"a"}
+    assert registry.queues() == [queue_for("CPU", "m"), queue_for("CPU", "old")]
+    assert registry.served_model_names() == ["m", "old"]
+    assert registry.served_model_names(active_only=True) == ["m"]
+    assert registry.knows("n"), "the catalog remembers what a draining worker served"
+
+
+def test_a_redis_restarted_empty_does_not_forget_known_models(registry: RegistryView, store: redis.Redis) -> None:
+    publish(store, Worker("a", {"m": model({1: status("AVAILABLE")})}))
+    registry.refresh()
+    store.flushdb()
+    registry.refresh()
+    with pytest.raises(Unavailable, match=NO_LIVE_WORKER):
+        registry.resolve("m", None)
+
+
+def test_workers_that_stop_serving_are_reported_with_the_queues_still_consumed(store: redis.Redis) -> None:
+    calls: list[tuple[set[str], set[str]]] = []
+    registry = RegistryView(store, on_workers_gone=lambda lost, queues: calls.append((lost, queues)))
+    cpu = Worker("a", {"m": model({1: status("AVAILABLE")})})
+    gpu = Worker("b", {"m": model({1: status("AVAILABLE")})}, device="GPU")
+    publish(store, cpu, gpu)
+    registry.refresh()
+    assert calls == []
+    gpu.draining = True
+    publish(store, gpu)
+    registry.refresh()
+    assert calls == [(set(), {queue_for("CPU", "m")})], "draining: stopped serving, holds its work still"
+    store.delete(worker_key("b"))
+    registry.refresh()
+    assert calls[1:] == [({"b"}, {queue_for("CPU", "m")})], "its heartbeat lapsed: what it held is lost"
+    registry.refresh()
+    assert len(calls) == 2, "reported once"
+    assert cpu.publisher is not None
+    cpu.publisher.stop()
+    registry.refresh()
+    assert calls[2:] == [({"a"}, set())]
