@@ -11,7 +11,7 @@ import redis
 from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ServingError
 from tasks import job_queue
 from tasks.jobs import CHUNK_ROWS, JobBacklogFull, JobLimits, JobStore, JobTooLarge
-from tasks.messages import unpack_requests
+from tasks.messages import QueuedChunk, unpack_requests
 from tasks.registry import WorkerPublisher
 from tasks.routing import job_queue_for, payload_key
 from tests.support.worker_part import DOUBLER, doubled, failed, store_reply
@@ -35,21 +35,21 @@ def alive(client: redis.Redis, worker_id: str) -> str:
     return worker_id
 
 
-def take(client: redis.Redis, worker_id: str) -> tuple[bytes, job_queue.Chunk]:
+def take(client: redis.Redis, worker_id: str) -> tuple[bytes, QueuedChunk]:
     taken = job_queue.take(client, QUEUE, worker_id, wait_s=1.0)
     assert taken is not None, "no chunk queued"
     return taken
 
 
 def store_result(
-    client: redis.Redis, worker_id: str, chunk: job_queue.Chunk, error: ServingError | None = None
+    client: redis.Redis, worker_id: str, chunk: QueuedChunk, error: ServingError | None = None
 ) -> None:
     """Compute y = 2 x for a taken chunk (or fail it with `error`) and store the result as a job feeder does."""
     [request] = unpack_requests(chunk.envelope, client.get(payload_key(chunk.task_id)))
     store_reply(chunk.task_id, worker_id, {request.request_id: doubled(request) if error is None else failed(error)})
 
 
-def run_chunk(client: redis.Redis, worker_id: str, error: ServingError | None = None) -> job_queue.Chunk:
+def run_chunk(client: redis.Redis, worker_id: str, error: ServingError | None = None) -> QueuedChunk:
     """What a worker's job feeder does with the next chunk: take it, run it, store its result, finish it."""
     raw, chunk = take(client, worker_id)
     store_result(client, worker_id, chunk, error)
