@@ -17,6 +17,7 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 # Only what the package needs (README.md is its long description); see .dockerignore.
 COPY pyproject.toml README.md ./
+COPY ovms ./ovms
 COPY api ./api
 COPY tasks ./tasks
 COPY inference ./inference

@@ -21,6 +21,7 @@ run: venv models
 
 test: venv models tfs-client
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 venv: $(VENV)/.installed
@@ -45,6 +46,7 @@ $(TFS_VENV)/.installed:
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 protos: venv
 	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \

@@ -13,7 +13,6 @@ import redis
 from api.admission import Admission, request_bytes
 from inference.errors import VERSION_NOT_FOUND, InvalidArgument, NotFound, ServingError
 from inference.request import InferenceRequest, InferenceResult
-from inference.settings import DEFAULT_MAX_REQUEST_MB, INFLIGHT_REQUESTS_BY_DEFAULT
 from inference.signature import ModelSignature
 from inference.states import VersionState, VersionStatus
 from inference.validation import RequestTensor, validate_inputs
@@ -32,10 +31,10 @@ class DataPlane:
         default_timeout_s: float,
         store: redis.Redis,
         link: RedisLink,
-        configured: Callable[[], list[str] | None] = lambda: None,
-        job_ttl_s: int = 86400,
-        max_inflight_bytes: int = INFLIGHT_REQUESTS_BY_DEFAULT * (DEFAULT_MAX_REQUEST_MB << 20),
-        job_limits: JobLimits | None = None,
+        configured: Callable[[], list[str] | None],
+        job_ttl_s: int,
+        max_inflight_bytes: int,
+        job_limits: JobLimits,
     ) -> None:
         self.link = link
         self._registry = registry
@@ -43,7 +42,7 @@ class DataPlane:
         self._default_timeout_s = default_timeout_s
         self._store = store
         self._configured = configured
-        self.jobs = JobStore(store, job_ttl_s, job_limits or JobLimits())
+        self.jobs = JobStore(store, job_ttl_s, job_limits)
         self.admission = Admission(max_inflight_bytes)
 
     def expected_models(self) -> list[str]:

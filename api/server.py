@@ -14,8 +14,9 @@ from api.grpc_server import GrpcServer
 from api.metrics import ServingMetrics
 from api.rest_app import create_app
 from api.rest_server import RestServer
+from api.settings import ApiSettings
 from api.tls import TlsFiles
-from inference.settings import ConfiguredModels, ServerSettings
+from inference.model_config import ConfiguredModels
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
 from tasks.jobs import JobLimits
@@ -29,7 +30,7 @@ LISTENER_GRACE_S = 2.0  # for replies still being written when the listeners clo
 
 
 class ApiServer:
-    def __init__(self, settings: ServerSettings, broker_url: str, rest: bool = True) -> None:
+    def __init__(self, settings: ApiSettings, broker_url: str, rest: bool = True) -> None:
         self._settings = settings
         backend_url = settings.result_backend_url or broker_url
         configure(broker_url, backend_url, settings.job_ttl_s)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from inference.settings import ServerSettings
+from api.settings import SecuritySettings
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class TlsFiles:
     client_ca: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: ServerSettings) -> TlsFiles | None:
+    def from_settings(cls, settings: SecuritySettings) -> TlsFiles | None:
         """None when the servers speak plain text."""
         if not settings.ssl_certificate or not settings.ssl_private_key:
             return None

@@ -18,8 +18,8 @@ import openvino as ov
 from inference.batcher import DynamicBatcher
 from inference.errors import ServingError, plain_message
 from inference.model import CompiledVersion
+from inference.model_config import ConfigError, ModelConfig
 from inference.repository import select_versions
-from inference.settings import ConfigError, ModelConfig
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
 from inference.storage import ModelStorage, open_storage
 

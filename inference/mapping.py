@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inference.settings import ConfigError
+from inference.model_config import ConfigError
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import openvino as ov
 from inference import dtypes
 from inference.errors import RESHAPE_FAILED, FailedPrecondition, InvalidArgument, plain_message
 from inference.mapping import TensorMapping, load_mapping
+from inference.model_config import ConfigError, ModelConfig
 from inference.repository import find_model_file
 from inference.request import Tensors
-from inference.settings import ConfigError, ModelConfig
 from inference.shapes import AUTO
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inference.settings import ConfigError
+from inference.model_config import ConfigError
 
 
 def select_versions(available: list[int], policy: dict[str, Any]) -> list[int]:

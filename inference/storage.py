@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from inference.settings import ConfigError
+from inference.model_config import ConfigError
 
 log = logging.getLogger("serving")
 

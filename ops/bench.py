@@ -4,7 +4,7 @@
     python ops/bench.py [--duration 8] [--warmup 2] [--concurrency 1,8,32] [--models digits,resnet] \\
         [--rest] [--server-flags "--max_batch_size 8"]
 
-Starts the whole stack (`python -m api.main`: embedded Redis, a worker, the api) on free ports with a
+Starts the whole stack (`python -m ovms`: embedded Redis, a worker, the api) on free ports with a
 temporary config.json, and for each model and concurrency c measures
 
 - raw: OpenVINO in this process while the server is idle — c requests of batch 1 kept in flight with an
@@ -48,7 +48,7 @@ import openvino as ov
 import requests
 
 from api.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
-from inference.settings import _MODEL_FLAGS as PER_MODEL_FLAGS  # the flags ovms refuses next to --config_path
+from inference.model_config import PER_MODEL_KEYS  # their flags are refused next to --config_path
 from tasks.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -317,7 +317,7 @@ def split_server_flags(flags: list[str]) -> tuple[dict[str, Any], list[str]]:
     tokens = iter(flags)
     for token in tokens:
         name, equals, value = token.removeprefix("--").partition("=")
-        if token.startswith("--") and name in PER_MODEL_FLAGS:
+        if token.startswith("--") and name in PER_MODEL_KEYS:
             settings[name] = config_value(value if equals else next(tokens, ""))
         else:
             passed.append(token)
@@ -334,7 +334,7 @@ def write_config(cases: list[ModelCase], settings: dict[str, Any], directory: Pa
 
 
 class Server:
-    """`python -m api.main` (embedded Redis, a worker, the api) in its own session, stopped on exit."""
+    """`python -m ovms` (embedded Redis, a worker, the api) in its own session, stopped on exit."""
 
     def __init__(self, cases: list[ModelCase], server_flags: list[str], directory: Path) -> None:
         self.cases = cases
@@ -344,7 +344,7 @@ class Server:
         self.model_settings, passed_flags = split_server_flags(server_flags)
         config = write_config(cases, self.model_settings, directory)
         self.command = [
-            sys.executable, "-m", "api.main", "--config_path", str(config),
+            sys.executable, "-m", "ovms", "--config_path", str(config),
             "--port", str(self.grpc_port), "--rest_port", str(self.rest_port), *passed_flags,
         ]  # fmt: skip
         self.process: subprocess.Popen | None = None

@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from celery import Celery
 
 from tasks.connections import ssl_options
+from tasks.settings import JobSettings
 
-app = Celery("ovms", include=["tasks.predict"])
+if TYPE_CHECKING:
+    from tasks.runtime import WorkerRuntime
+
+
+class ServingApp(Celery):
+    """Celery, plus the runtime this app's worker serves predicts with: the worker's PredictRuntime step
+    sets it while the worker runs (tasks.worker_steps), and the predict task reads it through its own
+    `self.app`. None in an api process, and before or after a worker's run."""
+
+    worker_runtime: WorkerRuntime | None = None
+
+
+app = ServingApp("ovms", include=["tasks.predict"])
 
 app.conf.update(
     # Never pickle: task messages are JSON (metadata only, tensors travel by claim check),
@@ -30,7 +44,7 @@ app.conf.update(
     broker_transport_options={"socket_keepalive": True, "ack_emulation": False},
     result_backend_transport_options={"socket_keepalive": True},
     task_track_started=False,
-    result_expires=24 * 3600,  # async job results (predict replies go to reply lists); see --job_ttl_s
+    result_expires=JobSettings.job_ttl_s,  # async job results (predict replies go to reply lists); the default
     # The `celery` command (Flower) passes its --broker on as CELERY_BROKER_URL; kombu takes rediss://
     # settings only from broker_use_ssl (without it, it would not verify the server's certificate).
     broker_use_ssl=ssl_options(os.environ.get("CELERY_BROKER_URL", "")),

@@ -35,11 +35,12 @@ from inference.errors import (
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import holders, release
+from tasks.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
 from tasks.lanes import Entry, Lane
 from tasks.link import RedisLink
 from tasks.messages import ComputedOutputs, PredictReply, describe_failure, pack_requests
 from tasks.publisher import PredictPublisher
-from tasks.registry import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, Target
+from tasks.registry import Target
 from tasks.routing import reply_key
 
 log = logging.getLogger("serving")

@@ -34,7 +34,6 @@ from celery import states
 
 from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from inference.request import InferenceRequest
-from inference.settings import DEFAULT_JOB_BACKLOG_MB, DEFAULT_JOB_MAX_MB, DEFAULT_JOB_TIMEOUT_S, ServerSettings
 from tasks import job_backlog, job_queue
 from tasks.app import app
 from tasks.job_queue import stop_key
@@ -52,6 +51,7 @@ from tasks.messages import (
 )
 from tasks.registry import Target
 from tasks.routing import job_queue_for, worker_key
+from tasks.settings import JobSettings
 
 log = logging.getLogger("serving")
 
@@ -80,12 +80,12 @@ class JobBacklogFull(ResourceExhausted):
 
 @dataclass(frozen=True)
 class JobLimits:
-    max_job_bytes: int = DEFAULT_JOB_MAX_MB << 20
-    max_backlog_bytes: int = DEFAULT_JOB_BACKLOG_MB << 20
-    timeout_s: int = DEFAULT_JOB_TIMEOUT_S
+    max_job_bytes: int
+    max_backlog_bytes: int
+    timeout_s: int
 
     @staticmethod
-    def from_settings(settings: ServerSettings) -> JobLimits:
+    def from_settings(settings: JobSettings) -> JobLimits:
         return JobLimits(settings.job_max_mb << 20, settings.job_backlog_mb << 20, settings.job_timeout_s)
 
 
@@ -190,7 +190,7 @@ class JobStore:
         done = sum(chunk.rows for chunk, outcome in zip(record.chunks, outcomes, strict=True) if outcome and outcome.ok)
         errors = sorted({outcome.error for outcome in ran if not outcome.ok} - {""})
         finished = [outcome.date_done for outcome in ran]
-        deadline = record.deadline if record.deadline is not None else record.created + JobLimits.timeout_s
+        deadline = record.deadline if record.deadline is not None else record.created + JobSettings.job_timeout_s
         if record.revoked:
             state = JobState.REVOKED
         elif errors:

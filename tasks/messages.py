@@ -27,8 +27,8 @@ import numpy as np
 
 from inference import dtypes
 from inference.errors import ServingError
+from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.request import InferenceRequest, InferenceResult, Tensors
-from inference.settings import DEFAULT_MAX_QUEUE_SIZE
 from inference.signature import ModelSignature
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
 from tasks.wire import Message, Record, key

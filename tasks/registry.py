@@ -1,9 +1,5 @@
-"""What workers publish about themselves, and the api's merged view of it.
+"""The api's merged view of what the workers publish about themselves (see tasks.heartbeat).
 
-Each worker keeps `ovms:worker:<id>` alive (a JSON snapshot with a short expiry, refreshed every
-second) listing its device and, per model, the queue it consumes and every version's state and
-signature. Workers also record each model in the persistent `ovms:catalog` hash, so that the api can
-tell a model whose workers are all gone (UNAVAILABLE) from one that never existed (NOT_FOUND).
 The api process reads only this: it holds no model files and runs no OpenVINO.
 """
 
@@ -28,18 +24,16 @@ from inference.errors import (
     NotFound,
     Unavailable,
 )
-from inference.settings import DEFAULT_MAX_QUEUE_SIZE
+from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.signature import ModelSignature
-from inference.states import PREPARING, RETIRING, ModelReport, VersionState, VersionStatus
-from tasks.messages import CatalogEntry, ModelSnapshot, WorkerSnapshot
-from tasks.routing import CATALOG_KEY, WORKER_PREFIX, queue_for, worker_key
+from inference.states import PREPARING, RETIRING, VersionState, VersionStatus
+from tasks.messages import CatalogEntry, WorkerSnapshot
+from tasks.routing import CATALOG_KEY, WORKER_PREFIX
 
 log = logging.getLogger("serving")
 
 Decoded = TypeVar("Decoded", WorkerSnapshot, CatalogEntry)
 
-HEARTBEAT_INTERVAL_S = 1.0
-HEARTBEAT_TTL_S = 3
 # Which state wins when workers report a version differently: the one closest to serving.
 _STATE_RANK = {
     VersionState.AVAILABLE: 5,
@@ -49,55 +43,6 @@ _STATE_RANK = {
     VersionState.END: 1,
     VersionState.UNKNOWN: 0,
 }
-
-
-class WorkerPublisher:
-    """Worker side: a heartbeat thread that publishes this worker's models and their states."""
-
-    def __init__(
-        self, client: redis.Redis, worker_id: str, device: str, snapshot: Callable[[], dict[str, ModelReport]]
-    ) -> None:
-        self._client = client
-        self._key = worker_key(worker_id)
-        self._worker_id = worker_id
-        self._device = device
-        self._snapshot = snapshot
-        self.loaded = False  # set once the models present at start were loaded (or failed)
-        self.draining = False  # set on shutdown: finishing what it took, taking nothing new
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ovms-heartbeat", daemon=True)
-
-    def start(self) -> None:
-        self.publish()
-        self._thread.start()
-
-    def publish(self) -> None:
-        """Write this worker's snapshot now (also called at once when a model's state changes)."""
-        reports = self._snapshot()
-        models = {name: ModelSnapshot(queue_for(self._device, name), report) for name, report in reports.items()}
-        snapshot = WorkerSnapshot(self._worker_id, self._device, models, self.loaded, self.draining, time.time())
-        with self._lock, self._client.pipeline(transaction=False) as pipe:
-            pipe.set(self._key, snapshot.to_json(), ex=HEARTBEAT_TTL_S)
-            for name, report in reports.items():
-                pipe.hset(CATALOG_KEY, name, CatalogEntry(self._device, tuple(sorted(report.versions))).to_json())
-            pipe.execute()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
-        try:
-            self._client.delete(self._key)
-        except redis.RedisError as exc:
-            log.warning("Could not withdraw worker registration: %s", exc)
-
-    def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
-            try:
-                self.publish()
-            except redis.RedisError as exc:
-                log.warning("Heartbeat failed: %s", exc)
 
 
 @dataclass(frozen=True)

@@ -33,20 +33,6 @@ from tasks.routing import payload_key
 
 log = logging.getLogger("serving")
 
-_current: WorkerRuntime | None = None
-
-
-def install(runtime: WorkerRuntime) -> None:
-    global _current
-    _current = runtime
-
-
-def current() -> WorkerRuntime:
-    if _current is None:
-        raise RuntimeError("this process is not an ovms worker")
-    return _current
-
-
 class PredictActivity:
     """How many predict messages this worker is serving: job chunks wait for none (tasks.job_feeder)."""
 

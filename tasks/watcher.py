@@ -19,8 +19,9 @@ from typing import Any
 import redis
 
 from inference.manager import ModelManager
-from inference.settings import ConfigError, ServerSettings, load_config_file
+from inference.model_config import ConfigError, load_config_file
 from tasks.routing import control_key
+from tasks.settings import WorkerSettings
 
 log = logging.getLogger("serving")
 
@@ -32,7 +33,7 @@ class RepositoryWatcher:
     def __init__(
         self,
         manager: ModelManager,
-        settings: ServerSettings,
+        settings: WorkerSettings,
         client: redis.Redis,
         worker_id: str,
         on_change: Callable[[], None],

@@ -18,7 +18,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from inference.settings import ConfigError
+from inference.model_config import ConfigError
 from inference.storage import ModelStorage, open_storage
 from tasks.broker import free_port
 from tests.support.emulators import Cloud, GcsCloud, S3Cloud, gcs_emulator, moto_server

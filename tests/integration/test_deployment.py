@@ -27,11 +27,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 from tests.support.stack import REST_READY
 
@@ -164,7 +164,7 @@ def image_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _parse(argv: list[str], env: dict[str, str], config_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The real CLI parser on a deployment's arguments, its config file swapped for a local copy."""
-    from inference.settings import parse_command_line
+    from ovms.settings import parse_command_line
 
     argv = list(argv)
     index = argv.index("--config_path") + 1
@@ -241,8 +241,9 @@ def test_dockerfile_stages_user_healthcheck_and_command() -> None:
     instructions = dict((keyword, rest) for keyword, rest in runtime if keyword != "RUN")
     assert instructions["EXPOSE"].split() == ["9178", "8000"]
     assert json.loads(instructions["ENTRYPOINT"]) == ["ovms"]
-    (script,) = entry_points(group="console_scripts", name="ovms")
-    assert script.value == "api.main:main"
+    # the image's `ovms` is the console script pyproject.toml declares (read there: an editable install's
+    # metadata keeps the value it was installed with)
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["ovms"] == "ovms.cli:main"
     healthcheck = instructions["HEALTHCHECK"]
     exec_form = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
     assert exec_form[:2] == ["python", "-c"] and "http://127.0.0.1:8000/v1/health/live" in exec_form[2]
@@ -462,7 +463,7 @@ def _configmap_config(manifests: list[dict[str, Any]], tmp_path: Path) -> Path:
 def test_k8s_commands_parse_with_the_real_cli(
     manifests: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from inference.settings import load_config_file
+    from inference.model_config import load_config_file
 
     config = _configmap_config(manifests, tmp_path)
     models = load_config_file(str(config))
@@ -590,7 +591,7 @@ REDIS_SCALER_KEYS = {
 def test_keda_scaled_object_scales_cpu_workers_on_their_queues(manifests: list[dict[str, Any]]) -> None:
     import jsonschema
 
-    from inference.settings import models_from_document
+    from inference.model_config import models_from_document
     from tasks.routing import queue_for
 
     keda = [d for d in manifests if d["apiVersion"].startswith("keda.sh/")]
@@ -670,8 +671,8 @@ class _Process:
 
 
 def _program(argv: list[str]) -> list[str]:
-    """The image's programs, from this environment: `ovms` is api.main:main (see pyproject.toml)."""
-    programs = {"ovms": ["-m", "api.main"], "celery": ["-m", "celery"], "python": []}
+    """The image's programs, from this environment: `ovms` is ovms.cli:main (see pyproject.toml)."""
+    programs = {"ovms": ["-m", "ovms"], "celery": ["-m", "celery"], "python": []}
     return [sys.executable, *programs[argv[0]], *argv[1:]]
 
 

@@ -35,7 +35,7 @@ def _digits(models_dir, count: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _ovms(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "api.main", *args], capture_output=True, text=True, cwd=REPO, timeout=300
+        [sys.executable, "-m", "ovms", *args], capture_output=True, text=True, cwd=REPO, timeout=300
     )
 
 
@@ -222,7 +222,7 @@ def test_a_chunk_past_its_deadline_fails_the_job_and_submit_wait_ends(stopped_wo
     np.save(tmp_path / "x.npy", np.ones((600, 4), np.float32))
     started = time.monotonic()
     submit = subprocess.Popen(
-        [sys.executable, "-m", "api.main", "submit", "--url", api.rest_url, "--model", "versioned",
+        [sys.executable, "-m", "ovms", "submit", "--url", api.rest_url, "--model", "versioned",
          "--input", str(tmp_path / "x.npy"), "--wait"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -397,7 +397,7 @@ def test_a_job_of_zero_samples_is_refused(server, model, upload):
 def _submit_wait(rest_url: str, upload: Path, timeout_s: float) -> subprocess.Popen:
     """`ovms submit --wait` in the background, once it printed its job id."""
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "api.main", "submit", "--url", rest_url, "--model", "versioned",
+        [sys.executable, "-m", "ovms", "submit", "--url", rest_url, "--model", "versioned",
          "--input", str(upload), "--wait", "--timeout", str(timeout_s)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},  # the job id before it waits

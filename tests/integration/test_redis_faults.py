@@ -30,7 +30,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from api.supervisor import RESTARTS_PER_MINUTE
+from ovms.all_in_one import RESTARTS_PER_MINUTE
 from tasks.broker import EmbeddedRedis
 from tests.support.load import float_request
 from tests.support.stack import REPO, OvmsProcess, start_ovms
@@ -284,7 +284,7 @@ def test_ovms_submit_wait_rides_out_an_outage_and_ends_when_redis_lost_the_job(s
     worker.suspend()  # the job stays queued
     try:
         np.save(tmp_path / "x.npy", np.ones((3, 4), dtype=np.float32))
-        command = [sys.executable, "-m", "api.main", "submit", "--url", probe.url, "--model", MODEL]
+        command = [sys.executable, "-m", "ovms", "submit", "--url", probe.url, "--model", MODEL]
         client = subprocess.Popen(
             [*command, "--input", str(tmp_path / "x.npy"), "--wait"],
             stdout=subprocess.PIPE,

@@ -22,7 +22,7 @@ import pytest
 import redis
 import requests
 
-from tasks.registry import HEARTBEAT_TTL_S
+from tasks.heartbeat import HEARTBEAT_TTL_S
 from tasks.routing import REPLY_PREFIX, claims_key, job_queue_for, job_taken_key, queue_for, worker_prefix
 from tests.support.jobs import post_npy
 from tests.support.load import GrpcLoad, float_request

@@ -81,7 +81,7 @@ class OvmsProcess:
 
 
 def ovms_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "api.main", *args]
+    return [sys.executable, "-m", "ovms", *args]
 
 
 def start_ovms(

@@ -15,8 +15,8 @@ import pytest
 from inference.batcher import BatchResult, DynamicBatcher
 from inference.errors import InvalidArgument
 from inference.model import CompiledVersion
+from inference.model_config import ModelConfig
 from inference.request import Tensors
-from inference.settings import ModelConfig
 
 try:
     import openvino.opset13 as ops

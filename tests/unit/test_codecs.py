@@ -21,9 +21,9 @@ from api.rest_codec import COLUMN, ROW, parse_predict_body, predict_response
 from inference import dtypes
 from inference.errors import DeadlineExceeded, InvalidArgument, NotFound, ServingError
 from inference.mapping import TensorMapping, load_mapping
+from inference.model_config import ConfigError
 from inference.repository import find_model_file, select_versions
 from inference.request import InferenceRequest
-from inference.settings import ConfigError
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec
 from inference.validation import validate_inputs
 from tasks.messages import (

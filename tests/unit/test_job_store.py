@@ -4,16 +4,19 @@ limits, status and progress, cancelling, owners, and the recovery of chunks whos
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import redis
 
 from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ServingError
 from tasks import job_queue
+from tasks.heartbeat import Heartbeat
 from tasks.jobs import CHUNK_ROWS, JobBacklogFull, JobLimits, JobStore, JobTooLarge
 from tasks.messages import QueuedChunk, unpack_requests
-from tasks.registry import WorkerPublisher
 from tasks.routing import job_queue_for, payload_key
+from tasks.settings import JobSettings
 from tests.support.worker_part import DOUBLER, doubled, failed, store_reply
 
 QUEUE = job_queue_for(DOUBLER.queue)
@@ -26,12 +29,14 @@ def samples(count: int, first: int = 0) -> dict[str, np.ndarray]:
 
 
 def job_store(client: redis.Redis, **limits: int) -> JobStore:
-    return JobStore(client, TTL_S, JobLimits(**limits))
+    """A store with the server's default limits, but for the ones given."""
+    defaults = JobLimits.from_settings(JobSettings())
+    return JobStore(client, TTL_S, dataclasses.replace(defaults, **limits))
 
 
 def alive(client: redis.Redis, worker_id: str) -> str:
-    """A worker whose heartbeat is current (written by the workers' own publisher)."""
-    WorkerPublisher(client, worker_id, "CPU", dict).publish()
+    """A worker whose heartbeat is current (written by the workers' own Heartbeat)."""
+    Heartbeat(client, worker_id, "CPU", dict).publish()
     return worker_id
 
 

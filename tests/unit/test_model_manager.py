@@ -14,7 +14,7 @@ import pytest
 from inference.batcher import DynamicBatcher
 from inference.errors import VERSION_RETIRED, NotFound
 from inference.manager import ModelManager
-from inference.settings import ModelConfig
+from inference.model_config import ModelConfig
 from inference.shapes import parse_shape_setting
 
 WAIT_S = 10.0

@@ -1,6 +1,6 @@
-"""The api's merged view of the workers (tasks.registry.RegistryView) on a real Redis, fed with heartbeats
-written by the workers' own publisher: table-driven merges of several workers' version states, then how the
-view resolves requests and reports workers that stop serving."""
+"""The api's merged view of the workers (tasks.registry.RegistryView) on a real Redis, fed with documents
+written by the workers' own heartbeat (tasks.heartbeat): table-driven merges of several workers' version
+states, then how the view resolves requests and reports workers that stop serving."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from inference.errors import (
 )
 from inference.signature import ModelSignature, TensorSpec
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
-from tasks.registry import RegistryView, WorkerPublisher
+from tasks.heartbeat import Heartbeat
+from tasks.registry import RegistryView
 from tasks.routing import queue_for, worker_key
 
 
@@ -45,20 +46,20 @@ def model(
 
 @dataclass
 class Worker:
-    """A worker's heartbeat, published by the workers' own publisher."""
+    """A worker's heartbeat, published by the workers' own Heartbeat."""
 
     worker_id: str
     models: dict[str, ModelReport]
     device: str = "CPU"
     loaded: bool = True
     draining: bool = False
-    publisher: WorkerPublisher | None = field(default=None, repr=False)
+    heartbeat: Heartbeat | None = field(default=None, repr=False)
 
     def publish(self, client: redis.Redis) -> None:
-        self.publisher = WorkerPublisher(client, self.worker_id, self.device, lambda: self.models)
-        self.publisher.loaded = self.loaded
-        self.publisher.draining = self.draining
-        self.publisher.publish()
+        self.heartbeat = Heartbeat(client, self.worker_id, self.device, lambda: self.models)
+        self.heartbeat.loaded = self.loaded
+        self.heartbeat.draining = self.draining
+        self.heartbeat.publish()
 
 
 @pytest.fixture
@@ -254,7 +255,7 @@ def test_workers_that_stop_serving_are_reported_with_the_queues_still_consumed(s
     assert calls[1:] == [({"b"}, {queue_for("CPU", "m")})], "its heartbeat lapsed: what it held is lost"
     registry.refresh()
     assert len(calls) == 2, "reported once"
-    assert cpu.publisher is not None
-    cpu.publisher.stop()
+    assert cpu.heartbeat is not None
+    cpu.heartbeat.stop()
     registry.refresh()
     assert calls[2:] == [({"a"}, set())]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from api.auth import BearerTokens
-from inference.settings import UsageError, parse_command_line
+from ovms.settings import UsageError, parse_command_line
 
 SINGLE = ["--model_name", "m", "--model_path", "/m"]
 

@@ -12,17 +12,10 @@ from typing import Any
 
 import pytest
 
-from api.main import USAGE_EXIT_CODE
-from inference.settings import (
-    ConfigError,
-    ModelConfig,
-    ServerSettings,
-    UsageError,
-    load_config_file,
-    models_from_document,
-    parse_command_line,
-)
+from inference.model_config import ConfigError, ModelConfig, load_config_file, models_from_document
 from inference.shapes import AUTO, ShapeParseError, parse_batch_size, parse_input_shape, parse_shape_setting
+from ovms.cli import USAGE_EXIT_CODE, warn_about_grpc_workers
+from ovms.settings import ServerSettings, UsageError, parse_command_line
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = ["--model_name", "resnet", "--model_path", "/models/resnet"]
@@ -43,7 +36,7 @@ def run_ovms(*args: str) -> subprocess.CompletedProcess[str]:
     """`ovms args` in a child process, without a broker in the environment."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("OVMS_")}
     return subprocess.run(
-        [sys.executable, "-m", "api.main", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "ovms", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
 
 
@@ -548,3 +541,13 @@ def test_settings_type_is_frozen() -> None:
 @pytest.mark.parametrize("path", ["/models/..resnet", "/models/resnet..", "s3://bucket/a..b", "/models/.hidden"])
 def test_dots_inside_a_base_path_name_are_fine(path: str) -> None:
     assert models_from_document(config_list({"name": "m", "base_path": path}))[0].base_path == path
+
+
+@pytest.mark.parametrize(("workers", "warned"), [("1", False), ("3", True)])
+def test_grpc_workers_above_one_warns_that_one_grpc_server_runs(
+    caplog: pytest.LogCaptureFixture, workers: str, warned: bool
+) -> None:
+    settings = parse_command_line([*SINGLE, "--grpc_workers", workers])
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        warn_about_grpc_workers(settings)
+    assert any("one gRPC server (asyncio) per api process" in m and "ovms api" in m for m in caplog.messages) is warned

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from inference.settings import ConfigError
+from inference.model_config import ConfigError
 from inference.storage import (
     GcsStorage,
     LocalStorage,

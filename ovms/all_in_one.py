@@ -1,4 +1,4 @@
-"""`ovms` with no role: embedded Redis (unless a broker is given), one worker per device, the api."""
+"""`ovms` with no role (all-in-one): embedded Redis (unless a broker is given), one worker per device, the api."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import time
 
 import redis
 
-from api.main import wait_for_stop_signal
 from api.server import ApiServer
-from inference.settings import ServerSettings
+from ovms.settings import ServerSettings
+from ovms.stop_signal import wait_for_stop_signal
 from tasks.broker import EmbeddedRedis
 from tasks.lifetime import die_with_parent
 from tasks.registry import RegistryView
@@ -78,7 +78,7 @@ class Supervisor:
     def _spawn_worker(self, device: str, broker_url: str) -> subprocess.Popen:
         """The broker URL (maybe the embedded Redis's) and the result backend's go by environment, keeping
         a Redis password off the worker's command line; the worker then looks where the api looks."""
-        command = [sys.executable, "-m", "api.main", "worker", *self._argv, "--device", device]
+        command = [sys.executable, "-m", "ovms", "worker", *self._argv, "--device", device]
         log.info("Starting the %s worker", device)
         env = {**os.environ, "OVMS_BROKER_URL": broker_url}
         if self._settings.result_backend_url:

@@ -18,9 +18,10 @@ import requests
 from tqdm import tqdm
 
 from tasks.job_states import FINAL, JobState
+from tasks.settings import JobSettings
 
 COMMANDS = ("submit", "jobs", "result")
-WAIT_TIMEOUT_S = 3700.0  # a job fails on the server after --job_timeout_s (default 3600)
+WAIT_TIMEOUT_S = JobSettings.job_timeout_s + 100.0  # a job fails on the server after --job_timeout_s
 POLL_INTERVAL_S = 0.2
 POLL_TIMEOUT_S = 30.0  # one status request; an api that takes longer is asked again
 

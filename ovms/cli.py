@@ -1,0 +1,70 @@
+"""The `ovms` command: everything in one command, or only the `api` or a `worker` role, or a job client
+command (`submit`, `jobs`, `result`)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from inference.logs import setup_logging
+from ovms.settings import ServerSettings, UsageError, parse_command_line
+from tasks.connections import check_reachable
+
+log = logging.getLogger("serving")
+
+USAGE_EXIT_CODE = 64
+CLIENT_COMMANDS = ("submit", "jobs", "result")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in CLIENT_COMMANDS:
+        from ovms.client import main as client_main
+
+        return client_main(argv)
+    setup_logging()
+    try:
+        settings = parse_command_line(argv)
+        if settings.role != "all" and not settings.broker_url:
+            raise UsageError(f"the {settings.role} role needs --broker_url or OVMS_BROKER_URL")
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return USAGE_EXIT_CODE
+    setup_logging(settings.log_level, settings.log_path)
+    try:
+        _check_redis(settings)
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        return 1
+    if settings.role == "worker":
+        from ovms.worker_role import run_worker_role
+
+        return run_worker_role(settings)
+    warn_about_grpc_workers(settings)
+    if settings.role == "api":
+        from ovms.api_role import run_api_role
+
+        return run_api_role(settings)
+    from ovms.all_in_one import Supervisor
+
+    return Supervisor(settings, argv).run()
+
+
+def _check_redis(settings: ServerSettings) -> None:
+    """Fail at start, saying why, when a given broker or result backend cannot be used (wrong password,
+    TLS settings, unreachable), rather than retry forever; the embedded Redis needs no check."""
+    if settings.broker_url:
+        check_reachable(settings.broker_url, "broker")
+    if settings.result_backend_url:
+        check_reachable(settings.result_backend_url, "result backend")
+
+
+def warn_about_grpc_workers(settings: ServerSettings) -> None:
+    """--grpc_workers is the seed's; scripts pass it, so it is accepted, but one asyncio gRPC server per
+    api process serves every connection here."""
+    if settings.grpc_workers > 1:
+        log.warning(
+            "--grpc_workers %d: this server runs one gRPC server (asyncio) per api process; "
+            "to serve with more processes, run more `ovms api` processes",
+            settings.grpc_workers,
+        )
