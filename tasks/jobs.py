@@ -32,7 +32,7 @@ import numpy as np
 import redis
 from celery import states
 
-from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from inference.request import InferenceRequest
 from tasks import job_backlog, job_queue
 from tasks.app import app
@@ -271,7 +271,10 @@ class JobStore:
         """A job's record; NotFound for a malformed id (before it makes a key) and, with `owner`, for
         another owner's job, in the same words as for no such job."""
         raw = self._client.get(JOB_PREFIX + job_id) if JOB_ID.fullmatch(job_id) else None
-        record = JobRecord.from_json(raw) if raw is not None else None
+        try:
+            record = JobRecord.from_json(raw) if raw is not None else None
+        except InvalidArgument as error:  # not the caller's fault: the stored record is not one this api reads
+            raise Internal(error.message) from None
         if record is None or (owner is not None and record.owner != owner):
             raise NotFound(f"Job {job_id[:64]} is not found: unknown id, expired, or lost when Redis restarted empty")
         return record
