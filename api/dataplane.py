@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import redis
 
@@ -15,20 +14,13 @@ from api.admission import Admission, request_bytes
 from inference.errors import VERSION_NOT_FOUND, InvalidArgument, NotFound, ServingError
 from inference.request import InferenceRequest, InferenceResult
 from inference.signature import ModelSignature
+from inference.states import VersionState, VersionStatus
 from inference.validation import RequestTensor, validate_inputs
 from tasks.control import request_reload
 from tasks.dispatcher import Dispatcher
 from tasks.jobs import JobLimits, JobStore
 from tasks.link import OUTAGES, RedisLink
-from tasks.registry import RegistryView, Target, VersionView
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    version: int
-    state: str
-    error_code: str
-    error_message: str
+from tasks.registry import RegistryView, Target
 
 
 class DataPlane:
@@ -119,7 +111,7 @@ class DataPlane:
         models = {}
         for name in self.expected_models():
             try:
-                models[name] = any(s.state == "AVAILABLE" for s in self.model_status(name, None))
+                models[name] = any(s.state == VersionState.AVAILABLE for s in self.model_status(name, None))
             except ServingError:
                 models[name] = False
         return bool(models) and all(models.values()) and not self.admission.closed, models
@@ -132,8 +124,8 @@ class DataPlane:
             view = versions.get(version)
             if view is None:
                 raise NotFound(VERSION_NOT_FOUND)
-            return [_status(version, view)]
-        return [_status(v, view) for v, view in sorted(versions.items())]
+            return [view.status]
+        return [view.status for _, view in sorted(versions.items())]
 
     def model_metadata(self, name: str, version: int | None) -> tuple[int, ModelSignature]:
         with self.needs_redis():
@@ -201,7 +193,3 @@ class DataPlane:
 def _with_precisions(target: Target, result: InferenceResult) -> InferenceResult:
     result.precisions = {name: target.signature.outputs[name].precision for name in result.outputs}
     return result
-
-
-def _status(version: int, view: VersionView) -> VersionStatus:
-    return VersionStatus(version, view.state, view.error_code, view.error_message)

@@ -17,7 +17,7 @@ from werkzeug.routing import BaseConverter
 
 from api.admission import request_bytes
 from api.auth import BearerTokens
-from api.dataplane import DataPlane, VersionStatus
+from api.dataplane import DataPlane
 from api.grpc_service import SIGNATURE_NAME
 from api.job_results import json_body, npy_body, npy_length, npz_body
 from api.metrics import ServingMetrics
@@ -28,7 +28,9 @@ from inference import dtypes
 from inference.errors import InvalidArgument, ServingError
 from inference.request import InferenceResult
 from inference.signature import ModelSignature
+from inference.states import VersionStatus
 from inference.validation import RequestTensor
+from tasks.job_states import JobState
 from tasks.jobs import JobResult
 from tasks.link import OUTAGES
 
@@ -154,7 +156,7 @@ def create_app(
     @app.get("/v1/jobs/<job_id>/result")
     def job_result(job_id: str) -> Response:
         status = dataplane.jobs.status(job_id, job_owner())
-        if status.state != "SUCCESS":
+        if status.state != JobState.SUCCESS:
             return _json({"error": f"Job {job_id} is {status.state}", **status.to_dict()}, 409)
         if not status.total:  # refused at submit now, but one queued before that may still be kept
             return _json({"error": f"Job {job_id} has no samples, so no outputs", **status.to_dict()}, 409)
