@@ -21,6 +21,7 @@ from inference import dtypes
 from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
+from tasks.job_states import JobState
 from tasks.jobs import JobResult
 
 _RESULT_TYPES = {"application/x-npy": "npy", "application/x-npz": "npz", "application/zip": "npz"}
@@ -53,7 +54,7 @@ def jobs_blueprint(dataplane: DataPlane, max_request_bytes: int, tokens: BearerT
     @routes.get("/v1/jobs/<job_id>/result")
     def job_result(job_id: str) -> Response:
         status = dataplane.jobs.status(job_id, owner())
-        if status.state != "SUCCESS":
+        if status.state != JobState.SUCCESS:
             return json_response({"error": f"Job {job_id} is {status.state}", **status.to_dict()}, 409)
         if not status.total:  # refused at submit now, but one queued before that may still be kept
             return json_response({"error": f"Job {job_id} has no samples, so no outputs", **status.to_dict()}, 409)

@@ -8,7 +8,6 @@ from flask import Blueprint, Response, request
 from werkzeug.routing import BaseConverter
 
 from api.dataplane import DataPlane
-from api.dataplane.models import VersionStatus
 from api.grpc_service import SIGNATURE_NAME
 from api.metrics import ServingMetrics, Tracker
 from api.rest_codec import parse_predict_body, predict_response
@@ -16,6 +15,7 @@ from api.rest_http import json_body, json_response, parse_version, tracked
 from inference import dtypes
 from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
+from inference.states import VersionStatus
 
 TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors

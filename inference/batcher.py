@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from inference.errors import VERSION_RETIRED, NotFound, ServingError
-from inference.model import CompiledVersion, Tensors
+from inference.model import CompiledVersion
+from inference.request import Tensors
 from inference.validation import batch_rows
 
 log = logging.getLogger("serving")

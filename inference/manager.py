@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import openvino as ov
 
@@ -21,35 +20,42 @@ from inference.errors import ServingError, plain_message
 from inference.model import CompiledVersion
 from inference.model_config import ConfigError, ModelConfig
 from inference.repository import select_versions
+from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
 from inference.storage import ModelStorage, open_storage
 
 log = logging.getLogger("serving")
 
-# TensorFlow Serving's ModelVersionStatus states.
-START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+START, LOADING, AVAILABLE, UNLOADING, END = (
+    VersionState.START,
+    VersionState.LOADING,
+    VersionState.AVAILABLE,
+    VersionState.UNLOADING,
+    VersionState.END,
+)
 _HELD = (START, LOADING, AVAILABLE)
 _LOAD_ERRORS = (RuntimeError, ServingError, ConfigError, OSError)
 
 
-@dataclass
-class VersionStatus:
-    state: str
-    error_code: str = "OK"
-    error_message: str = "OK"
+@dataclass(frozen=True)
+class HeldVersion:
+    """A version this worker holds: its status and, while AVAILABLE, the batcher that serves it."""
+
+    status: VersionStatus
     served: DynamicBatcher | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        data = {"state": self.state, "error_code": self.error_code, "error_message": self.error_message}
-        if self.served is not None:
-            data["signature"] = self.served.compiled.signature.to_dict()
-        return data
+    @property
+    def state(self) -> VersionState:
+        return self.status.state
+
+    def report(self) -> VersionReport:
+        return VersionReport(self.status, self.served.compiled.signature if self.served is not None else None)
 
 
 @dataclass
 class _Model:
     config: ModelConfig
     storage: ModelStorage
-    versions: dict[int, VersionStatus] = field(default_factory=dict)
+    versions: dict[int, HeldVersion] = field(default_factory=dict)
     seen: dict[int, tuple] = field(default_factory=dict)  # fingerprints at the previous poll
     failed: dict[int, tuple] = field(default_factory=dict)  # fingerprints that failed to load
     error: str = ""  # the repository itself cannot be read
@@ -108,39 +114,43 @@ class ModelManager:
     def get(self, name: str, version: int) -> DynamicBatcher | None:
         """The batcher that runs an AVAILABLE version, or None."""
         model = self._models.get(name)
-        status = model.versions.get(version) if model else None
-        return status.served if status is not None and status.state == AVAILABLE else None
+        held = model.versions.get(version) if model else None
+        return held.served if held is not None and held.state == AVAILABLE else None
 
     def default(self, name: str) -> DynamicBatcher | None:
         """The highest AVAILABLE version's batcher: where a request that named no version goes."""
         model = self._models.get(name)
         if model is None:
             return None
-        available = [v for v, status in model.versions.items() if status.state == AVAILABLE]
+        available = [v for v, held in model.versions.items() if held.state == AVAILABLE]
         return self.get(name, max(available)) if available else None
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
+    def snapshot(self) -> dict[str, ModelReport]:
         """Every model's versions with state, error and signature, as published to the api."""
         with self._lock:
             return {
-                name: {
-                    "versions": {str(v): status.to_dict() for v, status in sorted(model.versions.items())},
-                    "error": model.error,
-                    "active": model.active,
-                    "max_queue_size": model.config.max_queue_size,
-                }
+                name: ModelReport(
+                    {v: held.report() for v, held in sorted(model.versions.items())},
+                    model.error,
+                    model.active,
+                    model.config.max_queue_size,
+                )
                 for name, model in self._models.items()
             }
 
     def close(self) -> None:
         for model in self._models.values():
-            for status in model.versions.values():
-                if status.served is not None:
-                    status.served.close()
+            for held in model.versions.values():
+                if held.served is not None:
+                    held.served.close()
 
-    def _set(self, model: _Model, version: int, status: VersionStatus) -> None:
+    def _set(
+        self, model: _Model, version: int, state: VersionState, served: DynamicBatcher | None = None, error: str = ""
+    ) -> None:
+        """`error`: why a version ended without serving (reported with error code UNKNOWN)."""
+        status = VersionStatus(version, state, "UNKNOWN", error) if error else VersionStatus(version, state)
         with self._lock:
-            model.versions[version] = status
+            model.versions[version] = HeldVersion(status, served)
 
     def _reconcile_model(self, model: _Model, initial: bool) -> bool:
         config = model.config
@@ -153,7 +163,7 @@ class ModelManager:
             return False
         model.error = ""
         changed = False
-        held = {v for v, status in model.versions.items() if status.state in _HELD}
+        held = {v for v, held in model.versions.items() if held.state in _HELD}
         for version in sorted(wanted - {v for v in held if model.versions[v].state != START}):
             changed |= self._maybe_load(model, version, initial)
         # Availability first: what leaves goes only once something that stays serves (or nothing stays).
@@ -179,9 +189,9 @@ class ModelManager:
             current = model.versions.get(version)
             if current is not None and current.state == START:
                 return False
-            self._set(model, version, VersionStatus(START))
+            self._set(model, version, START)
             return True
-        self._set(model, version, VersionStatus(LOADING))
+        self._set(model, version, LOADING)
         log.info("Loading model: %s, version: %d, from path: %s", model.config.name, version, model.config.base_path)
         try:
             compiled = self._build(model, model.config, version)
@@ -189,7 +199,7 @@ class ModelManager:
             message = _message(exc)
             log.error("Model %s version %d failed to load: %s", model.config.name, version, message)
             model.failed[version] = fingerprint
-            self._set(model, version, VersionStatus(END, "UNKNOWN", message))
+            self._set(model, version, END, error=message)
             return True
         model.failed.pop(version, None)
         self._serve(model, version, compiled)
@@ -212,7 +222,7 @@ class ModelManager:
         config = model.config
         batcher = DynamicBatcher(compiled, config.max_batch_size, config.max_queue_delay_ms / 1000)
         previous = model.versions.get(version)
-        self._set(model, version, VersionStatus(AVAILABLE, served=batcher))
+        self._set(model, version, AVAILABLE, batcher)
         if previous is not None and previous.served is not None:
             previous.served.close()  # a reload: the new one already serves, the old one drains
         log.info(
@@ -224,21 +234,21 @@ class ModelManager:
         )
 
     def _unload(self, model: _Model, version: int) -> None:
-        status = model.versions[version]
-        self._set(model, version, VersionStatus(UNLOADING))
-        if status.served is not None:
-            status.served.close()
+        held = model.versions[version]
+        self._set(model, version, UNLOADING)
+        if held.served is not None:
+            held.served.close()
         model.storage.release(version)
         model.seen.pop(version, None)
-        self._set(model, version, VersionStatus(END))
+        self._set(model, version, END)
         log.info("Unloaded model %s version %d", model.config.name, version)
 
     def _reload_model(self, model: _Model, config: ModelConfig) -> None:
         """New settings for the same repository: each AVAILABLE version is rebuilt while the old build
         keeps serving, then swapped in; if the new settings do not load, the old build stays."""
         model.config = config
-        for version, status in sorted(model.versions.items()):
-            if status.state != AVAILABLE:
+        for version, held in sorted(model.versions.items()):
+            if held.state != AVAILABLE:
                 continue
             try:
                 compiled = self._build(model, config, version)
@@ -250,8 +260,8 @@ class ModelManager:
 
     def _retire_model(self, model: _Model) -> None:
         model.active = False
-        for version, status in sorted(model.versions.items()):
-            if status.state in _HELD:
+        for version, held in sorted(model.versions.items()):
+            if held.state in _HELD:
                 self._unload(model, version)
 
 

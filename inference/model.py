@@ -18,12 +18,11 @@ from inference.errors import RESHAPE_FAILED, FailedPrecondition, InvalidArgument
 from inference.mapping import TensorMapping, load_mapping
 from inference.model_config import ConfigError, ModelConfig
 from inference.repository import find_model_file
+from inference.request import Tensors
 from inference.shapes import AUTO
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec
 
 log = logging.getLogger("serving")
-
-Tensors = dict[str, np.ndarray]
 
 # A request with more rows than fit in this many input bytes runs as several inferences of that size (on a
 # batchable model): OpenVINO's intermediate buffers grow with the rows of one inference and are kept after it.

@@ -17,10 +17,10 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
+from tasks.job_states import FINAL, JobState
 from tasks.settings import JobSettings
 
 COMMANDS = ("submit", "jobs", "result")
-FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED")
 WAIT_TIMEOUT_S = JobSettings.job_timeout_s + 100.0  # a job fails on the server after --job_timeout_s
 POLL_INTERVAL_S = 0.2
 POLL_TIMEOUT_S = 30.0  # one status request; an api that takes longer is asked again
@@ -98,12 +98,12 @@ def _submit(args: argparse.Namespace) -> int:
     status = _follow(args.http, args.url, job_id, time.monotonic() + args.timeout)
     if isinstance(status, requests.Response):
         return _failed("submit", status)
-    if status["state"] not in FINAL_STATES:
+    if status["state"] not in FINAL:
         print(
             f"ovms submit: job {job_id} still {status['state']} after {args.timeout:.0f} s (--timeout)", file=sys.stderr
         )
         return 1
-    if status["state"] != "SUCCESS":
+    if status["state"] != JobState.SUCCESS:
         print(f"ovms submit: job {job_id} ended {status['state']}: {'; '.join(status['errors'])}", file=sys.stderr)
         return 1
     return _fetch(args.http, args.url, job_id, args.output)
@@ -132,7 +132,7 @@ def _follow(http: requests.Session, url: str, job_id: str, deadline: float) -> d
             bar.total = status["progress"]["total"]
             bar.n = status["progress"]["done"]
             bar.refresh()
-            if status["state"] in FINAL_STATES or time.monotonic() > deadline:
+            if status["state"] in FINAL or time.monotonic() > deadline:
                 return status
             time.sleep(POLL_INTERVAL_S)
 

@@ -19,7 +19,6 @@ import time
 import uuid
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
 
 import redis
 
@@ -29,6 +28,7 @@ from inference.errors import (
     WORKER_LOST,
     DeadlineExceeded,
     Internal,
+    InvalidArgument,
     ServingError,
     Unavailable,
 )
@@ -38,7 +38,7 @@ from tasks.claims import holders, release
 from tasks.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
 from tasks.lanes import Entry, Lane
 from tasks.link import RedisLink
-from tasks.messages import describe_failure, pack_requests, unpack_result
+from tasks.messages import ComputedOutputs, PredictReply, describe_failure, pack_requests
 from tasks.publisher import PredictPublisher
 from tasks.registry import Target
 from tasks.routing import reply_key
@@ -152,7 +152,7 @@ class Dispatcher:
         try:
             self._link.check()
             pending.message_text = self._publisher.publish(
-                task_id, envelope, payload, target.queue, self.reply_to, max(envelope["deadline"] - time.time(), 0.001)
+                task_id, envelope, payload, target.queue, self.reply_to, max(envelope.deadline - time.time(), 0.001)
             )
         except Unavailable as error:
             self._resolve_all(task_id, error)
@@ -250,38 +250,31 @@ class Dispatcher:
         task_id = meta.get("task_id")
         status = meta.get("status")
         if status == "SUCCESS":
-            self._deliver(task_id, meta["result"])
+            try:
+                reply = PredictReply.from_wire(meta.get("result"))
+            except InvalidArgument as error:
+                self._resolve_all(task_id, Internal(error.message))
+            else:
+                self._deliver(task_id, reply)
         elif status == "REVOKED":
             self._resolve_all(task_id, DeadlineExceeded("Deadline exceeded before the request reached a worker"))
         else:
             self._resolve_all(task_id, Internal(f"Inference task failed: {describe_failure(meta.get('result'))}"))
 
-    def _deliver(self, task_id: str, reply: dict[str, Any]) -> None:
+    def _deliver(self, task_id: str, reply: PredictReply) -> None:
         with self._lock:
             pending = self._pending.pop(task_id, None)
         if pending is None:
             return  # its requests already gave up
-        results = reply.get("results", {})
         for request_id, future in pending.futures.items():
-            entry = results.get(request_id)
+            entry = reply.results.get(request_id)
             if not future.set_running_or_notify_cancel():
                 continue  # gave up at its deadline
-            try:
-                if entry is None:
-                    raise Internal("The worker returned no result for this request")
-                outputs, computed = unpack_result(entry)
-            except ServingError as error:
-                future.set_exception(error)
+            if isinstance(entry, ComputedOutputs):
+                future.set_result(entry.to_result(reply.worker, pending.published_at))
             else:
-                future.set_result(
-                    InferenceResult(
-                        computed["version"],
-                        outputs,
-                        reply.get("worker", ""),
-                        computed["batch"],
-                        queue_s=max(computed["started"] - pending.published_at, 0.0),
-                        infer_s=computed["infer_s"],
-                    )
+                future.set_exception(
+                    entry.error if entry is not None else Internal("The worker returned no result for this request")
                 )
         self._completed(pending)
 

@@ -8,7 +8,6 @@ tell a model whose workers are all gone (UNAVAILABLE) from one that never existe
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -16,6 +15,8 @@ from collections.abc import Callable
 
 import redis
 
+from inference.states import ModelReport
+from tasks.messages import CatalogEntry, ModelSnapshot, WorkerSnapshot
 from tasks.routing import CATALOG_KEY, queue_for, worker_key
 
 log = logging.getLogger("serving")
@@ -27,7 +28,9 @@ HEARTBEAT_TTL_S = 3
 class Heartbeat:
     """A thread that publishes this worker's models and their states every HEARTBEAT_INTERVAL_S."""
 
-    def __init__(self, client: redis.Redis, worker_id: str, device: str, snapshot: Callable[[], dict]) -> None:
+    def __init__(
+        self, client: redis.Redis, worker_id: str, device: str, snapshot: Callable[[], dict[str, ModelReport]]
+    ) -> None:
         self._client = client
         self._key = worker_key(worker_id)
         self._worker_id = worker_id
@@ -55,20 +58,13 @@ class Heartbeat:
 
     def publish(self) -> None:
         """Write this worker's snapshot now (also called at once when a model's state changes)."""
-        models = {name: {"queue": queue_for(self._device, name), **model} for name, model in self._snapshot().items()}
-        document = {
-            "id": self._worker_id,
-            "device": self._device,
-            "models": models,
-            "loaded": self.loaded,
-            "draining": self.draining,
-            "time": time.time(),
-        }
+        reports = self._snapshot()
+        models = {name: ModelSnapshot(queue_for(self._device, name), report) for name, report in reports.items()}
+        snapshot = WorkerSnapshot(self._worker_id, self._device, models, self.loaded, self.draining, time.time())
         with self._lock, self._client.pipeline(transaction=False) as pipe:
-            pipe.set(self._key, json.dumps(document), ex=HEARTBEAT_TTL_S)
-            for name, model in models.items():
-                entry = {"device": self._device, "versions": sorted(int(v) for v in model["versions"])}
-                pipe.hset(CATALOG_KEY, name, json.dumps(entry))
+            pipe.set(self._key, snapshot.to_json(), ex=HEARTBEAT_TTL_S)
+            for name, report in reports.items():
+                pipe.hset(CATALOG_KEY, name, CatalogEntry(self._device, tuple(sorted(report.versions))).to_json())
             pipe.execute()
 
     def stop(self) -> None:

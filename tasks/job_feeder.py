@@ -20,7 +20,8 @@ from celery import states
 from inference.errors import Internal
 from tasks import job_queue
 from tasks.app import app
-from tasks.job_queue import Chunk, stop_key
+from tasks.job_queue import stop_key
+from tasks.messages import QueuedChunk, RequestFailure
 from tasks.routing import job_queue_for
 from tasks.runtime import WorkerRuntime
 
@@ -65,7 +66,7 @@ class JobFeeder:
                 clean = False
                 self._stop.wait(TAKE_WAIT_S)
 
-    def _run_chunk(self, raw: bytes, chunk: Chunk) -> None:
+    def _run_chunk(self, raw: bytes, chunk: QueuedChunk) -> None:
         """Run a chunk unless its job stopped or another copy of it already ran: an api queues a chunk
         again when its worker stalls past the heartbeat expiry, and that worker may still finish it."""
         result_key = app.backend.get_key_for_task(chunk.task_id)
@@ -77,17 +78,17 @@ class JobFeeder:
                 app.backend.mark_as_failure(chunk.task_id, Internal(f"Job chunk failed: {exc}"))
                 self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
             else:
-                failed = any("error" in entry for entry in reply["results"].values())
+                failed = any(isinstance(entry, RequestFailure) for entry in reply.results.values())
                 if not (failed and self._client.exists(result_key)):  # the other copy's result stands
-                    app.backend.store_result(chunk.task_id, reply, states.SUCCESS)
+                    app.backend.store_result(chunk.task_id, reply.to_wire(), states.SUCCESS)
                     if failed:
                         self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
         job_queue.finish(self._client, self.queue, self._runtime.worker_id, raw, chunk)
 
 
-def _remaining(chunk: Chunk) -> int:
+def _remaining(chunk: QueuedChunk) -> int:
     """Seconds until the chunk's job deadline (at least 1)."""
-    return max(int(chunk.envelope["deadline"] - time.time()) + 1, 1)
+    return max(int(chunk.envelope.deadline - time.time()) + 1, 1)
 
 
 class JobFeeders:

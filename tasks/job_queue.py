@@ -15,17 +15,18 @@ whose worker dies twice fails, so that a chunk that kills workers cannot kill th
 
 from __future__ import annotations
 
-import json
+import logging
 import time
-from dataclasses import dataclass
-from typing import Any
 
 import redis
 
+from inference.errors import InvalidArgument
 from tasks import job_backlog
-from tasks.messages import Payload
+from tasks.messages import Payload, QueuedChunk
 from tasks.publisher import store_payload
 from tasks.routing import TAKEN_INFIX, job_taken_key, payload_key
+
+log = logging.getLogger("serving")
 
 RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
 TAKERS_KEY = "ovms:jobq:takers"  # set of every worker's taken lists
@@ -62,38 +63,29 @@ def stop_key(job_id: str) -> str:
     return f"ovms:job:{job_id}:stopped"
 
 
-@dataclass(frozen=True)
-class Chunk:
-    task_id: str
-    job_id: str
-    nbytes: int
-    envelope: dict[str, Any]
-
-    def encode(self) -> str:
-        return json.dumps({"task": self.task_id, "job": self.job_id, "bytes": self.nbytes, "envelope": self.envelope})
-
-    @staticmethod
-    def decode(raw: bytes | str) -> Chunk:
-        item = json.loads(raw)
-        return Chunk(item["task"], item["job"], item["bytes"], item["envelope"])
-
-
-def publish(pipe: redis.client.Pipeline, queue: str, chunk: Chunk, payload: Payload, expires_s: float) -> None:
+def publish(pipe: redis.client.Pipeline, queue: str, chunk: QueuedChunk, payload: Payload, expires_s: float) -> None:
     """Queue a chunk with its tensors under their claim-check key (the caller executes the pipeline)."""
     store_payload(pipe, payload_key(chunk.task_id), payload, int(expires_s * 1000))
-    pipe.lpush(queue, chunk.encode())
+    pipe.lpush(queue, chunk.to_json())
 
 
-def take(client: redis.Redis, queue: str, worker_id: str, wait_s: float) -> tuple[bytes, Chunk] | None:
+def take(client: redis.Redis, queue: str, worker_id: str, wait_s: float) -> tuple[bytes, QueuedChunk] | None:
     """The oldest chunk of `queue`, now in this worker's taken list, which the apis know of (waits up
-    to `wait_s` for one)."""
+    to `wait_s` for one). A malformed one (not written by an api of this format) is dropped: no worker
+    could run it, and its job, if any, fails at its deadline."""
     deadline = time.monotonic() + wait_s
     while (left := deadline - time.monotonic()) > 0:
         if client.blmove(queue, queue, max(left, 0.01), "RIGHT", "RIGHT") is None:  # wait: moves nothing
             return None
-        raw = client.eval(_TAKE, 3, queue, job_taken_key(queue, worker_id), TAKERS_KEY)
-        if raw is not None:  # else another worker took it first
-            return raw, Chunk.decode(raw)
+        taken = job_taken_key(queue, worker_id)
+        raw = client.eval(_TAKE, 3, queue, taken, TAKERS_KEY)
+        if raw is None:  # another worker took it first
+            continue
+        try:
+            return raw, QueuedChunk.from_json(raw)
+        except InvalidArgument as error:
+            log.error("Dropping a job chunk from %s: %s", queue, error.message)
+            client.lrem(taken, 1, raw)
     return None
 
 
@@ -104,7 +96,7 @@ def give_back(client: redis.Redis, queue: str, worker_id: str) -> None:
         pass
 
 
-def finish(client: redis.Redis, queue: str, worker_id: str, raw: bytes, chunk: Chunk) -> None:
+def finish(client: redis.Redis, queue: str, worker_id: str, raw: bytes, chunk: QueuedChunk) -> None:
     """The chunk ended (its result is stored, or it was dropped): out of the taken list and the backlog."""
     with client.pipeline(transaction=True) as pipe:
         pipe.lrem(job_taken_key(queue, worker_id), 1, raw)
@@ -113,7 +105,7 @@ def finish(client: redis.Redis, queue: str, worker_id: str, raw: bytes, chunk: C
         pipe.execute()
 
 
-def take_back(client: redis.Redis, taken_key: str, result_prefix: str, ttl_s: int) -> tuple[Chunk, str] | None:
+def take_back(client: redis.Redis, taken_key: str, result_prefix: str, ttl_s: int) -> tuple[QueuedChunk, str] | None:
     """Move the oldest chunk of a dead worker's taken list back to its queue: (chunk, 'queued'), or
     (chunk, 'done') if its result was stored already, or (chunk, 'lost') if it was lost once before
     (not queued: the caller fails it). None when the list is empty."""
@@ -122,7 +114,7 @@ def take_back(client: redis.Redis, taken_key: str, result_prefix: str, ttl_s: in
     if not moved:
         return None
     raw, outcome = moved
-    return Chunk.decode(raw), outcome.decode()
+    return QueuedChunk.from_json(raw), outcome.decode()
 
 
 def taken_lists(client: redis.Redis) -> dict[str, str]:

@@ -19,25 +19,36 @@ has a random id of its own, so that logs, which show task ids, show no job id.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import redis
+from celery import states
 
-from inference.errors import WORKER_LOST, NotFound, ResourceExhausted, Unavailable
+from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from inference.request import InferenceRequest
 from tasks import job_backlog, job_queue
 from tasks.app import app
-from tasks.job_queue import Chunk, stop_key
-from tasks.messages import Payload, describe_failure, pack_requests, unpack_result
+from tasks.job_queue import stop_key
+from tasks.job_states import COMPLETED, JobState
+from tasks.messages import (
+    ChunkRef,
+    ComputedOutputs,
+    JobRecord,
+    Payload,
+    PredictReply,
+    QueuedChunk,
+    RequestFailure,
+    describe_failure,
+    pack_requests,
+)
 from tasks.registry import Target
 from tasks.routing import job_queue_for, worker_key
 from tasks.settings import JobSettings
@@ -85,7 +96,7 @@ class JobStatus:
     version: int  # named at submission, or the default then
     versions: list[int]  # that computed its samples so far
     pinned: bool  # the job named its version
-    state: str  # PENDING, STARTED, SUCCESS, FAILURE, REVOKED
+    state: JobState
     done: int  # samples with results
     total: int
     created: float
@@ -135,22 +146,21 @@ class JobStore:
                 f"The server's job backlog is full: {_mib(used)} MiB queued, this job {_mib(nbytes)} MiB, "
                 f"the limit {_mib(cap)} MiB (--job_backlog_mb); retry later"
             )
-        record = {
-            "model": target.model,
-            "version": target.version,
-            "pinned": pinned,
-            "total": int(next(iter(inputs.values())).shape[0]),
-            "queue": target.queue,
-            "created": created,
-            "deadline": deadline,
-            "chunks": [{"task": chunk.task_id, "rows": rows} for chunk, rows, _ in chunks],
-            "revoked": False,
-            "owner": owner,
-        }
+        record = JobRecord(
+            model=target.model,
+            version=target.version,
+            total=int(next(iter(inputs.values())).shape[0]),
+            queue=target.queue,
+            created=created,
+            chunks=tuple(ChunkRef(chunk.task_id, rows) for chunk, rows, _ in chunks),
+            owner=owner,
+            pinned=pinned,
+            deadline=deadline,
+        )
         queue = job_queue_for(target.queue)
         try:
             with self._client.pipeline(transaction=False) as pipe:
-                pipe.set(JOB_PREFIX + job_id, json.dumps(record), ex=self._ttl_s)
+                pipe.set(JOB_PREFIX + job_id, record.to_json(), ex=self._ttl_s)
                 for index in {JOB_INDEX, _index(owner)}:
                     pipe.zadd(index, {job_id: created})
                     pipe.zremrangebyscore(index, 0, created - self._ttl_s)
@@ -176,35 +186,36 @@ class JobStore:
     def status(self, job_id: str, owner: str | None = None) -> JobStatus:
         """The job's state; with `owner`, only if it is that owner's (else NotFound, as for no such job)."""
         record = self._record(job_id, owner)
-        metas = self._chunk_metas(record)
-        done = sum(chunk["rows"] for chunk, meta in zip(record["chunks"], metas, strict=True) if _ok(meta))
-        errors = sorted({_error(meta) for meta in metas if meta and not _ok(meta)} - {""})
-        finished = [meta.get("date_done") for meta in metas if meta]
-        deadline = record.get("deadline", record["created"] + JobSettings.job_timeout_s)
-        if record["revoked"]:
-            state = "REVOKED"
+        outcomes = self._chunk_outcomes(record)
+        ran = [outcome for outcome in outcomes if outcome is not None]
+        done = sum(chunk.rows for chunk, outcome in zip(record.chunks, outcomes, strict=True) if outcome and outcome.ok)
+        errors = sorted({outcome.error for outcome in ran if not outcome.ok} - {""})
+        finished = [outcome.date_done for outcome in ran]
+        deadline = record.deadline if record.deadline is not None else record.created + JobSettings.job_timeout_s
+        if record.revoked:
+            state = JobState.REVOKED
         elif errors:
-            state = "FAILURE"
-        elif done == record["total"]:
-            state = "SUCCESS"
+            state = JobState.FAILURE
+        elif done == record.total:
+            state = JobState.SUCCESS
         elif time.time() > deadline:
-            state = "FAILURE"  # no worker ran the rest in time (none serves the model, or all too busy)
-            errors = [f"The job did not finish within {deadline - record['created']:.0f} s (--job_timeout_s)"]
+            state = JobState.FAILURE  # no worker ran the rest in time (none serves the model, or all too busy)
+            errors = [f"The job did not finish within {deadline - record.created:.0f} s (--job_timeout_s)"]
             finished = [deadline]
         else:
-            state = "STARTED" if any(metas) else "PENDING"
+            state = JobState.STARTED if ran else JobState.PENDING
             self._watched = True
         return JobStatus(
             job_id,
-            record["model"],
-            record["version"],
-            sorted({version for meta in metas if _ok(meta) for version in _versions(meta)}),
-            record.get("pinned", True),
+            record.model,
+            record.version,
+            sorted({version for outcome in ran if outcome.ok for version in outcome.versions}),
+            record.pinned,
             state,
             done,
-            record["total"],
-            record["created"],
-            _finished_at(finished) if state in ("SUCCESS", "FAILURE") else None,
+            record.total,
+            record.created,
+            _finished_at(finished) if state in COMPLETED else None,
             errors,
         )
 
@@ -214,12 +225,11 @@ class JobStore:
 
     def cancel(self, job_id: str, owner: str | None = None) -> None:
         """Drop the chunks not run yet (workers skip them); a job that already ended keeps its state."""
-        if self.status(job_id, owner).state in ("SUCCESS", "FAILURE"):
+        if self.status(job_id, owner).state in COMPLETED:
             return
-        record = self._record(job_id, owner)
-        record["revoked"] = True
+        record = replace(self._record(job_id, owner), revoked=True)
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(JOB_PREFIX + job_id, json.dumps(record), keepttl=True)
+            pipe.set(JOB_PREFIX + job_id, record.to_json(), keepttl=True)
             pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
             pipe.execute()
 
@@ -260,32 +270,35 @@ class JobStore:
         """The latest jobs: every job, or with `owner` that owner's only."""
         return [job_id.decode() for job_id in self._client.zrevrange(_index(owner), 0, limit - 1)]
 
-    def _record(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+    def _record(self, job_id: str, owner: str | None = None) -> JobRecord:
         """A job's record; NotFound for a malformed id (before it makes a key) and, with `owner`, for
         another owner's job, in the same words as for no such job."""
         raw = self._client.get(JOB_PREFIX + job_id) if JOB_ID.fullmatch(job_id) else None
-        record = json.loads(raw) if raw is not None else None
-        if record is None or (owner is not None and record.get("owner") != owner):
+        try:
+            record = JobRecord.from_json(raw) if raw is not None else None
+        except InvalidArgument as error:  # not the caller's fault: the stored record is not one this api reads
+            raise Internal(error.message) from None
+        if record is None or (owner is not None and record.owner != owner):
             raise NotFound(f"Job {job_id[:64]} is not found: unknown id, expired, or lost when Redis restarted empty")
         return record
 
-    def _chunk_metas(self, record: dict[str, Any]) -> list[dict[str, Any] | None]:
-        """Each chunk's result meta without its output tensors, read a few chunks at a time."""
-        keys = [app.backend.get_key_for_task(chunk["task"]) for chunk in record["chunks"]]
-        metas: list[dict[str, Any] | None] = []
+    def _chunk_outcomes(self, record: JobRecord) -> list[_ChunkOutcome | None]:
+        """Each chunk's outcome (None while it has none), read a few chunks at a time."""
+        keys = [app.backend.get_key_for_task(chunk.task_id) for chunk in record.chunks]
+        outcomes: list[_ChunkOutcome | None] = []
         for start in range(0, len(keys), META_BATCH):
             raws = self._client.mget(keys[start : start + META_BATCH])
-            metas += [_without_tensors(app.backend.decode(raw)) if raw else None for raw in raws]
-        return metas
+            outcomes += [_ChunkOutcome.of(app.backend.decode(raw)) if raw else None for raw in raws]
+        return outcomes
 
 
 class JobResult:
     """A finished job's outputs, read from Redis one chunk at a time (a download streams them, and never
     holds the whole result). Each output is its chunks' rows in order, as np.concatenate would join them."""
 
-    def __init__(self, client: redis.Redis, record: dict[str, Any]) -> None:
+    def __init__(self, client: redis.Redis, record: JobRecord) -> None:
         self._client = client
-        self._chunks = [(chunk["task"], chunk["rows"]) for chunk in record["chunks"]]  # not their messages
+        self._chunks = [(chunk.task_id, chunk.rows) for chunk in record.chunks]
         first = self._outputs(self._chunks[0][0])
         rows = sum(rows for _, rows in self._chunks)
         self.layout = {name: (array.dtype, (rows, *array.shape[1:])) for name, array in first.items()}
@@ -303,8 +316,10 @@ class JobResult:
         raw = self._client.get(app.backend.get_key_for_task(task_id))
         if raw is None:
             raise NotFound("The job's result has expired")
-        outputs, _ = unpack_result(app.backend.decode(raw)["result"]["results"][f"{task_id}.0"])
-        return outputs
+        entry = PredictReply.from_wire(app.backend.decode(raw)["result"]).results[f"{task_id}.0"]
+        if isinstance(entry, RequestFailure):
+            raise entry.error
+        return entry.arrays()
 
 
 def chunk_task_id() -> str:
@@ -318,17 +333,9 @@ def _index(owner: str | None) -> str:
     return JOB_INDEX if owner is None else f"{JOB_INDEX}:{owner}"
 
 
-def _without_tensors(meta: dict[str, Any]) -> dict[str, Any]:
-    """A chunk's result meta with only what status needs (state, errors, date): no output bytes."""
-    if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), dict):
-        for entry in meta["result"].get("results", {}).values():
-            entry.pop("outputs", None)
-    return {key: meta.get(key) for key in ("status", "result", "date_done")}
-
-
 def _split(
     job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float, pinned: bool
-) -> Iterator[tuple[Chunk, int, Payload]]:
+) -> Iterator[tuple[QueuedChunk, int, Payload]]:
     """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
     number of samples and its tensor payload."""
     total = int(next(iter(inputs.values())).shape[0])
@@ -339,31 +346,39 @@ def _split(
         task_id = chunk_task_id()
         part = {name: array[start : start + rows] for name, array in inputs.items()}
         request_id = f"{task_id}.0"
-        request = InferenceRequest(target.model, target.version, part, None, deadline, request_id, pinned, True)
+        request = InferenceRequest(
+            target.model, target.version, part, deadline=deadline, request_id=request_id, pinned=pinned, any_batch=True
+        )
         envelope, payload = pack_requests([request], precisions)
         nbytes = sum(array.nbytes for array in part.values())
-        yield Chunk(task_id, job_id, nbytes, envelope), int(next(iter(part.values())).shape[0]), payload
+        yield QueuedChunk(task_id, job_id, nbytes, envelope), int(next(iter(part.values())).shape[0]), payload
 
 
 def _mib(nbytes: int) -> str:
     return f"{nbytes / (1 << 20):.1f}".removesuffix(".0")
 
 
-def _ok(meta: dict[str, Any] | None) -> bool:
-    if not meta or meta["status"] != "SUCCESS":
-        return False
-    return all("error" not in entry for entry in meta["result"]["results"].values())
+@dataclass(frozen=True)
+class _ChunkOutcome:
+    """What a job's status needs of a chunk's stored result (Celery's meta): no output bytes."""
 
+    ok: bool  # every sample was computed
+    versions: frozenset[int]  # that computed them
+    error: str  # why it failed ("" if it did not)
+    date_done: Any  # as Celery stores it
 
-def _versions(meta: dict[str, Any]) -> set[int]:
-    """The versions that computed a chunk that succeeded."""
-    return {int(entry["version"]) for entry in meta["result"]["results"].values() if "version" in entry}
-
-
-def _error(meta: dict[str, Any]) -> str:
-    if meta["status"] == "SUCCESS":
-        return "; ".join(entry["error"][1] for entry in meta["result"]["results"].values() if "error" in entry)
-    return describe_failure(meta.get("result"))
+    @staticmethod
+    def of(meta: dict[str, Any]) -> _ChunkOutcome:
+        date_done = meta.get("date_done")
+        if meta.get("status") != states.SUCCESS:
+            return _ChunkOutcome(False, frozenset(), describe_failure(meta.get("result")), date_done)
+        try:
+            entries = PredictReply.from_wire(meta.get("result")).results.values()
+        except InvalidArgument as error:
+            return _ChunkOutcome(False, frozenset(), error.message, date_done)
+        errors = [entry.error.message for entry in entries if isinstance(entry, RequestFailure)]
+        versions = frozenset(entry.version for entry in entries if isinstance(entry, ComputedOutputs))
+        return _ChunkOutcome(not errors, versions, "; ".join(errors), date_done)
 
 
 def _finished_at(dates: list[Any]) -> float | None:

@@ -1,28 +1,101 @@
-"""Task messages: JSON metadata in the Celery message, raw tensor bytes beside it (claim check).
+"""Everything that crosses Redis between api and workers, as typed records (codec: tasks.wire).
 
-Celery's Redis transport wraps every body in base64 inside JSON; a 600 KB image costs tens of
-milliseconds that way. So the message carries only names, types, shapes and offsets, and the
-tensors of all its requests travel as one raw byte string under `payload_key(task_id)`. The api sends
-a large one as views of the request arrays (no copy; see tasks.publisher).
+Predict path: the api publishes a `PredictEnvelope` (the Celery task's one argument, JSON) of
+`RequestEntry`s for one model version, and the worker answers with a `PredictReply` (the task's result,
+msgpack) holding one `ComputedOutputs` or `RequestFailure` per request. Workers heartbeat a
+`WorkerSnapshot` and record each model's `CatalogEntry` (tasks.registry); async jobs keep a `JobRecord`
+and queue their chunks as `QueuedChunk`s (tasks.jobs, tasks.job_queue).
+
+Claim check: Celery's Redis transport wraps every body in base64 inside JSON, and a 600 KB image costs
+tens of milliseconds that way. So the envelope carries only names, types, shapes and offsets
+(`TensorMeta`), and the tensors of all its requests travel as one raw byte string under
+`payload_key(task_id)`. The api sends a large one as views of the request arrays (no copy; see
+tasks.publisher).
+
+A new per-request field is one field of `RequestEntry` named as the `InferenceRequest` field it carries
+(copied both ways by name); one the worker reports back is one field of `ComputedOutputs` (set where
+the worker builds it, read into `InferenceResult` by `to_result`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from inference import dtypes
-from inference.errors import InvalidArgument, ServingError
-from inference.request import InferenceRequest, Tensors
+from inference.errors import ServingError
+from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
+from inference.request import InferenceRequest, InferenceResult, Tensors
+from inference.signature import ModelSignature
+from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
+from tasks.wire import Message, Record, key
 
 Payload = list[bytes | memoryview]  # the parts of one payload, in order
 JOIN_BELOW_BYTES = 1 << 20  # a smaller payload is one joined string (one SET); a larger one, views (SET + APPENDs)
 
+# --------------------------------------------------------------------------- predict: api -> worker
 
-def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[dict[str, Any], Payload]:
-    """One envelope (JSON-able) and one payload for requests of the same model version."""
+
+@dataclass(frozen=True, slots=True)
+class TensorMeta(Record):
+    """Where one input's bytes are in the message's payload. Wire: [name, precision, shape, offset, nbytes]."""
+
+    AS_ARRAY = True
+    name: str
+    precision: str
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestEntry(Record):
+    """One request of a predict message. Every field but `inputs` is the InferenceRequest field of its name."""
+
+    request_id: str = field(metadata=key("id"))
+    inputs: tuple[TensorMeta, ...]
+    output_filter: list[str] | None = field(metadata=key("outputs"))
+    deadline: float
+    pinned: bool
+    any_batch: bool = False
+
+    @staticmethod
+    def of(request: InferenceRequest, inputs: tuple[TensorMeta, ...]) -> RequestEntry:
+        return RequestEntry(inputs=inputs, **{name: getattr(request, name) for name in _CARRIED})
+
+    def to_request(self, model: str, version: int, inputs: Tensors) -> InferenceRequest:
+        return InferenceRequest(model, version, inputs, **{name: getattr(self, name) for name in _CARRIED})
+
+
+_CARRIED = tuple(f.name for f in fields(RequestEntry) if f.name != "inputs")  # named as InferenceRequest's
+
+
+@dataclass(frozen=True, slots=True)
+class PredictEnvelope(Message):
+    """The requests of one predict message, all for one model version; their tensors are the payload."""
+
+    WHAT = "predict message"
+    model: str
+    version: int
+    deadline: float  # the latest of its requests': the message lives while any of them still waits
+    requests: tuple[RequestEntry, ...]
+
+    @property
+    def payload_size(self) -> int:
+        """The bytes of the message's tensors, known before they are fetched."""
+        return sum(meta.nbytes for entry in self.requests for meta in entry.inputs)
+
+    @property
+    def summary(self) -> str:
+        """What Flower and logs show of the message."""
+        return f"{self.model} v{self.version}: {len(self.requests)} request(s)"
+
+
+def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[PredictEnvelope, Payload]:
+    """One envelope and one payload for requests of the same model version."""
     chunks: list[memoryview] = []
     offset = 0
     entries = []
@@ -30,26 +103,12 @@ def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) 
         metas = []
         for name, array in request.inputs.items():
             data = _bytes_view(array)
-            metas.append([name, precisions[name], list(array.shape), offset, len(data)])
+            metas.append(TensorMeta(name, precisions[name], array.shape, offset, len(data)))
             chunks.append(data)
             offset += len(data)
-        entries.append(
-            {
-                "id": request.request_id,
-                "inputs": metas,
-                "outputs": request.output_filter,
-                "deadline": request.deadline,
-                "pinned": request.pinned,
-                "any_batch": request.any_batch,
-            }
-        )
+        entries.append(RequestEntry.of(request, tuple(metas)))
     first = requests[0]
-    envelope = {
-        "model": first.model,
-        "version": first.version,
-        "deadline": max(r.deadline for r in requests),  # the message lives while any request still waits
-        "requests": entries,
-    }
+    envelope = PredictEnvelope(first.model, first.version, max(r.deadline for r in requests), tuple(entries))
     return envelope, [b"".join(chunks)] if offset < JOIN_BELOW_BYTES else chunks
 
 
@@ -58,73 +117,205 @@ def _bytes_view(array: np.ndarray) -> memoryview:
     return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
 
-def payload_size(envelope: dict[str, Any]) -> int:
-    """The bytes of a message's tensors, from its envelope alone (before they are fetched)."""
-    try:
-        return sum(int(meta[4]) for entry in envelope["requests"] for meta in entry["inputs"])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
-        raise InvalidArgument(f"Malformed predict message: {exc}") from None
-
-
-def unpack_requests(envelope: dict[str, Any], payload: bytes) -> list[InferenceRequest]:
+def unpack_requests(envelope: PredictEnvelope, payload: bytes) -> list[InferenceRequest]:
+    """The envelope's requests with their tensors (views of `payload`); ValueError if they do not fit it."""
     view = memoryview(payload)
-    requests = []
-    for entry in envelope["requests"]:
-        inputs = {
-            name: _array(view, precision, shape, offset, nbytes)
-            for name, precision, shape, offset, nbytes in entry["inputs"]
-        }
-        requests.append(
-            InferenceRequest(
-                model=envelope["model"],
-                version=envelope["version"],
-                inputs=inputs,
-                output_filter=entry["outputs"],
-                deadline=entry["deadline"],
-                pinned=entry["pinned"],
-                any_batch=entry.get("any_batch", False),
-                request_id=entry["id"],
-            )
-        )
-    return requests
+    return [
+        entry.to_request(envelope.model, envelope.version, {meta.name: _array(view, meta) for meta in entry.inputs})
+        for entry in envelope.requests
+    ]
 
 
-def _array(view: memoryview, precision: str, shape: list[int], offset: int, nbytes: int) -> np.ndarray:
-    dtype = dtypes.by_name(precision).numpy
-    if nbytes != math.prod(shape) * dtype.itemsize or offset + nbytes > len(view):
+def _array(view: memoryview, meta: TensorMeta) -> np.ndarray:
+    dtype = dtypes.by_name(meta.precision).numpy
+    if meta.nbytes != math.prod(meta.shape) * dtype.itemsize or meta.offset + meta.nbytes > len(view):
         raise ValueError("tensor metadata does not match the payload")
-    return np.frombuffer(view[offset : offset + nbytes], dtype=dtype).reshape(shape)
+    return np.frombuffer(view[meta.offset : meta.offset + meta.nbytes], dtype=dtype).reshape(meta.shape)
 
 
-def pack_outputs(
-    outputs: Tensors, precisions: dict[str, str], *, version: int, batch: int, started: float, infer_s: float
-) -> dict[str, Any]:
-    """A request's outputs with how they were computed: version, batch rows, inference start and time."""
-    return {
-        "batch": batch,
-        "version": version,
-        "started": started,
-        "infer_s": infer_s,
-        "outputs": [
-            [name, precisions[name], list(a.shape), np.ascontiguousarray(a).tobytes()] for name, a in outputs.items()
-        ],
-    }
+# --------------------------------------------------------------------------- predict: worker -> api
 
 
-def pack_error(error: ServingError) -> dict[str, Any]:
-    return {"error": error.to_wire()}
+@dataclass(frozen=True, slots=True)
+class OutputTensor(Record):
+    """One output with its bytes (msgpack keeps them raw). Wire: [name, precision, shape, data]."""
+
+    AS_ARRAY = True
+    name: str
+    precision: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(self.data, dtype=dtypes.by_name(self.precision).numpy).reshape(self.shape)
 
 
-def unpack_result(entry: dict[str, Any]) -> tuple[Tensors, dict[str, Any]]:
-    """A request's outputs and how they were computed (version, batch, started, infer_s); raises the
-    worker's error."""
-    if "error" in entry:
-        raise ServingError.from_wire(entry["error"])
-    outputs = {
-        name: np.frombuffer(data, dtype=dtypes.by_name(precision).numpy).reshape(shape)
-        for name, precision, shape, data in entry["outputs"]
-    }
-    return outputs, {key: entry[key] for key in ("version", "batch", "started", "infer_s")}
+@dataclass(frozen=True, slots=True)
+class ComputedOutputs(Record):
+    """A request's outputs with how they were computed."""
+
+    version: int  # that computed them
+    batch: int  # rows of that inference
+    started: float  # time.time() when the inference was handed to OpenVINO
+    infer_s: float
+    outputs: tuple[OutputTensor, ...]
+
+    @staticmethod
+    def pack(outputs: Tensors, precisions: dict[str, str], **computed: Any) -> ComputedOutputs:
+        """`computed`: the other fields."""
+        tensors = tuple(
+            OutputTensor(name, precisions[name], array.shape, np.ascontiguousarray(array).tobytes())
+            for name, array in outputs.items()
+        )
+        return ComputedOutputs(outputs=tensors, **computed)
+
+    def arrays(self) -> Tensors:
+        return {tensor.name: tensor.array() for tensor in self.outputs}
+
+    def to_result(self, worker: str, published_at: float) -> InferenceResult:
+        """The api's result of a request published at `published_at` (time.time())."""
+        return InferenceResult(
+            self.version,
+            self.arrays(),
+            worker,
+            self.batch,
+            queue_s=max(self.started - published_at, 0.0),
+            infer_s=self.infer_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailure(Record):
+    """A request's error. Wire: {"error": [kind, message]}."""
+
+    error: ServingError
+
+
+ResultEntry = RequestFailure | ComputedOutputs  # told apart by the "error" key
+
+
+@dataclass(frozen=True, slots=True)
+class PredictReply(Message):
+    """A predict message's result: which worker ran it and each request's answer, by request id."""
+
+    WHAT = "predict result"
+    worker: str
+    results: dict[str, ResultEntry]
+
+
+# --------------------------------------------------------------------------- worker registry
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSnapshot(Record):
+    """One model as a worker reports it. Wire: {"queue", "versions": {"<n>": {"state", "error_code",
+    "error_message", "signature" (while it serves)}}, "error", "active", "max_queue_size"}."""
+
+    queue: str
+    report: ModelReport
+
+    def to_wire(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "queue": self.queue,
+            "versions": {str(v): _VersionEntry.of(version).to_wire() for v, version in report.versions.items()},
+            "error": report.error,
+            "active": report.active,
+            "max_queue_size": report.max_queue_size,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> ModelSnapshot:
+        entry = _ModelEntry.from_wire(data)
+        versions = {v: version.report(v) for v, version in entry.versions.items()}
+        return ModelSnapshot(entry.queue, ModelReport(versions, entry.error, entry.active, entry.max_queue_size))
+
+
+@dataclass(frozen=True, slots=True)
+class _VersionEntry(Record):
+    state: VersionState
+    error_code: str
+    error_message: str
+    signature: ModelSignature | None = field(default=None, metadata=key("signature", omit_none=True))
+
+    @staticmethod
+    def of(version: VersionReport) -> _VersionEntry:
+        status = version.status
+        return _VersionEntry(status.state, status.error_code, status.error_message, version.signature)
+
+    def report(self, version: int) -> VersionReport:
+        return VersionReport(VersionStatus(version, self.state, self.error_code, self.error_message), self.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelEntry(Record):
+    """ModelSnapshot as read: its versions by number."""
+
+    queue: str
+    versions: dict[int, _VersionEntry]
+    error: str = ""
+    active: bool = True
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSnapshot(Message):
+    """A worker's heartbeat document (`worker_key(id)`, refreshed while it lives)."""
+
+    WHAT = "worker snapshot"
+    worker_id: str = field(metadata=key("id"))
+    device: str
+    models: dict[str, ModelSnapshot]
+    loaded: bool = False  # the models present at its start were loaded (or failed)
+    draining: bool = False  # shutting down: finishing what it took, taking nothing new
+    time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry(Message):
+    """A model some worker served, in the persistent catalog hash (tasks.registry)."""
+
+    WHAT = "catalog entry"
+    device: str
+    versions: tuple[int, ...] = ()
+
+
+# --------------------------------------------------------------------------- async jobs
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRef(Record):
+    task_id: str = field(metadata=key("task"))
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord(Message):
+    """A job as submitted (`ovms:job:<id>`); its progress is read from its chunks' results."""
+
+    WHAT = "job record"
+    model: str
+    version: int  # named at submission, or the default then
+    total: int  # samples
+    queue: str
+    created: float
+    chunks: tuple[ChunkRef, ...]
+    revoked: bool = False
+    owner: str | None = None  # the submitting token's owner id, with bearer tokens
+    pinned: bool = True  # the job named its version
+    deadline: float | None = None  # None in records of older apis: created + --job_timeout_s
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedChunk(Message):
+    """One job chunk in a job queue (tasks.job_queue): a predict message of its own, with its job's id.
+    The key "task" is also read by a Lua script there."""
+
+    WHAT = "job chunk"
+    task_id: str = field(metadata=key("task"))
+    job_id: str = field(metadata=key("job"))
+    nbytes: int = field(metadata=key("bytes"))
+    envelope: PredictEnvelope
 
 
 def describe_failure(result: Any) -> str:

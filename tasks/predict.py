@@ -7,15 +7,17 @@ from typing import Any
 from celery import Task
 
 from tasks.app import app
+from tasks.messages import PredictEnvelope
 from tasks.routing import PREDICT_TASK
 
 
 @app.task(name=PREDICT_TASK, bind=True)
 def predict(self: Task, envelope: dict[str, Any]) -> dict[str, Any]:
-    """Run one message of predict requests for one model version; see tasks.messages for its shape.
-    It runs on the runtime of the worker it was delivered to, found through its own app (tasks.app)."""
+    """Run one message of predict requests for one model version (a tasks.messages.PredictEnvelope);
+    returns its PredictReply. A malformed envelope fails the task with InvalidArgument. It runs on the
+    runtime of the worker it was delivered to, found through its own app (tasks.app)."""
     worker = self.app.worker_runtime
     if worker is None:
         raise RuntimeError("this process is not a running ovms worker")
     with worker.predicts.serving():
-        return worker.serve(self.request.id, envelope, self.request.reply_to or "")
+        return worker.serve(self.request.id, PredictEnvelope.from_wire(envelope), self.request.reply_to or "").to_wire()

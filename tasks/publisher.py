@@ -29,7 +29,7 @@ from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
 from tasks.link import REDIS_TIMEOUT_S
-from tasks.messages import Payload
+from tasks.messages import Payload, PredictEnvelope
 from tasks.routing import PREDICT_TASK, payload_key
 
 _PAYLOAD_GRACE_MS = 5000  # tensors outlive the deadline a little, for a worker already running them
@@ -86,7 +86,7 @@ class PredictPublisher:
     def publish(
         self,
         task_id: str,
-        envelope: dict[str, Any],
+        envelope: PredictEnvelope,
         payload: Payload,
         queue: str,
         reply_to: str,
@@ -94,17 +94,16 @@ class PredictPublisher:
     ) -> str:
         """`reply_to` names the api's reply list. Returns the message as queued, for `requeue` and
         `withdraw`."""
-        summary = f"{envelope['model']} v{envelope['version']}: {len(envelope['requests'])} request(s)"
         message = self._app.amqp.as_task_v2(
             task_id,
             PREDICT_TASK,
-            args=(envelope,),
+            args=(envelope.to_wire(),),
             kwargs={},
             expires=expires_s,
             reply_to=reply_to,
-            argsrepr=summary,  # what Flower and logs show; also spares Celery a saferepr of the envelope
+            argsrepr=envelope.summary,  # what Flower and logs show; also spares Celery a saferepr of the envelope
             kwargsrepr="{}",
-            shadow=f"predict {envelope['model']} v{envelope['version']}",  # the task name Flower shows
+            shadow=f"predict {envelope.model} v{envelope.version}",  # the task name Flower shows
         )
         content_type, content_encoding, body = dumps(message.body, serializer="json")
         properties = dict(message.properties)

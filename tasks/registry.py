@@ -5,13 +5,12 @@ The api process reads only this: it holds no model files and runs no OpenVINO.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -21,26 +20,44 @@ from inference.errors import (
     VERSION_NOT_FOUND,
     VERSION_NOT_LOADED,
     VERSION_RETIRED,
+    InvalidArgument,
     NotFound,
     Unavailable,
 )
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.signature import ModelSignature
+from inference.states import PREPARING, RETIRING, VersionState, VersionStatus
+from tasks.messages import CatalogEntry, WorkerSnapshot
 from tasks.routing import CATALOG_KEY, WORKER_PREFIX
 
 log = logging.getLogger("serving")
 
-_STATE_RANK = {"AVAILABLE": 5, "LOADING": 4, "START": 3, "UNLOADING": 2, "END": 1, "UNKNOWN": 0}
+Decoded = TypeVar("Decoded", WorkerSnapshot, CatalogEntry)
+
+# Which state wins when workers report a version differently: the one closest to serving.
+_STATE_RANK = {
+    VersionState.AVAILABLE: 5,
+    VersionState.LOADING: 4,
+    VersionState.START: 3,
+    VersionState.UNLOADING: 2,
+    VersionState.END: 1,
+    VersionState.UNKNOWN: 0,
+}
 
 
 @dataclass(frozen=True)
-class VersionView:
-    state: str
-    error_code: str
-    error_message: str
+class MergedVersion:
+    """A version as the live workers report it together: the best status any reports, and where its
+    requests go while one serves it."""
+
+    status: VersionStatus
     signature: ModelSignature | None = None
     queue: str | None = None  # set when a live worker serves this version
     workers: int = 0  # live workers holding it AVAILABLE
+
+    @property
+    def state(self) -> VersionState:
+        return self.status.state
 
 
 @dataclass(frozen=True)
@@ -83,8 +100,8 @@ class RegistryView:
         self._present: set[str] = set()
         # The catalog as last read: a Redis that restarted empty must not turn known models into
         # unknown ones (NOT_FOUND) until their workers register again; they are UNAVAILABLE meanwhile.
-        self._catalog: dict[str, Any] = {}
-        self._models: dict[str, dict[int, VersionView]] = {}
+        self._catalog: dict[str, CatalogEntry] = {}
+        self._models: dict[str, dict[int, MergedVersion]] = {}
         self._errors: dict[str, str] = {}  # models whose repository a live worker cannot read
         self._workers: list[str] = []
         self._served: set[str] = set()
@@ -93,6 +110,7 @@ class RegistryView:
         self._active: set[str] = set()
         self._loaded_workers: set[str] = set()
         self._last_refresh = 0.0
+        self._refused: set[str] = set()  # why snapshots were ignored, each logged once
         self._gone: set[str] | None = None  # lost workers not yet reported (empty: only stopped ones)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -112,42 +130,44 @@ class RegistryView:
         serving are reported by the background thread (see the class)."""
         started = time.monotonic()
         keys = list(self._client.scan_iter(match=f"{WORKER_PREFIX}*", count=1000))
-        present = [json.loads(raw) for raw in self._client.mget(keys) if raw] if keys else []
-        documents = [document for document in present if not document.get("draining")]
-        stored = {name.decode(): json.loads(raw) for name, raw in self._client.hgetall(CATALOG_KEY).items()}
-        catalog = {**self._catalog, **stored}
-        models = _merge(documents, catalog)
-        errors = {
-            name: model["error"]
-            for document in documents
-            for name, model in document.get("models", {}).items()
-            if model.get("error")
-        }
+        raws = zip(keys, self._client.mget(keys) if keys else [], strict=True)
+        present = list(self._decoded(WorkerSnapshot, raws).values())
+        serving = [snapshot for snapshot in present if not snapshot.draining]
+        stored = self._decoded(CatalogEntry, self._client.hgetall(CATALOG_KEY).items())
+        catalog = {**self._catalog, **{name.decode(): entry for name, entry in stored.items()}}
+        models = _merge(serving, catalog)
+        served = [(name, model) for snapshot in serving for name, model in snapshot.models.items()]
         with self._lock:
-            lost = self._present - {document["id"] for document in present}
-            stopped = set(self._workers) - {document["id"] for document in documents}
-            self._present = {document["id"] for document in present}
+            lost = self._present - {snapshot.worker_id for snapshot in present}
+            stopped = set(self._workers) - {snapshot.worker_id for snapshot in serving}
+            self._present = {snapshot.worker_id for snapshot in present}
             self._catalog = catalog
             self._models = models
-            self._errors = errors
-            self._workers = [document["id"] for document in documents]
-            self._served = {name for document in documents for name in document.get("models", {})}
-            self._queue_limits = {
-                name: model.get("max_queue_size", DEFAULT_MAX_QUEUE_SIZE)
-                for document in documents
-                for name, model in document.get("models", {}).items()
-            }
-            self._queues = {model["queue"] for document in documents for model in document.get("models", {}).values()}
-            self._active = {
-                name
-                for document in documents
-                for name, model in document.get("models", {}).items()
-                if model.get("active", True)
-            }
-            self._loaded_workers = {document["id"] for document in documents if document.get("loaded")}
+            self._errors = {name: model.report.error for name, model in served if model.report.error}
+            self._workers = [snapshot.worker_id for snapshot in serving]
+            self._served = {name for name, _ in served}
+            self._queue_limits = {name: model.report.max_queue_size for name, model in served}
+            self._queues = {model.queue for _, model in served}
+            self._active = {name for name, model in served if model.report.active}
+            self._loaded_workers = {snapshot.worker_id for snapshot in serving if snapshot.loaded}
             self._last_refresh = started
         if stopped or lost:
             self._note_workers_gone(lost)
+
+    def _decoded(self, kind: type[Decoded], items: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, Decoded]:
+        """The (key, value) pairs whose value decodes (others are skipped: a worker of a newer format, or
+        foreign data), each kind of refusal logged once."""
+        decoded = {}
+        for name, raw in items:
+            if raw is None:
+                continue
+            try:
+                decoded[name] = kind.from_json(raw)
+            except InvalidArgument as error:
+                if error.message not in self._refused:
+                    self._refused.add(error.message)
+                    log.warning("Ignoring a %s in Redis: %s", kind.WHAT, error.message)
+        return decoded
 
     @property
     def refreshed_at(self) -> float:
@@ -168,7 +188,7 @@ class RegistryView:
         with self._lock:
             return set(self._loaded_workers)
 
-    def versions(self, name: str) -> dict[int, VersionView]:
+    def versions(self, name: str) -> dict[int, MergedVersion]:
         versions = self._lookup(name)
         if versions is None:
             raise NotFound(MODEL_NOT_FOUND)
@@ -180,20 +200,20 @@ class RegistryView:
         """The version to serve (None or 0 = the highest AVAILABLE one) and where to send it."""
         versions = self.versions(name)
         if not version:
-            live = [v for v, view in versions.items() if view.state == "AVAILABLE"]
+            live = [v for v, view in versions.items() if view.state == VersionState.AVAILABLE]
             if not live:
-                if any(view.state in ("START", "LOADING") for view in versions.values()):
+                if any(view.state in PREPARING for view in versions.values()):
                     raise NotFound(VERSION_NOT_LOADED)
                 raise Unavailable(NO_LIVE_WORKER)
             version = max(live)
         view = versions.get(version)
         if view is None:
             raise NotFound(VERSION_NOT_FOUND)
-        if view.state in ("START", "LOADING"):
+        if view.state in PREPARING:
             raise NotFound(VERSION_NOT_LOADED)
-        if view.state in ("UNLOADING", "END"):
+        if view.state in RETIRING:
             raise NotFound(VERSION_RETIRED)
-        if view.state != "AVAILABLE" or view.signature is None or view.queue is None:
+        if view.state != VersionState.AVAILABLE or view.signature is None or view.queue is None:
             raise Unavailable(NO_LIVE_WORKER)
         with self._lock:
             limit = self._queue_limits.get(name, DEFAULT_MAX_QUEUE_SIZE)
@@ -210,11 +230,11 @@ class RegistryView:
         with self._lock:
             return name in self._models
 
-    def _lookup(self, name: str) -> dict[int, VersionView] | None:
+    def _lookup(self, name: str) -> dict[int, MergedVersion] | None:
         with self._lock:
             versions = self._models.get(name)
             stale = time.monotonic() - self._last_refresh > 0.1
-        if (versions is None or not any(v.state == "AVAILABLE" for v in versions.values())) and stale:
+        if (versions is None or not any(v.state == VersionState.AVAILABLE for v in versions.values())) and stale:
             self.refresh()  # a miss may be news the background refresh has not seen yet
             with self._lock:
                 versions = self._models.get(name)
@@ -264,29 +284,29 @@ def _call_safely(callback: Callable[..., None], *args: Any) -> None:
         log.exception("Recovery (%s) failed", getattr(callback, "__qualname__", callback))
 
 
-def _merge(documents: list[dict[str, Any]], catalog: dict[str, Any]) -> dict[str, dict[int, VersionView]]:
+def _merge(snapshots: list[WorkerSnapshot], catalog: dict[str, CatalogEntry]) -> dict[str, dict[int, MergedVersion]]:
     """Per model and version, the best state any live worker reports; catalog-only versions are UNKNOWN."""
-    models: dict[str, dict[int, VersionView]] = {}
-    for name, entry in catalog.items():
-        models[name] = {
-            int(v): VersionView("UNKNOWN", "UNAVAILABLE", NO_LIVE_WORKER) for v in entry.get("versions", [])
-        }
+    models: dict[str, dict[int, MergedVersion]] = {
+        name: {v: MergedVersion(_unserved(v)) for v in entry.versions} for name, entry in catalog.items()
+    }
     serving: dict[tuple[str, int], int] = {}  # live workers holding each version AVAILABLE
-    for document in documents:
-        for name, model in document.get("models", {}).items():
+    for snapshot in snapshots:
+        for name, model in snapshot.models.items():
             versions = models.setdefault(name, {})
-            for version_text, status in model["versions"].items():
-                version = int(version_text)
-                if status["state"] == "AVAILABLE":
+            for version, report in model.report.versions.items():
+                status = report.status
+                if status.state == VersionState.AVAILABLE:
                     serving[name, version] = serving.get((name, version), 0) + 1
                 current = versions.get(version)
-                if current is not None and _STATE_RANK[current.state] >= _STATE_RANK[status["state"]]:
+                if current is not None and _STATE_RANK[current.state] >= _STATE_RANK[status.state]:
                     continue
-                signature = ModelSignature.from_dict(status["signature"]) if "signature" in status else None
-                queue = model["queue"] if status["state"] == "AVAILABLE" else None
-                versions[version] = VersionView(
-                    status["state"], status["error_code"], status["error_message"], signature, queue
-                )
+                queue = model.queue if status.state == VersionState.AVAILABLE else None
+                versions[version] = MergedVersion(status, report.signature, queue)
     for (name, version), count in serving.items():
         models[name][version] = replace(models[name][version], workers=count)
     return models
+
+
+def _unserved(version: int) -> VersionStatus:
+    """A version the catalog remembers and no live worker reports."""
+    return VersionStatus(version, VersionState.UNKNOWN, "UNAVAILABLE", NO_LIVE_WORKER)

@@ -39,9 +39,9 @@ def reply_key(api_id: str) -> str:
     return f"{REPLY_PREFIX}{api_id}"
 
 
-def claims_key(reply_to: str) -> str:
-    """The hash of which worker took each in-flight message of the api that owns `reply_to`."""
-    return f"{reply_to}:claims"
+def claims_key(claims_owner: str) -> str:
+    """The hash of which worker took each in-flight message of the api whose reply list is `claims_owner`."""
+    return f"{claims_owner}:claims"
 
 
 def control_key(worker_id: str) -> str:

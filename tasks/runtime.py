@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
-from typing import Any
 
 import redis
 
@@ -24,12 +23,12 @@ from inference.errors import (
     plain_message,
 )
 from inference.manager import ModelManager
-from inference.request import InferenceRequest
+from inference.request import InferenceRequest, Tensors
 from inference.validation import RequestTensor, validate_inputs
 from tasks.budget import ByteBudget
 from tasks.claims import claim
 from tasks.memory import LARGE_REQUEST_BYTES, TrimSoon
-from tasks.messages import pack_error, pack_outputs, payload_size, unpack_requests
+from tasks.messages import ComputedOutputs, PredictEnvelope, PredictReply, RequestFailure, ResultEntry, unpack_requests
 from tasks.routing import payload_key
 
 log = logging.getLogger("serving")
@@ -67,24 +66,25 @@ class WorkerRuntime:
         self._trim = TrimSoon()
         self.predicts = PredictActivity()
 
-    def serve(self, task_id: str, envelope: dict[str, Any], reply_to: str = "") -> dict[str, Any]:
+    def serve(self, task_id: str, envelope: PredictEnvelope, claims_owner: str = "") -> PredictReply:
         """Run every request of one message; each gets its own outputs or its own error.
-        `reply_to`: the waiting api's reply list, where this worker claims the message (see tasks.claims);
-        none for a job chunk (its worker's taken list is its claim, see tasks.job_queue). A message whose
+        `claims_owner`: the waiting api's reply list, whose claims hash this worker claims the message in
+        (see tasks.claims); none for a job chunk (its worker's taken list is its claim, see
+        tasks.job_queue). A message whose
         tensors do not fit the worker's in-flight budget is refused before they are fetched
         (RESOURCE_EXHAUSTED), unless it is an async job's chunk: no client waits to retry it, so it is run
         (and counted) anyway; job chunks are bounded by their own size."""
-        ids = [entry["id"] for entry in envelope["requests"]]
+        ids = [entry.request_id for entry in envelope.requests]
         batcher = self._batcher_for(envelope)
         if batcher is None:
-            return self._reply({request_id: pack_error(NotFound(VERSION_RETIRED)) for request_id in ids})
+            return self._failed(ids, NotFound(VERSION_RETIRED))
+        nbytes = envelope.payload_size
         try:
-            nbytes = payload_size(envelope)
-            self.budget.reserve(nbytes, refuse=not all(entry.get("any_batch") for entry in envelope["requests"]))
+            self.budget.reserve(nbytes, refuse=not all(entry.any_batch for entry in envelope.requests))
         except ServingError as error:
-            return self._reply({request_id: pack_error(error) for request_id in ids})
+            return self._failed(ids, error)
         try:
-            return self._serve(task_id, envelope, reply_to, batcher, ids)
+            return self._serve(task_id, envelope, claims_owner, batcher, ids)
         finally:
             self.budget.release(nbytes)
             if nbytes >= LARGE_REQUEST_BYTES:
@@ -94,40 +94,43 @@ class WorkerRuntime:
             self._trim.after(nbytes)  # the result is stored after this returns: trim a little later
 
     def _serve(
-        self, task_id: str, envelope: dict[str, Any], reply_to: str, batcher: DynamicBatcher, ids: list[str]
-    ) -> dict[str, Any]:
+        self, task_id: str, envelope: PredictEnvelope, claims_owner: str, batcher: DynamicBatcher, ids: list[str]
+    ) -> PredictReply:
         with batcher.incoming(len(ids)) as arrivals:
             try:
-                requests = self._requests(task_id, envelope, reply_to)
+                requests = self._requests(task_id, envelope, claims_owner)
             except ServingError as error:
-                return self._reply({request_id: pack_error(error) for request_id in ids})
+                return self._failed(ids, error)
             started = [(request, self._start(batcher, request, arrivals)) for request in requests]
-        return self._reply({request.request_id: self._finish(request, future) for request, future in started})
+        return PredictReply(
+            self.worker_id, {request.request_id: self._finish(request, future) for request, future in started}
+        )
 
-    def _batcher_for(self, envelope: dict[str, Any]) -> DynamicBatcher | None:
+    def _batcher_for(self, envelope: PredictEnvelope) -> DynamicBatcher | None:
         """The requested version; if it went away, requests that named no version take the new default
         (this is what makes a version swap invisible to them)."""
-        batcher = self._manager.get(envelope["model"], envelope["version"])
-        if batcher is None and not all(entry.get("pinned", True) for entry in envelope["requests"]):
-            batcher = self._manager.default(envelope["model"])
+        batcher = self._manager.get(envelope.model, envelope.version)
+        if batcher is None and not all(entry.pinned for entry in envelope.requests):
+            batcher = self._manager.default(envelope.model)
         return batcher
 
-    def _reply(self, results: dict[str, Any]) -> dict[str, Any]:
-        return {"worker": self.worker_id, "results": results}
+    def _failed(self, ids: list[str], error: ServingError) -> PredictReply:
+        """The reply that fails every request of a message with `error`."""
+        return PredictReply(self.worker_id, dict.fromkeys(ids, RequestFailure(error)))
 
-    def _requests(self, task_id: str, envelope: dict[str, Any], reply_to: str) -> list[InferenceRequest]:
-        if time.time() > envelope["deadline"]:
+    def _requests(self, task_id: str, envelope: PredictEnvelope, claims_owner: str) -> list[InferenceRequest]:
+        if time.time() > envelope.deadline:
             raise DeadlineExceeded("Deadline exceeded before the request reached a worker")
         with self._store.pipeline(transaction=False) as pipe:
             pipe.get(payload_key(task_id))
-            if reply_to:
-                claim(pipe, reply_to, task_id, self.worker_id)
+            if claims_owner:
+                claim(pipe, claims_owner, task_id, self.worker_id)
             payload = pipe.execute()[0]
         if payload is None:
             raise DeadlineExceeded("The request's tensors expired before a worker could run it")
         try:
             return unpack_requests(envelope, payload)
-        except (KeyError, ValueError, TypeError) as exc:
+        except ValueError as exc:
             raise InvalidArgument(f"Malformed predict message: {exc}") from None
 
     def _start(self, batcher: DynamicBatcher, request: InferenceRequest, arrivals: Arrivals) -> Future[BatchResult]:
@@ -157,21 +160,21 @@ class WorkerRuntime:
             signature = signature.with_any_batch()
         return batcher.submit(validate_inputs(signature, tensors), arrivals)
 
-    def _finish(self, request: InferenceRequest, future: Future[BatchResult]) -> dict[str, Any]:
+    def _finish(self, request: InferenceRequest, future: Future[BatchResult]) -> ResultEntry:
         try:
             result = future.result(timeout=max(request.deadline - time.time(), 0) + 1.0)
         except ServingError as error:
-            return pack_error(error)
+            return RequestFailure(error)
         except FutureTimeout:
-            return pack_error(DeadlineExceeded("Deadline exceeded during inference"))
+            return RequestFailure(DeadlineExceeded("Deadline exceeded during inference"))
         except Exception as exc:  # an inference failure must fail this request, never the worker
             log.exception("Inference failed for %s version %d", request.model, request.version)
-            return pack_error(Internal(f"Inference failed: {plain_message(exc)}"))
-        outputs = result.outputs
+            return RequestFailure(Internal(f"Inference failed: {plain_message(exc)}"))
+        outputs: Tensors = result.outputs
         if request.output_filter:
             outputs = {name: outputs[name] for name in request.output_filter if name in outputs}
         precisions = {name: spec.precision for name, spec in result.compiled.signature.outputs.items()}
-        return pack_outputs(
+        return ComputedOutputs.pack(
             outputs,
             precisions,
             version=result.compiled.version,

@@ -4,23 +4,15 @@ the configuration's models, and a reload of it on every worker."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import redis
 
 from inference.errors import VERSION_NOT_FOUND, InvalidArgument, NotFound, ServingError
 from inference.signature import ModelSignature
+from inference.states import VersionStatus
 from tasks.control import request_reload
 from tasks.link import RedisLink
-from tasks.registry import RegistryView, VersionView
-
-
-@dataclass(frozen=True)
-class VersionStatus:
-    version: int
-    state: str
-    error_code: str
-    error_message: str
+from tasks.registry import RegistryView
 
 
 class ModelRepository:
@@ -52,8 +44,8 @@ class ModelRepository:
             view = versions.get(version)
             if view is None:
                 raise NotFound(VERSION_NOT_FOUND)
-            return [_status(version, view)]
-        return [_status(v, view) for v, view in sorted(versions.items())]
+            return [view.status]
+        return [view.status for _, view in sorted(versions.items())]
 
     def model_metadata(self, name: str, version: int | None) -> tuple[int, ModelSignature]:
         """The version that serves (the default one for None) and its signature."""
@@ -80,7 +72,3 @@ class ModelRepository:
                 raise InvalidArgument("Configuration not applied: " + "; ".join(sorted(set(outcome.errors))))
             self._registry.refresh()
             return outcome.changed
-
-
-def _status(version: int, view: VersionView) -> VersionStatus:
-    return VersionStatus(version, view.state, view.error_code, view.error_message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from api.admission import Admission
 from api.dataplane.models import ModelRepository
 from inference.errors import ServingError
+from inference.states import VersionState
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
@@ -25,7 +26,7 @@ class Readiness:
         models = {}
         for name in expected:
             try:
-                models[name] = any(s.state == "AVAILABLE" for s in self._models.model_status(name, None))
+                models[name] = any(s.state == VersionState.AVAILABLE for s in self._models.model_status(name, None))
             except ServingError:
                 models[name] = False
         return bool(models) and all(models.values()) and not self._admission.closed, models

@@ -26,7 +26,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, pr
 from inference.request import InferenceRequest
 from tasks.app import app, configure
 from tasks.broker import EmbeddedRedis
-from tasks.messages import pack_requests, unpack_result
+from tasks.messages import ComputedOutputs, pack_requests
 from tasks.publisher import PredictPublisher, store_client
 from tasks.routing import queue_for
 from tests.integration.test_grpc import TYPES_MODEL_INPUTS, content_tensor, predict_request
@@ -192,8 +192,8 @@ def test_a_request_failing_late_fails_alone(worker, api, redis_url):
     )
     _, raw = redis.Redis.from_url(redis_url).brpop([reply_to], timeout=30)
     results = app.backend.decode(raw)["result"]["results"]
-    np.testing.assert_array_equal(unpack_result(results["r.0"])[0]["y"], good * 2)
-    np.testing.assert_array_equal(unpack_result(results["r.3"])[0]["y"], (good + 2) * 2)
+    np.testing.assert_array_equal(ComputedOutputs.from_wire(results["r.0"]).arrays()["y"], good * 2)
+    np.testing.assert_array_equal(ComputedOutputs.from_wire(results["r.3"]).arrays()["y"], (good + 2) * 2)
     assert results["r.1"]["error"][0] == "InvalidArgument"
     assert results["r.2"]["error"][0] == "DeadlineExceeded"
 
@@ -431,7 +431,7 @@ def test_a_message_that_skipped_the_api_cannot_mix_rows(worker, api, redis_url):
     assert MISMATCH in results["r.attacker"]["error"][1]
     for rid, inputs in pairs.items():
         if rid != "r.attacker":
-            outputs = unpack_result(results[rid])[0]
+            outputs = ComputedOutputs.from_wire(results[rid]).arrays()
             np.testing.assert_array_equal(outputs["sum"], inputs["a"] + inputs["b"])
             np.testing.assert_array_equal(outputs["product"], inputs["a"] * inputs["b"])
 

@@ -16,13 +16,12 @@ from inference.batcher import BatchResult, DynamicBatcher
 from inference.errors import InvalidArgument
 from inference.model import CompiledVersion
 from inference.model_config import ModelConfig
+from inference.request import Tensors
 
 try:
     import openvino.opset13 as ops
 except ImportError:  # older OpenVINO releases only ship the runtime namespace
     from openvino.runtime import opset13 as ops
-
-Tensors = dict[str, np.ndarray]
 
 
 def _save(model: ov.Model, base: Path) -> Path:

@@ -28,11 +28,11 @@ from inference.signature import DYNAMIC, ModelSignature, TensorSpec
 from inference.validation import validate_inputs
 from tasks.messages import (
     JOIN_BELOW_BYTES,
-    pack_error,
-    pack_outputs,
+    ComputedOutputs,
+    PredictEnvelope,
+    RequestFailure,
     pack_requests,
     unpack_requests,
-    unpack_result,
 )
 
 # One sample per precision, covering each type's extremes.
@@ -367,9 +367,9 @@ def request(request_id: str, inputs: dict[str, np.ndarray], outputs: list[str] |
 
 
 def packed(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[dict, bytes]:
-    """The envelope and the payload as Redis stores it (its parts joined)."""
+    """The envelope as it goes on the wire and the payload as Redis stores it (its parts joined)."""
     envelope, parts = pack_requests(requests, precisions)
-    return envelope, b"".join(parts)
+    return envelope.to_wire(), b"".join(parts)
 
 
 def test_pack_and_unpack_several_requests_with_several_inputs() -> None:
@@ -385,7 +385,7 @@ def test_pack_and_unpack_several_requests_with_several_inputs() -> None:
     assert offsets == [(0, 24), (24, 8), (32, 8), (40, 0), (40, 16), (56, 16)]
     assert len(payload) == 72
 
-    unpacked = unpack_requests(json.loads(json.dumps(envelope)), payload)
+    unpacked = unpack_requests(PredictEnvelope.from_wire(json.loads(json.dumps(envelope))), payload)
     assert [r.request_id for r in unpacked] == ["r1", "r22", "r333"]
     assert [r.output_filter for r in unpacked] == [None, ["sum"], None]
     for original, copy in zip(requests, unpacked, strict=True):
@@ -422,21 +422,22 @@ def test_a_large_payload_is_sent_as_views_of_the_arrays() -> None:
 def test_unpack_rejects_metadata_that_does_not_match_the_payload() -> None:
     envelope, payload = packed([request("r", {"b": np.array([[1, 2]], np.int32)})], {"b": "I32"})
     with pytest.raises(ValueError, match="does not match the payload"):
-        unpack_requests(envelope, payload[:4])
+        unpack_requests(PredictEnvelope.from_wire(envelope), payload[:4])
     envelope["requests"][0]["inputs"][0][2] = [1, 3]
     with pytest.raises(ValueError, match="does not match the payload"):
-        unpack_requests(envelope, payload)
+        unpack_requests(PredictEnvelope.from_wire(envelope), payload)
 
 
 @pytest.mark.parametrize("precision", list(SAMPLES))
 def test_outputs_round_trip(precision: str) -> None:
     sample = WIDE_EXTREMES.get(precision, SAMPLES[precision])  # outputs may hold any value of their type
     outputs = {"first": sample, "second": sample[:1]}
-    packed = pack_outputs(
+    packed = ComputedOutputs.pack(
         outputs, {"first": precision, "second": precision}, version=3, batch=5, started=100.5, infer_s=0.25
     )
-    result, computed = unpack_result(packed)
-    assert computed == {"version": 3, "batch": 5, "started": 100.5, "infer_s": 0.25}
+    computed = ComputedOutputs.from_wire(packed.to_wire())
+    result = computed.arrays()
+    assert (computed.version, computed.batch, computed.started, computed.infer_s) == (3, 5, 100.5, 0.25)
     assert list(result) == ["first", "second"]
     for name, array in outputs.items():
         assert result[name].dtype == array.dtype
@@ -445,17 +446,17 @@ def test_outputs_round_trip(precision: str) -> None:
 
 @pytest.mark.parametrize("error", [NotFound("gone"), InvalidArgument("bad"), DeadlineExceeded("late")])
 def test_errors_round_trip(error: ServingError) -> None:
-    entry = json.loads(json.dumps(pack_error(error)))
-    with pytest.raises(type(error)) as raised:
-        unpack_result(entry)
-    assert raised.value.message == error.message
-    assert raised.value.http_status == error.http_status
+    entry = json.loads(json.dumps(RequestFailure(error).to_wire()))
+    assert entry == {"error": [type(error).__name__, error.message]}
+    decoded = RequestFailure.from_wire(entry).error
+    assert type(decoded) is type(error)
+    assert decoded.message == error.message
+    assert decoded.http_status == error.http_status
 
 
 def test_unknown_error_kind_is_internal() -> None:
-    with pytest.raises(ServingError) as raised:
-        unpack_result({"error": ["Exploded", "boom"]})
-    assert (raised.value.grpc_code, raised.value.message) == ("INTERNAL", "boom")
+    decoded = RequestFailure.from_wire({"error": ["Exploded", "boom"]}).error
+    assert (decoded.grpc_code, decoded.message) == ("INTERNAL", "boom")
 
 
 # --------------------------------------------------------------------------- repository and mapping

@@ -24,7 +24,7 @@ from tasks.app import app
 from tasks.claims import claim, holders
 from tasks.dispatcher import Dispatcher
 from tasks.link import RedisLink
-from tasks.messages import unpack_requests
+from tasks.messages import PredictEnvelope, unpack_requests
 from tasks.routing import payload_key
 from tests.support.worker_part import DOUBLER, doubled, store_reply
 
@@ -52,7 +52,8 @@ def take(store: redis.Redis, worker_id: str, queue: str = DOUBLER.queue) -> Take
         pipe.get(payload_key(task_id))
         claim(pipe, reply_to, task_id, worker_id)
         payload = pipe.execute()[0]
-    return Taken(task_id, reply_to, unpack_requests(args[0], payload) if payload is not None else [])
+    requests = unpack_requests(PredictEnvelope.from_wire(args[0]), payload) if payload is not None else []
+    return Taken(task_id, reply_to, requests)
 
 
 def answer(taken: Taken, worker_id: str) -> None:

@@ -8,17 +8,31 @@ from typing import Any
 
 import redis
 
+from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
 from tasks.broker import EmbeddedRedis
 from tasks.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S, Heartbeat
 from tasks.routing import CATALOG_KEY, worker_key
 
 SNAPSHOT = {
-    "resnet": {
-        "versions": {"2": {"state": "AVAILABLE"}, "1": {"state": "LOADING"}},
-        "error": "",
-        "active": True,
-        "max_queue_size": 100,
-    }
+    "resnet": ModelReport(
+        {
+            2: VersionReport(VersionStatus(2, VersionState.AVAILABLE)),
+            1: VersionReport(VersionStatus(1, VersionState.LOADING)),
+        },
+        error="",
+        active=True,
+        max_queue_size=100,
+    )
+}
+PUBLISHED_RESNET = {  # as it is written (tasks.messages.ModelSnapshot)
+    "queue": "ovms.CPU.resnet",
+    "versions": {
+        "2": {"state": "AVAILABLE", "error_code": "OK", "error_message": "OK"},
+        "1": {"state": "LOADING", "error_code": "OK", "error_message": "OK"},
+    },
+    "error": "",
+    "active": True,
+    "max_queue_size": 100,
 }
 
 
@@ -35,10 +49,10 @@ def test_the_heartbeat_publishes_the_worker_and_its_models_and_withdraws_them_wh
     try:
         document = _document(client)
         assert document["id"] == "CPU-host-1-abc" and document["device"] == "CPU"
-        assert document["models"] == {"resnet": {"queue": "ovms.CPU.resnet", **SNAPSHOT["resnet"]}}
+        assert document["models"] == {"resnet": PUBLISHED_RESNET}
         assert (document["loaded"], document["draining"]) == (False, False)
         assert 0 < client.ttl(worker_key("CPU-host-1-abc")) <= HEARTBEAT_TTL_S
-        assert json.loads(client.hget(CATALOG_KEY, "resnet")) == {"device": "CPU", "versions": [1, 2]}
+        assert json.loads(client.hget(CATALOG_KEY, "resnet")) == {"format": 1, "device": "CPU", "versions": [1, 2]}
 
         heartbeat.mark_loaded()
         assert _document(client)["loaded"] is True

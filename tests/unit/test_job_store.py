@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import redis
 
-from inference.errors import WORKER_LOST, InvalidArgument, NotFound, ServingError
+from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ServingError
 from tasks import job_queue
 from tasks.heartbeat import Heartbeat
-from tasks.jobs import CHUNK_ROWS, JobBacklogFull, JobLimits, JobStore, JobTooLarge
-from tasks.messages import unpack_requests
-from tasks.routing import job_queue_for, payload_key
+from tasks.jobs import CHUNK_ROWS, JOB_PREFIX, JobBacklogFull, JobLimits, JobStore, JobTooLarge
+from tasks.messages import QueuedChunk, unpack_requests
+from tasks.routing import job_queue_for, job_taken_key, payload_key
 from tasks.settings import JobSettings
 from tests.support.worker_part import DOUBLER, doubled, failed, store_reply
 
@@ -40,21 +40,19 @@ def alive(client: redis.Redis, worker_id: str) -> str:
     return worker_id
 
 
-def take(client: redis.Redis, worker_id: str) -> tuple[bytes, job_queue.Chunk]:
+def take(client: redis.Redis, worker_id: str) -> tuple[bytes, QueuedChunk]:
     taken = job_queue.take(client, QUEUE, worker_id, wait_s=1.0)
     assert taken is not None, "no chunk queued"
     return taken
 
 
-def store_result(
-    client: redis.Redis, worker_id: str, chunk: job_queue.Chunk, error: ServingError | None = None
-) -> None:
+def store_result(client: redis.Redis, worker_id: str, chunk: QueuedChunk, error: ServingError | None = None) -> None:
     """Compute y = 2 x for a taken chunk (or fail it with `error`) and store the result as a job feeder does."""
     [request] = unpack_requests(chunk.envelope, client.get(payload_key(chunk.task_id)))
     store_reply(chunk.task_id, worker_id, {request.request_id: doubled(request) if error is None else failed(error)})
 
 
-def run_chunk(client: redis.Redis, worker_id: str, error: ServingError | None = None) -> job_queue.Chunk:
+def run_chunk(client: redis.Redis, worker_id: str, error: ServingError | None = None) -> QueuedChunk:
     """What a worker's job feeder does with the next chunk: take it, run it, store its result, finish it."""
     raw, chunk = take(client, worker_id)
     store_result(client, worker_id, chunk, error)
@@ -227,3 +225,15 @@ def test_a_live_workers_chunks_are_left_alone_unless_it_is_reported_lost(store: 
     assert store.llen(QUEUE) == 0, "its heartbeat is current: still running it"
     jobs.recover({worker})  # its heartbeat lapsed as the registry saw it, though the key is still there
     assert store.llen(QUEUE) == 1
+
+
+def test_a_stored_record_this_api_cannot_read_is_internal_not_the_callers_fault(store: redis.Redis) -> None:
+    store.set(JOB_PREFIX + "0" * 32, b'{"format": 2}')
+    with pytest.raises(Internal, match="Malformed job record: format 2"):
+        job_store(store).status("0" * 32)
+
+
+def test_a_malformed_chunk_is_dropped_by_the_worker_that_takes_it(store: redis.Redis) -> None:
+    store.lpush(QUEUE, b'{"task": "t", "job": "j"}')
+    assert job_queue.take(store, QUEUE, "worker-a", wait_s=0.5) is None
+    assert store.llen(QUEUE) == 0 and store.llen(job_taken_key(QUEUE, "worker-a")) == 0

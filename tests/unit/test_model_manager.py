@@ -56,7 +56,7 @@ def config(base: Path, policy: dict | None = None, **settings: object) -> ModelC
 
 
 def states(manager: ModelManager, name: str = "versioned") -> dict[int, str]:
-    return {int(v): status["state"] for v, status in manager.snapshot()[name]["versions"].items()}
+    return {v: report.status.state for v, report in manager.snapshot()[name].versions.items()}
 
 
 def answer(batcher: DynamicBatcher | None) -> np.ndarray:
@@ -75,8 +75,8 @@ def test_the_latest_version_is_loaded_and_serves(manager_for, repository: Path) 
     assert manager.get("versioned", 1) is None
     assert manager.default("versioned") is manager.get("versioned", 2)
     snapshot = manager.snapshot()["versioned"]
-    assert snapshot["error"] == "" and snapshot["active"]
-    assert [spec["name"] for spec in snapshot["versions"]["2"]["signature"]["inputs"]] == ["x"]
+    assert snapshot.error == "" and snapshot.active
+    assert list(snapshot.versions[2].signature.inputs) == ["x"]
 
 
 POLICIES = {
@@ -134,8 +134,8 @@ def test_a_broken_version_ends_with_its_error_and_loads_once_repaired(manager_fo
     (repository / "3" / "model.bin").write_bytes(b"")
     manager.reconcile()
     manager.reconcile()
-    status = manager.snapshot()["versioned"]["versions"]["3"]
-    assert status["state"] == "END" and status["error_code"] == "UNKNOWN" and status["error_message"] != "OK"
+    status = manager.snapshot()["versioned"].versions[3].status
+    assert status.state == "END" and status.error_code == "UNKNOWN" and status.error_message != "OK"
     assert manager.default("versioned") is manager.get("versioned", 2), "the others keep serving"
     assert not manager.reconcile(), "not retried while its files stay the same"
     shutil.rmtree(repository / "3")
@@ -148,7 +148,7 @@ def test_a_broken_version_ends_with_its_error_and_loads_once_repaired(manager_fo
 
 def test_an_unreadable_repository_is_reported_not_raised(manager_for, tmp_path: Path) -> None:
     manager = manager_for(config(tmp_path / "missing"))
-    assert manager.snapshot()["versioned"]["error"]
+    assert manager.snapshot()["versioned"].error
     assert states(manager) == {}
     assert manager.default("versioned") is None
 
@@ -202,7 +202,7 @@ def test_models_added_and_removed_by_a_new_configuration(manager_for, repository
     assert set(manager.configs()) == {"digits"}
     assert states(manager, "digits") == {1: "AVAILABLE"}
     removed = manager.snapshot()["versioned"]
-    assert not removed["active"] and {v: s["state"] for v, s in removed["versions"].items()} == {"2": "END"}
+    assert not removed.active and {v: r.status.state for v, r in removed.versions.items()} == {2: "END"}
     assert manager.default("versioned") is None
     assert not manager.reconcile(), "a removed model's repository is no longer followed"
 

@@ -10,12 +10,15 @@ import pytest
 import redis
 
 from inference.errors import NotFound
+from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
 from tasks.broker import EmbeddedRedis
 from tasks.heartbeat import Heartbeat
 from tasks.registry import RegistryView
 from tasks.routing import queue_for, worker_key
 
-MODEL = {"versions": {"1": {"state": "AVAILABLE", "error_code": "OK", "error_message": ""}}}
+MODEL = ModelReport(
+    {1: VersionReport(VersionStatus(1, VersionState.AVAILABLE))}, error="", active=True, max_queue_size=100
+)
 BACKGROUND = "ovms-registry"
 
 

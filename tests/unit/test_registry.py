@@ -5,7 +5,7 @@ states, then how the view resolves requests and reports workers that stop servin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import redis
@@ -20,6 +20,7 @@ from inference.errors import (
     Unavailable,
 )
 from inference.signature import ModelSignature, TensorSpec
+from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
 from tasks.heartbeat import Heartbeat
 from tasks.registry import RegistryView
 from tasks.routing import queue_for, worker_key
@@ -29,22 +30,19 @@ def signature(width: int) -> ModelSignature:
     return ModelSignature({"x": TensorSpec("x", "FP32", (-1, width))}, {"y": TensorSpec("y", "FP32", (-1, width))})
 
 
-def status(state: str, width: int = 4, error: str = "") -> dict:
-    """A version's status as a worker's ModelManager reports it (a signature once it serves)."""
-    document = {"state": state, "error_code": "UNKNOWN" if error else "OK", "error_message": error or "OK"}
-    if state == "AVAILABLE":
-        document["signature"] = signature(width).to_dict()
-    return document
+def status(state: str, width: int = 4, error: str = "") -> VersionReport:
+    """A version's status as a worker's ModelManager reports it (a signature once it serves); its number
+    is set by `model`."""
+    reported = VersionStatus(0, VersionState(state), "UNKNOWN" if error else "OK", error or "OK")
+    return VersionReport(reported, signature(width) if state == "AVAILABLE" else None)
 
 
-def model(versions: dict[int, dict], *, error: str = "", active: bool = True, max_queue_size: int = 100) -> dict:
+def model(
+    versions: dict[int, VersionReport], *, error: str = "", active: bool = True, max_queue_size: int = 100
+) -> ModelReport:
     """A model's entry in a worker's snapshot (ModelManager.snapshot)."""
-    return {
-        "versions": {str(v): s for v, s in versions.items()},
-        "error": error,
-        "active": active,
-        "max_queue_size": max_queue_size,
-    }
+    numbered = {v: replace(report, status=replace(report.status, version=v)) for v, report in versions.items()}
+    return ModelReport(numbered, error, active, max_queue_size)
 
 
 @dataclass
@@ -52,7 +50,7 @@ class Worker:
     """A worker's heartbeat, published by the workers' own Heartbeat."""
 
     worker_id: str
-    models: dict[str, dict]
+    models: dict[str, ModelReport]
     device: str = "CPU"
     loaded: bool = True
     draining: bool = False
@@ -153,7 +151,7 @@ def test_a_failed_load_keeps_its_error(registry: RegistryView, store: redis.Redi
     publish(store, Worker("a", {"m": model({1: status("END", error="broken model.xml")})}))
     registry.refresh()
     view = registry.versions("m")[1]
-    assert (view.state, view.error_code, view.error_message) == ("END", "UNKNOWN", "broken model.xml")
+    assert (view.state, view.status.error_code, view.status.error_message) == ("END", "UNKNOWN", "broken model.xml")
 
 
 def test_catalog_only_versions_are_unavailable(registry: RegistryView, store: redis.Redis) -> None:
@@ -163,7 +161,7 @@ def test_catalog_only_versions_are_unavailable(registry: RegistryView, store: re
     store.delete(worker_key("a"))
     registry.refresh()
     assert {v: view.state for v, view in registry.versions("m").items()} == {1: "UNKNOWN", 2: "UNKNOWN"}
-    assert registry.versions("m")[1].error_message == NO_LIVE_WORKER
+    assert registry.versions("m")[1].status.error_message == NO_LIVE_WORKER
     with pytest.raises(Unavailable, match=NO_LIVE_WORKER):
         registry.resolve("m", None)
 

@@ -1,0 +1,55 @@
+"""Model version states and statuses, as TensorFlow Serving's GetModelStatus names them.
+
+`VersionStatus` is what every layer reports about one version: the worker that holds it
+(inference.manager), the heartbeat that publishes it (tasks.messages), the api's merged view of all
+workers (tasks.registry) and both frontends' status answers. The states are a StrEnum, so they are
+their names in JSON, in protobuf enum lookups and in f-strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from inference.signature import ModelSignature
+
+
+class VersionState(StrEnum):
+    UNKNOWN = "UNKNOWN"  # the api remembers the version (tasks.registry's catalog) but no live worker reports it
+    START = "START"  # its files are appearing: loaded once they stay unchanged for one poll
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"  # unloaded, or failed to load (with its error)
+
+
+PREPARING = (VersionState.START, VersionState.LOADING)  # on its way to AVAILABLE
+RETIRING = (VersionState.UNLOADING, VersionState.END)  # on its way out, or gone
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version's state, with the error that explains it (TF Serving's ModelVersionStatus)."""
+
+    version: int
+    state: VersionState
+    error_code: str = "OK"
+    error_message: str = "OK"
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    """What a worker says about a version it holds: its status and, while it serves, its signature."""
+
+    status: VersionStatus
+    signature: ModelSignature | None = None
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """What a worker says about one configured model (inference.manager.ModelManager.snapshot)."""
+
+    versions: dict[int, VersionReport]
+    error: str  # the repository cannot be read ("" if it can)
+    active: bool  # False once removed from the configuration
+    max_queue_size: int
