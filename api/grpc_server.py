@@ -112,7 +112,7 @@ class GrpcServer:
         services = (self._dataplane, self._metrics, self._executor, CallLimit(MAX_CALLS_IN_PROGRESS))
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(*services), server)
         serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(*services), server)
-        self._health = HealthReporter(self._dataplane, server)
+        self._health = HealthReporter(self._dataplane.readiness, server)
         address = f"[::]:{self._port}"
         try:
             if self._tls is None:

@@ -75,7 +75,7 @@ class PredictionService(_Servicer, serving_pb2_grpc.PredictionServiceServicer):
         self, request: serving_pb2.PredictRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> serving_pb2.PredictResponse:
         remaining = context.time_remaining()
-        result = await self._dataplane.predict_async(
+        result = await self._dataplane.inference.predict_async(
             self._executor,
             request.model_spec.name,
             _requested_version(request.model_spec),
@@ -103,7 +103,7 @@ class PredictionService(_Servicer, serving_pb2_grpc.PredictionServiceServicer):
     ) -> serving_pb2.GetModelMetadataResponse:
         if list(request.metadata_field) != ["signature_def"]:
             raise InvalidArgument("Invalid signature name")
-        version, signature = self._dataplane.model_metadata(
+        version, signature = self._dataplane.models.model_metadata(
             request.model_spec.name, _requested_version(request.model_spec)
         )
         response = serving_pb2.GetModelMetadataResponse()
@@ -136,7 +136,7 @@ class ModelService(_Servicer, serving_pb2_grpc.ModelServiceServicer):
     def _model_status(
         self, request: serving_pb2.GetModelStatusRequest, tracker: Tracker
     ) -> serving_pb2.GetModelStatusResponse:
-        statuses = self._dataplane.model_status(request.model_spec.name, _requested_version(request.model_spec))
+        statuses = self._dataplane.models.model_status(request.model_spec.name, _requested_version(request.model_spec))
         response = serving_pb2.GetModelStatusResponse()
         for status in statuses:
             entry = response.model_version_status.add()

@@ -15,7 +15,7 @@ import contextlib
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from api.dataplane import DataPlane
+from api.dataplane.readiness import Readiness
 
 OVERALL = ""  # the service name health checkers ask about by default
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
@@ -89,8 +89,8 @@ class HealthReporter:
     Checks are answered on the event loop from the last status set; readiness (which reads Redis) is
     computed on a thread."""
 
-    def __init__(self, dataplane: DataPlane, server: grpc.aio.Server, interval_s: float = 0.25) -> None:
-        self._dataplane = dataplane
+    def __init__(self, readiness: Readiness, server: grpc.aio.Server, interval_s: float = 0.25) -> None:
+        self._readiness = readiness
         self._interval = interval_s
         self._servicer = BoundedHealthServicer((OVERALL, PREDICTION_SERVICE), MAX_WATCH_STREAMS)
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
@@ -109,7 +109,7 @@ class HealthReporter:
         await self._servicer.enter_graceful_shutdown()
 
     async def update(self) -> None:
-        serving, _ = await asyncio.to_thread(self._dataplane.readiness)
+        serving, _ = await asyncio.to_thread(self._readiness.check)
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in (OVERALL, PREDICTION_SERVICE):
             await self._servicer.set(service, status)

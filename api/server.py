@@ -6,8 +6,13 @@ import logging
 
 import redis
 
+from api.admission import Admission
 from api.auth import BearerTokens
 from api.dataplane import DataPlane
+from api.dataplane.inference import InferenceService
+from api.dataplane.jobs import JobService
+from api.dataplane.models import ModelRepository
+from api.dataplane.readiness import Readiness
 from api.descriptors import connections_per_port, raise_open_file_limit
 from api.grpc_server import MAX_CONNECTIONS as MAX_GRPC_CONNECTIONS
 from api.grpc_server import GrpcServer
@@ -19,9 +24,10 @@ from api.tls import TlsFiles
 from inference.model_config import ConfiguredModels
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
-from tasks.jobs import JobLimits
+from tasks.jobs import JobLimits, JobStore
 from tasks.link import RedisLink
 from tasks.publisher import store_client
+from tasks.recovery import WorkerLossRecovery
 from tasks.registry import RegistryView
 
 log = logging.getLogger("serving")
@@ -38,33 +44,16 @@ class ApiServer:
         broker = store if backend_url == broker_url else store_client(broker_url)  # the Celery queues
         self._link = RedisLink(broker_url, backend_url)
         self._dispatcher = Dispatcher(store, broker, self._link)
-        self._registry = RegistryView(store, on_workers_gone=self._workers_gone)
-        self._dataplane = DataPlane(
-            self._registry,
-            self._dispatcher,
-            settings.request_timeout_s,
-            store,
-            self._link,
-            ConfiguredModels(settings),
-            settings.job_ttl_s,
-            settings.max_inflight_bytes,
-            JobLimits.from_settings(settings),
-        )
+        jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
+        recovery = WorkerLossRecovery(self._dispatcher, jobs)
+        self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone, on_refreshed=recovery.refreshed)
+        self._dataplane = _data_plane(settings, store, self._registry, self._dispatcher, jobs, self._link)
         self._metrics = ServingMetrics(self._registry, broker, self._link)
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
         self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
         self._grpc: GrpcServer | None = None
         self._rest: RestServer | None = None
-
-    def _workers_gone(self, lost: set[str], queues: set[str]) -> None:
-        """Workers stopped serving: settle what they held of this api's requests and of any job."""
-        self._dispatcher.workers_gone(lost, queues)
-        if lost:
-            try:
-                self._dataplane.jobs.recover(lost)
-            except (redis.RedisError, OSError) as exc:
-                log.warning("Could not recover the job chunks of lost workers %s: %s", sorted(lost), exc)
 
     def start(self) -> None:
         self._link.start()
@@ -135,3 +124,24 @@ class ApiServer:
         if self._tokens is not None:
             notes.append("bearer tokens required")
         return f" ({', '.join(notes)})" if notes else ""
+
+
+def _data_plane(
+    settings: ApiSettings,
+    store: redis.Redis,
+    registry: RegistryView,
+    dispatcher: Dispatcher,
+    jobs: JobStore,
+    link: RedisLink,
+) -> DataPlane:
+    """The services both frontends call, built once (see api.dataplane)."""
+    admission = Admission(settings.max_inflight_bytes)
+    models = ModelRepository(registry, store, link, ConfiguredModels(settings))
+    return DataPlane(
+        inference=InferenceService(registry, dispatcher, admission, link, settings.request_timeout_s),
+        models=models,
+        jobs=JobService(registry, jobs, admission, link),
+        readiness=Readiness(models, registry, admission, link),
+        admission=admission,
+        link=link,
+    )

@@ -124,6 +124,7 @@ class JobStore:
         self._ttl_s = ttl_s  # the workers keep chunk results as long (Celery result_expires)
         self._limits = limits
         self._swept_at = 0.0
+        self._watched = False  # an unfinished job's status was read since the last sweep
 
     def submit(
         self, target: Target, inputs: dict[str, np.ndarray], owner: str | None = None, pinned: bool = True
@@ -203,7 +204,7 @@ class JobStore:
             finished = [deadline]
         else:
             state = JobState.STARTED if ran else JobState.PENDING
-            self._sweep()
+            self._watched = True
         return JobStatus(
             job_id,
             record.model,
@@ -232,13 +233,15 @@ class JobStore:
             pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
             pipe.execute()
 
-    def _sweep(self) -> None:
-        """Look for dead workers' chunks now and then while someone watches an unfinished job: a loss
-        no api saw (or could not act on) is repaired within a poll or two."""
+    def sweep_due(self) -> bool:
+        """Whether to look for dead workers' chunks now (tasks.recovery does, off the request threads): at
+        most every SWEEP_INTERVAL_S while someone watches an unfinished job, so that a loss no api saw (or
+        could not act on) is repaired within a poll or two."""
         now = time.monotonic()
-        if now - self._swept_at >= SWEEP_INTERVAL_S:
-            self._swept_at = now
-            self.recover()
+        if not self._watched or now - self._swept_at < SWEEP_INTERVAL_S:
+            return False
+        self._watched, self._swept_at = False, now
+        return True
 
     def recover(self, lost: set[str] = frozenset()) -> None:
         """Queue again the chunks that dead workers had taken: the `lost` ones', and any other's whose

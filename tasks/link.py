@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -70,6 +71,16 @@ class RedisLink:
         reason = self._reason
         if reason is not None:
             raise _unavailable(reason)
+
+    @contextmanager
+    def required(self) -> Iterator[None]:
+        """Around work that reads or writes Redis: UNAVAILABLE at once while Redis is unreachable, and
+        for an outage met on the way (never a 500, never a wait for a socket timeout)."""
+        self.check()
+        try:
+            yield
+        except OUTAGES as exc:
+            raise self.failed(exc) from None
 
     def failed(self, error: redis.RedisError | OSError) -> Unavailable:
         """The error a client gets for a Redis call that failed with `error` (see OUTAGES); the probe

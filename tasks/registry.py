@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -80,15 +80,23 @@ class RegistryView:
 
     A draining worker (shutting down, finishing what it took) still heartbeats but serves nothing new.
     `on_workers_gone(lost, queues)` is called whenever workers stop serving: `lost` are the ones
-    whose heartbeat lapsed (what they held is lost), `queues` the queues someone still consumes.
+    whose heartbeat lapsed (what they held is lost), `queues` the queues someone still consumes;
+    `on_refreshed()` after each refresh of the background thread. Both are called on the background
+    thread only (tasks.recovery): a refresh on a request thread (a look-up that missed) only notes
+    what it saw go and wakes that thread.
     """
 
     def __init__(
-        self, client: redis.Redis, refresh_interval_s: float = 0.5, on_workers_gone: WorkersGone | None = None
+        self,
+        client: redis.Redis,
+        refresh_interval_s: float = 0.5,
+        on_workers_gone: WorkersGone | None = None,
+        on_refreshed: Callable[[], None] | None = None,
     ) -> None:
         self._client = client
         self._interval = refresh_interval_s
         self._on_workers_gone = on_workers_gone
+        self._on_refreshed = on_refreshed
         self._present: set[str] = set()
         # The catalog as last read: a Redis that restarted empty must not turn known models into
         # unknown ones (NOT_FOUND) until their workers register again; they are UNAVAILABLE meanwhile.
@@ -103,8 +111,10 @@ class RegistryView:
         self._loaded_workers: set[str] = set()
         self._last_refresh = 0.0
         self._refused: set[str] = set()  # why snapshots were ignored, each logged once
+        self._gone: set[str] | None = None  # lost workers not yet reported (empty: only stopped ones)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ovms-registry", daemon=True)
 
     def start(self) -> None:
@@ -113,9 +123,11 @@ class RegistryView:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def refresh(self) -> None:
-        """Read every live worker's snapshot and the catalog, and rebuild the view."""
+        """Read every live worker's snapshot and the catalog, and rebuild the view; workers that stopped
+        serving are reported by the background thread (see the class)."""
         started = time.monotonic()
         keys = list(self._client.scan_iter(match=f"{WORKER_PREFIX}*", count=1000))
         raws = zip(keys, self._client.mget(keys) if keys else [], strict=True)
@@ -139,9 +151,8 @@ class RegistryView:
             self._active = {name for name, model in served if model.report.active}
             self._loaded_workers = {snapshot.worker_id for snapshot in serving if snapshot.loaded}
             self._last_refresh = started
-            queues = set(self._queues)
-        if (stopped or lost) and self._on_workers_gone is not None:
-            self._on_workers_gone(lost, queues)
+        if stopped or lost:
+            self._note_workers_gone(lost)
 
     def _decoded(self, kind: type[Decoded], items: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, Decoded]:
         """The (key, value) pairs whose value decodes (others are skipped: a worker of a newer format, or
@@ -230,11 +241,47 @@ class RegistryView:
         return versions
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.refresh()
-            except (redis.RedisError, ValueError) as exc:
-                log.warning("Could not refresh the model registry: %s", exc)
+        while True:
+            woken = self._wake.wait(self._interval)  # early: a refresh elsewhere saw workers go
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            refreshed = not woken and self._refresh_logged()
+            self._report_workers_gone()
+            if refreshed and self._on_refreshed is not None:
+                _call_safely(self._on_refreshed)
+
+    def _refresh_logged(self) -> bool:
+        try:
+            self.refresh()
+        except (redis.RedisError, ValueError) as exc:
+            log.warning("Could not refresh the model registry: %s", exc)
+            return False
+        return True
+
+    def _note_workers_gone(self, lost: set[str]) -> None:
+        """Keep what went for the background thread to report, and wake it if this is another thread."""
+        if self._on_workers_gone is None:
+            return
+        with self._lock:
+            self._gone = (self._gone or set()) | lost
+        if threading.current_thread() is not self._thread:
+            self._wake.set()
+
+    def _report_workers_gone(self) -> None:
+        with self._lock:
+            lost, self._gone = self._gone, None
+            queues = set(self._queues)
+        if lost is not None and self._on_workers_gone is not None:
+            _call_safely(self._on_workers_gone, lost, queues)
+
+
+def _call_safely(callback: Callable[..., None], *args: Any) -> None:
+    """Run a recovery callback on the background thread: whatever it raises must not end the refreshes."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("Recovery (%s) failed", getattr(callback, "__qualname__", callback))
 
 
 def _merge(snapshots: list[WorkerSnapshot], catalog: dict[str, CatalogEntry]) -> dict[str, dict[int, MergedVersion]]:

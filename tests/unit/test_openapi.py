@@ -12,7 +12,8 @@ import pytest
 from openapi_spec_validator import validate
 from werkzeug.routing import MapAdapter
 
-from api.rest_app import create_app, load_openapi
+from api.rest_app import create_app
+from api.rest_operations import load_openapi
 
 SAMPLE_PARAMETERS = {"name": "digits", "version": "1", "job_id": "f00d"}
 AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}  # Flask answers these for every route by itself

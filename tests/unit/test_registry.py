@@ -4,6 +4,7 @@ states, then how the view resolves requests and reports workers that stop servin
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 
 import pytest
@@ -239,23 +240,36 @@ def test_a_redis_restarted_empty_does_not_forget_known_models(registry: Registry
 
 
 def test_workers_that_stop_serving_are_reported_with_the_queues_still_consumed(store: redis.Redis) -> None:
+    """The test refreshes; the view's background thread reports (and does no refresh of its own here)."""
     calls: list[tuple[set[str], set[str]]] = []
-    registry = RegistryView(store, on_workers_gone=lambda lost, queues: calls.append((lost, queues)))
+    registry = RegistryView(store, 60, on_workers_gone=lambda lost, queues: calls.append((lost, queues)))
     cpu = Worker("a", {"m": model({1: status("AVAILABLE")})})
     gpu = Worker("b", {"m": model({1: status("AVAILABLE")})}, device="GPU")
     publish(store, cpu, gpu)
-    registry.refresh()
-    assert calls == []
-    gpu.draining = True
-    publish(store, gpu)
-    registry.refresh()
-    assert calls == [(set(), {queue_for("CPU", "m")})], "draining: stopped serving, holds its work still"
-    store.delete(worker_key("b"))
-    registry.refresh()
-    assert calls[1:] == [({"b"}, {queue_for("CPU", "m")})], "its heartbeat lapsed: what it held is lost"
-    registry.refresh()
-    assert len(calls) == 2, "reported once"
-    assert cpu.heartbeat is not None
-    cpu.heartbeat.stop()
-    registry.refresh()
-    assert calls[2:] == [({"a"}, set())]
+    registry.start()
+    try:
+        assert calls == []
+        gpu.draining = True
+        publish(store, gpu)
+        registry.refresh()
+        assert reports(calls, 1) == [(set(), {queue_for("CPU", "m")})], "draining: stopped serving, holds its work"
+        store.delete(worker_key("b"))
+        registry.refresh()
+        assert reports(calls, 2)[1:] == [({"b"}, {queue_for("CPU", "m")})], "its heartbeat lapsed: what it held is lost"
+        registry.refresh()
+        assert len(reports(calls, 2, settle_s=0.2)) == 2, "reported once"
+        assert cpu.heartbeat is not None
+        cpu.heartbeat.stop()
+        registry.refresh()
+        assert reports(calls, 3)[2:] == [({"a"}, set())]
+    finally:
+        registry.stop()
+
+
+def reports(calls: list, count: int, settle_s: float = 0.0) -> list:
+    """The reports once there are `count` of them (or 5 s passed), after `settle_s` more for any extra one."""
+    deadline = time.monotonic() + 5
+    while len(calls) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(settle_s)
+    return calls

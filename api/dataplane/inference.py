@@ -1,0 +1,95 @@
+"""Inference: resolve the model version, validate the inputs, dispatch them to the model's workers
+(tasks.dispatcher) and await the answer, within the api's admission (api.admission)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+
+from api.admission import Admission, request_bytes
+from inference.errors import InvalidArgument
+from inference.request import InferenceRequest, InferenceResult
+from inference.validation import RequestTensor, validate_inputs
+from tasks.dispatcher import Dispatcher
+from tasks.link import RedisLink
+from tasks.registry import RegistryView, Target
+
+
+class InferenceService:
+    def __init__(
+        self,
+        registry: RegistryView,
+        dispatcher: Dispatcher,
+        admission: Admission,
+        link: RedisLink,
+        default_timeout_s: float,
+    ) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+        self._admission = admission
+        self._link = link
+        self._default_timeout_s = default_timeout_s
+
+    def predict(
+        self,
+        name: str,
+        version: int | None,
+        inputs: dict[str, RequestTensor],
+        output_filter: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> InferenceResult:
+        with self._admission.admit(request_bytes(inputs)), self._link.required():
+            target, request = self._request(name, version, inputs, output_filter, self._deadline(timeout_s))
+            return _with_precisions(target, self._dispatcher.infer(target, request))
+
+    async def predict_async(
+        self,
+        executor: Executor,
+        name: str,
+        version: int | None,
+        inputs: Callable[[], dict[str, RequestTensor]],
+        nbytes: int,
+        output_filter: list[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> InferenceResult:
+        """predict() for an asyncio frontend: decoding (`inputs()`), validation and publishing run on
+        `executor`, and the wait for the answer holds no thread. `nbytes`: the request's size as received,
+        held in the in-flight budget from before it is decoded."""
+        with self._admission.admit(nbytes), self._link.required():
+            deadline = self._deadline(timeout_s)
+
+            def submit() -> tuple[Target, InferenceRequest, Future[InferenceResult]]:
+                target, request = self._request(name, version, inputs(), output_filter, deadline)
+                return target, request, self._dispatcher.submit(target, request)
+
+            target, request, future = await asyncio.get_running_loop().run_in_executor(executor, submit)
+            return _with_precisions(target, await self._dispatcher.outcome(request, future))
+
+    def _deadline(self, timeout_s: float | None) -> float:
+        return time.time() + (timeout_s if timeout_s is not None else self._default_timeout_s)
+
+    def _request(
+        self,
+        name: str,
+        version: int | None,
+        inputs: dict[str, RequestTensor],
+        output_filter: list[str] | None,
+        deadline: float,
+    ) -> tuple[Target, InferenceRequest]:
+        target = self._registry.resolve(name, version)
+        arrays = validate_inputs(target.signature, inputs)
+        if output_filter:
+            unknown = [o for o in output_filter if o not in target.signature.outputs]
+            if unknown:
+                raise InvalidArgument(f"Invalid output name - not found in model outputs: {', '.join(unknown)}")
+        request = InferenceRequest(
+            name, target.version, arrays, list(output_filter or []) or None, deadline, pinned=bool(version)
+        )
+        return target, request
+
+
+def _with_precisions(target: Target, result: InferenceResult) -> InferenceResult:
+    result.precisions = {name: target.signature.outputs[name].precision for name in result.outputs}
+    return result
