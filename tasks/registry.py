@@ -27,10 +27,12 @@ from inference.errors import (
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.signature import ModelSignature
 from inference.states import PREPARING, RETIRING, VersionState, VersionStatus
+from tasks.heartbeat import HEARTBEAT_TTL_S
 from tasks.messages import CatalogEntry, WorkerSnapshot
 from tasks.routing import CATALOG_KEY, WORKER_PREFIX
 
 log = logging.getLogger("serving")
+MAX_REFUSALS_LOGGED = 64  # distinct reasons for ignoring a snapshot, each logged once; then no more
 
 Decoded = TypeVar("Decoded", WorkerSnapshot, CatalogEntry)
 
@@ -164,7 +166,7 @@ class RegistryView:
             try:
                 decoded[name] = kind.from_json(raw)
             except InvalidArgument as error:
-                if error.message not in self._refused:
+                if error.message not in self._refused and len(self._refused) < MAX_REFUSALS_LOGGED:
                     self._refused.add(error.message)
                     log.warning("Ignoring a %s in Redis: %s", kind.WHAT, error.message)
         return decoded
@@ -173,6 +175,13 @@ class RegistryView:
     def refreshed_at(self) -> float:
         """When (time.monotonic()) the last successful refresh began to read Redis."""
         return self._last_refresh
+
+    @property
+    def current(self) -> bool:
+        """Whether the view is recent enough to speak for the workers: refreshed within a heartbeat's
+        lifetime (plus a refresh interval), so a view that stopped refreshing never vouches for workers
+        that may be gone."""
+        return time.monotonic() - self._last_refresh <= HEARTBEAT_TTL_S + self._interval
 
     def live_workers(self) -> list[str]:
         with self._lock:
@@ -254,7 +263,7 @@ class RegistryView:
     def _refresh_logged(self) -> bool:
         try:
             self.refresh()
-        except (redis.RedisError, ValueError) as exc:
+        except Exception as exc:  # whatever Redis holds, this thread must go on refreshing
             log.warning("Could not refresh the model registry: %s", exc)
             return False
         return True

@@ -14,9 +14,12 @@ MAX_REQUEST_MB = 2047  # gRPC caps messages at 2 GiB
 INFLIGHT_REQUESTS_BY_DEFAULT = 2
 MAX_INFLIGHT_MB = 1 << 20  # 1 TiB: only a bound against typing mistakes
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LOG_LEVEL = "INFO"
 
 
 def _log_level(flag: str, text: str) -> str:
+    if not text:  # `--log_level "$LEVEL"` with the variable unset: the default, as the seed takes it
+        return DEFAULT_LOG_LEVEL
     if text.upper() not in LOG_LEVELS:
         raise ValueError(f"{flag} should be one of: {', '.join(LOG_LEVELS)}")
     return text.upper()
@@ -24,7 +27,7 @@ def _log_level(flag: str, text: str) -> str:
 
 @dataclass(frozen=True)
 class LogSettings:
-    log_level: str = option("INFO", ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1], convert=_log_level)
+    log_level: str = option(DEFAULT_LOG_LEVEL, ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1], convert=_log_level)
     log_path: str | None = option(None, "also write the log to this file")
 
 

@@ -26,6 +26,7 @@ from inference.errors import InvalidArgument, ServingError
 from inference.signature import ModelSignature
 
 FORMAT = 1  # the layout this code writes; it reads it and nothing newer
+MAX_REASON_CHARS = 200  # of a malformed record's reason in its error: logs and answers stay small
 
 Reader = Callable[[Any], Any]
 Writer = Callable[[Any], Any] | None  # None: the value is written as it is
@@ -74,8 +75,8 @@ class Message(Record):
             if version != FORMAT:
                 raise Malformed(f"format {version!r} is not {FORMAT}, the one this process reads")
             return super().from_wire(data)
-        except (Malformed, KeyError, IndexError, TypeError, ValueError) as exc:
-            raise InvalidArgument(f"Malformed {cls.WHAT}: {exc}") from None
+        except (Malformed, KeyError, IndexError, TypeError, ValueError, RecursionError) as exc:
+            raise cls.malformed(exc) from None
 
     def to_json(self) -> str:
         return json.dumps(self.to_wire())
@@ -84,9 +85,17 @@ class Message(Record):
     def from_json(cls, raw: str | bytes) -> Self:
         try:
             data = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidArgument(f"Malformed {cls.WHAT}: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep to parse
+            raise cls.malformed(exc) from None
         return cls.from_wire(data)
+
+    @classmethod
+    def malformed(cls, reason: Exception) -> InvalidArgument:
+        """The error for a malformed record; its reason cut short, as it may quote a value of any size."""
+        text = str(reason)
+        if len(text) > MAX_REASON_CHARS:
+            text = text[:MAX_REASON_CHARS] + "…"
+        return InvalidArgument(f"Malformed {cls.WHAT}: {text}")
 
 
 _ABSENT = object()

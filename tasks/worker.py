@@ -7,6 +7,7 @@ import os
 import socket
 
 import redis
+from celery.signals import worker_shutting_down
 
 from tasks.app import app, configure
 from tasks.routing import worker_name
@@ -38,5 +39,8 @@ def run_worker(settings: WorkerSettings, broker_url: str) -> int:
         task_events=settings.task_events,
         serving=ServingOptions(settings, worker_id, redis.Redis.from_url(backend_url)),
     )
+    asked_to_stop: list[str] = []  # Celery's shutdown kinds, from its signal handlers
+    worker_shutting_down.connect(lambda how, **_: asked_to_stop.append(how), weak=False)
     worker.start()
-    return worker.exitcode or 0
+    # Celery exits 1 after Ctrl-C; a warm shutdown that was asked for (SIGINT or SIGTERM) is a clean stop.
+    return 0 if asked_to_stop[:1] == ["Warm"] else worker.exitcode or 0

@@ -19,9 +19,10 @@ class Readiness:
 
     def check(self) -> tuple[bool, dict[str, bool]]:
         """Ready = not draining, Redis reachable, and every known model has an AVAILABLE version on a
-        live worker (as read from Redis since it was last reachable again); with the per-model answers."""
+        live worker (as read from Redis since it was last reachable again, and lately: see
+        RegistryView.current); with the per-model answers."""
         expected = self._models.expected_models()
-        if not self._link.up or self._registry.refreshed_at < self._link.up_since:
+        if not self._link.up or not self._registry.current or self._registry.refreshed_at < self._link.up_since:
             return False, dict.fromkeys(expected, False)
         models = {}
         for name in expected:

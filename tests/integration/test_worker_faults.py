@@ -165,6 +165,14 @@ def test_sigterm_worker_finishes_what_it_took_and_exits(api, start_worker):
     assert "again: worker" not in api.log()[earlier_log:], "a drained worker's messages must not need running again"
 
 
+def test_ctrl_c_stops_a_worker_cleanly(api, start_worker):
+    """SIGINT (Ctrl-C) is a warm shutdown like SIGTERM, and exits 0 (Celery itself would exit 1)."""
+    worker = start_worker()
+    wait_for_workers(api, 1)
+    worker.process.send_signal(signal.SIGINT)
+    assert worker.process.wait(timeout=30) == 0, worker.log()[-2000:]
+
+
 def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str):
     server = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url])
     try:

@@ -21,8 +21,8 @@ from inference.errors import (
 )
 from inference.signature import ModelSignature, TensorSpec
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
-from tasks.heartbeat import Heartbeat
-from tasks.registry import RegistryView
+from tasks.heartbeat import HEARTBEAT_TTL_S, Heartbeat
+from tasks.registry import MAX_REFUSALS_LOGGED, RegistryView
 from tasks.routing import queue_for, worker_key
 
 
@@ -273,3 +273,35 @@ def reports(calls: list, count: int, settle_s: float = 0.0) -> list:
         time.sleep(0.01)
     time.sleep(settle_s)
     return calls
+
+
+def test_junk_in_redis_is_skipped_and_its_log_stays_small(
+    registry: RegistryView, store: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Heartbeats nobody can read — nested too deep to parse, or a 1 MB value, each one different — are
+    skipped beside a worker that serves; each reason is logged once, cut short, and only so many are kept."""
+    publish(store, Worker("w1", {"m": model({1: status("AVAILABLE")})}))
+    store.set(worker_key("deep"), "[" * 200_000 + "]" * 200_000)
+    for n in range(MAX_REFUSALS_LOGGED + 20):
+        store.set(worker_key(f"junk{n}"), f'{{"format": "{n}{"x" * (1 << 20)}"}}')
+    with caplog.at_level("WARNING", logger="serving"):
+        registry.refresh()
+        registry.refresh()
+    assert registry.live_workers() == ["w1"]
+    assert registry.versions("m")[1].status.state == VersionState.AVAILABLE
+    ignored = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Ignoring")]
+    assert len(ignored) == MAX_REFUSALS_LOGGED, "every reason logged once, up to the bound"
+    assert max(map(len, ignored)) < 400, "a refused value is not copied into the log"
+
+
+def test_a_view_that_stopped_refreshing_does_not_speak_for_the_workers(store: redis.Redis) -> None:
+    """Readiness trusts the view only while it is current: one not refreshed for longer than a
+    heartbeat's lifetime (its thread died, say) is not."""
+    publish(store, Worker("w1", {"m": model({1: status("AVAILABLE")})}))
+    view = RegistryView(store, refresh_interval_s=0.05)
+    view.refresh()
+    assert view.current
+    time.sleep(HEARTBEAT_TTL_S + 0.1)
+    assert not view.current
+    view.refresh()
+    assert view.current

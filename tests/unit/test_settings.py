@@ -43,6 +43,11 @@ def run_ovms(*args: str) -> subprocess.CompletedProcess[str]:
 # --------------------------------------------------------------------------- flags and defaults
 
 
+def test_an_empty_log_level_is_the_default() -> None:
+    """`--log_level "$LEVEL"` with the variable unset starts, as the seed does, at INFO."""
+    assert parse_command_line([*SINGLE, "--log_level", ""]).log_level == "INFO"
+
+
 def test_defaults_match_the_seed() -> None:
     settings = parse_command_line(SINGLE)
     assert settings.role == "all"
