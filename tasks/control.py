@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import redis
 
 from inference.errors import DeadlineExceeded, Unavailable
+from tasks.link import blocking_pop
 from tasks.routing import PREFIX, control_key
 
 RELOAD_TIMEOUT_S = 120.0  # loading new models can take a while
@@ -33,8 +34,7 @@ def request_reload(client: redis.Redis, worker_ids: list[str], timeout_s: float 
     answers = []
     deadline = time.monotonic() + timeout_s
     while len(answers) < len(worker_ids):
-        remaining = deadline - time.monotonic()
-        item = client.blpop([reply_to], timeout=max(remaining, 0.01)) if remaining > 0 else None
+        item = blocking_pop(client, reply_to, deadline - time.monotonic())
         if item is None:
             raise DeadlineExceeded(f"{len(worker_ids) - len(answers)} worker(s) did not answer the reload in time")
         answers.append(json.loads(item[1]))

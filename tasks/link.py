@@ -26,6 +26,9 @@ from tasks.connections import redact
 log = logging.getLogger("serving")
 
 REDIS_TIMEOUT_S = 2.0  # socket timeout of the api's Redis clients: no call waits longer on a paused Redis
+# Longest one blocking Redis call (BLPOP) waits: below every client's socket timeout (the api's 2 s above,
+# redis-py's default 5 s), so a long wait never reads as a Redis that stopped answering.
+BLOCKING_WAIT_S = 1.0
 PROBE_INTERVAL_S = 0.25
 PROBE_TIMEOUT_S = 1.0
 # Redis cannot serve a command now: no connection, no answer in time, loading, read-only or out of memory.
@@ -124,3 +127,15 @@ class RedisLink:
 
 def _unavailable(reason: str) -> Unavailable:
     return Unavailable(f"Redis unavailable ({reason}); retry")
+
+
+def blocking_pop(
+    client: redis.Redis, key: str, timeout_s: float, stop: threading.Event | None = None
+) -> tuple[bytes, bytes] | None:
+    """BLPOP `key` for up to `timeout_s` (or until `stop` is set), in waits of at most BLOCKING_WAIT_S."""
+    deadline = time.monotonic() + timeout_s
+    while (remaining := deadline - time.monotonic()) > 0 and not (stop is not None and stop.is_set()):
+        item = client.blpop([key], timeout=min(remaining, BLOCKING_WAIT_S))
+        if item is not None:
+            return item
+    return None

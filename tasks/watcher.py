@@ -20,6 +20,7 @@ import redis
 
 from inference.manager import ModelManager
 from inference.model_config import ConfigError, load_config_file
+from tasks.link import blocking_pop
 from tasks.routing import control_key
 from tasks.settings import WorkerSettings
 
@@ -103,7 +104,7 @@ class RepositoryWatcher:
         period = self._settings.file_system_poll_wait_seconds
         while not self._stop.is_set():
             try:
-                request = self._client.blpop([self._key], timeout=period or IDLE_WAIT_S)
+                request = blocking_pop(self._client, self._key, period or IDLE_WAIT_S, self._stop)
                 if request is not None:
                     self._answer(json.loads(request[1]))
                 elif period:
