@@ -20,14 +20,15 @@ import redis
 
 from inference.manager import ModelManager
 from inference.model_config import ConfigError, load_config_file
-from tasks.link import blocking_pop
 from tasks.routing import control_key
 from tasks.settings import WorkerSettings
 
 log = logging.getLogger("serving")
 
 CONTROL_REPLY_TTL_S = 120
-IDLE_WAIT_S = 5.0  # how long to block for reload requests when polling is disabled
+# How long to block for reload requests when polling is disabled: below redis-py's default socket timeout
+# (5 s), which would otherwise end every idle wait as "Timeout reading from socket".
+IDLE_WAIT_S = 1.0
 
 
 class RepositoryWatcher:
@@ -104,7 +105,7 @@ class RepositoryWatcher:
         period = self._settings.file_system_poll_wait_seconds
         while not self._stop.is_set():
             try:
-                request = blocking_pop(self._client, self._key, period or IDLE_WAIT_S, self._stop)
+                request = self._client.blpop([self._key], timeout=period or IDLE_WAIT_S)
                 if request is not None:
                     self._answer(json.loads(request[1]))
                 elif period:
