@@ -135,7 +135,8 @@ def blocking_pop(
     """BLPOP `key` for up to `timeout_s` (or until `stop` is set), in waits of at most BLOCKING_WAIT_S."""
     deadline = time.monotonic() + timeout_s
     while (remaining := deadline - time.monotonic()) > 0 and not (stop is not None and stop.is_set()):
-        item = client.blpop([key], timeout=min(remaining, BLOCKING_WAIT_S))
+        # never below 10 ms: Redis reads a timeout under 1 ms as 0, which blocks for good
+        item = client.blpop([key], timeout=max(min(remaining, BLOCKING_WAIT_S), 0.01))
         if item is not None:
             return item
     return None

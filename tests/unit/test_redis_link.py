@@ -90,3 +90,11 @@ def test_a_wait_longer_than_the_socket_timeout_is_not_an_outage(broker: Embedded
     started = time.monotonic()
     assert blocking_pop(client, "nothing-comes", 30.0, stop) is None
     assert time.monotonic() - started < 0.5, "a stop ends the wait"
+
+
+def test_a_wait_with_a_sliver_left_ends_instead_of_blocking_for_good(broker: EmbeddedRedis) -> None:
+    """Redis takes a BLPOP timeout under 1 ms as 0 (block for good): the last slice of a wait is at least 10 ms."""
+    client = store_client(broker.url)
+    started = time.monotonic()
+    assert blocking_pop(client, "nothing-comes", 0.0004) is None
+    assert time.monotonic() - started < 0.5
