@@ -129,12 +129,10 @@ def _unavailable(reason: str) -> Unavailable:
     return Unavailable(f"Redis unavailable ({reason}); retry")
 
 
-def blocking_pop(
-    client: redis.Redis, key: str, timeout_s: float, stop: threading.Event | None = None
-) -> tuple[bytes, bytes] | None:
-    """BLPOP `key` for up to `timeout_s` (or until `stop` is set), in waits of at most BLOCKING_WAIT_S."""
+def blocking_pop(client: redis.Redis, key: str, timeout_s: float) -> tuple[bytes, bytes] | None:
+    """BLPOP `key` for up to `timeout_s`, in waits of at most BLOCKING_WAIT_S."""
     deadline = time.monotonic() + timeout_s
-    while (remaining := deadline - time.monotonic()) > 0 and not (stop is not None and stop.is_set()):
+    while (remaining := deadline - time.monotonic()) > 0:
         # never below 10 ms: Redis reads a timeout under 1 ms as 0, which blocks for good
         item = client.blpop([key], timeout=max(min(remaining, BLOCKING_WAIT_S), 0.01))
         if item is not None:
