@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 TFS_VENV := .venv-tfs
+TRITON_VENV := .venv-triton
 BIN := $(VENV)/bin
 MODELS := models
 GRPC_PORT ?= 9178
@@ -11,7 +12,7 @@ THROUGHPUT_ITERATIONS ?= 500
 BENCH_ARGS ?=
 SOAK_ARGS ?=
 
-.PHONY: run test venv models tfs-client lint protos test_perf test_throughput bench soak clean
+.PHONY: run test venv models tfs-client triton-client lint protos test_perf test_throughput bench soak clean
 
 # `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
 RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
@@ -19,7 +20,7 @@ RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
 run: venv models
 	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT) $(RUN_FLAGS)
 
-test: venv models tfs-client
+test: venv models tfs-client triton-client
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
@@ -42,6 +43,16 @@ $(TFS_VENV)/.installed:
 	test -x $(TFS_VENV)/bin/python || $(PYTHON) -m venv $(TFS_VENV)
 	$(TFS_VENV)/bin/pip install -q --upgrade pip
 	$(TFS_VENV)/bin/pip install -q tensorflow-serving-api
+	touch $@
+
+# The official Triton/KServe v2 client pins protobuf < 7 and ml-dtypes <= 0.5.4 (ours are newer): test-only,
+# in a venv of its own too.
+triton-client: $(TRITON_VENV)/.installed
+
+$(TRITON_VENV)/.installed:
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/pip install -q "tritonclient[http,grpc]>=2.50"
 	touch $@
 
 lint: venv
@@ -86,4 +97,4 @@ soak: venv models
 	$(BIN)/python ops/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TFS_VENV) $(MODELS)
+	rm -rf $(VENV) $(TFS_VENV) $(TRITON_VENV) $(MODELS)
