@@ -1,11 +1,10 @@
-"""What the REST blueprints share: JSON answers, a version from a URL, a JSON body, and the metrics
+"""What the REST blueprints share: JSON answers, a JSON body, and the metrics
 decorator (the REST side of api.grpc_service._serving_errors: both record through ServingMetrics.track)."""
 
 from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -14,24 +13,11 @@ from flask import Response, request
 from api.metrics import ServingMetrics
 from inference.errors import InvalidArgument
 
-_VERSION = re.compile(r"[0-9]{1,19}")
-MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
-
 ModelView = Callable[..., Response]
 
 
 def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(document), status=status, mimetype="application/json", headers=headers)
-
-
-def parse_version(text: str | None) -> int | None:
-    """A version from a URL, query or job body: ASCII digits that fit gRPC's int64 (str.isdigit() would
-    also take "²", which int() refuses)."""
-    if text is None:
-        return None
-    if not _VERSION.fullmatch(text) or int(text) > MAX_VERSION:
-        raise InvalidArgument(f"Invalid version: {text}")
-    return int(text) or None  # version 0 means the default version, as ovmsclient sends it
 
 
 def json_body() -> Any:

@@ -14,9 +14,10 @@ from api.dataplane import DataPlane
 from api.job_results import json_body as json_result
 from api.job_results import npy_body, npy_length, npz_body
 from api.rest_codec import parse_predict_body
-from api.rest_http import json_body, json_response, parse_version
+from api.rest_http import json_body, json_response
 from api.rest_limits import RAW_BODY_TYPES
 from api.uploads import NPY_KEY, Upload, inspect_upload
+from api.versions import parse_version
 from inference import dtypes
 from inference.errors import InvalidArgument
 from inference.signature import ModelSignature

@@ -11,7 +11,8 @@ from api.dataplane import DataPlane
 from api.grpc_service import SIGNATURE_NAME
 from api.metrics import ServingMetrics, Tracker
 from api.rest_codec import parse_predict_body, predict_response
-from api.rest_http import json_body, json_response, parse_version, tracked
+from api.rest_http import json_body, json_response, tracked
+from api.versions import parse_version
 from inference import dtypes
 from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
