@@ -1,5 +1,5 @@
 """What the REST blueprints share: JSON answers, a JSON body, and the metrics
-decorator (the REST side of api.grpc_service._serving_errors: both record through ServingMetrics.track)."""
+decorator (the REST side of api.grpc_servicer.serving_errors: both record through ServingMetrics.track)."""
 
 from __future__ import annotations
 
