@@ -11,16 +11,19 @@ read.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import Any
 
 import grpc
 from google.protobuf import json_format
 
+from api.dataplane import DataPlane
+from api.grpc_limits import CallLimit
 from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, deadline_s, serving_errors
 from api.kserve import model_info, repository
 from api.kserve.grpc_codec import infer_inputs, infer_response, parameter_values, requested_outputs
 from api.kserve.request_fields import model_version, request_id, timeout_s
-from api.metrics import Tracker
+from api.metrics import ServingMetrics, Tracker
 from api.protos import grpc_service_pb2 as pb
 from api.protos import grpc_service_pb2_grpc
 
@@ -44,9 +47,16 @@ def _unimplemented(reason: str) -> Callable[..., Any]:
 class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     interface = "v2-grpc"
 
-    def __init__(self, *services: Any, server_ready: Callable[[], bool]) -> None:
-        """`services`: what Servicer takes; `server_ready()`: what the gRPC health service reports."""
-        super().__init__(*services)
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: ServingMetrics,
+        executor: Executor,
+        calls: CallLimit,
+        server_ready: Callable[[], bool],
+    ) -> None:
+        """`server_ready()`: whether the gRPC health service reports SERVING."""
+        super().__init__(dataplane, metrics, executor, calls)
         self._server_ready = server_ready
 
     def model_name(self, request: Any) -> str:
