@@ -4,4 +4,5 @@ TensorFlow Serving's API, on the same ports and over the same data plane (api.da
 - datatypes: v2 datatype names <-> the precisions we serve.
 - model_info: the protocol's documents (server and model metadata) as plain dicts, shared by REST and gRPC.
 - request_fields: the model version string and the `timeout` parameter.
+- rest_statistics: the REST routes of Triton's statistics extension.
 """
