@@ -37,9 +37,10 @@ STATISTICS_TTL_S = 86_400  # a version no worker served for a day loses its tota
 MAX_FIELDS = len(SCALAR_FIELDS) + len(BATCH_FIELDS) * MAX_BATCH_SIZES
 
 # KEYS[1]: the version's hash. ARGV: expiry (s), last_inference_ms, most fields, how many scalar fields,
-# then `field delta` for each of those, then per batch size the size and a delta per BATCH_FIELDS. A
-# batch size the hash does not hold yet is added only while the hash has room for it. pcall: a field
-# holding something else than an integer (not ours) is left alone, and the rest still counts.
+# then `field delta` for each of those (the ones that moved), then per batch size the size and a delta per
+# BATCH_FIELDS. A batch size the hash does not hold yet is added only while the hash has room for it (looked
+# up only when the hash could not take them all). pcall: a field holding something else than an integer
+# (not ours) is left alone, and the rest still counts.
 _ADD = """
 local key = KEYS[1]
 local limit = tonumber(ARGV[3])
@@ -48,9 +49,10 @@ for i = 5, first_batch - 1, 2 do
   redis.pcall('HINCRBY', key, ARGV[i], ARGV[i + 1])
 end
 local names = {NAMES}
+local room = redis.call('HLEN', key) + (#ARGV - first_batch + 1) / (#names + 1) * #names <= limit
 for i = first_batch, #ARGV, #names + 1 do
   local prefix = 'batch:' .. ARGV[i] .. ':'
-  if redis.call('HEXISTS', key, prefix .. names[1]) == 1 or redis.call('HLEN', key) + #names <= limit then
+  if room or redis.call('HEXISTS', key, prefix .. names[1]) == 1 or redis.call('HLEN', key) + #names <= limit then
     for j = 1, #names do
       redis.pcall('HINCRBY', key, prefix .. names[j], ARGV[i + j])
     end
@@ -86,7 +88,9 @@ def flushing(pipe: Pipeline, statistics: InferenceStatistics, served: Iterable[V
 
 
 def _add(pipe: Pipeline, key: str, counts: VersionCounts) -> None:
-    scalars = [(name, getattr(counts, name)) for name in SCALAR_FIELDS if name != "last_inference_ms"]
+    scalars = [
+        (name, value) for name in SCALAR_FIELDS if name != "last_inference_ms" and (value := getattr(counts, name))
+    ]
     args: list[int | str] = [STATISTICS_TTL_S, counts.last_inference_ms, MAX_FIELDS, len(scalars)]
     for name, value in scalars:
         args += [name, value]
