@@ -39,10 +39,14 @@ MAX_FIELDS = len(SCALAR_FIELDS) + len(BATCH_FIELDS) * MAX_BATCH_SIZES
 # KEYS[1]: the version's hash. ARGV: expiry (s), last_inference_ms, most fields, how many scalar fields,
 # then `field delta` for each of those (the ones that moved), then per batch size the size and a delta per
 # BATCH_FIELDS. A batch size the hash does not hold yet is added only while the hash has room for it (looked
-# up only when the hash could not take them all). pcall: a field holding something else than an integer
-# (not ours) is left alone, and the rest still counts.
+# up only when the hash could not take them all). What is not ours is left alone, and never fails the
+# heartbeat's pipeline: a key holding something else than a hash, a field something else than an integer.
 _ADD = """
 local key = KEYS[1]
+local kind = redis.call('TYPE', key).ok
+if kind ~= 'hash' and kind ~= 'none' then
+  return 0
+end
 local limit = tonumber(ARGV[3])
 local first_batch = 5 + 2 * tonumber(ARGV[4])
 for i = 5, first_batch - 1, 2 do
@@ -104,12 +108,15 @@ def read_totals(client: redis.Redis, versions: list[VersionKey]) -> list[Version
     with client.pipeline(transaction=False) as pipe:
         for model, version in versions:
             pipe.hgetall(statistics_key(model, version))
-        return [_counts(fields) for fields in pipe.execute()]
+        return [_counts(fields) for fields in pipe.execute(raise_on_error=False)]
 
 
-def _counts(fields: dict[bytes, bytes]) -> VersionCounts:
-    """A version's hash as counts; a field that is not ours, or not an integer, is skipped."""
+def _counts(fields: dict[bytes, bytes] | redis.ResponseError) -> VersionCounts:
+    """A version's hash as counts; a field that is not ours, or not an integer, is skipped, as is a key that
+    holds something else than a hash."""
     counts = VersionCounts()
+    if isinstance(fields, redis.ResponseError):
+        return counts
     for raw_name, raw_value in fields.items():
         try:
             name, value = raw_name.decode(), int(raw_value)

@@ -167,6 +167,16 @@ def test_fields_that_are_not_ours_neither_stop_a_flush_nor_reach_the_totals(stor
     assert totals.batches[3].count == 0 and totals.batches[3].compute_infer_ns == 100
 
 
+def test_a_key_that_is_not_a_hash_neither_fails_the_heartbeat_nor_the_reading(store: redis.Redis) -> None:
+    store.set(statistics_key("m", 1), "not ours")
+    statistics = InferenceStatistics()
+    statistics.executed("m", 1, EXECUTION)
+    flush(store, statistics, "w1", 1)  # raises nothing
+    assert store.get(statistics_key("m", 1)) == b"not ours"
+    assert counted(store) == VersionCounts()
+    assert statistics.take() == {}  # dropped, not given back for ever
+
+
 # --------------------------------------------------------------------------- the api's document
 
 
