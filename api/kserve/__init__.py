@@ -9,4 +9,5 @@ TensorFlow Serving's API, on the same ports and over the same data plane (api.da
 - repository: model readiness, metadata and configuration, the repository index, load and unload, asked of
   the data plane's model repository and answered as plain data.
 - grpc_service, grpc_codec: the gRPC frontend (inference.GRPCInferenceService) and its message codec.
+- rest_statistics: the REST routes of Triton's statistics extension.
 """
