@@ -20,7 +20,7 @@ import grpc
 
 from inference.errors import TOKEN_REFUSED
 
-OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics"})
+OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 OPEN_GRPC_PREFIX = "/grpc.health.v1.Health/"
 OWNER_SALT = b"ovms job owner v1"
 

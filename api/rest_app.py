@@ -1,6 +1,7 @@
 """The REST app on Flask: TensorFlow Serving's REST API and more, as blueprints over the data plane
 (api.dataplane): models (api.rest_models), jobs (api.rest_jobs) and operations (api.rest_operations:
-health, config, metrics). Every error becomes {"error": ...} with its status in one handler here."""
+health, config, metrics); and the Open Inference Protocol (KServe v2): models (api.kserve.rest_models)
+and server (api.kserve.rest_operations). Every error becomes {"error": ...} with its status in one handler here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from api.auth import BearerTokens
 from api.dataplane import DataPlane
+from api.kserve.rest_models import v2_models_blueprint
+from api.kserve.rest_operations import v2_operations_blueprint
 from api.metrics import ServingMetrics
 from api.rest_http import json_response, needs_redis
 from api.rest_jobs import jobs_blueprint
@@ -41,6 +44,8 @@ def create_app(
     app.register_blueprint(models_blueprint(dataplane, metrics))
     app.register_blueprint(jobs_blueprint(dataplane, max_request_bytes, tokens))
     app.register_blueprint(operations_blueprint(dataplane, metrics))
+    app.register_blueprint(v2_models_blueprint(dataplane, metrics))
+    app.register_blueprint(v2_operations_blueprint(dataplane))
 
     @app.before_request
     def redis_reachable() -> None:
