@@ -110,11 +110,11 @@ def _held(admission: Admission, scope: Scope) -> _Held:
     """What a request's body will hold: JSON (any type but the raw ones) is parsed; of a KServe v2 body with
     binary tensors (the Inference-Header-Content-Length header), only that JSON header is."""
     headers = {name.lower(): value for name, value in scope["headers"]}
-    mimetype = headers.get(b"content-type", b"").decode("latin-1").partition(";")[0].strip().lower()
-    if mimetype in RAW_BODY_TYPES:
-        return _Held(admission, 1)
     json_length = headers.get(INFERENCE_HEADER_LENGTH, b"")
-    return _Held(admission, JSON_BODY_FACTOR, int(json_length) if json_length.isdigit() else None)
+    if json_length.isdigit():
+        return _Held(admission, JSON_BODY_FACTOR, int(json_length))
+    mimetype = headers.get(b"content-type", b"").decode("latin-1").partition(";")[0].strip().lower()
+    return _Held(admission, 1 if mimetype in RAW_BODY_TYPES else JSON_BODY_FACTOR)
 
 
 class HttpLimits:
