@@ -39,7 +39,7 @@ BINARY_DATA = "binary_data"
 BINARY_DATA_OUTPUT = "binary_data_output"
 CONTENT_TYPE = "content_type"  # MLServer's per-input content type: "base64" for base64 BYTES elements
 _UNSUPPORTED = {"shared_memory_region": "shared memory", "classification": "classification"}
-_DIGITS = re.compile(r"[0-9]{1,12}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
 # the kinds of numpy arrays JSON numbers make that each datatype takes (validation refuses fractions and
 # values out of range; an empty list makes float64)
 _JSON_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf", "BF16": "iuf"}
@@ -218,7 +218,7 @@ def _numbers(data: list[Any], datatype: str, where: str) -> np.ndarray:
     try:
         array = np.array(data)
     except (ValueError, TypeError, RecursionError):
-        raise InvalidArgument(f"Unable to parse 'data' of {where}: nested lists of unequal lengths") from None
+        raise InvalidArgument(f"Unable to parse 'data' of {where}: ragged or too deeply nested lists") from None
     kinds = _JSON_KINDS.get(datatype, "iuf")  # integer types take integral floats too (1.0)
     if array.size and array.dtype.kind not in kinds:
         found = _KIND_NAMES.get(array.dtype.kind, "mixed values, or integers beyond 64 bits")

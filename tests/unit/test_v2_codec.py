@@ -130,7 +130,7 @@ def test_every_numeric_datatype_reaches_validation_as_its_precision(
         ("FP32", [1, None], "mixed values, or integers beyond 64 bits in a FP32 tensor"),
         ("UINT64", [2**64, 1], "mixed values, or integers beyond 64 bits"),
         ("FP32", [{"b64": "AAAA"}, 1], "mixed values"),
-        ("FP32", [[1, 2], [3]], "nested lists of unequal lengths"),
+        ("FP32", [[1, 2], [3]], "ragged or too deeply nested lists"),
     ],
 )
 def test_data_of_the_wrong_kind_is_refused(datatype: str, data: list[Any], message: str) -> None:
