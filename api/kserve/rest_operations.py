@@ -46,7 +46,10 @@ def v2_operations_blueprint(dataplane: DataPlane) -> Blueprint:
 
     @routes.post("/v2/repository/models/<segment:name>/load")
     def load(name: str) -> Response:
-        if _optional_body().get("parameters"):
+        parameters = _optional_body().get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise InvalidArgument("Unable to parse 'parameters': a JSON object")
+        if parameters:
             raise InvalidArgument(
                 "Loading with parameters (a configuration or files) is not supported: edit config.json, then load"
             )

@@ -373,6 +373,10 @@ def test_repository_index_load_and_unload(server: OvmsProcess) -> None:
         timeout=TIMEOUT_S,
     )
     assert "Loading with parameters" in error(override, 400)
+    null = requests.post(
+        f"{server.rest_url}/v2/repository/models/versioned/load", json={"parameters": None}, timeout=TIMEOUT_S
+    )
+    assert error(null, 400) == "Unable to parse 'parameters': a JSON object"
     unload = requests.post(f"{server.rest_url}/v2/repository/models/versioned/unload", timeout=TIMEOUT_S)
     assert "remove model versioned from config.json" in error(unload, 501)
     assert requests.get(url(server, "versioned", None, "ready"), timeout=TIMEOUT_S).status_code == 200
