@@ -21,7 +21,7 @@ import grpc
 
 from inference.errors import TOKEN_REFUSED
 
-OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics"})
+OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
 OPEN_GRPC_PREFIX = "/grpc.health.v1.Health/"
 # KServe v2's health RPCs (as /v1/health/live and /v1/health/ready): the model-level ones need a token
 OPEN_GRPC_METHODS = frozenset(

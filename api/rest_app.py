@@ -1,6 +1,7 @@
 """The REST app on Flask: TensorFlow Serving's REST API and more, as blueprints over the data plane
-(api.dataplane): models (api.rest_models), jobs (api.rest_jobs), operations (api.rest_operations:
-health, config, metrics) and the v2 protocol's statistics (api.kserve.rest_statistics). Every error
+(api.dataplane): models (api.rest_models), jobs (api.rest_jobs) and operations (api.rest_operations:
+health, config, metrics); and the Open Inference Protocol (KServe v2): models (api.kserve.rest_models),
+server and repository (api.kserve.rest_operations) and statistics (api.kserve.rest_statistics). Every error
 becomes {"error": ...} with its status in one handler here."""
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from api.auth import BearerTokens
 from api.dataplane import DataPlane
+from api.kserve.rest_models import v2_models_blueprint
+from api.kserve.rest_operations import v2_operations_blueprint
 from api.kserve.rest_statistics import statistics_blueprint
 from api.metrics import ServingMetrics
 from api.rest_http import json_response, needs_redis
@@ -43,6 +46,8 @@ def create_app(
     app.register_blueprint(models_blueprint(dataplane, metrics))
     app.register_blueprint(jobs_blueprint(dataplane, max_request_bytes, tokens))
     app.register_blueprint(operations_blueprint(dataplane, metrics))
+    app.register_blueprint(v2_models_blueprint(dataplane, metrics))
+    app.register_blueprint(v2_operations_blueprint(dataplane))
     app.register_blueprint(statistics_blueprint(dataplane, metrics))
 
     @app.before_request

@@ -1,4 +1,4 @@
-"""What the REST blueprints share: JSON answers, a JSON body, and the metrics
+"""What the REST blueprints share: JSON answers, a JSON or raw body, the deadline and served-by headers, and the metrics
 decorator (the REST side of api.grpc_servicer.serving_errors: both record through ServingMetrics.track)."""
 
 from __future__ import annotations
@@ -12,8 +12,14 @@ from flask import Response, request
 
 from api.metrics import ServingMetrics
 from inference.errors import InvalidArgument
+from inference.request import InferenceResult
 
 ModelView = Callable[..., Response]
+
+TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
+MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
+WORKER_HEADER = "X-Ovms-Worker"
+BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
 
 
 def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -22,13 +28,43 @@ def json_response(document: Any, status: int = 200, headers: dict[str, str] | No
 
 def json_body() -> Any:
     """The request's body as JSON (read once, not cached: a large body is not kept twice)."""
-    raw = request.get_data(cache=False)
+    return parse_json(request.get_data(cache=False))
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON text as Python values; INVALID_ARGUMENT for anything else (also for nesting too deep to parse)."""
     if not raw:
         raise InvalidArgument("Invalid JSON: empty request body")
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"Invalid JSON: {exc}") from None
+
+
+def raw_body() -> bytes:
+    """The request's body as the server received it, without a copy: the app is only ever called with the
+    whole body in its wsgi.input (api.wsgi_bridge), and reading all of an io.BytesIO at once returns the
+    bytes it was made from (Flask's get_data copies it, in parts)."""
+    return request.environ["wsgi.input"].read()
+
+
+def header_timeout_s() -> float | None:
+    """The request's X-Request-Timeout, if it has one."""
+    text = request.headers.get(TIMEOUT_HEADER)
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}") from None
+    if not 0 < seconds <= MAX_TIMEOUT_S:
+        raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}")
+    return seconds
+
+
+def served_by(result: InferenceResult) -> dict[str, str]:
+    """The headers of a predict's answer that say which worker served it, in an inference of how many rows."""
+    return {WORKER_HEADER: result.worker, BATCH_HEADER: str(result.batch_size)}
 
 
 def tracked(metrics: ServingMetrics, method: str, interface: str = "rest") -> Callable[[ModelView], ModelView]:

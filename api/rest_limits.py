@@ -17,10 +17,11 @@ silent or lying about its body costs a coroutine and its own bytes, never one of
 - the bytes a body will take count against the api's in-flight budget (--max_inflight_mb) from the
   moment its head announces them: a Content-Length is reserved at once (429 if it does not fit beside
   what other requests hold), a chunked body as its parts arrive; JSON at JSON_BODY_FACTOR times its
-  length (what parsing it takes), and the reservation lasts until the request is answered (the app's
-  own admission takes only what goes beyond it: api.admission.PREPAID_BYTES); while the answer is
-  written, the reservation covers at least the answer's part in hand (beyond the budget if need be: the
-  bytes exist already), so answers a client is slow to read count too;
+  length (what parsing it takes; of a KServe v2 body with binary tensors, its JSON header only), and the
+  reservation lasts until the request is answered (the app's own admission takes only what goes beyond
+  it: api.admission.PREPAID_BYTES); while the answer is written, the reservation covers at least the
+  answer's part in hand (beyond the budget if need be: the bytes exist already), so answers a client is
+  slow to read count too;
 - the app is called only with the whole body received, with its real Content-Length.
 
 It is the ASGI application hypercorn serves; `app` receives (scope, body, send) for each request.
@@ -53,6 +54,7 @@ RETRY_AFTER_S = 1  # advised to clients of a full budget or queue (429) or a mod
 # the body's length, beside the body itself
 JSON_BODY_FACTOR = 8
 RAW_BODY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
+INFERENCE_HEADER_LENGTH = b"inference-header-content-length"  # KServe v2 binary tensors: the body's JSON part
 
 
 def body_too_large_message(max_body_bytes: int) -> str:
@@ -68,22 +70,28 @@ class _Refused(Exception):
 
 
 class _Held:
-    """What one request holds of the api's in-flight budget: its body's bytes times `factor`."""
+    """What one request holds of the api's in-flight budget: its body's first `parsed_bytes` (all of it for
+    None) times `factor`, the rest once."""
 
-    def __init__(self, admission: Admission, factor: int) -> None:
+    def __init__(self, admission: Admission, factor: int, parsed_bytes: int | None = None) -> None:
         self._admission = admission
         self._factor = factor
+        self._parsed_bytes = parsed_bytes
+        self._body_bytes = 0  # of the body, reserved so far
         self.nbytes = 0
 
     def grow(self, body_bytes: int | None) -> None:
         """Reserve `body_bytes` more of the body: 429 if they do not fit beside what others hold."""
         if not body_bytes:
             return
-        nbytes = body_bytes * self._factor
+        start, end = self._body_bytes, self._body_bytes + body_bytes
+        parsed = body_bytes if self._parsed_bytes is None else max(0, min(end, self._parsed_bytes) - start)
+        nbytes = parsed * self._factor + body_bytes - parsed
         try:
             self._admission.budget.reserve(nbytes, already_mine=self.nbytes)
         except ResourceExhausted as refused:
             raise _Refused(429, refused.message, {b"retry-after": str(RETRY_AFTER_S).encode()}) from None
+        self._body_bytes = end
         self.nbytes += nbytes
 
     def cover(self, nbytes: int) -> None:
@@ -98,11 +106,15 @@ class _Held:
             self.nbytes = 0
 
 
-def _body_factor(scope: Scope) -> int:
-    """How many times its length a body takes in the api: JSON (any type but the raw ones) is parsed."""
-    content_type = next((value for name, value in scope["headers"] if name.lower() == b"content-type"), b"")
-    mimetype = content_type.decode("latin-1").partition(";")[0].strip().lower()
-    return 1 if mimetype in RAW_BODY_TYPES else JSON_BODY_FACTOR
+def _held(admission: Admission, scope: Scope) -> _Held:
+    """What a request's body will hold: JSON (any type but the raw ones) is parsed; of a KServe v2 body with
+    binary tensors (the Inference-Header-Content-Length header), only that JSON header is."""
+    headers = {name.lower(): value for name, value in scope["headers"]}
+    json_length = headers.get(INFERENCE_HEADER_LENGTH, b"")
+    if json_length.isdigit():
+        return _Held(admission, JSON_BODY_FACTOR, int(json_length))
+    mimetype = headers.get(b"content-type", b"").decode("latin-1").partition(";")[0].strip().lower()
+    return _Held(admission, 1 if mimetype in RAW_BODY_TYPES else JSON_BODY_FACTOR)
 
 
 class HttpLimits:
@@ -131,7 +143,7 @@ class HttpLimits:
         if scope["type"] != "http":  # a WebSocket upgrade: not served
             await send({"type": "websocket.close", "code": 1003})
             return
-        held = _Held(self._admission, _body_factor(scope))
+        held = _held(self._admission, scope)
         try:
             try:
                 declared = self._check_head(scope)

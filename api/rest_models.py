@@ -4,24 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from werkzeug.routing import BaseConverter
 
 from api.dataplane import DataPlane
 from api.grpc_service import SIGNATURE_NAME
 from api.metrics import ServingMetrics, Tracker
 from api.rest_codec import parse_predict_body, predict_response
-from api.rest_http import json_body, json_response, tracked
+from api.rest_http import header_timeout_s, json_body, json_response, served_by, tracked
 from api.versions import parse_version
 from inference import dtypes
-from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
 from inference.states import VersionStatus
-
-TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a gRPC deadline
-MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
-WORKER_HEADER = "X-Ovms-Worker"
-BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
 
 
 class Segment(BaseConverter):
@@ -61,9 +55,8 @@ def models_blueprint(dataplane: DataPlane, metrics: ServingMetrics) -> Blueprint
         _, signature = dataplane.models.model_metadata(name, number)
         inputs, form = parse_predict_body(body, signature)
         del body  # parsed JSON takes many times its tensors' size: not kept while the request waits
-        result = dataplane.inference.predict(name, number, inputs, timeout_s=_timeout())  # unpinned stays unpinned
-        headers = {WORKER_HEADER: result.worker, BATCH_HEADER: str(result.batch_size)}
-        response = json_response(predict_response(result.outputs, result.precisions, form), headers=headers)
+        result = dataplane.inference.predict(name, number, inputs, timeout_s=header_timeout_s())  # unpinned stays so
+        response = json_response(predict_response(result.outputs, result.precisions, form), headers=served_by(result))
         tracker.done(result.version, result)
         return response
 
@@ -112,17 +105,3 @@ def _signature_json(signature: ModelSignature) -> dict[str, Any]:
         "outputs": tensors(signature.outputs),
         "methodName": "tensorflow/serving/predict",
     }
-
-
-def _timeout() -> float | None:
-    """The request's X-Request-Timeout, if it has one."""
-    text = request.headers.get(TIMEOUT_HEADER)
-    if text is None:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}") from None
-    if not 0 < seconds <= MAX_TIMEOUT_S:
-        raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}")
-    return seconds

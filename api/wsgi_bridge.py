@@ -25,7 +25,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 EAGER_BYTES = 1 << 20  # of an answer, collected in the app's thread before the loop starts writing
-PROBE_PATHS = frozenset({"/v1/health/live", "/v1/health/ready"})
+PROBE_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready"})
 PROBE_THREADS = 2  # one probe of each kind at once (readiness may read Redis when a model is missing)
 
 

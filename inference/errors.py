@@ -65,6 +65,11 @@ class Unauthenticated(ServingError):
     http_status = 401
 
 
+class Unimplemented(ServingError):
+    grpc_code = "UNIMPLEMENTED"
+    http_status = 501
+
+
 class Internal(ServingError):
     grpc_code = "INTERNAL"
     http_status = 500

@@ -11,11 +11,11 @@ import numpy as np
 
 from api.kserve.datatypes import BYTES, datatype_of, precision_of
 from api.kserve.request_fields import check_parameter_count, check_tensor_parameters
-from api.kserve.tensors import bytes_tensor, raw_tensor
+from api.kserve.tensors import bytes_tensor, raw_output, raw_tensor, tensor_shape
 from api.protos import grpc_service_pb2 as pb
 from inference.errors import InvalidArgument
 from inference.request import InferenceResult
-from inference.validation import MAX_RANK, RequestTensor
+from inference.validation import RequestTensor
 
 # At most this many inputs or requested outputs in a request: no model has nearly as many, and each costs a
 # decode and a line in an error message.
@@ -93,7 +93,7 @@ def infer_response(request: pb.ModelInferRequest, result: InferenceResult, outpu
     for name in outputs or result.outputs:
         array = result.outputs[name]
         response.outputs.add(name=name, datatype=datatype_of(result.precisions[name]), shape=array.shape)
-        response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+        response.raw_output_contents.append(bytes(raw_output(array)))
     return response
 
 
@@ -104,11 +104,7 @@ def _input_tensor(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | No
         precision = precision_of(tensor.datatype)
     except InvalidArgument as error:
         raise InvalidArgument(f"Invalid datatype of {where} - {error.message}") from None
-    if len(tensor.shape) > MAX_RANK:  # before the dimensions are copied: there may be millions
-        raise InvalidArgument(
-            f"Invalid input shape of {where} - {len(tensor.shape)} dimensions exceed the limit of {MAX_RANK}"
-        )
-    shape = tuple(tensor.shape)
+    shape = tensor_shape(tensor.shape, where)
     if raw is not None:
         if tensor.HasField("contents"):
             raise InvalidArgument(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -28,7 +28,6 @@ from api.protos import grpc_service_pb2 as pb
 from api.protos import grpc_service_pb2_grpc
 
 SERVICE_NAME = "inference.GRPCInferenceService"
-LOAD_TIMEOUT_S = 120.0  # a repository load without a deadline waits at most this long for the model
 STREAM_UNSUPPORTED = "ModelStreamInfer is not supported by this server (it serves no decoupled model): use ModelInfer"
 SHARED_MEMORY_UNSUPPORTED = "{} shared memory is not supported by this server: send tensors in the request"
 TRACE_UNSUPPORTED = "Tracing is not supported by this server: its Prometheus metrics time every request"
@@ -77,10 +76,11 @@ class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> pb.ModelReadyResponse:
+        """False for a model or version nobody knows, as Triton answers."""
         version = model_version(request.version)
-        ready = await self._off_loop(repository.model_ready, self._dataplane.models, request.name, version)
-        tracker.done(version if ready else None)  # a metric label only for a version that exists
-        return pb.ModelReadyResponse(ready=ready)
+        reason = await self._off_loop(repository.not_ready_reason, self._dataplane.models, request.name, version)
+        tracker.done(version if reason is None else None)  # a metric label only for a version that serves
+        return pb.ModelReadyResponse(ready=reason is None)
 
     @serving_errors
     async def ServerMetadata(
@@ -94,8 +94,10 @@ class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> pb.ModelMetadataResponse:
         version = model_version(request.version)
-        document = await self._off_loop(repository.model_metadata, self._dataplane.models, request.name, version)
-        tracker.done(version)
+        resolved, document = await self._off_loop(
+            repository.model_metadata, self._dataplane.models, request.name, version
+        )
+        tracker.done(resolved)
         return json_format.ParseDict(document, pb.ModelMetadataResponse())
 
     @serving_errors
@@ -103,8 +105,10 @@ class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> pb.ModelConfigResponse:
         version = model_version(request.version)
-        document = await self._off_loop(repository.model_config, self._dataplane.models, request.name, version)
-        tracker.done(version)
+        resolved, document = await self._off_loop(
+            repository.model_config, self._dataplane.models, request.name, version
+        )
+        tracker.done(resolved)
         return json_format.ParseDict({"config": document}, pb.ModelConfigResponse())
 
     @serving_errors
@@ -156,7 +160,7 @@ class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext, tracker: Tracker
     ) -> pb.RepositoryModelLoadResponse:
-        timeout = deadline_s(context) or LOAD_TIMEOUT_S
+        timeout = deadline_s(context) or repository.LOAD_TIMEOUT_S
         load = repository.load_model
         await self._off_loop(load, self._dataplane.models, request.model_name, list(request.parameters), timeout)
         return pb.RepositoryModelLoadResponse()
@@ -164,9 +168,9 @@ class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer
     @serving_errors
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext, tracker: Tracker
-    ) -> pb.RepositoryModelUnloadResponse:
+    ) -> NoReturn:
+        """Refused: UNIMPLEMENTED (NOT_FOUND for an unknown model)."""
         await self._off_loop(repository.unload_model, self._dataplane.models, request.model_name)
-        return pb.RepositoryModelUnloadResponse()
 
     SystemSharedMemoryStatus = _unimplemented(SHARED_MEMORY_UNSUPPORTED.format("System"))
     SystemSharedMemoryRegister = _unimplemented(SHARED_MEMORY_UNSUPPORTED.format("System"))

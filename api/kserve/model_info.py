@@ -13,9 +13,10 @@ from inference.signature import ModelSignature, TensorSpec
 SERVER_NAME = "ovms-celery"
 PLATFORM = "OpenVINO"  # what OpenVINO Model Server reports for its models
 BACKEND = "openvino"  # Triton's name of the OpenVINO backend, in a model configuration
-# The protocol extensions both frontends serve (ServerMetadata): the repository (index, load), model
-# configurations and statistics.
-EXTENSIONS = ["model_repository", "model_configuration", "statistics"]
+# Triton's names of the protocol extensions served, one list for both frontends' server metadata: binary
+# tensor data (REST), the model repository's index and load (unloading is refused: api.kserve.repository),
+# model configurations and statistics.
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
 
 
 @functools.cache

@@ -42,11 +42,15 @@ def timeout_s(parameters: Mapping[str, Any]) -> float | None:
     return value / 1e6 if value else None
 
 
-def request_id(text: str) -> str:
-    """The request id, echoed in the answer: at most MAX_ID_CHARS characters."""
-    if len(text) > MAX_ID_CHARS:
-        raise InvalidArgument(f"Invalid request id: {len(text)} characters, at most {MAX_ID_CHARS}")
-    return text
+def request_id(value: Any) -> str:
+    """The request's id as the answer repeats it ("" when it has none): a string of at most MAX_ID_CHARS."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidArgument("Unable to parse 'id': a string")
+    if len(value) > MAX_ID_CHARS:
+        raise InvalidArgument(f"Invalid 'id': {len(value)} characters; the limit is {MAX_ID_CHARS}")
+    return value
 
 
 def check_parameter_count(count: int, where: str) -> None:

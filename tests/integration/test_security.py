@@ -6,6 +6,7 @@ a second CA, which the server does not trust, signs a stranger's.
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -141,6 +142,23 @@ def test_rest_over_tls_with_a_token(tls_server, pki, digits):
         assert (np.argmax(reply.json()["predictions"], axis=1) == labels).mean() >= 0.75
 
 
+def test_kserve_v2_rest_over_tls_with_a_token(tls_server, pki, digits):
+    """The binary tensor data extension: the JSON header, then the images' raw float32 bytes."""
+    images, labels = digits
+    tensor = {"name": "x", "datatype": "FP32", "shape": list(images.shape), "parameters": {"binary_data_size": 2048}}
+    header = json.dumps({"inputs": [tensor]}).encode()
+    reply = requests.post(
+        f"{_https(tls_server)}/v2/models/digits_tls/infer",
+        data=header + images.astype("<f4").tobytes(),
+        headers={"Authorization": f"Bearer {TOKEN}", "Inference-Header-Content-Length": str(len(header))},
+        verify=pki.ca,
+        timeout=30,
+    )
+    assert reply.status_code == 200, reply.text
+    probabilities = np.array(reply.json()["outputs"][0]["data"]).reshape(len(labels), 10)
+    assert (np.argmax(probabilities, axis=1) == labels).mean() >= 0.75
+
+
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong-token", f"Basic {TOKEN}"])
 def test_rest_without_an_accepted_token_is_401(tls_server, pki, authorization):
     headers = {"Authorization": authorization} if authorization else {}
@@ -148,6 +166,9 @@ def test_rest_without_an_accepted_token_is_401(tls_server, pki, authorization):
         ("GET", "/v1/models/digits_tls"),
         ("POST", "/v1/models/digits_tls:predict"),
         ("GET", "/v1/jobs"),
+        ("GET", "/v2"),
+        ("GET", "/v2/models/digits_tls"),
+        ("POST", "/v2/models/digits_tls/infer"),
     ):
         reply = requests.request(method, f"{_https(tls_server)}{path}", headers=headers, verify=pki.ca, timeout=30)
         assert reply.status_code == 401
@@ -156,7 +177,7 @@ def test_rest_without_an_accepted_token_is_401(tls_server, pki, authorization):
 
 
 def test_health_and_metrics_need_no_token(tls_server, pki):
-    for path in ("/v1/health/live", "/v1/health/ready", "/metrics"):
+    for path in ("/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"):
         assert requests.get(f"{_https(tls_server)}{path}", verify=pki.ca, timeout=30).status_code == 200, path
 
 

@@ -120,7 +120,8 @@ def test_health(answers: dict[str, Any]) -> None:
 
 def test_metadata_and_config(answers: dict[str, Any]) -> None:
     assert answers["server_metadata"]["name"] == "ovms-celery"
-    assert answers["server_metadata"]["extensions"] == ["model_repository", "model_configuration", "statistics"]
+    extensions = ["binary_tensor_data", "model_repository", "model_configuration", "statistics"]
+    assert answers["server_metadata"]["extensions"] == extensions
     tensor = {"datatype": "FP32", "shape": ["-1", "4"]}  # MessageToJson writes int64 as strings
     assert answers["metadata"] == {
         "name": "versioned",
@@ -147,7 +148,7 @@ def test_repository(answers: dict[str, Any]) -> None:
     assert answers["load unknown"] == error(
         "NOT_FOUND", "Model nonexistent is not in the configuration: add it to config.json, then load it"
     )
-    assert answers["unload"]["error"]["status"] == "StatusCode.FAILED_PRECONDITION"
+    assert answers["unload"]["error"]["status"] == "StatusCode.UNIMPLEMENTED"
     assert "remove it from config.json" in answers["unload"]["error"]["message"]
 
 

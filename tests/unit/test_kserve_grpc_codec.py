@@ -11,7 +11,7 @@ from api.kserve.datatypes import config_data_type
 from api.kserve.grpc_codec import infer_inputs, infer_response, parameter_values, requested_outputs
 from api.kserve.model_info import model_config
 from api.kserve.request_fields import request_id, timeout_s
-from api.kserve.tensors import MAX_BYTES_ELEMENTS, split_bytes
+from api.kserve.tensors import MAX_BYTES_ELEMENTS
 from api.protos import grpc_service_pb2 as pb
 from api.protos import model_config_pb2
 from inference import dtypes
@@ -105,25 +105,25 @@ def test_bytes_inputs_typed_and_raw_give_the_same_tensor() -> None:
         assert tensor.values.dtype == object and tensor.values.tolist() == elements
 
 
-@pytest.mark.parametrize(
-    ("raw", "count", "message"),
-    [
-        (b"\x05\x00\x00\x00abc", 1, "BYTES element 0 announces 5 bytes; 3 remain"),
-        (b"\x00\x00", 1, "BYTES element 0 has a cut length prefix"),
-        (b"\x00\x00\x00\x00\x00", 1, "1 bytes follow its 1 BYTES elements"),
-        (b"", 1, "0 BYTES elements for a shape that holds 1"),
-        (b"\xff\xff\xff\xff", 1, "announces 4294967295 bytes; 0 remain"),
-    ],
-)
-def test_split_bytes_checks_every_bound(raw: bytes, count: int, message: str) -> None:
-    with pytest.raises(InvalidArgument, match=message):
-        split_bytes(raw, count, "input x")
+def test_raw_bytes_inputs_go_through_the_shared_element_parser() -> None:
+    """Its bounds are tested once, in test_v2_codec (api.kserve.tensors.bytes_elements)."""
+    request = pb.ModelInferRequest(raw_input_contents=[b"\x05\x00\x00\x00abc"])
+    request.inputs.add(name="x", datatype="BYTES", shape=[1])
+    with pytest.raises(InvalidArgument, match="Invalid BYTES data of input x: element 0 claims 5 bytes; 3 are left"):
+        infer_inputs(request)
+
+
+def test_shapes_are_checked_before_their_dimensions_are_copied() -> None:
+    request = pb.ModelInferRequest()
+    request.inputs.add(name="x", datatype="FP32", shape=[1] * 100_000)
+    with pytest.raises(InvalidArgument, match="Unable to parse 'shape' of input x: a list of at most 32"):
+        infer_inputs(request)
 
 
 def test_bytes_elements_are_bounded_before_they_are_made() -> None:
     request = pb.ModelInferRequest()
     request.inputs.add(name="t", datatype="BYTES", shape=[MAX_BYTES_ELEMENTS + 1])
-    with pytest.raises(InvalidArgument, match=f"at most {MAX_BYTES_ELEMENTS}"):
+    with pytest.raises(InvalidArgument, match=f"exceed the limit of {MAX_BYTES_ELEMENTS}"):
         infer_inputs(request)
 
 
@@ -140,7 +140,7 @@ def test_outputs_parameters_and_id() -> None:
     assert timeout_s(values) == 2.5
     assert timeout_s({"timeout": 0}) is None  # 0: none, as in Triton
     assert request_id("x" * 1024) == "x" * 1024
-    with pytest.raises(InvalidArgument, match="at most 1024"):
+    with pytest.raises(InvalidArgument, match="the limit is 1024"):
         request_id("x" * 1025)
 
 
