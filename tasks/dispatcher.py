@@ -101,7 +101,12 @@ class Dispatcher:
 
     def submit(self, target: Target, request: InferenceRequest) -> Future[InferenceResult]:
         """Publish a request (possibly with others) without waiting: the listener resolves the future.
-        Raises ResourceExhausted when too many requests already wait for the model."""
+        Raises ResourceExhausted when too many requests already wait for the model, and DeadlineExceeded
+        when the deadline passed already (while the request was decoded and validated): such a request is
+        not published, so no worker spends a message on it and its error is always this one, never the
+        worker's that could otherwise overtake the waiter (outcome())."""
+        if request.deadline <= time.time():
+            raise DeadlineExceeded(DEADLINE_PASSED)
         future: Future[InferenceResult] = Future()
         request.queued_at = time.time()  # where its time queued begins, in the workers' statistics
         lane = self._lane(target)

@@ -18,7 +18,7 @@ import pytest
 import redis
 from celery import states
 
-from inference.errors import NO_LIVE_WORKER, WORKER_LOST, Unavailable
+from inference.errors import DEADLINE_PASSED, NO_LIVE_WORKER, WORKER_LOST, DeadlineExceeded, Unavailable
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import claim, holders
@@ -106,6 +106,18 @@ def test_each_request_of_a_message_gets_its_own_result(dispatcher: Dispatcher, s
     for r, future in zip(sent, futures, strict=True):
         assert_doubled(r, future, "worker-a")
     assert holders(store, dispatcher.reply_to) == {}, "storing the result released the claims"
+
+
+def test_a_request_whose_deadline_passed_before_it_was_submitted_is_not_published(
+    dispatcher: Dispatcher, store: redis.Redis
+) -> None:
+    """Always the same error (a worker's "before the request reached a worker" cannot overtake it), and no
+    message spent on it."""
+    expired = request(1)
+    expired.deadline = time.time() - 0.001
+    with pytest.raises(DeadlineExceeded, match=DEADLINE_PASSED):
+        dispatcher.submit(DOUBLER, expired)
+    assert queued(store) == 0
 
 
 def test_a_message_whose_worker_was_lost_runs_once_more(dispatcher: Dispatcher, store: redis.Redis) -> None:
