@@ -1,8 +1,8 @@
 """Inference statistics (Triton's statistics extension) through the real stack: one `ovms api` and two `ovms worker`
 processes on a Redis of the module's own, driven with TF Serving REST predicts and async jobs, read back at
-GET /v2/models[/{m}[/versions/{v}]]/stats — also by the official Triton client, whose gRPC messages take the
-document as it is — and checked against the Prometheus histograms, across batching, failures, two workers
-summed, worker restarts and a worker killed mid-load."""
+GET /v2/models[/{m}[/versions/{v}]]/stats and gRPC ModelStatistics — also by the official Triton clients, whose
+gRPC messages take the document as it is — and checked against the Prometheus histograms, across batching,
+failures, two workers summed, worker restarts and a worker killed mid-load."""
 
 from __future__ import annotations
 
@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import redis
 import requests
+from google.protobuf import json_format
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.protos import grpc_service_pb2 as pb
+from api.protos import grpc_service_pb2_grpc
 from tests.support.jobs import post_npy, wait_for_end
 from tests.support.stack import REPO, OvmsProcess, private_redis, start_ovms, wait_for_ready, wait_for_workers
 
@@ -338,6 +342,50 @@ print(json.dumps([[(s.name, s.version, s.inference_count, s.inference_stats.succ
     assert {(name, version): counts for name, version, *counts in everything} == ours
     assert [(name, version) for name, version, *_ in versioned] == [("versioned", "1"), ("versioned", "2")]
     assert [entry[:2] for entry in two] == [["versioned", "2"]]
+
+
+def test_grpc_model_statistics_answer_the_same_document(cluster: Cluster) -> None:
+    """ModelStatistics on the KServe v2 gRPC service: the REST document as Triton's message, through our
+    stubs and through tritonclient.grpc's get_inference_statistics; unknown models and versions as REST."""
+    with grpc.insecure_channel(cluster.api.grpc_address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        def ask(name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
+            return stub.ModelStatistics(pb.ModelStatisticsRequest(name=name, version=version), timeout=TIMEOUT_S)
+
+        for name, version in (("", ""), ("versioned", ""), ("versioned", "2")):
+            rest = requests.get(stats_url(cluster.api, name or None, version or None), timeout=TIMEOUT_S).json()
+            assert ask(name, version) == json_format.ParseDict(rest, pb.ModelStatisticsResponse())
+        assert [(entry.name, entry.version) for entry in ask("versioned", "2").model_stats] == [("versioned", "2")]
+        for name, version, code, message in (
+            ("invented", "", grpc.StatusCode.NOT_FOUND, MODEL_NOT_FOUND),
+            ("versioned", "9", grpc.StatusCode.NOT_FOUND, VERSION_NOT_FOUND),
+            ("versioned", "x", grpc.StatusCode.INVALID_ARGUMENT, "Invalid version: x"),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                ask(name, version)
+            assert (caught.value.code(), caught.value.details()) == (code, message)
+
+    assert TRITON_PYTHON.exists(), f"{TRITON_PYTHON} is missing: `make test` installs it (`make triton-client`)"
+    script = """
+import json, sys
+import tritonclient.grpc as grpcclient
+client = grpcclient.InferenceServerClient(sys.argv[1])
+answers = [client.get_inference_statistics(as_json=True),
+           client.get_inference_statistics("versioned", "2", as_json=True)]
+print(json.dumps([[(s["name"], s["version"]) for s in answer["model_stats"]] for answer in answers]))
+"""
+    run = subprocess.run(
+        [str(TRITON_PYTHON), "-c", script, cluster.api.grpc_address],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    listed, two = json.loads(run.stdout)
+    assert listed == [[entry["name"], entry["version"]] for entry in stats(cluster.api)]
+    assert two == [["versioned", "2"]]
 
 
 # --------------------------------------------------------------------------- workers that stop
