@@ -528,11 +528,11 @@ HOSTILE = {
     ),
     "raw one byte short": (
         lambda: _raw_size(-1),
-        "Invalid content size of tensor proto - Expected: 256 bytes; Actual: 255 bytes",
+        "Invalid data size of input x: shape [1, 64] of FP32 takes 256 bytes; got 255",
     ),
     "raw one byte long": (
         lambda: _raw_size(1),
-        "Invalid content size of tensor proto - Expected: 256 bytes; Actual: 257 bytes",
+        "Invalid data size of input x: shape [1, 64] of FP32 takes 256 bytes; got 257",
     ),
     "typed beside raw": (
         _mixed,
