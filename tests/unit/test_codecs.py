@@ -195,12 +195,31 @@ def test_empty_proto_is_an_empty_tensor() -> None:
 
 
 def test_unserved_dtype_is_reported_by_validation() -> None:
-    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_STRING, string_val=[b"cat"])
+    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_COMPLEX64, tensor_content=bytes(8))
     proto.tensor_shape.dim.add(size=1)
     tensor = tensor_from_proto(proto)
-    assert tensor.precision == "STRING"
-    with pytest.raises(InvalidArgument, match=r"^Invalid input precision - Expected: FP32; Actual: STRING$"):
+    assert tensor.precision == "COMPLEX64"
+    with pytest.raises(InvalidArgument, match=r"^Invalid input precision - Expected: FP32; Actual: COMPLEX64$"):
         validate_inputs(model([spec("x", "FP32", (1,))]), {"x": tensor})
+
+
+def test_dt_string_is_encoded_images_refused_by_an_input_that_takes_none() -> None:
+    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_STRING, string_val=[b"cat", b"dog\0"])
+    proto.tensor_shape.dim.add(size=2)
+    tensor = tensor_from_proto(proto)
+    assert (tensor.precision, tensor.shape, list(tensor.values)) == ("BYTES", (2,), [b"cat", b"dog\0"])
+    with pytest.raises(InvalidArgument) as error:
+        validate_inputs(model([spec("x", "FP32", (-1, 64))]), {"x": tensor})
+    assert error.value.message == (
+        "Invalid input precision - Expected: FP32; Actual: BYTES - encoded images (JPEG, PNG) go to a 4-D input of "
+        "1 or 3 channels in layout NHWC or NCHW; input x takes none: it is not 4-D but (-1,64)"
+    )
+
+
+def test_dt_string_in_tensor_content_is_refused() -> None:
+    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_STRING, tensor_content=b"\xff\xd8\xff")
+    with pytest.raises(InvalidArgument, match="DT_STRING elements go in string_val, not tensor_content"):
+        tensor_from_proto(proto)
 
 
 @pytest.mark.parametrize(("precision", "value"), [("U8", 300), ("I8", -129), ("U16", -1), ("I16", 40000)])
