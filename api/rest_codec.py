@@ -17,7 +17,8 @@ import numpy as np
 from inference import dtypes
 from inference.bytes_tensors import BYTES, bytes_array
 from inference.errors import InvalidArgument
-from inference.signature import DYNAMIC, ModelSignature, TensorSpec
+from inference.image_headers import JPEG_SIGNATURE, PNG_SIGNATURE
+from inference.signature import DYNAMIC, ModelSignature, TensorSpec, format_shape
 from inference.validation import RequestTensor
 
 ROW, COLUMN = "row", "column"
@@ -119,6 +120,7 @@ def _b64_array(value: dict[str, Any], spec: TensorSpec | None, per_instance: boo
     raw = _b64_decode(value)
     dtype = dtypes.by_name(spec.precision).numpy
     if len(raw) % dtype.itemsize:
+        _refuse_an_image(raw, spec)
         raise InvalidArgument(f"Invalid b64 value: {len(raw)} bytes is not a whole number of {spec.precision} values")
     array = np.frombuffer(raw, dtype=dtype)
     shape = spec.shape[1:] if per_instance else spec.shape
@@ -128,7 +130,24 @@ def _b64_array(value: dict[str, Any], spec: TensorSpec | None, per_instance: boo
         inner = int(np.prod(spec.shape[1:]))
         if inner and array.size % inner == 0:
             return array.reshape((array.size // inner, *spec.shape[1:]))
+    if DYNAMIC not in spec.shape[1:]:  # validation would refuse its shape: say why if it is an image
+        _refuse_an_image(raw, spec)
     return array
+
+
+def _refuse_an_image(raw: bytes, spec: TensorSpec) -> None:
+    """Raw bytes that do not fit the input, and are an encoded image: say so rather than quote shapes."""
+    if raw.startswith((JPEG_SIGNATURE, PNG_SIGNATURE)):
+        kind = "JPEG" if raw.startswith(JPEG_SIGNATURE) else "PNG"
+        why = (
+            "the model's rest_b64 setting is raw"
+            if spec.layout
+            else "images go to 4-D inputs of 1 or 3 channels in layout NHWC or NCHW"
+        )
+        raise InvalidArgument(
+            f"Invalid b64 value - a {kind} image, but b64 on input {spec.name} {format_shape(spec.shape)} is the raw "
+            f"bytes of its {spec.precision} values: {why}"
+        )
 
 
 def _jsonable(array: np.ndarray, precision: str) -> Any:
