@@ -76,7 +76,7 @@ def _tensor(value: Any, signature: ModelSignature, spec: TensorSpec | None, per_
     """Numbers become an array of the model's type; {"b64": ...} an encoded image on an image input, else
     raw bytes of that type."""
     if spec is not None and spec.layout and not signature.raw_b64:
-        images = _b64_images(value)
+        images = _b64_images(value, spec)
         if images is not None:
             return RequestTensor(BYTES, (len(images),), values=bytes_array(images))
     if per_instance and isinstance(value, list) and value and all(_is_b64(v) for v in value):
@@ -97,13 +97,22 @@ def _tensor(value: Any, signature: ModelSignature, spec: TensorSpec | None, per_
     return RequestTensor(None, array.shape, values=array)
 
 
-def _b64_images(value: Any) -> list[bytes] | None:
+def _b64_images(value: Any, spec: TensorSpec) -> list[bytes] | None:
     """The images of one {"b64": ...} or a non-empty list of them; None if `value` is neither."""
     if _is_b64(value):
-        return [_b64_decode(value)]
-    if isinstance(value, list) and value and all(_is_b64(v) for v in value):
-        return [_b64_decode(v) for v in value]
-    return None
+        values = [value]
+    elif isinstance(value, list) and value and all(_is_b64(v) for v in value):
+        values = value
+    else:
+        return None
+    images = [_b64_decode(v) for v in values]
+    if not all(image.startswith((JPEG_SIGNATURE, PNG_SIGNATURE)) for image in images):
+        raise InvalidArgument(
+            f"Invalid b64 value - not a JPEG or PNG image: b64 on image input {spec.name} {format_shape(spec.shape)} "
+            f'is an encoded image (the model\'s rest_b64 setting "raw" reads it as the raw bytes of its '
+            f"{spec.precision} values)"
+        )
+    return images
 
 
 def _b64_decode(value: dict[str, Any]) -> bytes:
