@@ -2,7 +2,7 @@
 """Benchmark the served models against raw OpenVINO on the same machine, in one run.
 
     python ops/bench.py [--duration 8] [--warmup 2] [--concurrency 1,8,32] [--models digits,resnet] \\
-        [--rest] [--server-flags "--max_batch_size 8"]
+        [--rest] [--v2] [--server-flags "--max_batch_size 8"]
 
 Starts the whole stack (`python -m ovms`: embedded Redis, a worker, the api) on free ports with a
 temporary config.json, and for each model and concurrency c measures
@@ -10,7 +10,10 @@ temporary config.json, and for each model and concurrency c measures
 - raw: OpenVINO in this process while the server is idle — c requests of batch 1 kept in flight with an
   `AsyncInferQueue` (PERFORMANCE_HINT LATENCY for c = 1, THROUGHPUT otherwise);
 - served: gRPC Predict from c coroutines on one `grpc.aio` channel, batch 1, back to back
-  (and REST from c threads with `--rest`).
+  (and REST from c threads with `--rest`; with `--v2`, KServe v2 gRPC, REST with binary tensors and REST JSON
+  driven by the official Triton client, ops/v2_load.py in .venv-triton);
+- the bytes through Redis per request (what its clients wrote to it and read from it, from INFO stats, over
+  the whole cell, divided by the requests completed in it).
 
 `--server-flags` go to ovms as they are, except the per-model ones (`--max_batch_size 8`, `--nireq 2`, ...),
 which ovms refuses next to `--config_path`: they become settings of every model in the temporary config.json.
@@ -25,10 +28,12 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import itertools
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import subprocess
@@ -36,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +50,7 @@ from typing import Any
 import grpc
 import numpy as np
 import openvino as ov
+import redis
 import requests
 
 from api.protos import serving_pb2, serving_pb2_grpc, tensorflow_pb2
@@ -53,7 +59,11 @@ from tasks.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
+V2_PYTHON = REPO / ".venv-triton" / "bin" / "python"  # `make triton-client`
+V2_LOAD = REPO / "ops" / "v2_load.py"
+V2_APIS = {"v2 gRPC": "grpc", "v2 REST bin": "rest-binary", "v2 REST JSON": "rest-json"}  # row label -> protocol
 GRPC_READY = "Server started on port"
+EMBEDDED_REDIS = re.compile(r"Embedded Redis started on ([0-9.]+):([0-9]+)")
 REST_READY = "Started REST server at"
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
@@ -76,6 +86,13 @@ class ModelCase:
     @property
     def base_path(self) -> Path:
         return MODELS_DIR / self.name
+
+    def samples_file(self, directory: Path) -> Path:
+        """The samples as one .npy array (a row per request), for a client in another process."""
+        path = directory / f"{self.name}-samples.npy"
+        if not path.exists():
+            np.save(path, np.concatenate(self.samples))
+        return path
 
     def model_file(self) -> Path:
         """The IR of the highest numeric version, the one the server serves by default."""
@@ -130,8 +147,10 @@ class Recorder:
     latencies_s: list[float] = field(default_factory=list)
     batch_sizes: list[int] = field(default_factory=list)
     errors: Counter = field(default_factory=Counter)
+    completed: int = 0  # successes in and out of the window (Redis traffic is counted over both)
 
     def success(self, started: float, ended: float, batch_size: int | None = None) -> None:
+        self.completed += 1
         if self.window.counts(ended):
             self.latencies_s.append(ended - started)
             if batch_size is not None:
@@ -148,6 +167,7 @@ class Recorder:
             latencies_ms=np.array(self.latencies_s) * 1000.0,
             batch_sizes=list(self.batch_sizes),
             errors=Counter(self.errors),
+            completed=self.completed,
         )
 
 
@@ -160,6 +180,12 @@ class Stats:
     latencies_ms: np.ndarray
     batch_sizes: list[int]
     errors: Counter
+    completed: int = 0
+    redis_bytes: int = 0  # written to and read from Redis during the whole cell
+
+    @property
+    def redis_kb_per_request(self) -> float:
+        return self.redis_bytes / self.completed / 1000 if self.completed and self.redis_bytes else float("nan")
 
     @property
     def throughput(self) -> float:
@@ -299,6 +325,36 @@ def measure_rest(base_url: str, case: ModelCase, concurrency: int, warmup_s: flo
     return recorder.stats()
 
 
+# ---------------------------------------------------------------------------------------- KServe v2
+
+
+def measure_v2(
+    server: Server, case: ModelCase, protocol: str, concurrency: int, warmup_s: float, duration_s: float
+) -> Stats:
+    """The official Triton client (ops/v2_load.py in .venv-triton) sending batch-1 requests over `protocol`."""
+    if not V2_PYTHON.exists():
+        raise RuntimeError(f"{V2_PYTHON} is missing: run `make triton-client` for --v2")
+    url = server.grpc_address if protocol == "grpc" else server.rest_url.removeprefix("http://")
+    command = [
+        str(V2_PYTHON), str(V2_LOAD), "--protocol", protocol, "--url", url, "--model", case.name,
+        "--input", case.input_name, "--output", case.output_name, "--datatype", "FP32",
+        "--samples", str(case.samples_file(server.directory)), "--concurrency", str(concurrency),
+        "--warmup", str(warmup_s), "--duration", str(duration_s),
+    ]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=warmup_s + duration_s + 120, check=False)
+    if run.returncode:
+        raise RuntimeError(f"ops/v2_load.py failed ({run.returncode}):\n{run.stderr[-4000:]}")
+    report = json.loads(run.stdout)
+    return Stats(
+        requests=len(report["latencies_s"]),
+        seconds=report["seconds"],
+        latencies_ms=np.array(report["latencies_s"]) * 1000.0,
+        batch_sizes=[],
+        errors=Counter(report["errors"]),
+        completed=report["completed"],
+    )
+
+
 # -------------------------------------------------------------------------------------------- server
 
 
@@ -340,6 +396,7 @@ class Server:
         self.cases = cases
         self.grpc_port = free_port()
         self.rest_port = free_port()
+        self.directory = directory
         self.log_path = directory / "ovms.log"
         self.model_settings, passed_flags = split_server_flags(server_flags)
         config = write_config(cases, self.model_settings, directory)
@@ -375,6 +432,14 @@ class Server:
 
     def __exit__(self, *_exc: object) -> None:
         self.stop()
+
+    def redis_traffic(self) -> int:
+        """Bytes the embedded Redis has received from and sent to its clients so far."""
+        found = EMBEDDED_REDIS.search(self.log_tail(10**7))
+        if found is None:
+            return 0
+        info = redis.Redis(host=found[1], port=int(found[2]), socket_timeout=5).info("stats")
+        return int(info["total_net_input_bytes"]) + int(info["total_net_output_bytes"])
 
     def check_alive(self) -> None:
         assert self.process is not None
@@ -471,13 +536,14 @@ def row_cells(row: Row) -> list[str]:
         fmt(ratio, 3),
         fmt(served.percentile(50) - raw.percentile(50), 2),
         fmt(served.mean_batch, 2),
+        fmt(served.redis_kb_per_request, 1),
         str(served.error_count),
     ]
 
 
 HEADERS = [
     "concurrency", "api", "raw req/s", "raw p50 ms", "raw p99 ms", "served req/s", "served p50 ms",
-    "served p99 ms", "served/raw", "overhead p50 ms", "mean batch", "errors",
+    "served p99 ms", "served/raw", "overhead p50 ms", "mean batch", "Redis KB/req", "errors",
 ]  # fmt: skip
 
 
@@ -523,7 +589,8 @@ def print_header(args: argparse.Namespace, server: Server, started: datetime.dat
         f"- each cell: {args.warmup:g} s warmup + {args.duration:g} s measured; batch 1 per request; "
         "raw = OpenVINO AsyncInferQueue in the benchmark process (LATENCY hint at c=1, THROUGHPUT above), "
         "served = c concurrent clients in the benchmark process (gRPC: grpc.aio coroutines on one channel; "
-        "REST: threads, one requests.Session each); overhead = served p50 - raw p50"
+        "REST: threads, one requests.Session each; v2: the Triton client in another process, ops/v2_load.py); "
+        "overhead = served p50 - raw p50; Redis KB/req = bytes written to and read from Redis per request"
     )
 
 
@@ -541,24 +608,32 @@ def describe(stats: Stats) -> str:
     )
 
 
+def served_measurements(args: argparse.Namespace, server: Server, case: ModelCase) -> dict[str, Callable[..., Stats]]:
+    """Row label -> a measurement taking (concurrency, warmup_s, duration_s), for the APIs asked for."""
+    apis: dict[str, Callable[..., Stats]] = {"gRPC": functools.partial(measure_grpc, server.grpc_address, case)}
+    if args.rest:
+        apis["REST"] = functools.partial(measure_rest, server.rest_url, case)
+    if args.v2:
+        apis |= {label: functools.partial(measure_v2, server, case, protocol) for label, protocol in V2_APIS.items()}
+    return apis
+
+
 def bench_model(args: argparse.Namespace, core: ov.Core, server: Server, case: ModelCase) -> list[Row]:
-    """Raw, gRPC and (optionally) REST measurements of one model at every concurrency."""
+    """Raw and served measurements of one model at every concurrency, each served one with its Redis traffic."""
     rows: list[Row] = []
     for concurrency in args.concurrency:
         timing = (args.warmup, args.duration)
         progress(f"{case.name} c={concurrency}: raw OpenVINO ...")
         raw = measure_raw(core, case, concurrency, *timing)
         progress(f"  raw:  {describe(raw)}")
-        server.check_alive()
-        progress(f"{case.name} c={concurrency}: served gRPC ...")
-        served = measure_grpc(server.grpc_address, case, concurrency, *timing)
-        progress(f"  gRPC: {describe(served)}")
-        rows.append(Row(concurrency, "gRPC", raw, served))
-        if args.rest:
-            progress(f"{case.name} c={concurrency}: served REST ...")
-            served = measure_rest(server.rest_url, case, concurrency, *timing)
-            progress(f"  REST: {describe(served)}")
-            rows.append(Row(concurrency, "REST", raw, served))
+        for label, measure in served_measurements(args, server, case).items():
+            server.check_alive()
+            progress(f"{case.name} c={concurrency}: served {label} ...")
+            before = server.redis_traffic()
+            served = measure(concurrency, *timing)
+            served.redis_bytes = server.redis_traffic() - before
+            progress(f"  {label}: {describe(served)}")
+            rows.append(Row(concurrency, label, raw, served))
         server.check_alive()
     return rows
 
@@ -588,6 +663,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--server-flags", default="", help='extra ovms flags, e.g. "--max_batch_size 8" (per-model ones: config.json)'
     )
     parser.add_argument("--rest", action="store_true", help="also measure the REST API")
+    parser.add_argument("--v2", action="store_true", help="also measure KServe v2 (gRPC, REST binary, REST JSON)")
     return parser.parse_args(argv)
 
 
