@@ -9,7 +9,7 @@ trusts nothing read from Redis). What they bound:
 - each image's encoded size (MAX_IMAGE_BYTES) and its pixels as its header declares them: at most
   MAX_IMAGE_PIXELS, and for a model of fixed height and width at most PIXELS_PER_MODEL_PIXEL times its
   pixels (but never less than MIN_PIXEL_CAP): decompression bombs are refused before any allocation;
-- the batch: N against the model's batch dimension, and the decoded tensor within MAX_ELEMENTS;
+- the batch: N against the model's batch dimension and MAX_IMAGES, the decoded tensor within MAX_ELEMENTS;
 - sizes: a fixed height and width is what every image is resized to; a dynamic one takes the images'
   own, so the images of one request must then agree on it (resizing them to the first one's would make
   an image's answer depend on its neighbour).
@@ -28,6 +28,7 @@ from inference.image_headers import ImageHeader, ImageHeaderError, read_header
 from inference.layouts import ImageGeometry
 from inference.signature import DYNAMIC, MAX_ELEMENTS, TensorSpec, format_shape
 
+MAX_IMAGES = 1 << 16  # in one tensor: reading their headers costs the api at most about a second
 MAX_IMAGE_BYTES = 64 << 20  # one encoded image
 MAX_IMAGE_PIXELS = 1 << 25  # 33.5 Mpx, e.g. an 8K UHD frame (7680x4320): 100 MB decoded
 MIN_PIXEL_CAP = 1 << 24  # 16.7 Mpx: any phone photo (12 Mpx), whatever the model's size
@@ -73,6 +74,8 @@ def image_batch(spec: TensorSpec, shape: tuple[int, ...], values: np.ndarray | N
         raise InvalidArgument(f"Invalid content size of tensor proto - Expected: {count} images; Actual: {sent}")
     if count == 0:
         raise InvalidArgument(f"Invalid input batch size - no image sent to input {spec.name}")
+    if count > MAX_IMAGES:
+        raise InvalidArgument(f"Invalid input batch size - {count} images; at most {MAX_IMAGES} are taken at once")
     if not any_batch and spec.shape[0] not in (DYNAMIC, count):
         raise InvalidArgument(f"Invalid input batch size - Expected: {spec.shape[0]}; Actual: {count}")
     images = values.reshape(count)

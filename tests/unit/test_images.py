@@ -15,7 +15,7 @@ from inference import bytes_tensors
 from inference.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from inference.image_decoder import decode_batch, decode_images
 from inference.image_headers import MAX_JPEG_SEGMENTS, ImageHeader, ImageHeaderError, read_header
-from inference.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_PIXEL_CAP, image_batch
+from inference.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES, MIN_PIXEL_CAP, image_batch
 from inference.layouts import NCHW, NHWC, image_layout
 from inference.model import CompiledVersion
 from inference.model_config import ModelConfig
@@ -263,6 +263,15 @@ def test_pixels_are_capped_more_tightly_for_a_model_of_fixed_size() -> None:
 def test_an_encoded_image_is_bounded_in_bytes() -> None:
     huge = images.png(CHINA, 8, 8) + bytes(MAX_IMAGE_BYTES)
     assert f"image 0 takes {len(huge)} bytes; the limit is {MAX_IMAGE_BYTES}" in refusal(ANY_SIZE, huge)
+
+
+def test_the_images_of_one_tensor_are_bounded_in_number() -> None:
+    tiny = images.png(CHINA, 1, 1)
+    started = time.perf_counter()
+    assert len(batch_of(ANY_SIZE, *[tiny] * MAX_IMAGES).headers) == MAX_IMAGES
+    assert time.perf_counter() - started < 5  # their headers, read on the api
+    message = f"Invalid input batch size - {MAX_IMAGES + 1} images; at most {MAX_IMAGES} are taken at once"
+    assert refusal(ANY_SIZE, *[tiny] * (MAX_IMAGES + 1)) == message
 
 
 def test_the_decoded_tensor_is_bounded_in_elements() -> None:
