@@ -1,9 +1,9 @@
 """TensorFlow Serving REST JSON (row and columnar, named and unnamed, b64) <-> internal tensors.
 
-`{"b64": ...}` is read as OVMS reads it on an image input (a 4-D input whose layout is known, see
-inference.layouts): one encoded image (JPEG, PNG) per value, N values making a BYTES tensor of shape (N,).
-On every other input — and on image inputs of a model whose `rest_b64` setting is "raw" — it is the raw
-little-endian bytes of the input's element type, as before images were served.
+`{"b64": ...}` is read as OVMS reads it on an input that takes images (4-D, layout NHWC or NCHW: see
+inference.images.takes_images): one encoded image (JPEG, PNG) per value, N values making a BYTES tensor
+of shape (N,). On every other input — and on image inputs of a model whose `rest_b64` setting is "raw" —
+it is the raw little-endian bytes of the input's element type, as before images were served.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from inference import dtypes
 from inference.bytes_tensors import BYTES, bytes_array
 from inference.errors import InvalidArgument
 from inference.image_headers import JPEG_SIGNATURE, PNG_SIGNATURE
+from inference.images import takes_images
 from inference.signature import DYNAMIC, ModelSignature, TensorSpec, format_shape
 from inference.validation import RequestTensor
 
@@ -75,7 +76,7 @@ def _is_b64(value: Any) -> bool:
 def _tensor(value: Any, signature: ModelSignature, spec: TensorSpec | None, per_instance: bool) -> RequestTensor:
     """Numbers become an array of the model's type; {"b64": ...} an encoded image on an image input, else
     raw bytes of that type."""
-    if spec is not None and spec.layout and not signature.raw_b64:
+    if spec is not None and not signature.raw_b64 and takes_images(spec):
         images = _b64_images(value, spec)
         if images is not None:
             return RequestTensor(BYTES, (len(images),), values=bytes_array(images))
@@ -150,7 +151,7 @@ def _refuse_an_image(raw: bytes, spec: TensorSpec) -> None:
         kind = "JPEG" if raw.startswith(JPEG_SIGNATURE) else "PNG"
         why = (
             "the model's rest_b64 setting is raw"
-            if spec.layout
+            if takes_images(spec)
             else "images go to 4-D inputs of 1 or 3 channels in layout NHWC or NCHW"
         )
         raise InvalidArgument(

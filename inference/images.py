@@ -99,6 +99,15 @@ def image_batch(spec: TensorSpec, shape: tuple[int, ...], values: np.ndarray | N
     return batch
 
 
+def takes_images(spec: TensorSpec) -> bool:
+    """Whether encoded images can be sent to input `spec`."""
+    try:
+        _geometry(spec)
+    except InvalidArgument:
+        return False
+    return True
+
+
 def _geometry(spec: TensorSpec) -> ImageGeometry:
     refused = f"Invalid input precision - Expected: {spec.precision}; Actual: BYTES"
     if not spec.layout:

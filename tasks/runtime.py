@@ -115,7 +115,7 @@ class WorkerRuntime:
                 return self._failed(ids, error)
             ready = [(request, self._ready(batcher, request, held)) for request in requests]
             started = [(request, self._start(batcher, request, inputs, arrivals, held)) for request, inputs in ready]
-            del ready
+            del ready  # decoded images are freed as their inference ends, not kept until the reply
         return PredictReply(
             self.worker_id, {request.request_id: self._finish(request, future) for request, future in started}
         )

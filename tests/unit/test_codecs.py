@@ -360,6 +360,12 @@ def test_an_image_sent_where_b64_is_raw_bytes_is_refused_saying_so(signature, da
     assert ("images go to 4-D inputs of 1 or 3 channels in layout NHWC or NCHW" in message) != signature.raw_b64
 
 
+def test_b64_on_a_4d_input_that_cannot_take_images_stays_raw_bytes() -> None:
+    signed = ModelSignature({"data": TensorSpec("data", "I8", (1, 2, 2, 3), layout="NHWC")})
+    raw = np.arange(12, dtype="i1").reshape(1, 2, 2, 3)
+    np.testing.assert_array_equal(parsed({"inputs": {"data": b64(raw)}}, signed)[0]["data"], raw)
+
+
 def test_raw_b64_that_fits_a_dynamic_input_is_taken_whatever_its_first_bytes() -> None:
     free = model([spec("x", "U8", (DYNAMIC, DYNAMIC))])
     arrays, _ = parsed({"instances": [encoded(JPEG)]}, free)
