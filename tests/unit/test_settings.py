@@ -150,6 +150,19 @@ def test_batch_size_flag(flag: str, expected: int | str | None) -> None:
     assert model.batch_size == expected
 
 
+@pytest.mark.parametrize(
+    ("flags", "layout", "rest_b64"),
+    [
+        ([], None, "image"),
+        (["--layout", "nchw"], {None: "NCHW"}, "image"),
+        (["--layout", '{"data": "NHWC"}', "--rest_b64", "raw"], {"data": "NHWC"}, "raw"),
+    ],
+)
+def test_layout_and_rest_b64_flags(flags: list[str], layout: dict | None, rest_b64: str) -> None:
+    (model,) = parse_command_line([*SINGLE, *flags]).models
+    assert (model.layout, model.rest_b64) == (layout, rest_b64)
+
+
 def test_shape_and_batch_size_warns_and_ignores_batch_size(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="serving"):
         (model,) = parse_command_line([*SINGLE, "--shape", "(1,3,224,224)", "--batch_size", "4"]).models
