@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 TFS_VENV := .venv-tfs
 TRITON_VENV := .venv-triton
+PROTOC_VENV := .venv-protoc
+# The oldest grpcio-tools whose generated code the pyproject floors accept (grpcio>=1.66, protobuf>=5.28): its
+# *_pb2_grpc.py needs grpcio>=1.66.0 and its *_pb2.py protobuf>=5.27.2 (newer runtimes, 7 included, load it).
+PROTOC_TOOLS := grpcio-tools==1.66.0
 BIN := $(VENV)/bin
 MODELS := models
 GRPC_PORT ?= 9178
@@ -59,10 +63,17 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-protos: venv
-	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
-		api/protos/tensorflow.proto api/protos/serving.proto
-	rm -f api/protos/tensorflow_pb2_grpc.py
+# Generated code is committed; regenerate it after editing a .proto. The generator has a venv of its own: its
+# pinned version needs a protobuf older than the server's.
+protos: $(PROTOC_VENV)/.installed
+	$(PROTOC_VENV)/bin/python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. --pyi_out=. \
+		api/protos/tensorflow.proto api/protos/serving.proto api/protos/model_config.proto api/protos/grpc_service.proto
+	rm -f api/protos/tensorflow_pb2_grpc.py api/protos/model_config_pb2_grpc.py
+
+$(PROTOC_VENV)/.installed: Makefile
+	test -x $(PROTOC_VENV)/bin/python || $(PYTHON) -m venv $(PROTOC_VENV)
+	$(PROTOC_VENV)/bin/pip install -q "$(PROTOC_TOOLS)"
+	touch $@
 
 # The seed's latency client against a running server (start it with `make run`).
 test_perf: venv models
@@ -97,4 +108,4 @@ soak: venv models
 	$(BIN)/python ops/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TFS_VENV) $(TRITON_VENV) $(MODELS)
+	rm -rf $(VENV) $(TFS_VENV) $(TRITON_VENV) $(PROTOC_VENV) $(MODELS)

@@ -1,8 +1,9 @@
 """Optional bearer-token authentication of gRPC and REST calls (`--auth_token_file`).
 
 Clients send `authorization: Bearer <token>`: gRPC metadata (what `grpc.access_token_call_credentials`
-sends) or the HTTP header. Health checks stay open, so that load balancers and Kubernetes probes need
-no credentials, and so does the Prometheus scrape (`/metrics`: counters per model, no tensors).
+sends) or the HTTP header. Health checks stay open (grpc.health.v1, KServe v2's ServerLive and ServerReady),
+so that load balancers and Kubernetes probes need no credentials, and so does the Prometheus scrape
+(`/metrics`: counters per model, no tensors).
 
 Each token owns the async jobs submitted with it: a job record keeps the token's owner id (`owner_id`),
 never the token.
@@ -22,6 +23,10 @@ from inference.errors import TOKEN_REFUSED
 
 OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/metrics"})
 OPEN_GRPC_PREFIX = "/grpc.health.v1.Health/"
+# KServe v2's health RPCs (as /v1/health/live and /v1/health/ready): the model-level ones need a token
+OPEN_GRPC_METHODS = frozenset(
+    {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
+)
 OWNER_SALT = b"ovms job owner v1"
 
 
@@ -66,7 +71,7 @@ class BearerTokens:
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Answers UNAUTHENTICATED to every call without an accepted token, except the health service's.
+    """Answers UNAUTHENTICATED to every call without an accepted token, except the health checks'.
 
     The refusal is decided on the call's metadata alone, before its request message is read: a caller
     without a token can make the server neither read nor hold a message."""
@@ -80,7 +85,8 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(OPEN_GRPC_PREFIX):
+        method = handler_call_details.method
+        if handler is None or method.startswith(OPEN_GRPC_PREFIX) or method in OPEN_GRPC_METHODS:
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         if self._tokens.accepts(metadata.get("authorization")):

@@ -23,8 +23,9 @@ from api.dataplane import DataPlane
 from api.grpc_limits import AwaitedRequests, CallLimit, RequestReader
 from api.grpc_service import ModelService, PredictionService
 from api.health import HealthReporter
+from api.kserve.grpc_service import KServeService
 from api.metrics import ServingMetrics
-from api.protos import serving_pb2_grpc
+from api.protos import grpc_service_pb2_grpc, serving_pb2_grpc
 from api.tls import TlsFiles
 
 MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
@@ -113,6 +114,8 @@ class GrpcServer:
         serving_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(*services), server)
         serving_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(*services), server)
         self._health = HealthReporter(self._dataplane.readiness, server)
+        kserve = KServeService(*services, server_ready=self._health.serving)
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
         address = f"[::]:{self._port}"
         try:
             if self._tls is None:

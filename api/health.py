@@ -19,6 +19,8 @@ from api.dataplane.readiness import Readiness
 
 OVERALL = ""  # the service name health checkers ask about by default
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+KSERVE_SERVICE = "inference.GRPCInferenceService"
+SERVICES = (OVERALL, PREDICTION_SERVICE, KSERVE_SERVICE)  # all served by the same workers: one status
 MAX_WATCH_STREAMS = 256  # ≈ 40 KB of api memory each (HTTP/2 stream, call, request); Checks are not counted
 
 ServingStatus = health_pb2.HealthCheckResponse.ServingStatus
@@ -65,6 +67,9 @@ class BoundedHealthServicer(health_pb2_grpc.HealthServicer):
         finally:
             self._watches -= 1
 
+    def status(self, service: str) -> ServingStatus:
+        return self._statuses[service]
+
     async def set(self, service: str, status: ServingStatus) -> None:
         """Set a known service's status (ignored once shutting down) and wake its watchers."""
         if not self._shutting_down:
@@ -92,7 +97,7 @@ class HealthReporter:
     def __init__(self, readiness: Readiness, server: grpc.aio.Server, interval_s: float = 0.25) -> None:
         self._readiness = readiness
         self._interval = interval_s
-        self._servicer = BoundedHealthServicer((OVERALL, PREDICTION_SERVICE), MAX_WATCH_STREAMS)
+        self._servicer = BoundedHealthServicer(SERVICES, MAX_WATCH_STREAMS)
         health_pb2_grpc.add_HealthServicer_to_server(self._servicer, server)
         self._task: asyncio.Task | None = None
 
@@ -108,10 +113,14 @@ class HealthReporter:
                 await self._task
         await self._servicer.enter_graceful_shutdown()
 
+    def serving(self) -> bool:
+        """Whether the server reports SERVING now (read on the event loop: no thread, no Redis)."""
+        return self._servicer.status(OVERALL) == health_pb2.HealthCheckResponse.SERVING
+
     async def update(self) -> None:
         serving, _ = await asyncio.to_thread(self._readiness.check)
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in (OVERALL, PREDICTION_SERVICE):
+        for service in SERVICES:
             await self._servicer.set(service, status)
 
     async def _run(self) -> None:

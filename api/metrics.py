@@ -74,8 +74,9 @@ class ServingMetrics:
     @contextmanager
     def track(self, interface: str, method: str, name: str) -> Iterator[Tracker]:
         """Count and time one request; the caller reports the version (and predict result) it got.
-        Requests for model names no worker knows count under name "" (no model has that name): a series
-        per name a client makes up would grow the api's memory without bound."""
+        Requests for model names no worker knows count under name "" (no model has that name), answered
+        or not (a v2 ModelReady answers false for them): a series per name a client makes up would grow the
+        api's memory without bound."""
         tracker = Tracker()
         started = time.perf_counter()
         try:
@@ -86,7 +87,7 @@ class ServingMetrics:
         except Exception:
             self._fail.labels(self._label(name), tracker.version, interface, method, "INTERNAL").inc()
             raise
-        self._success.labels(name, tracker.version, interface, method).inc()
+        self._success.labels(self._label(name), tracker.version, interface, method).inc()
         if tracker.result is not None:
             self._observe_predict(name, tracker.version, interface, time.perf_counter() - started, tracker.result)
 

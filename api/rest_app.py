@@ -1,6 +1,7 @@
 """The REST app on Flask: TensorFlow Serving's REST API and more, as blueprints over the data plane
-(api.dataplane): models (api.rest_models), jobs (api.rest_jobs) and operations (api.rest_operations:
-health, config, metrics). Every error becomes {"error": ...} with its status in one handler here."""
+(api.dataplane): models (api.rest_models), jobs (api.rest_jobs), operations (api.rest_operations:
+health, config, metrics) and the v2 protocol's statistics (api.kserve.rest_statistics). Every error
+becomes {"error": ...} with its status in one handler here."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from api.auth import BearerTokens
 from api.dataplane import DataPlane
+from api.kserve.rest_statistics import statistics_blueprint
 from api.metrics import ServingMetrics
 from api.rest_http import json_response, needs_redis
 from api.rest_jobs import jobs_blueprint
@@ -41,6 +43,7 @@ def create_app(
     app.register_blueprint(models_blueprint(dataplane, metrics))
     app.register_blueprint(jobs_blueprint(dataplane, max_request_bytes, tokens))
     app.register_blueprint(operations_blueprint(dataplane, metrics))
+    app.register_blueprint(statistics_blueprint(dataplane, metrics))
 
     @app.before_request
     def redis_reachable() -> None:

@@ -1,5 +1,5 @@
 """What the REST blueprints share: JSON answers, a JSON body, and the metrics
-decorator (the REST side of api.grpc_service._serving_errors: both record through ServingMetrics.track)."""
+decorator (the REST side of api.grpc_servicer.serving_errors: both record through ServingMetrics.track)."""
 
 from __future__ import annotations
 
@@ -31,14 +31,15 @@ def json_body() -> Any:
         raise InvalidArgument(f"Invalid JSON: {exc}") from None
 
 
-def tracked(metrics: ServingMetrics, method: str) -> Callable[[ModelView], ModelView]:
+def tracked(metrics: ServingMetrics, method: str, interface: str = "rest") -> Callable[[ModelView], ModelView]:
     """Count and time a model route under `method` (the gRPC method's name, so that both interfaces
-    share the series); the view gets the tracker first and reports to it what it served."""
+    share the series); the view gets the tracker first and reports to it what it served. A route without
+    a model name (one about every model) counts under name ""."""
 
     def decorate(view: ModelView) -> ModelView:
         @functools.wraps(view)
-        def counted(name: str, version: str | None = None) -> Response:
-            with metrics.track("rest", method, name) as tracker:
+        def counted(name: str | None = None, version: str | None = None) -> Response:
+            with metrics.track(interface, method, name or "") as tracker:
                 return view(tracker, name, version)
 
         return counted

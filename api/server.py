@@ -13,6 +13,7 @@ from api.dataplane.inference import InferenceService
 from api.dataplane.jobs import JobService
 from api.dataplane.models import ModelRepository
 from api.dataplane.readiness import Readiness
+from api.dataplane.statistics import StatisticsService
 from api.descriptors import connections_per_port, raise_open_file_limit
 from api.grpc_server import MAX_CONNECTIONS as MAX_GRPC_CONNECTIONS
 from api.grpc_server import GrpcServer
@@ -142,6 +143,7 @@ def _data_plane(
         models=models,
         jobs=JobService(registry, jobs, admission, link),
         readiness=Readiness(models, registry, admission, link),
+        statistics=StatisticsService(registry, store, link),
         admission=admission,
         link=link,
     )

@@ -25,13 +25,14 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from inference.errors import VERSION_RETIRED, NotFound, ServingError
 from inference.model import CompiledVersion
 from inference.request import Tensors
+from inference.statistics import Execution, InferenceStatistics
 from inference.validation import batch_rows
 
 log = logging.getLogger("serving")
@@ -40,10 +41,20 @@ log = logging.getLogger("serving")
 @dataclass(frozen=True)
 class BatchResult:
     outputs: Tensors  # this request's rows only
-    batch_rows: int  # rows in the inference that computed them
+    rows: int  # this request's rows
     compiled: CompiledVersion  # the version that computed them
-    started_at: float  # time.time() when their inference was handed to OpenVINO
-    infer_s: float  # how long that inference took
+    started_at: float  # time.time() when the batch's compute began (its inputs being joined)
+    execution: Execution  # the inference that computed them, with its times
+
+    @property
+    def batch_rows(self) -> int:
+        """Rows in the inference that computed them."""
+        return self.execution.rows
+
+    @property
+    def infer_s(self) -> float:
+        """How long that inference took."""
+        return self.execution.compute_infer_ns / 1e9
 
 
 @dataclass
@@ -51,6 +62,16 @@ class Arrivals:
     """Requests of one message announced to the batcher and not yet submitted."""
 
     remaining: int
+
+
+@dataclass
+class _Started:
+    """When a batch's compute began (wall clock, for the time its requests queued; and monotonic), and when
+    its inputs were handed to OpenVINO."""
+
+    at: float
+    at_ns: int
+    submitted_ns: int = 0
 
 
 @dataclass
@@ -64,8 +85,16 @@ class _Item:
 
 
 class DynamicBatcher:
-    def __init__(self, compiled: CompiledVersion, max_batch_size: int, max_queue_delay_s: float) -> None:
+    def __init__(
+        self,
+        compiled: CompiledVersion,
+        max_batch_size: int,
+        max_queue_delay_s: float,
+        statistics: InferenceStatistics | None = None,
+    ) -> None:
+        """`statistics`: where each successful inference is counted (inference.statistics)."""
         self.compiled = compiled
+        self._statistics = statistics
         self.max_rows = max(1, max_batch_size if compiled.batchable else 1)
         self._max_delay = max_queue_delay_s
         self._pending: deque[_Item] = deque()
@@ -183,23 +212,25 @@ class DynamicBatcher:
         return batch
 
     def _dispatch(self, batch: list[_Item]) -> None:
+        started = _Started(time.time(), time.perf_counter_ns())
         inputs = batch[0].inputs if len(batch) == 1 else _concatenate(batch)
-        started = time.time()
         future = self.compiled.infer_async(inputs)
+        started.submitted_ns = time.perf_counter_ns()
         future.add_done_callback(lambda done: self._finish(batch, done, started))
 
-    def _finish(self, batch: list[_Item], done: Future[Tensors], started: float) -> None:
+    def _finish(self, batch: list[_Item], done: Future[Tensors], started: _Started) -> None:
+        finished_ns = time.perf_counter_ns()
         with self._cond:
             self._free += 1
             self._cond.notify_all()
         try:
-            self._answer(batch, done, started)
+            self._answer(batch, done, started, finished_ns)
         finally:
             with self._cond:
                 self._unfinished -= 1
                 self._cond.notify_all()
 
-    def _answer(self, batch: list[_Item], done: Future[Tensors], started: float) -> None:
+    def _answer(self, batch: list[_Item], done: Future[Tensors], started: _Started, finished_ns: int) -> None:
         error = done.exception()
         if error is not None and len(batch) == 1:
             batch[0].future.set_exception(error)
@@ -207,8 +238,17 @@ class DynamicBatcher:
             log.warning("A batch of %d requests failed (%s); retrying them one by one", len(batch), error)
             self._retry_alone(batch)
         elif len(batch) == 1 or _per_row(done.result(), batch):
-            rows = sum(item.rows for item in batch)
-            _split(batch, done.result(), BatchResult({}, rows, self.compiled, started, time.time() - started))
+            parts = _split(batch, done.result())
+            execution = Execution(
+                sum(item.rows for item in batch),
+                started.submitted_ns - started.at_ns,
+                finished_ns - started.submitted_ns,
+                time.perf_counter_ns() - finished_ns,
+            )
+            if self._statistics is not None:
+                self._statistics.executed(self.compiled.name, self.compiled.version, execution)
+            for item, outputs in zip(batch, parts, strict=True):
+                item.future.set_result(BatchResult(outputs, item.rows, self.compiled, started.at, execution))
         else:
             self._stop_batching(batch, done.result())
 
@@ -249,15 +289,15 @@ def _per_row(outputs: Tensors, batch: list[_Item]) -> bool:
     return all(array.ndim and array.shape[0] == total for array in outputs.values())
 
 
-def _split(batch: list[_Item], outputs: Tensors, template: BatchResult) -> None:
-    """Give each request its own rows of the batch's outputs (checked by _per_row); a request that ran
-    alone gets them whole, whatever their shapes."""
+def _split(batch: list[_Item], outputs: Tensors) -> list[Tensors]:
+    """Each request's own rows of the batch's outputs (checked by _per_row), in batch order; a request that
+    ran alone gets them whole, whatever their shapes."""
     if len(batch) == 1:
-        batch[0].future.set_result(replace(template, outputs=outputs))
-        return
+        return [outputs]
+    parts = []
     start = 0
     for item in batch:
         end = start + item.rows
-        rows = {name: array[start:end] for name, array in outputs.items()}
-        item.future.set_result(replace(template, outputs=rows))
+        parts.append({name: array[start:end] for name, array in outputs.items()})
         start = end
+    return parts

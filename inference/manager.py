@@ -21,6 +21,7 @@ from inference.model import CompiledVersion
 from inference.model_config import ConfigError, ModelConfig
 from inference.repository import select_versions
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
+from inference.statistics import InferenceStatistics
 from inference.storage import ModelStorage, open_storage
 
 log = logging.getLogger("serving")
@@ -65,8 +66,12 @@ class _Model:
 class ModelManager:
     """Loads the configured models' versions, keeps their states, and follows changes."""
 
-    def __init__(self, models: list[ModelConfig], core: ov.Core | None = None) -> None:
+    def __init__(
+        self, models: list[ModelConfig], core: ov.Core | None = None, statistics: InferenceStatistics | None = None
+    ) -> None:
+        """`statistics`: where the versions' batchers count their inferences (inference.statistics)."""
         self._core = core or ov.Core()
+        self._statistics = statistics
         self._models: dict[str, _Model] = {}
         self._lock = threading.RLock()
         for config in models:
@@ -220,7 +225,7 @@ class ModelManager:
 
     def _serve(self, model: _Model, version: int, compiled: CompiledVersion) -> None:
         config = model.config
-        batcher = DynamicBatcher(compiled, config.max_batch_size, config.max_queue_delay_ms / 1000)
+        batcher = DynamicBatcher(compiled, config.max_batch_size, config.max_queue_delay_ms / 1000, self._statistics)
         previous = model.versions.get(version)
         self._set(model, version, AVAILABLE, batcher)
         if previous is not None and previous.served is not None:

@@ -19,6 +19,7 @@ class InferenceRequest:
     request_id: str = ""
     pinned: bool = True  # the client named this version; False: any current default will do
     any_batch: bool = False  # a job chunk: any number of samples, whatever the model's batch size
+    queued_at: float = 0.0  # time.time() when the api queued it for its model version; 0: not known
 
 
 @dataclass

@@ -103,6 +103,7 @@ class Dispatcher:
         """Publish a request (possibly with others) without waiting: the listener resolves the future.
         Raises ResourceExhausted when too many requests already wait for the model."""
         future: Future[InferenceResult] = Future()
+        request.queued_at = time.time()  # where its time queued begins, in the workers' statistics
         lane = self._lane(target)
         lane.add((request, future), target.workers, target.max_queue_size)
         self._pump(target, lane)

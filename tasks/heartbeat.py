@@ -3,7 +3,8 @@
 Each worker keeps `ovms:worker:<id>` alive (a JSON snapshot with a short expiry, refreshed every
 second) listing its device and, per model, the queue it consumes and every version's state and
 signature. It also records each model in the persistent `ovms:catalog` hash, so that the api can
-tell a model whose workers are all gone (UNAVAILABLE) from one that never existed (NOT_FOUND).
+tell a model whose workers are all gone (UNAVAILABLE) from one that never existed (NOT_FOUND). The same
+pipeline carries the worker's inference statistics to their cluster-wide totals (tasks.statistics).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections.abc import Callable
 
 import redis
 
-from inference.states import ModelReport
+from inference.states import ModelReport, VersionState
+from inference.statistics import InferenceStatistics
 from tasks.messages import CatalogEntry, ModelSnapshot, WorkerSnapshot
 from tasks.routing import CATALOG_KEY, queue_for, worker_key
+from tasks.statistics import flushing
 
 log = logging.getLogger("serving")
 
@@ -29,9 +32,16 @@ class Heartbeat:
     """A thread that publishes this worker's models and their states every HEARTBEAT_INTERVAL_S."""
 
     def __init__(
-        self, client: redis.Redis, worker_id: str, device: str, snapshot: Callable[[], dict[str, ModelReport]]
+        self,
+        client: redis.Redis,
+        worker_id: str,
+        device: str,
+        snapshot: Callable[[], dict[str, ModelReport]],
+        statistics: InferenceStatistics | None = None,
     ) -> None:
+        """`statistics`: the worker's counts, flushed with each publication."""
         self._client = client
+        self._statistics = statistics or InferenceStatistics()
         self._key = worker_key(worker_id)
         self._worker_id = worker_id
         self._device = device
@@ -61,19 +71,28 @@ class Heartbeat:
         reports = self._snapshot()
         models = {name: ModelSnapshot(queue_for(self._device, name), report) for name, report in reports.items()}
         snapshot = WorkerSnapshot(self._worker_id, self._device, models, self.loaded, self.draining, time.time())
-        with self._lock, self._client.pipeline(transaction=False) as pipe:
+        served = [
+            (name, version)
+            for name, report in reports.items()
+            for version, held in report.versions.items()
+            if held.status.state == VersionState.AVAILABLE
+        ]
+        with self._lock, self._client.pipeline(transaction=False) as pipe, flushing(pipe, self._statistics, served):
             pipe.set(self._key, snapshot.to_json(), ex=HEARTBEAT_TTL_S)
             for name, report in reports.items():
                 pipe.hset(CATALOG_KEY, name, CatalogEntry(self._device, tuple(sorted(report.versions))).to_json())
             pipe.execute()
 
     def stop(self) -> None:
-        """Stop publishing and withdraw the registration: the apis no longer count this worker."""
+        """Stop publishing, flush the last statistics and withdraw the registration: the apis no longer count
+        this worker."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
         try:
-            self._client.delete(self._key)
+            with self._lock, self._client.pipeline(transaction=False) as pipe, flushing(pipe, self._statistics, ()):
+                pipe.delete(self._key)
+                pipe.execute()
         except redis.RedisError as exc:
             log.warning("Could not withdraw worker registration: %s", exc)
 

@@ -64,6 +64,7 @@ class RequestEntry(Record):
     deadline: float
     pinned: bool
     any_batch: bool = False
+    queued_at: float = field(default=0.0, metadata=key("queued"))
 
     @staticmethod
     def of(request: InferenceRequest, inputs: tuple[TensorMeta, ...]) -> RequestEntry:

@@ -24,7 +24,9 @@ from inference.errors import (
 )
 from inference.image_decoder import decode_images
 from inference.manager import ModelManager
+from inference.model import CompiledVersion
 from inference.request import InferenceRequest, Tensors
+from inference.statistics import InferenceStatistics
 from inference.validation import RequestTensor, validate_inputs
 from tasks.budget import ByteBudget
 from tasks.claims import claim
@@ -60,8 +62,17 @@ class PredictActivity:
 
 
 class WorkerRuntime:
-    def __init__(self, manager: ModelManager, store: redis.Redis, worker_id: str, max_inflight_bytes: int) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        store: redis.Redis,
+        worker_id: str,
+        max_inflight_bytes: int,
+        statistics: InferenceStatistics,
+    ) -> None:
+        """`statistics`: where each request is counted (inference.statistics)."""
         self._manager = manager
+        self._statistics = statistics
         self._store = store
         self.worker_id = worker_id
         self.budget = ByteBudget(max_inflight_bytes, f"worker {worker_id} (--worker_max_inflight_mb)")
@@ -75,20 +86,22 @@ class WorkerRuntime:
         tasks.job_queue). A message whose
         tensors do not fit the worker's in-flight budget is refused before they are fetched
         (RESOURCE_EXHAUSTED), unless it is an async job's chunk: no client waits to retry it, so it is run
-        (and counted) anyway; job chunks are bounded by their own size."""
-        ids = [entry.request_id for entry in envelope.requests]
+        (and counted) anyway; job chunks are bounded by their own size. Every request is counted in the
+        statistics of the version that served or failed it — but not one for a version this worker does
+        not hold (there is none to count it for)."""
+        received = time.time()
         batcher = self._batcher_for(envelope)
         if batcher is None:
-            return self._failed(ids, NotFound(VERSION_RETIRED))
+            return self._failed(envelope, NotFound(VERSION_RETIRED), received)
         nbytes = envelope.payload_size
         refuse = not all(entry.any_batch for entry in envelope.requests)
         try:
             self.budget.reserve(nbytes, refuse=refuse)
         except ServingError as error:
-            return self._failed(ids, error)
+            return self._failed(envelope, error, received, batcher.compiled)
         held = _HeldBytes(self.budget, nbytes, refuse)
         try:
-            return self._serve(task_id, envelope, claims_owner, batcher, ids, held)
+            return self._serve(task_id, envelope, claims_owner, batcher, received, held)
         finally:
             self.budget.release(held.total)
             if nbytes >= LARGE_REQUEST_BYTES:
@@ -103,21 +116,25 @@ class WorkerRuntime:
         envelope: PredictEnvelope,
         claims_owner: str,
         batcher: DynamicBatcher,
-        ids: list[str],
+        received: float,
         held: _HeldBytes,
     ) -> PredictReply:
         """Every request is made ready (its images decoded) before the first is submitted, so that the
         batcher, told they are coming, can put them in one inference."""
-        with batcher.incoming(len(ids)) as arrivals:
+        with batcher.incoming(len(envelope.requests)) as arrivals:
             try:
                 requests = self._requests(task_id, envelope, claims_owner)
             except ServingError as error:
-                return self._failed(ids, error)
+                return self._failed(envelope, error, received, batcher.compiled)
             ready = [(request, self._ready(batcher, request, held)) for request in requests]
             started = [(request, self._start(batcher, request, inputs, arrivals, held)) for request, inputs in ready]
             del ready  # decoded images are freed as their inference ends, not kept until the reply
         return PredictReply(
-            self.worker_id, {request.request_id: self._finish(request, future) for request, future in started}
+            self.worker_id,
+            {
+                request.request_id: self._finish(request, future, batcher.compiled, received)
+                for request, future in started
+            },
         )
 
     def _batcher_for(self, envelope: PredictEnvelope) -> DynamicBatcher | None:
@@ -128,9 +145,16 @@ class WorkerRuntime:
             batcher = self._manager.default(envelope.model)
         return batcher
 
-    def _failed(self, ids: list[str], error: ServingError) -> PredictReply:
-        """The reply that fails every request of a message with `error`."""
-        return PredictReply(self.worker_id, dict.fromkeys(ids, RequestFailure(error)))
+    def _failed(
+        self, envelope: PredictEnvelope, error: ServingError, received: float, counted: CompiledVersion | None = None
+    ) -> PredictReply:
+        """The reply that fails every request of a message with `error`, each counted as a failure of the
+        `counted` version."""
+        if counted is not None:
+            now = time.time()
+            for entry in envelope.requests:
+                self._statistics.failed(counted.name, counted.version, _ns(now - (entry.queued_at or received)))
+        return PredictReply(self.worker_id, {entry.request_id: RequestFailure(error) for entry in envelope.requests})
 
     def _requests(self, task_id: str, envelope: PredictEnvelope, claims_owner: str) -> list[InferenceRequest]:
         if time.time() > envelope.deadline:
@@ -189,9 +213,43 @@ class WorkerRuntime:
             except ServingError as error:
                 return _failed(error)
 
-    def _finish(self, request: InferenceRequest, future: Future[BatchResult]) -> ResultEntry:
+    def _finish(
+        self, request: InferenceRequest, future: Future[BatchResult], chosen: CompiledVersion, received: float
+    ) -> ResultEntry:
+        """The request's answer, counted for the version that computed it (a failure: for the `chosen` one).
+        Its time queued and in all begin when the api queued it, or else when this worker `received` it."""
+        queued_at = request.queued_at or received
+        result = self._outcome(request, future)
+        if isinstance(result, RequestFailure):
+            self._statistics.failed(chosen.name, chosen.version, _ns(time.time() - queued_at))
+            return result
+        outputs: Tensors = result.outputs
+        if request.output_filter:
+            outputs = {name: outputs[name] for name in request.output_filter if name in outputs}
+        computed = result.compiled
+        precisions = {name: spec.precision for name, spec in computed.signature.outputs.items()}
+        entry = ComputedOutputs.pack(
+            outputs,
+            precisions,
+            version=computed.version,
+            batch=result.batch_rows,
+            started=result.started_at,
+            infer_s=result.infer_s,
+        )
+        self._statistics.succeeded(
+            computed.name,
+            computed.version,
+            result.rows,
+            _ns(result.started_at - queued_at),
+            _ns(time.time() - queued_at),
+            result.execution,
+        )
+        return entry
+
+    @staticmethod
+    def _outcome(request: InferenceRequest, future: Future[BatchResult]) -> BatchResult | RequestFailure:
         try:
-            result = future.result(timeout=max(request.deadline - time.time(), 0) + 1.0)
+            return future.result(timeout=max(request.deadline - time.time(), 0) + 1.0)
         except ServingError as error:
             return RequestFailure(error)
         except FutureTimeout:
@@ -199,18 +257,6 @@ class WorkerRuntime:
         except Exception as exc:  # an inference failure must fail this request, never the worker
             log.exception("Inference failed for %s version %d", request.model, request.version)
             return RequestFailure(Internal(f"Inference failed: {plain_message(exc)}"))
-        outputs: Tensors = result.outputs
-        if request.output_filter:
-            outputs = {name: outputs[name] for name in request.output_filter if name in outputs}
-        precisions = {name: spec.precision for name, spec in result.compiled.signature.outputs.items()}
-        return ComputedOutputs.pack(
-            outputs,
-            precisions,
-            version=result.compiled.version,
-            batch=result.batch_rows,
-            started=result.started_at,
-            infer_s=result.infer_s,
-        )
 
 
 class _HeldBytes:
@@ -231,3 +277,9 @@ def _failed(error: ServingError) -> Future[BatchResult]:
     future: Future[BatchResult] = Future()
     future.set_exception(error)
     return future
+
+
+def _ns(seconds: float) -> int:
+    """A duration between two time.time() readings, in nanoseconds; never negative (the api that queued a
+    request may run on another host, whose clock may be a little ahead)."""
+    return max(int(seconds * 1e9), 0)

@@ -29,6 +29,7 @@ from celery.signals import worker_ready
 from celery.worker import WorkController
 
 from inference.manager import ModelManager
+from inference.statistics import InferenceStatistics
 from tasks.heartbeat import Heartbeat
 from tasks.job_feeder import JobFeeders
 from tasks.queue_consumers import QueueConsumers
@@ -57,14 +58,15 @@ class _ServingStep(bootsteps.StartStopStep):
 
 
 class ModelManagement(_ServingStep):
-    """The models configured for this worker's device. Closed last, once every predict and job chunk
-    that used them ended."""
+    """The models configured for this worker's device, and the statistics of their inferences. Closed
+    last, once every predict and job chunk that used them ended."""
 
     requires = (CELERY_POOL,)
 
     def create(self, w: WorkController) -> None:
         settings = self.serving.settings
-        w.models = ModelManager(settings.models_for(settings.device))
+        w.statistics = InferenceStatistics()
+        w.models = ModelManager(settings.models_for(settings.device), statistics=w.statistics)
 
     def stop(self, w: WorkController) -> None:
         w.models.close()
@@ -74,13 +76,16 @@ class ModelManagement(_ServingStep):
 
 class Heartbeating(_ServingStep):
     """Publishes the models' states from before they load (the apis see them LOADING) until the worker
-    stopped; says draining as soon as the worker is told to stop."""
+    stopped, and flushes the inference statistics with them (the last ones once the predicts and job
+    chunks ended); says draining as soon as the worker is told to stop."""
 
     requires = (ModelManagement,)
 
     def create(self, w: WorkController) -> None:
         serving = self.serving
-        w.heartbeat = Heartbeat(serving.store, serving.worker_id, serving.settings.device, w.models.snapshot)
+        w.heartbeat = Heartbeat(
+            serving.store, serving.worker_id, serving.settings.device, w.models.snapshot, w.statistics
+        )
 
     def start(self, w: WorkController) -> None:
         w.heartbeat.start()
@@ -114,7 +119,7 @@ class PredictRuntime(_ServingStep):
     def create(self, w: WorkController) -> None:
         serving = self.serving
         budget = serving.settings.worker_max_inflight_bytes
-        w.runtime = WorkerRuntime(w.models, serving.store, serving.worker_id, budget)
+        w.runtime = WorkerRuntime(w.models, serving.store, serving.worker_id, budget, w.statistics)
 
     def start(self, w: WorkController) -> None:
         w.app.worker_runtime = w.runtime

@@ -7,6 +7,7 @@ protocol to calls on these services and back.
   metadata, the configuration and its reload.
 - jobs (api.dataplane.jobs): validate and queue many samples as a job; its status, result, cancel.
 - readiness (api.dataplane.readiness): whether this api serves every model it must.
+- statistics (api.dataplane.statistics): per model version inference statistics, as Triton reports them.
 - admission (api.admission): draining, and the in-flight byte budget.
 """
 
@@ -19,6 +20,7 @@ from api.dataplane.inference import InferenceService
 from api.dataplane.jobs import JobService
 from api.dataplane.models import ModelRepository
 from api.dataplane.readiness import Readiness
+from api.dataplane.statistics import StatisticsService
 from tasks.link import RedisLink
 
 
@@ -30,5 +32,6 @@ class DataPlane:
     models: ModelRepository
     jobs: JobService
     readiness: Readiness
+    statistics: StatisticsService
     admission: Admission
     link: RedisLink

@@ -16,6 +16,11 @@ from tasks.dispatcher import Dispatcher
 from tasks.link import RedisLink
 from tasks.registry import RegistryView, Target
 
+# Client-given names quoted in an error message, and their characters: a message travels in a gRPC
+# trailer or an HTTP body, and must stay small whatever the request holds.
+NAMES_QUOTED = 10
+NAME_CHARS = 100
+
 
 class InferenceService:
     def __init__(
@@ -83,7 +88,9 @@ class InferenceService:
         if output_filter:
             unknown = [o for o in output_filter if o not in target.signature.outputs]
             if unknown:
-                raise InvalidArgument(f"Invalid output name - not found in model outputs: {', '.join(unknown)}")
+                named = ", ".join(f"{name:.{NAME_CHARS}}" for name in unknown[:NAMES_QUOTED])
+                more = f" and {len(unknown) - NAMES_QUOTED} more" if len(unknown) > NAMES_QUOTED else ""
+                raise InvalidArgument(f"Invalid output name - not found in model outputs: {named}{more}")
         request = InferenceRequest(
             name, target.version, arrays, list(output_filter or []) or None, deadline, pinned=bool(version)
         )

@@ -42,3 +42,9 @@ def precision_of(datatype: str) -> str:
 def datatype_of(precision: str) -> str:
     """The v2 datatype of a precision we serve."""
     return _DATATYPE_BY_PRECISION[precision]
+
+
+def config_data_type(precision: str) -> str:
+    """The name of a precision in a model configuration's DataType enum (TYPE_FP32; BYTES is TYPE_STRING)."""
+    datatype = datatype_of(precision)
+    return "TYPE_STRING" if datatype == BYTES else f"TYPE_{datatype}"

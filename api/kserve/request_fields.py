@@ -1,10 +1,11 @@
-"""Request fields both v2 frontends read the same way: the model version string and the `timeout`
-parameter (microseconds, as Triton reads it)."""
+"""Request fields both v2 frontends read the same way: the model version string, the request id, the
+parameters (their number, the `timeout` parameter in microseconds as Triton reads it, and the extensions'
+tensor parameters this server does not serve)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from api.versions import parse_version
@@ -12,6 +13,16 @@ from inference.errors import InvalidArgument
 
 TIMEOUT_PARAMETER = "timeout"
 MAX_TIMEOUT_US = 10**12  # 1e6 s: a longer deadline overflows the Redis expiry of the request's tensors
+MAX_ID_CHARS = 1024  # the id is echoed in the answer: far above a UUID or a trace id
+MAX_PARAMETERS = 64  # per request, input or output: none is needed beyond `timeout`; each costs a decode
+# Tensor parameters of protocol extensions this server does not serve, and why: refused rather than ignored,
+# since ignoring them would answer something else than was asked.
+UNSERVED_TENSOR_PARAMETERS = {
+    "shared_memory_region": "shared memory is not supported by this server: send the tensor in the request",
+    "shared_memory_byte_size": "shared memory is not supported by this server: send the tensor in the request",
+    "shared_memory_offset": "shared memory is not supported by this server: send the tensor in the request",
+    "classification": "the classification extension is not supported by this server: ask for the whole output",
+}
 
 
 def model_version(text: str | None) -> int | None:
@@ -29,3 +40,24 @@ def timeout_s(parameters: Mapping[str, Any]) -> float | None:
     if not 0 <= value <= MAX_TIMEOUT_US:
         raise InvalidArgument(f"Invalid '{TIMEOUT_PARAMETER}' parameter: {value} is outside 0..{MAX_TIMEOUT_US} µs")
     return value / 1e6 if value else None
+
+
+def request_id(text: str) -> str:
+    """The request id, echoed in the answer: at most MAX_ID_CHARS characters."""
+    if len(text) > MAX_ID_CHARS:
+        raise InvalidArgument(f"Invalid request id: {len(text)} characters, at most {MAX_ID_CHARS}")
+    return text
+
+
+def check_parameter_count(count: int, where: str) -> None:
+    """`where`: what carries the parameters, as a message names it ("the request", "input x")."""
+    if count > MAX_PARAMETERS:
+        raise InvalidArgument(f"Too many parameters in {where:.140}: {count}, at most {MAX_PARAMETERS}")
+
+
+def check_tensor_parameters(names: Iterable[str], where: str) -> None:
+    """Refuse the parameters of extensions this server does not serve ("input x", "output y")."""
+    for name in names:
+        reason = UNSERVED_TENSOR_PARAMETERS.get(name)
+        if reason is not None:
+            raise InvalidArgument(f"Invalid parameter '{name}' of {where:.140}: {reason}")

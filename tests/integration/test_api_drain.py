@@ -14,12 +14,18 @@ import pytest
 import requests
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from api.protos import grpc_service_pb2, grpc_service_pb2_grpc
 from tests.support.load import float_request
 from tests.support.stack import private_redis, start_ovms, wait_for_workers
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
 REQUEST = float_request("versioned", "x", np.ones((1, 4)))
+V2_REQUEST = grpc_service_pb2.ModelInferRequest(
+    model_name="versioned",
+    inputs=[grpc_service_pb2.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4])],
+    raw_input_contents=[np.ones((1, 4), np.float32).tobytes()],
+)
 
 
 def test_sigterm_api_drains_in_flight_requests_then_exits(small_config: Path, redis_url: str):
@@ -43,6 +49,12 @@ def test_sigterm_api_drains_in_flight_requests_then_exits(small_config: Path, re
         assert ready.status_code == 503 and ready.json()["ready"] is False
         with pytest.raises(grpc.RpcError) as refused:
             stub.Predict(REQUEST, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in refused.value.details()
+        v2 = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)  # KServe v2 on the same port, the same way
+        assert not v2.ServerReady(grpc_service_pb2.ServerReadyRequest(), timeout=5).ready
+        with pytest.raises(grpc.RpcError) as refused:
+            v2.ModelInfer(V2_REQUEST, timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in refused.value.details()
         body = {"instances": [[1, 2, 3, 4]]}

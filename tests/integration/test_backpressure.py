@@ -16,6 +16,7 @@ import requests
 from ovmsclient.tfs_compat.protos.tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from api.protos import grpc_service_pb2, grpc_service_pb2_grpc
 from tests.support.stack import private_redis, start_ovms
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
@@ -45,6 +46,13 @@ def _grpc_request() -> predict_pb2.PredictRequest:
     return request
 
 
+def _v2_request() -> grpc_service_pb2.ModelInferRequest:
+    request = grpc_service_pb2.ModelInferRequest(model_name="small")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    request.raw_input_contents.append(np.ones((1, 4), np.float32).tobytes())
+    return request
+
+
 def test_a_full_queue_refuses_at_once_and_the_accepted_requests_complete(stack):
     api, worker = stack
     assert requests.post(f"{api.rest_url}/v1/models/small:predict", json={"instances": [[1] * 4]}, timeout=10).ok
@@ -61,9 +69,12 @@ def test_a_full_queue_refuses_at_once_and_the_accepted_requests_complete(stack):
         time.sleep(1.5)
         with grpc.insecure_channel(api.grpc_address) as channel, pytest.raises(grpc.RpcError) as refused:
             prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_grpc_request(), timeout=10)
+        with grpc.insecure_channel(api.grpc_address) as channel, pytest.raises(grpc.RpcError) as refused_v2:
+            grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_v2_request(), timeout=10)
         worker.signal(signal.SIGCONT)
         outcomes = [future.result(timeout=60) for future in pending]
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused_v2.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # as TF Serving's (Triton: UNAVAILABLE)
     refusals = [outcome for outcome in outcomes if outcome[0] == 429]
     assert refusals and all(retry == "1" and took < 1.0 for _, retry, took in refusals)
     assert {status for status, _, _ in outcomes} <= {200, 429}, "every request is answered or refused"

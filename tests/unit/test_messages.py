@@ -46,7 +46,9 @@ def _json(message: Message) -> dict[str, Any]:
 def _envelope() -> tuple[PredictEnvelope, bytes]:
     requests = [
         InferenceRequest("m", 2, {"x": np.ones((1, 4), np.float32)}, None, 100.0, "t.0"),
-        InferenceRequest("m", 2, {"x": np.zeros((2, 4), np.float32)}, ["y"], 105.0, "t.1", pinned=False),
+        InferenceRequest(
+            "m", 2, {"x": np.zeros((2, 4), np.float32)}, ["y"], 105.0, "t.1", pinned=False, queued_at=99.5
+        ),
         InferenceRequest("m", 2, {"x": np.ones((3, 4), np.float32)}, None, 101.0, "t.2", any_batch=True),
     ]
     envelope, parts = pack_requests(requests, {"x": "FP32"})
@@ -83,10 +85,10 @@ def test_an_envelope_round_trips_through_json_with_every_request_field() -> None
     assert wire["deadline"] == 105.0  # the latest request's
     assert PredictEnvelope.from_wire(wire) == envelope
     requests = unpack_requests(PredictEnvelope.from_wire(wire), payload)
-    assert [(r.request_id, r.output_filter, r.deadline, r.pinned, r.any_batch) for r in requests] == [
-        ("t.0", None, 100.0, True, False),
-        ("t.1", ["y"], 105.0, False, False),
-        ("t.2", None, 101.0, True, True),
+    assert [(r.request_id, r.output_filter, r.deadline, r.pinned, r.any_batch, r.queued_at) for r in requests] == [
+        ("t.0", None, 100.0, True, False, 0.0),
+        ("t.1", ["y"], 105.0, False, False, 99.5),
+        ("t.2", None, 101.0, True, True, 0.0),
     ]
     assert [r.inputs["x"].shape for r in requests] == [(1, 4), (2, 4), (3, 4)]
     assert envelope.payload_size == len(payload) == 6 * 16
@@ -103,6 +105,7 @@ def test_the_envelope_keeps_its_wire_keys() -> None:
         "deadline": 105.0,
         "pinned": False,
         "any_batch": False,
+        "queued": 99.5,
     }
 
 

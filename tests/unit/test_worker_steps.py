@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import redis
 from celery.bootsteps import TERMINATE
@@ -17,10 +19,13 @@ from celery.worker import WorkController, state
 from celery.worker.components import Consumer, Pool
 
 from inference.errors import NotFound
+from inference.request import InferenceRequest
 from ovms.settings import parse_command_line
 from tasks.app import ServingApp, app, configure
 from tasks.broker import EmbeddedRedis
-from tasks.routing import worker_key
+from tasks.messages import pack_requests
+from tasks.routing import payload_key, worker_key
+from tasks.statistics import read_totals
 from tasks.worker_steps import SERVING_STEPS, ModelManagement, ServingOptions
 
 WORKER_ID = "CPU-test-1-abc"
@@ -77,10 +82,17 @@ def test_a_warm_shutdown_withdraws_the_worker_after_its_parts_stopped(
 ) -> None:
     feeders = [thread for thread in threading.enumerate() if thread.name.startswith("jobs-")]
     assert feeders, "a job feeder runs for the model's queue"
+    client = redis.Redis.from_url(broker.url)
+    envelope, payload = pack_requests(
+        [InferenceRequest("versioned", 2, {"x": np.ones((3, 4), np.float32)}, deadline=time.time() + 30)], {"x": "FP32"}
+    )
+    client.set(payload_key("t"), b"".join(payload))
+    worker.runtime.serve("t", envelope)
     state.should_stop = 0  # what Celery's SIGTERM handler sets
     assert worker.blueprint.shutdown_complete.wait(STOP_TIMEOUT_S)
     assert worker.blueprint.state == TERMINATE
-    assert redis.Redis.from_url(broker.url).get(worker_key(WORKER_ID)) is None
+    assert client.get(worker_key(WORKER_ID)) is None
+    assert read_totals(client, [("versioned", 2)])[0].inference_count == 3  # flushed at the latest on the way out
     assert serving_app.worker_runtime is None
     assert not any(thread.is_alive() for thread in feeders)
     batcher = worker.models.get("versioned", 2)

@@ -1,0 +1,150 @@
+"""Inference statistics, per model version, as Triton's statistics extension reports them: counted in a
+worker's memory as it serves (a few additions under a lock per request and per batch, never a Redis call),
+and taken from it by whoever publishes them (tasks.statistics adds them to cluster-wide totals in Redis).
+
+Per request: success or failure with its duration, its rows (inference_count), its time queued, and the
+compute times of the batch that served it (each request of a batch is credited with the batch's, as Triton
+does). Per batch (one OpenVINO inference): execution_count, the last inference's time, and the compute
+times by batch size.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, fields
+
+# Distinct batch sizes counted per model version. Batch sizes are bounded by max_batch_size, but a request
+# larger than it runs alone as a batch of its own size (and job chunks have theirs): a client sending every
+# size would otherwise grow the counts without bound. Beyond it, an execution still counts in
+# execution_count, without a batch_stats row.
+MAX_BATCH_SIZES = 256
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One OpenVINO inference of a batch, as the batcher timed it (nanoseconds)."""
+
+    rows: int
+    compute_input_ns: int  # joining the requests' inputs and handing them to OpenVINO
+    compute_infer_ns: int  # the inference, OpenVINO's copy of its outputs included
+    compute_output_ns: int  # cutting the outputs into each request's rows
+
+
+@dataclass
+class BatchCounts:
+    """The executions of one batch size."""
+
+    count: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+
+    def add(self, other: BatchCounts) -> None:
+        for name in BATCH_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class VersionCounts:
+    """The counts of one model version: a worker's since it last published them, or the cluster's totals.
+    The queue and compute durations are those of the successful requests (their count is success_count)."""
+
+    inference_count: int = 0  # rows of successful requests
+    execution_count: int = 0  # OpenVINO inferences that succeeded
+    last_inference_ms: int = 0  # of the latest of them, milliseconds since the epoch
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+    batches: dict[int, BatchCounts] = field(default_factory=dict)  # by batch size
+
+    def add(self, other: VersionCounts) -> None:
+        """Add `other`'s counts to these (the batch sizes beyond MAX_BATCH_SIZES left out)."""
+        for name in SCALAR_FIELDS:
+            if name != "last_inference_ms":
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.last_inference_ms = max(self.last_inference_ms, other.last_inference_ms)
+        for size, counts in other.batches.items():
+            batch = self._batch(size)
+            if batch is not None:
+                batch.add(counts)
+
+    def executed(self, execution: Execution) -> None:
+        self.execution_count += 1
+        self.last_inference_ms = max(self.last_inference_ms, int(time.time() * 1000))
+        batch = self._batch(execution.rows)
+        if batch is not None:
+            batch.add(
+                BatchCounts(1, execution.compute_input_ns, execution.compute_infer_ns, execution.compute_output_ns)
+            )
+
+    def _batch(self, size: int) -> BatchCounts | None:
+        batch = self.batches.get(size)
+        if batch is None and len(self.batches) < MAX_BATCH_SIZES:
+            batch = self.batches[size] = BatchCounts()
+        return batch
+
+
+SCALAR_FIELDS = tuple(f.name for f in fields(VersionCounts) if f.name != "batches")
+BATCH_FIELDS = tuple(f.name for f in fields(BatchCounts))
+
+VersionKey = tuple[str, int]  # (model, version)
+
+
+class InferenceStatistics:
+    """One worker's counts per model version since they were last taken. Thread-safe: the batcher threads,
+    the predict threads and the publisher share it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[VersionKey, VersionCounts] = {}
+
+    def executed(self, model: str, version: int, execution: Execution) -> None:
+        """One successful OpenVINO inference of a batch."""
+        with self._lock:
+            self._of(model, version).executed(execution)
+
+    def succeeded(
+        self, model: str, version: int, rows: int, queue_ns: int, request_ns: int, execution: Execution
+    ) -> None:
+        """One request answered: `rows` of its own, `queue_ns` waited before its batch's compute began,
+        `request_ns` from being queued to its answer, computed in `execution`."""
+        with self._lock:
+            counts = self._of(model, version)
+            counts.inference_count += rows
+            counts.success_count += 1
+            counts.success_ns += request_ns
+            counts.queue_ns += queue_ns
+            counts.compute_input_ns += execution.compute_input_ns
+            counts.compute_infer_ns += execution.compute_infer_ns
+            counts.compute_output_ns += execution.compute_output_ns
+
+    def failed(self, model: str, version: int, request_ns: int) -> None:
+        """One request failed, `request_ns` after it was queued."""
+        with self._lock:
+            counts = self._of(model, version)
+            counts.fail_count += 1
+            counts.fail_ns += request_ns
+
+    def take(self) -> dict[VersionKey, VersionCounts]:
+        """The counts since the last take, per model version; counting starts again from zero."""
+        with self._lock:
+            taken, self._counts = self._counts, {}
+            return taken
+
+    def give_back(self, taken: dict[VersionKey, VersionCounts]) -> None:
+        """Counts that could not be published: they are added to the next take."""
+        with self._lock:
+            for key, counts in taken.items():
+                self._of(*key).add(counts)
+
+    def _of(self, model: str, version: int) -> VersionCounts:
+        counts = self._counts.get((model, version))
+        if counts is None:
+            counts = self._counts[model, version] = VersionCounts()
+        return counts
