@@ -27,6 +27,8 @@ import requests
 from ovmsclient.tfs_compat.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from api.protos import grpc_service_pb2 as v2
+from api.protos import grpc_service_pb2_grpc
 from inference.bytes_tensors import bytes_array
 from inference.request import InferenceRequest
 from tasks.app import app, configure
@@ -158,6 +160,25 @@ def test_the_official_shapes_n_and_n_by_1_and_a_scalar_are_n_images(server, stub
     request = predict_pb2.PredictRequest(inputs={"image": strings(data, shape=())})
     request.model_spec.name = "image_u8"
     assert [d.size for d in stub.Predict(request, timeout=30).outputs["pixels"].tensor_shape.dim] == [1, 32, 48, 3]
+
+
+def test_kserve_v2_grpc_bytes_are_images_too(server) -> None:
+    """The KServe v2 frontend hands the same BYTES tensor to the data plane: a batch of JPEGs in Triton's
+    raw serialization (4-byte little-endian length, then the bytes) or in bytes_contents."""
+    encoded = [images.jpeg(CHINA, 48, 32), images.png(PHOTOS["flower"], 640, 427)]
+    expected = np.stack([images.resized(images.decoded(data), 48, 32) for data in encoded])
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for raw in (True, False):
+            request = v2.ModelInferRequest(model_name="image_u8")
+            tensor = request.inputs.add(name="image", datatype="BYTES", shape=[len(encoded)])
+            if raw:
+                request.raw_input_contents.append(b"".join(len(d).to_bytes(4, "little") + d for d in encoded))
+            else:
+                tensor.contents.bytes_contents.extend(encoded)
+            response = stub.ModelInfer(request, timeout=60)
+            pixels = np.frombuffer(response.raw_output_contents[0], np.uint8).reshape(tuple(response.outputs[0].shape))
+            np.testing.assert_array_equal(pixels, expected)
 
 
 # --------------------------------------------------------------------------- batches
