@@ -14,8 +14,15 @@ Only the worker imports this module: the api reads image headers only (inference
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+
+from inference.images import MAX_IMAGE_PIXELS, ImageBatch, image_batch
+
+# OpenCV refuses beyond this many pixels whatever the bytes (its own limit, 2^30 = 3 GB decoded, is read
+# once, when it loads): a second bound, should an image's header ever be read otherwise than its decoder reads it.
+os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(MAX_IMAGE_PIXELS)
 
 import cv2
 import numpy as np
@@ -23,7 +30,6 @@ import numpy as np
 from inference import dtypes
 from inference.bytes_tensors import is_bytes_array
 from inference.errors import DeadlineExceeded, InvalidArgument
-from inference.images import ImageBatch, image_batch
 from inference.layouts import NHWC
 from inference.request import Tensors
 from inference.signature import ModelSignature

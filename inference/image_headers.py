@@ -3,6 +3,9 @@
 Read before anything is decoded — on the api, so that a request is refused before it is queued, and on
 the worker again before it allocates — in microseconds: a PNG's size is in its first chunk (IHDR), a
 JPEG's in its frame header (SOFn), reached by hopping over the segments before it by their lengths.
+The walk must find the frame header libjpeg decodes: where libjpeg would skip bytes looking for a marker
+(anything but FF before one, a stuffed zero FF 00), the JPEG is refused, since libjpeg could find another
+frame header there than the one checked (a 600-byte JPEG read as 8x8 decoding to 20,000x20,000).
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 # Segments a JPEG may have before its frame header (APPn, DQT, DHT, COM, ...): real files have a few tens;
 # a file made of millions of empty segments would cost the api seconds to walk.
 MAX_JPEG_SEGMENTS = 512
+# Scans (SOS markers) a JPEG may have: each costs libjpeg a pass over every block of the image, whatever its
+# bytes (a repeated progressive scan of 4096x4096 takes 56 bytes and 17 ms to decode); libjpeg's progressive
+# JPEGs have 10 or fewer. Counted over the whole file (FF DA cannot occur in entropy-coded data; in a
+# metadata segment it may, and is counted too), at C speed: about 0.1 ms a MB.
+MAX_JPEG_SCANS = 100
 # SOF0..SOF15 are frame headers, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0..7: no length follows
@@ -45,7 +53,11 @@ def read_header(data: bytes | memoryview) -> ImageHeader:
     if bytes(data[:8]) == PNG_SIGNATURE:
         return _png(data)
     if bytes(data[:3]) == JPEG_SIGNATURE:
-        return _jpeg(data)
+        header = _jpeg(data)
+        scans = bytes(data).count(b"\xff\xda") if isinstance(data, memoryview) else data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageHeaderError(f"JPEG of {scans} scans; at most {MAX_JPEG_SCANS} are decoded")
+        return header
     raise ImageHeaderError(f"neither JPEG nor PNG (starts with {bytes(data[:8]).hex() or 'nothing'})")
 
 
@@ -70,6 +82,8 @@ def _jpeg(data: bytes | memoryview) -> ImageHeader:
             break
         marker = data[position]
         position += 1
+        if marker == 0x00:
+            raise ImageHeaderError("JPEG with a stuffed zero (FF 00) where a segment marker should be")
         if marker in _JPEG_STANDALONE:
             continue
         if marker in (0xD9, 0xDA):

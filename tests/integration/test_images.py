@@ -330,6 +330,11 @@ HOSTILE = {
     "empty": (b"", "Invalid image - image 0 is empty"),
     "png of 100000x100000": (images.png_claiming(100_000, 100_000), "a PNG of 100000x100000 pixels; at most"),
     "jpeg of 65000x65000": (images.jpeg_claiming(images.jpeg(CHINA), 65_000, 65_000), "JPEG of 65000x65000 pixels"),
+    "jpeg hiding an 8000x8000 frame behind FF 00": (
+        images.jpeg_hiding_its_frame(images.jpeg(CHINA, 48, 32), 8000, 8000),
+        "JPEG with a stuffed zero (FF 00) where a segment marker should be",
+    ),
+    "progressive jpeg of 1000 scans": (images.jpeg_of_many_scans(2048, 2048, 1000), "JPEG of 1000 scans; at most 100"),
     "png chunk claiming 100 MB": (
         images.png_with_chunk(CLEAN, b"\x05\xf5\xe1\x00zTXt" + bytes(64)),
         "cannot be decoded (truncated or corrupt)",

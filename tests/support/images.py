@@ -114,3 +114,44 @@ def jpeg_claiming(data: bytes, width: int, height: int) -> bytes:
 def solid(blue: int, green: int, red: int, width: int = 48, height: int = 32) -> np.ndarray:
     """A BGR image of one colour."""
     return np.tile(np.array([blue, green, red], np.uint8), (height, width, 1))
+
+
+def _jpeg_segments(data: bytes) -> tuple[list[bytes], bytes]:
+    """A JPEG's segments after SOI up to its first scan (each with its marker and length), and the rest."""
+    position, segments = 2, []
+    while data[position + 1] != 0xDA:
+        (length,) = struct.unpack(">H", data[position + 2 : position + 4])
+        segments.append(data[position : position + 2 + length])
+        position += 2 + length
+    return segments, data[position:]
+
+
+def jpeg_hiding_its_frame(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG that libjpeg decodes at `width` x `height` while a reader taking FF 00 for a segment sees 8x8:
+    libjpeg skips FF 00 (a stuffed zero) and the bytes after it up to the next FF, the real frame header;
+    the 'segment' FF 00's two bytes after it claim hops past that, onto an 8x8 frame header kept in a comment."""
+    segments, rest = _jpeg_segments(data)
+    frame = next(segment for segment in segments if segment[1] == 0xC0)
+    real = b"".join(
+        segment[:5] + struct.pack(">HH", height, width) + segment[9:] if segment is frame else segment
+        for segment in segments
+    )
+    comment = b"\xff\xfe" + struct.pack(">H", len(frame) + 2) + frame[:5] + struct.pack(">HH", 8, 8) + frame[9:]
+    hop = 2 + 1 + len(real) + 4  # from the 'length' to the frame header inside the comment
+    return b"\xff\xd8\xff\x00" + struct.pack(">H", hop) + b"\x00" + real + comment + rest
+
+
+def jpeg_of_many_scans(width: int, height: int, scans: int) -> bytes:
+    """A black progressive JPEG whose last scan is repeated until it has `scans`: each costs libjpeg a pass
+    over every block, a few bytes each."""
+    segments, rest = _jpeg_segments(pillow(np.zeros((height, width), np.uint8), "L", "JPEG", progressive=True))
+    position, parts = 0, []
+    while rest[position + 1] != 0xD9:  # split the scans: each is its segment, its entropy-coded data
+        end = rest.index(b"\xff", position + 2 + struct.unpack(">H", rest[position + 2 : position + 4])[0])
+        while rest[end + 1] == 0 or 0xD0 <= rest[end + 1] <= 0xD7:
+            end = rest.index(b"\xff", end + 2)
+        parts.append(rest[position:end])
+        position = end
+    header_and_scans = b"".join(segments) + b"".join(parts)
+    repeated = header_and_scans + parts[-1] * (scans - sum(part[1] == 0xDA for part in parts))
+    return b"\xff\xd8" + repeated + b"\xff\xd9"

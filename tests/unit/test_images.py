@@ -3,6 +3,9 @@ the settings, the model file, the shape), the checks before decoding, and the de
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import pytest
 from inference import bytes_tensors
 from inference.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from inference.image_decoder import decode_batch, decode_images
-from inference.image_headers import MAX_JPEG_SEGMENTS, ImageHeader, ImageHeaderError, read_header
+from inference.image_headers import MAX_JPEG_SCANS, MAX_JPEG_SEGMENTS, ImageHeader, ImageHeaderError, read_header
 from inference.images import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_IMAGES, MIN_PIXEL_CAP, image_batch
 from inference.layouts import NCHW, NHWC, image_layout
 from inference.model import CompiledVersion
@@ -70,6 +73,8 @@ def test_the_header_gives_format_and_size(data: bytes, expected: ImageHeader) ->
         (b"\xff\xd8\xff\xe0\x00\x00" + bytes(10), "JPEG segment of impossible length 0"),
         (b"\xff\xd8\xff\xe0\x00\x04ab\x12\x34" + bytes(10), "bytes where a segment marker should be"),
         (b"\xff\xd8" + b"\xff\xfe\x00\x02" * 100_000, f"more than {MAX_JPEG_SEGMENTS} segments"),
+        (images.jpeg_hiding_its_frame(images.jpeg(CHINA, 48, 32), 20_000, 20_000), "stuffed zero (FF 00) where"),
+        (images.jpeg_of_many_scans(64, 64, MAX_JPEG_SCANS + 1), f"JPEG of 101 scans; at most {MAX_JPEG_SCANS}"),
     ],
 )
 def test_a_header_that_cannot_be_read_says_why(data: bytes, message: str) -> None:
@@ -377,6 +382,30 @@ def test_a_jpeg_lying_about_its_size_decodes_at_the_size_it_claims(width: int, h
     """Its data holds 640x427: what is decoded is bounded by the header that was checked, never beyond."""
     data = images.jpeg_claiming(images.jpeg(CHINA), width, height)
     assert decode_batch(batch_of(ANY_SIZE, data), time.time() + 10).shape == (1, 3, height, width)
+
+
+def test_a_progressive_jpeg_of_as_many_scans_as_allowed_decodes() -> None:
+    data = images.jpeg_of_many_scans(64, 64, MAX_JPEG_SCANS)
+    assert read_header(data) == ImageHeader("JPEG", 64, 64)
+    assert decode_batch(batch_of(ANY_SIZE, data), time.time() + 10).shape == (1, 3, 64, 64)
+
+
+def test_opencv_in_a_process_decoding_images_refuses_more_pixels_than_any_header_may_claim() -> None:
+    """A second bound, should a header ever be read otherwise than OpenCV reads it: this test process loaded
+    OpenCV before the decoder could set its limit, so a fresh one is asked."""
+    side = math.isqrt(MAX_IMAGE_PIXELS) + 1
+    probe = (
+        "import sys, numpy as np, inference.image_decoder as d;"
+        "print(d.cv2.imdecode(np.frombuffer(sys.stdin.buffer.read(), np.uint8), d.cv2.IMREAD_COLOR) is None)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        input=images.jpeg_claiming(images.jpeg(CHINA), side, side),
+        capture_output=True,
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+    )
+    assert b"pixels <= CV_IO_MAX_IMAGE_PIXELS" in done.stderr, done.stderr[-500:]
 
 
 def test_decoding_stops_at_the_deadline() -> None:
