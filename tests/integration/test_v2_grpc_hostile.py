@@ -76,8 +76,9 @@ def channel(api: OvmsProcess) -> Iterator[grpc.Channel]:
     "contents from the wire bytes first (api/grpc_server.py registers the generated one)",
 )
 def test_typed_contents_cannot_make_the_api_hold_many_times_the_message(api: OvmsProcess, channel) -> None:
-    """32 MB of int64 zeros for an input of one element: refused (whatever the reason), and the api never held much more than the
-    message (it held ~25x: 8x parsed by gRPC with arena doubling, 8x more decoded before the shape check)."""
+    """32 MB of int64 zeros for an input of one element: refused (whatever the reason), and the api never held
+    much more than the message (it held ~25x: 8x parsed by gRPC with arena doubling, 8x more decoded before
+    the shape check)."""
     count = 32 << 20
     message = int64_zeros_request("resnet", count)
     infer = channel.unary_unary(MODEL_INFER, response_deserializer=pb.ModelInferResponse.FromString)
