@@ -1,5 +1,6 @@
-"""What a hostile KServe v2 gRPC client can make an api process spend: typed contents that take many times
-their wire size once parsed. An api process of the module's own, so that its memory is its own."""
+"""What a hostile gRPC client can make an api process spend: typed tensor values (KServe v2 `contents`, TF
+Serving `int64_val`) that take many times their wire size once parsed. An api process of the module's own,
+so that its memory is its own."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import grpc
 import pytest
 
 from api.protos import grpc_service_pb2 as pb
+from api.protos import serving_pb2, tensorflow_pb2
 from tests.support.leaks import rss_bytes
 from tests.support.stack import OvmsProcess
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
 TIMEOUT_S = 60
 PARSED_GROWTH_FACTOR = 4  # of the message's size: the wire bytes, gRPC's copies of them, the parsed message
 
@@ -39,6 +42,22 @@ def int64_zeros_request(model: str, count: int) -> bytes:
     tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="INT64", shape=[1]).SerializeToString()
     tensor += _length_delimited(5, contents)  # InferInputTensor.contents
     return pb.ModelInferRequest(model_name=model).SerializeToString() + _length_delimited(5, tensor)
+
+
+def predict_int64_zeros_request(model: str, count: int) -> bytes:
+    """The same as a TF Serving PredictRequest: input `x` of shape [1] with `count` zeros in int64_val."""
+    shape = tensorflow_pb2.TensorShapeProto(dim=[tensorflow_pb2.TensorShapeProto.Dim(size=1)])
+    tensor = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_INT64, tensor_shape=shape).SerializeToString()
+    tensor += _length_delimited(10, bytes(count))  # TensorProto.int64_val, packed
+    entry = _length_delimited(1, b"x") + _length_delimited(2, tensor)  # a map<string, TensorProto> entry
+    spec = serving_pb2.PredictRequest(model_spec=serving_pb2.ModelSpec(name=model)).SerializeToString()
+    return spec + _length_delimited(2, entry)
+
+
+FRONTENDS = {
+    "v2": (MODEL_INFER, int64_zeros_request, pb.ModelInferResponse.FromString),
+    "tfs": (PREDICT, predict_int64_zeros_request, serving_pb2.PredictResponse.FromString),
+}
 
 
 class PeakRss(threading.Thread):
@@ -71,17 +90,19 @@ def channel(api: OvmsProcess) -> Iterator[grpc.Channel]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="gRPC parses a ModelInferRequest (on the event loop, before admission) into 8 bytes per typed "
-    "int64 element however short its varint; fix: a request_deserializer for ModelInfer that sizes typed "
-    "contents from the wire bytes first (api/grpc_server.py registers the generated one)",
+    reason="gRPC parses a request (on the event loop, before admission) into 8 bytes per typed int64 element "
+    "however short its varint; fix: request deserializers for ModelInfer and Predict that size typed values "
+    "from the wire bytes first (api/grpc_server.py registers the generated ones)",
 )
-def test_typed_contents_cannot_make_the_api_hold_many_times_the_message(api: OvmsProcess, channel) -> None:
+@pytest.mark.parametrize("frontend", FRONTENDS)
+def test_typed_values_cannot_make_the_api_hold_many_times_the_message(api: OvmsProcess, channel, frontend: str) -> None:
     """32 MB of int64 zeros for an input of one element: refused (whatever the reason), and the api never held
     much more than the message (it held ~25x: 8x parsed by gRPC with arena doubling, 8x more decoded before
     the shape check)."""
     count = 32 << 20
-    message = int64_zeros_request("resnet", count)
-    infer = channel.unary_unary(MODEL_INFER, response_deserializer=pb.ModelInferResponse.FromString)
+    path, build, response = FRONTENDS[frontend]
+    message = build("resnet", count)
+    infer = channel.unary_unary(path, response_deserializer=response)
     before = rss_bytes(api.process.pid)
     with PeakRss(api.process.pid) as rss, pytest.raises(grpc.RpcError):  # no worker here: the model is unknown
         infer(message, timeout=TIMEOUT_S)
