@@ -269,6 +269,14 @@ class _HeldBytes:
         self.total = payload
 
     def reserve(self, nbytes: int) -> None:
+        """Images that alone decode to more than the whole budget are refused (a few hundred KB of JPEG can
+        claim a GiB): the budget's rule that a holder alone is always admitted is for tensors, whose size
+        the api's --max_request_mb bounds. A job's chunk is run anyway, as its payload is."""
+        if self._refuse and nbytes > self._budget.limit_bytes:
+            raise InvalidArgument(
+                f"Invalid input - the images decode to {nbytes / 2**20:.1f} MiB, more than this worker holds for "
+                f"all its requests ({self._budget.limit_bytes / 2**20:.1f} MiB, --worker_max_inflight_mb)"
+            )
         self._budget.reserve(nbytes, refuse=self._refuse, already_mine=self.total)
         self.total += nbytes
 

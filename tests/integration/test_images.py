@@ -409,3 +409,21 @@ def test_rest_b64_raw_reads_b64_as_raw_bytes_while_grpc_strings_stay_images(mode
     data = images.png(CHINA, 48, 32)
     served = ovmsclient.make_grpc_client(stack.grpc_address).predict({"image": data}, "pixels")
     np.testing.assert_array_equal(served[0], images.decoded(data))
+
+
+# --------------------------------------------------------------------------- decoded size against the worker's budget
+
+
+def test_images_decoding_beyond_the_workers_whole_budget_are_refused_not_decoded(models_dir, launch) -> None:
+    """Three black 3000 x 3000 JPEGs are ~150 KB on the wire and 324 MB decoded as FP32: beyond a 64 MiB
+    worker budget, they are refused (a holder alone is admitted only for tensors the api has bounded)."""
+    stack = launch(
+        "--model_name", "mean", "--model_path", str(models_dir / "image_mean"), "--worker_max_inflight_mb", "64"
+    )  # fmt: skip
+    black = images.jpeg(images.solid(0, 0, 0, 3000, 3000))
+    client = ovmsclient.make_grpc_client(stack.grpc_address)
+    with pytest.raises(ovmsclient.tfs_compat.base.errors.InvalidInputError) as refused:
+        client.predict({"image": [black] * 3}, "mean")
+    assert "more than this worker holds for all its requests" in str(refused.value)
+    small = images.jpeg(images.solid(10, 20, 30, 64, 64))
+    np.testing.assert_allclose(client.predict({"image": [small]}, "mean"), [[10, 20, 30]], atol=2)
