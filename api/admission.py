@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from inference.bytes_tensors import payload_nbytes
 from inference.errors import Unavailable
 from inference.validation import RequestTensor
 from tasks.budget import ByteBudget
@@ -70,6 +71,10 @@ class Admission:
 def request_bytes(inputs: dict[str, RequestTensor]) -> int:
     """The tensor bytes a request holds in the api, as sent (raw content) or as decoded (JSON values)."""
     return sum(
-        len(tensor.content) if tensor.content is not None else tensor.values.nbytes if tensor.values is not None else 0
+        len(tensor.content)
+        if tensor.content is not None
+        else payload_nbytes(tensor.values)
+        if tensor.values is not None
+        else 0
         for tensor in inputs.values()
     )

@@ -6,17 +6,24 @@ import numpy as np
 
 from api.protos import tensorflow_pb2
 from inference import dtypes
+from inference.bytes_tensors import BYTES, bytes_array
 from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
 
 _STATE_CODES = {"OK": 0, "UNKNOWN": 2, "UNAVAILABLE": 14}
 _WIDE_TYPES = {"int_val": np.int64, "half_val": np.int64, "int64_val": np.int64, "uint32_val": np.uint64}
+DT_STRING = 7
 
 
 def tensor_from_proto(proto: tensorflow_pb2.TensorProto) -> RequestTensor:
-    """The client's tensor as sent: raw tensor_content, or the typed *_val field of its dtype."""
+    """The client's tensor as sent: raw tensor_content, or the typed *_val field of its dtype; a DT_STRING
+    tensor's string_val elements are encoded images (as OVMS reads them), a BYTES tensor."""
     shape = tuple(dim.size for dim in proto.tensor_shape.dim)
+    if proto.dtype == DT_STRING:
+        if proto.tensor_content:
+            raise InvalidArgument("Invalid tensor proto - DT_STRING elements go in string_val, not tensor_content")
+        return RequestTensor(BYTES, shape, values=bytes_array(proto.string_val))
     precision = dtypes.BY_TF_ENUM.get(proto.dtype)
     content = proto.tensor_content  # each read of a bytes field is a new copy: read it once
     if precision is None:

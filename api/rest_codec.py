@@ -1,4 +1,10 @@
-"""TensorFlow Serving REST JSON (row and columnar, named and unnamed, b64) <-> internal tensors."""
+"""TensorFlow Serving REST JSON (row and columnar, named and unnamed, b64) <-> internal tensors.
+
+`{"b64": ...}` is read as OVMS reads it on an input that takes images (4-D, layout NHWC or NCHW: see
+inference.images.takes_images): one encoded image (JPEG, PNG) per value, N values making a BYTES tensor
+of shape (N,). On every other input — and on image inputs of a model whose `rest_b64` setting is "raw" —
+it is the raw little-endian bytes of the input's element type, as before images were served.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,11 @@ from typing import Any
 import numpy as np
 
 from inference import dtypes
+from inference.bytes_tensors import BYTES, bytes_array
 from inference.errors import InvalidArgument
-from inference.signature import DYNAMIC, ModelSignature, TensorSpec
+from inference.image_headers import JPEG_SIGNATURE, PNG_SIGNATURE
+from inference.images import takes_images
+from inference.signature import DYNAMIC, ModelSignature, TensorSpec, format_shape
 from inference.validation import RequestTensor
 
 ROW, COLUMN = "row", "column"
@@ -42,17 +51,18 @@ def _parse_rows(instances: Any, signature: ModelSignature) -> dict[str, RequestT
         if any(row.keys() != names for row in instances):
             raise InvalidArgument("Invalid JSON structure. Every instance must name the same inputs")
         return {
-            name: _tensor([row[name] for row in instances], _spec(signature, name), per_instance=True) for name in names
+            name: _tensor([row[name] for row in instances], signature, _spec(signature, name), per_instance=True)
+            for name in names
         }
     spec = _only_input(signature)
-    return {spec.name: _tensor(instances, spec, per_instance=True)}
+    return {spec.name: _tensor(instances, signature, spec, per_instance=True)}
 
 
 def _parse_columns(inputs: Any, signature: ModelSignature) -> dict[str, RequestTensor]:
     if isinstance(inputs, dict) and not _is_b64(inputs):
-        return {name: _tensor(value, _spec(signature, name), per_instance=False) for name, value in inputs.items()}
+        return {name: _tensor(value, signature, _spec(signature, name), False) for name, value in inputs.items()}
     spec = _only_input(signature)
-    return {spec.name: _tensor(inputs, spec, per_instance=False)}
+    return {spec.name: _tensor(inputs, signature, spec, per_instance=False)}
 
 
 def _spec(signature: ModelSignature, name: str) -> TensorSpec | None:
@@ -63,8 +73,13 @@ def _is_b64(value: Any) -> bool:
     return isinstance(value, dict) and set(value) == {"b64"}
 
 
-def _tensor(value: Any, spec: TensorSpec | None, per_instance: bool) -> RequestTensor:
-    """Numbers become an array of the model's type; {"b64": ...} becomes raw bytes of that type."""
+def _tensor(value: Any, signature: ModelSignature, spec: TensorSpec | None, per_instance: bool) -> RequestTensor:
+    """Numbers become an array of the model's type; {"b64": ...} an encoded image on an image input, else
+    raw bytes of that type."""
+    if spec is not None and not signature.raw_b64 and takes_images(spec):
+        images = _b64_images(value, spec)
+        if images is not None:
+            return RequestTensor(BYTES, (len(images),), values=bytes_array(images))
     if per_instance and isinstance(value, list) and value and all(_is_b64(v) for v in value):
         rows = [_b64_array(v, spec, per_instance=True) for v in value]
         if any(row.shape != rows[0].shape for row in rows):
@@ -83,16 +98,39 @@ def _tensor(value: Any, spec: TensorSpec | None, per_instance: bool) -> RequestT
     return RequestTensor(None, array.shape, values=array)
 
 
+def _b64_images(value: Any, spec: TensorSpec) -> list[bytes] | None:
+    """The images of one {"b64": ...} or a non-empty list of them; None if `value` is neither."""
+    if _is_b64(value):
+        values = [value]
+    elif isinstance(value, list) and value and all(_is_b64(v) for v in value):
+        values = value
+    else:
+        return None
+    images = [_b64_decode(v) for v in values]
+    if not all(image.startswith((JPEG_SIGNATURE, PNG_SIGNATURE)) for image in images):
+        raise InvalidArgument(
+            f"Invalid b64 value - not a JPEG or PNG image: b64 on image input {spec.name} {format_shape(spec.shape)} "
+            f'is an encoded image (the model\'s rest_b64 setting "raw" reads it as the raw bytes of its '
+            f"{spec.precision} values)"
+        )
+    return images
+
+
+def _b64_decode(value: dict[str, Any]) -> bytes:
+    try:
+        return base64.b64decode(value["b64"], validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise InvalidArgument("Invalid b64 value: not base64") from None
+
+
 def _b64_array(value: dict[str, Any], spec: TensorSpec | None, per_instance: bool) -> np.ndarray:
     """Decoded bytes as the model's element type, shaped like the signature where it is fully known."""
     if spec is None:
         raise InvalidArgument("b64 values need an input the model has")
-    try:
-        raw = base64.b64decode(value["b64"], validate=True)
-    except (binascii.Error, TypeError, ValueError):
-        raise InvalidArgument("Invalid b64 value: not base64") from None
+    raw = _b64_decode(value)
     dtype = dtypes.by_name(spec.precision).numpy
     if len(raw) % dtype.itemsize:
+        _refuse_an_image(raw, spec)
         raise InvalidArgument(f"Invalid b64 value: {len(raw)} bytes is not a whole number of {spec.precision} values")
     array = np.frombuffer(raw, dtype=dtype)
     shape = spec.shape[1:] if per_instance else spec.shape
@@ -102,7 +140,24 @@ def _b64_array(value: dict[str, Any], spec: TensorSpec | None, per_instance: boo
         inner = int(np.prod(spec.shape[1:]))
         if inner and array.size % inner == 0:
             return array.reshape((array.size // inner, *spec.shape[1:]))
+    if DYNAMIC not in spec.shape[1:]:  # validation would refuse its shape: say why if it is an image
+        _refuse_an_image(raw, spec)
     return array
+
+
+def _refuse_an_image(raw: bytes, spec: TensorSpec) -> None:
+    """Raw bytes that do not fit the input, and are an encoded image: say so rather than quote shapes."""
+    if raw.startswith((JPEG_SIGNATURE, PNG_SIGNATURE)):
+        kind = "JPEG" if raw.startswith(JPEG_SIGNATURE) else "PNG"
+        why = (
+            "the model's rest_b64 setting is raw"
+            if takes_images(spec)
+            else "images go to 4-D inputs of 1 or 3 channels in layout NHWC or NCHW"
+        )
+        raise InvalidArgument(
+            f"Invalid b64 value - a {kind} image, but b64 on input {spec.name} {format_shape(spec.shape)} is the raw "
+            f"bytes of its {spec.precision} values: {why}"
+        )
 
 
 def _jsonable(array: np.ndarray, precision: str) -> Any:

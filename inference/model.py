@@ -15,8 +15,9 @@ import openvino as ov
 
 from inference import dtypes
 from inference.errors import RESHAPE_FAILED, FailedPrecondition, InvalidArgument, plain_message
+from inference.layouts import image_layout
 from inference.mapping import TensorMapping, load_mapping
-from inference.model_config import ConfigError, ModelConfig
+from inference.model_config import REST_B64_RAW, ConfigError, ModelConfig
 from inference.repository import find_model_file
 from inference.request import Tensors
 from inference.shapes import AUTO
@@ -306,8 +307,16 @@ def _signature(
         shape = config.shape or {}
         return shape.get(alias, shape.get(None)) == AUTO
 
+    def layout(alias: str, port: ov.Output) -> str:
+        setting = config.layout or {}
+        configured = next((setting[key] for key in (alias, _tensor_name(port), None) if key in setting), None)
+        from_model = "".join(c for c in ov.layout_helpers.get_layout(port).to_string() if c.isalpha())
+        return image_layout(configured, from_model, exported[alias])
+
     input_specs = {
-        port.alias: TensorSpec(port.alias, port.precision.name, _dims(p.get_partial_shape()), auto_shape(port.alias))
+        port.alias: TensorSpec(
+            port.alias, port.precision.name, _dims(p.get_partial_shape()), auto_shape(port.alias), layout(port.alias, p)
+        )
         for port, p in zip(inputs, model.inputs, strict=False)
     }
     return ModelSignature(
@@ -318,6 +327,7 @@ def _signature(
         },
         auto_batch=config.batch_size == AUTO,
         shared_batch=_shares_batch_dimension(input_specs, exported),
+        raw_b64=config.rest_b64 == REST_B64_RAW,
     )
 
 

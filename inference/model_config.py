@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from inference.layouts import LayoutParseError, LayoutSetting, parse_layout_setting
 from inference.options import declared_options, json_value, option
 from inference.shapes import ShapeParseError, ShapeSetting, parse_batch_size, parse_shape_setting
 
@@ -14,6 +15,7 @@ DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 1024
+REST_B64_IMAGE, REST_B64_RAW = "image", "raw"
 
 
 def _latest_version() -> dict[str, Any]:
@@ -53,12 +55,22 @@ class ModelConfig:
     max_queue_size: int = option(
         DEFAULT_MAX_QUEUE_SIZE, "requests that may wait per model in an api process before 429", type=int
     )
+    layout: LayoutSetting | None = option(
+        None,
+        "layout of the model's image inputs: NHWC, NCHW, or JSON per input",
+        default_text="model's own, else guessed from the shape",
+    )
+    rest_b64: str = option(
+        REST_B64_IMAGE, 'REST {"b64": ...} on an image input: "image" (JPEG/PNG) or "raw" (the bytes of its type)'
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json form; equal dicts mean equal configurations."""
         document = {key: getattr(self, key) for key in CONFIG_KEYS}
-        if self.shape is not None:
-            document["shape"] = {str(k) if k is not None else "": v for k, v in self.shape.items()}
+        for key in ("shape", "layout"):
+            setting = getattr(self, key)
+            if setting is not None:
+                document[key] = {str(k) if k is not None else "": v for k, v in setting.items()}
         return document
 
 
@@ -127,7 +139,8 @@ def model_from_dict(raw: Any) -> ModelConfig:
     try:
         shape = parse_shape_setting(raw["shape"]) if raw.get("shape") is not None else None
         batch_size = None if shape is not None else parse_batch_size(raw.get("batch_size"))
-    except ShapeParseError as exc:
+        layout = parse_layout_setting(raw["layout"]) if raw.get("layout") is not None else None
+    except (ShapeParseError, LayoutParseError) as exc:
         raise ConfigError(f"model {raw['name']}: {exc}") from None
     return ModelConfig(
         name=raw["name"],
@@ -141,6 +154,8 @@ def model_from_dict(raw: Any) -> ModelConfig:
         max_batch_size=_positive_int(raw, "max_batch_size", DEFAULT_MAX_BATCH_SIZE),
         max_queue_delay_ms=_delay(raw.get("max_queue_delay_ms", DEFAULT_MAX_QUEUE_DELAY_MS)),
         max_queue_size=_positive_int(raw, "max_queue_size", DEFAULT_MAX_QUEUE_SIZE),
+        layout=layout,
+        rest_b64=_rest_b64(raw.get("rest_b64", REST_B64_IMAGE)),
     )
 
 
@@ -192,6 +207,12 @@ def _device(value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError("target_device must be a non-empty string")
     return value.strip()
+
+
+def _rest_b64(value: Any) -> str:
+    if value not in (REST_B64_IMAGE, REST_B64_RAW):
+        raise ConfigError(f'rest_b64 must be "{REST_B64_IMAGE}" or "{REST_B64_RAW}"')
+    return value
 
 
 def _plugin_config(value: Any) -> dict[str, Any]:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 DYNAMIC = -1
+MAX_ELEMENTS = 1 << 28  # 256 Mi elements per tensor: far above any real request, far below exhausting memory
+MAX_RANK = 32  # dimensions per tensor: numpy's own limit (32 before numpy 2, 64 since), far above any model's
 
 
 def format_shape(shape: tuple[int, ...] | list[int]) -> str:
@@ -19,6 +21,7 @@ class TensorSpec:
     precision: str
     shape: tuple[int, ...]  # DYNAMIC for a dimension of any size
     auto_shape: bool = False  # the worker reshapes the model to whatever shape arrives
+    layout: str = ""  # an input that takes encoded images: NHWC or NCHW (inference.layouts); "" for none
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -26,11 +29,14 @@ class TensorSpec:
             "precision": self.precision,
             "shape": list(self.shape),
             "auto_shape": self.auto_shape,
+            "layout": self.layout,
         }
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> TensorSpec:
-        return TensorSpec(data["name"], data["precision"], tuple(data["shape"]), data.get("auto_shape", False))
+        return TensorSpec(
+            data["name"], data["precision"], tuple(data["shape"]), data.get("auto_shape", False), data.get("layout", "")
+        )
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class ModelSignature:
     # Every input's first dimension is one batch dimension (rows), so a request's inputs must agree on it.
     # False for models whose inputs do not share one (e.g. images [N,3,H,W] beside a scale [3]).
     shared_batch: bool = True
+    # TF Serving REST {"b64": ...} on an image input is an encoded image; True: the raw bytes of its element
+    # type, as on every other input (the model's `rest_b64` setting "raw")
+    raw_b64: bool = False
 
     def with_any_batch(self) -> ModelSignature:
         """The same signature accepting any number of samples (jobs are split along that dimension)."""
@@ -52,6 +61,7 @@ class ModelSignature:
             "outputs": [spec.to_dict() for spec in self.outputs.values()],
             "auto_batch": self.auto_batch,
             "shared_batch": self.shared_batch,
+            "raw_b64": self.raw_b64,
         }
 
     @staticmethod
@@ -64,4 +74,5 @@ class ModelSignature:
             specs(data["outputs"]),
             data.get("auto_batch", False),
             data.get("shared_batch", True),
+            data.get("raw_b64", False),
         )

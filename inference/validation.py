@@ -9,11 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from inference import dtypes
+from inference.bytes_tensors import BYTES
 from inference.errors import InvalidArgument
-from inference.signature import DYNAMIC, ModelSignature, TensorSpec, format_shape
-
-MAX_ELEMENTS = 1 << 28  # 256 Mi elements per tensor: far above any real request, far below exhausting memory
-MAX_RANK = 32  # dimensions per tensor: numpy's own limit (32 before numpy 2, 64 since), far above any model's
+from inference.images import image_batch
+from inference.signature import DYNAMIC, MAX_ELEMENTS, MAX_RANK, ModelSignature, TensorSpec, format_shape
 
 
 @dataclass
@@ -22,6 +21,8 @@ class RequestTensor:
 
     Exactly one of `content` (raw little-endian bytes) or `values` (already decoded numbers) is set.
     `precision` is None when the protocol carries no type (REST JSON): the model's type is used.
+    Encoded images are precision BYTES, shape (N,) as sent, and `values` an object array of N `bytes`
+    (inference.images); what validation returns for them is that array, decoded on the worker.
     """
 
     precision: str | None
@@ -61,6 +62,9 @@ def batch_rows(shapes: Mapping[str, tuple[int, ...]]) -> int:
 
 
 def _validate_tensor(spec: TensorSpec, tensor: RequestTensor, auto_batch: bool) -> np.ndarray:
+    if tensor.precision == BYTES:
+        _check_limits(tensor.shape)
+        return image_batch(spec, tensor.shape, tensor.values, auto_batch).images
     if tensor.precision is not None and tensor.precision != spec.precision:
         raise InvalidArgument(f"Invalid input precision - Expected: {spec.precision}; Actual: {tensor.precision}")
     _check_shape(spec, tensor.shape, auto_batch)
@@ -68,14 +72,8 @@ def _validate_tensor(spec: TensorSpec, tensor: RequestTensor, auto_batch: bool) 
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], auto_batch: bool) -> None:
-    """Limits first (a claimed shape allocates nothing, and a message quotes at most MAX_RANK dimensions),
-    then the seed's checks."""
-    if len(shape) > MAX_RANK:
-        raise InvalidArgument(f"Invalid input shape - {len(shape)} dimensions exceed the limit of {MAX_RANK}")
-    if any(dim < 0 for dim in shape):
-        raise InvalidArgument(f"Invalid input shape - negative dimension in {format_shape(shape)}")
-    if math.prod(shape) > MAX_ELEMENTS or any(dim > MAX_ELEMENTS for dim in shape):  # (0, 2**62) holds 0
-        raise InvalidArgument(f"Invalid input shape - {format_shape(shape)} exceeds {MAX_ELEMENTS} elements")
+    """Limits first, then the seed's checks."""
+    _check_limits(shape)
     if spec.auto_shape:
         return
     expected = spec.shape
@@ -89,6 +87,16 @@ def _check_shape(spec: TensorSpec, shape: tuple[int, ...], auto_batch: bool) -> 
         raise InvalidArgument(
             f"Invalid input shape - Expected: {format_shape(expected)}; Actual: {format_shape(shape)}"
         )
+
+
+def _check_limits(shape: tuple[int, ...]) -> None:
+    """A claimed shape allocates nothing, and a message quotes at most MAX_RANK dimensions."""
+    if len(shape) > MAX_RANK:
+        raise InvalidArgument(f"Invalid input shape - {len(shape)} dimensions exceed the limit of {MAX_RANK}")
+    if any(dim < 0 for dim in shape):
+        raise InvalidArgument(f"Invalid input shape - negative dimension in {format_shape(shape)}")
+    if math.prod(shape) > MAX_ELEMENTS or any(dim > MAX_ELEMENTS for dim in shape):  # (0, 2**62) holds 0
+        raise InvalidArgument(f"Invalid input shape - {format_shape(shape)} exceeds {MAX_ELEMENTS} elements")
 
 
 def _to_array(spec: TensorSpec, tensor: RequestTensor) -> np.ndarray:

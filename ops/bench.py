@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import datetime
 import functools
@@ -82,15 +83,25 @@ class ModelCase:
     input_name: str
     output_name: str
     samples: list[np.ndarray]
+    label: str = ""  # the table's heading, when it is not the model's name
+    encoded: list[bytes] | None = None  # served as these JPEGs instead (raw OpenVINO takes `samples`, decoded)
+
+    @property
+    def heading(self) -> str:
+        return self.label or self.name
 
     @property
     def base_path(self) -> Path:
         return MODELS_DIR / self.name
 
     def samples_file(self, directory: Path) -> Path:
-        """The samples as one .npy array (a row per request), for a client in another process."""
-        path = directory / f"{self.name}-samples.npy"
-        if not path.exists():
+        """The samples as one .npy array (a row per request), or the JPEGs as an .npz, for a client in another
+        process (ops/v2_load.py)."""
+        if self.encoded is not None:
+            path = directory / f"{self.heading}-images.npz"
+            np.savez(path, *(np.frombuffer(image, dtype=np.uint8) for image in self.encoded))
+        else:
+            path = directory / f"{self.heading}-samples.npy"
             np.save(path, np.concatenate(self.samples))
         return path
 
@@ -113,7 +124,24 @@ def resnet_case() -> ModelCase:
     return ModelCase("resnet", "data", "prob", [image])
 
 
-CASES = {"digits": digits_case, "resnet": resnet_case}
+def resnet_jpeg_case() -> ModelCase:
+    """The INT8 ResNet-50 fed 224x224 JPEGs of scikit-learn's two sample photographs, decoded on the worker;
+    raw OpenVINO gets the same images decoded (BGR, NCHW, as the server decodes them)."""
+    import cv2
+    from sklearn.datasets import load_sample_images
+
+    encoded, samples = [], []
+    for photo in load_sample_images().images:  # RGB
+        square = photo[:, : photo.shape[0]] if photo.shape[1] > photo.shape[0] else photo[: photo.shape[1]]
+        image = cv2.resize(cv2.cvtColor(square, cv2.COLOR_RGB2BGR), (224, 224), interpolation=cv2.INTER_AREA)
+        jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        decoded = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        encoded.append(jpeg)
+        samples.append(np.ascontiguousarray(decoded.transpose(2, 0, 1)[np.newaxis], dtype=np.float32))
+    return ModelCase("resnet", "data", "prob", samples, label="resnet-jpeg", encoded=encoded)
+
+
+CASES = {"digits": digits_case, "resnet": resnet_case, "resnet-jpeg": resnet_jpeg_case}
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -228,11 +256,16 @@ def measure_raw(core: ov.Core, case: ModelCase, concurrency: int, warmup_s: floa
 # ---------------------------------------------------------------------------------------------- gRPC
 
 
-def predict_request(case: ModelCase, sample: np.ndarray) -> serving_pb2.PredictRequest:
-    """A Predict request carrying `sample` as float32 `tensor_content`."""
+def predict_request(case: ModelCase, sample: np.ndarray | bytes) -> serving_pb2.PredictRequest:
+    """A Predict request carrying `sample` as float32 `tensor_content`, or a JPEG as a DT_STRING element."""
     request = serving_pb2.PredictRequest()
     request.model_spec.name = case.name
     tensor = request.inputs[case.input_name]
+    if isinstance(sample, bytes):
+        tensor.dtype = tensorflow_pb2.DataType.DT_STRING
+        tensor.tensor_shape.dim.add(size=1)
+        tensor.string_val.append(sample)
+        return request
     tensor.dtype = tensorflow_pb2.DataType.DT_FLOAT
     tensor.tensor_shape.dim.extend(tensorflow_pb2.TensorShapeProto.Dim(size=size) for size in sample.shape)
     tensor.tensor_content = sample.astype(np.float32).tobytes()
@@ -273,7 +306,7 @@ async def grpc_stream(
 async def measure_grpc_async(
     address: str, case: ModelCase, concurrency: int, warmup_s: float, duration_s: float
 ) -> Stats:
-    requests_ = [predict_request(case, sample) for sample in case.samples]
+    requests_ = [predict_request(case, sample) for sample in case.encoded or case.samples]
     async with grpc.aio.insecure_channel(address) as channel:
         await channel.channel_ready()
         stub = serving_pb2_grpc.PredictionServiceStub(channel)
@@ -315,7 +348,11 @@ def rest_stream(url: str, bodies: list[bytes], counter: Iterator[int], recorder:
 def measure_rest(base_url: str, case: ModelCase, concurrency: int, warmup_s: float, duration_s: float) -> Stats:
     """`concurrency` threads posting row-format (`instances`) batch-1 predict requests."""
     url = f"{base_url}/v1/models/{case.name}:predict"
-    bodies = [json.dumps({"instances": sample.tolist()}).encode() for sample in case.samples]
+    if case.encoded is not None:
+        instances = [[{"b64": base64.b64encode(image).decode()}] for image in case.encoded]
+    else:
+        instances = [sample.tolist() for sample in case.samples]
+    bodies = [json.dumps({"instances": rows}).encode() for rows in instances]
     counter = itertools.count()
     recorder = Recorder(Window.after_warmup(warmup_s, duration_s))
     with ThreadPoolExecutor(concurrency) as pool:
@@ -337,7 +374,8 @@ def measure_v2(
     url = server.grpc_address if protocol == "grpc" else server.rest_url.removeprefix("http://")
     command = [
         str(V2_PYTHON), str(V2_LOAD), "--protocol", protocol, "--url", url, "--model", case.name,
-        "--input", case.input_name, "--output", case.output_name, "--datatype", "FP32",
+        "--input", case.input_name, "--output", case.output_name,
+        "--datatype", "FP32" if case.encoded is None else "BYTES",
         "--samples", str(case.samples_file(server.directory)), "--concurrency", str(concurrency),
         "--warmup", str(warmup_s), "--duration", str(duration_s),
     ]  # fmt: skip
@@ -382,7 +420,8 @@ def split_server_flags(flags: list[str]) -> tuple[dict[str, Any], list[str]]:
 
 def write_config(cases: list[ModelCase], settings: dict[str, Any], directory: Path) -> Path:
     """A config.json listing the benchmarked models with absolute base paths and `settings` each."""
-    entries = [{"config": {"name": c.name, "base_path": str(c.base_path), **settings}} for c in cases]
+    paths = {case.name: case.base_path for case in cases}  # resnet and resnet-jpeg: one model
+    entries = [{"config": {"name": name, "base_path": str(path), **settings}} for name, path in paths.items()]
     config = {"model_config_list": entries}
     path = directory / "config.json"
     path.write_text(json.dumps(config, indent=2))
@@ -559,7 +598,7 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def print_model_table(case: ModelCase, rows: list[Row]) -> None:
-    print(f"\n### {case.name}\n")
+    print(f"\n### {case.heading}\n")
     print(markdown_table(HEADERS, [row_cells(row) for row in rows]))
     errors = Counter()
     for row in rows:
@@ -623,12 +662,12 @@ def bench_model(args: argparse.Namespace, core: ov.Core, server: Server, case: M
     rows: list[Row] = []
     for concurrency in args.concurrency:
         timing = (args.warmup, args.duration)
-        progress(f"{case.name} c={concurrency}: raw OpenVINO ...")
+        progress(f"{case.heading} c={concurrency}: raw OpenVINO ...")
         raw = measure_raw(core, case, concurrency, *timing)
         progress(f"  raw:  {describe(raw)}")
         for label, measure in served_measurements(args, server, case).items():
             server.check_alive()
-            progress(f"{case.name} c={concurrency}: served {label} ...")
+            progress(f"{case.heading} c={concurrency}: served {label} ...")
             before = server.redis_traffic()
             served = measure(concurrency, *timing)
             served.redis_bytes = server.redis_traffic() - before

@@ -14,6 +14,9 @@ Layout written to the output directory (default: ``models/`` at the repo root)::
     multi/1/model.*               sum = a + b, product = a * b
     onnx_add/1/model.onnx         y = x + 10 (ONNX opset 13)
     types/1/model.*               identity pass-through for several element types
+    image_u8/1/model.*            identity of U8 NHWC images [-1,32,48,3] (image inputs: layout, colour order)
+    image_mean/1/model.*          per-channel mean of FP32 NCHW images of any size [-1,3,-1,-1]
+    image_gray/1/model.*          identity of FP32 one-channel NCHW images [-1,1,24,32]
     config.json                   OVMS multi-model config with absolute base paths
     .complete                     builder version; written last, used as the cache key
 
@@ -43,7 +46,7 @@ except ImportError:  # older OpenVINO releases only ship the runtime namespace
     from openvino.runtime import opset13 as ops
 
 # Bump whenever the produced models change, so cached outputs get rebuilt.
-BUILDER_VERSION = "build_models-1"
+BUILDER_VERSION = "build_models-2"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "models"
@@ -76,7 +79,18 @@ PASSTHROUGH_TYPES = {
     "boolean": ov.Type.boolean,
 }
 
-MODEL_NAMES = ("digits", "resnet", "versioned", "mapped", "multi", "onnx_add", "types")
+MODEL_NAMES = (
+    "digits",
+    "resnet",
+    "versioned",
+    "mapped",
+    "multi",
+    "onnx_add",
+    "types",
+    "image_u8",
+    "image_mean",
+    "image_gray",
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -449,6 +463,34 @@ def build_types(core: ov.Core, output: Path) -> None:
     check_outputs(core, path, inputs, {f"{name}_out": value for name, value in inputs.items()})
 
 
+def build_image_models(core: ov.Core, output: Path) -> None:
+    """Small models that show exactly what an encoded image input was decoded into (tests of image inputs):
+    U8 NHWC pixels as they are, the per-channel mean of FP32 NCHW images of any size, one-channel FP32."""
+    rng = np.random.default_rng(0)
+    pixels = parameter("image", ov.Type.u8, [-1, 32, 48, 3])
+    path = save_ir(
+        make_model([named(passthrough(pixels, ov.Type.u8), "pixels")], [pixels], "image_u8"),
+        reset_dir(output / "image_u8") / "1",
+    )
+    sample = rng.integers(0, 256, (2, 32, 48, 3)).astype(np.uint8)
+    check_outputs(core, path, {"image": sample}, {"pixels": sample})
+
+    image = parameter("image", ov.Type.f32, [-1, 3, -1, -1])
+    mean = named(ops.reduce_mean(image, constant([2, 3], np.int64), keep_dims=False), "mean")
+    path = save_ir(make_model([mean], [image], "image_mean"), reset_dir(output / "image_mean") / "1")
+    sample = rng.integers(0, 256, (2, 3, 5, 7)).astype(np.float32)
+    actual = infer(compile_saved(core, path, F32_CONFIG), {"image": sample})["mean"]
+    assert np.allclose(actual, sample.mean(axis=(2, 3)), rtol=1e-6), f"{path}: {actual}"
+
+    gray = parameter("image", ov.Type.f32, [-1, 1, 24, 32])
+    path = save_ir(
+        make_model([named(passthrough(gray, ov.Type.f32), "pixels")], [gray], "image_gray"),
+        reset_dir(output / "image_gray") / "1",
+    )
+    sample = rng.integers(0, 256, (2, 1, 24, 32)).astype(np.float32)
+    check_outputs(core, path, {"image": sample}, {"pixels": sample})
+
+
 # --------------------------------------------------------------------------- config / cache
 
 
@@ -495,6 +537,7 @@ BUILD_STEPS: tuple[tuple[str, Callable[[ov.Core, Path], None]], ...] = (
     ("multi", build_multi),
     ("onnx_add", build_onnx_add),
     ("types", build_types),
+    ("image models", build_image_models),
     ("resnet", build_resnet),
 )
 

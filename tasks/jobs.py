@@ -32,6 +32,7 @@ import numpy as np
 import redis
 from celery import states
 
+from inference.bytes_tensors import payload_nbytes
 from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from inference.request import InferenceRequest
 from tasks import job_backlog, job_queue
@@ -133,7 +134,7 @@ class JobStore:
         (413) beyond --job_max_mb, JobBacklogFull (429) if the server's queued jobs would pass
         --job_backlog_mb. `owner`: the submitting token's owner id, with bearer tokens; `pinned`: the
         caller named `target.version` (else chunks follow the model's default version)."""
-        nbytes = sum(array.nbytes for array in inputs.values())
+        nbytes = sum(payload_nbytes(array) for array in inputs.values())
         self.refuse_oversized(nbytes)
         job_id = uuid.uuid4().hex
         created = time.time()
@@ -339,7 +340,7 @@ def _split(
     """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
     number of samples and its tensor payload."""
     total = int(next(iter(inputs.values())).shape[0])
-    sample_bytes = sum(array[:1].nbytes for array in inputs.values())
+    sample_bytes = sum(payload_nbytes(array[:1]) for array in inputs.values())
     rows = max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(sample_bytes, 1)))
     precisions = {name: spec.precision for name, spec in target.signature.inputs.items()}
     for start in range(0, total, rows):
@@ -350,7 +351,7 @@ def _split(
             target.model, target.version, part, deadline=deadline, request_id=request_id, pinned=pinned, any_batch=True
         )
         envelope, payload = pack_requests([request], precisions)
-        nbytes = sum(array.nbytes for array in part.values())
+        nbytes = sum(payload_nbytes(array) for array in part.values())
         yield QueuedChunk(task_id, job_id, nbytes, envelope), int(next(iter(part.values())).shape[0]), payload
 
 

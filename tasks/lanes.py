@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future
 
+from inference.bytes_tensors import payload_nbytes
 from inference.errors import ResourceExhausted
 from inference.request import InferenceRequest, InferenceResult
 
@@ -84,4 +85,4 @@ class Lane:
 
 
 def _tensor_bytes(request: InferenceRequest) -> int:
-    return sum(array.nbytes for array in request.inputs.values())
+    return sum(payload_nbytes(array) for array in request.inputs.values())

@@ -10,7 +10,9 @@ Claim check: Celery's Redis transport wraps every body in base64 inside JSON, an
 tens of milliseconds that way. So the envelope carries only names, types, shapes and offsets
 (`TensorMeta`), and the tensors of all its requests travel as one raw byte string under
 `payload_key(task_id)`. The api sends a large one as views of the request arrays (no copy; see
-tasks.publisher).
+tasks.publisher). Encoded images travel encoded, as a BYTES tensor: Triton's serialization (each element's
+4-byte little-endian length, then its bytes; inference.bytes_tensors) with the shape (N,); the worker
+decodes them.
 
 A new per-request field is one field of `RequestEntry` named as the `InferenceRequest` field it carries
 (copied both ways by name); one the worker reports back is one field of `ComputedOutputs` (set where
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from inference import dtypes
+from inference import bytes_tensors, dtypes
 from inference.errors import ServingError
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.request import InferenceRequest, InferenceResult, Tensors
@@ -41,7 +43,8 @@ JOIN_BELOW_BYTES = 1 << 20  # a smaller payload is one joined string (one SET); 
 
 @dataclass(frozen=True, slots=True)
 class TensorMeta(Record):
-    """Where one input's bytes are in the message's payload. Wire: [name, precision, shape, offset, nbytes]."""
+    """Where one input's bytes are in the message's payload. Wire: [name, precision, shape, offset, nbytes].
+    A BYTES input's shape is its element count (N,)."""
 
     AS_ARRAY = True
     name: str
@@ -103,8 +106,13 @@ def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) 
     for request in requests:
         metas = []
         for name, array in request.inputs.items():
-            data = _bytes_view(array)
-            metas.append(TensorMeta(name, precisions[name], array.shape, offset, len(data)))
+            if bytes_tensors.is_bytes_array(array):
+                data = memoryview(bytes_tensors.serialize(array))
+                meta = TensorMeta(name, bytes_tensors.BYTES, (array.size,), offset, len(data))
+            else:
+                data = _bytes_view(array)
+                meta = TensorMeta(name, precisions[name], array.shape, offset, len(data))
+            metas.append(meta)
             chunks.append(data)
             offset += len(data)
         entries.append(RequestEntry.of(request, tuple(metas)))
@@ -128,10 +136,17 @@ def unpack_requests(envelope: PredictEnvelope, payload: bytes) -> list[Inference
 
 
 def _array(view: memoryview, meta: TensorMeta) -> np.ndarray:
-    dtype = dtypes.by_name(meta.precision).numpy
-    if meta.nbytes != math.prod(meta.shape) * dtype.itemsize or meta.offset + meta.nbytes > len(view):
+    if meta.offset < 0 or meta.nbytes < 0 or meta.offset + meta.nbytes > len(view):
         raise ValueError("tensor metadata does not match the payload")
-    return np.frombuffer(view[meta.offset : meta.offset + meta.nbytes], dtype=dtype).reshape(meta.shape)
+    data = view[meta.offset : meta.offset + meta.nbytes]
+    if meta.precision == bytes_tensors.BYTES:
+        if len(meta.shape) != 1:
+            raise ValueError(f"a BYTES tensor of shape {list(meta.shape)[:8]}, not (count,)")
+        return bytes_tensors.deserialize(data, meta.shape[0])
+    dtype = dtypes.by_name(meta.precision).numpy
+    if meta.nbytes != math.prod(meta.shape) * dtype.itemsize:
+        raise ValueError("tensor metadata does not match the payload")
+    return np.frombuffer(data, dtype=dtype).reshape(meta.shape)
 
 
 # --------------------------------------------------------------------------- predict: worker -> api

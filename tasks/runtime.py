@@ -22,6 +22,7 @@ from inference.errors import (
     ServingError,
     plain_message,
 )
+from inference.image_decoder import decode_images
 from inference.manager import ModelManager
 from inference.model import CompiledVersion
 from inference.request import InferenceRequest, Tensors
@@ -93,29 +94,41 @@ class WorkerRuntime:
         if batcher is None:
             return self._failed(envelope, NotFound(VERSION_RETIRED), received)
         nbytes = envelope.payload_size
+        refuse = not all(entry.any_batch for entry in envelope.requests)
         try:
-            self.budget.reserve(nbytes, refuse=not all(entry.any_batch for entry in envelope.requests))
+            self.budget.reserve(nbytes, refuse=refuse)
         except ServingError as error:
             return self._failed(envelope, error, received, batcher.compiled)
+        held = _HeldBytes(self.budget, nbytes, refuse)
         try:
-            return self._serve(task_id, envelope, claims_owner, batcher, received)
+            return self._serve(task_id, envelope, claims_owner, batcher, received, held)
         finally:
-            self.budget.release(nbytes)
+            self.budget.release(held.total)
             if nbytes >= LARGE_REQUEST_BYTES:
                 # The hiredis reader of the connection that fetched the payload keeps a buffer of its size
                 # until that connection reads again: idle connections are closed (they reconnect when used).
                 self._store.connection_pool.disconnect(inuse_connections=False)
-            self._trim.after(nbytes)  # the result is stored after this returns: trim a little later
+            self._trim.after(held.total)  # the result is stored after this returns: trim a little later
 
     def _serve(
-        self, task_id: str, envelope: PredictEnvelope, claims_owner: str, batcher: DynamicBatcher, received: float
+        self,
+        task_id: str,
+        envelope: PredictEnvelope,
+        claims_owner: str,
+        batcher: DynamicBatcher,
+        received: float,
+        held: _HeldBytes,
     ) -> PredictReply:
+        """Every request is made ready (its images decoded) before the first is submitted, so that the
+        batcher, told they are coming, can put them in one inference."""
         with batcher.incoming(len(envelope.requests)) as arrivals:
             try:
                 requests = self._requests(task_id, envelope, claims_owner)
             except ServingError as error:
                 return self._failed(envelope, error, received, batcher.compiled)
-            started = [(request, self._start(batcher, request, arrivals)) for request in requests]
+            ready = [(request, self._ready(batcher, request, held)) for request in requests]
+            started = [(request, self._start(batcher, request, inputs, arrivals, held)) for request, inputs in ready]
+            del ready  # decoded images are freed as their inference ends, not kept until the reply
         return PredictReply(
             self.worker_id,
             {
@@ -158,32 +171,47 @@ class WorkerRuntime:
         except ValueError as exc:
             raise InvalidArgument(f"Malformed predict message: {exc}") from None
 
-    def _start(self, batcher: DynamicBatcher, request: InferenceRequest, arrivals: Arrivals) -> Future[BatchResult]:
-        """Validate late (the version may differ from what the api saw) and queue for batching."""
-        if time.time() > request.deadline:
-            return _failed(DeadlineExceeded("Deadline exceeded before the request reached the model"))
-        if request.pinned and batcher.compiled.version != request.version:
-            return _failed(NotFound(VERSION_RETIRED))
+    def _ready(self, batcher: DynamicBatcher, request: InferenceRequest, held: _HeldBytes) -> Tensors | ServingError:
+        """The request's inputs as `batcher` takes them — checked late (the version may differ from what the
+        api saw), images decoded — or why it cannot run."""
         try:
-            return self._submit(batcher, request, arrivals)
+            if time.time() > request.deadline:
+                raise DeadlineExceeded("Deadline exceeded before the request reached the model")
+            if request.pinned and batcher.compiled.version != request.version:
+                raise NotFound(VERSION_RETIRED)
+            signature = batcher.compiled.signature
+            if request.any_batch:
+                signature = signature.with_any_batch()
+            inputs = decode_images(signature, request.inputs, request.deadline, held.reserve)
+            tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in inputs.items()}
+            return validate_inputs(signature, tensors)
+        except ServingError as error:
+            return error
+
+    def _start(
+        self,
+        batcher: DynamicBatcher,
+        request: InferenceRequest,
+        inputs: Tensors | ServingError,
+        arrivals: Arrivals,
+        held: _HeldBytes,
+    ) -> Future[BatchResult]:
+        """Queue the ready request for batching."""
+        if isinstance(inputs, ServingError):
+            return _failed(inputs)
+        try:
+            return batcher.submit(inputs, arrivals)
         except NotFound:  # the version closed a moment ago: a request that named none takes the new default
             fallback = None if request.pinned else self._manager.default(request.model)
             if fallback is None or fallback is batcher:
                 return _failed(NotFound(VERSION_RETIRED))
+            inputs = self._ready(fallback, request, held)
+            if isinstance(inputs, ServingError):
+                return _failed(inputs)
             try:
-                return self._submit(fallback, request, None)
+                return fallback.submit(inputs, None)
             except ServingError as error:
                 return _failed(error)
-        except ServingError as error:
-            return _failed(error)
-
-    @staticmethod
-    def _submit(batcher: DynamicBatcher, request: InferenceRequest, arrivals: Arrivals | None) -> Future[BatchResult]:
-        tensors = {name: RequestTensor(None, array.shape, values=array) for name, array in request.inputs.items()}
-        signature = batcher.compiled.signature
-        if request.any_batch:
-            signature = signature.with_any_batch()
-        return batcher.submit(validate_inputs(signature, tensors), arrivals)
 
     def _finish(
         self, request: InferenceRequest, future: Future[BatchResult], chosen: CompiledVersion, received: float
@@ -229,6 +257,28 @@ class WorkerRuntime:
         except Exception as exc:  # an inference failure must fail this request, never the worker
             log.exception("Inference failed for %s version %d", request.model, request.version)
             return RequestFailure(Internal(f"Inference failed: {plain_message(exc)}"))
+
+
+class _HeldBytes:
+    """What one message holds in the worker's budget: its payload, then its decoded images, reserved
+    request by request as they are decoded (a request whose images do not fit fails alone)."""
+
+    def __init__(self, budget: ByteBudget, payload: int, refuse: bool) -> None:
+        self._budget = budget
+        self._refuse = refuse
+        self.total = payload
+
+    def reserve(self, nbytes: int) -> None:
+        """Images that alone decode to more than the whole budget are refused (a few hundred KB of JPEG can
+        claim a GiB): the budget's rule that a holder alone is always admitted is for tensors, whose size
+        the api's --max_request_mb bounds. A job's chunk is run anyway, as its payload is."""
+        if self._refuse and nbytes > self._budget.limit_bytes:
+            raise InvalidArgument(
+                f"Invalid input - the images decode to {nbytes / 2**20:.1f} MiB, more than this worker holds for "
+                f"all its requests ({self._budget.limit_bytes / 2**20:.1f} MiB, --worker_max_inflight_mb)"
+            )
+        self._budget.reserve(nbytes, refuse=self._refuse, already_mine=self.total)
+        self.total += nbytes
 
 
 def _failed(error: ServingError) -> Future[BatchResult]:

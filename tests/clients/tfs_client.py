@@ -4,8 +4,10 @@ Runs in the separate TensorFlow venv (.venv-tfs), never inside pytest. TensorFlo
 import, so one run executes several commands and prints one JSON list, an entry per command:
 
     tfs_client.py ADDRESS "predict MODEL INPUT FILE.npy [VERSION]" "status MODEL [VERSION]" "metadata MODEL [VERSION]"
+                          "images MODEL INPUT FILE.jpg [FILE.png ...]"
 
 predict -> {"outputs": {name: {"dtype": "DT_FLOAT", "shape": [...], "values": [...]}}}
+images  -> the same, for the files' bytes sent as one DT_STRING tensor of shape [N] (encoded images)
 status  -> {"versions": [{"version": 1, "state": "AVAILABLE", "error_code": 0, "error_message": "OK"}]}
 metadata -> {"model_spec": {...}, "signature_def": {...}} (the unpacked SignatureDefMap)
 any failure -> {"error": {"code": "NOT_FOUND", "message": "..."}}
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -43,6 +46,15 @@ def predict(channel: grpc.Channel, model: str, input_name: str, path: str, *vers
     request = predict_pb2.PredictRequest()
     set_spec(request.model_spec, model, list(version))
     request.inputs[input_name].CopyFrom(tf.make_tensor_proto(np.load(path)))
+    response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=TIMEOUT_S)
+    return {"outputs": {name: describe(proto) for name, proto in response.outputs.items()}}
+
+
+def images(channel: grpc.Channel, model: str, input_name: str, *paths: str) -> dict[str, Any]:
+    request = predict_pb2.PredictRequest()
+    set_spec(request.model_spec, model, [])
+    encoded = [Path(path).read_bytes() for path in paths]
+    request.inputs[input_name].CopyFrom(tf.make_tensor_proto(encoded, shape=[len(encoded)]))
     response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=TIMEOUT_S)
     return {"outputs": {name: describe(proto) for name, proto in response.outputs.items()}}
 
@@ -81,7 +93,7 @@ def metadata(channel: grpc.Channel, model: str, *version: str) -> dict[str, Any]
     }
 
 
-COMMANDS = {"predict": predict, "status": status, "metadata": metadata}
+COMMANDS = {"predict": predict, "status": status, "metadata": metadata, "images": images}
 
 
 def run(channel: grpc.Channel, command: str) -> dict[str, Any]:

@@ -345,7 +345,8 @@ def test_compose_commands_parse_with_the_real_cli(
     assert models["entrypoint"] == ["python", "-c"] and len(models["command"]) == 1
     script = models["command"][0].replace("/models/config.json", str(image_config))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert result.returncode == 0 and result.stdout.startswith("7 models in "), result.stdout + result.stderr
+    expected = f"{len(_build_models_module().MODEL_NAMES)} models in "
+    assert result.returncode == 0 and result.stdout.startswith(expected), result.stdout + result.stderr
     flower = services["flower"]
     assert flower["entrypoint"] == ["celery"]
     assert flower["command"] == ["--app", "tasks.app", "flower", "--port=5555"]

@@ -139,7 +139,10 @@ def test_npz_member_that_is_not_an_array_is_400(server: OvmsProcess) -> None:
 
 GRPC_CASES = {
     "unknown dtype": (raw_tensor(999, (1, 64), tensor_content=bytes(256)), "Actual: DataType(999)"),
-    "string dtype": (raw_tensor(types_pb2.DT_STRING, (1, 64), string_val=[b"7"] * 64), "Actual: STRING"),
+    "string dtype": (
+        raw_tensor(types_pb2.DT_STRING, (1, 64), string_val=[b"7"] * 64),
+        "Actual: BYTES - encoded images (JPEG, PNG) go to a 4-D input",
+    ),
     "negative dim": (raw_tensor(types_pb2.DT_FLOAT, (-1, 64)), "negative dimension in (-1,64)"),
     "huge dims": (raw_tensor(types_pb2.DT_FLOAT, (2**40, 2**40)), "exceeds 268435456 elements"),
     "huge dim beside zero": (raw_tensor(types_pb2.DT_FLOAT, (0, 2**62)), "exceeds 268435456 elements"),

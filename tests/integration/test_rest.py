@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import requests
 from ovmsclient.tfs_compat.base.errors import ModelNotFoundError
 
+from tests.support import images
 from tests.support.stack import OvmsProcess
 
 TIMEOUT_S = 60
@@ -66,8 +66,12 @@ def assert_client_error(reply: requests.Response) -> None:
     assert set(body) == {"error"} and body["error"], body
 
 
-def b64(array: np.ndarray) -> dict[str, str]:
-    return {"b64": base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")}
+def b64(array: np.ndarray | bytes) -> dict[str, str]:
+    data = array if isinstance(array, bytes) else np.ascontiguousarray(array).tobytes()
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+BLACK_JPEG = images.jpeg(np.zeros((8, 8, 3), np.uint8))
 
 
 def tensor_meta(dtype: str, shape: list[int], name: str) -> dict[str, Any]:
@@ -342,13 +346,16 @@ def test_b64_of_integer_input_uses_its_element_size(server: OvmsProcess) -> None
     }
 
 
-def test_b64_resnet_image(server: OvmsProcess) -> None:
+def test_b64_on_an_image_input_is_an_encoded_image_not_raw_floats(server: OvmsProcess) -> None:
+    """resnet's input [1,3,224,224] takes images: b64 there is a JPEG or PNG (tests/integration/test_images.py),
+    and raw tensor bytes are refused saying how to get them read (the model's rest_b64 "raw")."""
     image = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    reply = predict(server, "resnet", {"inputs": {"data": b64(image)}})
-    assert reply.status_code == 200, reply.text
-    prob = np.array(reply.json()["outputs"])
-    assert prob.shape == (1, 1000)
-    assert math.isclose(float(prob.sum()), 1.0, abs_tol=0.05)
+    assert_error(
+        predict(server, "resnet", {"inputs": {"data": b64(image)}}),
+        400,
+        "Invalid b64 value - not a JPEG or PNG image: b64 on image input data (1,3,224,224) is an encoded image "
+        '(the model\'s rest_b64 setting "raw" reads it as the raw bytes of its FP32 values)',
+    )
 
 
 @pytest.mark.parametrize(
@@ -529,12 +536,12 @@ def test_digits_accuracy_through_rest(server: OvmsProcess, digits_data: tuple[np
     [
         (
             "resnet",
-            {"inputs": {"data": b64(np.zeros((2, 3, 224, 224), "<f4"))}},
+            {"inputs": {"data": [b64(BLACK_JPEG), b64(BLACK_JPEG)]}},
             "Invalid input batch size - Expected: 1; Actual: 2",
         ),
         (
             "resnet",
-            {"instances": [b64(np.zeros((3, 224, 224), "<f4")), b64(np.zeros((3, 224, 224), "<f4"))]},
+            {"instances": [b64(BLACK_JPEG), b64(BLACK_JPEG)]},
             "Invalid input batch size - Expected: 1; Actual: 2",
         ),
         (

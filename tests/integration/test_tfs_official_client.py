@@ -15,6 +15,8 @@ import numpy as np
 import ovmsclient
 import pytest
 
+from tests.support import images
+
 REPO = Path(__file__).resolve().parents[2]
 TFS_PYTHON = REPO / ".venv-tfs" / "bin" / "python"
 TFS_CLIENT = REPO / "tests" / "clients" / "tfs_client.py"
@@ -29,7 +31,18 @@ def digits_batch(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
-def answers(server, digits_batch: tuple[Path, np.ndarray]) -> list[dict[str, Any]]:
+def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """scikit-learn's two photographs as a JPEG and a PNG of the `image_u8` model's size, 48x32."""
+    folder = tmp_path_factory.mktemp("images")
+    photos = images.photographs()
+    files = [folder / "china.jpg", folder / "flower.png"]
+    files[0].write_bytes(images.jpeg(photos["china"], 48, 32))
+    files[1].write_bytes(images.png(photos["flower"], 48, 32))
+    return files
+
+
+@pytest.fixture(scope="module")
+def answers(server, digits_batch: tuple[Path, np.ndarray], image_files: list[Path]) -> list[dict[str, Any]]:
     assert TFS_PYTHON.exists(), f"{TFS_PYTHON} is missing: `make test` installs it (`make tfs-client`)"
     commands = [
         f"predict digits x {digits_batch[0]}",
@@ -37,6 +50,8 @@ def answers(server, digits_batch: tuple[Path, np.ndarray]) -> list[dict[str, Any
         "metadata versioned",
         f"predict nonexistent x {digits_batch[0]}",
         "status versioned 3",
+        f"images image_u8 image {image_files[0]} {image_files[1]}",
+        f"images resnet data {image_files[0]}",
     ]
     run = subprocess.run(
         [str(TFS_PYTHON), str(TFS_CLIENT), server.grpc_address, *commands],
@@ -82,6 +97,18 @@ def test_metadata(answers: list[dict[str, Any]]) -> None:
             "methodName": "tensorflow/serving/predict",
         }
     }
+
+
+def test_encoded_images_as_dt_string(answers: list[dict[str, Any]], image_files: list[Path], server) -> None:
+    """tf.make_tensor_proto of the files' bytes: the pixels the server decoded are the client's own decoding,
+    and resnet answers the resized image as ovmsclient's tensor of it."""
+    pixels = answers[5]["outputs"]["pixels"]
+    assert (pixels["dtype"], pixels["shape"]) == ("DT_UINT8", [2, 32, 48, 3])
+    expected = [images.decoded(path.read_bytes()) for path in image_files]
+    np.testing.assert_array_equal(np.array(pixels["values"], dtype=np.uint8), expected)
+    tensor = images.nchw(images.resized(expected[0], 224, 224))
+    from_tensor = ovmsclient.make_grpc_client(server.grpc_address).predict({"data": tensor}, "resnet")
+    np.testing.assert_allclose(answers[6]["outputs"]["prob"]["values"], from_tensor, rtol=1e-4, atol=1e-6)
 
 
 def test_errors(answers: list[dict[str, Any]]) -> None:

@@ -182,9 +182,11 @@ def test_infer_options(answers: dict[str, Any]) -> None:
 
 def test_infer_errors(answers: dict[str, Any]) -> None:
     assert answers["infer unknown model"] == error("NOT_FOUND", "Model with requested name is not found")
-    # BYTES serialized by the client (4-byte length prefixes) reach validation, which serves no image model yet
+    # BYTES serialized by the client (4-byte length prefixes) reach validation: digits takes no images
     assert answers["infer bytes"] == error(
-        "INVALID_ARGUMENT", "Invalid input precision - Expected: FP32; Actual: BYTES"
+        "INVALID_ARGUMENT",
+        "Invalid input precision - Expected: FP32; Actual: BYTES - encoded images (JPEG, PNG) go to a 4-D input of "
+        "1 or 3 channels in layout NHWC or NCHW; input x takes none: it is not 4-D but (-1,64)",
     )
     assert answers["infer timeout"] == error(
         "DEADLINE_EXCEEDED", "Deadline exceeded while waiting for the inference result"

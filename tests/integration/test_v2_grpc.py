@@ -570,7 +570,8 @@ HOSTILE = {
     ),
     "BYTES to a numeric model": (
         lambda: _bytes_input(_element(b"ab") + _element(b"")),
-        "Invalid input precision - Expected: FP32; Actual: BYTES",
+        "Invalid input precision - Expected: FP32; Actual: BYTES - encoded images (JPEG, PNG) go to a 4-D input of "
+        "1 or 3 channels in layout NHWC or NCHW; input x takes none: it is not 4-D but (-1,64)",
     ),
     "BYTES length past the end": (
         lambda: _bytes_input(_element(b"") + _element(b"ab", announced=3)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +196,31 @@ def test_empty_proto_is_an_empty_tensor() -> None:
 
 
 def test_unserved_dtype_is_reported_by_validation() -> None:
-    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_STRING, string_val=[b"cat"])
+    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_COMPLEX64, tensor_content=bytes(8))
     proto.tensor_shape.dim.add(size=1)
     tensor = tensor_from_proto(proto)
-    assert tensor.precision == "STRING"
-    with pytest.raises(InvalidArgument, match=r"^Invalid input precision - Expected: FP32; Actual: STRING$"):
+    assert tensor.precision == "COMPLEX64"
+    with pytest.raises(InvalidArgument, match=r"^Invalid input precision - Expected: FP32; Actual: COMPLEX64$"):
         validate_inputs(model([spec("x", "FP32", (1,))]), {"x": tensor})
+
+
+def test_dt_string_is_encoded_images_refused_by_an_input_that_takes_none() -> None:
+    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_STRING, string_val=[b"cat", b"dog\0"])
+    proto.tensor_shape.dim.add(size=2)
+    tensor = tensor_from_proto(proto)
+    assert (tensor.precision, tensor.shape, list(tensor.values)) == ("BYTES", (2,), [b"cat", b"dog\0"])
+    with pytest.raises(InvalidArgument) as error:
+        validate_inputs(model([spec("x", "FP32", (-1, 64))]), {"x": tensor})
+    assert error.value.message == (
+        "Invalid input precision - Expected: FP32; Actual: BYTES - encoded images (JPEG, PNG) go to a 4-D input of "
+        "1 or 3 channels in layout NHWC or NCHW; input x takes none: it is not 4-D but (-1,64)"
+    )
+
+
+def test_dt_string_in_tensor_content_is_refused() -> None:
+    proto = tensorflow_pb2.TensorProto(dtype=tensorflow_pb2.DT_STRING, tensor_content=b"\xff\xd8\xff")
+    with pytest.raises(InvalidArgument, match="DT_STRING elements go in string_val, not tensor_content"):
+        tensor_from_proto(proto)
 
 
 @pytest.mark.parametrize(("precision", "value"), [("U8", 300), ("I8", -129), ("U16", -1), ("I16", 40000)])
@@ -289,6 +309,67 @@ def test_column_b64_of_a_byte_input() -> None:
     arrays, _ = parsed({"inputs": {"p": b64(raw)}}, pixels)
     assert arrays["p"].dtype == np.uint8
     np.testing.assert_array_equal(arrays["p"], raw)
+
+
+JPEG = b"\xff\xd8\xff\xe0" + bytes(20)
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(20)
+IMAGES = ModelSignature({"data": TensorSpec("data", "FP32", (DYNAMIC, 3, 224, 224), layout="NCHW")})
+
+
+def encoded(data: bytes) -> dict[str, str]:
+    return {"b64": base64.b64encode(data).decode("ascii")}
+
+
+@pytest.mark.parametrize(
+    ("body", "count"),
+    [
+        ({"instances": [encoded(JPEG)]}, 1),
+        ({"instances": [encoded(JPEG), encoded(PNG), encoded(JPEG)]}, 3),
+        ({"instances": [{"data": encoded(JPEG)}, {"data": encoded(PNG)}]}, 2),
+        ({"inputs": encoded(PNG)}, 1),
+        ({"inputs": [encoded(PNG), encoded(JPEG)]}, 2),
+        ({"inputs": {"data": encoded(JPEG)}}, 1),
+        ({"inputs": {"data": [encoded(JPEG), encoded(PNG)]}}, 2),
+    ],
+)
+def test_b64_on_an_image_input_is_one_encoded_image_per_value(body: Any, count: int) -> None:
+    tensors, _ = parse_predict_body(body, IMAGES)
+    tensor = tensors["data"]
+    assert (tensor.precision, tensor.shape, tensor.values.dtype) == ("BYTES", (count,), object)
+    assert {bytes(v[:3]) for v in tensor.values} <= {JPEG[:3], PNG[:3]}
+
+
+def test_b64_on_an_image_input_of_a_raw_b64_model_is_raw_bytes() -> None:
+    raw = replace(IMAGES, raw_b64=True)
+    image = np.arange(3 * 224 * 224, dtype="<f4").reshape(1, 3, 224, 224)
+    np.testing.assert_array_equal(parsed({"inputs": {"data": b64(image)}}, raw)[0]["data"], image)
+
+
+@pytest.mark.parametrize(
+    ("signature", "data", "body_of"),
+    [
+        (SINGLE, JPEG, lambda value: {"instances": [value]}),
+        (SINGLE, PNG + bytes(3), lambda value: {"inputs": {"x": value}}),  # not a whole number of FP32 values
+        (replace(IMAGES, raw_b64=True), JPEG, lambda value: {"inputs": {"data": value}}),
+    ],
+)
+def test_an_image_sent_where_b64_is_raw_bytes_is_refused_saying_so(signature, data, body_of) -> None:
+    message = parse_error(body_of(encoded(data)), signature)
+    assert message.startswith("Invalid b64 value - a ")
+    assert ("the model's rest_b64 setting is raw" in message) == signature.raw_b64
+    assert ("images go to 4-D inputs of 1 or 3 channels in layout NHWC or NCHW" in message) != signature.raw_b64
+
+
+def test_b64_on_a_4d_input_that_cannot_take_images_stays_raw_bytes() -> None:
+    signed = ModelSignature({"data": TensorSpec("data", "I8", (1, 2, 2, 3), layout="NHWC")})
+    raw = np.arange(12, dtype="i1").reshape(1, 2, 2, 3)
+    np.testing.assert_array_equal(parsed({"inputs": {"data": b64(raw)}}, signed)[0]["data"], raw)
+
+
+def test_raw_b64_that_fits_a_dynamic_input_is_taken_whatever_its_first_bytes() -> None:
+    free = model([spec("x", "U8", (DYNAMIC, DYNAMIC))])
+    arrays, _ = parsed({"instances": [encoded(JPEG)]}, free)
+    assert arrays["x"].tobytes() == JPEG
 
 
 @pytest.mark.parametrize(

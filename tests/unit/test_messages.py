@@ -5,6 +5,7 @@ malformed input with InvalidArgument."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import fields
 from typing import Any
 
@@ -12,6 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from inference.bytes_tensors import bytes_array
 from inference.errors import DeadlineExceeded, InvalidArgument, NotFound
 from inference.request import InferenceRequest
 from inference.signature import ModelSignature, TensorSpec
@@ -266,3 +268,57 @@ def test_a_failed_request_keeps_its_error_kind() -> None:
     wire = json.loads(json.dumps(RequestFailure(NotFound("gone")).to_wire()))
     error = RequestFailure.from_wire(wire).error
     assert type(error) is NotFound and error.message == "gone"
+
+
+# --------------------------------------------------------------------------- encoded images on the wire
+
+
+def _with_images() -> tuple[PredictEnvelope, bytes, list[InferenceRequest]]:
+    images = bytes_array([b"\xff\xd8\xff" + bytes(100), b"\x89PNG\r\n\x1a\n\0"])
+    requests = [
+        InferenceRequest("m", 1, {"data": images, "scale": np.ones((1, 2), np.float32)}, None, 100.0, "t.0"),
+        InferenceRequest("m", 1, {"data": images[:1], "scale": np.zeros((1, 2), np.float32)}, None, 100.0, "t.1"),
+    ]
+    envelope, parts = pack_requests(requests, {"data": "FP32", "scale": "FP32"})
+    return envelope, b"".join(parts), requests
+
+
+def test_encoded_images_travel_encoded_as_a_bytes_tensor_of_their_count() -> None:
+    envelope, payload, requests = _with_images()
+    wire = _json(envelope)
+    data, scale = wire["requests"][0]["inputs"]
+    assert (data[:3], scale[:3]) == (["data", "BYTES", [2]], ["scale", "FP32", [1, 2]])
+    assert envelope.payload_size == len(payload) == (4 + 103 + 4 + 9 + 8) + (4 + 103 + 8)
+    unpacked = unpack_requests(PredictEnvelope.from_wire(wire), payload)
+    for sent, received in zip(requests, unpacked, strict=True):
+        assert received.inputs["data"].dtype == object
+        assert list(received.inputs["data"]) == list(sent.inputs["data"])
+        np.testing.assert_array_equal(received.inputs["scale"], sent.inputs["scale"])
+
+
+def _tampered(envelope: PredictEnvelope, **changes: Any) -> PredictEnvelope:
+    """The envelope with its first request's first input (the images) changed."""
+    wire = _json(envelope)
+    meta = wire["requests"][0]["inputs"][0]
+    for index, name in enumerate(("name", "precision", "shape", "offset", "nbytes")):
+        meta[index] = changes.get(name, meta[index])
+    return PredictEnvelope.from_wire(wire)
+
+
+@pytest.mark.parametrize(
+    ("changes", "payload_edit", "message"),
+    [
+        ({"shape": [2**40]}, None, "cannot fit"),  # an element count no payload holds: nothing allocated
+        ({"shape": [3]}, None, "end before their last length"),
+        ({"shape": [1]}, None, "follow the last BYTES element"),
+        ({"shape": [2, 1]}, None, "a BYTES tensor of shape [2, 1], not (count,)"),
+        ({"nbytes": 10**9}, None, "does not match the payload"),
+        ({"offset": -4}, None, "does not match the payload"),
+        ({}, lambda p: b"\xff\xff\xff\x7f" + p[4:], "claims 2147483647 bytes"),
+    ],
+)
+def test_a_lying_bytes_tensor_is_refused_on_unpack(changes: dict, payload_edit, message: str) -> None:
+    envelope, payload, _ = _with_images()
+    payload = payload_edit(payload) if payload_edit else payload
+    with pytest.raises(ValueError, match=re.escape(message)):
+        unpack_requests(_tampered(envelope, **changes), payload)

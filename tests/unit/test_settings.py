@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,19 @@ def test_shape_flag(flag: str, expected: dict[str | None, Any]) -> None:
 def test_batch_size_flag(flag: str, expected: int | str | None) -> None:
     (model,) = parse_command_line([*SINGLE, "--batch_size", flag]).models
     assert model.batch_size == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "layout", "rest_b64"),
+    [
+        ([], None, "image"),
+        (["--layout", "nchw"], {None: "NCHW"}, "image"),
+        (["--layout", '{"data": "NHWC"}', "--rest_b64", "raw"], {"data": "NHWC"}, "raw"),
+    ],
+)
+def test_layout_and_rest_b64_flags(flags: list[str], layout: dict | None, rest_b64: str) -> None:
+    (model,) = parse_command_line([*SINGLE, *flags]).models
+    assert (model.layout, model.rest_b64) == (layout, rest_b64)
 
 
 def test_shape_and_batch_size_warns_and_ignores_batch_size(caplog: pytest.LogCaptureFixture) -> None:
@@ -377,7 +391,36 @@ def test_model_config_to_dict_is_the_config_json_form() -> None:
         "max_batch_size": 16,
         "max_queue_delay_ms": 1.0,
         "max_queue_size": 1024,
+        "layout": None,
+        "rest_b64": "image",
     }
+
+
+def test_layout_is_one_for_every_input_or_one_per_input_and_rest_b64_image_or_raw() -> None:
+    (everywhere, per_input) = models_from_document(
+        config_list(
+            {"name": "a", "base_path": "/a", "layout": "nhwc", "rest_b64": "raw"},
+            {"name": "b", "base_path": "/b", "layout": {"data": "NCHW", "mask": "NHWC"}},
+        )
+    )
+    assert (everywhere.layout, everywhere.rest_b64) == ({None: "NHWC"}, "raw")
+    assert (per_input.layout, per_input.rest_b64) == ({"data": "NCHW", "mask": "NHWC"}, "image")
+    assert per_input.to_dict()["layout"] == {"data": "NCHW", "mask": "NHWC"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"layout": "NHWC:NCHW"}, "a transposing layout such as NHWC:NCHW is not served"),
+        ({"layout": "CHW"}, "invalid layout 'CHW'"),
+        ({"layout": {"data": 4}}, "invalid layout 4"),
+        ({"layout": "{not json"}, "invalid layout JSON"),
+        ({"rest_b64": "bytes"}, 'rest_b64 must be "image" or "raw"'),
+    ],
+)
+def test_invalid_layout_or_rest_b64_is_refused_naming_it(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        models_from_document(config_list({"name": "m", "base_path": "/m", **settings}))
 
 
 def test_empty_model_list_is_valid() -> None:
