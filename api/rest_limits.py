@@ -17,7 +17,8 @@ silent or lying about its body costs a coroutine and its own bytes, never one of
 - the bytes a body will take count against the api's in-flight budget (--max_inflight_mb) from the
   moment its head announces them: a Content-Length is reserved at once (429 if it does not fit beside
   what other requests hold), a chunked body as its parts arrive; JSON at JSON_BODY_FACTOR times its
-  length (what parsing it takes; of a KServe v2 body with binary tensors, its JSON header only), and the
+  length (what parsing it takes; of a KServe v2 inference with binary tensors, its JSON header only; a
+  raw Content-Type lowers it only where the body is read raw), and the
   reservation lasts until the request is answered (the app's own admission takes only what goes beyond
   it: api.admission.PREPAID_BYTES); while the answer is written, the reservation covers at least the
   answer's part in hand (beyond the budget if need be: the bytes exist already), so answers a client is
@@ -55,6 +56,8 @@ RETRY_AFTER_S = 1  # advised to clients of a full budget or queue (429) or a mod
 JSON_BODY_FACTOR = 8
 RAW_BODY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
 INFERENCE_HEADER_LENGTH = b"inference-header-content-length"  # KServe v2 binary tensors: the body's JSON part
+V2_MODELS_PATH, V2_INFER_SUFFIX = "/v2/models/", "/infer"  # the routes that honour it (api.kserve.rest_models)
+RAW_BODY_PATH = "/v1/jobs"  # the one route that reads a body of RAW_BODY_TYPES raw (api.rest_jobs)
 
 
 def body_too_large_message(max_body_bytes: int) -> str:
@@ -107,14 +110,17 @@ class _Held:
 
 
 def _held(admission: Admission, scope: Scope) -> _Held:
-    """What a request's body will hold: JSON (any type but the raw ones) is parsed; of a KServe v2 body with
-    binary tensors (the Inference-Header-Content-Length header), only that JSON header is."""
+    """What a request's body will hold: JSON is parsed, except a raw type's body where the route reads it raw
+    (a job upload); of a KServe v2 inference with binary tensors (the Inference-Header-Content-Length
+    header), only that JSON header is. Elsewhere the headers do not lower the count: every other route
+    parses its whole body as JSON whatever its Content-Type says."""
     headers = {name.lower(): value for name, value in scope["headers"]}
+    path = scope["path"]
     json_length = headers.get(INFERENCE_HEADER_LENGTH, b"")
-    if json_length.isdigit():
+    if json_length.isdigit() and path.startswith(V2_MODELS_PATH) and path.endswith(V2_INFER_SUFFIX):
         return _Held(admission, JSON_BODY_FACTOR, int(json_length))
     mimetype = headers.get(b"content-type", b"").decode("latin-1").partition(";")[0].strip().lower()
-    return _Held(admission, 1 if mimetype in RAW_BODY_TYPES else JSON_BODY_FACTOR)
+    return _Held(admission, 1 if mimetype in RAW_BODY_TYPES and path == RAW_BODY_PATH else JSON_BODY_FACTOR)
 
 
 class HttpLimits:
