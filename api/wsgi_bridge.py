@@ -104,7 +104,9 @@ def _non_empty(result: Iterable[bytes]) -> Iterator[bytes]:
 
 
 def _environ(scope: MutableMapping[str, Any], body: bytes) -> dict[str, Any]:
-    """PEP 3333's environ for an ASGI HTTP scope."""
+    """PEP 3333's environ for an ASGI HTTP scope. A header whose name has an underscore is dropped (as nginx
+    and gunicorn drop it): in the environ it would read as the dashed header the limits in front
+    (api.rest_limits) did not see, e.g. `Content_Type` or `Inference_Header_Content_Length`."""
     server_host, server_port = scope.get("server") or ("localhost", 80)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope["method"],
@@ -125,6 +127,8 @@ def _environ(scope: MutableMapping[str, Any], body: bytes) -> dict[str, Any]:
     if scope.get("client"):
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = scope["client"][0], str(scope["client"][1])
     for raw_name, raw_value in scope["headers"]:
+        if b"_" in raw_name:
+            continue
         name = raw_name.decode("latin-1").upper().replace("-", "_")
         key = name if name in ("CONTENT_LENGTH", "CONTENT_TYPE") else f"HTTP_{name}"
         value = raw_value.decode("latin-1")

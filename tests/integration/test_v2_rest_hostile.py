@@ -95,3 +95,26 @@ def test_binary_v2_body_is_counted_by_its_json_header(api: OvmsProcess, budget_h
         timeout=TIMEOUT_S,
     )
     assert response.status_code == 200, response.text[:200]
+
+
+@pytest.mark.parametrize(
+    ("path", "document", "header"),
+    [
+        (
+            "/v2/models/digits/infer",
+            {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}]},
+            ("Inference_Header_Content_Length", "3"),
+        ),
+        ("/v1/jobs", {"model": "digits", "instances": [[0] * 64]}, ("Content_Type", "application/x-npz")),
+    ],
+    ids=["v2-inference-header", "job-content-type"],
+)
+def test_header_with_underscores_is_not_read_as_the_dashed_one(
+    api: OvmsProcess, path: str, document: dict, header: tuple[str, str]
+) -> None:
+    """The limits in front read dashed headers only; the app must not read `Inference_Header_Content_Length`
+    (or `Content_Type`, which made a job's JSON count as raw in the budget and parse as JSON) as them."""
+    response = requests.post(
+        f"{api.rest_url}{path}", data=json.dumps(document), headers=dict([header]), timeout=TIMEOUT_S
+    )
+    assert response.status_code in (200, 202), response.text[:200]
