@@ -17,8 +17,9 @@ silent or lying about its body costs a coroutine and its own bytes, never one of
 - the bytes a body will take count against the api's in-flight budget (--max_inflight_mb) from the
   moment its head announces them: a Content-Length is reserved at once (429 if it does not fit beside
   what other requests hold), a chunked body as its parts arrive; JSON at JSON_BODY_FACTOR times its
-  length (what parsing it takes; of a KServe v2 inference with binary tensors, its JSON header only; a
-  raw Content-Type lowers it only where the body is read raw), and the
+  length, plus its lists, objects and strings once it has come (what parsing it takes; of a KServe v2
+  inference with binary tensors, its JSON header only; a raw Content-Type lowers it only where the body
+  is read raw), and the
   reservation lasts until the request is answered (the app's own admission takes only what goes beyond
   it: api.admission.PREPAID_BYTES); while the answer is written, the reservation covers at least the
   answer's part in hand (beyond the budget if need be: the bytes exist already), so answers a client is
@@ -54,6 +55,8 @@ RETRY_AFTER_S = 1  # advised to clients of a full budget or queue (429) or a mod
 # json.loads makes a Python object of every number: measured 3x (random float32 text) to 9x ("0.0" values)
 # the body's length, beside the body itself
 JSON_BODY_FACTOR = 8
+JSON_CONTAINER_BYTES = 64  # beyond it, per list or object (sys.getsizeof([]) is 56, {} 64)
+JSON_QUOTE_BYTES = 32  # beyond it, per quote: a string is ~50 bytes however short
 RAW_BODY_TYPES = ("application/octet-stream", "application/x-npy", "application/x-npz", "application/zip")
 INFERENCE_HEADER_LENGTH = b"inference-header-content-length"  # KServe v2 binary tensors: the body's JSON part
 V2_MODELS_PATH, V2_INFER_SUFFIX = "/v2/models/", "/infer"  # the routes that honour it (api.kserve.rest_models)
@@ -89,12 +92,23 @@ class _Held:
             return
         start, end = self._body_bytes, self._body_bytes + body_bytes
         parsed = body_bytes if self._parsed_bytes is None else max(0, min(end, self._parsed_bytes) - start)
-        nbytes = parsed * self._factor + body_bytes - parsed
+        self._reserve(parsed * self._factor + body_bytes - parsed)
+        self._body_bytes = end
+
+    def parsed(self, body: bytes) -> None:
+        """Reserve what the parsed part's lists, objects and strings take beyond JSON_BODY_FACTOR: each is a
+        Python object of ~60 bytes, however few bytes of JSON it is (`[],` is 3): 20 MB of `[],` held 550 MB."""
+        if self._factor == 1:
+            return
+        end = len(body) if self._parsed_bytes is None else min(len(body), self._parsed_bytes)
+        containers = body.count(b"[", 0, end) + body.count(b"{", 0, end)
+        self._reserve(containers * JSON_CONTAINER_BYTES + body.count(b'"', 0, end) * JSON_QUOTE_BYTES)
+
+    def _reserve(self, nbytes: int) -> None:
         try:
             self._admission.budget.reserve(nbytes, already_mine=self.nbytes)
         except ResourceExhausted as refused:
             raise _Refused(429, refused.message, {b"retry-after": str(RETRY_AFTER_S).encode()}) from None
-        self._body_bytes = end
         self.nbytes += nbytes
 
     def cover(self, nbytes: int) -> None:
@@ -155,6 +169,7 @@ class HttpLimits:
                 declared = self._check_head(scope)
                 held.grow(declared)
                 body = await self._read_body(receive, held, declared is None)
+                held.parsed(body)
             except _Refused as refused:
                 await _answer(send, refused.status, refused.message, refused.headers)
                 return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import math
 import re
@@ -26,7 +27,7 @@ import numpy as np
 
 from api.kserve.datatypes import BYTES, datatype_of, precision_of
 from api.kserve.request_fields import check_parameter_count, check_tensor_parameters, request_id, timeout_s
-from api.kserve.tensors import bytes_tensor, output_values, raw_output, raw_tensor, tensor_shape
+from api.kserve.tensors import MAX_BYTES_ELEMENTS, bytes_tensor, output_values, raw_output, raw_tensor, tensor_shape
 from api.rest_http import parse_json
 from inference.errors import InvalidArgument
 from inference.request import InferenceResult
@@ -225,7 +226,7 @@ def _numbers(data: list[Any], datatype: str, where: str) -> np.ndarray:
 
 def _bytes_values(data: list[Any], base64_text: bool, where: str) -> list[bytes]:
     """JSON strings as BYTES elements: their UTF-8 bytes, or the bytes their base64 text holds."""
-    strings = list(_leaves(data, where))
+    strings = list(itertools.islice(_leaves(data, where), MAX_BYTES_ELEMENTS + 1))  # more: refused, unencoded
     if not all(isinstance(text, str) for text in strings):
         raise InvalidArgument(f"Invalid 'data' of {where}: BYTES elements are strings")
     if not base64_text:

@@ -79,6 +79,28 @@ def test_json_body_is_counted_as_json_whatever_its_headers_say(
     assert response.headers["Retry-After"] == "1"
 
 
+SMALL_JSON_BYTES = 200 << 10  # 8x of it fits beside the held half of the budget
+
+
+def padded_v2_body(atom: bytes) -> bytes:
+    """A valid digits request padded with ~SMALL_JSON_BYTES of `atom`s under a key nobody reads."""
+    padding = b",".join([atom] * (SMALL_JSON_BYTES // (len(atom) + 1)))
+    inputs = json.dumps([{"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [0] * 64}]).encode()
+    return b'{"padding": [' + padding + b'], "inputs": ' + inputs + b"}"
+
+
+@pytest.mark.parametrize("atom", [b"[]", b"{}", b'"ab"'], ids=["lists", "objects", "strings"])
+def test_json_of_small_objects_is_counted_by_its_objects(api: OvmsProcess, budget_half_held: None, atom: bytes) -> None:
+    """`[],` is 3 bytes of JSON and a 64-byte Python object: 20 MB of them held 550 MB, not 8 x 20."""
+    response = requests.post(f"{api.rest_url}/v2/models/digits/infer", data=padded_v2_body(atom), timeout=TIMEOUT_S)
+    assert response.status_code == 429, response.text[:200]
+
+
+def test_json_of_numbers_still_fits_beside_others(api: OvmsProcess, budget_half_held: None) -> None:
+    response = requests.post(f"{api.rest_url}/v2/models/digits/infer", data=padded_v2_body(b"0.5"), timeout=TIMEOUT_S)
+    assert response.status_code == 200, response.text[:200]
+
+
 def test_binary_v2_body_is_counted_by_its_json_header(api: OvmsProcess, budget_half_held: None) -> None:
     """What the exceptions are for: a v2 body with binary tensors of 1 MB beside the held 2 MB is served."""
     rows = (1 << 20) // 256
