@@ -15,7 +15,7 @@ import pytest
 from api.admission import Admission
 from api.kserve.rest_codec import InferBody, infer_response, parse_infer_body
 from api.kserve.tensors import MAX_BYTES_ELEMENTS, bytes_elements, raw_tensor, tensor_shape
-from api.rest_limits import JSON_BODY_FACTOR, _held
+from api.rest_limits import JSON_BODY_FACTOR, JSON_CONTAINER_BYTES, JSON_QUOTE_BYTES, _held
 from inference import dtypes
 from inference.errors import InvalidArgument
 from inference.request import InferenceResult
@@ -420,20 +420,48 @@ def test_a_binary_answer_lists_its_outputs_sizes_and_appends_their_contents() ->
 
 def test_a_binary_body_holds_its_json_header_at_the_json_factor_and_its_tensors_once() -> None:
     admission = Admission(1 << 30)
-    scope = {"headers": [(b"Inference-Header-Content-Length", b"100")]}
-    held = _held(admission, scope)
+    infer = "/v2/models/m/infer"
+    held = _held(admission, {"path": infer, "headers": [(b"Inference-Header-Content-Length", b"100")]})
     held.grow(60)
     held.grow(1000)
     assert held.nbytes == 100 * JSON_BODY_FACTOR + 960
-    plain = _held(admission, {"headers": [(b"content-type", b"application/json")]})
+    plain = _held(admission, {"path": infer, "headers": [(b"content-type", b"application/json")]})
     plain.grow(1060)
     assert plain.nbytes == 1060 * JSON_BODY_FACTOR
-    lying = _held(admission, {"headers": [(b"inference-header-content-length", b"99999999")]})
+    lying = _held(admission, {"path": infer, "headers": [(b"inference-header-content-length", b"99999999")]})
     lying.grow(1060)
     assert lying.nbytes == 1060 * JSON_BODY_FACTOR
     typed = [(b"content-type", b"application/octet-stream"), (b"inference-header-content-length", b"10")]
-    raw = _held(admission, {"headers": typed})
+    raw = _held(admission, {"path": infer, "headers": typed})
     raw.grow(1060)
     assert raw.nbytes == 10 * JSON_BODY_FACTOR + 1050
     for each in (held, plain, lying, raw):
         each.release()
+
+
+@pytest.mark.parametrize(
+    ("path", "header", "factor"),
+    [
+        ("/v1/jobs", (b"content-type", b"application/octet-stream"), 1),
+        ("/v1/models/m:predict", (b"content-type", b"application/octet-stream"), JSON_BODY_FACTOR),
+        ("/v2/models/m/infer", (b"content-type", b"application/x-npz"), JSON_BODY_FACTOR),
+        ("/v1/models/m:predict", (b"inference-header-content-length", b"1"), JSON_BODY_FACTOR),
+        ("/v2/repository/index", (b"inference-header-content-length", b"1"), JSON_BODY_FACTOR),
+    ],
+)
+def test_headers_lower_the_json_count_only_where_the_route_honours_them(
+    path: str, header: tuple[bytes, bytes], factor: int
+) -> None:
+    held = _held(Admission(1 << 30), {"path": path, "headers": [header]})
+    held.grow(1000)
+    assert held.nbytes == 1000 * factor
+    held.release()
+
+
+def test_a_parsed_body_holds_its_lists_objects_and_strings_beyond_the_factor() -> None:
+    held = _held(Admission(1 << 30), {"path": "/v2/models/m/infer", "headers": []})
+    body = b'{"a": [[], [], "x"]}'
+    held.grow(len(body))
+    held.parsed(body)
+    assert held.nbytes == len(body) * JSON_BODY_FACTOR + 4 * JSON_CONTAINER_BYTES + 4 * JSON_QUOTE_BYTES
+    held.release()
