@@ -10,16 +10,13 @@ from typing import Any
 import numpy as np
 
 from api.kserve.datatypes import BYTES, datatype_of, precision_of
-from api.kserve.request_fields import check_parameter_count, check_tensor_parameters
+from api.kserve.request_fields import check_parameter_count, check_tensor_count, check_tensor_parameters
 from api.kserve.tensors import bytes_tensor, raw_output, raw_tensor, tensor_shape
 from api.protos import grpc_service_pb2 as pb
 from inference.errors import InvalidArgument
 from inference.request import InferenceResult
 from inference.validation import RequestTensor
 
-# At most this many inputs or requested outputs in a request: no model has nearly as many, and each costs a
-# decode and a line in an error message.
-MAX_TENSORS = 1024
 NAME_CHARS = 100  # of a client's tensor name quoted in a message
 
 # The InferTensorContents field of each precision, with the numpy type of its values. FP16 and BF16 have
@@ -43,8 +40,7 @@ _CONTENTS = {
 def infer_inputs(request: pb.ModelInferRequest) -> dict[str, RequestTensor]:
     """The request's inputs by name, as sent (validation then checks them against the model)."""
     count = len(request.inputs)
-    if count > MAX_TENSORS:
-        raise InvalidArgument(f"Invalid number of inputs - {count} exceed the limit of {MAX_TENSORS}")
+    check_tensor_count(count, "inputs")
     raw = list(request.raw_input_contents)  # each read of a bytes field is a new copy: read them once
     if raw and len(raw) != count:
         raise InvalidArgument(
@@ -62,9 +58,7 @@ def infer_inputs(request: pb.ModelInferRequest) -> dict[str, RequestTensor]:
 
 def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
     """The names of the outputs asked for, in request order (none: every output)."""
-    count = len(request.outputs)
-    if count > MAX_TENSORS:
-        raise InvalidArgument(f"Invalid number of outputs - {count} exceed the limit of {MAX_TENSORS}")
+    check_tensor_count(len(request.outputs), "outputs")
     names: dict[str, None] = {}
     for output in request.outputs:
         where = f"output {output.name:.{NAME_CHARS}}"

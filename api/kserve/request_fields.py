@@ -1,6 +1,6 @@
 """Request fields both v2 frontends read the same way: the model version string, the request id, the
 parameters (their number, the `timeout` parameter in microseconds as Triton reads it, and the extensions'
-tensor parameters this server does not serve)."""
+tensor parameters this server does not serve), and how many tensors a request names."""
 
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ from inference.errors import InvalidArgument
 TIMEOUT_PARAMETER = "timeout"
 MAX_TIMEOUT_US = 10**12  # 1e6 s: a longer deadline overflows the Redis expiry of the request's tensors
 MAX_ID_CHARS = 1024  # the id is echoed in the answer: far above a UUID or a trace id
+# At most this many inputs or requested outputs in a request: no model has nearly as many, and each costs a
+# decode and a line in an error message.
+MAX_TENSORS = 1024
 MAX_PARAMETERS = 64  # per request, input or output: none is needed beyond `timeout`; each costs a decode
 # Tensor parameters of protocol extensions this server does not serve, and why: refused rather than ignored,
 # since ignoring them would answer something else than was asked.
@@ -51,6 +54,12 @@ def request_id(value: Any) -> str:
     if len(value) > MAX_ID_CHARS:
         raise InvalidArgument(f"Invalid 'id': {len(value)} characters; the limit is {MAX_ID_CHARS}")
     return value
+
+
+def check_tensor_count(count: int, kind: str) -> None:
+    """`kind`: "inputs" or "outputs"."""
+    if count > MAX_TENSORS:
+        raise InvalidArgument(f"Invalid number of {kind} - {count} exceed the limit of {MAX_TENSORS}")
 
 
 def check_parameter_count(count: int, where: str) -> None:

@@ -26,7 +26,13 @@ from typing import Any
 import numpy as np
 
 from api.kserve.datatypes import BYTES, datatype_of, precision_of
-from api.kserve.request_fields import check_parameter_count, check_tensor_parameters, request_id, timeout_s
+from api.kserve.request_fields import (
+    check_parameter_count,
+    check_tensor_count,
+    check_tensor_parameters,
+    request_id,
+    timeout_s,
+)
 from api.kserve.tensors import MAX_BYTES_ELEMENTS, bytes_tensor, output_values, raw_output, raw_tensor, tensor_shape
 from api.rest_http import parse_json
 from inference.errors import InvalidArgument
@@ -118,6 +124,7 @@ def _inputs(items: Any, binary: memoryview, header_given: bool) -> dict[str, Req
     """Each input, binary ones sliced from `binary` in input order; every byte of it must be used."""
     if not isinstance(items, list) or not items:
         raise InvalidArgument("Unable to parse 'inputs': a non-empty list of tensors")
+    check_tensor_count(len(items), "inputs")
     inputs: dict[str, RequestTensor] = {}
     offset = 0
     for item in items:
@@ -156,15 +163,15 @@ def _outputs(items: Any) -> tuple[list[str] | None, dict[str, bool]]:
         return None, {}
     if not isinstance(items, list):
         raise InvalidArgument("Unable to parse 'outputs': a list")
-    names: list[str] = []
+    check_tensor_count(len(items), "outputs")
+    names: dict[str, None] = {}
     binary: dict[str, bool] = {}
     for item in items:
         name, parameters = _named(item, "output")
         if BINARY_DATA in parameters:
             binary[name] = _flag(parameters[BINARY_DATA], BINARY_DATA, f"output {name!r:.80}")
-        if name not in names:
-            names.append(name)
-    return names or None, binary
+        names[name] = None
+    return list(names) or None, binary
 
 
 def _named(item: Any, kind: str) -> tuple[str, dict[str, Any]]:
