@@ -99,8 +99,9 @@ test_throughput: venv models
 		'BEGIN { printf "wall %.3f s\n%d FPS\n", e - s, n / (e - s) }'; \
 	exit $$failed
 
-# Served vs raw OpenVINO, one Markdown table per model; starts and stops its own server (see ops/bench.py).
-bench: venv models
+# Served vs raw OpenVINO, one Markdown table per model (TF Serving and KServe v2 rows); starts and stops its own
+# server (see ops/bench.py).
+bench: venv models triton-client
 	$(BIN)/python ops/bench.py $(BENCH_ARGS)
 
 # Ten minutes at 70% of measured capacity: errors, latency, memory of every process (see ops/soak.py).

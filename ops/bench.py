@@ -2,7 +2,7 @@
 """Benchmark the served models against raw OpenVINO on the same machine, in one run.
 
     python ops/bench.py [--duration 8] [--warmup 2] [--concurrency 1,8,32] [--models digits,resnet] \\
-        [--rest] [--v2] [--server-flags "--max_batch_size 8"]
+        [--rest] [--no-v2] [--server-flags "--max_batch_size 8"]
 
 Starts the whole stack (`python -m ovms`: embedded Redis, a worker, the api) on free ports with a
 temporary config.json, and for each model and concurrency c measures
@@ -10,8 +10,8 @@ temporary config.json, and for each model and concurrency c measures
 - raw: OpenVINO in this process while the server is idle — c requests of batch 1 kept in flight with an
   `AsyncInferQueue` (PERFORMANCE_HINT LATENCY for c = 1, THROUGHPUT otherwise);
 - served: gRPC Predict from c coroutines on one `grpc.aio` channel, batch 1, back to back
-  (and REST from c threads with `--rest`; with `--v2`, KServe v2 gRPC, REST with binary tensors and REST JSON
-  driven by the official Triton client, ops/v2_load.py in .venv-triton);
+  (and REST from c threads with `--rest`), and KServe v2 gRPC, REST with binary tensors and REST JSON driven
+  by the official Triton client (ops/v2_load.py in .venv-triton; `--no-v2` leaves them out);
 - the bytes through Redis per request (what its clients wrote to it and read from it, from INFO stats, over
   the whole cell, divided by the requests completed in it).
 
@@ -370,7 +370,7 @@ def measure_v2(
 ) -> Stats:
     """The official Triton client (ops/v2_load.py in .venv-triton) sending batch-1 requests over `protocol`."""
     if not V2_PYTHON.exists():
-        raise RuntimeError(f"{V2_PYTHON} is missing: run `make triton-client` for --v2")
+        raise RuntimeError(f"{V2_PYTHON} is missing: run `make triton-client`, or leave v2 out with --no-v2")
     url = server.grpc_address if protocol == "grpc" else server.rest_url.removeprefix("http://")
     command = [
         str(V2_PYTHON), str(V2_LOAD), "--protocol", protocol, "--url", url, "--model", case.name,
@@ -697,12 +697,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=8.0, help="measured seconds per cell (default 8)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warmup seconds before each cell (default 2)")
     parser.add_argument("--concurrency", type=int_list, default=[1, 8, 32], help="e.g. 1,8,32 (default)")
-    parser.add_argument("--models", type=model_list, default=list(CASES), help="e.g. digits,resnet (default)")
+    parser.add_argument("--models", type=model_list, default=list(CASES), help=f"default: {','.join(CASES)}")
     parser.add_argument(
         "--server-flags", default="", help='extra ovms flags, e.g. "--max_batch_size 8" (per-model ones: config.json)'
     )
     parser.add_argument("--rest", action="store_true", help="also measure the REST API")
-    parser.add_argument("--v2", action="store_true", help="also measure KServe v2 (gRPC, REST binary, REST JSON)")
+    parser.add_argument(
+        "--v2",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure KServe v2 too (gRPC, REST binary, REST JSON; default on, --no-v2 leaves it out)",
+    )
     return parser.parse_args(argv)
 
 

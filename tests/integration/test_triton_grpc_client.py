@@ -19,6 +19,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from api.protos import grpc_service_pb2, model_config_pb2
+from tests.support import images
 
 REPO = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
@@ -34,6 +35,8 @@ TYPES_MODEL_INPUTS = {
     "boolean": np.bool_,
 }
 VERSIONED_X = np.array([[1.0, 2.0, -3.0, 0.5]], dtype=np.float32)
+PHOTOS = images.photographs()
+ENCODED_IMAGES = [images.jpeg(PHOTOS["china"], 48, 32), images.png(PHOTOS["flower"], 48, 32)]  # image_u8's size
 
 
 def extremes(dtype: type) -> np.ndarray:
@@ -54,6 +57,7 @@ def data(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         "multi": {"a": np.array([[1, 2]], np.float32), "b": np.array([[3, 4]], np.float32)},
         "bytes": {"x": np.array([b"\x89PNG", b"jpeg"])},  # fixed-width bytes: the client sends them as BYTES
         "resnet": {"data": np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)},
+        "images": {"image": np.array(ENCODED_IMAGES)},
     }
     paths = {}
     for name, inputs in arrays.items():
@@ -80,6 +84,7 @@ COMMANDS = {
     "infer outputs": {"op": "infer", "model": "multi", "inputs": "multi", "outputs": ["product"]},
     "infer unknown model": {"op": "infer", "model": "nonexistent", "inputs": "versioned"},
     "infer bytes": {"op": "infer", "model": "digits", "inputs": "bytes"},
+    "infer images": {"op": "infer", "model": "image_u8", "inputs": "images"},
     "infer timeout": {"op": "infer", "model": "resnet", "inputs": "resnet", "timeout_us": 1},
     "async_infer": {"op": "async_infer", "model": "versioned", "inputs": "versioned"},
     "aio": {"op": "aio", "model": "versioned", "inputs": "versioned"},
@@ -170,6 +175,15 @@ def test_infer_every_datatype_of_types(answers: dict[str, Any]) -> None:
         sent = extremes(dtype)
         assert outputs[f"{name}_out"]["datatype"] == datatypes.get(name, "BOOL")
         np.testing.assert_array_equal(np.array(outputs[f"{name}_out"]["values"], dtype=dtype), sent, err_msg=name)
+
+
+def test_infer_images_as_bytes_decoded_as_a_client_decodes_them(answers: dict[str, Any]) -> None:
+    """A JPEG and a PNG as one BYTES tensor of 2 elements, decoded on the worker into image_u8's NHWC U8
+    pixels: exactly what OpenCV gives the client for the same bytes."""
+    pixels = answers["infer images"]["outputs"]["pixels"]
+    assert (pixels["datatype"], pixels["shape"]) == ("UINT8", [2, 32, 48, 3])
+    expected = np.stack([images.decoded(data) for data in ENCODED_IMAGES])
+    np.testing.assert_array_equal(np.array(pixels["values"], dtype=np.uint8), expected)
 
 
 def test_infer_options(answers: dict[str, Any]) -> None:

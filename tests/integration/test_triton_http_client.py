@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.integration.test_v2_rest import TYPES
+from tests.support import images
 from tests.support.stack import OvmsProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +25,8 @@ TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
 TRITON_CLIENT = REPO / "tests" / "clients" / "triton_http_client.py"
 NO_SUCH_MODEL = {"error": {"status": "404", "message": "Model with requested name is not found"}}
 BINARY_WAYS = [(binary_in, binary_out) for binary_in in "01" for binary_out in "01"]
+PHOTOS = images.photographs()
+ENCODED_IMAGES = [images.jpeg(PHOTOS["china"], 48, 32), images.png(PHOTOS["flower"], 48, 32)]  # image_u8's size
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,7 @@ def files(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         "types": {name: np.array(values, dtype=dtype) for name, (_, dtype, values) in TYPES.items()},
         "versioned": {"x": np.array([[1, 2, 3, 4]], dtype=np.float32)},
         "wrong_type": {"x": np.array([[1, 2, 3, 4]], dtype=np.float64)},
+        "images": {"image": np.array(ENCODED_IMAGES)},  # fixed-width bytes: the client sends them as BYTES
     }
     paths = {}
     for name, inputs in arrays.items():
@@ -62,6 +66,8 @@ def answers(server: OvmsProcess, files: dict[str, Path]) -> dict[str, Any]:
         "unknown_model": f"infer nope {files['versioned']} 1 1",
         "unknown_version": f"infer versioned {files['versioned']} 1 1 7",
         "wrong_type": f"infer versioned {files['wrong_type']} 1 1",
+        # binary inputs only: the client sends JSON BYTES as UTF-8 text, which encoded images are not
+        **{f"images_1{o}": f"infer image_u8 {files['images']} 1 {o}" for o in "01"},
         "async_infer": f"async_infer versioned {files['versioned']}",
         "aio": f"aio digits {files['digits']}",
         "index": "index",
@@ -198,3 +204,13 @@ def test_repository_load_and_unload(answers: dict[str, Any]) -> None:
     assert answers["load"] is None
     assert answers["unload"]["error"]["status"] == "501"
     assert "remove it from config.json" in answers["unload"]["error"]["message"]
+
+
+def test_infer_images_as_binary_bytes_decoded_as_a_client_decodes_them(answers: dict[str, Any]) -> None:
+    """A JPEG and a PNG as one binary BYTES tensor of 2 elements, decoded on the worker into image_u8's
+    NHWC U8 pixels: exactly what OpenCV gives the client for the same bytes, in binary and JSON answers."""
+    expected = np.stack([images.decoded(data) for data in ENCODED_IMAGES])
+    for binary_out in "01":
+        pixels = answers[f"images_1{binary_out}"]["outputs"]["pixels"]
+        assert (pixels["datatype"], pixels["shape"]) == ("UINT8", [2, 32, 48, 3])
+        np.testing.assert_array_equal(np.array(pixels["values"], dtype=np.uint8), expected)

@@ -80,7 +80,6 @@ def test_a_full_lane_refuses_at_once() -> None:
         lane.add(entry(9), workers=1, max_waiting=3)
 
 
-
 def test_a_message_stops_taking_requests_once_it_holds_enough_bytes() -> None:
     lane = Lane(max_requests_per_message=64)
     half = MAX_COALESCED_BYTES // 2 // 4  # float32 elements in half the cap
