@@ -653,7 +653,10 @@ def served_measurements(args: argparse.Namespace, server: Server, case: ModelCas
     if args.rest:
         apis["REST"] = functools.partial(measure_rest, server.rest_url, case)
     if args.v2:
-        apis |= {label: functools.partial(measure_v2, server, case, protocol) for label, protocol in V2_APIS.items()}
+        # tritonclient sends JSON BYTES as UTF-8 text, which encoded images are not
+        for label, protocol in V2_APIS.items():
+            if not case.encoded or protocol != "rest-json":
+                apis[label] = functools.partial(measure_v2, server, case, protocol)
     return apis
 
 

@@ -8,7 +8,8 @@ tritonclient pins a protobuf older than the server's), prints one JSON document 
 Each of the `concurrency` clients sends batch-1 requests back to back (gRPC: tritonclient.grpc.aio coroutines on
 one client; REST: threads with a tritonclient.http client each). `--samples` is an .npy array whose rows are the
 requests' inputs, cycled; with `--datatype BYTES` it is an .npz of encoded images (keys in order), each sent as
-a one-element BYTES tensor. A request counts when it completes inside the measured window (after the warmup).
+a one-element BYTES tensor (not over rest-json: the client sends JSON BYTES as UTF-8 text, which images are
+not). A request counts when it completes inside the measured window (after the warmup).
 
 Output: {"seconds": window, "latencies_s": [...], "errors": {kind: count}, "completed": successes in all}
 """
@@ -20,10 +21,10 @@ import asyncio
 import itertools
 import json
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,14 +129,12 @@ def rest_stream(args: argparse.Namespace, samples: list[np.ndarray], counter: It
 
 
 def rest_load(args: argparse.Namespace, samples: list[np.ndarray], window: Window) -> None:
+    """A client that fails outside a request (e.g. cannot encode its input) fails the run."""
     counter = itertools.count()
-    threads = [
-        threading.Thread(target=rest_stream, args=(args, samples, counter, window)) for _ in range(args.concurrency)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        streams = [pool.submit(rest_stream, args, samples, counter, window) for _ in range(args.concurrency)]
+        for stream in streams:
+            stream.result()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
