@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from inference.per_input import parse_per_input
 from inference.signature import DYNAMIC
 
 NHWC, NCHW = "NHWC", "NCHW"
@@ -27,14 +28,7 @@ class LayoutParseError(ValueError):
 
 def parse_layout_setting(value: object) -> LayoutSetting:
     """A model's `layout` from the command line (a string) or config.json (a string or an object)."""
-    if isinstance(value, str) and value.strip().startswith("{"):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise LayoutParseError(f"invalid layout JSON: {exc}") from None
-    if isinstance(value, dict):
-        return {str(name): _layout(one) for name, one in value.items()}
-    return {None: _layout(value)}
+    return parse_per_input(value, _layout, LayoutParseError, "layout")
 
 
 def _layout(value: object) -> str:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
+
+from inference.per_input import parse_per_input
 
 AUTO = "auto"
 Shape = tuple[int, ...]
@@ -33,14 +34,7 @@ def parse_input_shape(value: object) -> InputShape:
 
 def parse_shape_setting(value: object) -> ShapeSetting:
     """Parse a model's `shape` from the CLI (a string) or config.json (string, list or object)."""
-    if isinstance(value, str) and value.strip().startswith("{"):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ShapeParseError(f"invalid shape JSON: {exc}") from None
-    if isinstance(value, dict):
-        return {str(name): parse_input_shape(shape) for name, shape in value.items()}
-    return {None: parse_input_shape(value)}
+    return parse_per_input(value, parse_input_shape, ShapeParseError, "shape")
 
 
 def parse_batch_size(value: object) -> int | str | None:
