@@ -24,6 +24,8 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from tests.support.types_model import TYPES_MODEL_INPUTS, extremes
+
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
@@ -198,25 +200,6 @@ def test_float_val_input(stubs: Stubs) -> None:
 
 
 # --------------------------------------------------------------------------- element types
-
-
-def extremes(dtype: type) -> np.ndarray:
-    """Two rows holding a type's extremes; int64 stays in int32 range (the CPU plugin runs i64 as i32)."""
-    if dtype is np.bool_:
-        return np.array([[True, False], [False, True]])
-    info = np.finfo(dtype) if np.issubdtype(dtype, np.floating) else np.iinfo(np.int32 if dtype is np.int64 else dtype)
-    return np.array([[info.min, info.max], [0, 1]], dtype=dtype)
-
-
-TYPES_MODEL_INPUTS = {
-    "f16": np.float16,
-    "i8": np.int8,
-    "u8": np.uint8,
-    "i16": np.int16,
-    "i32": np.int32,
-    "i64": np.int64,
-    "boolean": np.bool_,
-}
 
 
 @pytest.mark.parametrize("encode", [content_tensor, typed_tensor], ids=["tensor_content", "typed_val"])

@@ -20,30 +20,15 @@ from google.protobuf import descriptor_pb2
 
 from api.protos import grpc_service_pb2, model_config_pb2
 from tests.support import images
+from tests.support.types_model import TYPES_MODEL_INPUTS, extremes
 
 REPO = Path(__file__).resolve().parents[2]
 TRITON_PYTHON = REPO / ".venv-triton" / "bin" / "python"
 TRITON_CLIENT = REPO / "tests" / "clients" / "triton_grpc_client.py"
 
-TYPES_MODEL_INPUTS = {
-    "f16": np.float16,
-    "i8": np.int8,
-    "u8": np.uint8,
-    "i16": np.int16,
-    "i32": np.int32,
-    "i64": np.int64,
-    "boolean": np.bool_,
-}
 VERSIONED_X = np.array([[1.0, 2.0, -3.0, 0.5]], dtype=np.float32)
 PHOTOS = images.photographs()
 ENCODED_IMAGES = [images.jpeg(PHOTOS["china"], 48, 32), images.png(PHOTOS["flower"], 48, 32)]  # image_u8's size
-
-
-def extremes(dtype: type) -> np.ndarray:
-    if dtype is np.bool_:
-        return np.array([[True, False], [False, True]])
-    info = np.finfo(dtype) if np.issubdtype(dtype, np.floating) else np.iinfo(np.int32 if dtype is np.int64 else dtype)
-    return np.array([[info.min, info.max], [0, 1]], dtype=dtype)
 
 
 @pytest.fixture(scope="module")

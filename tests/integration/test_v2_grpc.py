@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.protos import grpc_service_pb2 as pb
 from api.protos import grpc_service_pb2_grpc
 from tests.support.stack import OvmsProcess, start_ovms
+from tests.support.types_model import TYPES_MODEL_INPUTS, extremes
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -56,15 +57,6 @@ CONTENTS_FIELDS = {
     "UINT64": "uint64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
-}
-TYPES_MODEL_INPUTS = {
-    "f16": np.float16,
-    "i8": np.int8,
-    "u8": np.uint8,
-    "i16": np.int16,
-    "i32": np.int32,
-    "i64": np.int64,
-    "boolean": np.bool_,
 }
 
 
@@ -123,14 +115,6 @@ def assert_rpc_error(
 ) -> None:
     error = rpc_error(method, request)
     assert (error.code(), error.details()) == (code, message)
-
-
-def extremes(dtype: type) -> np.ndarray:
-    """Two rows holding a type's extremes; int64 stays in int32 range (the CPU plugin runs i64 as i32)."""
-    if dtype is np.bool_:
-        return np.array([[True, False], [False, True]])
-    info = np.finfo(dtype) if np.issubdtype(dtype, np.floating) else np.iinfo(np.int32 if dtype is np.int64 else dtype)
-    return np.array([[info.min, info.max], [0, 1]], dtype=dtype)
 
 
 def resnet_image() -> np.ndarray:
