@@ -18,6 +18,7 @@ class Outcome:
     finished: float
     code: str  # grpc.StatusCode name, "OK" on success
     worker: str = ""  # the worker that answered (trailing metadata `ovms-worker`)
+    detail: str = ""  # the error's message
 
     @property
     def seconds(self) -> float:
@@ -70,6 +71,11 @@ class GrpcLoad:
                     counts[outcome.code] = counts.get(outcome.code, 0) + 1
         return counts
 
+    def failures(self) -> list[tuple[float, str, str]]:
+        """(started, code, message) of every request that failed."""
+        with self._lock:
+            return [(o.started, o.code, o.detail) for o in self.outcomes if o.code != "OK"]
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -78,7 +84,7 @@ class GrpcLoad:
                 worker = dict(call.trailing_metadata() or ()).get("ovms-worker", "")
                 outcome = Outcome(started, time.monotonic(), "OK", worker)
             except grpc.RpcError as error:
-                outcome = Outcome(started, time.monotonic(), error.code().name)
+                outcome = Outcome(started, time.monotonic(), error.code().name, detail=error.details() or "")
                 time.sleep(0.01)  # a failing server answers at once: do not spin
             with self._lock:
                 self.outcomes.append(outcome)
