@@ -104,6 +104,10 @@ def test_every_api_process_reports_ready(pair: OvmsProcess) -> None:
 def test_a_killed_api_process_is_restarted_while_the_other_serves(pair: OvmsProcess) -> None:
     victim, survivor = sorted(_by_pid(pair))
     os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(victim):  # until its listeners are closed: a connection it had queued would be reset
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     _predict_on_new_connections(pair, 6)  # all answered, by the survivor or, once it listens, the new one
     pair.wait_for_log(f"Api process {victim} exited with -9; restarting it", timeout_s=10)
     deadline = time.monotonic() + 30
