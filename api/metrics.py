@@ -28,6 +28,7 @@ from inference.request import InferenceResult
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's; it reads it when first imported
 _MICROSECONDS = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000)
 
 
@@ -121,9 +122,6 @@ class ServingMetrics:
         MultiProcessCollector(registry, self._shared_dir)
         registry.register(self._queues)
         return generate_latest(registry)
-
-
-MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's; it reads it when first imported
 
 
 def _served_by_this_process(registry: CollectorRegistry) -> Gauge:
