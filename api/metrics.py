@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.values import MultiProcessValue
 
 from inference.errors import ServingError
 from inference.request import InferenceResult
@@ -29,6 +30,7 @@ from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's; it reads it when first imported
+SLOT_ENV = "OVMS_API_PROCESS_SLOT"  # which of the supervisor's N api processes this is (0..N-1)
 _MICROSECONDS = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000)
 
 
@@ -45,6 +47,8 @@ class Tracker:
 class ServingMetrics:
     def __init__(self, registry_view: RegistryView, broker: redis.Redis, link: RedisLink) -> None:
         self.registry = CollectorRegistry()
+        self._served = _served_by_this_process(self.registry)  # its file by pid: made before the slot's
+        _write_files_of_this_slot()
         labels = ["name", "version", "interface", "method"]
         self._success = Counter("ovms_requests_success", "Requests answered", labels, registry=self.registry)
         self._fail = Counter("ovms_requests_fail", "Requests failed", [*labels, "code"], registry=self.registry)
@@ -76,7 +80,6 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
-        self._served = _served_by_this_process(self.registry)
         self._queues = _QueueCollector(registry_view, broker, link)
         self._view = registry_view
         self._shared_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
@@ -122,6 +125,18 @@ class ServingMetrics:
         MultiProcessCollector(registry, self._shared_dir)
         registry.register(self._queues)
         return generate_latest(registry)
+
+
+def _write_files_of_this_slot() -> None:
+    """In multiprocess mode, name the files of the metrics made from now on by this process's slot rather
+    than its pid (prometheus_client's default): a replacement for a process that died goes on from its
+    counts, in its files, so the directory holds N processes' files however many restarts there were
+    (by pid, each restart left two more files that every scrape reads for as long as the server runs).
+    The per-pid gauge, made before, keeps its file by pid, which mark_process_dead removes."""
+    slot = os.environ.get(SLOT_ENV)
+    if os.environ.get(MULTIPROCESS_DIR_ENV) and slot is not None:
+        identifier = f"slot{int(slot)}"
+        values.ValueClass = MultiProcessValue(lambda: identifier)
 
 
 def _served_by_this_process(registry: CollectorRegistry) -> Gauge:

@@ -32,6 +32,14 @@ def _channel_arguments(flag: str, text: str) -> dict[str, Any]:
     return arguments
 
 
+def _at_most_cores(flag: str, value: int) -> None:
+    """As the seed: each api process is ~100 MB and a core's worth of Python, so more than the cores only
+    costs memory and start time (10000 would have started 10000 processes)."""
+    cores = os.cpu_count() or 1
+    if not 1 <= value <= cores:
+        raise ValueError(f"{flag} count should be from 1 to CPU core count : {cores}")
+
+
 @dataclass(frozen=True)
 class ListenerSettings:
     port: int = option(9178, "gRPC server port", type=int, check=port_number)
@@ -39,9 +47,9 @@ class ListenerSettings:
     grpc_workers: int = option(
         1,
         "api processes sharing the gRPC and REST ports (SO_REUSEPORT; each its own result listener and "
-        "--max_inflight_mb budget), started and restarted by a supervisor",
+        "--max_inflight_mb budget), started and restarted by a supervisor; at most the CPU core count",
         type=int,
-        check=positive,
+        check=_at_most_cores,
     )
     rest_workers: int = option(24, "threads running the REST app; needs --rest_port", type=int, check=positive)
     grpc_channel_arguments: dict[str, Any] = option(

@@ -4,8 +4,8 @@ Each process is a whole api: its own gRPC and REST servers, result listener, adm
 registry view, bound with SO_REUSEPORT so that the kernel spreads new connections over them (a
 connection, and every call on it, stays with the process that accepted it). The supervisor (ovms.all_in_one)
 holds the ports (ovms.port_reservation), gives the processes a directory for prometheus_client's
-multiprocess mode (api.metrics), logs the seed's start-up lines once all of them listen, restarts one that
-dies, and stops them all, each draining, on SIGTERM.
+multiprocess mode (api.metrics, ovms.metrics_directory), logs the seed's start-up lines once all of
+them listen, restarts one that dies, and stops them all, each draining, on SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from api.metrics import MULTIPROCESS_DIR_ENV
+from api.metrics import MULTIPROCESS_DIR_ENV, SLOT_ENV
 from api.server import log_grpc_started, log_rest_started
+from ovms.metrics_directory import MetricsDirectory
 from ovms.port_reservation import PortReservation
 from ovms.settings import ServerSettings
 from tasks.lifetime import die_with_parent
@@ -44,7 +43,7 @@ class ApiProcesses:
         if settings.result_backend_url:
             self._env["OVMS_RESULT_BACKEND_URL"] = settings.result_backend_url
         self._ports: PortReservation | None = None
-        self._metrics_dir = ""
+        self._metrics_dir: MetricsDirectory | None = None
         self._ready_read, self._ready_write = -1, -1
         self.processes: list[subprocess.Popen] = []
 
@@ -52,13 +51,13 @@ class ApiProcesses:
         """Start the processes and wait until every one listens; raises RuntimeError when a port is taken
         or a process exits first (its log says why)."""
         self._ports = PortReservation(self._settings.port, self._settings.rest_port)
-        self._metrics_dir = tempfile.mkdtemp(prefix="ovms-metrics-")
-        self._env[MULTIPROCESS_DIR_ENV] = self._metrics_dir
+        self._metrics_dir = MetricsDirectory()
+        self._env[MULTIPROCESS_DIR_ENV] = self._metrics_dir.path
         self._ready_read, self._ready_write = os.pipe()
         self._env[READY_FD_ENV] = str(self._ready_write)
         count = self._settings.grpc_workers
         log.info("Starting %d api processes", count)
-        self.processes = [self._spawn() for _ in range(count)]
+        self.processes = [self._spawn(slot) for slot in range(count)]
         self._wait_until_listening(count)
         log_grpc_started(self._settings)
         if self._settings.rest_port:
@@ -72,9 +71,9 @@ class ApiProcesses:
         """Start the process at `index` again (the others serve meanwhile); from a thread that lives as long
         as the supervisor (see tasks.lifetime)."""
         gone = self.processes[index]
-        mark_process_dead(gone.pid, self._metrics_dir)
+        mark_process_dead(gone.pid, self._metrics_dir.path)  # its series of ovms_api_process_requests
         log.error("Api process %d exited with %s; restarting it", gone.pid, gone.returncode)
-        self.processes[index] = self._spawn()
+        self.processes[index] = self._spawn(index)
 
     def stop(self) -> None:
         """SIGTERM every process (each drains its requests in progress, see api.server), wait, clean up."""
@@ -88,19 +87,19 @@ class ApiProcesses:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            if self._metrics_dir:
-                mark_process_dead(process.pid, self._metrics_dir)
         for fd in (self._ready_read, self._ready_write):
             if fd >= 0:
                 os.close(fd)
-        if self._metrics_dir:
-            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        if self._metrics_dir is not None:
+            self._metrics_dir.remove()
         if self._ports is not None:
             self._ports.release()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self, slot: int) -> subprocess.Popen:
+        """The process of `slot` (its index): a replacement takes over its predecessor's metrics files."""
         command = [sys.executable, "-m", "ovms", "api", *self._argv]
-        return subprocess.Popen(command, env=self._env, pass_fds=(self._ready_write,), preexec_fn=die_with_parent)
+        env = {**self._env, SLOT_ENV: str(slot)}
+        return subprocess.Popen(command, env=env, pass_fds=(self._ready_write,), preexec_fn=die_with_parent)
 
     def _wait_until_listening(self, count: int) -> None:
         """Each process writes a byte to the pipe once its servers listen (ovms.api_role)."""

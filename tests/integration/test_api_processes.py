@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -184,3 +185,104 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_more_api_processes_than_cores_is_a_usage_error(models_dir: Path) -> None:
+    """As the seed: not 10000 processes of ~100 MB each, started until memory runs out."""
+    flags = ["--model_name", "digits", "--model_path", str(models_dir / "digits"), "--grpc_workers", "10000"]
+    process = OvmsProcess(ovms_command(*flags, "--port", str(free_port())), 0, 0, wait_for=[])
+    assert process.process.wait(timeout=30) == 64
+    assert f"grpc_workers count should be from 1 to CPU core count : {os.cpu_count()}" in process.log()
+    process.stop()
+
+
+def test_a_killed_supervisors_metrics_directory_goes_at_the_next_start(
+    small_config: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """SIGKILL leaves no api process (they die with it) and frees the ports; its metrics directory, which
+    only it removes, the next supervisor on the machine removes."""
+    env = {"TMPDIR": str(tmp_path)}
+    flags = ["--config_path", str(small_config), "--broker_url", redis_url, "--grpc_workers", "2"]
+    killed = start_ovms(flags, role="api", env=env)
+    pids = _api_pids(killed)
+    orphan = _metrics_dir(pids[0])
+    killed.process.kill()
+    killed.stop()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert orphan.is_dir()  # nothing could remove it
+    successor = start_ovms(flags, role="api", env=env)
+    try:
+        assert not orphan.exists()
+        assert _metrics_dir(_api_pids(successor)[0]).is_dir()  # its own, locked, stays
+        assert [path.name for path in tmp_path.iterdir()] == [_metrics_dir(_api_pids(successor)[0]).name]
+    finally:
+        assert successor.stop() == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restarts_do_not_grow_the_metrics_directory_and_totals_go_on(small_config: Path, redis_url: str) -> None:
+    """A replacement writes its predecessor's files (by slot, not pid): N processes' files however many
+    restarts, so a scrape's cost stays flat, and the counts of the dead stay in the totals."""
+    flags = ["--config_path", str(small_config), "--broker_url", redis_url, "--grpc_workers", "2"]
+    api = start_ovms(flags, role="api")
+    try:
+        metrics_dir = _metrics_dir(_api_pids(api)[0])
+        sent = 0
+        for round_ in range(3):
+            sent += _unserved_requests(api, 4)
+            victim = sorted(_by_pid(api))[0]
+            os.kill(victim, signal.SIGKILL)
+            api.wait_for_log(f"Api process {victim} exited with -9", timeout_s=10)
+            deadline = time.monotonic() + 20
+            while len(_api_pids(api)) < 3 + round_:
+                assert time.monotonic() < deadline, api.log()[-3000:]
+                time.sleep(0.1)
+        sent += _unserved_requests(api, 4)
+        assert _total(api, "ovms_requests_fail_total") == sent  # not one lost with the 3 killed processes
+        live = sorted(_by_pid(api))
+        assert len(live) == 2
+        by_pid = sorted(path.name for path in metrics_dir.iterdir() if "slot" not in path.name)
+        assert by_pid == sorted(f"gauge_liveall_{pid}.db" for pid in live)  # the rest by slot: 0 and 1
+        assert {path.name.split("_")[-1] for path in metrics_dir.iterdir() if "slot" in path.name} <= {
+            "slot0.db",
+            "slot1.db",
+        }
+    finally:
+        assert api.stop() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SO_REUSEPORT lets any process of the same user join a port: grpcio sets it by default, so a "
+    "stranger gRPC server takes a share of the connections (and one bound to 127.0.0.1 all local ones); "
+    "closing this needs the listening sockets handed to the api processes (grpc Python cannot adopt one)",
+)
+def test_a_stranger_grpc_server_of_the_same_user_cannot_join_the_port(pair: OvmsProcess) -> None:
+    stranger = grpc.server(futures.ThreadPoolExecutor(1))
+    try:
+        with pytest.raises(RuntimeError):
+            stranger.add_insecure_port(f"[::]:{pair.grpc_port}")
+    finally:
+        stranger.stop(None)
+
+
+def _unserved_requests(server: OvmsProcess, count: int) -> int:
+    """REST predicts of a model no worker serves (this role has none): each fails at once, counted."""
+    for _ in range(count):
+        reply = requests.post(
+            f"{server.rest_url}/v1/models/versioned:predict",
+            json={"instances": [[1, 2, 3, 4]]},
+            headers={"Connection": "close"},
+            timeout=10,
+        )
+        assert reply.status_code in (404, 503), reply.text
+    return count
+
+
+def _metrics_dir(pid: int) -> Path:
+    found = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", _environ(pid))
+    assert found is not None
+    return Path(found.group(1))
