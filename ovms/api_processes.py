@@ -22,6 +22,7 @@ from prometheus_client.multiprocess import mark_process_dead
 
 from api.metrics import MULTIPROCESS_DIR_ENV, SLOT_ENV
 from api.server import log_grpc_started, log_rest_started
+from ovms.api_group import READY_FD_ENV
 from ovms.metrics_directory import MetricsDirectory
 from ovms.port_reservation import PortReservation
 from ovms.settings import ServerSettings
@@ -29,7 +30,6 @@ from tasks.lifetime import die_with_parent
 
 log = logging.getLogger("serving")
 
-READY_FD_ENV = "OVMS_API_READY_FD"  # set for an api process of a group: where it says it listens
 START_TIMEOUT_S = 60.0
 STOP_MARGIN_S = 10.0  # beyond --request_timeout_s, for a draining api process to close and exit
 
@@ -112,15 +112,3 @@ class ApiProcesses:
                 raise RuntimeError(f"the api processes did not start within {START_TIMEOUT_S:.0f} s")
             if select.select([self._ready_read], [], [], 0.1)[0]:
                 listening += len(os.read(self._ready_read, count))
-
-
-def in_group() -> bool:
-    """Whether this `ovms api` process is one of a supervisor's group."""
-    return READY_FD_ENV in os.environ
-
-
-def announce_listening() -> None:
-    """In an api process of a group: tell the supervisor that its servers listen."""
-    fd = int(os.environ.pop(READY_FD_ENV))
-    os.write(fd, b"+")
-    os.close(fd)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from api.server import ApiServer
-from ovms.api_processes import announce_listening, in_group
+from ovms.api_group import announce_listening, in_group
 from ovms.settings import ServerSettings
 from ovms.stop_signal import wait_for_stop_signal
 

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from inference.logs import setup_logging
+from ovms.api_group import in_group
 from ovms.settings import ServerSettings, UsageError, parse_command_line
 from tasks.connections import check_reachable
 
@@ -51,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_redis(settings: ServerSettings) -> None:
     """Fail at start, saying why, when a given broker or result backend cannot be used (wrong password,
-    TLS settings, unreachable), rather than retry forever; the embedded Redis needs no check."""
+    TLS settings, unreachable), rather than retry forever; the embedded Redis needs no check, nor an api
+    process of a `--grpc_workers` group: its supervisor checked at its start, and a replacement for one that
+    died must start while Redis is away (it answers UNAVAILABLE until Redis is back, as the others do),
+    not fail until the supervisor gives up and stops every api process."""
+    if in_group():
+        return
     if settings.broker_url:
         check_reachable(settings.broker_url, "broker")
     if settings.result_backend_url:

@@ -39,10 +39,12 @@ def remove_orphans() -> None:
     """Remove every metrics directory in the temporary directory whose supervisor is gone."""
     for path in Path(tempfile.gettempdir()).glob(_PREFIX + "*"):
         try:
-            descriptor = os.open(path, os.O_RDONLY)
-        except OSError:  # removed meanwhile, or another user's
+            descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:  # removed meanwhile, a symbolic link, or another user's
             continue
         try:
+            if os.fstat(descriptor).st_uid != os.getuid():
+                raise PermissionError  # even as root: only this user's supervisors' directories
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # its supervisor runs
             os.close(descriptor)

@@ -120,7 +120,9 @@ class RegistryView:
         self._thread = threading.Thread(target=self._run, name="ovms-registry", daemon=True)
 
     def start(self) -> None:
-        self.refresh()
+        """Redis away now (an api process of a group restarted during an outage) is no reason to fail:
+        the view stays empty, and the api answers UNAVAILABLE, until a refresh reaches it."""
+        self._refresh_logged()
         self._thread.start()
 
     def stop(self) -> None:

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks.broker import free_port
+from tasks.broker import EmbeddedRedis, free_port
 from tests.support.load import float_request
 from tests.support.stack import OvmsProcess, ovms_command, start_ovms
 
@@ -286,3 +286,38 @@ def _metrics_dir(pid: int) -> Path:
     found = re.search(r"PROMETHEUS_MULTIPROC_DIR=(\S+)", _environ(pid))
     assert found is not None
     return Path(found.group(1))
+
+
+def test_an_api_process_restarted_while_redis_is_away_starts_and_serves_when_it_is_back(small_config: Path) -> None:
+    """It used to fail its start-up check of Redis (exit 1) and be restarted until the supervisor gave up
+    and stopped every api process, the healthy one too: a Redis outage of half a minute plus one crash
+    took the api down for good."""
+    broker = EmbeddedRedis()
+    url = broker.start()
+    worker = start_ovms(["--config_path", str(small_config), "--broker_url", url], role="worker")
+    api = start_ovms(["--config_path", str(small_config), "--broker_url", url, "--grpc_workers", "2"], role="api")
+    try:
+        os.kill(broker.pid, signal.SIGSTOP)
+        victim = _api_pids(api)[0]
+        os.kill(victim, signal.SIGKILL)
+        api.wait_for_log(f"Api process {victim} exited with -9", timeout_s=10)
+        deadline = time.monotonic() + 15
+        while len(_api_pids(api)) < 3:
+            assert time.monotonic() < deadline and "exited with 1" not in api.log(), api.log()[-3000:]
+            time.sleep(0.1)
+        os.kill(broker.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while (ready := _ready_answers(api, 6)) != [200] * 6:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.2)
+    finally:
+        os.kill(broker.pid, signal.SIGCONT)
+        assert api.stop() == 0
+        worker.stop()
+        broker.stop()
+
+
+def _ready_answers(server: OvmsProcess, count: int) -> list[int]:
+    """/v1/health/ready on `count` new connections: of whichever api processes the kernel picks."""
+    url = f"{server.rest_url}/v1/health/ready"
+    return [requests.get(url, headers={"Connection": "close"}, timeout=10).status_code for _ in range(count)]
