@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Benchmark our server against MLServer 1.7.1 serving the same IR files, with the same load generator, in one run.
 
-    python ops/peer_bench.py [--duration 5] [--warmup 1] [--cells digits:1,digits:32,resnet:1,resnet:8] [--no-raw]
+    python ops/peer_bench.py [--duration 5] [--warmup 1] [--cells digits:1,digits:32,resnet:1,resnet:8] [--no-raw] \\
+        [--tfs]
 
 Starts three servers side by side on free ports, each idle while another is measured: ours (`python -m ovms`:
 embedded Redis, a worker, the api; ops/bench_stack.py) and MLServer twice (ops/peer_mlserver.py:
 `parallel_workers: 0`, our OpenVINO runtime ops/mlserver_openvino/runtime.py), with adaptive batching on
 (`max_batch_size` 16, `max_batch_time` 2 ms) and off. Every cell (model, concurrency) drives each server in turn
 with the official Triton client over KServe v2 gRPC (ops/v2_load.py in .venv-triton, batch 1 per request),
-then raw OpenVINO in this process (ops/bench_raw.py), so drift of the shared machine hits all columns alike.
+then raw OpenVINO in this process (ops/bench_raw.py), so drift of the shared machine hits all columns alike;
+`--tfs` adds our TF Serving gRPC API (grpc.aio coroutines in this process, ops/tfs_load.py) as two more columns.
 Server CPU ms per request comes from /proc over the measured window: ours = api + worker + Redis, MLServer =
 its process tree.
 
@@ -30,13 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import openvino as ov
-from bench_cases import CASES, ModelCase
+from bench_cases import CASES
 from bench_raw import measure_raw
 from bench_report import fmt, machine, markdown_table, progress, ratio
 from bench_stack import Server, raise_keyboard_interrupt
-from bench_stats import Stats, measure_cell
+from bench_stats import Measure, Stats, measure_cell
 from bench_v2 import V2_PYTHON, measure_v2
 from peer_mlserver import MLSERVER, MLServer
+from tfs_load import measure_grpc
 
 DEFAULT_CELLS = "digits:1,digits:32,resnet:1,resnet:8"
 OURS_SERVER_CPU = ("api", "worker", "Redis")
@@ -55,6 +58,7 @@ class Result:
     batching: Stats  # MLServer, adaptive batching on
     no_batching: Stats  # MLServer, adaptive batching off
     raw: Stats | None
+    tfs: Stats | None  # ours over the TF Serving gRPC API
 
 
 def cell_list(text: str) -> list[Cell]:
@@ -69,11 +73,8 @@ def cell_list(text: str) -> list[Cell]:
     return cells
 
 
-def measure_server(
-    args: argparse.Namespace, server: Server | MLServer, case: ModelCase, samples: Path, cell: Cell
-) -> Stats:
+def measure_server(args: argparse.Namespace, server: Server | MLServer, measure: Measure, cell: Cell) -> Stats:
     server.check_alive()
-    measure = functools.partial(measure_v2, server.grpc_address, case, "grpc", samples)
     stats = measure_cell(measure, cell.concurrency, args.warmup, args.duration, server.roles())
     server.check_alive()
     return stats
@@ -103,14 +104,20 @@ def run_cells(
             ("MLServer no batching", no_batching, ("server",)),
         ):
             progress(f"{cell.model} c={cell.concurrency}: {label} ...")
-            stats[label] = measure_server(args, server, case, samples[cell.model], cell)
+            measure = functools.partial(measure_v2, server.grpc_address, case, "grpc", samples[cell.model])
+            stats[label] = measure_server(args, server, measure, cell)
             progress(describe(label, stats[label], *roles))
+        tfs = None
+        if args.tfs:
+            progress(f"{cell.model} c={cell.concurrency}: ours over TF Serving gRPC ...")
+            tfs = measure_server(args, ours, functools.partial(measure_grpc, ours.grpc_address, case), cell)
+            progress(describe("ours TF Serving gRPC", tfs, *OURS_SERVER_CPU))
         raw = None
         if args.raw:
             progress(f"{cell.model} c={cell.concurrency}: raw OpenVINO ...")
             raw = measure_raw(core, case, cell.concurrency, args.warmup, args.duration)
             progress(describe("raw", raw))
-        results.append(Result(cell, stats["ours"], stats["MLServer batching"], stats["MLServer no batching"], raw))
+        results.append(Result(cell, stats["ours"], stats["MLServer batching"], stats["MLServer no batching"], raw, tfs))
     return results
 
 
@@ -123,6 +130,9 @@ HEADERS = [
     "ours/MLS best req/s", "ours/MLS batch p50", "ours/MLS no-batch p50", "ours/raw req/s",
     "server CPU ms/req ours", "MLS batch", "MLS no-batch",
 ]  # fmt: skip
+
+
+TFS_HEADERS = ["ours TFS gRPC req/s", "p50 ms"]
 
 
 def row_cells(result: Result) -> list[str]:
@@ -147,6 +157,7 @@ def row_cells(result: Result) -> list[str]:
         fmt(ours.cpu(*OURS_SERVER_CPU), 2),
         fmt(on.cpu("server"), 2),
         fmt(off.cpu("server"), 2),
+        *([fmt(result.tfs.throughput, 1), fmt(result.tfs.percentile(50), 2)] if result.tfs is not None else []),
     ]
 
 
@@ -179,7 +190,8 @@ def print_report(args: argparse.Namespace, started: datetime.datetime, results: 
         "Redis; MLServer: its process tree)"
     )
     print()
-    print(markdown_table(HEADERS, [row_cells(result) for result in results]))
+    headers = HEADERS + (TFS_HEADERS if args.tfs else [])
+    print(markdown_table(headers, [row_cells(result) for result in results]))
     errors = {
         name: stats.error_count
         for result in results
@@ -198,6 +210,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--raw", action=argparse.BooleanOptionalAction, default=True, help="measure raw OpenVINO too (default on)"
     )
+    parser.add_argument("--tfs", action="store_true", help="also measure ours over the TF Serving gRPC API")
     return parser.parse_args(argv)
 
 
