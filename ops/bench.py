@@ -43,7 +43,7 @@ import grpc
 import openvino as ov
 from bench_cases import CASES, ModelCase
 from bench_raw import measure_raw
-from bench_report import fmt, machine, markdown_table, progress, ratio
+from bench_report import fmt, load_average, machine, markdown_table, progress, ratio
 from bench_stack import Server, raise_keyboard_interrupt
 from bench_stats import Measure, Stats, measure_cell
 from bench_v2 import measure_v2
@@ -98,10 +98,11 @@ def print_model_table(case: ModelCase, rows: list[Row]) -> None:
         print("\nerrors: " + ", ".join(f"{kind}: {count}" for kind, count in errors.most_common()))
 
 
-def print_header(args: argparse.Namespace, server: Server, started: datetime.datetime) -> None:
+def print_header(args: argparse.Namespace, server: Server, started: datetime.datetime, load_before: float) -> None:
     print("## Benchmark: served vs raw OpenVINO\n")
     print(f"- date: {started:%Y-%m-%d %H:%M:%S %Z}")
     print(f"- machine: {machine()}")
+    print(f"- load average (1 min): {load_before:.1f} before the run, {load_average():.1f} after")
     print(f"- software: Python {sys.version.split()[0]}, OpenVINO {ov.get_version()}, grpcio {grpc.__version__}")
     print(f"- command: `{shlex.join(sys.orig_argv)}`")
     print(f"- server: `{shlex.join(['python', *server.command[1:]])}`")
@@ -199,6 +200,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.datetime.now().astimezone()
+    load_before = load_average()
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the server on SIGTERM as on Ctrl-C
     cases = [CASES[name]() for name in args.models]
     core = ov.Core()
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             progress(f"failed; last lines of the server log:\n{server.log_tail()}")
             raise
-        print_header(args, server, started)
+        print_header(args, server, started, load_before)
         for case, rows in results:
             print_model_table(case, rows)
     return 0

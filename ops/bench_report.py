@@ -44,3 +44,8 @@ def cpu_model() -> str:
 
 def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
+
+
+def load_average() -> float:
+    """The 1-minute load average: on a shared machine, how busy others kept the cores."""
+    return os.getloadavg()[0]

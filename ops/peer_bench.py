@@ -34,7 +34,7 @@ from pathlib import Path
 import openvino as ov
 from bench_cases import CASES
 from bench_raw import measure_raw
-from bench_report import fmt, machine, markdown_table, progress, ratio
+from bench_report import fmt, load_average, machine, markdown_table, progress, ratio
 from bench_stack import Server, raise_keyboard_interrupt
 from bench_stats import Measure, Stats, measure_cell
 from bench_v2 import V2_PYTHON, measure_v2
@@ -168,11 +168,14 @@ def venv_version(python: Path, module: str) -> str:
     return run.stdout.strip() or "unknown"
 
 
-def print_report(args: argparse.Namespace, started: datetime.datetime, results: list[Result]) -> None:
+def print_report(
+    args: argparse.Namespace, started: datetime.datetime, load_before: float, results: list[Result]
+) -> None:
     mlserver_python = MLSERVER.parent / "python"
     print("## Peer benchmark: ours vs MLServer, KServe v2 gRPC\n")
     print(f"- date: {started:%Y-%m-%d %H:%M:%S %Z}")
     print(f"- machine: {machine()}")
+    print(f"- load average (1 min): {load_before:.1f} before the run, {load_average():.1f} after")
     print(
         f"- software: Python {sys.version.split()[0]}, OpenVINO {ov.get_version().split('-')[0]}, "
         f"MLServer {venv_version(mlserver_python, 'mlserver')} "
@@ -217,6 +220,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.datetime.now().astimezone()
+    load_before = load_average()
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the servers on SIGTERM as on Ctrl-C
     cases = [CASES[name]() for name in sorted({cell.model for cell in args.cells})]
     with tempfile.TemporaryDirectory(prefix="ovms-peer-bench-") as name, contextlib.ExitStack() as servers:
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
             progress("interrupted; the servers were stopped")
             return 130
         servers.close()
-        print_report(args, started, results)
+        print_report(args, started, load_before, results)
     return 0
 
 
