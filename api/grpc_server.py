@@ -61,7 +61,10 @@ class GrpcServer:
         tls: TlsFiles | None,
         tokens: BearerTokens | None,
         max_connections: int = MAX_CONNECTIONS,
+        shared_port: bool = False,
     ) -> None:
+        """With `shared_port` the port is bound with SO_REUSEPORT, shared with the other api processes
+        of `--grpc_workers`; else a taken port fails the start."""
         self._port = port
         self._dataplane = dataplane
         self._metrics = metrics
@@ -76,7 +79,7 @@ class GrpcServer:
             "grpc.max_allowed_incoming_connections": min(MAX_CONNECTIONS, max_connections),
             "grpc.server.max_pending_requests": MAX_PENDING_CALLS,
             "grpc.server.max_pending_requests_hard_limit": MAX_PENDING_CALLS,
-            "grpc.so_reuseport": 0,  # a second server on a taken port must fail, not share it
+            "grpc.so_reuseport": int(shared_port),  # grpc core's default is 1: a lone server must not share
             **channel_arguments,
         }
         self._executor = ThreadPoolExecutor(BLOCKING_WORK_THREADS, thread_name_prefix="ovms-grpc-work")

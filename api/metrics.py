@@ -3,17 +3,24 @@
 Worker-side figures (time queued, inference time, executed batch size) travel back with every result,
 so one scrape of an api process covers the whole path of the requests it served; queue depths and
 live workers are read from Redis and the registry at scrape time.
+
+With `--grpc_workers N` > 1 the api runs as N processes and the supervisor that starts them sets
+PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess mode): counters and histograms are kept in
+files there, so a scrape of any process sums them over all of them (and over processes that exited:
+totals never go back), while the gauges read from Redis come from the scraped process alone, once.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from inference.errors import ServingError
@@ -21,6 +28,7 @@ from inference.request import InferenceResult
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's; it reads it when first imported
 _MICROSECONDS = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000, 5_000_000)
 
 
@@ -68,8 +76,12 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
-        self.registry.register(_QueueCollector(registry_view, broker, link))
+        self._served = _served_by_this_process(self.registry)
+        self._queues = _QueueCollector(registry_view, broker, link)
         self._view = registry_view
+        self._shared_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
+        if not self._shared_dir:
+            self.registry.register(self._queues)
 
     @contextmanager
     def track(self, interface: str, method: str, name: str) -> Iterator[Tracker]:
@@ -79,6 +91,7 @@ class ServingMetrics:
         api's memory without bound."""
         tracker = Tracker()
         started = time.perf_counter()
+        self._served.inc()
         try:
             yield tracker
         except ServingError as error:
@@ -103,7 +116,22 @@ class ServingMetrics:
         return name if self._view.knows(name) else ""
 
     def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self._shared_dir:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()  # what every process wrote, summed; Redis's gauges read once, here
+        MultiProcessCollector(registry, self._shared_dir)
+        registry.register(self._queues)
+        return generate_latest(registry)
+
+
+def _served_by_this_process(registry: CollectorRegistry) -> Gauge:
+    """`ovms_api_process_requests{pid}`: how the kernel spread requests over the api processes. In
+    multiprocess mode prometheus_client adds the pid label itself, and ("liveall") drops the series of a
+    process that exited (mark_process_dead); a single process labels its one series the same way."""
+    name, documentation = "ovms_api_process_requests", "Requests this api process took, by its process id"
+    if os.environ.get(MULTIPROCESS_DIR_ENV):
+        return Gauge(name, documentation, registry=registry, multiprocess_mode="liveall")
+    return Gauge(name, documentation, ["pid"], registry=registry).labels(str(os.getpid()))
 
 
 class _QueueCollector(Collector):

@@ -46,10 +46,13 @@ class RestServer:
         admission: Admission,
         tokens: BearerTokens | None,
         max_connections: int,
+        shared_port: bool = False,
     ) -> None:
         """`workers` threads run `wsgi_app`: at most that many requests are in the app at once. Bodies
         are held within `admission`'s budget; with `tokens`, calls that need one are refused without it;
-        at most `max_connections` are open at once."""
+        at most `max_connections` are open at once. With `shared_port` the port is bound with
+        SO_REUSEPORT (the api processes of `--grpc_workers` share it: the kernel spreads connections)."""
+        self._shared_port = shared_port
         self._max_connections = max_connections
         self._port = port
         self._wsgi = WsgiBridge(wsgi_app, workers)
@@ -64,7 +67,7 @@ class RestServer:
         """Binds now (a taken port or unreadable TLS files fail the start), then serves on a thread."""
         rest_connections.install()
         self._config.create_ssl_context()
-        listener = rest_connections.CappedListener(_listen(self._port), self._max_connections)
+        listener = rest_connections.CappedListener(_listen(self._port, self._shared_port), self._max_connections)
         self._sockets = Sockets([listener], [], []) if self._config.ssl_enabled else Sockets([], [listener], [])
         started = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(started),), name="ovms-rest", daemon=True)
@@ -110,9 +113,11 @@ def _config(tls: TlsFiles | None) -> Config:
     return config
 
 
-def _listen(port: int) -> socket.socket:
+def _listen(port: int, shared: bool) -> socket.socket:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # no SO_REUSEPORT: a taken port must fail
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if shared:  # else no SO_REUSEPORT: a taken port must fail
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         listener.bind(("0.0.0.0", port))

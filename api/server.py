@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import redis
 
@@ -37,8 +38,12 @@ LISTENER_GRACE_S = 2.0  # for replies still being written when the listeners clo
 
 
 class ApiServer:
-    def __init__(self, settings: ApiSettings, broker_url: str, rest: bool = True) -> None:
+    def __init__(self, settings: ApiSettings, broker_url: str, rest: bool = True, shared_ports: bool = False) -> None:
+        """With `shared_ports` this is one of the `--grpc_workers` api processes: its listeners share the
+        ports (SO_REUSEPORT) and it logs its own start-up line; the supervisor logs the seed's lines once
+        all of them listen (ovms.api_processes)."""
         self._settings = settings
+        self._shared_ports = shared_ports
         backend_url = settings.result_backend_url or broker_url
         configure(broker_url, backend_url, settings.job_ttl_s)
         store = store_client(backend_url)
@@ -67,6 +72,9 @@ class ApiServer:
         self._start_grpc(per_port)
         if self._rest_enabled:
             self._start_rest(per_port)
+        if self._shared_ports:
+            rest = f", REST port {self._settings.rest_port}" if self._rest_enabled else ""
+            log.info("Api process %d listening: gRPC port %d%s (shared)", os.getpid(), self._settings.port, rest)
 
     def stop(self) -> None:
         """Drain: readiness turns false and new inference work is refused (UNAVAILABLE / 503) while the
@@ -96,10 +104,12 @@ class ApiServer:
             self._tls,
             self._tokens,
             max_connections,
+            self._shared_ports,
         )
         server.start()
         self._grpc = server
-        log.info("Server started on port %d%s", self._settings.port, self._security_note())
+        if not self._shared_ports:
+            log_grpc_started(self._settings)
 
     def _start_rest(self, max_connections: int) -> None:
         app = create_app(self._dataplane, self._metrics, self._settings.max_request_bytes, self._tokens)
@@ -112,19 +122,32 @@ class ApiServer:
             self._dataplane.admission,
             self._tokens,
             max_connections,
+            self._shared_ports,
         )
         server.start()
         self._rest = server
-        log.info("Started REST server at localhost:%d%s", self._settings.rest_port, self._security_note())
+        if not self._shared_ports:
+            log_rest_started(self._settings)
 
-    def _security_note(self) -> str:
-        """What the start-up log says about TLS and tokens (never a token itself)."""
-        notes = []
-        if self._tls is not None:
-            notes.append("mutual TLS" if self._tls.client_ca else "TLS")
-        if self._tokens is not None:
-            notes.append("bearer tokens required")
-        return f" ({', '.join(notes)})" if notes else ""
+
+def log_grpc_started(settings: ApiSettings) -> None:
+    """The seed's line that says the gRPC port serves (tests and ops/bench.py wait for it)."""
+    log.info("Server started on port %d%s", settings.port, _security_note(settings))
+
+
+def log_rest_started(settings: ApiSettings) -> None:
+    """The seed's line that says the REST port serves."""
+    log.info("Started REST server at localhost:%d%s", settings.rest_port, _security_note(settings))
+
+
+def _security_note(settings: ApiSettings) -> str:
+    """What the start-up log says about TLS and tokens (never a token itself)."""
+    notes = []
+    if settings.ssl_certificate:
+        notes.append("mutual TLS" if settings.ssl_client_ca else "TLS")
+    if settings.auth_token_file:
+        notes.append("bearer tokens required")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def _data_plane(

@@ -38,7 +38,8 @@ class ListenerSettings:
     rest_port: int = option(0, "REST server port; 0 disables REST", type=int, check=port_number)
     grpc_workers: int = option(
         1,
-        "accepted for compatibility: an api process runs one gRPC server (asyncio); scale with more `ovms api`",
+        "api processes sharing the gRPC and REST ports (SO_REUSEPORT; each its own result listener and "
+        "--max_inflight_mb budget), started and restarted by a supervisor",
         type=int,
         check=positive,
     )
@@ -55,6 +56,8 @@ class ListenerSettings:
         """Checks across flags, of the flags given (None: not given)."""
         if given["rest_port"] and given["port"] is not None and given["rest_port"] == given["port"]:
             raise ValueError("port and rest_port cannot have the same values")
+        if (given["grpc_workers"] or 1) > 1 and given["port"] == 0:
+            raise ValueError("grpc_workers above 1 needs a port number: the api processes share it")
         if given["rest_workers"] is not None and not given["rest_port"]:
             raise ValueError(
                 "rest_workers is set but rest_port is not set. rest_port is required to start rest servers"

@@ -1,4 +1,6 @@
-"""`ovms` with no role (all-in-one): embedded Redis (unless a broker is given), one worker per device, the api."""
+"""`ovms` with no role (all-in-one): embedded Redis (unless a broker is given), one worker per device, the api
+(in this process, or with `--grpc_workers N` > 1 as N processes: ovms.api_processes). `ovms api --grpc_workers N`
+runs the same supervisor without Redis and workers."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import time
 import redis
 
 from api.server import ApiServer
+from ovms.api_processes import ApiProcesses
 from ovms.settings import ServerSettings
 from ovms.stop_signal import wait_for_stop_signal
 from tasks.broker import EmbeddedRedis
@@ -29,12 +32,17 @@ WATCH_INTERVAL_S = 0.2
 
 
 class Supervisor:
-    def __init__(self, settings: ServerSettings, argv: list[str]) -> None:
+    def __init__(self, settings: ServerSettings, argv: list[str], workers: bool = True) -> None:
+        """`argv`: the command line's flags (no role); without `workers`, only the api processes (the
+        `api` role, on its broker)."""
         self._settings = settings
         self._argv = argv
+        self._with_workers = workers
         self._redis: EmbeddedRedis | None = None
         self._workers: dict[str, subprocess.Popen] = {}  # by device
+        self._api_processes: ApiProcesses | None = None
         self._restarts: list[float] = []  # of workers
+        self._api_restarts: list[float] = []
         self._redis_restarts: list[float] = []
         self._gave_up = False  # a child kept dying
         self._broker_url = ""
@@ -44,16 +52,15 @@ class Supervisor:
         self._watcher = threading.Thread(target=self._watch_children, name="ovms-supervisor", daemon=True)
 
     def run(self) -> int:
-        api: ApiServer | None = None
+        api: ApiServer | ApiProcesses | None = None
         try:
             broker_url = self._broker_url = self._settings.broker_url or self._start_embedded_redis()
-            for device in self._settings.devices():
-                worker = self._workers[device] = self._spawn_worker(device, broker_url)
-                self._expected_workers.add(worker_prefix(device, worker.pid))
-            self._wait_for_models(self._settings.result_backend_url or broker_url)
-            if self._settings.flower_port:
-                self._children.append(self._spawn_flower(broker_url))
-            api = ApiServer(self._settings, broker_url)
+            if self._with_workers:
+                self._start_workers(broker_url)
+            if self._settings.grpc_workers > 1:
+                api = self._api_processes = ApiProcesses(self._settings, self._argv, broker_url)
+            else:
+                api = ApiServer(self._settings, broker_url)
             api.start()
             self._watcher.start()
             wait_for_stop_signal(self._stopping)
@@ -70,6 +77,14 @@ class Supervisor:
             self._stop_processes(self._children + list(self._workers.values()))
             if self._redis is not None:
                 self._redis.stop()
+
+    def _start_workers(self, broker_url: str) -> None:
+        for device in self._settings.devices():
+            worker = self._workers[device] = self._spawn_worker(device, broker_url)
+            self._expected_workers.add(worker_prefix(device, worker.pid))
+        self._wait_for_models(self._settings.result_backend_url or broker_url)
+        if self._settings.flower_port:
+            self._children.append(self._spawn_flower(broker_url))
 
     def _start_embedded_redis(self) -> str:
         self._redis = EmbeddedRedis()
@@ -101,9 +116,14 @@ class Supervisor:
 
     def _watch_children(self) -> None:
         """Restart a worker that died (the api carries on and its requests fail over, see
-        tasks.dispatcher), and the embedded Redis (see _restart_redis); one that keeps dying stops the
-        server."""
+        tasks.dispatcher), an api process (the others serve meanwhile), and the embedded Redis (see
+        _restart_redis); one that keeps dying stops the server."""
         while not self._stopping.is_set():
+            for index in self._api_processes.exited() if self._api_processes is not None else []:
+                code = self._api_processes.processes[index].returncode
+                if not self._may_restart(self._api_restarts, "An api process", code):
+                    return
+                self._api_processes.restart(index)
             for device, worker in list(self._workers.items()):
                 if worker.poll() is None:
                     continue

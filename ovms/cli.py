@@ -40,11 +40,10 @@ def main(argv: list[str] | None = None) -> int:
         from ovms.worker_role import run_worker_role
 
         return run_worker_role(settings)
-    warn_about_grpc_workers(settings)
     if settings.role == "api":
         from ovms.api_role import run_api_role
 
-        return run_api_role(settings)
+        return run_api_role(settings, argv[1:])
     from ovms.all_in_one import Supervisor
 
     return Supervisor(settings, argv).run()
@@ -57,14 +56,3 @@ def _check_redis(settings: ServerSettings) -> None:
         check_reachable(settings.broker_url, "broker")
     if settings.result_backend_url:
         check_reachable(settings.result_backend_url, "result backend")
-
-
-def warn_about_grpc_workers(settings: ServerSettings) -> None:
-    """--grpc_workers is the seed's; scripts pass it, so it is accepted, but one asyncio gRPC server per
-    api process serves every connection here."""
-    if settings.grpc_workers > 1:
-        log.warning(
-            "--grpc_workers %d: this server runs one gRPC server (asyncio) per api process; "
-            "to serve with more processes, run more `ovms api` processes",
-            settings.grpc_workers,
-        )

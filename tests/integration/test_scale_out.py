@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tasks.broker import free_port
-from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_workers
+from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_ready, wait_for_workers
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -42,6 +42,7 @@ def test_both_api_nodes_answer_and_both_workers_take_a_share(cluster):
     apis, _ = cluster
     for api in apis:
         wait_for_workers(api, 2)
+        wait_for_ready(api)  # counted live from their first heartbeat; ready once their models are loaded
     served: dict[str, int] = {}
     for _ in range(5):  # coalescing may put a small burst on one worker: a few rounds make both show
         replies = _spread(apis)

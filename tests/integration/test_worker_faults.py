@@ -100,6 +100,7 @@ def _wait_until_holding(store: redis.Redis, worker_id: str, timeout_s: float = 1
 def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker, redis_url):
     first, second = start_worker(), start_worker()
     wait_for_workers(api, 2)
+    wait_for_ready(api)
     load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
     time.sleep(2.0)
     _wait_until_holding(redis.Redis.from_url(redis_url), _worker_id(first))
@@ -132,10 +133,12 @@ def test_killed_only_worker_fails_its_requests_fast_and_a_new_worker_rejoins(api
     assert load.codes(until=killed_at).get("UNAVAILABLE", 0) >= 1, "in-flight requests must fail, not hang"
     caught = [o for o in outcomes if o.started < killed_at < o.finished]
     assert caught and all(o.finished - killed_at < 5.0 for o in caught), [o.finished - killed_at for o in caught]
-    assert "was lost with worker " + _worker_id(only) in api.log()
+    # "unknown": a message it had taken from the queue and not yet claimed when it died
+    assert re.search(rf"was lost with worker ({re.escape(_worker_id(only))}|unknown)", api.log())
 
     replacement = start_worker()
     wait_for_workers(api, 1)
+    wait_for_ready(api)  # a worker is counted live from its first heartbeat, before its models are loaded
     load_started = time.monotonic()
     load = GrpcLoad(api.grpc_address, IMAGE, threads=2, timeout_s=DEADLINE_S).start()
     time.sleep(1.0)
@@ -148,6 +151,7 @@ def test_killed_only_worker_fails_its_requests_fast_and_a_new_worker_rejoins(api
 def test_sigterm_worker_finishes_what_it_took_and_exits(api, start_worker):
     leaving, staying = start_worker(), start_worker()
     wait_for_workers(api, 2)
+    wait_for_ready(api)
     load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
     time.sleep(2.0)
     earlier_log = len(api.log())
@@ -184,15 +188,26 @@ def test_all_in_one_restarts_a_killed_worker(small_config: Path, redis_url: str)
         server.wait_for_log("worker exited with -9; restarting it", timeout_s=10)
         replacement = _replacement_of(server, worker)
         time.sleep(HEARTBEAT_TTL_S)  # the killed worker no longer counts
-        wait_for_ready(server, timeout_s=60)  # the replacement has loaded every model
+        _wait_until_ready(server, replacement.pid)  # it has loaded every model and announced them
+        wait_for_ready(server, timeout_s=60)
         load = GrpcLoad(server.grpc_address, IMAGE, threads=2, timeout_s=DEADLINE_S).start()
         time.sleep(1.0)
         load.stop()
-        assert load.codes().get("OK", 0) > 0 and set(load.codes()) == {"OK"}, load.codes()
+        assert load.codes().get("OK", 0) > 0 and not load.failures(), (load.codes(), load.failures())
         assert all(o.worker.startswith(worker_prefix("CPU", replacement.pid)) for o in load.outcomes)
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+def _wait_until_ready(server: OvmsProcess, worker_pid: int, timeout_s: float = 60.0) -> None:
+    """Until the worker started as `worker_pid` logs that it is ready (its models loaded and announced)."""
+    ready = re.compile(rf"Worker {re.escape(worker_prefix('CPU', worker_pid))}\S* is ready")
+    deadline = time.monotonic() + timeout_s
+    while not ready.search(server.log()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"worker {worker_pid} did not get ready:\n{server.log()[-3000:]}")
+        time.sleep(0.1)
 
 
 def _replacement_of(server: OvmsProcess, dead: psutil.Process, timeout_s: float = 10.0) -> psutil.Process:

@@ -15,7 +15,7 @@ import pytest
 
 from inference.model_config import ConfigError, ModelConfig, load_config_file, models_from_document
 from inference.shapes import AUTO, ShapeParseError, parse_batch_size, parse_input_shape, parse_shape_setting
-from ovms.cli import USAGE_EXIT_CODE, warn_about_grpc_workers
+from ovms.cli import USAGE_EXIT_CODE
 from ovms.settings import ServerSettings, UsageError, parse_command_line
 
 REPO = Path(__file__).resolve().parents[2]
@@ -246,6 +246,7 @@ def test_role_is_only_recognised_first() -> None:
         ([*SINGLE, "--rest_workers", "4"], "rest_workers is set but rest_port is not set"),
         ([*SINGLE, "--rest_workers", "4", "--rest_port", "0"], "rest_workers is set but rest_port is not set"),
         ([*SINGLE, "--grpc_workers", "0"], "grpc_workers must be a positive number"),
+        ([*SINGLE, "--grpc_workers", "2", "--port", "0"], "grpc_workers above 1 needs a port number"),
         ([*SINGLE, "--log_level", "TRACE"], "log_level should be one of: DEBUG, INFO, WARNING, ERROR"),
         ([*SINGLE, "--file_system_poll_wait_seconds", "-1"], "file_system_poll_wait_seconds must not be negative"),
         ([*SINGLE, "--max_request_mb", "0"], "max_request_mb must be from 1 to 2047"),
@@ -589,13 +590,3 @@ def test_settings_type_is_frozen() -> None:
 @pytest.mark.parametrize("path", ["/models/..resnet", "/models/resnet..", "s3://bucket/a..b", "/models/.hidden"])
 def test_dots_inside_a_base_path_name_are_fine(path: str) -> None:
     assert models_from_document(config_list({"name": "m", "base_path": path}))[0].base_path == path
-
-
-@pytest.mark.parametrize(("workers", "warned"), [("1", False), ("3", True)])
-def test_grpc_workers_above_one_warns_that_one_grpc_server_runs(
-    caplog: pytest.LogCaptureFixture, workers: str, warned: bool
-) -> None:
-    settings = parse_command_line([*SINGLE, "--grpc_workers", workers])
-    with caplog.at_level(logging.WARNING, logger="serving"):
-        warn_about_grpc_workers(settings)
-    assert any("one gRPC server (asyncio) per api process" in m and "ovms api" in m for m in caplog.messages) is warned

@@ -1,0 +1,127 @@
+"""`--grpc_workers N` > 1: the api as N processes (`ovms api`) sharing the gRPC and REST ports.
+
+Each process is a whole api: its own gRPC and REST servers, result listener, admission budget and
+registry view, bound with SO_REUSEPORT so that the kernel spreads new connections over them (a
+connection, and every call on it, stays with the process that accepted it). The supervisor (ovms.all_in_one)
+holds the ports (ovms.port_reservation), gives the processes a directory for prometheus_client's
+multiprocess mode (api.metrics), logs the seed's start-up lines once all of them listen, restarts one that
+dies, and stops them all, each draining, on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from prometheus_client.multiprocess import mark_process_dead
+
+from api.metrics import MULTIPROCESS_DIR_ENV
+from api.server import log_grpc_started, log_rest_started
+from ovms.port_reservation import PortReservation
+from ovms.settings import ServerSettings
+from tasks.lifetime import die_with_parent
+
+log = logging.getLogger("serving")
+
+READY_FD_ENV = "OVMS_API_READY_FD"  # set for an api process of a group: where it says it listens
+START_TIMEOUT_S = 60.0
+STOP_MARGIN_S = 10.0  # beyond --request_timeout_s, for a draining api process to close and exit
+
+
+class ApiProcesses:
+    def __init__(self, settings: ServerSettings, argv: list[str], broker_url: str) -> None:
+        """`argv`: the command line's flags (no role), which each api process is started with."""
+        self._settings = settings
+        self._argv = argv
+        self._env = {**os.environ, "OVMS_BROKER_URL": broker_url}
+        if settings.result_backend_url:
+            self._env["OVMS_RESULT_BACKEND_URL"] = settings.result_backend_url
+        self._ports: PortReservation | None = None
+        self._metrics_dir = ""
+        self._ready_read, self._ready_write = -1, -1
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        """Start the processes and wait until every one listens; raises RuntimeError when a port is taken
+        or a process exits first (its log says why)."""
+        self._ports = PortReservation(self._settings.port, self._settings.rest_port)
+        self._metrics_dir = tempfile.mkdtemp(prefix="ovms-metrics-")
+        self._env[MULTIPROCESS_DIR_ENV] = self._metrics_dir
+        self._ready_read, self._ready_write = os.pipe()
+        self._env[READY_FD_ENV] = str(self._ready_write)
+        count = self._settings.grpc_workers
+        log.info("Starting %d api processes", count)
+        self.processes = [self._spawn() for _ in range(count)]
+        self._wait_until_listening(count)
+        log_grpc_started(self._settings)
+        if self._settings.rest_port:
+            log_rest_started(self._settings)
+
+    def exited(self) -> list[int]:
+        """Indexes of the processes that have exited."""
+        return [index for index, process in enumerate(self.processes) if process.poll() is not None]
+
+    def restart(self, index: int) -> None:
+        """Start the process at `index` again (the others serve meanwhile); from a thread that lives as long
+        as the supervisor (see tasks.lifetime)."""
+        gone = self.processes[index]
+        mark_process_dead(gone.pid, self._metrics_dir)
+        log.error("Api process %d exited with %s; restarting it", gone.pid, gone.returncode)
+        self.processes[index] = self._spawn()
+
+    def stop(self) -> None:
+        """SIGTERM every process (each drains its requests in progress, see api.server), wait, clean up."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self._settings.request_timeout_s + STOP_MARGIN_S
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if self._metrics_dir:
+                mark_process_dead(process.pid, self._metrics_dir)
+        for fd in (self._ready_read, self._ready_write):
+            if fd >= 0:
+                os.close(fd)
+        if self._metrics_dir:
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        if self._ports is not None:
+            self._ports.release()
+
+    def _spawn(self) -> subprocess.Popen:
+        command = [sys.executable, "-m", "ovms", "api", *self._argv]
+        return subprocess.Popen(command, env=self._env, pass_fds=(self._ready_write,), preexec_fn=die_with_parent)
+
+    def _wait_until_listening(self, count: int) -> None:
+        """Each process writes a byte to the pipe once its servers listen (ovms.api_role)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        listening = 0
+        while listening < count:
+            if self.exited():
+                raise RuntimeError("an api process exited while starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the api processes did not start within {START_TIMEOUT_S:.0f} s")
+            if select.select([self._ready_read], [], [], 0.1)[0]:
+                listening += len(os.read(self._ready_read, count))
+
+
+def in_group() -> bool:
+    """Whether this `ovms api` process is one of a supervisor's group."""
+    return READY_FD_ENV in os.environ
+
+
+def announce_listening() -> None:
+    """In an api process of a group: tell the supervisor that its servers listen."""
+    fd = int(os.environ.pop(READY_FD_ENV))
+    os.write(fd, b"+")
+    os.close(fd)
