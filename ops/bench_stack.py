@@ -62,37 +62,22 @@ def write_config(cases: list[ModelCase], settings: dict[str, Any], directory: Pa
     return path
 
 
-class Server:
-    """`python -m ovms` (embedded Redis, a worker, the api) in its own session, stopped on exit."""
+class ServerProcess:
+    """A server started in its own session with its output in `log_path`, ready when `wait_ready()` returns,
+    stopped with its whole process tree on exit. Subclasses set `command`, `log_path`, `name` and the ports."""
 
-    def __init__(self, cases: list[ModelCase], server_flags: list[str], directory: Path) -> None:
-        self.cases = cases
-        self.grpc_port = free_port()
-        self.rest_port = free_port()
-        self.directory = directory
-        self.log_path = directory / "ovms.log"
-        self.model_settings, passed_flags = split_server_flags(server_flags)
-        config = write_config(cases, self.model_settings, directory)
-        self.command = [
-            sys.executable, "-m", "ovms", "--config_path", str(config),
-            "--port", str(self.grpc_port), "--rest_port", str(self.rest_port), *passed_flags,
-        ]  # fmt: skip
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def grpc_address(self) -> str:
-        return f"localhost:{self.grpc_port}"
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://localhost:{self.rest_port}"
+    name = "server"
+    command: list[str]
+    log_path: Path
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> ServerProcess:
         with open(self.log_path, "w") as log:
-            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
             self.process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
             )
@@ -106,6 +91,46 @@ class Server:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
+    def check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def wait_ready(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_tree(self.process, self.name)
+
+
+class Server(ServerProcess):
+    """`python -m ovms` (embedded Redis, a worker, the api) in its own session, stopped on exit."""
+
+    name = "ovms"
+
+    def __init__(self, cases: list[ModelCase], server_flags: list[str], directory: Path) -> None:
+        self.cases = cases
+        self.grpc_port = free_port()
+        self.rest_port = free_port()
+        self.directory = directory
+        self.log_path = directory / "ovms.log"
+        self.env = {}
+        self.model_settings, passed_flags = split_server_flags(server_flags)
+        config = write_config(cases, self.model_settings, directory)
+        self.command = [
+            sys.executable, "-m", "ovms", "--config_path", str(config),
+            "--port", str(self.grpc_port), "--rest_port", str(self.rest_port), *passed_flags,
+        ]  # fmt: skip
+
+    @property
+    def grpc_address(self) -> str:
+        return f"localhost:{self.grpc_port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://localhost:{self.rest_port}"
+
     def redis_traffic(self) -> int:
         """Bytes the embedded Redis has received from and sent to its clients so far."""
         found = EMBEDDED_REDIS.search(self.log_tail(10**7))
@@ -113,11 +138,6 @@ class Server:
             return 0
         info = redis.Redis(host=found[1], port=int(found[2]), socket_timeout=5).info("stats")
         return int(info["total_net_input_bytes"]) + int(info["total_net_output_bytes"])
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"ovms exited with {self.process.returncode}")
 
     def wait_ready(self) -> None:
         """Wait for both readiness log lines, then until every model has an AVAILABLE version."""
@@ -146,10 +166,6 @@ class Server:
         """pid -> api / worker / Redis for the running stack (read now: api processes may be added)."""
         assert self.process is not None
         return ovms_roles(self.process.pid)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_tree(self.process, "ovms")
 
 
 def stop_tree(process: subprocess.Popen, name: str, timeout_s: float = STOP_TIMEOUT_S) -> None:

@@ -8,14 +8,12 @@ metrics off; adaptive batching on (`max_batch_size` 16, `max_batch_time` 2 ms) o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import requests
 from bench_cases import REPO, ModelCase
-from bench_stack import stop_tree
+from bench_stack import ServerProcess
 from proc_cpu import tree_roles
 
 from tasks.broker import free_port
@@ -25,7 +23,6 @@ RUNTIME = "mlserver_openvino.runtime.OpenVINORuntime"  # ops/ goes on MLServer's
 BATCHING = {"max_batch_size": 16, "max_batch_time": 0.002}
 NO_BATCHING = {"max_batch_size": 0, "max_batch_time": 0.0}
 READY_TIMEOUT_S = 120.0
-STOP_TIMEOUT_S = 20.0
 
 
 def write_repository(cases: list[ModelCase], batching: bool, http_port: int, grpc_port: int, root: Path) -> Path:
@@ -53,8 +50,10 @@ def write_repository(cases: list[ModelCase], batching: bool, http_port: int, grp
     return root
 
 
-class MLServer:
+class MLServer(ServerProcess):
     """`mlserver start` on a repository of `cases`, in its own session, stopped with its process tree on exit."""
+
+    name = "mlserver"
 
     def __init__(self, cases: list[ModelCase], batching: bool, directory: Path) -> None:
         if not MLSERVER.exists():
@@ -66,8 +65,8 @@ class MLServer:
         label = "batching" if batching else "no-batching"
         self.repository = write_repository(cases, batching, self.http_port, self.grpc_port, directory / label)
         self.log_path = directory / f"mlserver-{label}.log"
+        self.env = {"PYTHONPATH": str(REPO / "ops")}
         self.command = [str(MLSERVER), "start", str(self.repository)]
-        self.process: subprocess.Popen | None = None
 
     @property
     def grpc_address(self) -> str:
@@ -76,30 +75,6 @@ class MLServer:
     @property
     def rest_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
-
-    def __enter__(self) -> MLServer:
-        env = {**os.environ, "PYTHONPATH": str(REPO / "ops"), "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
-
-    def check_alive(self) -> None:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise RuntimeError(f"mlserver exited with {self.process.returncode}:\n{self.log_tail()}")
 
     def wait_ready(self) -> None:
         """v2 readiness of the server, then of every model."""
@@ -122,7 +97,3 @@ class MLServer:
         """Every process of the server counts as "server"."""
         assert self.process is not None
         return tree_roles(self.process.pid, "server")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            stop_tree(self.process, "mlserver", STOP_TIMEOUT_S)
