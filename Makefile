@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 TFS_VENV := .venv-tfs
 TRITON_VENV := .venv-triton
+MLSERVER_VENV := .venv-mlserver
 PROTOC_VENV := .venv-protoc
 # The oldest grpcio-tools whose generated code the pyproject floors accept (grpcio>=1.66, protobuf>=5.28): its
 # *_pb2_grpc.py needs grpcio>=1.66.0 and its *_pb2.py protobuf>=5.27.2 (newer runtimes, 7 included, load it).
@@ -14,9 +15,11 @@ REST_PORT ?= 8000
 STREAMS ?= 8
 THROUGHPUT_ITERATIONS ?= 500
 BENCH_ARGS ?=
+PEER_BENCH_ARGS ?=
 SOAK_ARGS ?=
 
-.PHONY: run test venv models tfs-client triton-client lint protos test_perf test_throughput bench soak clean
+.PHONY: run test venv models tfs-client triton-client mlserver lint protos test_perf test_throughput bench bench-peer soak \
+	clean
 
 # `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
 RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
@@ -24,7 +27,7 @@ RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
 run: venv models
 	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT) $(RUN_FLAGS)
 
-test: venv models tfs-client triton-client
+test: venv models tfs-client triton-client mlserver
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
@@ -57,6 +60,16 @@ $(TRITON_VENV)/.installed:
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/pip install -q --upgrade pip
 	$(TRITON_VENV)/bin/pip install -q "tritonclient[http,grpc]>=2.50"
+	touch $@
+
+# MLServer, the peer `make bench-peer` compares with, with OpenVINO for our runtime of it
+# (ops/mlserver_openvino/runtime.py): in a venv of its own, as a user would install it.
+mlserver: $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_VENV)/.installed:
+	test -x $(MLSERVER_VENV)/bin/python || $(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q --upgrade pip
+	$(MLSERVER_VENV)/bin/pip install -q "mlserver==1.7.1" "openvino>=2025.0" numpy
 	touch $@
 
 lint: venv
@@ -104,9 +117,14 @@ test_throughput: venv models
 bench: venv models triton-client
 	$(BIN)/python ops/bench.py $(BENCH_ARGS)
 
+# Ours against MLServer 1.7.1 on the same IR files with the same KServe v2 load, one Markdown table
+# (see ops/peer_bench.py).
+bench-peer: venv models triton-client mlserver
+	$(BIN)/python ops/peer_bench.py $(PEER_BENCH_ARGS)
+
 # Ten minutes at 70% of measured capacity: errors, latency, memory of every process (see ops/soak.py).
 soak: venv models
 	$(BIN)/python ops/soak.py $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) $(TFS_VENV) $(TRITON_VENV) $(PROTOC_VENV) $(MODELS)
+	rm -rf $(VENV) $(TFS_VENV) $(TRITON_VENV) $(MLSERVER_VENV) $(PROTOC_VENV) $(MODELS)

