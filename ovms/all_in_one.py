@@ -19,7 +19,7 @@ from ovms.api_processes import ApiProcesses
 from ovms.settings import ServerSettings
 from ovms.stop_signal import wait_for_stop_signal
 from tasks.broker import EmbeddedRedis
-from tasks.lifetime import die_with_parent
+from tasks.lifetime import dying_with_parent
 from tasks.registry import RegistryView
 from tasks.routing import worker_prefix
 
@@ -98,7 +98,7 @@ class Supervisor:
         env = {**os.environ, "OVMS_BROKER_URL": broker_url}
         if self._settings.result_backend_url:
             env["OVMS_RESULT_BACKEND_URL"] = self._settings.result_backend_url
-        return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+        return subprocess.Popen(dying_with_parent(command), env=env)
 
     def _wait_for_models(self, store_url: str) -> None:
         """Serve only once every worker finished loading the models it found (AVAILABLE or failed)."""
@@ -173,7 +173,7 @@ class Supervisor:
         else:
             command.append("--address=127.0.0.1")
             log.info("Starting Flower on 127.0.0.1:%d (no FLOWER_USER / FLOWER_PASSWORD: local only)", port)
-        return subprocess.Popen(command, env=env, preexec_fn=die_with_parent)
+        return subprocess.Popen(dying_with_parent(command), env=env)
 
     @staticmethod
     def _stop_processes(processes: list[subprocess.Popen]) -> None:

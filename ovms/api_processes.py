@@ -26,7 +26,7 @@ from ovms.api_group import READY_FD_ENV
 from ovms.metrics_directory import MetricsDirectory
 from ovms.port_reservation import PortReservation
 from ovms.settings import ServerSettings
-from tasks.lifetime import die_with_parent
+from tasks.lifetime import dying_with_parent
 
 log = logging.getLogger("serving")
 
@@ -99,7 +99,7 @@ class ApiProcesses:
         """The process of `slot` (its index): a replacement takes over its predecessor's metrics files."""
         command = [sys.executable, "-m", "ovms", "api", *self._argv]
         env = {**self._env, SLOT_ENV: str(slot)}
-        return subprocess.Popen(command, env=env, pass_fds=(self._ready_write,), preexec_fn=die_with_parent)
+        return subprocess.Popen(dying_with_parent(command), env=env, pass_fds=(self._ready_write,))
 
     def _wait_until_listening(self, count: int) -> None:
         """Each process writes a byte to the pipe once its servers listen (ovms.api_role)."""

@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from tasks.lifetime import die_with_parent
+from tasks.lifetime import dying_with_parent
 
 log = logging.getLogger("serving")
 
@@ -91,7 +91,7 @@ class EmbeddedRedis:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
         self._process = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent
+            dying_with_parent(self.command()), stdout=subprocess.DEVNULL, start_new_session=True
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout_s

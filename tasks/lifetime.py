@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import signal
-
-_PR_SET_PDEATHSIG = 1
+import shutil
 
 
-def die_with_parent() -> None:
-    """A Popen `preexec_fn`: the child gets SIGTERM when the thread that started it ends, i.e. when its
-    parent dies without cleaning up (Linux prctl PR_SET_PDEATHSIG; elsewhere a no-op). Start children
-    from threads that live as long as the process (the main one, or a daemon watcher)."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def dying_with_parent(command: list[str]) -> list[str]:
+    """`command`, run so that it gets SIGTERM when the thread that started it ends, i.e. when its parent dies
+    without cleaning up: through util-linux's `setpriv --pdeathsig` (Linux PR_SET_PDEATHSIG, which survives
+    the exec). Start children from threads that live as long as the process (the main one, or a daemon
+    watcher). Without setpriv (not Linux), `command` as it is.
+
+    Not a Popen `preexec_fn`: that runs Python in the forked child of a process whose gRPC and Redis threads
+    may hold locks at the fork, and runs gRPC's at-fork handlers there; a restarted worker was seen to abort
+    (SIGABRT) that way before it could exec."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command

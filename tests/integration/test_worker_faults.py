@@ -90,11 +90,27 @@ def _wait_until_holding(store: redis.Redis, worker_id: str, timeout_s: float = 1
     """Until `worker_id` has claimed a message of the api (tasks.claims), so that killing it is mid-batch."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for key in store.scan_iter(match=claims_key(REPLY_PREFIX + "*")):
-            if worker_id.encode() in store.hvals(key):
-                return
+        if _holds(store, worker_id):
+            return
         time.sleep(0.005)
     raise TimeoutError(f"worker {worker_id} never held a message")
+
+
+def _holds(store: redis.Redis, worker_id: str) -> bool:
+    return any(worker_id.encode() in store.hvals(key) for key in store.scan_iter(match=claims_key(REPLY_PREFIX + "*")))
+
+
+def _freeze_while_holding(store: redis.Redis, worker: OvmsProcess, timeout_s: float = 10.0) -> None:
+    """SIGSTOP `worker` at a moment it holds a claimed message, so that a kill now is mid-batch (a `resnet`
+    message can be done within milliseconds of being seen held)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _wait_until_holding(store, _worker_id(worker), max(deadline - time.monotonic(), 0.1))
+        worker.signal(signal.SIGSTOP)
+        if _holds(store, _worker_id(worker)):
+            return
+        worker.signal(signal.SIGCONT)
+    raise TimeoutError(f"worker {_worker_id(worker)} never stopped holding a message")
 
 
 def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker, redis_url):
@@ -103,7 +119,7 @@ def test_killed_worker_messages_run_again_on_the_other_worker(api, start_worker,
     wait_for_ready(api)
     load = GrpcLoad(api.grpc_address, IMAGE, timeout_s=DEADLINE_S).start()
     time.sleep(2.0)
-    _wait_until_holding(redis.Redis.from_url(redis_url), _worker_id(first))
+    _freeze_while_holding(redis.Redis.from_url(redis_url), first)
     earlier_log = len(api.log())
     killed_at = time.monotonic()
     first.signal(signal.SIGKILL)
