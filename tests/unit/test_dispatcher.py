@@ -108,6 +108,32 @@ def test_each_request_of_a_message_gets_its_own_result(dispatcher: Dispatcher, s
     assert holders(store, dispatcher.reply_to) == {}, "storing the result released the claims"
 
 
+def test_enqueue_publishes_nothing_and_says_when_the_caller_must(dispatcher: Dispatcher, store: redis.Redis) -> None:
+    """The event loop's path (api.dataplane.inference): enqueue() makes no Redis call; a request it says
+    must be published leaves with publish_waiting(), one it does not leaves with the reply that frees a
+    slot. Every request gets its own answer."""
+    first, second, third, late = (request(10 * i) for i in range(4))
+    futures = []
+    for sent, must_publish in ((first, True), (second, True)):
+        future, publish = dispatcher.enqueue(DOUBLER, sent)
+        assert publish is must_publish and queued(store) == len(futures)
+        dispatcher.publish_waiting(DOUBLER)
+        futures.append(future)
+    for sent in (third, late):  # both slots in flight: they wait in the lane, unpublished
+        future, publish = dispatcher.enqueue(DOUBLER, sent)
+        assert not publish
+        futures.append(future)
+    assert queued(store) == 2
+    sizes = []
+    while sum(sizes) < 4:
+        taken = take(store, "worker-a")
+        answer(taken, "worker-a")
+        sizes.append(len(taken.requests))
+    assert sizes == [1, 1, 2], "the waiting two left together when a reply freed a slot"
+    for sent, future in zip((first, second, third, late), futures, strict=True):
+        assert_doubled(sent, future, "worker-a")
+
+
 def test_a_request_whose_deadline_passed_before_it_was_submitted_is_not_published(
     dispatcher: Dispatcher, store: redis.Redis
 ) -> None:

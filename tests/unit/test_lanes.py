@@ -91,3 +91,23 @@ def test_a_message_stops_taking_requests_once_it_holds_enough_bytes() -> None:
         sizes.append([entry[0].inputs["x"].size // half for entry in taken])
         lane.published()
     assert sizes == [[1, 1], [1], [4]]  # a request larger than the cap still leaves, alone
+
+
+def test_may_publish_says_whether_a_take_now_would_give_requests() -> None:
+    """The api's event loop queues a small request and hands it to a thread only when may_publish() says a
+    take() would publish it; otherwise a taker or a freed slot carries it (api.dataplane.inference)."""
+    lane = Lane(max_requests_per_message=64)
+    assert not lane.may_publish(), "nothing waits"
+    lane.add(entry(0), workers=1, max_waiting=100)
+    assert lane.may_publish()
+    assert lane.take() is not None
+    lane.add(entry(1), workers=1, max_waiting=100)
+    assert not lane.may_publish(), "someone is taking: the taker's next take() carries it"
+    lane.published()
+    assert lane.may_publish()
+    assert lane.take() is not None
+    lane.published()
+    lane.add(entry(2), workers=1, max_waiting=100)
+    assert not lane.may_publish(), "every slot is in flight: the reply that frees one publishes it"
+    lane.completed()
+    assert lane.may_publish() and lane.take() is not None
