@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -15,11 +14,11 @@ import time
 import redis
 
 from api.server import ApiServer
-from ovms.api_processes import ApiProcesses
+from ovms.api_processes import ApiProcesses, redis_environment
 from ovms.settings import ServerSettings
 from ovms.stop_signal import wait_for_stop_signal
 from tasks.broker import EmbeddedRedis
-from tasks.lifetime import dying_with_parent
+from tasks.lifetime import dying_with_parent, stop_all
 from tasks.registry import RegistryView
 from tasks.routing import worker_prefix
 
@@ -74,7 +73,7 @@ class Supervisor:
                 self._watcher.join()
             if api is not None:
                 api.stop()
-            self._stop_processes(self._children + list(self._workers.values()))
+            stop_all(self._children + list(self._workers.values()), WORKER_STOP_TIMEOUT_S)
             if self._redis is not None:
                 self._redis.stop()
 
@@ -95,9 +94,7 @@ class Supervisor:
         a Redis password off the worker's command line; the worker then looks where the api looks."""
         command = [sys.executable, "-m", "ovms", "worker", *self._argv, "--device", device]
         log.info("Starting the %s worker", device)
-        env = {**os.environ, "OVMS_BROKER_URL": broker_url}
-        if self._settings.result_backend_url:
-            env["OVMS_RESULT_BACKEND_URL"] = self._settings.result_backend_url
+        env = redis_environment(self._settings, broker_url)
         return subprocess.Popen(dying_with_parent(command), env=env)
 
     def _wait_for_models(self, store_url: str) -> None:
@@ -175,15 +172,3 @@ class Supervisor:
             log.info("Starting Flower on 127.0.0.1:%d (no FLOWER_USER / FLOWER_PASSWORD: local only)", port)
         return subprocess.Popen(dying_with_parent(command), env=env)
 
-    @staticmethod
-    def _stop_processes(processes: list[subprocess.Popen]) -> None:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
-        for worker in processes:
-            try:
-                worker.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()

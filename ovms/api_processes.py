@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from ovms.api_group import READY_FD_ENV
 from ovms.metrics_directory import MetricsDirectory
 from ovms.port_reservation import PortReservation
 from ovms.settings import ServerSettings
-from tasks.lifetime import dying_with_parent
+from tasks.lifetime import dying_with_parent, stop_all
 
 log = logging.getLogger("serving")
 
@@ -39,9 +38,7 @@ class ApiProcesses:
         """`argv`: the command line's flags (no role), which each api process is started with."""
         self._settings = settings
         self._argv = argv
-        self._env = {**os.environ, "OVMS_BROKER_URL": broker_url}
-        if settings.result_backend_url:
-            self._env["OVMS_RESULT_BACKEND_URL"] = settings.result_backend_url
+        self._env = redis_environment(settings, broker_url)
         self._ports: PortReservation | None = None
         self._metrics_dir: MetricsDirectory | None = None
         self._ready_read, self._ready_write = -1, -1
@@ -77,16 +74,7 @@ class ApiProcesses:
 
     def stop(self) -> None:
         """SIGTERM every process (each drains its requests in progress, see api.server), wait, clean up."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self._settings.request_timeout_s + STOP_MARGIN_S
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_all(self.processes, self._settings.request_timeout_s + STOP_MARGIN_S)
         for fd in (self._ready_read, self._ready_write):
             if fd >= 0:
                 os.close(fd)
@@ -112,3 +100,12 @@ class ApiProcesses:
                 raise RuntimeError(f"the api processes did not start within {START_TIMEOUT_S:.0f} s")
             if select.select([self._ready_read], [], [], 0.1)[0]:
                 listening += len(os.read(self._ready_read, count))
+
+
+def redis_environment(settings: ServerSettings, broker_url: str) -> dict[str, str]:
+    """The environment of a child role (worker, api process): the broker URL (maybe the embedded Redis's) and
+    the result backend's go by environment, keeping a Redis password off its command line."""
+    env = {**os.environ, "OVMS_BROKER_URL": broker_url}
+    if settings.result_backend_url:
+        env["OVMS_RESULT_BACKEND_URL"] = settings.result_backend_url
+    return env

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
+import time
 
 
 def dying_with_parent(command: list[str]) -> list[str]:
@@ -16,3 +19,17 @@ def dying_with_parent(command: list[str]) -> list[str]:
     (SIGABRT) that way before it could exec."""
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
+
+
+def stop_all(processes: list[subprocess.Popen], timeout_s: float) -> None:
+    """SIGTERM every child still running, wait for all of them within `timeout_s` in all, SIGKILL the rest."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        try:
+            process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
