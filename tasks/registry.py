@@ -240,8 +240,7 @@ class RegistryView:
         """Whether the current view has an AVAILABLE version of the model (without a refresh: resolve() then
         answers from memory, with no Redis call)."""
         with self._lock:
-            versions = self._models.get(name)
-            return versions is not None and any(v.state == VersionState.AVAILABLE for v in versions.values())
+            return _any_available(self._models.get(name))
 
     def knows(self, name: str) -> bool:
         """Whether a worker ever reported this model (without a refresh: a cheap check per request)."""
@@ -252,7 +251,7 @@ class RegistryView:
         with self._lock:
             versions = self._models.get(name)
             stale = time.monotonic() - self._last_refresh > 0.1
-        if (versions is None or not any(v.state == VersionState.AVAILABLE for v in versions.values())) and stale:
+        if not _any_available(versions) and stale:
             self.refresh()  # a miss may be news the background refresh has not seen yet
             with self._lock:
                 versions = self._models.get(name)
@@ -292,6 +291,10 @@ class RegistryView:
             queues = set(self._queues)
         if lost is not None and self._on_workers_gone is not None:
             _call_safely(self._on_workers_gone, lost, queues)
+
+
+def _any_available(versions: dict[int, MergedVersion] | None) -> bool:
+    return versions is not None and any(v.state == VersionState.AVAILABLE for v in versions.values())
 
 
 def _call_safely(callback: Callable[..., None], *args: Any) -> None:
