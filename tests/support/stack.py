@@ -95,6 +95,8 @@ def start_ovms(
     that hard limit of open files."""
     grpc_port = free_port()
     rest_port = free_port() if rest else 0
+    while rest and rest_port == grpc_port:  # a port closed a moment ago can be handed out again at once
+        rest_port = free_port()
     command = ovms_command(*([role] if role else []), *args, "--port", str(grpc_port))
     wait_for = [GRPC_READY] if role != "worker" else ["is ready"]
     if rest and role != "worker":
