@@ -124,7 +124,7 @@ class Dispatcher:
 
     def publish_waiting(self, target: Target) -> None:
         """Publish what waits in the target's lane while it may have more messages in flight (Redis I/O:
-        not on an event loop)."""
+        not on an event loop). Never raises: a message that could not be published fails its requests."""
         self._pump(target, self._lane(target))
 
     async def outcome(self, request: InferenceRequest, future: Future[InferenceResult]) -> InferenceResult:
@@ -164,11 +164,11 @@ class Dispatcher:
         requests = [request for request, _ in entries]
         for index, request in enumerate(requests):
             request.request_id = f"{task_id}.{index}"
-        envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
         pending = _Pending(target, lane, {r.request_id: f for r, f in entries})
         with self._lock:
             self._pending[task_id] = pending
         try:
+            envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
             self._link.check()
             pending.message_text = self._publisher.publish(
                 task_id, envelope, payload, target.queue, self.reply_to, max(envelope.deadline - time.time(), 0.001)
@@ -177,6 +177,9 @@ class Dispatcher:
             self._resolve_all(task_id, error)
         except (redis.RedisError, OSError) as exc:
             self._resolve_all(task_id, self._link.failed(exc))
+        except Exception as exc:  # on the listener thread (a reply freed the slot) it must not stop the listener
+            log.exception("Publishing message %s for %s failed", task_id, target.model)
+            self._resolve_all(task_id, Internal(f"Publishing the request failed: {exc}"))
 
     def workers_gone(self, lost: set[str], queues: set[str]) -> None:
         """Some workers stopped serving (see tasks.registry): `lost` ones died with whatever they held;

@@ -18,7 +18,7 @@ import pytest
 import redis
 from celery import states
 
-from inference.errors import DEADLINE_PASSED, NO_LIVE_WORKER, WORKER_LOST, DeadlineExceeded, Unavailable
+from inference.errors import DEADLINE_PASSED, NO_LIVE_WORKER, WORKER_LOST, DeadlineExceeded, Internal, Unavailable
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import claim, holders
@@ -144,6 +144,27 @@ def test_a_request_whose_deadline_passed_before_it_was_submitted_is_not_publishe
     with pytest.raises(DeadlineExceeded, match=DEADLINE_PASSED):
         dispatcher.submit(DOUBLER, expired)
     assert queued(store) == 0
+
+
+def test_a_message_that_cannot_be_published_fails_its_requests_and_frees_its_slot(
+    dispatcher: Dispatcher, store: redis.Redis
+) -> None:
+    """Whatever stops a message from being published reaches its waiters at once (not at their deadline),
+    and never raises: publishing also runs on the result listener (a reply that frees a slot publishes what
+    waited), which must not stop. The lane stays usable."""
+    broken = request(1)
+    broken.inputs = {"x": np.array([["text, not bytes"]], dtype=object)}  # cannot be packed
+    future, publish = dispatcher.enqueue(DOUBLER, broken)
+    assert publish
+    dispatcher.publish_waiting(DOUBLER)
+    with pytest.raises(Internal, match="Publishing the request failed"):
+        future.result(timeout=WAIT_S)
+    assert queued(store) == 0
+    for _ in range(3):  # more than the lane's two slots: the failed message gave its slot back
+        sent = request(5)
+        pending = dispatcher.submit(DOUBLER, sent)
+        answer(take(store, "worker-a"), "worker-a")
+        assert_doubled(sent, pending, "worker-a")
 
 
 def test_a_message_whose_worker_was_lost_runs_once_more(dispatcher: Dispatcher, store: redis.Redis) -> None:
