@@ -13,11 +13,13 @@ Every Redis client of ours is made by `redis_client`, from any of these URL form
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
+import redis.sentinel
 
 from tasks.sentinel import SentinelUrl, is_sentinel
 
@@ -92,5 +94,9 @@ def check_reachable(url: str, purpose: str) -> None:
             client.close()
     except redis.AuthenticationError as exc:
         raise RuntimeError(f"Redis {purpose} {redact(url)}: authentication failed ({exc})") from None
+    except redis.sentinel.MasterNotFoundError as exc:
+        # redis-py's message lists each Sentinel's client repr; keep the Sentinels' answers only
+        answers = "; ".join(re.findall(r"> - (.*?)(?=, <redis\.client|$)", str(exc))) or "none knows it"
+        raise RuntimeError(f"Redis {purpose} {redact(url)}: no Sentinel names its master ({answers})") from None
     except (redis.RedisError, OSError, ValueError) as exc:
         raise RuntimeError(f"Redis {purpose} {redact(url)} is not usable: {type(exc).__name__}: {exc}") from None

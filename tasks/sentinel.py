@@ -26,6 +26,14 @@ import redis.sentinel
 SCHEME = "sentinel"
 DEFAULT_PORT = 26379
 _QUERY_KEYS = ("master_name", "sentinel_password")
+# How long one Sentinel may take to answer; each is asked once per discovery (redis-py's default would retry a
+# dead or refusing one with back-off for seconds): the other Sentinels are the retry.
+SENTINEL_TIMEOUT_S = 1.0
+_SENTINEL_CONNECTIONS = {
+    "socket_timeout": SENTINEL_TIMEOUT_S,
+    "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+    "retry": None,
+}
 
 
 def is_sentinel(url: str) -> bool:
@@ -79,21 +87,20 @@ class SentinelUrl:
 
     def transport_options(self) -> dict[str, Any]:
         """Celery's broker_transport_options / result_backend_transport_options for this URL."""
-        options: dict[str, Any] = {"master_name": self.master_name}
-        if self.sentinel_password:
-            options["sentinel_kwargs"] = {"password": self.sentinel_password}
-        return options
+        return {"master_name": self.master_name, "sentinel_kwargs": self._sentinel_kwargs()}
 
     def client(self, **options: Any) -> redis.Redis:
-        """A client of the current master, with `options` (timeouts, command packer) on its connections;
-        the Sentinels are asked with the same socket timeouts."""
-        sentinel_kwargs = {key: value for key, value in options.items() if key.startswith("socket_")}
-        if self.sentinel_password:
-            sentinel_kwargs["password"] = self.sentinel_password
-        manager = redis.sentinel.Sentinel(list(self.sentinels), sentinel_kwargs=sentinel_kwargs)
+        """A client of the current master, with `options` (timeouts, command packer) on its connections."""
+        manager = redis.sentinel.Sentinel(list(self.sentinels), sentinel_kwargs=self._sentinel_kwargs())
         return manager.master_for(
             self.master_name, db=self.db, username=self.username, password=self.password, **options
         )
+
+    def _sentinel_kwargs(self) -> dict[str, Any]:
+        """The Sentinels' connections: short timeouts, no retries, their own password if any."""
+        if self.sentinel_password:
+            return {**_SENTINEL_CONNECTIONS, "password": self.sentinel_password}
+        return dict(_SENTINEL_CONNECTIONS)
 
 
 def _host(host: str) -> str:

@@ -6,6 +6,7 @@ both roles follow the promoted replica without a restart. Async jobs submitted b
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,15 +15,18 @@ import numpy as np
 import pytest
 import requests
 
+from tasks.broker import free_port
+from tasks.connections import check_reachable
 from tests.support.jobs import post_npy
 from tests.support.load import GrpcLoad, float_request
-from tests.support.sentinels import SentinelCluster, missing_binaries
+from tests.support.sentinels import PASSWORD, SENTINEL_PASSWORD, SentinelCluster, missing_binaries
 from tests.support.stack import OvmsProcess, start_ovms
 
 DEADLINE_S = 5.0  # each predict's gRPC deadline
 RECOVERY_GOAL_S = 5.0  # from the promotion to the first successful predict
 JOB_END_S = 30.0  # from the promotion to the end of every job submitted before the kill
 DIGITS = np.zeros((1, 64), np.float32)
+JOB_SAMPLES = np.zeros((16384, 64), np.float32)  # 64 chunks: still running when the master is killed
 
 pytestmark = pytest.mark.skipif(missing_binaries() is not None, reason=missing_binaries() or "")
 
@@ -60,7 +64,8 @@ def test_the_api_and_the_worker_follow_a_failover(cluster: SentinelCluster, stac
     load = GrpcLoad(stack.grpc_address, float_request("digits", "x", DIGITS), threads=4, timeout_s=DEADLINE_S)
     load.start()
     time.sleep(2.0)
-    jobs = [post_npy(stack.rest_url, "digits", np.zeros((2048, 64), np.float32)).json()["status_url"] for _ in range(3)]
+    jobs = [post_npy(stack.rest_url, "digits", JOB_SAMPLES).json()["status_url"] for _ in range(3)]
+    running = [requests.get(stack.rest_url + url, timeout=DEADLINE_S).json()["state"] for url in jobs]
     old_master = cluster.kill_master()
     killed_at = time.monotonic()
     while cluster.switched_at is None and time.monotonic() < killed_at + 15:
@@ -79,7 +84,8 @@ def test_the_api_and_the_worker_follow_a_failover(cluster: SentinelCluster, stac
         f"\nSentinel failover: master :{old_master} killed, replica :{cluster.master_port()} promoted after "
         f"{promoted_at - killed_at:.2f} s; first successful predict {first_success - killed_at:.2f} s after the kill "
         f"({first_success - promoted_at:.2f} s after the promotion); {len(outcomes)} predicts, {len(failed)} failed "
-        f"{load.codes()}; slowest {slowest:.2f} s (deadline {DEADLINE_S} s); jobs submitted before the kill: {endings}"
+        f"{load.codes()}; slowest {slowest:.2f} s (deadline {DEADLINE_S} s); jobs submitted before the kill: "
+        f"{running} at the kill, then {endings}"
     )
     assert load.codes(until=killed_at).get("OK", 0) > 10
     assert set(load.codes()) <= {"OK", "UNAVAILABLE"}, load.failures()[:5]
@@ -89,3 +95,32 @@ def test_the_api_and_the_worker_follow_a_failover(cluster: SentinelCluster, stac
     assert settled and all(o.code == "OK" for o in settled), load.codes(since=first_success + 1.0)
     assert "STILL RUNNING" not in endings
     assert "restarting it" not in stack.log(), "a role was restarted instead of following the new master"
+
+
+def test_the_start_up_check_and_flower_find_the_master_through_the_sentinels(
+    cluster: SentinelCluster, models_dir: Path
+) -> None:
+    check_reachable(cluster.url, "broker")
+    for url, reason in [
+        (cluster.url.replace("master_name=", "master_name=x"), "no Sentinel names its master"),
+        (cluster.url.replace(PASSWORD, "wrong"), "authentication failed"),
+        (cluster.url.replace(SENTINEL_PASSWORD, "wrong"), "AuthenticationError"),  # no Sentinel lets it ask
+    ]:
+        with pytest.raises(RuntimeError, match=reason) as refused:
+            check_reachable(url, "broker")
+        assert "wrong" not in str(refused.value) and PASSWORD not in str(refused.value)
+
+    flower_port = free_port()
+    flags = ["--model_name", "digits", "--model_path", str(models_dir / "digits"), "--flower_port", str(flower_port)]
+    process = start_ovms(flags, env={"OVMS_BROKER_URL": cluster.url, "FLOWER_UNAUTHENTICATED_API": "1"})
+    try:
+        deadline = time.monotonic() + 30
+        workers: dict = {}
+        while not workers and time.monotonic() < deadline:  # Flower asks the workers over the broker
+            with contextlib.suppress(requests.ConnectionError):
+                reply = requests.get(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1", timeout=10)
+                workers = reply.json() if reply.status_code == 200 else {}
+            time.sleep(0.5)
+        assert [name.split("@")[0] for name in workers] == [process.worker_id()], workers
+    finally:
+        process.stop()
