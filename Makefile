@@ -17,9 +17,12 @@ THROUGHPUT_ITERATIONS ?= 500
 BENCH_ARGS ?=
 PEER_BENCH_ARGS ?=
 SOAK_ARGS ?=
+# The image (the seed's name and variable), and what an offline build makes it from.
+OVMS_CPP_DOCKER_IMAGE ?= ovms:latest
+DOCKER_BASE_IMAGE ?= ovms-base:bookworm
 
 .PHONY: run test venv models tfs-client triton-client mlserver lint protos test_perf test_throughput bench bench-peer soak \
-	clean
+	clean docker_build docker_build_offline docker_base wheelhouse
 
 # `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
 RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
@@ -121,6 +124,27 @@ bench: venv models triton-client
 # (see ops/peer_bench.py).
 bench-peer: venv models triton-client mlserver
 	$(BIN)/python ops/peer_bench.py $(PEER_BENCH_ARGS)
+
+# The image, from the public python:3.11-slim base and PyPI.
+docker_build:
+	docker build --target runtime -t $(OVMS_CPP_DOCKER_IMAGE) .
+
+# The same image where no registry and no PyPI can be reached from the build: a Debian base made here with
+# mmdebstrap (ops/docker/base_image.sh, once) and pip reading only a wheelhouse made on this host.
+docker_build_offline: wheelhouse docker_base
+	docker build --build-arg PYTHON_IMAGE=$(DOCKER_BASE_IMAGE) \
+		--build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/wheels --target runtime -t $(OVMS_CPP_DOCKER_IMAGE) .
+
+docker_base:
+	ops/docker/base_image.sh $(DOCKER_BASE_IMAGE)
+
+# Wheels for the image's Python, made by pip in a container of the base image (ops/docker/wheelhouse.sh).
+# Remade when pyproject.toml changes.
+wheelhouse: ops/docker/wheelhouse/.built
+
+ops/docker/wheelhouse/.built: pyproject.toml | docker_base
+	ops/docker/wheelhouse.sh $(DOCKER_BASE_IMAGE)
+	touch $@
 
 # Ten minutes at 70% of measured capacity: errors, latency, memory of every process (see ops/soak.py).
 soak: venv models

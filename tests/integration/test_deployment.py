@@ -222,11 +222,11 @@ def test_dockerfile_stages_user_healthcheck_and_command() -> None:
     assert {"builder", "models", "runtime", "runtime-gpu"} <= set(stages)
     assert next(iter(stages.values()))[0] == ("FROM", "${PYTHON_IMAGE}")
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", DOCKERFILE.read_text(), re.M)
-    builder, models, runtime = stages["builder"], stages["models"], stages["runtime"]
+    deps, builder, models, runtime = stages["deps"], stages["builder"], stages["models"], stages["runtime"]
     # The runtime venv gets the base dependencies and Flower only; the models extra stays in `models`.
-    builder_runs = " ".join(rest for keyword, rest in builder if keyword == "RUN")
+    builder_runs = " ".join(rest for keyword, rest in deps + builder if keyword == "RUN")
     assert "[monitoring]" in builder_runs and "[models]" not in builder_runs and "[test" not in builder_runs
-    assert models[0] == ("FROM", "builder")
+    assert builder[0] == ("FROM", "deps") and models[0] == ("FROM", "deps")
     models_runs = " ".join(rest for keyword, rest in models if keyword == "RUN")
     assert "[models]" in models_runs and "ops/build_models.py --output /models" in models_runs
     copies = [rest for keyword, rest in runtime if keyword == "COPY"]
@@ -245,9 +245,7 @@ def test_dockerfile_stages_user_healthcheck_and_command() -> None:
     # metadata keeps the value it was installed with)
     assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["ovms"] == "ovms.cli:main"
     healthcheck = instructions["HEALTHCHECK"]
-    exec_form = json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip())
-    assert exec_form[:2] == ["python", "-c"] and "http://127.0.0.1:8000/v1/health/live" in exec_form[2]
-    compile(exec_form[2], "HEALTHCHECK", "exec")
+    assert json.loads(healthcheck[healthcheck.index("CMD") + 3 :].strip()) == ["python", "-m", "ovms.healthcheck"]
 
 
 def test_dockerfile_default_command_parses(image_config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -677,10 +675,17 @@ def _program(argv: list[str]) -> list[str]:
     return [sys.executable, *programs[argv[0]], *argv[1:]]
 
 
-def _healthcheck(service: dict[str, Any], replace: dict[str, str], env: dict[str, str]) -> int:
+def _healthcheck(
+    service: dict[str, Any], replace: dict[str, str], env: dict[str, str], server_cmdline: Path | None = None
+) -> int:
+    """Run a service's healthcheck here. The image's own (ovms/healthcheck.py) reads the flags of the
+    container's PID 1: here it is given `server_cmdline`, a /proc/<pid>/cmdline (or a file like one)."""
     test = service["healthcheck"]["test"]
     assert test[0] == "CMD", test
     argv = [_substitute(arg, replace) for arg in test[1:]]
+    if argv == ["python", "-m", "ovms.healthcheck"]:
+        assert server_cmdline is not None, "this healthcheck needs the server's command line"
+        argv.append(str(server_cmdline))
     return subprocess.run(_program(argv), env=env, capture_output=True, timeout=30).returncode
 
 
@@ -758,16 +763,22 @@ def test_compose_services_run_and_pass_their_healthchecks(
     # Before any worker runs, the worker healthcheck must fail.
     broker = _substitute(services["worker-cpu"]["environment"]["OVMS_BROKER_URL"], replace)
     worker_env = {**base_env, "OVMS_BROKER_URL": broker}
-    assert _healthcheck(services["worker-cpu"], replace, worker_env) == 1
+    worker_argv = ["ovms", *(_substitute(arg, replace) for arg in services["worker-cpu"]["command"])]
+    not_yet_running = local_stack["logs"] / "worker-cmdline"
+    not_yet_running.write_bytes(b"\0".join(arg.encode() for arg in worker_argv) + b"\0")
+    assert _healthcheck(services["worker-cpu"], replace, worker_env, not_yet_running) == 1
     worker, worker_env = start("worker-cpu")
+    worker_cmdline = Path(f"/proc/{worker.process.pid}/cmdline")
     api, api_env = start("api")
     flower, flower_env = start("flower")
     worker.wait_for_log("is ready", 120)
     api.wait_for_log(REST_READY, 60)
 
-    assert _healthcheck(services["worker-cpu"], replace, worker_env) == 0
+    assert _healthcheck(services["worker-cpu"], replace, worker_env, worker_cmdline) == 0
     for probe in ("readinessProbe", "livenessProbe"):  # the k8s worker probes, same registry
         command = _containers(_find(manifests, "Deployment", "ovms-worker-cpu"))[0][probe]["exec"]["command"]
+        if command == ["python", "-m", "ovms.healthcheck"]:
+            command = [*command, str(worker_cmdline)]
         assert subprocess.run(_program(command), env=worker_env, capture_output=True, timeout=30).returncode == 0
     _until(lambda: _healthcheck(services["api"], replace, api_env) == 0, 30, "the api healthcheck did not pass")
     (k8s_api,) = _containers(_find(manifests, "Deployment", "ovms-api"))
