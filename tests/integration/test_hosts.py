@@ -9,6 +9,8 @@ prints a `hosts:` line with its figures. Select with `pytest -m hosts`.
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -192,6 +194,47 @@ def _tails(*processes: OvmsProcess) -> str:
 def _count(processes: list[OvmsProcess], line: str) -> int:
     """How many times `line` occurs in the processes' logs so far."""
     return sum(process.log().count(line) for process in processes)
+
+
+def _reaches(host: Host, address: str, port: int) -> bool:
+    """Whether `host` can open a TCP connection to address:port within 1 s."""
+
+    def connect() -> bool:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    return host.call(connect)
+
+
+def test_the_network_connects_its_hosts_only_and_cleanup_leaves_nothing():
+    """The plumbing the other tests stand on: hosts reach each other (not the machine), a cut or a block
+    separates them, restoring joins them again, and cleanup removes every namespace, veth, bridge and rule."""
+    network = Network()
+    try:
+        server, client = network.add("server"), network.add("client")
+        listener = server.call(socket.create_server, (server.address, 7000))
+        assert _reaches(client, server.address, 7000)
+        with socket.create_server(("127.0.0.1", 0)) as outside:  # the machine's loopback is not a host's
+            assert not _reaches(client, "127.0.0.1", outside.getsockname()[1])
+        network.cut(server)
+        assert not _reaches(client, server.address, 7000)
+        network.restore(server)
+        assert _reaches(client, server.address, 7000)
+        client.block(server.address)
+        assert not _reaches(client, server.address, 7000)
+        client.unblock()
+        assert _reaches(client, server.address, 7000)
+        listener.close()
+    finally:
+        network.cleanup()
+    leftovers = [
+        subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        for command in (["ip", "netns", "list"], ["ip", "link", "show"], ["iptables", "-S", "FORWARD"])
+    ]
+    assert not [line for text in leftovers for line in text.splitlines() if f"ovt{network.tag}" in line]
 
 
 def test_both_api_hosts_answer_grpc_and_rest_from_the_client_host(cluster: Cluster, expected: np.ndarray):
