@@ -40,7 +40,7 @@ RERUN = "again: worker"  # an api logs each message it publishes again after its
 @dataclass
 class Cluster:
     network: Network
-    redis: OvmsProcess
+    started: list[OvmsProcess]  # every process on the hosts, clients included: the fixture stops them all
     apis: list[OvmsProcess]
     api_hosts: list[Host]
     workers: list[OvmsProcess]
@@ -70,17 +70,18 @@ class ClientRun:
     """tests.support.host_client running on the client host; its outcomes read back as they are written."""
 
     def __init__(self, cluster: Cluster, targets: list[str], threads: int = 4, timeout_s: float = 20, count: int = 0):
-        self.out = Path(cluster.logs) / f"client-{time.monotonic_ns()}.jsonl"
+        self.out = cluster.logs / f"client-{time.monotonic_ns()}.jsonl"
         self.out.touch()
         argv = [sys.executable, "-m", "tests.support.host_client", "--out", str(self.out), "--threads", str(threads)]
         argv += ["--timeout", str(timeout_s), "--count", str(count)]
         argv += [arg for target in targets for arg in ("--target", target)]
         self.process = OvmsProcess(cluster.client.command(*argv), 0, 0, [], env=ENV)
+        cluster.started.append(self.process)
 
     def outcomes(self) -> list[dict]:
         return [json.loads(line) for line in self.out.read_text().splitlines() if line.endswith("}")]
 
-    def wait(self, condition, timeout_s: float = 30.0) -> float:
+    def wait(self, condition: Callable[[list[dict]], bool], timeout_s: float = 30.0) -> float:
         """Until `condition(outcomes)` holds; the monotonic time it did."""
         deadline = time.monotonic() + timeout_s
         while not condition(self.outcomes()):
@@ -146,7 +147,7 @@ def cluster(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             worker.wait_for_log("is ready")
         for api in apis:
             api.wait_for_log(GRPC_READY, REST_READY)
-        cluster = Cluster(network, redis, apis, api_hosts, workers, worker_hosts, client, redis_host.address, logs)
+        cluster = Cluster(network, started, apis, api_hosts, workers, worker_hosts, client, redis_host.address, logs)
         cluster.wait_for_live_workers(3)
         yield cluster
     finally:
