@@ -25,12 +25,19 @@ class OvmsProcess:
     """A running `ovms` command with its ports and log file."""
 
     def __init__(
-        self, command: list[str], grpc_port: int, rest_port: int, wait_for: list[str], env: dict[str, str] | None = None
+        self,
+        command: list[str],
+        grpc_port: int,
+        rest_port: int,
+        wait_for: list[str],
+        env: dict[str, str] | None = None,
+        host: str = "localhost",
     ) -> None:
+        """`host`: the address its ports listen on (one of a test network's hosts, tests.support.netns)."""
         self.grpc_port = grpc_port
         self.rest_port = rest_port
-        self.grpc_address = f"localhost:{grpc_port}"
-        self.rest_url = f"http://localhost:{rest_port}"
+        self.grpc_address = f"{host}:{grpc_port}"
+        self.rest_url = f"http://{host}:{rest_port}"
         self.log_path = Path(tempfile.mkstemp(prefix="ovms-test-", suffix=".log")[1])
         self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process' lifetime
         self.process = subprocess.Popen(
