@@ -27,7 +27,9 @@ def _log_level(flag: str, text: str) -> str:
 
 @dataclass(frozen=True)
 class LogSettings:
-    log_level: str = option(DEFAULT_LOG_LEVEL, ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1], convert=_log_level)
+    log_level: str = option(
+        DEFAULT_LOG_LEVEL, ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1], convert=_log_level, env="LOG_LEVEL"
+    )
     log_path: str | None = option(None, "also write the log to this file")
 
 
