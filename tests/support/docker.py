@@ -116,3 +116,31 @@ def wait_for_log(container: str, line: str, timeout_s: float = 180.0) -> str:
 def health(container: str) -> str:
     """The container's HEALTHCHECK status: starting, healthy or unhealthy."""
     return docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
+
+
+def container_log(container: str) -> str:
+    """`docker logs`: the container's stdout and stderr, in one text."""
+    result = subprocess.run(
+        ["docker", "logs", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60
+    )
+    return result.stdout
+
+
+@contextmanager
+def started_container(command: list[str], name: str, artifacts: Path | None = None) -> Iterator[str]:
+    """The id of the container `command` starts (it prints the id last, as `docker run -d` does), removed
+    with `docker rm -f` at the end — by `name` too, since a `docker run` that fails (a port taken) may
+    leave it created. With `artifacts`, its log is saved there first, as <name>.log."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    words = result.stdout.split()
+    if result.returncode != 0 or not words:
+        docker("rm", "-f", name, check=False)
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+    container = words[-1]
+    try:
+        yield container
+    finally:
+        if artifacts is not None:
+            artifacts.mkdir(parents=True, exist_ok=True)
+            (artifacts / f"{name}.log").write_text(container_log(container))
+        docker("rm", "-f", container, check=False)
