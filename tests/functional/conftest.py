@@ -14,7 +14,6 @@ import shlex
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,16 +24,17 @@ from tests.functional import settings
 from tests.functional.settings import MODELS_IN_CONTAINER, FunctionalSettings
 from tests.support.docker import (
     BUILD_TIMEOUT_S,
+    LOCAL,
     build_image,
     container_log,
     docker_engine,
     missing_engine_reason,
     started_container,
+    unique_name,
     wait_for_log,
 )
 
 FUNCTIONAL = Path(__file__).parent
-LOCAL = "127.0.0.1"  # where the default START_CONTAINER_COMMAND publishes the ports
 # Tests of the re-run modules that need more than a server its clients reach, and why.
 NEEDS_THE_PROCESS = {
     "test_v2_rest.py::test_tokens_guard_v2_as_v1_and_health_stays_open": "starts an ovms of its own (tokens)",
@@ -60,8 +60,8 @@ class ContainerServer:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip what needs the process itself (saying why). The image is built in the first functional test's
-    set-up (the `image` fixture): that test's time limit makes room for a build."""
+    """Skip what needs the process itself (saying why). The image is built in the set-up of the first test
+    that needs it (the `image` fixture): that test's time limit makes room for a build."""
     configured = settings.load()
     first = True
     for item in items:
@@ -73,7 +73,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif key in READS_INFO_LOG and configured.log_level.upper() not in ("DEBUG", "INFO"):
             reason = f"reads an INFO line, which LOG_LEVEL={configured.log_level} hides"
             item.add_marker(pytest.mark.skip(reason=reason))
-        elif first and not configured.image:
+        elif first and not configured.image and "image" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S + float(config.getini("timeout") or 0)))
             first = False
 
@@ -115,11 +115,6 @@ def models_dir(models_dir: Path, functional_settings: FunctionalSettings) -> Ite
     yield target
     if not given:
         shutil.rmtree(target, ignore_errors=True)
-
-
-def unique_name(purpose: str) -> str:
-    """A container name no other run uses (helpers and CI jobs share the engine)."""
-    return f"ovms-{purpose}-{uuid.uuid4().hex[:8]}"
 
 
 def two_free_ports() -> tuple[int, int]:

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_IMAGE = os.environ.get("IMAGE", "ovms:test")
 ENGINE_START_S = 60.0
 BUILD_TIMEOUT_S = 1200.0
+LOCAL = "127.0.0.1"  # where tests publish containers' ports: nothing beyond this host reaches them
 
 
 def engine_running() -> bool:
@@ -124,6 +126,11 @@ def container_log(container: str) -> str:
         ["docker", "logs", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60
     )
     return result.stdout
+
+
+def unique_name(purpose: str) -> str:
+    """A container name no other run uses (test sessions share the engine)."""
+    return f"ovms-{purpose}-{uuid.uuid4().hex[:8]}"
 
 
 @contextmanager
