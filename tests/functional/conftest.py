@@ -36,13 +36,12 @@ from tests.support.docker import (
 
 FUNCTIONAL = Path(__file__).parent
 # Tests of the re-run modules that need more than a server its clients reach, and why.
+OWN_OVMS = "in the functional run: starts an ovms of its own"
 NEEDS_THE_PROCESS = {
-    "test_v2_rest.py::test_tokens_guard_v2_as_v1_and_health_stays_open": "starts an ovms of its own (tokens)",
-    "test_v2_rest.py::test_the_body_limit_applies_to_binary_bodies": "starts an ovms of its own (tokens)",
-    "test_v2_grpc.py::test_tokens_and_tls": "starts an ovms of its own (TLS and tokens)",
+    "test_v2_rest.py::test_tokens_guard_v2_as_v1_and_health_stays_open": f"{OWN_OVMS} (tokens)",
+    "test_v2_rest.py::test_the_body_limit_applies_to_binary_bodies": f"{OWN_OVMS} (tokens)",
+    "test_v2_grpc.py::test_tokens_and_tls": f"{OWN_OVMS} (TLS and tokens)",
 }
-# Tests that find the serving worker's INFO line in the log: they need LOG_LEVEL INFO or DEBUG.
-READS_INFO_LOG = {"test_grpc.py::test_worker_trailing_metadata", "test_v2_grpc.py::test_worker_trailing_metadata"}
 
 
 class ContainerServer:
@@ -70,9 +69,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         key = f"{item.path.name}::{getattr(item, 'originalname', item.name)}"
         if key in NEEDS_THE_PROCESS:
             item.add_marker(pytest.mark.skip(reason=NEEDS_THE_PROCESS[key]))
-        elif key in READS_INFO_LOG and configured.log_level.upper() not in ("DEBUG", "INFO"):
-            reason = f"reads an INFO line, which LOG_LEVEL={configured.log_level} hides"
-            item.add_marker(pytest.mark.skip(reason=reason))
         elif first and not configured.image and "image" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT_S + float(config.getini("timeout") or 0)))
             first = False

@@ -23,7 +23,8 @@ DEFAULTS = {
     "IMAGE": "",
     # Where the models and test data go (copied from models/); empty: a temporary directory, removed after.
     "TEST_DIR": "",
-    # The server's --log_level.
+    # The server's --log_level: DEBUG or INFO, which keep the INFO lines CONTAINER_LOG_LINE and the tests
+    # that match a worker's id read.
     "LOG_LEVEL": "INFO",
     # Where the artifacts go: every container's log, as <test or fixture>-<container name>.log.
     "BUILD_LOGS": str(Path(tempfile.gettempdir()) / "ovms-build-logs"),
