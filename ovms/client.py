@@ -49,7 +49,7 @@ def main(argv: list[str]) -> int:
         print(f"{command}: {exc}", file=sys.stderr)
         return 1
     except requests.RequestException as exc:  # a connection error, a timeout, a reply cut short or not JSON
-        print(f"{command}: {no_answer(args.url, exc)}", file=sys.stderr)
+        print(f"{command}: {no_answer(args.url, exc, args.http.cert is not None)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # Python's advice (docs "Note on SIGPIPE"): point stdout at devnull, so that the flush at exit

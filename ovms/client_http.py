@@ -54,12 +54,19 @@ def session(cert: str | None, key: str | None, cacert: str | None) -> Session:
     return http
 
 
-def no_answer(url: str, exc: requests.RequestException) -> str:
-    """Why a request got no usable answer, in one line, with a hint where the cause is known."""
+def no_answer(url: str, exc: requests.RequestException, client_certificate: bool) -> str:
+    """Why a request got no usable answer, in one line, with what to do where the cause is known or likely.
+    A server with mutual TLS refuses a missing or unknown client certificate after the TLS 1.3 handshake:
+    the client sees its alert (CERTIFICATE_REQUIRED, UNKNOWN_CA) or, as often, only the connection closed."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    if isinstance(exc, requests.exceptions.SSLError):
-        if "CERTIFICATE_REQUIRED" in text:
-            return f"{url} wants a client certificate its CA signed: give --cert FILE --key FILE ({text})"
-        if "CERTIFICATE_VERIFY_FAILED" in text:
-            return f"{url}: the server's certificate is not trusted: give its CA with --cacert FILE ({text})"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return f"{url}: the server's certificate is not trusted: give its CA with --cacert FILE ({text})"
+    refused = any(sign in text for sign in _CLOSED_AFTER_HANDSHAKE)
+    if url.startswith("https://") and refused and not client_certificate:
+        return f"{url} wants a client certificate its CA signed: give --cert FILE --key FILE ({text})"
+    if url.startswith("https://") and refused:
+        return f"{url} refused the client certificate: give one signed by the server's --ssl_client_ca ({text})"
     return f"no answer from {url}: {text}"
+
+
+_CLOSED_AFTER_HANDSHAKE = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "RemoteDisconnected", "EOF")
