@@ -37,10 +37,16 @@ class RedisSettings:
     password belongs in the variables, which keep it off `ps`."""
 
     broker_url: str | None = option(
-        None, "Redis URL of the broker", env="OVMS_BROKER_URL", default_text="embedded Redis"
+        None,
+        "Redis URL of the broker: redis://, rediss:// or sentinel://…?master_name=",
+        env="OVMS_BROKER_URL",
+        default_text="embedded Redis",
     )
     result_backend_url: str | None = option(
-        None, "Redis URL of the result backend", env="OVMS_RESULT_BACKEND_URL", default_text="the broker"
+        None,
+        "Redis URL of the result backend (the same forms)",
+        env="OVMS_RESULT_BACKEND_URL",
+        default_text="the broker",
     )
 
 
