@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.support.readme import OUTPUT, Block, blocks, checker, is_elided, json_values
+from tests.support.readme import OUTPUT, README, Block, blocks, checker, is_elided, json_values
 from tests.support.stack import REPO
 
 BLOCKS = blocks()
@@ -49,6 +49,9 @@ def test_the_covering_tests_exist(block: Block) -> None:
 def test_run_blocks_name_a_venv_of_the_clone_and_show_checkable_outputs(block: Block) -> None:
     assert block.python in VENVS
     assert block.language == "python" or block.python == ".venv/bin/python", "a bash block runs in .venv"
+    before = "\n".join(README.read_text(encoding="utf-8").splitlines()[: block.line - 2])
+    says = "`source .venv/bin/activate`" if block.python == ".venv/bin/python" else f"`{block.python}`"
+    assert says in before, f"README.md:{block.line}: the text before the block should tell readers to use {says}"
     for expected in block.expected:
         if block.language == "bash":  # the last JSON printed is the answer of the command before the `# ->`
             after = block.code.split(OUTPUT, 1)[1].splitlines()[1:]
