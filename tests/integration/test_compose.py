@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -72,6 +72,7 @@ class Stack:
     rest_url: str
     grpc_address: str
     flower_url: str
+    killed: set[str] = field(default_factory=set)  # the containers a test `docker kill`ed
 
     def compose(self, *args: str, timeout_s: float = 180.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         argv = [*self.program, "-p", self.project, "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), *args]
@@ -113,7 +114,7 @@ def _project_resources(project: str) -> dict[str, list[str]]:
     """Every container (running or not), network and volume labelled as the project's."""
     label = f"label={PROJECT_LABEL}={project}"
     return {
-        "containers": docker("ps", "-a", "-q", "--filter", label).stdout.split(),
+        "containers": docker("ps", "-a", "-q", "--no-trunc", "--filter", label).stdout.split(),
         "networks": docker("network", "ls", "-q", "--filter", label).stdout.split(),
         "volumes": docker("volume", "ls", "-q", "--filter", label).stdout.split(),
     }
@@ -275,6 +276,7 @@ def test_three_workers_serve_and_killing_one_under_load_fails_no_request(
         time.sleep(2)
         _freeze_while_holding(stack, victim, by_host[victim[:12]])
         docker("kill", victim)
+        stack.killed.add(victim)
         killed_at = time.monotonic()
         time.sleep(8)  # the heartbeat expires within 3 s; the api then queues what the worker held again
     finally:
@@ -333,8 +335,18 @@ def test_an_async_job_record_survives_a_redis_restart(stack: Stack, digits: tupl
     assert _rest_predict(stack, digits[0][:1]).status_code == 200, "the workers reconnected to Redis"
 
 
-def test_down_v_leaves_no_container_network_or_volume(stack: Stack) -> None:
+def test_stop_ends_every_process_cleanly_and_down_v_leaves_nothing(stack: Stack) -> None:
+    """`stop` sends SIGTERM to each container's PID 1 (`ovms`, `celery flower`, `redis-server`): each
+    must exit 0 within the grace period rather than be killed at its end (137), whatever its role."""
+    started = time.monotonic()
+    stack.compose("stop", "--timeout", "20")
+    print(f"\n`stop`: {time.monotonic() - started:.1f} s")
     before = _project_resources(stack.project)
     assert before["containers"] and before["networks"] and len(before["volumes"]) == 2, before
+    exits = {
+        c: docker("inspect", "-f", "{{.Name}} {{.State.ExitCode}}", c).stdout.split() for c in before["containers"]
+    }
+    assert {name: code for c, (name, code) in exits.items() if c not in stack.killed and code != "0"} == {}
+    assert {code for c, (_, code) in exits.items() if c in stack.killed} == {"137"}
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "10")
     assert _project_resources(stack.project) == {"containers": [], "networks": [], "volumes": []}
