@@ -34,6 +34,9 @@ RUN mkdir ovms api tasks inference \
     && rm -rf ovms api tasks inference build ./*.egg-info
 
 FROM deps AS builder
+# Build arguments reach only the stages that declare them.
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 # Only what the package needs (README.md is its long description); see .dockerignore.
 COPY ovms ./ovms
 COPY api ./api

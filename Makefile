@@ -22,7 +22,7 @@ OVMS_CPP_DOCKER_IMAGE ?= ovms:latest
 DOCKER_BASE_IMAGE ?= ovms-base:bookworm
 
 .PHONY: run test venv models tfs-client triton-client mlserver lint protos test_perf test_throughput bench bench-peer soak \
-	clean docker_build docker_build_offline docker_base wheelhouse
+	clean docker_build docker_build_offline docker_base wheelhouse test-prerequisites
 
 # `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
 RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
@@ -30,10 +30,14 @@ RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
 run: venv models
 	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT) $(RUN_FLAGS)
 
-test: venv models tfs-client triton-client mlserver
+test: test-prerequisites venv models tfs-client triton-client mlserver
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/pytest -q
+
+# Debian packages the deployment tests need: installed as root, else one message saying what to install.
+test-prerequisites:
+	ops/test_prerequisites.sh
 
 venv: $(VENV)/.installed
 

@@ -11,13 +11,12 @@ import sys
 import threading
 import time
 
-import redis
-
 from api.server import ApiServer
 from ovms.api_processes import ApiProcesses, redis_environment
 from ovms.settings import ServerSettings
 from ovms.stop_signal import wait_for_stop_signal
 from tasks.broker import EmbeddedRedis
+from tasks.connections import redis_client
 from tasks.lifetime import dying_with_parent, stop_all
 from tasks.registry import RegistryView
 from tasks.routing import worker_prefix
@@ -99,7 +98,7 @@ class Supervisor:
 
     def _wait_for_models(self, store_url: str) -> None:
         """Serve only once every worker finished loading the models it found (AVAILABLE or failed)."""
-        registry = RegistryView(redis.Redis.from_url(store_url))
+        registry = RegistryView(redis_client(store_url))
         deadline = time.monotonic() + MODEL_LOAD_TIMEOUT_S
         while time.monotonic() < deadline:
             if any(worker.poll() is not None for worker in self._workers.values()):
@@ -171,4 +170,3 @@ class Supervisor:
             command.append("--address=127.0.0.1")
             log.info("Starting Flower on 127.0.0.1:%d (no FLOWER_USER / FLOWER_PASSWORD: local only)", port)
         return subprocess.Popen(dying_with_parent(command), env=env)
-

@@ -68,11 +68,12 @@ def _grpc_serving(port: int) -> str:
 
 
 def _worker_registered(settings: ServerSettings) -> str:
-    import redis
-
+    from tasks.connections import redis_client
     from tasks.routing import WORKER_PREFIX
 
-    client = redis.Redis.from_url(settings.broker_url or "", socket_timeout=PROBE_TIMEOUT_S)
+    # registrations live in the result backend (beside the heartbeats): the broker unless given apart
+    url = settings.result_backend_url or settings.broker_url or ""
+    client = redis_client(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
     try:
         keys = list(client.scan_iter(match=f"{WORKER_PREFIX}*-{socket.gethostname()}-*", count=1000))
         snapshots = [json.loads(value) for value in client.mget(keys) if value] if keys else []

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from celery import Celery
 
-from tasks.connections import ssl_options
+from tasks.connections import celery_url, ssl_options, transport_options
+from tasks.sentinel import is_sentinel
 from tasks.settings import JobSettings
 
 if TYPE_CHECKING:
@@ -24,6 +25,16 @@ class ServingApp(Celery):
 
 app = ServingApp("ovms", include=["tasks.predict"])
 
+# A predict's deadline is seconds, kombu's redelivery of unacked messages takes the visibility
+# timeout (an hour): its per-message bookkeeping (two Redis round trips) buys nothing here.
+_BROKER_TRANSPORT_OPTIONS = {"socket_keepalive": True, "ack_emulation": False}
+_RESULT_TRANSPORT_OPTIONS = {"socket_keepalive": True}
+# The `celery` command (Flower) passes its --broker on as CELERY_BROKER_URL, which Celery reads before its
+# own broker_url setting: a sentinel:// URL of ours is put there in Celery's form (see tasks.sentinel).
+_COMMAND_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
+if _COMMAND_BROKER_URL:
+    os.environ["CELERY_BROKER_URL"] = celery_url(_COMMAND_BROKER_URL)
+
 app.conf.update(
     # Never pickle: task messages are JSON (metadata only, tensors travel by claim check),
     # results are msgpack so output tensors stay raw bytes.
@@ -39,15 +50,13 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_consumer="tasks.consumer:PromptReconnectConsumer",  # back on a restarted Redis within a second
     broker_connection_max_retries=None,  # a worker waits for its broker for as long as it takes
-    # A predict's deadline is seconds, kombu's redelivery of unacked messages takes the visibility
-    # timeout (an hour): its per-message bookkeeping (two Redis round trips) buys nothing here.
-    broker_transport_options={"socket_keepalive": True, "ack_emulation": False},
-    result_backend_transport_options={"socket_keepalive": True},
+    broker_transport_options={**_BROKER_TRANSPORT_OPTIONS, **transport_options(_COMMAND_BROKER_URL)},
+    result_backend_transport_options=_RESULT_TRANSPORT_OPTIONS,
     task_track_started=False,
     result_expires=JobSettings.job_ttl_s,  # async job results (predict replies go to reply lists); the default
-    # The `celery` command (Flower) passes its --broker on as CELERY_BROKER_URL; kombu takes rediss://
-    # settings only from broker_use_ssl (without it, it would not verify the server's certificate).
-    broker_use_ssl=ssl_options(os.environ.get("CELERY_BROKER_URL", "")),
+    # kombu takes rediss:// settings only from broker_use_ssl (without it, it would not verify the server's
+    # certificate).
+    broker_use_ssl=ssl_options(_COMMAND_BROKER_URL),
 )
 
 
@@ -55,10 +64,13 @@ def configure(broker_url: str, result_backend_url: str | None = None, results_tt
     """Point the app at Redis; sync replies use our reply-list backend on the result Redis.
     `results_ttl_s`: how long stored (async job) results are kept."""
     backend_url = result_backend_url or broker_url
-    app.conf.broker_url = broker_url
+    app.conf.broker_url = celery_url(broker_url)
     app.conf.broker_use_ssl = ssl_options(broker_url)
+    app.conf.broker_transport_options = {**_BROKER_TRANSPORT_OPTIONS, **transport_options(broker_url)}
     if results_ttl_s:
         app.conf.result_expires = results_ttl_s
-    app.conf.result_backend = f"tasks.backend:ReplyBackend+{backend_url}"
+    backend_class = "SentinelReplyBackend" if is_sentinel(backend_url) else "ReplyBackend"
+    app.conf.result_backend = f"tasks.backend:{backend_class}+{celery_url(backend_url)}"
+    app.conf.result_backend_transport_options = {**_RESULT_TRANSPORT_OPTIONS, **transport_options(backend_url)}
     app.conf.redis_backend_use_ssl = ssl_options(backend_url)
     return app

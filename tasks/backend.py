@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 
 from tasks.claims import release
 from tasks.routing import REPLY_PREFIX, payload_key
@@ -41,3 +41,7 @@ class ReplyBackend(RedisBackend):
             release(pipe, reply_to, task_id)
             pipe.execute()
         return result
+
+
+class SentinelReplyBackend(ReplyBackend, SentinelBackend):
+    """The same, on a master found through Redis Sentinel (a sentinel:// result backend, see tasks.sentinel)."""

@@ -12,6 +12,7 @@ import time
 
 import redis
 
+from tasks.connections import redis_client
 from tasks.lifetime import dying_with_parent
 
 log = logging.getLogger("serving")
@@ -93,7 +94,7 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(
             dying_with_parent(self.command()), stdout=subprocess.DEVNULL, start_new_session=True
         )
-        client = redis.Redis.from_url(self.url)
+        client = redis_client(self.url)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -6,15 +6,22 @@ optional query parameters `ssl_ca_certs` (PEM of the CA that signed the server's
 the system's CAs), `ssl_cert_reqs` (`required` by default), and `ssl_certfile` + `ssl_keyfile` (a client
 certificate, for a Redis with `tls-auth-clients yes`). redis-py reads them from the URL itself; Celery's
 broker (kombu) needs them as `broker_use_ssl`, which `ssl_options` derives from the same URL.
+A `sentinel://` URL names Redis Sentinels and the master they monitor (see tasks.sentinel).
+
+Every Redis client of ours is made by `redis_client`, from any of these URL forms.
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
+import redis.sentinel
+
+from tasks.sentinel import SentinelUrl, is_sentinel
 
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
@@ -35,11 +42,38 @@ def ssl_options(url: str) -> dict[str, Any] | None:
     return options
 
 
+def redis_client(url: str, **options: Any) -> redis.Redis:
+    """A redis-py client for a redis://, rediss:// or sentinel:// URL, with `options` (timeouts, command
+    packer) on its connections; a sentinel:// one follows the master through failovers."""
+    if is_sentinel(url):
+        return SentinelUrl.parse(url).client(**options)
+    return redis.Redis.from_url(url, **options)
+
+
+def celery_url(url: str) -> str:
+    """The URL as Celery and kombu take it (a sentinel:// one without our query, see tasks.sentinel)."""
+    return SentinelUrl.parse(url).celery_url() if is_sentinel(url) else url
+
+
+def transport_options(url: str) -> dict[str, Any]:
+    """What Celery needs besides the URL (a Sentinel master's name and the Sentinels' password)."""
+    return SentinelUrl.parse(url).transport_options() if is_sentinel(url) else {}
+
+
 def redact(url: str) -> str:
-    """The URL with its password replaced by ***, for logs and error messages."""
+    """The URL with its passwords replaced by ***, for logs and error messages (each part of a
+    multi-host sentinel:// URL, and its sentinel_password)."""
+    if ";" in url:
+        return ";".join(redact(part) for part in url.split(";"))
     parts = urlsplit(url)
+    if "sentinel_password=" in parts.query:
+        query = "&".join(
+            "sentinel_password=***" if item.startswith("sentinel_password=") else item
+            for item in parts.query.split("&")
+        )
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return urlunsplit(parts)
     user = parts.username or ""
     host = parts.hostname or ""
     if ":" in host:
@@ -50,14 +84,19 @@ def redact(url: str) -> str:
 
 def check_reachable(url: str, purpose: str) -> None:
     """Connect, authenticate and PING the Redis used as `purpose` (broker, result backend); a RuntimeError
-    says why not (wrong password, TLS, unreachable)."""
+    says why not (wrong password, TLS, unreachable, no Sentinel knows the master). For a sentinel:// URL
+    that is the master the Sentinels name now."""
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
+        client = redis_client(url, socket_connect_timeout=CHECK_TIMEOUT_S, socket_timeout=CHECK_TIMEOUT_S)
         try:
             client.ping()
         finally:
             client.close()
     except redis.AuthenticationError as exc:
         raise RuntimeError(f"Redis {purpose} {redact(url)}: authentication failed ({exc})") from None
+    except redis.sentinel.MasterNotFoundError as exc:
+        # redis-py's message lists each Sentinel's client repr; keep the Sentinels' answers only
+        answers = "; ".join(re.findall(r"> - (.*?)(?=, <redis\.client|$)", str(exc))) or "none knows it"
+        raise RuntimeError(f"Redis {purpose} {redact(url)}: no Sentinel names its master ({answers})") from None
     except (redis.RedisError, OSError, ValueError) as exc:
         raise RuntimeError(f"Redis {purpose} {redact(url)} is not usable: {type(exc).__name__}: {exc}") from None

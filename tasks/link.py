@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import redis
 
 from inference.errors import Unavailable
-from tasks.connections import redact
+from tasks.connections import redact, redis_client
 
 log = logging.getLogger("serving")
 
@@ -39,7 +39,7 @@ class RedisLink:
     def __init__(self, *urls: str) -> None:
         """`urls`: every Redis the api needs (the same URL given twice is probed once)."""
         self._probes = {
-            url: redis.Redis.from_url(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
+            url: redis_client(url, socket_timeout=PROBE_TIMEOUT_S, socket_connect_timeout=PROBE_TIMEOUT_S)
             for url in dict.fromkeys(urls)
         }
         self._reason: str | None = None  # why Redis is unreachable; None while it answers

@@ -28,6 +28,7 @@ from kombu.serialization import dumps
 from redis._parsers.encoders import Encoder
 from redis.connection import PythonRespSerializer
 
+from tasks.connections import redis_client
 from tasks.link import REDIS_TIMEOUT_S
 from tasks.messages import Payload, PredictEnvelope
 from tasks.routing import PREDICT_TASK, payload_key
@@ -59,7 +60,7 @@ def store_client(url: str) -> redis.Redis:
     """The api's Redis client (the result backend's tensors, replies, registry, jobs; the broker's
     queues): no call waits more than REDIS_TIMEOUT_S
     for a Redis that stopped answering (see tasks.link)."""
-    return redis.Redis.from_url(
+    return redis_client(
         url,
         command_packer=_SlicingSerializer(6000, Encoder("utf-8", "strict", False).encode),
         socket_timeout=REDIS_TIMEOUT_S,

@@ -27,7 +27,9 @@ def _log_level(flag: str, text: str) -> str:
 
 @dataclass(frozen=True)
 class LogSettings:
-    log_level: str = option(DEFAULT_LOG_LEVEL, ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1], convert=_log_level)
+    log_level: str = option(
+        DEFAULT_LOG_LEVEL, ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1], convert=_log_level, env="LOG_LEVEL"
+    )
     log_path: str | None = option(None, "also write the log to this file")
 
 
@@ -37,10 +39,16 @@ class RedisSettings:
     password belongs in the variables, which keep it off `ps`."""
 
     broker_url: str | None = option(
-        None, "Redis URL of the broker", env="OVMS_BROKER_URL", default_text="embedded Redis"
+        None,
+        "Redis URL of the broker: redis://, rediss:// or sentinel://…?master_name=",
+        env="OVMS_BROKER_URL",
+        default_text="embedded Redis",
     )
     result_backend_url: str | None = option(
-        None, "Redis URL of the result backend", env="OVMS_RESULT_BACKEND_URL", default_text="the broker"
+        None,
+        "Redis URL of the result backend (the same forms)",
+        env="OVMS_RESULT_BACKEND_URL",
+        default_text="the broker",
     )
 
 

@@ -6,10 +6,10 @@ import logging
 import os
 import socket
 
-import redis
 from celery.signals import worker_shutting_down
 
 from tasks.app import app, configure
+from tasks.connections import redis_client
 from tasks.routing import worker_name
 from tasks.settings import WorkerSettings
 from tasks.worker_steps import SERVING_STEPS, ServingOptions
@@ -37,7 +37,7 @@ def run_worker(settings: WorkerSettings, broker_url: str) -> int:
         without_mingle=True,
         without_heartbeat=True,
         task_events=settings.task_events,
-        serving=ServingOptions(settings, worker_id, redis.Redis.from_url(backend_url)),
+        serving=ServingOptions(settings, worker_id, redis_client(backend_url)),
     )
     asked_to_stop: list[str] = []  # Celery's shutdown kinds, from its signal handlers
     worker_shutting_down.connect(lambda how, **_: asked_to_stop.append(how), weak=False)

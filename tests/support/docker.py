@@ -17,6 +17,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 TEST_IMAGE = os.environ.get("IMAGE", "ovms:test")
 ENGINE_START_S = 60.0
 BUILD_TIMEOUT_S = 1200.0
+LOCAL = "127.0.0.1"  # where tests publish containers' ports: nothing beyond this host reaches them
 
 
 def engine_running() -> bool:
@@ -116,3 +118,36 @@ def wait_for_log(container: str, line: str, timeout_s: float = 180.0) -> str:
 def health(container: str) -> str:
     """The container's HEALTHCHECK status: starting, healthy or unhealthy."""
     return docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
+
+
+def container_log(container: str) -> str:
+    """`docker logs`: the container's stdout and stderr, in one text."""
+    result = subprocess.run(
+        ["docker", "logs", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60
+    )
+    return result.stdout
+
+
+def unique_name(purpose: str) -> str:
+    """A container name no other run uses (test sessions share the engine)."""
+    return f"ovms-{purpose}-{uuid.uuid4().hex[:8]}"
+
+
+@contextmanager
+def started_container(command: list[str], name: str, artifacts: Path | None = None) -> Iterator[str]:
+    """The id of the container `command` starts (it prints the id last, as `docker run -d` does), removed
+    with `docker rm -f` at the end — by `name` too, since a `docker run` that fails (a port taken) may
+    leave it created. With `artifacts`, its log is saved there first, as <name>.log."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    words = result.stdout.split()
+    if result.returncode != 0 or not words:
+        docker("rm", "-f", name, check=False)
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}")
+    container = words[-1]
+    try:
+        yield container
+    finally:
+        if artifacts is not None:
+            artifacts.mkdir(parents=True, exist_ok=True)
+            (artifacts / f"{name}.log").write_text(container_log(container))
+        docker("rm", "-f", container, check=False)

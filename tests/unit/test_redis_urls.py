@@ -1,4 +1,5 @@
-"""Redis URLs: the TLS settings Celery gets from a rediss:// URL, and passwords kept out of logs."""
+"""Redis URLs: the TLS settings Celery gets from a rediss:// URL, Sentinel URLs split into what Celery and
+redis-py take, and passwords kept out of logs."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import ssl
 
 import pytest
 
-from tasks.connections import redact, ssl_options
+from tasks.connections import celery_url, redact, ssl_options, transport_options
+from tasks.sentinel import SentinelUrl
 
 
 def test_plain_redis_urls_need_no_tls_options() -> None:
@@ -45,3 +47,56 @@ def test_rediss_with_an_unknown_cert_reqs_value_is_refused() -> None:
 )
 def test_passwords_never_reach_logs(url: str, shown: str) -> None:
     assert redact(url) == shown
+
+
+SENTINELS = "sentinel://:s3cret@h1:26379/2;sentinel://h2:26380;sentinel://[::1]?master_name=mymaster"
+
+
+def test_a_sentinel_url_names_every_sentinel_and_the_master() -> None:
+    url = SentinelUrl.parse(SENTINELS)
+    assert url.sentinels == (("h1", 26379), ("h2", 26380), ("::1", 26379))
+    assert (url.master_name, url.db, url.password, url.sentinel_password) == ("mymaster", 2, "s3cret", None)
+
+
+def test_celery_gets_every_sentinel_with_the_masters_credentials_and_no_query() -> None:
+    """Celery and kombu read the password and db of the first part only, and refuse unknown parameters."""
+    assert (
+        celery_url(SENTINELS)
+        == "sentinel://:s3cret@h1:26379/2;sentinel://:s3cret@h2:26380/2;sentinel://:s3cret@[::1]:26379/2"
+    )
+    assert transport_options(SENTINELS)["master_name"] == "mymaster"
+
+
+def test_a_sentinel_password_goes_to_the_sentinels_only() -> None:
+    url = "sentinel://ovms:m%40ster@h1;sentinel://h2?master_name=m&sentinel_password=s%2Bnt"
+    assert transport_options(url)["sentinel_kwargs"]["password"] == "s+nt"
+    assert "password" not in transport_options(url.replace("&sentinel_password=s%2Bnt", ""))["sentinel_kwargs"]
+    assert celery_url(url) == "sentinel://ovms:m%40ster@h1:26379/0;sentinel://ovms:m%40ster@h2:26379/0"
+    assert SentinelUrl.parse(url).password == "m@ster"
+
+
+def test_redis_urls_pass_to_celery_unchanged() -> None:
+    assert celery_url("rediss://:pw@host:6380/1?ssl_cert_reqs=none") == "rediss://:pw@host:6380/1?ssl_cert_reqs=none"
+    assert transport_options("redis://host/0") == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("sentinel://h1;sentinel://h2", "needs \\?master_name=NAME"),
+        ("sentinel://h1;redis://h2?master_name=m", "every part of a Sentinel URL is sentinel://"),
+        ("sentinel://:a@h1;sentinel://:b@h2?master_name=m", "different values for password"),
+        ("sentinel://h1/0;sentinel://h2/1?master_name=m", "different values for db"),
+        ("sentinel://h1/x?master_name=m", "the db of a Sentinel URL is a number"),
+        ("sentinel://h1?master_name=m&ssl_ca_certs=/ca.pem", "only master_name, sentinel_password"),
+    ],
+)
+def test_wrong_sentinel_urls_are_refused_with_the_reason(url: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        SentinelUrl.parse(url)
+
+
+def test_sentinel_passwords_never_reach_logs() -> None:
+    url = "sentinel://:s3cret@h1:26379/0;sentinel://:s3cret@h2:26379/0?master_name=m&sentinel_password=t0p"
+    assert redact(url) == "sentinel://:***@h1:26379/0;sentinel://:***@h2:26379/0?master_name=m&sentinel_password=***"
+    assert redact("sentinel://h1;sentinel://h2?master_name=m") == "sentinel://h1;sentinel://h2?master_name=m"

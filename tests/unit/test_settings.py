@@ -185,6 +185,18 @@ def test_broker_url_from_flag_or_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert parse_command_line(SINGLE).broker_url is None
 
 
+def test_log_level_from_flag_or_the_seeds_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed's containers take `-e LOG_LEVEL=DEBUG`; the flag wins over it."""
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    assert parse_command_line(SINGLE).log_level == "DEBUG"
+    assert parse_command_line([*SINGLE, "--log_level", "ERROR"]).log_level == "ERROR"
+    monkeypatch.setenv("LOG_LEVEL", "LOUD")
+    with pytest.raises(UsageError, match="log_level should be one of"):
+        parse_command_line(SINGLE)
+    monkeypatch.delenv("LOG_LEVEL")
+    assert parse_command_line(SINGLE).log_level == "INFO"
+
+
 # --------------------------------------------------------------------------- roles
 
 
