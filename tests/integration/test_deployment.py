@@ -80,13 +80,19 @@ def _compose_command() -> list[str]:
     pytest.fail("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
 
 
-def _render_compose(extra_env: dict[str, str]) -> dict[str, Any]:
+def _render_compose(extra_env: dict[str, str], overlays: tuple[Path, ...] = ()) -> dict[str, Any]:
     import yaml
 
     env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
     env.update(extra_env)
     result = subprocess.run(
-        [*_compose_command(), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "config"],
+        [
+            *_compose_command(),
+            "--project-directory",
+            str(REPO),
+            *(arg for path in (COMPOSE_FILE, *overlays) for arg in ("-f", str(path))),
+            "config",
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -383,6 +389,20 @@ def test_compose_images_and_host_ports_come_from_the_environment() -> None:
     assert services["redis"]["image"] == "ovms-base:bookworm"
     assert _ports(services["api"]) == {(19178, 9178), (18000, 8000)}
     assert _ports(services["flower"]) == {(15555, 5555)} and _host_ips(services["flower"]) == ["127.0.0.1"]
+
+
+def test_redis_keeps_its_append_only_file_in_a_volume_also_with_sentinels() -> None:
+    """Both files, with the offline base as the Redis image (Debian's redis-server starts in /, not in
+    /data as the redis image does): every Redis server writes its AOF into a named volume."""
+    services = _render_compose({"REDIS_IMAGE": "ovms-base:bookworm"}, (REPO / "docker-compose.sentinel.yml",))[
+        "services"
+    ]
+    for name in ("redis", "redis-replica"):
+        command = services[name]["command"]
+        options = dict(zip(command[1::2], command[2::2], strict=False))
+        assert (options["--appendonly"], options["--dir"]) == ("yes", "/data"), name
+        targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services[name]["volumes"]]
+        assert targets == ["/data"], name
 
 
 # --- ops/k8s ---------------------------------------------------------------------------------------
