@@ -315,24 +315,44 @@ def test_flower_needs_its_password_and_lists_the_workers(stack: Stack) -> None:
         time.sleep(1)
 
 
-def test_an_async_job_record_survives_a_redis_restart(stack: Stack, digits: tuple[np.ndarray, np.ndarray]) -> None:
-    """Redis keeps an append-only file in its named volume: a restarted redis container reads it back."""
-    images = digits[0][:300]
-    submitted = post_npy(stack.rest_url, "digits", images.astype(np.float32))
-    assert submitted.status_code == 202, submitted.text
-    status_url = stack.rest_url + submitted.json()["status_url"]
-    assert wait_for_end(status_url, 60)["state"] == "SUCCESS"
-    before = requests.get(f"{status_url}/result", timeout=20).json()
+def test_async_jobs_survive_a_redis_restart(stack: Stack, digits: tuple[np.ndarray, np.ndarray]) -> None:
+    """Redis keeps an append-only file in its named volume, and a restarted redis container reads it
+    back: a finished job keeps its record and result, and a job running at the restart (its record,
+    queued and taken chunks, results so far) ends SUCCESS with every sample once the workers reconnect."""
+    finished = post_npy(stack.rest_url, "digits", digits[0][:300].astype(np.float32))
+    assert finished.status_code == 202, finished.text
+    finished_url = stack.rest_url + finished.json()["status_url"]
+    assert wait_for_end(finished_url, 60)["state"] == "SUCCESS"
+    finished_result = requests.get(f"{finished_url}/result", timeout=20).json()
 
+    images = np.random.default_rng(7).random((200, 3, 224, 224), dtype=np.float32)  # 120 MB, 67 chunks
+    running = post_npy(stack.rest_url, "resnet", images)
+    assert running.status_code == 202, running.text
+    running_url = stack.rest_url + running.json()["status_url"]
+    progress = requests.get(running_url, timeout=20).json()["progress"]
     started = time.monotonic()
     stack.compose("restart", "redis")
     stack.wait_healthy(("redis",))
     _wait_ready(stack)
-    print(f"\n`restart redis` to the api ready again: {time.monotonic() - started:.1f} s")
-    status = requests.get(status_url, timeout=20)
+    print(
+        f"\n`restart redis` (a resnet job at {progress['done']}/{progress['total']}) to the api ready again:"
+        f" {time.monotonic() - started:.1f} s"
+    )
+    assert progress["done"] < progress["total"], "the job ended before the restart: nothing was tested"
+
+    status = requests.get(finished_url, timeout=20)
     assert status.status_code == 200 and status.json()["state"] == "SUCCESS", status.text
-    assert requests.get(f"{status_url}/result", timeout=20).json() == before
-    assert _rest_predict(stack, digits[0][:1]).status_code == 200, "the workers reconnected to Redis"
+    assert requests.get(f"{finished_url}/result", timeout=20).json() == finished_result
+    ended = wait_for_end(running_url, 120)
+    assert ended["state"] == "SUCCESS" and ended["progress"] == {"done": 200, "total": 200}, ended
+    (outputs,) = requests.get(f"{running_url}/result", timeout=60).json()["outputs"].values()
+    assert np.shape(outputs) == (200, 1000)
+    for row in (0, 199):  # the first and the last chunk, against a predict of the same image
+        reply = requests.post(
+            f"{stack.rest_url}/v1/models/resnet:predict", json={"instances": images[row : row + 1].tolist()}, timeout=30
+        )
+        assert reply.status_code == 200, reply.text
+        np.testing.assert_allclose(outputs[row], reply.json()["predictions"][0], rtol=1e-4, atol=1e-6)
 
 
 def test_stop_ends_every_process_cleanly_and_down_v_leaves_nothing(stack: Stack) -> None:
