@@ -22,7 +22,7 @@ OVMS_CPP_DOCKER_IMAGE ?= ovms:latest
 DOCKER_BASE_IMAGE ?= ovms-base:bookworm
 
 .PHONY: run test venv models tfs-client triton-client mlserver lint protos test_perf test_throughput bench bench-peer soak \
-	clean docker_build docker_build_offline docker_base wheelhouse test-prerequisites
+	clean docker_build docker_build_offline docker_base wheelhouse test-prerequisites test_functional
 
 # `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
 RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
@@ -128,6 +128,12 @@ bench: venv models triton-client
 # (see ops/peer_bench.py).
 bench-peer: venv models triton-client mlserver
 	$(BIN)/python ops/peer_bench.py $(PEER_BENCH_ARGS)
+
+# The client-facing tests and the seed's docker usage against a container of IMAGE (default: ovms:test, built
+# offline first); settings from the environment or user_config.py (tests/functional/settings.py). `make test`
+# runs them too.
+test_functional: test-prerequisites venv models tfs-client triton-client
+	$(BIN)/pytest -q tests/functional
 
 # The image, from the public python:3.11-slim base and PyPI.
 docker_build:

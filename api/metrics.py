@@ -19,15 +19,17 @@ from contextlib import contextmanager
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue
 
 from inference.errors import ServingError
 from inference.request import InferenceResult
+from inference.statistics import VersionKey
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
+from tasks.statistics import read_fields
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's; it reads it when first imported
 SLOT_ENV = "OVMS_API_PROCESS_SLOT"  # which of the supervisor's N api processes this is (0..N-1)
@@ -45,7 +47,8 @@ class Tracker:
 
 
 class ServingMetrics:
-    def __init__(self, registry_view: RegistryView, broker: redis.Redis, link: RedisLink) -> None:
+    def __init__(self, registry_view: RegistryView, broker: redis.Redis, store: redis.Redis, link: RedisLink) -> None:
+        """`broker`: where the model queues are; `store`: the result backend, with the workers' statistics."""
         self.registry = CollectorRegistry()
         self._served = _served_by_this_process(self.registry)  # its file by pid: made before the slot's
         _write_files_of_this_slot()
@@ -80,7 +83,7 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
-        self._queues = _QueueCollector(registry_view, broker, link)
+        self._queues = _QueueCollector(registry_view, broker, store, link)
         self._view = registry_view
         self._shared_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
         if not self._shared_dir:
@@ -150,12 +153,18 @@ def _served_by_this_process(registry: CollectorRegistry) -> Gauge:
 
 
 class _QueueCollector(Collector):
-    """Read at scrape time: whether Redis answers, the live workers, and messages waiting in each model
-    queue (left out while Redis is unreachable: a scrape never waits for it)."""
+    """Read at scrape time: whether Redis answers, the live workers, messages waiting in each model queue,
+    and the async jobs' inferences (left out while Redis is unreachable: a scrape never waits for it).
 
-    def __init__(self, registry_view: RegistryView, broker: redis.Redis, link: RedisLink) -> None:
+    Job chunks run on workers, from a job queue, for no api's request, so no api counts them as it counts
+    requests: the workers count them in the cluster-wide statistics (tasks.statistics), and every api
+    reports those totals — the same figures from each, as `ovms_live_workers` (take max, not sum, across
+    api commands)."""
+
+    def __init__(self, registry_view: RegistryView, broker: redis.Redis, store: redis.Redis, link: RedisLink) -> None:
         self._view = registry_view
         self._broker = broker  # where the model queues are
+        self._store = store  # where the statistics are
         self._link = link
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -179,3 +188,34 @@ class _QueueCollector(Collector):
         for queue, length in zip(queues, lengths, strict=True):
             depth.add_metric([queue], length)
         yield depth
+        yield from self._jobs()
+
+    def _jobs(self) -> Iterator[CounterMetricFamily]:
+        labels = ["name", "version"]
+        chunks = CounterMetricFamily(
+            "ovms_job_chunks", "Async job chunks run by the workers, cluster-wide", labels=[*labels, "outcome"]
+        )
+        samples = CounterMetricFamily(
+            "ovms_job_inferences", "Samples of async job chunks that succeeded, cluster-wide", labels=labels
+        )
+        versions = self._versions()
+        try:
+            totals = read_fields(self._store, versions, ("job_chunk_count", "job_fail_count", "job_inference_count"))
+        except redis.RedisError:
+            return
+        for (name, version), (succeeded, failed, rows) in zip(versions, totals, strict=True):
+            chunks.add_metric([name, str(version), "success"], succeeded)
+            chunks.add_metric([name, str(version), "fail"], failed)
+            samples.add_metric([name, str(version)], rows)
+        yield chunks
+        yield samples
+
+    def _versions(self) -> list[VersionKey]:
+        """Every version a worker reports, of every model: the statistics hold keys for no others."""
+        versions = []
+        for name in self._view.served_model_names():
+            try:
+                versions += [(name, version) for version in sorted(self._view.versions(name))]
+            except ServingError:  # its repository cannot be read
+                continue
+        return versions

@@ -54,7 +54,7 @@ class ApiServer:
         recovery = WorkerLossRecovery(self._dispatcher, jobs)
         self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone, on_refreshed=recovery.refreshed)
         self._dataplane = _data_plane(settings, store, self._registry, self._dispatcher, jobs, self._link)
-        self._metrics = ServingMetrics(self._registry, broker, self._link)
+        self._metrics = ServingMetrics(self._registry, broker, store, self._link)
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
         self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None

@@ -61,6 +61,9 @@ class VersionCounts:
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
+    job_chunk_count: int = 0  # of success_count: the async job chunks (a chunk is one request)
+    job_inference_count: int = 0  # of inference_count: the samples of those chunks
+    job_fail_count: int = 0  # of fail_count: the job chunks that failed
     batches: dict[int, BatchCounts] = field(default_factory=dict)  # by batch size
 
     def add(self, other: VersionCounts) -> None:
@@ -110,12 +113,23 @@ class InferenceStatistics:
             self._of(model, version).executed(execution)
 
     def succeeded(
-        self, model: str, version: int, rows: int, queue_ns: int, request_ns: int, execution: Execution
+        self,
+        model: str,
+        version: int,
+        rows: int,
+        queue_ns: int,
+        request_ns: int,
+        execution: Execution,
+        job: bool = False,
     ) -> None:
         """One request answered: `rows` of its own, `queue_ns` waited before its batch's compute began,
-        `request_ns` from being queued to its answer, computed in `execution`."""
+        `request_ns` from being queued to its answer, computed in `execution`; `job`: an async job's chunk
+        (counted as a request, and apart too: Prometheus shows jobs' inferences from these)."""
         with self._lock:
             counts = self._of(model, version)
+            if job:
+                counts.job_chunk_count += 1
+                counts.job_inference_count += rows
             counts.inference_count += rows
             counts.success_count += 1
             counts.success_ns += request_ns
@@ -124,10 +138,11 @@ class InferenceStatistics:
             counts.compute_infer_ns += execution.compute_infer_ns
             counts.compute_output_ns += execution.compute_output_ns
 
-    def failed(self, model: str, version: int, request_ns: int) -> None:
-        """One request failed, `request_ns` after it was queued."""
+    def failed(self, model: str, version: int, request_ns: int, job: bool = False) -> None:
+        """One request failed, `request_ns` after it was queued; `job`: an async job's chunk."""
         with self._lock:
             counts = self._of(model, version)
+            counts.job_fail_count += int(job)
             counts.fail_count += 1
             counts.fail_ns += request_ns
 

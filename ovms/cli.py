@@ -1,5 +1,5 @@
 """The `ovms` command: everything in one command, or only the `api` or a `worker` role, or a job client
-command (`submit`, `jobs`, `result`)."""
+command (`submit`, `jobs`, `result`, `cancel`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tasks.connections import check_reachable
 log = logging.getLogger("serving")
 
 USAGE_EXIT_CODE = 64
-CLIENT_COMMANDS = ("submit", "jobs", "result")
+CLIENT_COMMANDS = ("submit", "jobs", "result", "cancel")
 
 
 def main(argv: list[str] | None = None) -> int:

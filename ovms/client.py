@@ -1,7 +1,10 @@
-"""`ovms submit | jobs | result`: the command-line client for asynchronous jobs over the REST API.
+"""`ovms submit | jobs | result | cancel`: the command-line client for asynchronous jobs over the REST API.
 
 Against a server with `--auth_token_file`, the token comes from $OVMS_TOKEN (never a flag, so that it
-stays off `ps`); for https with a private CA, requests' own $REQUESTS_CA_BUNDLE names the CA file.
+stays off `ps`); for https, --cacert (or $OVMS_CACERT) names a private CA, and --cert/--key (or
+$OVMS_CERT/$OVMS_KEY) a client certificate for a server with --ssl_client_ca. Every failure is one line
+on stderr and a non-zero exit, never a traceback; a reader that closes the pipe early (`| head`) ends
+the command quietly with 141, as a Unix tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -12,49 +15,78 @@ import json
 import os
 import sys
 import time
+from typing import NoReturn
 
 import numpy as np
 import requests
 from tqdm import tqdm
 
+from ovms.client_http import ClientError, checked_url, no_answer, session
 from tasks.job_states import FINAL, JobState
 from tasks.settings import JobSettings
 
-COMMANDS = ("submit", "jobs", "result")
 WAIT_TIMEOUT_S = JobSettings.job_timeout_s + 100.0  # a job fails on the server after --job_timeout_s
 POLL_INTERVAL_S = 0.2
 POLL_TIMEOUT_S = 30.0  # one status request; an api that takes longer is asked again
+USAGE_EXIT_CODE = 64  # as the server's command line (ovms.cli)
+BROKEN_PIPE_EXIT_CODE = 141  # 128 + SIGPIPE: what a shell reports for `cat big | head`
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
-    args.http = _session()
+    command = f"ovms {argv[0]}"
     try:
-        return args.run(args)
-    except requests.RequestException as exc:  # a connection error, a timeout, a reply cut short or not JSON
-        print(f"ovms {argv[0]}: no answer from {args.url}: {_one_line(exc)}", file=sys.stderr)
+        args = _parser().parse_args(argv)
+        args.url = checked_url(args.url)
+        args.http = session(args.cert, args.key, args.cacert)
+        code = args.run(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen while it can still be handled
+        return code
+    except _UsageError as exc:
+        print(f"{command}: {exc} (see {command} --help)", file=sys.stderr)
+        return USAGE_EXIT_CODE
+    except ClientError as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
         return 1
+    except requests.RequestException as exc:  # a connection error, a timeout, a reply cut short or not JSON
+        print(f"{command}: {no_answer(args.url, exc, args.http.cert is not None)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # Python's advice (docs "Note on SIGPIPE"): point stdout at devnull, so that the flush at exit
+        # does not raise again; the reader wanted no more, which is no error worth a message.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT_CODE
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
 
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
+class _UsageError(Exception):
+    """A command line argparse refused."""
 
 
-def _session() -> requests.Session:
-    session = requests.Session()
-    token = os.environ.get("OVMS_TOKEN")
-    if token:
-        session.headers["Authorization"] = f"Bearer {token}"
-    return session
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (its own prints the usage first and exits 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
+    environment = os.environ.get
     common.add_argument(
-        "--url", default=os.environ.get("OVMS_URL", "http://localhost:8000"), help="REST base URL (env OVMS_URL)"
+        "--url", default=environment("OVMS_URL", "http://localhost:8000"), help="REST base URL (env OVMS_URL)"
     )
-    parser = argparse.ArgumentParser(prog="ovms", description="Asynchronous jobs on an ovms REST endpoint")
-    commands = parser.add_subparsers(required=True)
+    common.add_argument(
+        "--cacert", default=environment("OVMS_CACERT"), help="CA file of an https server (env OVMS_CACERT)"
+    )
+    common.add_argument(
+        "--cert", default=environment("OVMS_CERT"), help="client certificate for mutual TLS (env OVMS_CERT)"
+    )
+    common.add_argument("--key", default=environment("OVMS_KEY"), help="the --cert's private key (env OVMS_KEY)")
+    parser = _Parser(prog="ovms", description="Asynchronous jobs on an ovms REST endpoint")
+    commands = parser.add_subparsers(required=True, parser_class=_Parser)
     submit = commands.add_parser(
         "submit", parents=[common], help="submit a .npy (one input) or .npz (inputs by name) as a job"
     )
@@ -68,7 +100,9 @@ def _parser() -> argparse.ArgumentParser:
         default=WAIT_TIMEOUT_S,
         help=f"with --wait: give up (exit 1) after this many seconds (default: {WAIT_TIMEOUT_S:.0f})",
     )
-    submit.add_argument("--output", help="with --wait: write the outputs here (.npy for one output, else .npz)")
+    submit.add_argument(
+        "--output", help="wait (as --wait), then write the outputs here (.npy for one output, else .npz)"
+    )
     submit.set_defaults(run=_submit)
     jobs = commands.add_parser("jobs", parents=[common], help="list recent jobs")
     jobs.set_defaults(run=_jobs)
@@ -76,12 +110,19 @@ def _parser() -> argparse.ArgumentParser:
     result.add_argument("job_id")
     result.add_argument("--output", help="write the outputs here (.npy for one output, else .npz); else print JSON")
     result.set_defaults(run=_result)
+    cancel = commands.add_parser("cancel", parents=[common], help="drop a job's chunks not run yet (REVOKED)")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(run=_cancel)
     return parser
 
 
 def _submit(args: argparse.Namespace) -> int:
-    with open(args.input, "rb") as handle:
-        data = handle.read()
+    try:
+        with open(args.input, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise ClientError(f"cannot read --input {args.input}: {exc.strerror}: give a .npy or .npz file") from None
+    _check_writable(args.output)  # before the job is submitted, not once it is done
     reply = args.http.post(
         f"{args.url}/v1/jobs",
         params={"model": args.model, "version": args.version},
@@ -92,8 +133,8 @@ def _submit(args: argparse.Namespace) -> int:
     if reply.status_code != 202:
         return _failed("submit", reply)
     job_id = reply.json()["id"]
-    print(job_id)
-    if not args.wait:
+    print(job_id, flush=True)
+    if not (args.wait or args.output):
         return 0
     status = _follow(args.http, args.url, job_id, time.monotonic() + args.timeout)
     if isinstance(status, requests.Response):
@@ -114,7 +155,7 @@ def _follow(http: requests.Session, url: str, job_id: str, deadline: float) -> d
     passes: its last status, or the reply that was not one (e.g. 404 once the job expired). An api that is
     unreachable, slow (a request timeout) or unavailable (503) is asked again until then; past it, its last
     connection error is raised."""
-    with tqdm(unit="sample", desc=job_id[:8], file=sys.stderr) as bar:
+    with tqdm(unit="sample", desc=job_id, file=sys.stderr) as bar:
         while True:
             try:
                 reply = http.get(f"{url}/v1/jobs/{job_id}", timeout=min(POLL_TIMEOUT_S, _left(deadline)))
@@ -146,14 +187,34 @@ def _jobs(args: argparse.Namespace) -> int:
     reply = args.http.get(f"{args.url}/v1/jobs", timeout=30)
     if reply.status_code != 200:
         return _failed("jobs", reply)
-    for job in reply.json()["jobs"]:
-        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created"]))
-        progress = f"{job['progress']['done']}/{job['progress']['total']}"
-        print(f"{job['id']}  {created}  {job['model']} v{job['version']}  {job['state']:<8}  {progress}")
+    rows = [
+        (
+            job["id"],
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job["created"])),
+            f"{job['model']} v{job['version']}",
+            job["state"],
+            f"{job['progress']['done']}/{job['progress']['total']}",
+        )
+        for job in reply.json()["jobs"]
+    ]
+    header = ("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL")
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
+    for row in [header, *rows]:
+        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    reply = args.http.delete(f"{args.url}/v1/jobs/{args.job_id}", timeout=30)
+    if reply.status_code != 200:
+        return _failed("cancel", reply)
+    status = reply.json()
+    print(f"{args.job_id} {status['state']} {status['progress']['done']}/{status['progress']['total']}")
     return 0
 
 
 def _result(args: argparse.Namespace) -> int:
+    _check_writable(args.output)
     return _fetch(args.http, args.url, args.job_id, args.output)
 
 
@@ -165,17 +226,38 @@ def _fetch(http: requests.Session, url: str, job_id: str, output: str | None) ->
     if output is None:
         print(json.dumps(reply.json()))
         return 0
-    with open(output, "wb") as handle:
-        handle.write(reply.content)
+    try:
+        with open(output, "wb") as handle:
+            handle.write(reply.content)
+    except OSError as exc:
+        raise ClientError(f"cannot write --output {output}: {exc.strerror}") from None
     if form == "npy":
         print(f"{output}: {np.load(io.BytesIO(reply.content)).shape}")
     return 0
 
 
+def _check_writable(output: str | None) -> None:
+    directory = os.path.dirname(os.path.abspath(output)) if output else ""
+    if output and not (os.path.isdir(directory) and os.access(directory, os.W_OK)):
+        raise ClientError(f"cannot write --output {output}: {directory} is no directory this user can write to")
+
+
+_HINTS = {
+    401: "set $OVMS_TOKEN to a token of the server's --auth_token_file",
+    404: "`ovms jobs` lists the ids of your jobs",
+}
+
+
 def _failed(command: str, reply: requests.Response) -> int:
+    """The api's error in one line (its JSON "error", else the start of its body), with what to do for the
+    answers that have one obvious remedy."""
     try:
         message = reply.json().get("error", reply.text)
     except ValueError:
-        message = reply.text
+        message = reply.text[:200]
+    message = " ".join(str(message).split())
+    hint = _HINTS.get(reply.status_code)
+    if hint and not (reply.status_code == 404 and "/v1/jobs/" not in reply.url):
+        message += f" ({hint})"
     print(f"ovms {command}: {reply.status_code} {message}", file=sys.stderr)
     return 1

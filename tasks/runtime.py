@@ -153,7 +153,8 @@ class WorkerRuntime:
         if counted is not None:
             now = time.time()
             for entry in envelope.requests:
-                self._statistics.failed(counted.name, counted.version, _ns(now - (entry.queued_at or received)))
+                queued_ns = _ns(now - (entry.queued_at or received))
+                self._statistics.failed(counted.name, counted.version, queued_ns, entry.any_batch)
         return PredictReply(self.worker_id, {entry.request_id: RequestFailure(error) for entry in envelope.requests})
 
     def _requests(self, task_id: str, envelope: PredictEnvelope, claims_owner: str) -> list[InferenceRequest]:
@@ -221,7 +222,7 @@ class WorkerRuntime:
         queued_at = request.queued_at or received
         result = self._outcome(request, future)
         if isinstance(result, RequestFailure):
-            self._statistics.failed(chosen.name, chosen.version, _ns(time.time() - queued_at))
+            self._statistics.failed(chosen.name, chosen.version, _ns(time.time() - queued_at), request.any_batch)
             return result
         outputs: Tensors = result.outputs
         if request.output_filter:
@@ -243,6 +244,7 @@ class WorkerRuntime:
             _ns(result.started_at - queued_at),
             _ns(time.time() - queued_at),
             result.execution,
+            request.any_batch,
         )
         return entry
 

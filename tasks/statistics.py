@@ -111,6 +111,25 @@ def read_totals(client: redis.Redis, versions: list[VersionKey]) -> list[Version
         return [_counts(fields) for fields in pipe.execute(raise_on_error=False)]
 
 
+def read_fields(client: redis.Redis, versions: list[VersionKey], names: tuple[str, ...]) -> list[tuple[int, ...]]:
+    """Some fields of each version's totals (0 for one not counted, or not an integer), in one round trip:
+    what a Prometheus scrape reads, rather than whole hashes of up to MAX_FIELDS fields."""
+    with client.pipeline(transaction=False) as pipe:
+        for model, version in versions:
+            pipe.hmget(statistics_key(model, version), names)
+        replies = pipe.execute(raise_on_error=False)
+    return [
+        tuple(_integer(value) for value in reply) if isinstance(reply, list) else (0,) * len(names) for reply in replies
+    ]
+
+
+def _integer(value: bytes | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
 def _counts(fields: dict[bytes, bytes] | redis.ResponseError) -> VersionCounts:
     """A version's hash as counts; a field that is not ours, or not an integer, is skipped, as is a key that
     holds something else than a hash."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import requests
 from ovmsclient import make_grpc_client
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.jobs import wait_for_end
 from tests.support.stack import REPO
 
 
@@ -69,3 +71,32 @@ def test_every_metric_on_the_grafana_dashboard_is_exported(server):
     requests.post(f"{server.rest_url}/v1/models/versioned:predict", json={"instances": [[1, 2, 3, 4]]}, timeout=10)
     exported = {name for name, _ in _scrape(server)}
     assert used and used <= exported, used - exported
+
+
+def test_async_jobs_inferences_are_counted(server):
+    """Job chunks run on workers for no api request: `ovms_job_chunks_total` and `ovms_job_inferences_total`
+    report the workers' cluster-wide counts (flushed with their heartbeats, about once a second)."""
+    before = _scrape(server)
+    for rows in (1, 300, 600):  # 1 + 2 + 3 chunks of at most 256 samples
+        reply = requests.post(
+            f"{server.rest_url}/v1/jobs",
+            json={"model": "versioned", "version": 2, "instances": [[1, 2, 3, 4]] * rows},
+            timeout=30,
+        )
+        assert wait_for_end(server.rest_url + reply.json()["status_url"], 30)["state"] == "SUCCESS"
+    labels = {"name": "versioned", "version": "2"}
+    deadline = time.monotonic() + 10
+    while True:
+        after = _scrape(server)
+        counted = [
+            _value(after, metric, **extra) - _value(before, metric, **extra)
+            for metric, extra in (
+                ("ovms_job_chunks_total", {**labels, "outcome": "success"}),
+                ("ovms_job_inferences_total", labels),
+                ("ovms_job_chunks_total", {**labels, "outcome": "fail"}),
+            )
+        ]
+        if counted == [6, 901, 0] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert counted == [6, 901, 0], "success chunks, samples, failed chunks"

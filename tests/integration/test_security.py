@@ -310,3 +310,36 @@ def test_mtls_refuses_clients_without_a_trusted_certificate(mtls_server, pki, cl
     with pytest.raises(grpc.RpcError) as error:
         _health(mtls_server.grpc_address, _channel_credentials(pki, client))
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_jobs_client_presents_a_client_certificate(mtls_server, pki, digits, tmp_path):
+    """`ovms submit | jobs` against mutual TLS: --cert/--key/--cacert or $OVMS_CERT/$OVMS_KEY/$OVMS_CACERT;
+    --cacert wins over requests' $REQUESTS_CA_BUNDLE; without a certificate, one line saying what to give."""
+    images, labels = digits
+    np.save(tmp_path / "imgs.npy", images)
+    url = _https(mtls_server)
+
+    def ovms(*args: str, **env: str) -> subprocess.CompletedProcess:
+        environment = {key: value for key, value in os.environ.items() if not key.startswith("OVMS_")}
+        environment = {**environment, "REQUESTS_CA_BUNDLE": pki.stranger_cert, **env}  # a CA file that trusts nobody
+        return subprocess.run(
+            ovms_command(*args, "--url", url), env=environment, capture_output=True, text=True, timeout=120
+        )
+
+    untrusted = ovms("jobs")
+    assert untrusted.returncode == 1 and "Traceback" not in untrusted.stderr, untrusted.stderr
+    assert "the server's certificate is not trusted: give its CA with --cacert FILE" in untrusted.stderr
+    no_certificate = ovms("jobs", "--cacert", pki.ca)
+    assert no_certificate.returncode == 1 and len(no_certificate.stderr.splitlines()) == 1, no_certificate.stderr
+    assert "wants a client certificate its CA signed: give --cert FILE --key FILE" in no_certificate.stderr
+    stranger = ovms("jobs", "--cacert", pki.ca, "--cert", pki.stranger_cert, "--key", pki.stranger_key)
+    assert stranger.returncode == 1 and len(stranger.stderr.splitlines()) == 1, stranger.stderr
+    assert "refused the client certificate: give one signed by the server's --ssl_client_ca" in stranger.stderr
+
+    certificate = ["--cacert", pki.ca, "--cert", pki.client_cert, "--key", pki.client_key]
+    submit = ["submit", "--model", "digits_mtls", "--input", str(tmp_path / "imgs.npy")]
+    done = ovms(*submit, *certificate, "--output", str(tmp_path / "out.npy"))
+    assert done.returncode == 0, done.stderr
+    assert (np.load(tmp_path / "out.npy").argmax(axis=1) == labels).mean() >= 0.75
+    listed = ovms("jobs", OVMS_CACERT=pki.ca, OVMS_CERT=pki.client_cert, OVMS_KEY=pki.client_key)
+    assert listed.returncode == 0 and done.stdout.split()[0] in listed.stdout, listed.stderr

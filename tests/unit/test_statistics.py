@@ -28,7 +28,7 @@ from tasks.messages import ComputedOutputs, RequestFailure, pack_requests
 from tasks.registry import RegistryView
 from tasks.routing import payload_key
 from tasks.runtime import WorkerRuntime
-from tasks.statistics import MAX_FIELDS, STATISTICS_TTL_S, read_totals, statistics_key
+from tasks.statistics import MAX_FIELDS, STATISTICS_TTL_S, read_fields, read_totals, statistics_key
 
 SIGNATURE = ModelSignature({"x": TensorSpec("x", "FP32", (-1, 4))}, {"y": TensorSpec("y", "FP32", (-1, 4))})
 EXECUTION = Execution(rows=3, compute_input_ns=10, compute_infer_ns=100, compute_output_ns=1)
@@ -113,6 +113,25 @@ def test_two_workers_flushes_add_up_and_the_latest_inference_wins(store: redis.R
     assert (totals.compute_input_ns, totals.compute_infer_ns, totals.compute_output_ns) == (32, 320, 5)
     assert totals.last_inference_ms == 2_000_000_000_000
     assert {size: (b.count, b.compute_infer_ns) for size, b in totals.batches.items()} == {3: (3, 300), 1: (1, 20)}
+
+
+def test_job_chunks_count_apart_as_well_and_a_scrape_reads_just_their_fields(store: redis.Redis) -> None:
+    """A job chunk is a request like any other, and is counted apart too (Prometheus' job metrics)."""
+    statistics = InferenceStatistics()
+    statistics.succeeded("m", 1, 256, 5, 50, EXECUTION, job=True)
+    statistics.succeeded("m", 1, 44, 5, 50, EXECUTION, job=True)
+    statistics.succeeded("m", 1, 1, 5, 50, EXECUTION)  # a predict
+    statistics.failed("m", 1, 30, job=True)
+    statistics.failed("m", 1, 30)
+    flush(store, statistics, "w1", 1)
+    totals = counted(store)
+    assert (totals.success_count, totals.inference_count, totals.fail_count) == (3, 301, 2)
+    assert (totals.job_chunk_count, totals.job_inference_count, totals.job_fail_count) == (2, 300, 1)
+    fields = ("job_chunk_count", "job_fail_count", "job_inference_count")
+    assert read_fields(store, [("m", 1), ("m", 7)], fields) == [(2, 1, 300), (0, 0, 0)]
+    store.hset(statistics_key("m", 1), "job_fail_count", "not a number")
+    store.set(statistics_key("m", 7), "not a hash")
+    assert read_fields(store, [("m", 1), ("m", 7)], fields) == [(2, 0, 300), (0, 0, 0)]
 
 
 def test_totals_live_while_a_worker_serves_the_version_and_no_key_is_made_for_one_never_counted(
