@@ -191,7 +191,7 @@ def test_the_stack_comes_up_healthy_and_predicts_over_rest_grpc_and_v2(
     np.testing.assert_allclose(probabilities, tfs.json()["predictions"], rtol=1e-5)
 
 
-def _wait_ready(stack: Stack, timeout_s: float = 30.0) -> None:
+def _wait_ready(stack: Stack, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while (code := _status(f"{stack.rest_url}/v1/health/ready")) != 200:
         assert time.monotonic() < deadline, f"the api is not ready {timeout_s} s on: {code}"
