@@ -15,15 +15,9 @@ read the same file (tests/integration/test_deployment.py renders it with each).
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -33,124 +27,26 @@ import requests
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from tasks.routing import REPLY_PREFIX, claims_key
-from tests.support.docker import BUILD_TIMEOUT_S, REPO, docker
+from tests.support.compose import (
+    FLOWER_PASSWORD,
+    FLOWER_USER,
+    HEALTHY_TIMEOUT_S,
+    Stack,
+    compose_stack,
+    project_resources,
+)
+from tests.support.docker import BUILD_TIMEOUT_S, docker
 from tests.support.jobs import post_npy, wait_for_end
 from tests.support.load import GrpcLoad, float_request
 
-COMPOSE_FILE = REPO / "docker-compose.yml"
-REDIS_IMAGE = os.environ.get("REDIS_IMAGE", "ovms-base:bookworm")  # the offline build's base: Debian's Redis
-REDIS_PASSWORD = "c0mpose-Pw"
-FLOWER_USER, FLOWER_PASSWORD = "ops", "fl0wer-pw"
-HEALTHY_TIMEOUT_S = 150.0  # the services' start periods are longer; healthy takes ~30-60 s here
 SERVICES_WITH_HEALTHCHECKS = ("redis", "api", "worker-cpu", "flower")
-PROJECT_LABEL = "com.docker.compose.project"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _compose_program() -> list[str]:
-    """`docker compose` (v2) when the plugin exists, else Debian's `docker-compose` (v1)."""
-    if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0:
-        return ["docker", "compose"]
-    legacy = shutil.which("docker-compose")
-    if legacy is None:
-        pytest.fail("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
-    return [legacy]
-
-
-@dataclass
-class Stack:
-    """A running compose project and how to reach it from the host."""
-
-    project: str
-    env: dict[str, str]
-    program: list[str]
-    rest_url: str
-    grpc_address: str
-    flower_url: str
-    killed: set[str] = field(default_factory=set)  # the containers a test `docker kill`ed
-
-    def compose(self, *args: str, timeout_s: float = 180.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        argv = [*self.program, "-p", self.project, "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), *args]
-        result = subprocess.run(argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout_s)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}{result.stderr}")
-        return result
-
-    def containers(self, service: str) -> list[str]:
-        """The ids of the service's running containers."""
-        return docker(
-            "ps", "-q", "--no-trunc",
-            "--filter", f"label={PROJECT_LABEL}={self.project}",
-            "--filter", f"label=com.docker.compose.service={service}",
-        ).stdout.split()  # fmt: skip
-
-    def wait_healthy(self, services: tuple[str, ...], counts: dict[str, int] | None = None) -> float:
-        """Seconds until every container of `services` (`counts[service]` of them, else 1) is healthy."""
-        started = time.monotonic()
-        counts = counts or {}
-        while True:
-            states = {}
-            for service in services:
-                ids = self.containers(service)
-                states[service] = [_health(i) for i in ids]
-            if all(len(s) == counts.get(name, 1) and set(s) == {"healthy"} for name, s in states.items()):
-                return time.monotonic() - started
-            if any("unhealthy" in s for s in states.values()) or time.monotonic() - started > HEALTHY_TIMEOUT_S:
-                logs = self.compose("logs", "--tail", "40", check=False).stdout
-                raise AssertionError(f"not all healthy: {states}\n{logs[-6000:]}")
-            time.sleep(1)
-
-
-def _health(container: str) -> str:
-    return docker("inspect", "-f", "{{.State.Health.Status}}", container, check=False).stdout.strip() or "gone"
-
-
-def _project_resources(project: str) -> dict[str, list[str]]:
-    """Every container (running or not), network and volume labelled as the project's."""
-    label = f"label={PROJECT_LABEL}={project}"
-    return {
-        "containers": docker("ps", "-a", "-q", "--no-trunc", "--filter", label).stdout.split(),
-        "networks": docker("network", "ls", "-q", "--filter", label).stdout.split(),
-        "volumes": docker("volume", "ls", "-q", "--filter", label).stdout.split(),
-    }
 
 
 @pytest.fixture(scope="module")
 def stack(docker_image: str) -> Iterator[Stack]:
     """The compose project, up and healthy; `down -v` at the end, also when a test failed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "OVMS_", "FLOWER_", "REDIS_"))}
-    grpc_port, rest_port, flower_port = _free_port(), _free_port(), _free_port()
-    env.update(
-        OVMS_IMAGE=docker_image,
-        REDIS_IMAGE=REDIS_IMAGE,
-        REDIS_PASSWORD=REDIS_PASSWORD,
-        FLOWER_USER=FLOWER_USER,
-        FLOWER_PASSWORD=FLOWER_PASSWORD,
-        OVMS_GRPC_PORT=str(grpc_port),
-        OVMS_REST_PORT=str(rest_port),
-        FLOWER_PORT=str(flower_port),
-    )
-    stack = Stack(
-        project=f"ovmst{secrets.token_hex(4)}",
-        env=env,
-        program=_compose_program(),
-        rest_url=f"http://127.0.0.1:{rest_port}",
-        grpc_address=f"127.0.0.1:{grpc_port}",
-        flower_url=f"http://127.0.0.1:{flower_port}",
-    )
-    try:
-        started = time.monotonic()
-        stack.compose("up", "-d", "--no-build", timeout_s=HEALTHY_TIMEOUT_S)
-        stack.wait_healthy(SERVICES_WITH_HEALTHCHECKS)
-        print(f"\n`up -d` to all healthy: {time.monotonic() - started:.1f} s")
-        yield stack
-    finally:
-        stack.compose("down", "-v", "--remove-orphans", "--timeout", "10", check=False)
+    with compose_stack(docker_image, ["docker-compose.yml"], SERVICES_WITH_HEALTHCHECKS) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -361,7 +257,7 @@ def test_stop_ends_every_process_cleanly_and_down_v_leaves_nothing(stack: Stack)
     started = time.monotonic()
     stack.compose("stop", "--timeout", "20")
     print(f"\n`stop`: {time.monotonic() - started:.1f} s")
-    before = _project_resources(stack.project)
+    before = project_resources(stack.project)
     assert before["containers"] and before["networks"] and len(before["volumes"]) == 2, before
     exits = {
         c: docker("inspect", "-f", "{{.Name}} {{.State.ExitCode}}", c).stdout.split() for c in before["containers"]
@@ -369,4 +265,4 @@ def test_stop_ends_every_process_cleanly_and_down_v_leaves_nothing(stack: Stack)
     assert {name: code for c, (name, code) in exits.items() if c not in stack.killed and code != "0"} == {}
     assert {code for c, (_, code) in exits.items() if c in stack.killed} == {"137"}
     stack.compose("down", "-v", "--remove-orphans", "--timeout", "10")
-    assert _project_resources(stack.project) == {"containers": [], "networks": [], "volumes": []}
+    assert project_resources(stack.project) == {"containers": [], "networks": [], "volumes": []}
