@@ -128,7 +128,7 @@ class GrpcServer:
         except RuntimeError:
             bound = 0
         if bound == 0:
-            raise RuntimeError(f"cannot bind gRPC address {self._address}")
+            raise RuntimeError(f"cannot bind gRPC port {self._address.rpartition(':')[2]} on {self._address}")
         await self._health.start()
         await server.start()
         self._server = server

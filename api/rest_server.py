@@ -130,5 +130,5 @@ def _listen(address: str, port: int, shared: bool) -> socket.socket:
         listener.listen(BACKLOG)
     except OSError as exc:
         listener.close()
-        raise RuntimeError(f"cannot bind REST address {host_port(address, port)}: {exc}") from None
+        raise RuntimeError(f"cannot bind REST port {port} on {host_port(address, port)}: {exc}") from None
     return listener

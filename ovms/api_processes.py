@@ -47,7 +47,10 @@ class ApiProcesses:
     def start(self) -> None:
         """Start the processes and wait until every one listens; raises RuntimeError when a port is taken
         or a process exits first (its log says why)."""
-        self._ports = PortReservation(self._settings.port, self._settings.rest_port)
+        settings = self._settings
+        self._ports = PortReservation(
+            (settings.grpc_bind_address, settings.port), (settings.rest_bind_address, settings.rest_port)
+        )
         self._metrics_dir = MetricsDirectory()
         self._env[MULTIPROCESS_DIR_ENV] = self._metrics_dir.path
         self._ready_read, self._ready_write = os.pipe()

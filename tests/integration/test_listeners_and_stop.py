@@ -94,6 +94,21 @@ def test_bind_addresses_restrict_the_listeners_and_flower_follows_the_rest_one(s
     assert requests.get(f"http://127.0.0.1:{rest_port}/v1/config", timeout=10).status_code == 200
 
 
+def test_api_processes_share_the_ports_on_the_bind_addresses(stack_args, started):
+    """`--grpc_workers 2`: the supervisor reserves each port on the address the api processes bind."""
+    stack = start_ovms([*stack_args, "--grpc_workers", "2", "--grpc_bind_address", "127.0.0.1",
+                        "--rest_bind_address", "127.0.0.1"])  # fmt: skip
+    started.append(stack)
+    grpc_port, rest_port = stack.grpc_port, stack.rest_port
+    assert f"Server started on port {grpc_port} (gRPC on 127.0.0.1:{grpc_port})\n" in stack.log()
+    apis = [p for p in psutil.Process(stack.process.pid).children() if "api" in p.cmdline()]
+    assert len(apis) == 2
+    for api in apis:
+        ours = {pair for pair in listening_addresses(api.pid) if pair[1] in (grpc_port, rest_port)}
+        assert ours == {("127.0.0.1", grpc_port), ("127.0.0.1", rest_port)}
+    assert requests.get(f"http://127.0.0.1:{rest_port}/v1/config", timeout=10).status_code == 200
+
+
 def _signal_every_process(stack: OvmsProcess, signum: int) -> None:
     """As systemd's KillMode=control-group: every process at once, the children first, the supervisor
     last (the embedded Redis, quick to exit, was then restarted in 3 runs of 4 while the server stopped)."""
