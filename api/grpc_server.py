@@ -53,7 +53,7 @@ BLOCKING_WORK_THREADS = 16  # decoding, validation, publishing, registry reads, 
 class GrpcServer:
     def __init__(
         self,
-        port: int,
+        address: str,
         dataplane: DataPlane,
         metrics: ServingMetrics,
         max_request_bytes: int,
@@ -63,9 +63,10 @@ class GrpcServer:
         max_connections: int = MAX_CONNECTIONS,
         shared_port: bool = False,
     ) -> None:
-        """With `shared_port` the port is bound with SO_REUSEPORT, shared with the other api processes
-        of `--grpc_workers`; else a taken port fails the start."""
-        self._port = port
+        """Listens on `address` (`host:port`, api.settings.host_port). With `shared_port` the port is bound
+        with SO_REUSEPORT, shared with the other api processes of `--grpc_workers`; else a taken port
+        fails the start."""
+        self._address = address
         self._dataplane = dataplane
         self._metrics = metrics
         self._tls = tls
@@ -119,16 +120,15 @@ class GrpcServer:
         self._health = HealthReporter(self._dataplane.readiness, server)
         kserve = KServeService(*services, server_ready=self._health.serving)
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(kserve, server)
-        address = f"[::]:{self._port}"
         try:
             if self._tls is None:
-                bound = server.add_insecure_port(address)
+                bound = server.add_insecure_port(self._address)
             else:
-                bound = server.add_secure_port(address, self._tls.grpc_credentials())
+                bound = server.add_secure_port(self._address, self._tls.grpc_credentials())
         except RuntimeError:
             bound = 0
         if bound == 0:
-            raise RuntimeError(f"cannot bind gRPC port {self._port}")
+            raise RuntimeError(f"cannot bind gRPC port {self._address.rpartition(':')[2]} on {self._address}")
         await self._health.start()
         await server.start()
         self._server = server

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,12 @@ _NO_FORMAT = "Invalid JSON structure. Could not detect row or column format"
 
 def parse_predict_body(body: Any, signature: ModelSignature) -> tuple[dict[str, RequestTensor], str]:
     """Inputs of a predict body, and whether it used the row ("instances") or column ("inputs") format."""
+    if isinstance(body, dict) and not isinstance(body.get("signature_name", ""), str):
+        # TF Serving's words (json_tensor.cc); the name itself is not checked: one signature is served
+        shown = json.dumps(body["signature_name"], separators=(",", ":"))
+        raise InvalidArgument(
+            f"JSON Value: {shown} not formatted correctly. 'signature_name' key must be a string value."
+        )
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise InvalidArgument(_NO_FORMAT)
     if "instances" in body:

@@ -44,7 +44,7 @@ def operations_blueprint(dataplane: DataPlane, metrics: ServingMetrics) -> Bluep
     @routes.get("/metrics")
     @without_redis
     def prometheus() -> Response:
-        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)  # as is: mimetype= adds a charset
 
     @routes.get("/v1/openapi.json")
     @without_redis

@@ -22,6 +22,7 @@ from api import rest_connections
 from api.admission import Admission
 from api.auth import BearerTokens
 from api.rest_limits import MAX_HEAD_BYTES, HttpLimits
+from api.settings import host_port
 from api.tls import TlsFiles
 from api.wsgi_bridge import WsgiApp, WsgiBridge
 
@@ -39,6 +40,7 @@ class RestServer:
     def __init__(
         self,
         wsgi_app: WsgiApp,
+        bind_address: str,
         port: int,
         workers: int,
         max_body_bytes: int,
@@ -54,6 +56,7 @@ class RestServer:
         SO_REUSEPORT (the api processes of `--grpc_workers` share it: the kernel spreads connections)."""
         self._shared_port = shared_port
         self._max_connections = max_connections
+        self._bind_address = bind_address
         self._port = port
         self._wsgi = WsgiBridge(wsgi_app, workers)
         self._app = HttpLimits(self._wsgi, max_body_bytes, admission, tokens)
@@ -67,7 +70,9 @@ class RestServer:
         """Binds now (a taken port or unreadable TLS files fail the start), then serves on a thread."""
         rest_connections.install()
         self._config.create_ssl_context()
-        listener = rest_connections.CappedListener(_listen(self._port, self._shared_port), self._max_connections)
+        listener = rest_connections.CappedListener(
+            _listen(self._bind_address, self._port, self._shared_port), self._max_connections
+        )
         self._sockets = Sockets([listener], [], []) if self._config.ssl_enabled else Sockets([], [listener], [])
         started = threading.Event()
         self._thread = threading.Thread(target=asyncio.run, args=(self._serve(started),), name="ovms-rest", daemon=True)
@@ -113,16 +118,17 @@ def _config(tls: TlsFiles | None) -> Config:
     return config
 
 
-def _listen(port: int, shared: bool) -> socket.socket:
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def _listen(address: str, port: int, shared: bool) -> socket.socket:
+    """`address` is an IP address (api.settings checked it): its family is the socket's."""
+    listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if shared:  # else no SO_REUSEPORT: a taken port must fail
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        listener.bind(("0.0.0.0", port))
+        listener.bind((address, port))
         listener.listen(BACKLOG)
     except OSError as exc:
         listener.close()
-        raise RuntimeError(f"cannot bind REST port {port}: {exc}") from None
+        raise RuntimeError(f"cannot bind REST port {port} on {host_port(address, port)}: {exc}") from None
     return listener

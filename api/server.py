@@ -21,7 +21,7 @@ from api.grpc_server import GrpcServer
 from api.metrics import ServingMetrics
 from api.rest_app import create_app
 from api.rest_server import RestServer
-from api.settings import ApiSettings
+from api.settings import ApiSettings, all_interfaces, host_port
 from api.tls import TlsFiles
 from inference.model_config import ConfiguredModels
 from tasks.app import configure
@@ -75,6 +75,8 @@ class ApiServer:
         if self._shared_ports:
             rest = f", REST port {self._settings.rest_port}" if self._rest_enabled else ""
             log.info("Api process %d listening: gRPC port %d%s (shared)", os.getpid(), self._settings.port, rest)
+        else:
+            log_listening(self._settings, self._rest_enabled)
 
     def stop(self) -> None:
         """Drain: readiness turns false and new inference work is refused (UNAVAILABLE / 503) while the
@@ -96,7 +98,7 @@ class ApiServer:
 
     def _start_grpc(self, max_connections: int) -> None:
         server = GrpcServer(
-            self._settings.port,
+            host_port(self._settings.grpc_bind_address, self._settings.port),
             self._dataplane,
             self._metrics,
             self._settings.max_request_bytes,
@@ -108,13 +110,12 @@ class ApiServer:
         )
         server.start()
         self._grpc = server
-        if not self._shared_ports:
-            log_grpc_started(self._settings)
 
     def _start_rest(self, max_connections: int) -> None:
         app = create_app(self._dataplane, self._metrics, self._settings.max_request_bytes, self._tokens)
         server = RestServer(
             app,
+            self._settings.rest_bind_address,
             self._settings.rest_port,
             self._settings.rest_workers,
             self._settings.max_request_bytes,
@@ -126,28 +127,41 @@ class ApiServer:
         )
         server.start()
         self._rest = server
-        if not self._shared_ports:
-            log_rest_started(self._settings)
 
 
-def log_grpc_started(settings: ApiSettings) -> None:
-    """The seed's line that says the gRPC port serves (tests and ops/bench.py wait for it)."""
-    log.info("Server started on port %d%s", settings.port, _security_note(settings))
+def log_listening(settings: ApiSettings, rest: bool) -> None:
+    """The seed's lines that say the gRPC (and REST) port serves, which tests and ops/bench.py wait for,
+    naming the address each really listens on; then one WARNING if a listener open on every interface
+    asks for no credentials."""
+    security = _security_notes(settings)
+    grpc_address = host_port(settings.grpc_bind_address, settings.port)
+    grpc_on = grpc_address
+    if all_interfaces(settings.grpc_bind_address):  # grpc core binds either wildcard as one dual-stack socket
+        grpc_on = f"{host_port('0.0.0.0', settings.port)} and {host_port('::', settings.port)}"
+    log.info("Server started on port %d (%s)", settings.port, ", ".join([f"gRPC on {grpc_on}", *security]))
+    rest_address = host_port(settings.rest_bind_address, settings.rest_port)
+    if rest:
+        log.info("Started REST server at %s%s", rest_address, f" ({', '.join(security)})" if security else "")
+    if settings.auth_token_file or settings.ssl_client_ca:
+        return
+    exposed = [f"gRPC {grpc_address}"] if all_interfaces(settings.grpc_bind_address) else []
+    exposed += [f"REST {rest_address}"] if rest and all_interfaces(settings.rest_bind_address) else []
+    if exposed:
+        log.warning(
+            "Listening on all interfaces without credentials (neither --auth_token_file nor --ssl_client_ca): "
+            "%s; whoever reaches this host can call it (see README, Security)",
+            ", ".join(exposed),
+        )
 
 
-def log_rest_started(settings: ApiSettings) -> None:
-    """The seed's line that says the REST port serves."""
-    log.info("Started REST server at localhost:%d%s", settings.rest_port, _security_note(settings))
-
-
-def _security_note(settings: ApiSettings) -> str:
+def _security_notes(settings: ApiSettings) -> list[str]:
     """What the start-up log says about TLS and tokens (never a token itself)."""
     notes = []
     if settings.ssl_certificate:
         notes.append("mutual TLS" if settings.ssl_client_ca else "TLS")
     if settings.auth_token_file:
         notes.append("bearer tokens required")
-    return f" ({', '.join(notes)})" if notes else ""
+    return notes
 
 
 def _data_plane(

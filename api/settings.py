@@ -3,7 +3,9 @@ tokens, request deadlines and budgets. `ovms.settings` composes them with the qu
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,32 @@ def _channel_arguments(flag: str, text: str) -> dict[str, Any]:
     return arguments
 
 
+def _bind_address(flag: str, text: str) -> str:
+    """An IP address as it is, or a host name as its first address, IPv4 first (`localhost` -> 127.0.0.1
+    wherever /etc/hosts lists ::1 too): the log lines then say exactly what listens, and the REST socket
+    knows its family."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(text, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise ValueError(f"{flag}: {text!r} is neither an IP address nor a resolvable host name") from None
+    found.sort(key=lambda entry: entry[0] != socket.AF_INET)
+    return str(found[0][4][0])
+
+
+def all_interfaces(address: str) -> bool:
+    """Whether listening on `address` accepts connections on every interface (0.0.0.0, ::)."""
+    return ipaddress.ip_address(address).is_unspecified
+
+
+def host_port(address: str, port: int) -> str:
+    """`address:port`, an IPv6 address in brackets (as gRPC takes it and as URLs write it)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _at_most_cores(flag: str, value: int) -> None:
     """As the seed: each api process is ~100 MB and a core's worth of Python, so more than the cores only
     costs memory and start time (10000 would have started 10000 processes)."""
@@ -44,6 +72,14 @@ def _at_most_cores(flag: str, value: int) -> None:
 class ListenerSettings:
     port: int = option(9178, "gRPC server port", type=int, check=port_number)
     rest_port: int = option(0, "REST server port; 0 disables REST", type=int, check=port_number)
+    grpc_bind_address: str = option(
+        "0.0.0.0", "address the gRPC server listens on (an IP address or host name)", convert=_bind_address
+    )
+    rest_bind_address: str = option(
+        "0.0.0.0",
+        "address the REST server (and Flower with credentials) listens on (an IP address or host name)",
+        convert=_bind_address,
+    )
     grpc_workers: int = option(
         1,
         "api processes sharing the gRPC and REST ports (SO_REUSEPORT; each its own result listener and "

@@ -12,9 +12,10 @@ import threading
 import time
 
 from api.server import ApiServer
+from api.settings import host_port
 from ovms.api_processes import ApiProcesses, redis_environment
 from ovms.settings import ServerSettings
-from ovms.stop_signal import wait_for_stop_signal
+from ovms.stop_signal import StopSignals
 from tasks.broker import EmbeddedRedis
 from tasks.connections import redis_client
 from tasks.lifetime import dying_with_parent, stop_all
@@ -47,6 +48,7 @@ class Supervisor:
         self._children: list[subprocess.Popen] = []  # helpers whose exit does not stop the server
         self._expected_workers: set[str] = set()  # how their ids begin
         self._stopping = threading.Event()  # a child kept dying, or the server is stopping
+        self._signals = StopSignals()  # seen by the watcher at once (see _stop_requested)
         self._watcher = threading.Thread(target=self._watch_children, name="ovms-supervisor", daemon=True)
 
     def run(self) -> int:
@@ -60,8 +62,9 @@ class Supervisor:
             else:
                 api = ApiServer(self._settings, broker_url)
             api.start()
+            self._signals.install()
             self._watcher.start()
-            wait_for_stop_signal(self._stopping)
+            self._signals.wait(self._stopping)
             return 1 if self._gave_up else 0
         except RuntimeError as exc:
             log.error("%s", exc)
@@ -94,7 +97,7 @@ class Supervisor:
         command = [sys.executable, "-m", "ovms", "worker", *self._argv, "--device", device]
         log.info("Starting the %s worker", device)
         env = redis_environment(self._settings, broker_url)
-        return subprocess.Popen(dying_with_parent(command), env=env)
+        return subprocess.Popen(dying_with_parent(command), env=env, start_new_session=True)
 
     def _wait_for_models(self, store_url: str) -> None:
         """Serve only once every worker finished loading the models it found (AVAILABLE or failed)."""
@@ -114,24 +117,32 @@ class Supervisor:
         """Restart a worker that died (the api carries on and its requests fail over, see
         tasks.dispatcher), an api process (the others serve meanwhile), and the embedded Redis (see
         _restart_redis); one that keeps dying stops the server."""
-        while not self._stopping.is_set():
+        while not self._stop_requested():
             for index in self._api_processes.exited() if self._api_processes is not None else []:
                 code = self._api_processes.processes[index].returncode
-                if not self._may_restart(self._api_restarts, "An api process", code):
+                if self._stop_requested() or not self._may_restart(self._api_restarts, "An api process", code):
                     return
                 self._api_processes.restart(index)
             for device, worker in list(self._workers.items()):
                 if worker.poll() is None:
                     continue
-                if not self._may_restart(self._restarts, f"The {device} worker", worker.returncode):
+                if self._stop_requested() or not self._may_restart(
+                    self._restarts, f"The {device} worker", worker.returncode
+                ):
                     return
                 log.error("The %s worker exited with %s; restarting it", device, worker.returncode)
                 self._workers[device] = self._spawn_worker(device, self._broker_url)
             if self._redis is not None and (code := self._redis.exit_code()) is not None:
-                if not self._may_restart(self._redis_restarts, "Embedded Redis", code):
+                if self._stop_requested() or not self._may_restart(self._redis_restarts, "Embedded Redis", code):
                     return
                 self._restart_redis(self._redis, code)
             time.sleep(WATCH_INTERVAL_S)
+
+    def _stop_requested(self) -> bool:
+        """Checked again right before each restart: a child that died of the SIGINT / SIGTERM that is
+        stopping the server (sent to its whole process group or cgroup) is not restarted. The main thread
+        sets `_stopping` only after its wait loop notices the signal; the handler's flag is set at once."""
+        return self._stopping.is_set() or self._signals.received
 
     @staticmethod
     def _restart_redis(server: EmbeddedRedis, code: int) -> None:
@@ -156,17 +167,28 @@ class Supervisor:
         return False
 
     def _spawn_flower(self, broker_url: str) -> subprocess.Popen:
-        """Celery Flower on --flower_port: with basic auth when FLOWER_USER and FLOWER_PASSWORD are set,
-        else on 127.0.0.1 only (its UI and API show every task and can control the workers)."""
+        """Celery Flower on --flower_port. Its UI and API show every task and can control the workers, so
+        without FLOWER_USER and FLOWER_PASSWORD (basic auth) it listens on 127.0.0.1 only; with them on
+        --rest_bind_address, the address the operator chose for HTTP. Never Flower's default of every
+        interface (which its "Visit me at http://127.0.0.1" line does not even say)."""
         port = self._settings.flower_port
-        command = [sys.executable, "-m", "celery", "--app", "tasks.app", "flower", f"--port={port}"]
         env = {**os.environ, "CELERY_BROKER_URL": broker_url}  # what `celery --broker` would set, off ps
         env.pop("FLOWER_BASIC_AUTH", None)  # credentials come from FLOWER_USER / FLOWER_PASSWORD only
         user, password = os.environ.get("FLOWER_USER"), os.environ.get("FLOWER_PASSWORD")
         if user and password:
             env["FLOWER_BASIC_AUTH"] = f"{user}:{password}"  # Flower's own variable for --basic-auth
-            log.info("Starting Flower on port %d (basic auth)", port)
+            address, note = self._settings.rest_bind_address, "basic auth"
         else:
-            command.append("--address=127.0.0.1")
-            log.info("Starting Flower on 127.0.0.1:%d (no FLOWER_USER / FLOWER_PASSWORD: local only)", port)
-        return subprocess.Popen(dying_with_parent(command), env=env)
+            address, note = "127.0.0.1", "no FLOWER_USER / FLOWER_PASSWORD: local only"
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "--app",
+            "tasks.app",
+            "flower",
+            f"--port={port}",
+            f"--address={address}",
+        ]
+        log.info("Starting Flower on %s (%s)", host_port(address, port), note)
+        return subprocess.Popen(dying_with_parent(command), env=env, start_new_session=True)

@@ -20,7 +20,7 @@ import time
 from prometheus_client.multiprocess import mark_process_dead
 
 from api.metrics import MULTIPROCESS_DIR_ENV, SLOT_ENV
-from api.server import log_grpc_started, log_rest_started
+from api.server import log_listening
 from ovms.api_group import READY_FD_ENV
 from ovms.metrics_directory import MetricsDirectory
 from ovms.port_reservation import PortReservation
@@ -47,7 +47,10 @@ class ApiProcesses:
     def start(self) -> None:
         """Start the processes and wait until every one listens; raises RuntimeError when a port is taken
         or a process exits first (its log says why)."""
-        self._ports = PortReservation(self._settings.port, self._settings.rest_port)
+        settings = self._settings
+        self._ports = PortReservation(
+            (settings.grpc_bind_address, settings.port), (settings.rest_bind_address, settings.rest_port)
+        )
         self._metrics_dir = MetricsDirectory()
         self._env[MULTIPROCESS_DIR_ENV] = self._metrics_dir.path
         self._ready_read, self._ready_write = os.pipe()
@@ -56,9 +59,7 @@ class ApiProcesses:
         log.info("Starting %d api processes", count)
         self.processes = [self._spawn(slot) for slot in range(count)]
         self._wait_until_listening(count)
-        log_grpc_started(self._settings)
-        if self._settings.rest_port:
-            log_rest_started(self._settings)
+        log_listening(self._settings, rest=bool(self._settings.rest_port))
 
     def exited(self) -> list[int]:
         """Indexes of the processes that have exited."""
@@ -87,7 +88,9 @@ class ApiProcesses:
         """The process of `slot` (its index): a replacement takes over its predecessor's metrics files."""
         command = [sys.executable, "-m", "ovms", "api", *self._argv]
         env = {**self._env, SLOT_ENV: str(slot)}
-        return subprocess.Popen(dying_with_parent(command), env=env, pass_fds=(self._ready_write,))
+        return subprocess.Popen(
+            dying_with_parent(command), env=env, pass_fds=(self._ready_write,), start_new_session=True
+        )
 
     def _wait_until_listening(self, count: int) -> None:
         """Each process writes a byte to the pipe once its servers listen (ovms.api_role)."""

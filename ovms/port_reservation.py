@@ -14,14 +14,17 @@ from __future__ import annotations
 import contextlib
 import socket
 
+from api.settings import all_interfaces
+
 
 class PortReservation:
-    def __init__(self, grpc_port: int, rest_port: int) -> None:
-        """Raises RuntimeError, as the api's servers do, when a port is taken. `rest_port` 0: no REST."""
-        self._sockets = [_reserve(grpc_port, "gRPC", dual_stack=True)]  # grpc binds [::] (IPv4 too)
-        if rest_port:
+    def __init__(self, grpc: tuple[str, int], rest: tuple[str, int]) -> None:
+        """`grpc` and `rest`: (bind address, port) as the api's servers bind them. Raises RuntimeError, as
+        they do, when a port is taken. REST port 0: no REST."""
+        self._sockets = [_reserve(*grpc, "gRPC", grpc_wildcard=True)]
+        if rest[1]:
             try:
-                self._sockets.append(_reserve(rest_port, "REST", dual_stack=False))  # REST binds 0.0.0.0
+                self._sockets.append(_reserve(*rest, "REST", grpc_wildcard=False))
             except RuntimeError:
                 self.release()
                 raise
@@ -32,15 +35,19 @@ class PortReservation:
         self._sockets = []
 
 
-def _reserve(port: int, what: str, dual_stack: bool) -> socket.socket:
-    reserved, host = _dual_stack_socket() if dual_stack else (socket.socket(socket.AF_INET), "0.0.0.0")
+def _reserve(address: str, port: int, what: str, grpc_wildcard: bool) -> socket.socket:
+    """`grpc_wildcard`: grpc core binds either wildcard (0.0.0.0, ::) as one dual-stack `[::]` socket."""
+    if grpc_wildcard and all_interfaces(address):
+        reserved, address = _dual_stack_socket()
+    else:
+        reserved = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
     try:
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers: TIME_WAIT is no owner
-        reserved.bind((host, port))
+        reserved.bind((address, port))
         reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # now the api processes may join
     except OSError as exc:
         reserved.close()
-        raise RuntimeError(f"cannot bind {what} port {port}: {exc}") from None
+        raise RuntimeError(f"cannot bind {what} port {port} on {address}: {exc}") from None
     return reserved
 
 

@@ -7,14 +7,32 @@ import threading
 import time
 
 
-def wait_for_stop_signal(extra_check: threading.Event | None = None) -> None:
-    """Block until SIGINT/SIGTERM (or `extra_check` is set).
+class StopSignals:
+    """SIGINT / SIGTERM, caught as a flag that every thread sees as soon as the handler has run: the
+    supervisor's watcher reads it before restarting a child, since a signal sent to a whole process
+    group or cgroup (a terminal's Ctrl-C, `kill -- -pgid`, systemd) stops the children too.
 
-    The handlers only flip a flag: taking a lock (Event.set) inside a signal handler deadlocks when a
-    second signal arrives while the first handler holds it.
-    """
-    received: list[int] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda signum, _frame: received.append(signum))
-    while not received and not (extra_check is not None and extra_check.is_set()):
-        time.sleep(0.2)
+    The handlers only append to a list: taking a lock (Event.set) inside a signal handler deadlocks when
+    a second signal arrives while the first handler holds it."""
+
+    def __init__(self) -> None:
+        self._received: list[int] = []
+
+    def install(self) -> StopSignals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda signum, _frame: self._received.append(signum))
+        return self
+
+    @property
+    def received(self) -> bool:
+        return bool(self._received)
+
+    def wait(self, extra_check: threading.Event | None = None) -> None:
+        """Block until a signal came (or `extra_check` is set)."""
+        while not self._received and not (extra_check is not None and extra_check.is_set()):
+            time.sleep(0.2)
+
+
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT/SIGTERM."""
+    StopSignals().install().wait()

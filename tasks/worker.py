@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 
+from celery.exceptions import SecurityWarning
 from celery.signals import worker_shutting_down
 
 from tasks.app import app, configure
@@ -15,6 +17,9 @@ from tasks.settings import WorkerSettings
 from tasks.worker_steps import SERVING_STEPS, ServingOptions
 
 log = logging.getLogger("serving")
+
+# What Celery counts as a serializer that runs code when it loads a message (celery.platforms).
+CODE_RUNNING_CONTENT = frozenset({"pickle", "application/x-python-serialize", "application/group-python-serialize"})
 
 
 def run_worker(settings: WorkerSettings, broker_url: str) -> int:
@@ -26,6 +31,7 @@ def run_worker(settings: WorkerSettings, broker_url: str) -> int:
     backend_url = settings.result_backend_url or broker_url
     configure(broker_url, backend_url, settings.job_ttl_s)
     app.steps["worker"].update(SERVING_STEPS)
+    _without_root_warning()
     worker_id = worker_name(device, os.getpid())
     worker = app.Worker(  # what `celery worker` builds from its command line, with our steps' option added
         hostname=f"{worker_id}@{socket.gethostname()}",
@@ -44,3 +50,13 @@ def run_worker(settings: WorkerSettings, broker_url: str) -> int:
     worker.start()
     # Celery exits 1 after Ctrl-C; a warm shutdown that was asked for (SIGINT or SIGTERM) is a clean stop.
     return 0 if asked_to_stop[:1] == ["Warm"] else worker.exitcode or 0
+
+
+def _without_root_warning() -> None:
+    """Celery warns in 7 lines (a SecurityWarning) each time a worker starts as root, as in most
+    containers. The danger it means is unpickling messages as root, which it refuses by itself (a
+    SecurityError unless C_FORCE_ROOT is set, a knob that only allows pickle and never quiets the
+    warning). Our workers accept JSON and msgpack only (tasks.app), so the warning is filtered while
+    that holds: adding pickle to accept_content brings it back."""
+    if CODE_RUNNING_CONTENT.isdisjoint(app.conf.accept_content):
+        warnings.filterwarnings("ignore", category=SecurityWarning)

@@ -19,7 +19,7 @@ import requests
 
 from tasks.broker import free_port
 from tests.support.jobs import post_npy
-from tests.support.stack import OvmsProcess, private_redis, start_ovms
+from tests.support.stack import OvmsProcess, listening_addresses, private_redis, start_ovms
 
 TOKEN_A = "tok-a-5d0c2e7f41"
 TOKEN_B = "tok-b-91e3a6c0d2"
@@ -203,7 +203,7 @@ def _flower_addresses(stack: OvmsProcess) -> set[tuple[str, int]]:
     (child,) = [p for p in psutil.Process(stack.process.pid).children() if "flower" in p.cmdline()]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        listening = {(c.laddr.ip, c.laddr.port) for c in child.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        listening = listening_addresses(child.pid)
         if listening:
             return listening
         time.sleep(0.2)

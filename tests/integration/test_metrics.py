@@ -30,6 +30,12 @@ def _value(samples: dict, metric: str, **labels: str) -> float:
     return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
+def test_metrics_content_type_is_prometheus_text_with_one_charset(server):
+    """The exposition format's header, as is: Flask's `mimetype=` appended a second "; charset=utf-8"."""
+    reply = requests.get(f"{server.rest_url}/metrics", timeout=10)
+    assert reply.headers["Content-Type"] == "text/plain; version=1.0.0; charset=utf-8"
+
+
 def test_counters_and_histograms_move_with_requests(server):
     before = _scrape(server)
     for _ in range(5):

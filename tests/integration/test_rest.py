@@ -233,6 +233,17 @@ def test_row_format_ignores_signature_name(server: OvmsProcess) -> None:
     assert predict_ok(server, "versioned", body) == {"predictions": [[2, 4, 6, 8]]}
 
 
+@pytest.mark.parametrize(("name", "shown"), [(5, "5"), (None, "null"), (["a"], '["a"]'), ({"k": 1}, '{"k":1}')])
+@pytest.mark.parametrize("form", ["instances", "inputs"])
+def test_a_signature_name_that_is_not_a_string_is_400_as_tf_serving(
+    server: OvmsProcess, name: Any, shown: str, form: str
+) -> None:
+    """TF Serving refuses it (json_tensor.cc) before looking at the inputs; it was served (200)."""
+    reply = predict(server, "versioned", {"signature_name": name, form: [[1, 2, 3, 4]]})
+    message = f"JSON Value: {shown} not formatted correctly. 'signature_name' key must be a string value."
+    assert_error(reply, 400, message)
+
+
 def test_columnar_format_named(server: OvmsProcess) -> None:
     body = {"inputs": {"x": [[1, 2, 3, 4], [0, 0, 0, 1]]}}
     assert predict_ok(server, "versioned", body) == {"outputs": [[2, 4, 6, 8], [0, 0, 0, 2]]}

@@ -276,8 +276,11 @@ def test_a_plain_text_grpc_client_is_refused(tls_server):
 
 def test_the_log_says_what_is_on_and_never_shows_a_token(tls_server):
     log = tls_server.log()
-    assert f"Server started on port {tls_server.grpc_port} (TLS, bearer tokens required)" in log
-    assert f"Started REST server at localhost:{tls_server.rest_port} (TLS, bearer tokens required)" in log
+    grpc_port, rest_port = tls_server.grpc_port, tls_server.rest_port
+    grpc_on = f"gRPC on 0.0.0.0:{grpc_port} and [::]:{grpc_port}"
+    assert f"Server started on port {grpc_port} ({grpc_on}, TLS, bearer tokens required)" in log
+    assert f"Started REST server at 0.0.0.0:{rest_port} (TLS, bearer tokens required)" in log
+    assert "Listening on all interfaces without credentials" not in log  # tokens are credentials
     assert TOKEN not in log and ROTATED_TOKEN not in log
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import requests
 
 from tasks.broker import EmbeddedRedis, free_port
@@ -145,3 +147,15 @@ def wait_for_ready(api: OvmsProcess, timeout_s: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the api was not ready within {timeout_s} s")
         time.sleep(0.1)
+
+
+def listening_addresses(pid: int) -> set[tuple[str, int]]:
+    """The (address, port) pairs process `pid` listens on (TCP); an IPv4-mapped IPv6 address (gRPC binds
+    `127.0.0.1` as `::ffff:127.0.0.1` on a dual-stack socket) as the IPv4 address it is."""
+    sockets = psutil.Process(pid).net_connections("tcp")
+    return {(_unmapped(s.laddr.ip), s.laddr.port) for s in sockets if s.status == psutil.CONN_LISTEN}
+
+
+def _unmapped(address: str) -> str:
+    mapped = ipaddress.ip_address(address.partition("%")[0])
+    return str(mapped.ipv4_mapped) if isinstance(mapped, ipaddress.IPv6Address) and mapped.ipv4_mapped else address

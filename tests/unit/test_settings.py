@@ -61,6 +61,7 @@ def test_defaults_match_the_seed() -> None:
     assert settings.grpc_channel_arguments == {}
     assert settings.file_system_poll_wait_seconds == 1
     assert settings.request_timeout_s == 30
+    assert (settings.grpc_bind_address, settings.rest_bind_address) == ("0.0.0.0", "0.0.0.0")  # as OVMS
     assert settings.config_path is None
     assert (settings.max_request_mb, settings.max_request_bytes) == (256, 256 << 20)
     assert settings.max_inflight_bytes == settings.worker_max_inflight_bytes == 512 << 20  # 2 x max_request_mb
@@ -274,6 +275,11 @@ def test_role_is_only_recognised_first() -> None:
         ([*SINGLE, "--nireq", "-2"], "nireq must be a non-negative integer"),
         ([*SINGLE, "--plugin_config", "[1]"], "plugin_config must be a JSON object"),
         ([*SINGLE, "--port", "abc"], "invalid int value"),
+        (
+            [*SINGLE, "--rest_bind_address", "no-such-host.invalid"],
+            "rest_bind_address: 'no-such-host.invalid' is neither an IP address nor a resolvable host name",
+        ),
+        ([*SINGLE, "--grpc_bind_address", "300.1.1.1"], "grpc_bind_address: '300.1.1.1' is neither"),
         ([*SINGLE, "--no_such_flag", "1"], "unrecognized arguments"),
     ],
 )
@@ -287,6 +293,14 @@ def test_usage_errors(argv: list[str], message: str) -> None:
 def test_request_timeout_must_be_a_usable_positive_number(value: str) -> None:
     with pytest.raises(UsageError, match="request_timeout_s must be a positive number"):
         parse_command_line([*SINGLE, "--request_timeout_s", value])
+
+
+@pytest.mark.parametrize(
+    ("given", "bound"), [("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("::", "::"), ("0:0::1", "::1")]
+)
+def test_bind_addresses_become_the_ip_address_the_logs_show(given: str, bound: str) -> None:
+    settings = parse_command_line([*SINGLE, "--grpc_bind_address", given, "--rest_bind_address", given])
+    assert (settings.grpc_bind_address, settings.rest_bind_address) == (bound, bound)
 
 
 def test_rest_workers_with_rest_port_is_fine() -> None:
