@@ -26,10 +26,11 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv
 # Empty but for its README unless `make wheelhouse` filled it; only the build stages see it.
 COPY ops/docker/wheelhouse/ /wheels/
-# The dependencies, from pyproject.toml alone (empty package folders stand in for the code), so that a
-# change of the code reinstalls only the package itself, and the example models are not rebuilt.
-COPY pyproject.toml README.md ./
-RUN mkdir ovms api tasks inference \
+# The dependencies, from pyproject.toml alone (empty package folders and an empty README, the package's
+# long description, stand in for the rest), so that a change of the code or the README reinstalls only the
+# package itself, and the example models are not rebuilt.
+COPY pyproject.toml ./
+RUN touch README.md && mkdir ovms api tasks inference \
     && pip install --no-cache-dir "./[monitoring]" \
     && rm -rf ovms api tasks inference build ./*.egg-info
 
@@ -38,6 +39,7 @@ FROM deps AS builder
 ARG PIP_NO_INDEX
 ARG PIP_FIND_LINKS
 # Only what the package needs (README.md is its long description); see .dockerignore.
+COPY README.md ./
 COPY ovms ./ovms
 COPY api ./api
 COPY tasks ./tasks
