@@ -13,7 +13,7 @@ import time
 
 from api.server import ApiServer
 from ovms.api_processes import ApiProcesses, redis_environment
-from ovms.settings import ServerSettings
+from ovms.settings import ServerSettings, child_arguments
 from ovms.stop_signal import wait_for_stop_signal
 from tasks.broker import EmbeddedRedis
 from tasks.connections import redis_client
@@ -90,8 +90,10 @@ class Supervisor:
 
     def _spawn_worker(self, device: str, broker_url: str) -> subprocess.Popen:
         """The broker URL (maybe the embedded Redis's) and the result backend's go by environment, keeping
-        a Redis password off the worker's command line; the worker then looks where the api looks."""
-        command = [sys.executable, "-m", "ovms", "worker", *self._argv, "--device", device]
+        a Redis password off the worker's command line; the worker then looks where the api looks. It is
+        given only the worker's flags (no ports: it listens on none), and named `ovms worker <device>`."""
+        flags = child_arguments(self._argv, "worker", device=device, task_events=self._settings.task_events)
+        command = [sys.executable, "-m", "ovms.titled", f"ovms worker {device}", "ovms", "worker", *flags]
         log.info("Starting the %s worker", device)
         env = redis_environment(self._settings, broker_url)
         return subprocess.Popen(dying_with_parent(command), env=env)
@@ -159,7 +161,18 @@ class Supervisor:
         """Celery Flower on --flower_port: with basic auth when FLOWER_USER and FLOWER_PASSWORD are set,
         else on 127.0.0.1 only (its UI and API show every task and can control the workers)."""
         port = self._settings.flower_port
-        command = [sys.executable, "-m", "celery", "--app", "tasks.app", "flower", f"--port={port}"]
+        title = f"ovms flower :{port}"
+        command = [
+            sys.executable,
+            "-m",
+            "ovms.titled",
+            title,
+            "celery",
+            "--app",
+            "tasks.app",
+            "flower",
+            f"--port={port}",
+        ]
         env = {**os.environ, "CELERY_BROKER_URL": broker_url}  # what `celery --broker` would set, off ps
         env.pop("FLOWER_BASIC_AUTH", None)  # credentials come from FLOWER_USER / FLOWER_PASSWORD only
         user, password = os.environ.get("FLOWER_USER"), os.environ.get("FLOWER_PASSWORD")

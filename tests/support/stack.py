@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import requests
 
 from tasks.broker import EmbeddedRedis, free_port
@@ -85,6 +86,14 @@ class OvmsProcess:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+def child_named(server: OvmsProcess, role: str) -> psutil.Process:
+    """The child of an all-in-one `ovms` named `ovms <role> …` (worker, api, flower; ovms.titled). Its title
+    fills argv[0], the rest of the rewritten argv being empty strings."""
+    children = psutil.Process(server.process.pid).children()
+    (child,) = [p for p in children if " ".join(p.cmdline()).split()[:2] == ["ovms", role]]
+    return child
 
 
 def ovms_command(*args: str) -> list[str]:
