@@ -99,7 +99,7 @@ LATENCY_BUCKETS_PER_OCTAVE = 4
 
 def latency_bucket(ns: int) -> int:
     """The histogram bucket of a request's duration, for its one-minute median (`ovms status`): quarter
-    octaves from 1 µs, so that a bucket's middle is within ±9 % of any duration in it."""
+    octaves from 1 µs, so that a bucket's middle is within 10 % of any duration in it."""
     return max(0, math.floor(math.log2(max(ns, 1000) / 1000) * LATENCY_BUCKETS_PER_OCTAVE))
 
 

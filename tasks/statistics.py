@@ -139,7 +139,7 @@ class RecentWindow:
     succeeded: int
     failed: int
     seconds: float
-    p50_ms: float | None  # median latency of the successful ones (None without any), within ±9 %
+    p50_ms: float | None  # median latency of the successful ones (None without any), within 10 %
 
     @property
     def per_second(self) -> float:
