@@ -88,9 +88,26 @@ WORKER_LOST = "The worker running this request stopped before answering; retry"
 DEADLINE_PASSED = "Deadline exceeded while waiting for the inference result"
 TOKEN_REFUSED = "Missing or invalid bearer token"
 
+MAX_REASON_CHARS = 500  # of a reason quoted in a log line, a status or an answer: whole, yet bounded
+
+
+def load_failed(version: int, reason: str) -> str:
+    """Why a predict finds no servable version: this one failed to load (it stays END until its files change)."""
+    return f"Model version {version} failed to load: {reason}"
+
 
 def plain_message(exc: BaseException) -> str:
-    """The first line of an error that says what went wrong, without OpenVINO's source locations."""
+    """What went wrong, on one line and bounded: every line of the error but OpenVINO's source locations.
+
+    OpenVINO often says it in several lines ("While validating node 'MatMul_19' …:" then "Incompatible
+    MatMul matrix dimension …"), so none is dropped; an error that says nothing else is named by its type.
+    """
     lines = [line.strip() for line in str(exc).splitlines()]
-    said = [line for line in lines if line and not _OPENVINO_LOCATION.match(line)]
-    return said[0] if said else type(exc).__name__
+    said = " ".join(line for line in lines if line and not _OPENVINO_LOCATION.match(line))
+    return one_line(said) or type(exc).__name__
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """`text` with its whitespace runs (newlines too) made single spaces, cut at `limit` characters (…)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

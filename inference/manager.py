@@ -8,6 +8,7 @@ what is queued, and ends END. A version that failed to load is retried once its 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import openvino as ov
 
 from inference.batcher import DynamicBatcher
-from inference.errors import ServingError, plain_message
+from inference.errors import ServingError, one_line, plain_message
 from inference.model import CompiledVersion
 from inference.model_config import ConfigError, ModelConfig
 from inference.repository import select_versions
@@ -60,6 +61,7 @@ class _Model:
     seen: dict[int, tuple] = field(default_factory=dict)  # fingerprints at the previous poll
     failed: dict[int, tuple] = field(default_factory=dict)  # fingerprints that failed to load
     error: str = ""  # the repository itself cannot be read
+    empty: str = ""  # the repository can be read but offers no version to load: why
     active: bool = True  # False once removed from the configuration (its versions stay, END)
 
 
@@ -139,8 +141,18 @@ class ModelManager:
                     model.error,
                     model.active,
                     model.config.max_queue_size,
+                    model.empty,
                 )
                 for name, model in self._models.items()
+            }
+
+    def unserved(self) -> dict[str, str]:
+        """Each configured model with no AVAILABLE version, and why: what an operator must fix."""
+        with self._lock:
+            return {
+                name: _why_unserved(model)
+                for name, model in self._models.items()
+                if model.active and not any(held.state == AVAILABLE for held in model.versions.values())
             }
 
     def close(self) -> None:
@@ -160,13 +172,17 @@ class ModelManager:
     def _reconcile_model(self, model: _Model, initial: bool) -> bool:
         config = model.config
         try:
-            wanted = set(select_versions(model.storage.list_versions(), config.model_version_policy))
+            listed = model.storage.list_versions()
+            wanted = set(select_versions(listed, config.model_version_policy))
+            empty = _why_empty(model.storage, listed, config) if not wanted else ""
         except ConfigError as exc:
             if model.error != str(exc):
                 log.error("Model %s: %s", config.name, exc)
-            model.error = str(exc)
+            model.error, model.empty = str(exc), ""
             return False
-        model.error = ""
+        if empty and empty != model.empty:
+            log.warning("Model %s: %s", config.name, empty)
+        model.error, model.empty = "", empty
         changed = False
         held = {v for v, held in model.versions.items() if held.state in _HELD}
         for version in sorted(wanted - {v for v in held if model.versions[v].state != START}):
@@ -197,7 +213,7 @@ class ModelManager:
             self._set(model, version, START)
             return True
         self._set(model, version, LOADING)
-        log.info("Loading model: %s, version: %d, from path: %s", model.config.name, version, model.config.base_path)
+        log.info("Loading model: %s, version: %d, from path: %s", model.config.name, version, model.storage.base_path)
         try:
             compiled = self._build(model, model.config, version)
         except _LOAD_ERRORS as exc:
@@ -270,5 +286,28 @@ class ModelManager:
                 self._unload(model, version)
 
 
+def _why_unserved(model: _Model) -> str:
+    if model.error or model.empty:
+        return model.error or model.empty
+    said = [
+        f"version {v} failed to load: {held.status.error_message}"
+        if held.status.failed
+        else f"version {v} is {held.state}"
+        for v, held in sorted(model.versions.items())
+    ]
+    return "; ".join(said) or "no version loaded"
+
+
+def _why_empty(storage: ModelStorage, listed: list[int], config: ModelConfig) -> str:
+    """Why a readable repository offers no version to load: it holds none, or the policy selects none."""
+    if not listed:
+        return storage.no_versions_reason()
+    policy = json.dumps(config.model_version_policy)
+    versions = ", ".join(map(str, listed))
+    return f"{storage.base_path}: the version policy {policy} selects none of its versions {versions}"
+
+
 def _message(exc: BaseException) -> str:
-    return getattr(exc, "message", None) or plain_message(exc)
+    """Why a version did not load, whole but on one line (the log, the version status, a predict's answer)."""
+    message = getattr(exc, "message", None)
+    return one_line(message) if message else plain_message(exc)

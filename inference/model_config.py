@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from inference.layouts import LayoutParseError, LayoutSetting, parse_layout_setting
@@ -16,6 +17,7 @@ DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 1024
 REST_B64_IMAGE, REST_B64_RAW = "image", "raw"
+STORAGE_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)  # s3://bucket/prefix: (scheme, rest)
 
 
 def _latest_version() -> dict[str, Any]:
@@ -31,7 +33,10 @@ class ModelConfig:
     """One model's settings: a config.json `config` object, or the single-model flags (same names)."""
 
     name: str = option(help="name of the model (single model mode)", flag="model_name")
-    base_path: str = option(help="path to the model's versioned directories (single model mode)", flag="model_path")
+    base_path: str = option(
+        help="path to the model's versioned directories (their parent, not a version directory; single model mode)",
+        flag="model_path",
+    )
     batch_size: int | str | None = option(None, "model batch size: an integer or 'auto'", default_text="model's own")
     shape: ShapeSetting | None = option(
         None, "model shape: 'auto', '(1,3,224,224)' or JSON per input", default_text="model's own"
@@ -83,7 +88,9 @@ PER_MODEL_KEYS = tuple(key for key in CONFIG_KEYS if key not in ("name", "base_p
 class ModelSettings:
     """The models a server is configured with: a config.json, or one model from the flags."""
 
-    config_path: str | None = option(None, "multi-model JSON configuration file")
+    config_path: str | None = option(
+        None, "multi-model JSON configuration file (a relative base_path in it is relative to its directory)"
+    )
     models: tuple[ModelConfig, ...] = ()
 
     def devices(self) -> list[str]:
@@ -95,15 +102,27 @@ class ModelSettings:
 
 
 def load_config_file(path: str) -> list[ModelConfig]:
-    """Read and validate a multi-model config.json; raises ConfigError with the reason."""
+    """Read and validate a multi-model config.json; raises ConfigError with the reason.
+
+    A relative local base_path is resolved against the file's directory, as OVMS does: the same file means
+    the same models whatever the working directory of the process that reads it (an api, each worker).
+    """
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {os.path.abspath(path)}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-    return models_from_document(document)
+        raise ConfigError(f"config file {os.path.abspath(path)} is not valid JSON: {exc}") from None
+    directory = os.path.dirname(os.path.abspath(path))
+    return [replace(model, base_path=_beside(directory, model.base_path)) for model in models_from_document(document)]
+
+
+def _beside(directory: str, base_path: str) -> str:
+    """A local base_path relative to `directory` made absolute; an absolute or remote one as it is."""
+    if STORAGE_SCHEME.fullmatch(base_path) or os.path.isabs(base_path):
+        return base_path
+    return os.path.normpath(os.path.join(directory, base_path))
 
 
 def models_from_document(document: Any) -> list[ModelConfig]:

@@ -36,6 +36,11 @@ class VersionStatus:
     error_code: str = "OK"
     error_message: str = "OK"
 
+    @property
+    def failed(self) -> bool:
+        """Whether the version ended because it could not load (its error_message says why)."""
+        return self.state == VersionState.END and self.error_code != "OK"
+
 
 @dataclass(frozen=True)
 class VersionReport:
@@ -53,3 +58,4 @@ class ModelReport:
     error: str  # the repository cannot be read ("" if it can)
     active: bool  # False once removed from the configuration
     max_queue_size: int
+    empty: str = ""  # the repository can be read but offers no version to load: why ("" otherwise)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from inference.model_config import ConfigError
+from inference.model_config import STORAGE_SCHEME, ConfigError
 
 log = logging.getLogger("serving")
 
@@ -40,8 +40,8 @@ GCS_RETRY_DEADLINE_S = 4.0
 GCS_READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
 MODEL_HINT = "*.xml with its *.bin, or *.onnx"
+NO_VERSIONS = f"holds no version directories (positive integers such as 1/, each holding {MODEL_HINT})"
 _VERSION_NAME = re.compile(r"[1-9][0-9]*")
-_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
 
 Fingerprint = tuple[tuple[Any, ...], ...]
@@ -60,6 +60,8 @@ class ModelStorage(Protocol):
     def fetch(self, version: int) -> Path: ...
 
     def release(self, version: int) -> None: ...
+
+    def no_versions_reason(self) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,25 +154,36 @@ class _LocalScan:
 
 
 class LocalStorage:
-    """A base path on the local file system; fetch returns the version directory itself."""
+    """A base path on the local file system; fetch returns the version directory itself.
+
+    The base path is made absolute where the storage is opened, so that every message names the full path
+    that was tried, whatever the working directory of the one who reads it.
+    """
 
     def __init__(self, base_path: str) -> None:
-        self.base_path = base_path
-        self._root = Path(base_path)
+        self.base_path = os.path.abspath(base_path)
+        self._root = Path(self.base_path)
         self._warn = _WarnOnce()
 
     def list_versions(self) -> list[int]:
-        if not self._root.is_dir():
-            raise ConfigError(f"{self.base_path}: base path not found (no such directory)")
-        try:
-            entries = list(self._root.iterdir())
-        except OSError as exc:
-            raise ConfigError(f"{self.base_path}: cannot read the base path: {exc.strerror}") from None
+        entries = self._entries()
+        if self._version_directory(entries) is not None:
+            return []  # the path is itself a version directory: no_versions_reason() says so, not each file
         names = [entry.name for entry in entries if entry.is_dir()]
         for entry in entries:
             if not entry.is_dir():
                 self._warn(logging.WARNING, f"Ignoring {entry}: version directories must be positive integers")
         return _version_numbers(self.base_path, names, self._warn)
+
+    def no_versions_reason(self) -> str:
+        """Why the base path offers no version: suggests its parent when it is a version directory itself."""
+        version = self._version_directory(self._entries())
+        if version is not None:
+            return (
+                f"{self.base_path}: this looks like version directory {version} of a model; "
+                f"pass its parent {self._root.parent}"
+            )
+        return f"{self.base_path}: {NO_VERSIONS}"
 
     def fingerprint(self, version: int) -> Fingerprint | None:
         scan = self._scan(version)
@@ -187,6 +200,22 @@ class LocalStorage:
 
     def release(self, version: int) -> None:
         """Nothing to do: the files were never copied."""
+
+    def _entries(self) -> list[Path]:
+        if not self._root.is_dir():
+            raise ConfigError(f"{self.base_path}: base path not found (no such directory)")
+        try:
+            return list(self._root.iterdir())
+        except OSError as exc:
+            raise ConfigError(f"{self.base_path}: cannot read the base path: {exc.strerror}") from None
+
+    def _version_directory(self, entries: list[Path]) -> int | None:
+        """The version the base path stands for when it looks like one version's directory (a positive
+        integer name, a model's files in it, no version directories below): a path one level too deep."""
+        version = parse_version_name(self._root.name)
+        if version is None or any(entry.is_dir() and parse_version_name(entry.name) for entry in entries):
+            return None
+        return version if has_complete_model(entry.name for entry in entries if entry.is_file()) else None
 
     def _scan(self, version: int) -> _LocalScan:
         """The version's regular files; symlinks that escape the base path are refused (and logged once)."""
@@ -231,7 +260,7 @@ class RemoteFile:
 
 def _split_bucket(base_path: str) -> tuple[str, str]:
     """scheme://bucket/some/prefix/ -> ("bucket", "some/prefix")."""
-    match = _SCHEME.fullmatch(base_path)
+    match = STORAGE_SCHEME.fullmatch(base_path)
     bucket, _, prefix = (match.group(2) if match else "").partition("/")
     if not bucket:
         raise ConfigError(f"{base_path}: missing bucket name (expected scheme://bucket/prefix)")
@@ -312,6 +341,9 @@ class RemoteStorage(ABC):
             if name:  # "" is the base path's own folder marker
                 self._warn(logging.WARNING, f"Ignoring {self.base_path}/{name}: not a version directory")
         return _version_numbers(self.base_path, directories, self._warn)
+
+    def no_versions_reason(self) -> str:
+        return f"{self.base_path}: {NO_VERSIONS}"
 
     def fingerprint(self, version: int) -> Fingerprint | None:
         return self._fingerprint_of(self._files(version))
@@ -669,7 +701,7 @@ class GcsStorage(RemoteStorage):
 
 def open_storage(base_path: str, cache_root: Path | None = None) -> ModelStorage:
     """The storage for a model's base_path, chosen by scheme; remote ones cache under cache_root."""
-    match = _SCHEME.fullmatch(base_path)
+    match = STORAGE_SCHEME.fullmatch(base_path)
     if match is None:
         return LocalStorage(base_path)
     scheme = match.group(1).lower()

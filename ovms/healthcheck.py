@@ -13,6 +13,7 @@ Exit code 0 healthy, 1 not (what Docker's HEALTHCHECK reads); the reason goes to
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import sys
@@ -25,10 +26,17 @@ PROBE_TIMEOUT_S = 4.0
 LOCAL = "127.0.0.1"
 
 
+# Celery retitles a worker's process when setproctitle is installed: `[celeryd: <name>:MainProcess] -active-
+# (<the command line's arguments, joined by spaces>)`, one word in /proc/<pid>/cmdline.
+CELERY_TITLE = re.compile(r"\[celeryd: [^\]]*\] [^(]*\((?P<arguments>.*)\)")
+
+
 def server_arguments(cmdline: bytes) -> list[str]:
     """The `ovms` flags in a process's NUL-separated command line (`python /opt/venv/bin/ovms …`, `ovms …`
-    or `python -m ovms …`)."""
+    or `python -m ovms …`), or in the title Celery gave a worker's process."""
     words = [word.decode() for word in cmdline.split(b"\0") if word]
+    if len(words) == 1 and (title := CELERY_TITLE.fullmatch(words[0])):
+        return title["arguments"].split()
     for index, word in enumerate(words):
         if Path(word).name == "ovms" or (word == "-m" and words[index + 1 : index + 2] == ["ovms"]):
             return words[index + (2 if word == "-m" else 1) :]

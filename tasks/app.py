@@ -27,8 +27,12 @@ app = ServingApp("ovms", include=["tasks.predict"])
 
 # A predict's deadline is seconds, kombu's redelivery of unacked messages takes the visibility
 # timeout (an hour): its per-message bookkeeping (two Redis round trips) buys nothing here.
-_BROKER_TRANSPORT_OPTIONS = {"socket_keepalive": True, "ack_emulation": False}
-_RESULT_TRANSPORT_OPTIONS = {"socket_keepalive": True}
+# A master that stops answering without closing its connections (frozen, or cut off by the network) must not
+# hold a worker after Sentinel promoted another: no command waits more than socket_timeout, and kombu drops a
+# BRPOP whose reply is overdue by health_check_interval (its default, 25 s, kept a worker away for ~50 s).
+_STALL_OPTIONS = {"socket_keepalive": True, "socket_timeout": 5.0, "health_check_interval": 2}
+_BROKER_TRANSPORT_OPTIONS = {**_STALL_OPTIONS, "ack_emulation": False}
+_RESULT_TRANSPORT_OPTIONS = dict(_STALL_OPTIONS)
 # The `celery` command (Flower) passes its --broker on as CELERY_BROKER_URL, which Celery reads before its
 # own broker_url setting: a sentinel:// URL of ours is put there in Celery's form (see tasks.sentinel).
 _COMMAND_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")

@@ -92,7 +92,13 @@ class EmbeddedRedis:
         """Start (or start again, on the same port, empty) and return the URL."""
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)
-        self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
+        try:
+            self._dir = tempfile.mkdtemp(prefix="ovms-redis-")
+        except OSError as exc:  # e.g. `docker run --read-only` without a tmpfs: say so, not a traceback
+            raise RuntimeError(
+                f"embedded Redis needs a writable temporary directory ($TMPDIR or /tmp; with a read-only root "
+                f"file system, mount a tmpfs there, or give --broker_url): {exc}"
+            ) from None
         self._process = subprocess.Popen(
             dying_with_parent(self.command()), stdout=subprocess.DEVNULL, start_new_session=True
         )

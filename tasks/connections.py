@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import ssl
 from typing import Any
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 import redis.sentinel
@@ -26,6 +26,9 @@ from tasks.sentinel import SentinelUrl, is_sentinel
 _CERT_REQS = {"required": ssl.CERT_REQUIRED, "optional": ssl.CERT_OPTIONAL, "none": ssl.CERT_NONE}
 _FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 CHECK_TIMEOUT_S = 5.0
+_NEXT_PART = re.compile(r";(?=[A-Za-z][A-Za-z0-9+.-]*://)")  # where a multi-host URL's next part begins
+_SENTINEL_PASSWORD = re.compile(r"(sentinel_password=)[^&#]*")
+_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*):.*@")
 
 
 def ssl_options(url: str) -> dict[str, Any] | None:
@@ -62,24 +65,10 @@ def transport_options(url: str) -> dict[str, Any]:
 
 def redact(url: str) -> str:
     """The URL with its passwords replaced by ***, for logs and error messages (each part of a
-    multi-host sentinel:// URL, and its sentinel_password)."""
-    if ";" in url:
-        return ";".join(redact(part) for part in url.split(";"))
-    parts = urlsplit(url)
-    if "sentinel_password=" in parts.query:
-        query = "&".join(
-            "sentinel_password=***" if item.startswith("sentinel_password=") else item
-            for item in parts.query.split("&")
-        )
-        parts = parts._replace(query=query)
-    if parts.password is None:
-        return urlunsplit(parts)
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    multi-host sentinel:// URL, and its sentinel_password). Done on the text rather than by parsing, so
+    that a malformed URL (a bad port, an unclosed [, a raw ; / or @ in a password) is shown too, never
+    with its password: everything between a part's `user:` and its last @ is hidden."""
+    return ";".join(_PASSWORD.sub(r"\1:***@", _SENTINEL_PASSWORD.sub(r"\1***", part)) for part in _NEXT_PART.split(url))
 
 
 def check_reachable(url: str, purpose: str) -> None:

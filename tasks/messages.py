@@ -225,7 +225,7 @@ class PredictReply(Message):
 @dataclass(frozen=True, slots=True)
 class ModelSnapshot(Record):
     """One model as a worker reports it. Wire: {"queue", "versions": {"<n>": {"state", "error_code",
-    "error_message", "signature" (while it serves)}}, "error", "active", "max_queue_size"}."""
+    "error_message", "signature" (while it serves)}}, "error", "active", "max_queue_size", "empty" (only when set)}."""
 
     queue: str
     report: ModelReport
@@ -238,13 +238,15 @@ class ModelSnapshot(Record):
             "error": report.error,
             "active": report.active,
             "max_queue_size": report.max_queue_size,
+            **({"empty": report.empty} if report.empty else {}),  # rare: kept out of every other heartbeat
         }
 
     @classmethod
     def from_wire(cls, data: Any) -> ModelSnapshot:
         entry = _ModelEntry.from_wire(data)
         versions = {v: version.report(v) for v, version in entry.versions.items()}
-        return ModelSnapshot(entry.queue, ModelReport(versions, entry.error, entry.active, entry.max_queue_size))
+        report = ModelReport(versions, entry.error, entry.active, entry.max_queue_size, entry.empty)
+        return ModelSnapshot(entry.queue, report)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +274,7 @@ class _ModelEntry(Record):
     error: str = ""
     active: bool = True
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    empty: str = ""
 
 
 @dataclass(frozen=True, slots=True)

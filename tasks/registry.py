@@ -23,6 +23,7 @@ from inference.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
+    load_failed,
 )
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.signature import ModelSignature
@@ -106,6 +107,7 @@ class RegistryView:
         self._catalog: dict[str, CatalogEntry] = {}
         self._models: dict[str, dict[int, MergedVersion]] = {}
         self._errors: dict[str, str] = {}  # models whose repository a live worker cannot read
+        self._empty: dict[str, str] = {}  # models whose repository offers a live worker no version: why
         self._workers: list[str] = []
         self._served: set[str] = set()
         self._queue_limits: dict[str, int] = {}
@@ -150,6 +152,7 @@ class RegistryView:
             self._catalog = catalog
             self._models = models
             self._errors = {name: model.report.error for name, model in served if model.report.error}
+            self._empty = {name: model.report.empty for name, model in served if model.report.empty}
             self._workers = [snapshot.worker_id for snapshot in serving]
             self._served = {name for name, _ in served}
             self._queue_limits = {name: model.report.max_queue_size for name, model in served}
@@ -217,16 +220,23 @@ class RegistryView:
             raise NotFound(MODEL_NOT_FOUND)
         if not versions and name in self._errors:
             raise Unavailable(f"Model {name}: {self._errors[name]}")
+        if not versions and name in self._empty:
+            raise NotFound(f"{VERSION_NOT_FOUND}: {self._empty[name]}")
         return versions
 
     def resolve(self, name: str, version: int | None) -> Target:
-        """The version to serve (None or 0 = the highest AVAILABLE one) and where to send it."""
+        """The version to serve (None or 0 = the highest AVAILABLE one) and where to send it. A version that
+        failed to load is NOT_FOUND with its reason, as OVMS and TF Serving answer one that is not loaded:
+        retrying cannot help until its files change (UNAVAILABLE would invite retries)."""
         versions = self.versions(name)
         if not version:
             live = [v for v, view in versions.items() if view.state == VersionState.AVAILABLE]
             if not live:
                 if any(view.state in PREPARING for view in versions.values()):
                     raise NotFound(VERSION_NOT_LOADED)
+                failed = [v for v, view in versions.items() if view.status.failed]
+                if failed:
+                    raise NotFound(load_failed(max(failed), versions[max(failed)].status.error_message))
                 raise Unavailable(NO_LIVE_WORKER)
             version = max(live)
         view = versions.get(version)
@@ -234,6 +244,8 @@ class RegistryView:
             raise NotFound(VERSION_NOT_FOUND)
         if view.state in PREPARING:
             raise NotFound(VERSION_NOT_LOADED)
+        if view.status.failed:
+            raise NotFound(load_failed(version, view.status.error_message))
         if view.state in RETIRING:
             raise NotFound(VERSION_RETIRED)
         if view.state != VersionState.AVAILABLE or view.signature is None or view.queue is None:

@@ -106,7 +106,8 @@ class Heartbeating(_ServingStep):
 
 
 class ModelLoading(_ServingStep):
-    """Loads the models present at start, then says so in the heartbeat."""
+    """Loads the models present at start, then says so in the heartbeat, and loudly in the log when none of
+    them loaded: the worker stays up (a repository may be fixed while it runs) but serves nothing."""
 
     requires = (Heartbeating,)
 
@@ -114,6 +115,16 @@ class ModelLoading(_ServingStep):
         with _stop_signals_at_default():
             w.models.reconcile(initial=True)
         w.heartbeat.mark_loaded()
+        unserved = w.models.unserved()
+        if unserved and len(unserved) == len(w.models.configs()):
+            log.error(
+                "Worker %s loaded none of its %d model(s): it serves nothing, and the server is not ready, "
+                "until one loads",
+                self.serving.worker_id,
+                len(unserved),
+            )
+            for name, reason in sorted(unserved.items()):
+                log.error("Model %s is not served: %s", name, reason)
 
 
 class PredictRuntime(_ServingStep):

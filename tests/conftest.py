@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.broker import EmbeddedRedis
+from tests.support.docker import build_image, docker_engine
 from tests.support.stack import REPO, OvmsProcess, private_redis, start_ovms
 
 MODELS = REPO / "models"
@@ -27,6 +28,14 @@ def models_dir() -> Path:
 
 
 redis_url = pytest.fixture(scope="session", name="redis_url")(private_redis)
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> Iterator[str]:
+    """The project's image (`make docker_build_offline`, tagged $IMAGE or ovms:test) on a running Docker
+    engine, for the session; an engine the session had to start is stopped at its end."""
+    with docker_engine():
+        yield build_image()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from api.dataplane.models import ModelRepository
 from api.kserve import model_info
-from inference.errors import InvalidArgument, NotFound, ServingError, Unavailable, Unimplemented
+from inference.errors import MODEL_NOT_FOUND, InvalidArgument, NotFound, ServingError, Unavailable, Unimplemented
 from inference.states import PREPARING, VersionState, VersionStatus
 
 LOAD_TIMEOUT_S = 120.0  # a repository load without a deadline waits at most this long for the model
@@ -91,7 +91,9 @@ def load_model(models: ModelRepository, name: str, parameters: Collection[str], 
     while True:
         try:
             statuses = models.model_status(name, None)
-        except NotFound:
+        except NotFound as error:
+            if error.message != MODEL_NOT_FOUND:  # reported, but with no version to load (an empty repository)
+                raise InvalidArgument(f"Model {name:.{NAME_CHARS}} did not load: {error.message}") from None
             raise NotFound(
                 f"Model {name:.{NAME_CHARS}} is configured, but no live worker reports it: is a worker running "
                 "for its target device?"

@@ -46,6 +46,11 @@ FLOWER_USER, FLOWER_PASSWORD = "ops", "fl0wer-pw"
 KUBERNETES_VERSIONS = ("1.30.0", "latest")  # the oldest we claim, and the newest kubernetes-validate knows
 GPU_RESOURCE = "gpu.intel.com/i915"
 
+# Everything docker-compose.yml reads from the environment: unset unless a test sets it.
+COMPOSE_VARIABLES = (
+    "REDIS_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD", "OVMS_IMAGE", "REDIS_IMAGE",
+    "OVMS_GRPC_PORT", "OVMS_REST_PORT", "FLOWER_PORT",
+)  # fmt: skip
 OVMS_SERVICES = ("models", "api", "worker-cpu", "flower")  # the services that run the project's image
 SERVICES = ("redis", *OVMS_SERVICES)
 
@@ -75,14 +80,19 @@ def _compose_command() -> list[str]:
     pytest.fail("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)")
 
 
-def _render_compose(extra_env: dict[str, str]) -> dict[str, Any]:
+def _render_compose(extra_env: dict[str, str], overlays: tuple[Path, ...] = ()) -> dict[str, Any]:
     import yaml
 
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_PASSWORD", "FLOWER_USER", "FLOWER_PASSWORD")}
-    env.pop("OVMS_IMAGE", None)
+    env = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
     env.update(extra_env)
     result = subprocess.run(
-        [*_compose_command(), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "config"],
+        [
+            *_compose_command(),
+            "--project-directory",
+            str(REPO),
+            *(arg for path in (COMPOSE_FILE, *overlays) for arg in ("-f", str(path))),
+            "config",
+        ],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -281,13 +291,17 @@ def test_compose_renders_services_ports_and_volumes(compose: dict[str, Any]) -> 
     assert redis["image"].startswith("redis:7-alpine")
     assert redis["command"][:3] == ["redis-server", "--requirepass", REDIS_PASSWORD]
     assert "ports" not in redis, "Redis is reachable from the compose network only"
+    # Persistence: an append-only file in a named volume, so job records and queues survive a restart.
+    options = dict(zip(redis["command"][1::2], redis["command"][2::2], strict=True))
+    assert options["--appendonly"] == "yes" and options["--dir"] == "/data", options
+    assert "redis-data" in compose["volumes"]
     assert _ports(services["api"]) == {(9178, 9178), (8000, 8000)}
     assert _ports(services["flower"]) == {(5555, 5555)}
     assert _host_ips(services["flower"]) == ["127.0.0.1"], "Flower is published on the host's loopback only"
     worker = services["worker-cpu"]
     assert not worker.get("ports") and "container_name" not in worker, "worker-cpu must stay scalable"
     images = {services[name]["image"] for name in OVMS_SERVICES}
-    assert images == {"ovms-celery:latest"}, "one image for every role"
+    assert images == {"ovms:latest"}, "one image for every role, by default the one `make docker_build` tags"
     for name in OVMS_SERVICES:
         build = services[name]["build"]
         assert Path(build["context"] if isinstance(build, dict) else build).resolve() == REPO
@@ -305,6 +319,7 @@ def test_compose_renders_services_ports_and_volumes(compose: dict[str, Any]) -> 
         return found
 
     assert mounts(services["models"]) == {"/models": ("models", False)}
+    assert mounts(redis) == {"/data": ("redis-data", False)}
     for name in ("api", "worker-cpu"):
         assert mounts(services[name]) == {"/models": ("models", True)}, name
         assert services[name]["depends_on"] == {
@@ -357,6 +372,37 @@ def test_compose_defaults_render_without_any_environment() -> None:
     assert services["redis"]["command"][:3] == ["redis-server", "--requirepass", "changeme"]
     assert services["api"]["environment"]["OVMS_BROKER_URL"] == "redis://:changeme@redis:6379/0"
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"] == "admin:changeme"
+
+
+def test_compose_images_and_host_ports_come_from_the_environment() -> None:
+    """What tests/integration/test_compose.py sets to run the file beside anything else on a machine."""
+    services = _render_compose(
+        {
+            "OVMS_IMAGE": "ovms:test",
+            "REDIS_IMAGE": "ovms-base:bookworm",
+            "OVMS_GRPC_PORT": "19178",
+            "OVMS_REST_PORT": "18000",
+            "FLOWER_PORT": "15555",
+        }
+    )["services"]
+    assert {services[name]["image"] for name in OVMS_SERVICES} == {"ovms:test"}
+    assert services["redis"]["image"] == "ovms-base:bookworm"
+    assert _ports(services["api"]) == {(19178, 9178), (18000, 8000)}
+    assert _ports(services["flower"]) == {(15555, 5555)} and _host_ips(services["flower"]) == ["127.0.0.1"]
+
+
+def test_redis_keeps_its_append_only_file_in_a_volume_also_with_sentinels() -> None:
+    """Both files, with the offline base as the Redis image (Debian's redis-server starts in /, not in
+    /data as the redis image does): every Redis server writes its AOF into a named volume."""
+    services = _render_compose({"REDIS_IMAGE": "ovms-base:bookworm"}, (REPO / "docker-compose.sentinel.yml",))[
+        "services"
+    ]
+    for name in ("redis", "redis-replica"):
+        command = services[name]["command"]
+        options = dict(zip(command[1::2], command[2::2], strict=False))
+        assert (options["--appendonly"], options["--dir"]) == ("yes", "/data"), name
+        targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in services[name]["volumes"]]
+        assert targets == ["/data"], name
 
 
 # --- ops/k8s ---------------------------------------------------------------------------------------

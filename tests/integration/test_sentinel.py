@@ -24,6 +24,7 @@ from tests.support.stack import OvmsProcess, start_ovms
 
 DEADLINE_S = 5.0  # each predict's gRPC deadline
 RECOVERY_GOAL_S = 5.0  # from the promotion to the first successful predict
+FROZEN_RECOVERY_GOAL_S = 10.0  # the same, when the old master hangs instead of dying
 JOB_END_S = 30.0  # from the promotion to the end of every job submitted before the kill
 DIGITS = np.zeros((1, 64), np.float32)
 JOB_SAMPLES = np.zeros((16384, 64), np.float32)  # 64 chunks: still running when the master is killed
@@ -95,6 +96,33 @@ def test_the_api_and_the_worker_follow_a_failover(cluster: SentinelCluster, stac
     assert settled and all(o.code == "OK" for o in settled), load.codes(since=first_success + 1.0)
     assert "STILL RUNNING" not in endings
     assert "restarting it" not in stack.log(), "a role was restarted instead of following the new master"
+
+
+def test_the_worker_follows_a_failover_away_from_a_frozen_master(cluster: SentinelCluster, stack: OvmsProcess) -> None:
+    """A master that stops answering without closing its connections: the worker's Celery consumer, blocked on
+    a BRPOP to it, must give it up and follow the Sentinels (kombu's default checks took ~50 s, every predict
+    meanwhile timing out at its deadline)."""
+    load = GrpcLoad(stack.grpc_address, float_request("digits", "x", DIGITS), threads=2, timeout_s=DEADLINE_S)
+    load.start()
+    time.sleep(2.0)
+    cluster.freeze_master()
+    frozen_at = time.monotonic()
+    while cluster.switched_at is None and time.monotonic() < frozen_at + 15:
+        time.sleep(0.05)
+    assert cluster.switched_at is not None, "the Sentinels did not promote the replica within 15 s"
+    promoted_at = cluster.switched_at
+    time.sleep(max(0.0, promoted_at + FROZEN_RECOVERY_GOAL_S + 3.0 - time.monotonic()))
+    outcomes = load.stop()
+
+    successes_after = [o.finished for o in outcomes if o.code == "OK" and o.started >= promoted_at]
+    first_success = min(successes_after) if successes_after else float("inf")
+    print(
+        f"\nFrozen master: replica promoted {promoted_at - frozen_at:.2f} s after the freeze; first successful "
+        f"predict {first_success - promoted_at:.2f} s after the promotion; {load.codes()}"
+    )
+    assert first_success - promoted_at < FROZEN_RECOVERY_GOAL_S, load.codes(since=promoted_at)
+    settled = [o for o in outcomes if o.started >= first_success + 1.0]
+    assert settled and all(o.code == "OK" for o in settled), load.codes(since=first_success + 1.0)
 
 
 def test_the_start_up_check_and_flower_find_the_master_through_the_sentinels(

@@ -86,6 +86,13 @@ class SentinelCluster:
         self.processes[port].wait()
         return port
 
+    def freeze_master(self) -> int:
+        """SIGSTOP the current master: its connections stay open and unanswered, as for a host cut off by the
+        network (not refused, as after a kill); returns its port. stop() ends it anyway."""
+        port = self.master_port()
+        self.processes[port].send_signal(signal.SIGSTOP)
+        return port
+
     def stop(self) -> None:
         for process in self.processes.values():
             if process.poll() is None:

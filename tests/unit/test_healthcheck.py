@@ -21,8 +21,13 @@ def cmdline(*words: str) -> bytes:
         (["ovms", "worker", "--config_path", "/m/config.json"], ["worker", "--config_path", "/m/config.json"]),
         (["python3", "-m", "ovms", "api", "--rest_port", "8000"], ["api", "--rest_port", "8000"]),
         (["/usr/local/bin/ovms"], []),
+        # a worker's process once Celery retitled it (with setproctitle installed): one word, no NULs inside
+        (
+            ["[celeryd: CPU-vm-1-3fa9c1@vm:MainProcess] -active- (worker --config_path /m/config.json --device CPU)"],
+            ["worker", "--config_path", "/m/config.json", "--device", "CPU"],
+        ),
     ],
-    ids=["venv-script", "entrypoint", "python-m", "no-flags"],
+    ids=["venv-script", "entrypoint", "python-m", "no-flags", "celery-title"],
 )
 def test_server_arguments_are_the_words_after_ovms(words: list[str], flags: list[str]) -> None:
     assert server_arguments(cmdline(*words)) == flags
@@ -30,8 +35,15 @@ def test_server_arguments_are_the_words_after_ovms(words: list[str], flags: list
 
 @pytest.mark.parametrize(
     "words",
-    [["redis-server", "*:6379"], ["python", "-m"], ["python", "-m", "ovms_tools"], ["python", "/srv/ovms/run.py"], []],
-    ids=["other-program", "dangling-m", "other-module", "ovms-folder", "empty"],
+    [
+        ["redis-server", "*:6379"],
+        ["python", "-m"],
+        ["python", "-m", "ovms_tools"],
+        ["python", "/srv/ovms/run.py"],
+        [],
+        ["[celeryd: CPU-vm-1-3fa9c1@vm:MainProcess] -active- (worker --config_path /m/config.json --dev"],  # cut
+    ],
+    ids=["other-program", "dangling-m", "other-module", "ovms-folder", "empty", "celery-title-cut-short"],
 )
 def test_other_command_lines_are_refused(words: list[str]) -> None:
     with pytest.raises(ValueError, match="not an ovms command line"):

@@ -4,6 +4,7 @@ versions that come, go or break, configuration changes, and what it publishes (i
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from inference.errors import VERSION_RETIRED, NotFound
 from inference.manager import ModelManager
 from inference.model_config import ModelConfig
 from inference.shapes import parse_shape_setting
+from inference.storage import NO_VERSIONS
+from tests.support.broken_model import MATMUL_MISMATCH, break_model_xml
 
 WAIT_S = 10.0
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -146,11 +149,53 @@ def test_a_broken_version_ends_with_its_error_and_loads_once_repaired(manager_fo
     np.testing.assert_array_equal(answer(manager.get("versioned", 3)), ANSWERS[1])
 
 
+def test_openvinos_whole_reason_is_kept_on_one_line(manager_for, models_dir: Path, tmp_path: Path) -> None:
+    """OpenVINO says why over several lines (a model whose MatMul cannot take its widened input: "While
+    validating node …:", then "Incompatible MatMul matrix dimension …"): the status keeps every one but its
+    C++ source locations."""
+    base = tmp_path / "digits"
+    shutil.copytree(models_dir / "digits", base)
+    break_model_xml(base / "1")
+    manager = manager_for(ModelConfig("digits", str(base)))
+    status = manager.snapshot()["digits"].versions[1].status
+    assert status.failed and status.error_message.startswith("While validating node"), status
+    assert MATMUL_MISMATCH in status.error_message
+    assert ".cpp" not in status.error_message and "\n" not in status.error_message
+    assert manager.unserved() == {"digits": f"version 1 failed to load: {status.error_message}"}
+
+
 def test_an_unreadable_repository_is_reported_not_raised(manager_for, tmp_path: Path) -> None:
     manager = manager_for(config(tmp_path / "missing"))
     assert manager.snapshot()["versioned"].error
     assert states(manager) == {}
     assert manager.default("versioned") is None
+    assert manager.unserved() == {"versioned": manager.snapshot()["versioned"].error}
+
+
+def test_an_empty_repository_is_reported_and_logged_once(
+    manager_for, repository: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        manager = manager_for(config(empty))
+        manager.reconcile()
+    reason = f"{empty}: {NO_VERSIONS}"
+    assert manager.snapshot()["versioned"].empty == reason
+    assert [record.message for record in caplog.records] == [f"Model versioned: {reason}"]
+    assert manager.unserved() == {"versioned": reason}
+    shutil.copytree(repository / "1", empty / "1")
+    manager.reconcile()
+    manager.reconcile()
+    assert states(manager) == {1: "AVAILABLE"} and manager.snapshot()["versioned"].empty == ""
+    assert manager.unserved() == {}
+
+
+def test_a_policy_that_selects_no_version_says_so(manager_for, repository: Path) -> None:
+    manager = manager_for(config(repository, {"specific": {"versions": [7]}}))
+    assert manager.snapshot()["versioned"].empty == (
+        f'{repository}: the version policy {{"specific": {{"versions": [7]}}}} selects none of its versions 1, 2'
+    )
 
 
 def test_changed_settings_rebuild_each_version_while_the_old_build_serves(manager_for, repository: Path) -> None:

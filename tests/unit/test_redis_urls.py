@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from tasks.connections import celery_url, redact, ssl_options, transport_options
+from tasks.connections import celery_url, check_reachable, redact, ssl_options, transport_options
 from tasks.sentinel import SentinelUrl
 
 
@@ -43,6 +43,13 @@ def test_rediss_with_an_unknown_cert_reqs_value_is_refused() -> None:
             "rediss://ovms:***@[::1]:6380/1?ssl_ca_certs=/ca.pem",
         ),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        # malformed or with raw separators in the password: shown, but never with the password
+        ("redis://:s3;cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        ("sentinel://:s3;cret@h1;sentinel://h2?master_name=m", "sentinel://:***@h1;sentinel://h2?master_name=m"),
+        ("redis://:s3c/ret@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://:s3c@ret@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://:s3cret@h:notaport/0", "redis://:***@h:notaport/0"),
+        ("redis://:s3cret@[::1:6379/0", "redis://:***@[::1:6379/0"),
     ],
 )
 def test_passwords_never_reach_logs(url: str, shown: str) -> None:
@@ -100,3 +107,11 @@ def test_sentinel_passwords_never_reach_logs() -> None:
     url = "sentinel://:s3cret@h1:26379/0;sentinel://:s3cret@h2:26379/0?master_name=m&sentinel_password=t0p"
     assert redact(url) == "sentinel://:***@h1:26379/0;sentinel://:***@h2:26379/0?master_name=m&sentinel_password=***"
     assert redact("sentinel://h1;sentinel://h2?master_name=m") == "sentinel://h1;sentinel://h2?master_name=m"
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@h:notaport/0", "sentinel://:s3cret@[::1?master_name=m"])
+def test_a_malformed_url_is_one_line_without_its_password(url: str) -> None:
+    """Not a traceback from inside the error message's own redaction."""
+    with pytest.raises(RuntimeError, match=r"^Redis broker .* is not usable: ValueError: ") as caught:
+        check_reachable(url, "broker")
+    assert "s3cret" not in str(caught.value)

@@ -4,6 +4,7 @@ states, then how the view resolves requests and reports workers that stop servin
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field, replace
 
@@ -18,6 +19,7 @@ from inference.errors import (
     VERSION_RETIRED,
     NotFound,
     Unavailable,
+    load_failed,
 )
 from inference.signature import ModelSignature, TensorSpec
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
@@ -38,11 +40,16 @@ def status(state: str, width: int = 4, error: str = "") -> VersionReport:
 
 
 def model(
-    versions: dict[int, VersionReport], *, error: str = "", active: bool = True, max_queue_size: int = 100
+    versions: dict[int, VersionReport],
+    *,
+    error: str = "",
+    active: bool = True,
+    max_queue_size: int = 100,
+    empty: str = "",
 ) -> ModelReport:
     """A model's entry in a worker's snapshot (ModelManager.snapshot)."""
     numbered = {v: replace(report, status=replace(report.status, version=v)) for v, report in versions.items()}
-    return ModelReport(numbered, error, active, max_queue_size)
+    return ModelReport(numbered, error, active, max_queue_size, empty)
 
 
 @dataclass
@@ -189,15 +196,23 @@ RESOLVE = {
     "ended": ({1: "END", 2: "AVAILABLE"}, 1, NotFound(VERSION_RETIRED)),
     "every version ended": ({1: "END"}, None, Unavailable(NO_LIVE_WORKER)),
     "no such version": ({1: "AVAILABLE"}, 7, NotFound(VERSION_NOT_FOUND)),
+    "a version that failed to load, named": ({1: "FAILED", 2: "AVAILABLE"}, 1, NotFound(load_failed(1, "bad xml"))),
+    "only failed versions: the highest one's": ({1: "FAILED", 2: "FAILED"}, None, NotFound(load_failed(2, "bad xml"))),
+    "one still loading beside a failed one": ({1: "LOADING", 2: "FAILED"}, None, NotFound(VERSION_NOT_LOADED)),
 }
+
+
+def reported(state: str) -> VersionReport:
+    """FAILED: a version that ended because it did not load ("bad xml")."""
+    return status("END", error="bad xml") if state == "FAILED" else status(state)
 
 
 @pytest.mark.parametrize("states, asked, expected", RESOLVE.values(), ids=RESOLVE.keys())
 def test_resolve(registry: RegistryView, store: redis.Redis, states: dict, asked: int | None, expected) -> None:
-    publish(store, Worker("a", {"m": model({v: status(state) for v, state in states.items()})}))
+    publish(store, Worker("a", {"m": model({v: reported(state) for v, state in states.items()})}))
     registry.refresh()
     if isinstance(expected, Exception):
-        with pytest.raises(type(expected), match=expected.message):
+        with pytest.raises(type(expected), match=re.escape(expected.message)):
             registry.resolve("m", asked)
     else:
         assert registry.resolve("m", asked).version == expected
@@ -212,6 +227,18 @@ def test_an_unknown_model_is_not_found_and_an_unreadable_one_unavailable(
         registry.resolve("other", None)
     with pytest.raises(Unavailable, match="cannot list gs://bucket/m"):
         registry.resolve("m", None)
+
+
+def test_a_model_whose_repository_offers_no_version_is_not_found_with_the_reason(
+    registry: RegistryView, store: redis.Redis
+) -> None:
+    publish(store, Worker("a", {"m": model({}, empty="/models/m: holds no version directories")}))
+    registry.refresh()
+    said = f"{VERSION_NOT_FOUND}: /models/m: holds no version directories"
+    for look_up in (lambda: registry.versions("m"), lambda: registry.resolve("m", None)):
+        with pytest.raises(NotFound) as raised:
+            look_up()
+        assert raised.value.message == said
 
 
 def test_which_workers_and_models_are_reported(registry: RegistryView, store: redis.Redis) -> None:

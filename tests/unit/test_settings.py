@@ -519,12 +519,32 @@ def test_valid_version_policies(policy: dict[str, Any], expected: dict[str, Any]
 
 
 def test_unreadable_or_invalid_json_config_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read config file"):
-        load_config_file(str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match=f"cannot read config file {tmp_path}/missing.json"):
+        load_config_file(os.path.relpath(tmp_path / "missing.json"))
     broken = tmp_path / "broken.json"
     broken.write_text('{"model_config_list": [')
     with pytest.raises(ConfigError, match="is not valid JSON"):
         load_config_file(str(broken))
+
+
+def test_relative_base_paths_resolve_against_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As OVMS: the same config.json means the same models from any working directory; absolute and remote
+    base_paths are left as they are."""
+    paths = {"a": "digits", "b": "./nested/resnet", "c": "/srv/models/c", "d": "s3://bucket/d", "e": "gs://bucket/e"}
+    config = write_config(tmp_path, config_list(*({"name": n, "base_path": p} for n, p in paths.items())))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    resolved = {model.name: model.base_path for model in load_config_file(os.path.relpath(config))}
+    assert resolved == {
+        "a": str(tmp_path / "digits"),
+        "b": str(tmp_path / "nested" / "resnet"),
+        "c": "/srv/models/c",
+        "d": "s3://bucket/d",
+        "e": "gs://bucket/e",
+    }
 
 
 def test_config_errors_become_usage_errors(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from inference.model_config import ConfigError
 from inference.storage import (
+    NO_VERSIONS,
     GcsStorage,
     LocalStorage,
     ModelStorage,
@@ -65,6 +66,46 @@ def test_warns_once_per_ignored_name(repo: Path, caplog: pytest.LogCaptureFixtur
 def test_missing_base_path_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="base path not found"):
         LocalStorage(str(tmp_path / "nowhere")).list_versions()
+
+
+def test_messages_name_the_full_path_of_a_relative_base_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    storage = LocalStorage("models/nowhere")
+    assert storage.base_path == str(tmp_path / "models" / "nowhere")
+    with pytest.raises(ConfigError, match=f"^{tmp_path}/models/nowhere: base path not found"):
+        storage.list_versions()
+
+
+def test_an_empty_base_path_says_it_holds_no_version_directories(tmp_path: Path) -> None:
+    storage = LocalStorage(str(tmp_path))
+    assert storage.list_versions() == []
+    assert storage.no_versions_reason() == f"{tmp_path}: {NO_VERSIONS}"
+
+
+def test_a_version_directory_given_as_base_path_suggests_its_parent(
+    repo: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line that names the parent to pass, instead of a warning per model file."""
+    storage = LocalStorage(str(repo / "2"))
+    with caplog.at_level(logging.WARNING, logger="serving"):
+        assert storage.list_versions() == []
+    assert caplog.records == []
+    assert storage.no_versions_reason() == (
+        f"{repo / '2'}: this looks like version directory 2 of a model; pass its parent {repo}"
+    )
+
+
+@pytest.mark.parametrize(
+    "name, files",
+    [("models", ["model.xml", "model.bin"]), ("3", ["model.xml"]), ("3", ["notes.txt"])],
+    ids=["not a version name", "an incomplete model", "no model"],
+)
+def test_other_paths_without_versions_get_no_parent_suggested(tmp_path: Path, name: str, files: list[str]) -> None:
+    base = tmp_path / name
+    base.mkdir()
+    for file in files:
+        (base / file).write_text("")
+    assert LocalStorage(str(base)).no_versions_reason() == f"{base}: {NO_VERSIONS}"
 
 
 def test_fingerprint_changes_when_a_file_grows(repo: Path) -> None:
