@@ -24,8 +24,10 @@ DOCKER_BASE_IMAGE ?= ovms-base:bookworm
 .PHONY: run test venv models tfs-client triton-client mlserver lint protos test_perf test_throughput bench bench-peer soak \
 	clean docker_build docker_build_offline docker_base wheelhouse test-prerequisites test_functional
 
-# `make run FLOWER=1` also starts Celery Flower on :5555 (basic auth from FLOWER_USER / FLOWER_PASSWORD).
-RUN_FLAGS := $(if $(FLOWER),--flower_port 5555)
+# `make run FLOWER=1` also starts Celery Flower on :$(FLOWER_PORT) (basic auth from FLOWER_USER / FLOWER_PASSWORD);
+# `make run FLOWER=1 FLOWER_PORT=5601` when 5555 is taken.
+FLOWER_PORT ?= 5555
+RUN_FLAGS := $(if $(FLOWER),--flower_port $(FLOWER_PORT))
 
 run: venv models
 	$(BIN)/ovms --config_path $(MODELS)/config.json --port $(GRPC_PORT) --rest_port $(REST_PORT) $(RUN_FLAGS)

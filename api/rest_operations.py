@@ -36,6 +36,10 @@ def operations_blueprint(dataplane: DataPlane, metrics: ServingMetrics) -> Bluep
     def config() -> Response:
         return json_response(_config_json(dataplane))
 
+    @routes.get("/v1/status")
+    def status() -> Response:
+        return json_response(dataplane.statistics.cluster_status())
+
     @routes.post("/v1/config/reload")
     def reload_config() -> Response:
         changed = dataplane.models.reload_config()

@@ -53,7 +53,7 @@ class ApiServer:
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
         recovery = WorkerLossRecovery(self._dispatcher, jobs)
         self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone, on_refreshed=recovery.refreshed)
-        self._dataplane = _data_plane(settings, store, self._registry, self._dispatcher, jobs, self._link)
+        self._dataplane = _data_plane(settings, store, broker, self._registry, self._dispatcher, jobs, self._link)
         self._metrics = ServingMetrics(self._registry, broker, store, self._link)
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
@@ -167,6 +167,7 @@ def _security_notes(settings: ApiSettings) -> list[str]:
 def _data_plane(
     settings: ApiSettings,
     store: redis.Redis,
+    broker: redis.Redis,
     registry: RegistryView,
     dispatcher: Dispatcher,
     jobs: JobStore,
@@ -180,7 +181,7 @@ def _data_plane(
         models=models,
         jobs=JobService(registry, jobs, admission, link),
         readiness=Readiness(models, registry, admission, link),
-        statistics=StatisticsService(registry, store, link),
+        statistics=StatisticsService(registry, store, link, broker),
         admission=admission,
         link=link,
     )

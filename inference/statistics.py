@@ -10,6 +10,7 @@ times by batch size.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass, field, fields
@@ -93,6 +94,29 @@ class VersionCounts:
         return batch
 
 
+LATENCY_BUCKETS_PER_OCTAVE = 4
+
+
+def latency_bucket(ns: int) -> int:
+    """The histogram bucket of a request's duration, for its one-minute median (`ovms status`): quarter
+    octaves from 1 µs, so that a bucket's middle is within 10 % of any duration in it."""
+    return max(0, math.floor(math.log2(max(ns, 1000) / 1000) * LATENCY_BUCKETS_PER_OCTAVE))
+
+
+def bucket_middle_ms(bucket: int) -> float:
+    """The geometric middle of a latency bucket, in milliseconds."""
+    return 2 ** ((bucket + 0.5) / LATENCY_BUCKETS_PER_OCTAVE) / 1000
+
+
+@dataclass
+class RecentCounts:
+    """One version's requests since they were last taken, for the figures of the last minute: the failed
+    ones, and the successful ones by latency bucket (at most a few hundred buckets, whatever the traffic)."""
+
+    fail: int = 0
+    latency: dict[int, int] = field(default_factory=dict)
+
+
 SCALAR_FIELDS = tuple(f.name for f in fields(VersionCounts) if f.name != "batches")
 BATCH_FIELDS = tuple(f.name for f in fields(BatchCounts))
 
@@ -106,6 +130,7 @@ class InferenceStatistics:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[VersionKey, VersionCounts] = {}
+        self._recent: dict[VersionKey, RecentCounts] = {}
 
     def executed(self, model: str, version: int, execution: Execution) -> None:
         """One successful OpenVINO inference of a batch."""
@@ -137,6 +162,9 @@ class InferenceStatistics:
             counts.compute_input_ns += execution.compute_input_ns
             counts.compute_infer_ns += execution.compute_infer_ns
             counts.compute_output_ns += execution.compute_output_ns
+            latency = self._recent.setdefault((model, version), RecentCounts()).latency
+            bucket = latency_bucket(request_ns)
+            latency[bucket] = latency.get(bucket, 0) + 1
 
     def failed(self, model: str, version: int, request_ns: int, job: bool = False) -> None:
         """One request failed, `request_ns` after it was queued; `job`: an async job's chunk."""
@@ -145,11 +173,19 @@ class InferenceStatistics:
             counts.job_fail_count += int(job)
             counts.fail_count += 1
             counts.fail_ns += request_ns
+            self._recent.setdefault((model, version), RecentCounts()).fail += 1
 
     def take(self) -> dict[VersionKey, VersionCounts]:
         """The counts since the last take, per model version; counting starts again from zero."""
         with self._lock:
             taken, self._counts = self._counts, {}
+            return taken
+
+    def take_recent(self) -> dict[VersionKey, RecentCounts]:
+        """The requests since the last take, per model version, for the last minute's figures (not given
+        back when they cannot be published: late, they would count in the wrong seconds)."""
+        with self._lock:
+            taken, self._recent = self._recent, {}
             return taken
 
     def give_back(self, taken: dict[VersionKey, VersionCounts]) -> None:

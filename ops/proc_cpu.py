@@ -48,24 +48,26 @@ def descendants(pid: int) -> list[int]:
 
 
 def command_line(pid: int) -> list[str]:
-    """argv of a process; a process that rewrote its title (redis-server) shows it as one space-separated string."""
+    """argv of a process; a process that rewrote its title (redis-server, the children of an all-in-one `ovms`
+    named by ovms.titled) shows it as one space-separated string, maybe followed by leftovers."""
     try:
         raw = (PROC / str(pid) / "cmdline").read_bytes()
     except OSError:
         return []
     args = [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
-    return args[0].split() + args[1:] if len(args) == 1 else args
+    return args[0].split() + args[1:] if len(args) == 1 or " " in args[0] else args
 
 
 def ovms_role(args: list[str]) -> str | None:
-    """The part of an ovms stack a process plays, by its command line: "Redis" for the embedded redis-server,
-    "worker" for `ovms worker` / `python -m ovms worker`, "api" for `ovms api`, None for anything else."""
+    """The part of an ovms stack a process plays, by its command line: "Redis" for the embedded redis-server
+    (titled `ovms redis …`), "worker" for `ovms worker` / `python -m ovms worker`, "api" for `ovms api`, None
+    for anything else."""
     if args and Path(args[0]).name.startswith("redis-server"):
         return "Redis"
     for index, arg in enumerate(args):
         if arg == "ovms" or Path(arg).name == "ovms":
             role = args[index + 1] if index + 1 < len(args) else ""
-            return role if role in ("worker", "api") else None
+            return {"worker": "worker", "api": "api", "redis": "Redis"}.get(role)
     return None
 
 

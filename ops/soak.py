@@ -54,9 +54,11 @@ class Snapshot:
 
 
 def process_label(process: psutil.Process) -> str:
-    command = process.cmdline()
-    if "redis-server" in command[0]:
+    command = " ".join(process.cmdline()).split()  # a child titled `ovms worker CPU` (ovms.titled) fills argv[0]
+    if "redis-server" in command[0] or command[:2] == ["ovms", "redis"]:
         return "redis-server"
+    if command[:2] == ["ovms", "worker"]:
+        return f"worker ({command[2]})"
     if "worker" in command:
         return f"worker (--device {command[command.index('--device') + 1]})" if "--device" in command else "worker"
     if "flower" in command:

@@ -14,7 +14,7 @@ import time
 from api.server import ApiServer
 from api.settings import host_port
 from ovms.api_processes import ApiProcesses, redis_environment
-from ovms.settings import ServerSettings
+from ovms.settings import ServerSettings, child_arguments
 from ovms.stop_signal import StopSignals
 from tasks.broker import EmbeddedRedis
 from tasks.connections import redis_client
@@ -93,8 +93,10 @@ class Supervisor:
 
     def _spawn_worker(self, device: str, broker_url: str) -> subprocess.Popen:
         """The broker URL (maybe the embedded Redis's) and the result backend's go by environment, keeping
-        a Redis password off the worker's command line; the worker then looks where the api looks."""
-        command = [sys.executable, "-m", "ovms", "worker", *self._argv, "--device", device]
+        a Redis password off the worker's command line; the worker then looks where the api looks. It is
+        given only the worker's flags (no ports: it listens on none), and named `ovms worker <device>`."""
+        flags = child_arguments(self._argv, "worker", device=device, task_events=self._settings.task_events)
+        command = [sys.executable, "-m", "ovms.titled", f"ovms worker {device}", "ovms", "worker", *flags]
         log.info("Starting the %s worker", device)
         env = redis_environment(self._settings, broker_url)
         return subprocess.Popen(dying_with_parent(command), env=env, start_new_session=True)
@@ -183,6 +185,8 @@ class Supervisor:
         command = [
             sys.executable,
             "-m",
+            "ovms.titled",
+            f"ovms flower {host_port(address, port)}",
             "celery",
             "--app",
             "tasks.app",

@@ -24,7 +24,7 @@ from api.server import log_listening
 from ovms.api_group import READY_FD_ENV
 from ovms.metrics_directory import MetricsDirectory
 from ovms.port_reservation import PortReservation
-from ovms.settings import ServerSettings
+from ovms.settings import ServerSettings, child_arguments
 from tasks.lifetime import dying_with_parent, stop_all
 
 log = logging.getLogger("serving")
@@ -35,9 +35,9 @@ STOP_MARGIN_S = 10.0  # beyond --request_timeout_s, for a draining api process t
 
 class ApiProcesses:
     def __init__(self, settings: ServerSettings, argv: list[str], broker_url: str) -> None:
-        """`argv`: the command line's flags (no role), which each api process is started with."""
+        """`argv`: the command line's flags (no role); each api process is started with the api's."""
         self._settings = settings
-        self._argv = argv
+        self._argv = child_arguments(argv, "api", grpc_workers=None)  # in a group, each process serves
         self._env = redis_environment(settings, broker_url)
         self._ports: PortReservation | None = None
         self._metrics_dir: MetricsDirectory | None = None
@@ -85,8 +85,13 @@ class ApiProcesses:
             self._ports.release()
 
     def _spawn(self, slot: int) -> subprocess.Popen:
-        """The process of `slot` (its index): a replacement takes over its predecessor's metrics files."""
-        command = [sys.executable, "-m", "ovms", "api", *self._argv]
+        """The process of `slot` (its index): a replacement takes over its predecessor's metrics files. It is
+        named `ovms api <slot>/<count> grpc:<port> rest:<port>` (ovms.titled)."""
+        ports = f"grpc:{self._settings.port}" + (
+            f" rest:{self._settings.rest_port}" if self._settings.rest_port else ""
+        )
+        title = f"ovms api {slot + 1}/{self._settings.grpc_workers} {ports}"
+        command = [sys.executable, "-m", "ovms.titled", title, "ovms", "api", *self._argv]
         env = {**self._env, SLOT_ENV: str(slot)}
         return subprocess.Popen(
             dying_with_parent(command), env=env, pass_fds=(self._ready_write,), start_new_session=True

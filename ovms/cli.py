@@ -1,5 +1,5 @@
-"""The `ovms` command: everything in one command, or only the `api` or a `worker` role, or a job client
-command (`submit`, `jobs`, `result`, `cancel`)."""
+"""The `ovms` command: everything in one command, or only the `api` or a `worker` role, a job client
+command (`submit`, `jobs`, `result`, `cancel`), or `status`, what a running cluster is doing."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 
 from inference.logs import setup_logging
 from ovms.api_group import in_group
-from ovms.settings import ServerSettings, UsageError, parse_command_line
+from ovms.settings import ROLES, USAGE, ServerSettings, UsageError, parse_command_line
 from tasks.connections import check_reachable
 
 log = logging.getLogger("serving")
 
 USAGE_EXIT_CODE = 64
-CLIENT_COMMANDS = ("submit", "jobs", "result", "cancel")
+CLIENT_COMMANDS = ("submit", "jobs", "result", "cancel", "status")  # ovms.client
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         if settings.role != "all" and not settings.broker_url:
             raise UsageError(f"the {settings.role} role needs --broker_url or OVMS_BROKER_URL")
     except UsageError as exc:
+        if len(argv) <= 1 and (not argv or argv[0] in ROLES):  # nothing given, but maybe a role: how to use it
+            role = argv[0] if argv and argv[0] != "all" else ""
+            usage = f"ovms {role} [flags]" if role else USAGE
+            print(f"usage: {usage}\n(ovms {role + ' ' if role else ''}--help lists the flags)", file=sys.stderr)
         print(exc, file=sys.stderr)
         return USAGE_EXIT_CODE
     setup_logging(settings.log_level, settings.log_path)

@@ -1,4 +1,5 @@
-"""`ovms submit | jobs | result | cancel`: the command-line client for asynchronous jobs over the REST API.
+"""`ovms submit | jobs | result | cancel`: the command-line client for asynchronous jobs over the REST API,
+and the home of `ovms status` (ovms.status) too, which shares its options and its one-line errors.
 
 Against a server with `--auth_token_file`, the token comes from $OVMS_TOKEN (never a flag, so that it
 stays off `ps`); for https, --cacert (or $OVMS_CACERT) names a private CA, and --cert/--key (or
@@ -21,11 +22,14 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from ovms.client_http import ClientError, checked_url, no_answer, session
+from ovms.client_http import ClientError, checked_url, failure, no_answer, session
+from ovms.status import add_command as add_status_command
+from ovms.text_table import table
 from tasks.job_states import FINAL, JobState
 from tasks.settings import JobSettings
 
 WAIT_TIMEOUT_S = JobSettings.job_timeout_s + 100.0  # a job fails on the server after --job_timeout_s
+DEFAULT_URL = "http://localhost:8000"
 POLL_INTERVAL_S = 0.2
 POLL_TIMEOUT_S = 30.0  # one status request; an api that takes longer is asked again
 USAGE_EXIT_CODE = 64  # as the server's command line (ovms.cli)
@@ -37,7 +41,8 @@ def main(argv: list[str]) -> int:
     command = f"ovms {argv[0]}"
     try:
         args = _parser().parse_args(argv)
-        args.url = checked_url(args.url)
+        args.url_given = args.url is not None or "OVMS_URL" in os.environ
+        args.url = checked_url(args.url or os.environ.get("OVMS_URL", DEFAULT_URL))
         args.http = session(args.cert, args.key, args.cacert)
         code = args.run(args)
         sys.stdout.flush()  # here, so that a closed pipe is seen while it can still be handled
@@ -75,9 +80,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     environment = os.environ.get
-    common.add_argument(
-        "--url", default=environment("OVMS_URL", "http://localhost:8000"), help="REST base URL (env OVMS_URL)"
-    )
+    common.add_argument("--url", help=f"REST base URL (env OVMS_URL; default: {DEFAULT_URL})")
     common.add_argument(
         "--cacert", default=environment("OVMS_CACERT"), help="CA file of an https server (env OVMS_CACERT)"
     )
@@ -113,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", parents=[common], help="drop a job's chunks not run yet (REVOKED)")
     cancel.add_argument("job_id")
     cancel.set_defaults(run=_cancel)
+    add_status_command(commands, common)
     return parser
 
 
@@ -197,10 +201,7 @@ def _jobs(args: argparse.Namespace) -> int:
         )
         for job in reply.json()["jobs"]
     ]
-    header = ("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL")
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header) - 1)]
-    for row in [header, *rows]:
-        print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]))
+    print("\n".join(table(("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL"), rows)))
     return 0
 
 
@@ -242,22 +243,6 @@ def _check_writable(output: str | None) -> None:
         raise ClientError(f"cannot write --output {output}: {directory} is no directory this user can write to")
 
 
-_HINTS = {
-    401: "set $OVMS_TOKEN to a token of the server's --auth_token_file",
-    404: "`ovms jobs` lists the ids of your jobs",
-}
-
-
 def _failed(command: str, reply: requests.Response) -> int:
-    """The api's error in one line (its JSON "error", else the start of its body), with what to do for the
-    answers that have one obvious remedy."""
-    try:
-        message = reply.json().get("error", reply.text)
-    except ValueError:
-        message = reply.text[:200]
-    message = " ".join(str(message).split())
-    hint = _HINTS.get(reply.status_code)
-    if hint and not (reply.status_code == 404 and "/v1/jobs/" not in reply.url):
-        message += f" ({hint})"
-    print(f"ovms {command}: {reply.status_code} {message}", file=sys.stderr)
+    print(f"ovms {command}: {failure(reply)}", file=sys.stderr)
     return 1

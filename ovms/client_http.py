@@ -70,3 +70,23 @@ def no_answer(url: str, exc: requests.RequestException, client_certificate: bool
 
 
 _CLOSED_AFTER_HANDSHAKE = ("CERTIFICATE_REQUIRED", "UNKNOWN_CA", "BAD_CERTIFICATE", "RemoteDisconnected", "EOF")
+
+
+_HINTS = {
+    401: "set $OVMS_TOKEN to a token of the server's --auth_token_file",
+    404: "`ovms jobs` lists the ids of your jobs",
+}
+
+
+def failure(reply: requests.Response) -> str:
+    """The api's error in one line (its status, its JSON "error", else the start of its body), with what to
+    do for the answers that have one obvious remedy."""
+    try:
+        message = reply.json().get("error", reply.text)
+    except ValueError:
+        message = reply.text[:200]
+    message = " ".join(str(message).split())
+    hint = _HINTS.get(reply.status_code)
+    if hint and not (reply.status_code == 404 and "/v1/jobs/" not in reply.url):
+        message += f" ({hint})"
+    return f"{reply.status_code} {message}"

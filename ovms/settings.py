@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from api.settings import ApiSettings
@@ -23,7 +24,7 @@ from inference.model_config import (
     model_from_dict,
 )
 from inference.options import Declared, declared_options, option, port_number
-from tasks.settings import WorkerSettings
+from tasks.settings import LogSettings, WorkerSettings
 
 log = logging.getLogger("serving")
 
@@ -46,6 +47,20 @@ class ServerSettings(ApiSettings, WorkerSettings):
 
 SERVER_OPTIONS = tuple(declared_options(ServerSettings))
 MODEL_OPTIONS = tuple(declared_options(ModelConfig))
+# The settings each role reads (and the model flags, which every role reads): its --help shows their flags
+# only, and a supervisor passes a child only those. A role accepts the others too, as it always has.
+ROLE_SETTINGS: dict[str, tuple[type, ...]] = {
+    "all": (ServerSettings,),
+    "api": (ApiSettings, LogSettings),
+    "worker": (WorkerSettings,),
+}
+USAGE = "ovms [api|worker] [flags]\n       ovms submit|jobs|result|cancel|status … (ovms <command> --help)"
+_DESCRIPTIONS = {
+    "all": "OpenVINO Model Server on Celery/Redis. With no role: an embedded Redis (unless --broker_url), "
+    "one worker per device and the api, supervised. 'ovms api --help', 'ovms worker --help': the flags of a role.",
+    "api": "The frontends only (gRPC + REST; --grpc_workers N: N api processes), on the Redis of --broker_url.",
+    "worker": "One Celery worker serving the models configured for one device, on the Redis of --broker_url.",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,21 +68,53 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="ovms",
-        description="OpenVINO Model Server on Celery/Redis. Roles: none (everything), 'api', 'worker'.",
-        allow_abbrev=False,
-    )
+def build_parser(role: str = "all") -> argparse.ArgumentParser:
+    """The parser of `role`: every flag is accepted, its --help lists the role's own (role_flags)."""
+    shown = role_flags(role)
+    usage = USAGE if role == "all" else f"ovms {role} [flags]"
+    parser = _Parser(prog="ovms", usage=usage, description=_DESCRIPTIONS[role], allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"ovms {package_version()}")
     groups = [(owner, SERVER_OPTIONS) for owner in ServerSettings.__mro__] + [(ModelConfig, MODEL_OPTIONS)]
     for owner, options in groups:
         own = [declared for declared in options if declared.field in vars(owner).get("__annotations__", {})]
-        if own:
-            group = parser.add_argument_group(f"declared in {owner.__module__}.{owner.__name__}")
-            for declared in own:
-                name, details = _argument(declared)
-                group.add_argument(name, **details)
+        group = parser.add_argument_group(f"declared in {owner.__module__}.{owner.__name__}")
+        for declared in own:
+            name, details = _argument(declared)
+            if declared.flag not in shown:
+                details["help"] = argparse.SUPPRESS
+            group.add_argument(name, **details)
     return parser
+
+
+def role_flags(role: str) -> set[str]:
+    """The flags `role` reads."""
+    options = [option for settings in ROLE_SETTINGS[role] for option in declared_options(settings)]
+    return {declared.flag for declared in [*options, *MODEL_OPTIONS]}
+
+
+def package_version() -> str:
+    """The installed package's version (its metadata, from pyproject.toml)."""
+    try:
+        return version("ovms-celery")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def child_arguments(argv: list[str], role: str, **overrides: Any) -> list[str]:
+    """The flags of `argv` (a command line without its role) that `role` reads, for a child process of that
+    role, with `overrides` by field name (None: leave the flag out; True: a switch given). Values given by
+    environment variable are not repeated: the child inherits the environment."""
+    args = vars(build_parser().parse_args(argv[1:] if argv[:1] == ["all"] else argv))
+    wanted = role_flags(role)
+    flags = {declared.field: declared.flag for declared in [*SERVER_OPTIONS, *MODEL_OPTIONS]}
+    for field, value in overrides.items():
+        args[flags[field]] = value
+    words = []
+    for flag, value in args.items():
+        if flag not in wanted or value is None or value is False:
+            continue
+        words.append(f"--{flag}" if value is True else f"--{flag}={value}")
+    return words
 
 
 def _argument(declared: Declared) -> tuple[str, dict[str, Any]]:
@@ -89,7 +136,7 @@ def parse_command_line(argv: list[str]) -> ServerSettings:
     role = "all"
     if argv and argv[0] in ROLES:
         role, argv = argv[0], argv[1:]
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser(role).parse_args(argv))
     try:
         given = _given(args, SERVER_OPTIONS)
         _check_across(given)

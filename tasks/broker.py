@@ -77,6 +77,8 @@ class EmbeddedRedis:
             "warning",
             "--maxclients",
             "10000",
+            "--proc-title-template",  # `ps` tells it from other Redis servers (Redis 6.2 and later)
+            "ovms redis {listen-addr}",
         ]
         if self.password:
             command += ["--requirepass", self.password]

@@ -10,6 +10,7 @@ pipeline carries the worker's inference statistics to their cluster-wide totals 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -38,14 +39,18 @@ class Heartbeat:
         device: str,
         snapshot: Callable[[], dict[str, ModelReport]],
         statistics: InferenceStatistics | None = None,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
-        """`statistics`: the worker's counts, flushed with each publication."""
+        """`statistics`: the worker's counts, flushed with each publication; `in_flight`: how many predict
+        messages it runs now."""
         self._client = client
         self._statistics = statistics or InferenceStatistics()
         self._key = worker_key(worker_id)
         self._worker_id = worker_id
         self._device = device
         self._snapshot = snapshot
+        self._in_flight = in_flight or (lambda: 0)
+        self._host = socket.gethostname()
         self.loaded = False  # set once the models present at start were loaded (or failed)
         self.draining = False  # set on shutdown: finishing what it took, taking nothing new
         self._lock = threading.Lock()
@@ -70,7 +75,16 @@ class Heartbeat:
         """Write this worker's snapshot now (also called at once when a model's state changes)."""
         reports = self._snapshot()
         models = {name: ModelSnapshot(queue_for(self._device, name), report) for name, report in reports.items()}
-        snapshot = WorkerSnapshot(self._worker_id, self._device, models, self.loaded, self.draining, time.time())
+        snapshot = WorkerSnapshot(
+            self._worker_id,
+            self._device,
+            models,
+            self.loaded,
+            self.draining,
+            time.time(),
+            self._host,
+            self._in_flight(),
+        )
         served = [
             (name, version)
             for name, report in reports.items()

@@ -288,6 +288,8 @@ class WorkerSnapshot(Message):
     loaded: bool = False  # the models present at its start were loaded (or failed)
     draining: bool = False  # shutting down: finishing what it took, taking nothing new
     time: float = 0.0
+    host: str = ""  # for `ovms status` (older workers send none)
+    in_flight: int = 0  # predict messages it is running now
 
 
 @dataclass(frozen=True, slots=True)

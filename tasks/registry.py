@@ -101,6 +101,7 @@ class RegistryView:
         self._on_workers_gone = on_workers_gone
         self._on_refreshed = on_refreshed
         self._present: set[str] = set()
+        self._snapshots: list[WorkerSnapshot] = []
         # The catalog as last read: a Redis that restarted empty must not turn known models into
         # unknown ones (NOT_FOUND) until their workers register again; they are UNAVAILABLE meanwhile.
         self._catalog: dict[str, CatalogEntry] = {}
@@ -147,6 +148,7 @@ class RegistryView:
             lost = self._present - {snapshot.worker_id for snapshot in present}
             stopped = set(self._workers) - {snapshot.worker_id for snapshot in serving}
             self._present = {snapshot.worker_id for snapshot in present}
+            self._snapshots = present
             self._catalog = catalog
             self._models = models
             self._errors = {name: model.report.error for name, model in served if model.report.error}
@@ -187,6 +189,16 @@ class RegistryView:
         lifetime (plus a refresh interval), so a view that stopped refreshing never vouches for workers
         that may be gone."""
         return time.monotonic() - self._last_refresh <= HEARTBEAT_TTL_S + self._interval
+
+    def snapshots(self) -> list[WorkerSnapshot]:
+        """Every live worker's snapshot as last read, draining ones included (for `ovms status`)."""
+        with self._lock:
+            return list(self._snapshots)
+
+    def all_models(self) -> dict[str, dict[int, MergedVersion]]:
+        """Every model's versions as the serving workers report them together, and the catalog's."""
+        with self._lock:
+            return dict(self._models)
 
     def live_workers(self) -> list[str]:
         with self._lock:

@@ -55,6 +55,10 @@ class PredictActivity:
                 self._serving -= 1
                 self._cond.notify_all()
 
+    @property
+    def count(self) -> int:
+        return self._serving
+
     def wait_until_idle(self, timeout_s: float) -> bool:
         """True once no predict is being served; False if there still is one after `timeout_s`."""
         with self._cond:
@@ -69,15 +73,17 @@ class WorkerRuntime:
         worker_id: str,
         max_inflight_bytes: int,
         statistics: InferenceStatistics,
+        predicts: PredictActivity | None = None,
     ) -> None:
-        """`statistics`: where each request is counted (inference.statistics)."""
+        """`statistics`: where each request is counted (inference.statistics); `predicts`: the count of
+        predicts being served (the heartbeat publishes it)."""
         self._manager = manager
         self._statistics = statistics
         self._store = store
         self.worker_id = worker_id
         self.budget = ByteBudget(max_inflight_bytes, f"worker {worker_id} (--worker_max_inflight_mb)")
         self._trim = TrimSoon()
-        self.predicts = PredictActivity()
+        self.predicts = predicts or PredictActivity()
 
     def serve(self, task_id: str, envelope: PredictEnvelope, claims_owner: str = "") -> PredictReply:
         """Run every request of one message; each gets its own outputs or its own error.

@@ -67,8 +67,8 @@ class JobSettings:
 
 @dataclass(frozen=True)
 class BudgetSettings:
-    """Request sizes: the largest one an api accepts, and the tensor bytes a worker holds at once (by
-    default two of the largest, hence both here).
+    """Request sizes: the largest one an api accepts, read by the workers too: the bytes an api or a worker
+    holds at once are by default two of the largest.
 
     256 MiB holds a batch of ~400 224x224 float images as tensor_content or ~80 as JSON numbers, far
     beyond any single inference here, yet a few such requests in flight fit in memory (a JSON body
@@ -80,21 +80,10 @@ class BudgetSettings:
         type=int,
         check=from_to(1, MAX_REQUEST_MB, " (gRPC messages are limited to 2 GiB)"),
     )
-    worker_max_inflight_mb: int | None = option(
-        None,
-        "worker role: tensor MiB a worker holds at once before RESOURCE_EXHAUSTED / 429",
-        type=int,
-        check=from_to(1, MAX_INFLIGHT_MB),
-        default_text="2 x --max_request_mb",
-    )
 
     @property
     def max_request_bytes(self) -> int:
         return self.max_request_mb << 20
-
-    @property
-    def worker_max_inflight_bytes(self) -> int:
-        return self.inflight_budget_mb(self.worker_max_inflight_mb) << 20
 
     def inflight_budget_mb(self, budget_mb: int | None) -> int:
         """A budget given, or the default one: INFLIGHT_REQUESTS_BY_DEFAULT requests of the largest size."""
@@ -113,3 +102,14 @@ class WorkerSettings(LogSettings, RedisSettings, JobSettings, BudgetSettings, Mo
     file_system_poll_wait_seconds: int = option(
         1, "model and config polling period; 0 disables", type=int, check=not_negative
     )
+    worker_max_inflight_mb: int | None = option(
+        None,
+        "worker role: tensor MiB a worker holds at once before RESOURCE_EXHAUSTED / 429",
+        type=int,
+        check=from_to(1, MAX_INFLIGHT_MB),
+        default_text="2 x --max_request_mb",
+    )
+
+    @property
+    def worker_max_inflight_bytes(self) -> int:
+        return self.inflight_budget_mb(self.worker_max_inflight_mb) << 20

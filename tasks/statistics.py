@@ -12,12 +12,19 @@ their own), one small Lua script per model version with counts: HINCRBY of each 
 the expiry of the versions the worker serves, so a loaded version keeps its totals while it is idle; a
 version no worker has served for STATISTICS_TTL_S is forgotten. Keys are only ever made for versions a
 worker ran, never from a name a client sent.
+
+The last minute (`ovms status`: requests per second and median latency): the same flush adds each
+version's requests of the second to a hash per RECENT_SLOT_S slot, `ovms:recent:<model>:<version>:<slot>`
+(fields `fail` and `b<bucket>`, the successful requests by latency bucket, inference.statistics), which
+expires soon after it leaves the window; read_recent merges the slots of the last minute.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import redis
 from redis.client import Pipeline
@@ -28,13 +35,18 @@ from inference.statistics import (
     SCALAR_FIELDS,
     BatchCounts,
     InferenceStatistics,
+    RecentCounts,
     VersionCounts,
     VersionKey,
+    bucket_middle_ms,
 )
 from tasks.routing import PREFIX
 
 STATISTICS_TTL_S = 86_400  # a version no worker served for a day loses its totals
 MAX_FIELDS = len(SCALAR_FIELDS) + len(BATCH_FIELDS) * MAX_BATCH_SIZES
+RECENT_SLOT_S = 10
+RECENT_WINDOW_S = 60
+RECENT_TTL_S = RECENT_WINDOW_S + 3 * RECENT_SLOT_S
 
 # KEYS[1]: the version's hash. ARGV: expiry (s), last_inference_ms, most fields, how many scalar fields,
 # then `field delta` for each of those (the ones that moved), then per batch size the size and a delta per
@@ -82,6 +94,7 @@ def flushing(pipe: Pipeline, statistics: InferenceStatistics, served: Iterable[V
     taken = statistics.take()
     for (model, version), counts in taken.items():
         _add(pipe, statistics_key(model, version), counts)
+    _add_recent(pipe, statistics.take_recent(), time.time())
     for model, version in served:
         pipe.expire(statistics_key(model, version), STATISTICS_TTL_S)  # no key is made for one with none
     try:
@@ -101,6 +114,81 @@ def _add(pipe: Pipeline, key: str, counts: VersionCounts) -> None:
     for size, batch in counts.batches.items():
         args += [size, *(getattr(batch, name) for name in BATCH_FIELDS)]
     pipe.eval(_ADD, 1, key, *args)
+
+
+def recent_key(model: str, version: int, slot: int) -> str:
+    return f"{PREFIX}:recent:{model}:{version}:{slot}"
+
+
+def _add_recent(pipe: Pipeline, recent: dict[VersionKey, RecentCounts], now: float) -> None:
+    slot = int(now // RECENT_SLOT_S)
+    for (model, version), counts in recent.items():
+        key = recent_key(model, version, slot)
+        fields = {f"b{bucket}": count for bucket, count in counts.latency.items()}
+        if counts.fail:
+            fields["fail"] = counts.fail
+        for name, count in fields.items():
+            pipe.hincrby(key, name, count)
+        pipe.expire(key, RECENT_TTL_S)
+
+
+@dataclass(frozen=True)
+class RecentWindow:
+    """A version's requests over the last `seconds` (up to RECENT_WINDOW_S), cluster-wide."""
+
+    succeeded: int
+    failed: int
+    seconds: float
+    p50_ms: float | None  # median latency of the successful ones (None without any), within 10 %
+
+    @property
+    def per_second(self) -> float:
+        return (self.succeeded + self.failed) / self.seconds
+
+
+def read_recent(client: redis.Redis, versions: list[VersionKey], now: float) -> list[RecentWindow]:
+    """Each version's last minute (the slots that began within RECENT_WINDOW_S of `now`), in one round trip."""
+    slots = _recent_slots(now)
+    with client.pipeline(transaction=False) as pipe:
+        for model, version in versions:
+            for slot in slots:
+                pipe.hgetall(recent_key(model, version, slot))
+        replies = pipe.execute(raise_on_error=False)
+    seconds = recent_seconds(now)
+    windows = []
+    for index in range(len(versions)):
+        latency: dict[int, int] = {}
+        failed = 0
+        for fields in replies[index * len(slots) : (index + 1) * len(slots)]:
+            for name, value in fields.items() if isinstance(fields, dict) else ():
+                name, count = name.decode(errors="replace"), _integer(value)
+                if name == "fail":
+                    failed += count
+                elif name[1:].isascii() and name[1:].isdigit() and name.startswith("b"):
+                    latency[int(name[1:])] = latency.get(int(name[1:]), 0) + count
+        windows.append(RecentWindow(sum(latency.values()), failed, seconds, _median_ms(latency)))
+    return windows
+
+
+def _recent_slots(now: float) -> range:
+    last = int(now // RECENT_SLOT_S)
+    return range(last - RECENT_WINDOW_S // RECENT_SLOT_S + 1, last + 1)
+
+
+def recent_seconds(now: float) -> float:
+    """How long the last minute's figures read at `now` span: from the start of its first slot, between
+    RECENT_WINDOW_S - RECENT_SLOT_S and RECENT_WINDOW_S."""
+    return now - _recent_slots(now)[0] * RECENT_SLOT_S
+
+
+def _median_ms(latency: dict[int, int]) -> float | None:
+    """The middle of the bucket holding the median request."""
+    total, seen = sum(latency.values()), 0
+    for bucket in sorted(latency):
+        seen += latency[bucket]
+        if 2 * seen >= total > 0:
+            return bucket_middle_ms(bucket)
+    return None
 
 
 def read_totals(client: redis.Redis, versions: list[VersionKey]) -> list[VersionCounts]:

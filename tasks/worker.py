@@ -22,6 +22,15 @@ log = logging.getLogger("serving")
 CODE_RUNNING_CONTENT = frozenset({"pickle", "application/x-python-serialize", "application/group-python-serialize"})
 
 
+class _Worker(app.Worker):  # type: ignore[name-defined]
+    """Celery's worker, leaving the process title alone: with setproctitle installed Celery would retitle
+    the process `[celeryd: …] -active- (…)`, hiding the name a supervisor gave it (ovms.titled) and the
+    command line the container healthcheck reads (ovms.healthcheck)."""
+
+    def set_process_status(self, info: str) -> None:
+        pass
+
+
 def run_worker(settings: WorkerSettings, broker_url: str) -> int:
     """Run a Celery worker for `settings.device` until it is told to stop; returns an exit code."""
     device = settings.device
@@ -33,7 +42,7 @@ def run_worker(settings: WorkerSettings, broker_url: str) -> int:
     app.steps["worker"].update(SERVING_STEPS)
     _without_root_warning()
     worker_id = worker_name(device, os.getpid())
-    worker = app.Worker(  # what `celery worker` builds from its command line, with our steps' option added
+    worker = _Worker(  # what `celery worker` builds from its command line, with our steps' option added
         hostname=f"{worker_id}@{socket.gethostname()}",
         pool_cls="threads",
         concurrency=settings.worker_concurrency,

@@ -33,7 +33,7 @@ from inference.statistics import InferenceStatistics
 from tasks.heartbeat import Heartbeat
 from tasks.job_feeder import JobFeeders
 from tasks.queue_consumers import QueueConsumers
-from tasks.runtime import WorkerRuntime
+from tasks.runtime import PredictActivity, WorkerRuntime
 from tasks.settings import WorkerSettings
 from tasks.watcher import RepositoryWatcher
 
@@ -66,6 +66,7 @@ class ModelManagement(_ServingStep):
     def create(self, w: WorkController) -> None:
         settings = self.serving.settings
         w.statistics = InferenceStatistics()
+        w.predicts = PredictActivity()  # counted by the runtime, published by the heartbeat
         w.models = ModelManager(settings.models_for(settings.device), statistics=w.statistics)
 
     def stop(self, w: WorkController) -> None:
@@ -84,7 +85,12 @@ class Heartbeating(_ServingStep):
     def create(self, w: WorkController) -> None:
         serving = self.serving
         w.heartbeat = Heartbeat(
-            serving.store, serving.worker_id, serving.settings.device, w.models.snapshot, w.statistics
+            serving.store,
+            serving.worker_id,
+            serving.settings.device,
+            w.models.snapshot,
+            w.statistics,
+            lambda: w.predicts.count,
         )
 
     def start(self, w: WorkController) -> None:
@@ -130,7 +136,7 @@ class PredictRuntime(_ServingStep):
     def create(self, w: WorkController) -> None:
         serving = self.serving
         budget = serving.settings.worker_max_inflight_bytes
-        w.runtime = WorkerRuntime(w.models, serving.store, serving.worker_id, budget, w.statistics)
+        w.runtime = WorkerRuntime(w.models, serving.store, serving.worker_id, budget, w.statistics, w.predicts)
 
     def start(self, w: WorkController) -> None:
         w.app.worker_runtime = w.runtime

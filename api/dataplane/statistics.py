@@ -1,6 +1,7 @@
 """Statistics: per model version, what every worker counted (tasks.statistics), as the document of Triton's
 statistics extension — `GET /v2/models[/{m}[/versions/{v}]]/stats` answers it as JSON, and its field names
-are those of Triton's ModelStatisticsResponse, so a gRPC frontend fills its answer with ParseDict."""
+are those of Triton's ModelStatisticsResponse, so a gRPC frontend fills its answer with ParseDict. Also the
+cluster's status at a glance (tasks.status), which `GET /v1/status` answers for `ovms status`."""
 
 from __future__ import annotations
 
@@ -14,14 +15,24 @@ from inference.statistics import VersionCounts, VersionKey
 from tasks.link import RedisLink
 from tasks.registry import MergedVersion, RegistryView
 from tasks.statistics import read_totals
+from tasks.status import read_status
 
 
 class StatisticsService:
-    def __init__(self, registry: RegistryView, store: redis.Redis, link: RedisLink) -> None:
-        """`store`: the result backend, where the workers keep the totals."""
+    def __init__(
+        self, registry: RegistryView, store: redis.Redis, link: RedisLink, broker: redis.Redis | None = None
+    ) -> None:
+        """`store`: the result backend, where the workers keep the totals; `broker`: where the model queues
+        are (the store if not given)."""
         self._registry = registry
         self._store = store
+        self._broker = broker or store
         self._link = link
+
+    def cluster_status(self) -> dict[str, Any]:
+        """Models, workers, queues and the last minute, read from Redis now (tasks.status)."""
+        with self._link.required():
+            return read_status(self._store, self._broker).to_json()
 
     def model_statistics(self, name: str | None, version: int | None) -> dict[str, Any]:
         """Every model's statistics (`name` None), or one model's: every version that serves (`version`

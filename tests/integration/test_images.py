@@ -38,7 +38,7 @@ from tasks.routing import queue_for
 from tests.support import images
 from tests.support.jobs import wait_for_end
 from tests.support.leaks import rss_bytes
-from tests.support.stack import OvmsProcess
+from tests.support.stack import OvmsProcess, child_named
 
 PHOTOS = images.photographs()
 CHINA = PHOTOS["china"]
@@ -339,8 +339,7 @@ def test_b64_that_is_not_base64_is_refused(server) -> None:
 
 
 def _worker(server: OvmsProcess) -> psutil.Process:
-    (worker,) = [p for p in psutil.Process(server.process.pid).children() if "worker" in p.cmdline()]
-    return worker
+    return child_named(server, "worker")
 
 
 CLEAN = images.png(CHINA, 48, 32)

@@ -19,7 +19,7 @@ import requests
 
 from tasks.broker import free_port
 from tests.support.jobs import post_npy
-from tests.support.stack import OvmsProcess, listening_addresses, private_redis, start_ovms
+from tests.support.stack import OvmsProcess, child_named, listening_addresses, private_redis, start_ovms
 
 TOKEN_A = "tok-a-5d0c2e7f41"
 TOKEN_B = "tok-b-91e3a6c0d2"
@@ -200,7 +200,7 @@ def test_parallel_downloads_of_a_large_result_stay_small_in_the_api(stack):
 
 def _flower_addresses(stack: OvmsProcess) -> set[tuple[str, int]]:
     """The addresses Flower (a child process of the all-in-one `ovms`) listens on."""
-    (child,) = [p for p in psutil.Process(stack.process.pid).children() if "flower" in p.cmdline()]
+    child = child_named(stack, "flower")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         listening = listening_addresses(child.pid)

@@ -33,7 +33,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import (
 from ovms.all_in_one import RESTARTS_PER_MINUTE
 from tasks.broker import EmbeddedRedis
 from tests.support.load import float_request
-from tests.support.stack import REPO, OvmsProcess, start_ovms
+from tests.support.stack import REPO, OvmsProcess, child_named, start_ovms
 
 MODEL = "versioned"
 PREDICT = float_request(MODEL, "x", np.ones((1, 4)))
@@ -280,7 +280,7 @@ def test_a_job_lost_with_a_restarted_redis_answers_404_saying_so(stack, probe, b
 
 
 def test_ovms_submit_wait_rides_out_an_outage_and_ends_when_redis_lost_the_job(stack, probe, broker, tmp_path):
-    (worker,) = [p for p in psutil.Process(stack.process.pid).children() if "worker" in p.cmdline()]
+    worker = child_named(stack, "worker")
     worker.suspend()  # the job stays queued
     try:
         np.save(tmp_path / "x.npy", np.ones((3, 4), dtype=np.float32))

@@ -89,6 +89,14 @@ class OvmsProcess:
         return self.process.returncode
 
 
+def child_named(server: OvmsProcess, role: str) -> psutil.Process:
+    """The child of an all-in-one `ovms` named `ovms <role> …` (worker, api, flower; ovms.titled). Its title
+    fills argv[0], the rest of the rewritten argv being empty strings."""
+    children = psutil.Process(server.process.pid).children()
+    (child,) = [p for p in children if " ".join(p.cmdline()).split()[:2] == ["ovms", role]]
+    return child
+
+
 def ovms_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "ovms", *args]
 

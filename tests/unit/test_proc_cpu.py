@@ -34,6 +34,10 @@ def test_parse_stat_counts_fields_after_the_last_parenthesis(name: str) -> None:
         (["/r/.venv/bin/python", "-m", "ovms", "api", "--port", "9000"], "api"),
         (["/r/.venv/bin/ovms", "api", "--port", "9000"], "api"),
         (["/r/.venv/bin/python", "-m", "celery", "flower"], None),
+        (["ovms", "worker", "CPU"], "worker"),  # named by ovms.titled
+        (["ovms", "api", "1/2", "grpc:9000", "rest:8000"], "api"),
+        (["ovms", "redis", "127.0.0.1:46109", "."], "Redis"),
+        (["ovms", "flower", ":5555"], None),
         (["/r/.venv/bin/python", "-m", "ovms", "--config_path", "c.json"], None),
         ([], None),
     ],

@@ -20,7 +20,14 @@ from inference.model_config import ModelConfig
 from inference.request import InferenceRequest
 from inference.signature import ModelSignature, TensorSpec
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
-from inference.statistics import MAX_BATCH_SIZES, Execution, InferenceStatistics, VersionCounts
+from inference.statistics import (
+    MAX_BATCH_SIZES,
+    Execution,
+    InferenceStatistics,
+    VersionCounts,
+    bucket_middle_ms,
+    latency_bucket,
+)
 from tasks.broker import free_port
 from tasks.heartbeat import Heartbeat
 from tasks.link import RedisLink
@@ -28,7 +35,18 @@ from tasks.messages import ComputedOutputs, RequestFailure, pack_requests
 from tasks.registry import RegistryView
 from tasks.routing import payload_key
 from tasks.runtime import WorkerRuntime
-from tasks.statistics import MAX_FIELDS, STATISTICS_TTL_S, read_fields, read_totals, statistics_key
+from tasks.statistics import (
+    MAX_FIELDS,
+    RECENT_SLOT_S,
+    RECENT_TTL_S,
+    RECENT_WINDOW_S,
+    STATISTICS_TTL_S,
+    read_fields,
+    read_recent,
+    read_totals,
+    recent_seconds,
+    statistics_key,
+)
 
 SIGNATURE = ModelSignature({"x": TensorSpec("x", "FP32", (-1, 4))}, {"y": TensorSpec("y", "FP32", (-1, 4))})
 EXECUTION = Execution(rows=3, compute_input_ns=10, compute_infer_ns=100, compute_output_ns=1)
@@ -319,3 +337,34 @@ def test_a_message_past_its_deadline_counts_each_request_as_failed(store: redis.
     assert all(isinstance(e, RequestFailure) for e in serve(store, runtime, late).values())
     one = statistics.take()["versioned", 1]
     assert (one.fail_count, one.success_count, one.execution_count) == (2, 0, 0)
+
+
+# --------------------------------------------------------------------------- the last minute (ovms status)
+
+
+def test_a_latency_buckets_middle_is_within_10_percent_of_every_duration_in_it() -> None:
+    for step in range(400):
+        ns = int(1000 * 1.05**step)  # 1 µs to ~300 s
+        assert abs(bucket_middle_ms(latency_bucket(ns)) / (ns / 1e6) - 1) < 0.1, ns
+
+
+def test_the_last_minute_adds_up_the_workers_and_forgets_what_left_the_window(store: redis.Redis) -> None:
+    first, second = InferenceStatistics(), InferenceStatistics()
+    for ms in (1, 2, 3):
+        first.succeeded("m", 1, 1, 0, ms * 1_000_000, EXECUTION)
+    for ms in (4, 100):
+        second.succeeded("m", 1, 1, 0, ms * 1_000_000, EXECUTION)
+    second.failed("m", 1, 5)
+    flush(store, first, "w1", 1)
+    flush(store, second, "w2", 1)
+    flush(store, first, "w1", 1)  # nothing new: adds nothing
+    now = time.time()
+    (window,) = read_recent(store, [("m", 1)], now)
+    assert (window.succeeded, window.failed) == (5, 1)
+    assert window.p50_ms is not None and abs(window.p50_ms / 3 - 1) < 0.1  # the median of 1, 2, 3, 4, 100 ms
+    assert window.per_second == pytest.approx(6 / recent_seconds(now))
+    assert RECENT_WINDOW_S - RECENT_SLOT_S <= recent_seconds(now) <= RECENT_WINDOW_S
+    keys = list(store.scan_iter(match="ovms:recent:m:1:*"))
+    assert len(keys) <= 2 and all(0 < store.ttl(key) <= RECENT_TTL_S for key in keys)
+    (later,) = read_recent(store, [("m", 1)], now + RECENT_WINDOW_S + RECENT_SLOT_S)
+    assert (later.succeeded, later.failed, later.p50_ms) == (0, 0, None)
