@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tasks.broker import free_port
-from tests.support.stack import OvmsProcess, listening_addresses, start_ovms
+from tests.support.stack import OvmsProcess, child_named, children_named, listening_addresses, start_ovms
 
 EXPOSED = "[warning] Listening on all interfaces without credentials"
 STOP_TIMEOUT_S = 60
@@ -85,7 +85,7 @@ def test_bind_addresses_restrict_the_listeners_and_flower_follows_the_rest_one(s
     assert f"Started REST server at 127.0.0.1:{rest_port}\n" in log
     assert f"Starting Flower on 127.0.0.1:{flower_port} (basic auth)" in log
     assert EXPOSED not in log
-    (flower,) = [p for p in psutil.Process(stack.process.pid).children() if "flower" in p.cmdline()]
+    flower = child_named(stack, "flower")
     ours = {grpc_port, rest_port, flower_port}
     bound = listening_addresses(stack.process.pid) | listening_addresses(flower.pid)
     assert {pair for pair in bound if pair[1] in ours} == {("127.0.0.1", port) for port in ours}
@@ -101,7 +101,7 @@ def test_api_processes_share_the_ports_on_the_bind_addresses(stack_args, started
     started.append(stack)
     grpc_port, rest_port = stack.grpc_port, stack.rest_port
     assert f"Server started on port {grpc_port} (gRPC on 127.0.0.1:{grpc_port})\n" in stack.log()
-    apis = [p for p in psutil.Process(stack.process.pid).children() if "api" in p.cmdline()]
+    apis = children_named(stack, "api")
     assert len(apis) == 2
     for api in apis:
         ours = {pair for pair in listening_addresses(api.pid) if pair[1] in (grpc_port, rest_port)}

@@ -76,7 +76,7 @@ def test_the_processes_are_named_by_what_they_are(stack, redis_server: EmbeddedR
     assert names == [
         f"ovms api 1/2 grpc:{grpc} rest:{rest}",
         f"ovms api 2/2 grpc:{grpc} rest:{rest}",
-        f"ovms flower :{flower_port}",
+        f"ovms flower 127.0.0.1:{flower_port}",  # local only: no FLOWER_USER / FLOWER_PASSWORD
         "ovms worker CPU",
     ]
     assert title(psutil.Process(redis_server.pid)).startswith(f"ovms redis 127.0.0.1:{redis_server.port}")

@@ -89,11 +89,16 @@ class OvmsProcess:
         return self.process.returncode
 
 
-def child_named(server: OvmsProcess, role: str) -> psutil.Process:
-    """The child of an all-in-one `ovms` named `ovms <role> …` (worker, api, flower; ovms.titled). Its title
+def children_named(server: OvmsProcess, role: str) -> list[psutil.Process]:
+    """The children of an all-in-one `ovms` named `ovms <role> …` (worker, api, flower; ovms.titled). A title
     fills argv[0], the rest of the rewritten argv being empty strings."""
     children = psutil.Process(server.process.pid).children()
-    (child,) = [p for p in children if " ".join(p.cmdline()).split()[:2] == ["ovms", role]]
+    return [p for p in children if " ".join(p.cmdline()).split()[:2] == ["ovms", role]]
+
+
+def child_named(server: OvmsProcess, role: str) -> psutil.Process:
+    """The one child of an all-in-one `ovms` named `ovms <role> …`."""
+    (child,) = children_named(server, role)
     return child
 
 
