@@ -1,10 +1,15 @@
 """`python -m ovms.healthcheck`: the container image's HEALTHCHECK, for whatever command line the container
 runs (the image's entrypoint is `ovms`, so PID 1 is the server and /proc/1/cmdline holds its flags).
 
-- all in one, or `ovms api`: live when the REST port answers /v1/health/live (over TLS without verifying
-  the certificate: this is the server itself), or, with no REST port, when gRPC's `grpc.health.v1` answers
-  SERVING on `--port`. With client certificates required (--ssl_client_ca) a probe has none to show, so
-  an accepted TCP connection is what it can check.
+- all in one: healthy while it can serve its models, i.e. ready: the REST port answers /v1/health/ready
+  (over TLS without verifying the certificate: this is the server itself), or, with no REST port, gRPC's
+  `grpc.health.v1` answers SERVING on `--port` (SERVING only while ready). Its worker runs in the same
+  container: one that hangs (its heartbeat lapses) or a model that cannot load shows as unhealthy, where
+  mere liveness of the frontend would hide it.
+- `ovms api`: live when the REST port answers /v1/health/live (else gRPC health, as above): its workers run
+  elsewhere, and restarting the api would not bring them back.
+- With client certificates required (--ssl_client_ca) a probe has none to show, so an accepted TCP
+  connection is what it can check.
 - `ovms worker`: live while a worker of this host keeps its registration in Redis (its heartbeat) and has
   loaded its models.
 Exit code 0 healthy, 1 not (what Docker's HEALTHCHECK reads); the reason goes to stdout (`docker inspect`).
@@ -54,7 +59,8 @@ def check(settings: ServerSettings) -> str:
     if settings.rest_port:
         scheme = "https" if tls else "http"
         context = ssl._create_unverified_context() if tls else None  # the server probing itself
-        url = f"{scheme}://{LOCAL}:{settings.rest_port}/v1/health/live"
+        probe = "ready" if settings.role == "all" else "live"
+        url = f"{scheme}://{LOCAL}:{settings.rest_port}/v1/health/{probe}"
         with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S, context=context) as response:
             return f"{url} answered {response.status}"
     if tls:

@@ -58,7 +58,7 @@ def wait_until_healthy(container: str) -> str:
     ("rest_args", "ready", "probe"),
     [
         ([], GRPC_READY, f"gRPC health on port {SEED_PORT}: SERVING"),
-        (["--rest_port", "8000"], REST_READY, "http://127.0.0.1:8000/v1/health/live answered 200"),
+        (["--rest_port", "8000"], REST_READY, "http://127.0.0.1:8000/v1/health/ready answered 200"),
     ],
     ids=["grpc-only", "with-rest"],
 )
@@ -82,8 +82,33 @@ def test_the_seed_command_serves_digits_from_one_healthy_container(
         assert float(np.mean(predicted == labels)) >= 0.95
         processes = docker("top", container, "-o", "pid,args").stdout
         assert "redis-server" in processes, processes  # the embedded broker
-        assert "-m ovms worker" in processes, processes
+        assert "ovms worker CPU" in processes, processes  # named by the supervisor (ovms.titled)
         assert wait_until_healthy(container).strip() == probe
+
+
+# The pid of the container's worker, found by its title: the image has no procps (no pkill, no pgrep).
+FIND_WORKER = (
+    "import pathlib; print(next(p.name for p in pathlib.Path('/proc').iterdir() if p.name.isdigit()"
+    " and (p / 'cmdline').read_bytes().startswith(b'ovms worker')))"
+)
+
+
+def test_a_hung_worker_turns_the_container_unhealthy(
+    image: str, models_dir: Path, functional_settings: FunctionalSettings
+) -> None:
+    """Every role runs in the one container, so its health is readiness: a worker that hangs (SIGSTOP; its
+    heartbeat lapses) leaves the frontends alive but nothing served, and the container must say so."""
+    mounts = ["-v", f"{models_dir / 'digits'}:/opt/ml:ro"]
+    with seed_container(image, functional_settings, mounts, [*SEED_COMMAND, "--rest_port", "8000"]) as container:
+        wait_until_healthy(container)
+        worker = docker("exec", container, "python", "-c", FIND_WORKER).stdout.strip()
+        docker("exec", container, "kill", "-STOP", worker)
+        deadline = time.monotonic() + HEALTHY_WITHIN_S
+        while (status := docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()) != "unhealthy":
+            assert time.monotonic() < deadline, f"still {status} with its worker stopped"
+            time.sleep(0.5)
+        last = json.loads(docker("inspect", "-f", "{{json .State.Health}}", container).stdout)["Log"][-1]["Output"]
+        assert "/v1/health/ready" in last and "503" in last, last
 
 
 def test_config_path_and_log_path_log_to_the_file_and_to_docker_logs(
