@@ -61,7 +61,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iter
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        _wait_for(log_path, process, [f"{GRPC_READY} 9178", f"{REST_READY} localhost:8000"], timeout_s=600)
+        _wait_for(log_path, process, [f"{GRPC_READY} 9178 ", f"{REST_READY} 0.0.0.0:8000"], timeout_s=600)
         yield process
     finally:
         if process.poll() is None:
