@@ -22,6 +22,7 @@ import re
 import socket
 import ssl
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -61,8 +62,11 @@ def check(settings: ServerSettings) -> str:
         context = ssl._create_unverified_context() if tls else None  # the server probing itself
         probe = "ready" if settings.role == "all" else "live"
         url = f"{scheme}://{LOCAL}:{settings.rest_port}/v1/health/{probe}"
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S, context=context) as response:
-            return f"{url} answered {response.status}"
+        try:
+            with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S, context=context) as response:
+                return f"{url} answered {response.status}"
+        except urllib.error.HTTPError as error:
+            raise ValueError(f"{url} answered {error.code}") from None
     if tls:
         socket.create_connection((LOCAL, settings.port), PROBE_TIMEOUT_S).close()
         return f"gRPC port {settings.port} accepts connections"

@@ -81,15 +81,15 @@ def test_the_seed_command_serves_digits_from_one_healthy_container(
         )
         assert float(np.mean(predicted == labels)) >= 0.95
         processes = docker("top", container, "-o", "pid,args").stdout
-        assert "redis-server" in processes, processes  # the embedded broker
+        assert "ovms redis 127.0.0.1:" in processes, processes  # the embedded broker, named by the supervisor
         assert "ovms worker CPU" in processes, processes  # named by the supervisor (ovms.titled)
         assert wait_until_healthy(container).strip() == probe
 
 
-# The pid of the container's worker, found by its title: the image has no procps (no pkill, no pgrep).
-FIND_WORKER = (
-    "import pathlib; print(next(p.name for p in pathlib.Path('/proc').iterdir() if p.name.isdigit()"
-    " and (p / 'cmdline').read_bytes().startswith(b'ovms worker')))"
+# Stop the container's worker, found by its title: the image has no procps (no pkill, no kill binary).
+STOP_WORKER = (
+    "import os, pathlib, signal; os.kill(next(int(p.name) for p in pathlib.Path('/proc').iterdir()"
+    " if p.name.isdigit() and (p / 'cmdline').read_bytes().startswith(b'ovms worker')), signal.SIGSTOP)"
 )
 
 
@@ -101,8 +101,7 @@ def test_a_hung_worker_turns_the_container_unhealthy(
     mounts = ["-v", f"{models_dir / 'digits'}:/opt/ml:ro"]
     with seed_container(image, functional_settings, mounts, [*SEED_COMMAND, "--rest_port", "8000"]) as container:
         wait_until_healthy(container)
-        worker = docker("exec", container, "python", "-c", FIND_WORKER).stdout.strip()
-        docker("exec", container, "kill", "-STOP", worker)
+        docker("exec", container, "python", "-c", STOP_WORKER)
         deadline = time.monotonic() + HEALTHY_WITHIN_S
         while (status := docker("inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()) != "unhealthy":
             assert time.monotonic() < deadline, f"still {status} with its worker stopped"
