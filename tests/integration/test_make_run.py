@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
 from ovmsclient import make_grpc_client
@@ -21,18 +22,9 @@ from tests.support import readme
 from tests.support.stack import GRPC_READY, REPO, REST_READY
 
 
-def _session_members(session_id: int) -> list[int]:
-    """Every live process in a session (field 6 of /proc/<pid>/stat)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == session_id and fields[0] != "Z":
-                members.append(int(entry.name))
-    return members
+def _descendants(pid: int) -> list[psutil.Process]:
+    """Every live process under `pid`: make, ovms and the children it runs in sessions of their own."""
+    return [p for p in psutil.Process(pid).children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
 
 
 def _wait_for(log_path: Path, process: subprocess.Popen, lines: list[str], timeout_s: float) -> None:
@@ -92,7 +84,9 @@ def test_make_run_serves_digits_over_rest_and_grpc(make_run: subprocess.Popen, m
     assert (np.argmax(reply.json()["predictions"], axis=1) == labels).mean() >= 0.75
     outputs = make_grpc_client("localhost:9178").predict({"x": images}, "digits")
     np.testing.assert_allclose(outputs, reply.json()["predictions"], rtol=1e-5, atol=1e-6)
-    assert len(_session_members(make_run.pid)) >= 3, "expected make, ovms, a worker and Redis"
+    titles = [" ".join(p.cmdline()) for p in _descendants(make_run.pid)]
+    assert any(t.startswith("ovms worker ") for t in titles), titles
+    assert any(t.startswith("ovms redis ") for t in titles), titles
 
 
 def test_the_readmes_run_blocks_run_verbatim_in_order(make_run: subprocess.Popen, clone: Path) -> None:
@@ -126,10 +120,11 @@ def test_the_readmes_latency_commands_run_verbatim(make_run: subprocess.Popen, c
 
 
 def test_ctrl_c_stops_make_run_and_every_child(make_run: subprocess.Popen) -> None:
-    """Last in the module: it stops the server the tests above share."""
+    """Last in the module: it stops the server the tests above share. Its children run in sessions of their
+    own (a terminal's Ctrl-C reaches only ovms, which stops each of them): every one must be gone."""
+    running = _descendants(make_run.pid)
+    assert len(running) >= 3, "expected ovms, a worker and Redis under make"
     os.killpg(make_run.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     make_run.wait(timeout=60)
-    deadline = time.monotonic() + 20
-    while _session_members(make_run.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _session_members(make_run.pid) == [], "make run left processes behind after Ctrl-C"
+    _, alive = psutil.wait_procs(running, timeout=20)
+    assert alive == [], f"make run left processes behind after Ctrl-C: {[p.cmdline() for p in alive]}"
