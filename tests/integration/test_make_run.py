@@ -21,6 +21,10 @@ from ovmsclient import make_grpc_client
 from tests.support import readme
 from tests.support.stack import GRPC_READY, REPO, REST_READY
 
+# What a user's shell has: none of the variables a `make test` around this suite hands down (with MAKELEVEL
+# set, an inner make prints "Entering directory" lines a user never sees).
+USER_SHELL = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+
 
 def _descendants(pid: int) -> list[psutil.Process]:
     """Every live process under `pid`: make, ovms and the children it runs in sessions of their own."""
@@ -50,7 +54,7 @@ def make_run(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iter
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**USER_SHELL, "PYTHONUNBUFFERED": "1"},
         )
     try:
         _wait_for(log_path, process, [f"{GRPC_READY} 9178 ", f"{REST_READY} 0.0.0.0:8000"], timeout_s=600)
@@ -114,7 +118,9 @@ INLINE = [
 @pytest.mark.parametrize("command", INLINE, ids=["make-test-perf", "grpc-latency"])
 def test_the_readmes_latency_commands_run_verbatim(make_run: subprocess.Popen, clone: Path, command: str) -> None:
     assert f"`{command}`" in " ".join(readme.README.read_text(encoding="utf-8").split())
-    done = subprocess.run(["bash", "-c", command], cwd=clone, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=clone, capture_output=True, text=True, timeout=120, env=USER_SHELL
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Final average latency" in done.stdout.splitlines()[-1], done.stdout[-2000:]
 
