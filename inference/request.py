@@ -20,6 +20,8 @@ class InferenceRequest:
     pinned: bool = True  # the client named this version; False: any current default will do
     any_batch: bool = False  # a job chunk: any number of samples, whatever the model's batch size
     queued_at: float = 0.0  # time.time() when the api queued it for its model version; 0: not known
+    priority: int = 0  # 1 is the highest level; 0: the model's default level
+    tenant: str = ""  # who sent it (the tenant of its bearer token); "": no tenant
 
 
 @dataclass
