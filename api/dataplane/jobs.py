@@ -1,6 +1,6 @@
 """Jobs: validate many samples and queue them (tasks.jobs.JobStore), and answer for them: status,
-listing, result, cancel. With bearer tokens, `owner` is the caller's owner id and a job is seen by its
-owner only (api.auth); without, it is None and every job is seen."""
+listing, result, cancel, retry of dead letters. With bearer tokens, `owner` is the caller's owner id and
+a job is seen by its owner only (api.auth); without, it is None and every job is seen."""
 
 from __future__ import annotations
 
@@ -9,17 +9,27 @@ from collections.abc import Callable
 from api.admission import Admission
 from inference.errors import InvalidArgument
 from inference.validation import RequestTensor, validate_inputs
-from tasks.jobs import JobResult, JobStatus, JobStore
+from tasks.callback_targets import AllowList
+from tasks.jobs import JobOptions, JobResult, JobStatus, JobStore
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
 
 class JobService:
-    def __init__(self, registry: RegistryView, store: JobStore, admission: Admission, link: RedisLink) -> None:
+    def __init__(
+        self,
+        registry: RegistryView,
+        store: JobStore,
+        admission: Admission,
+        link: RedisLink,
+        callbacks: AllowList | None = None,
+    ) -> None:
+        """`callbacks`: where job callbacks may go (--callback_allow; none: every callback_url is refused)."""
         self._registry = registry
         self._store = store
         self._admission = admission
         self._link = link
+        self._callbacks = callbacks or AllowList()
 
     def submit(
         self,
@@ -28,17 +38,22 @@ class JobService:
         decode: Callable[[], dict[str, RequestTensor]],
         nbytes: int,
         owner: str | None = None,
+        options: JobOptions | None = None,
     ) -> str:
         """Validate many samples (any number along the first dimension, at least one) and queue them as a
         job; its id. `decode()` gives the job's tensors: it runs once `nbytes`, what it allocates, is
-        held in the in-flight budget (an upload is unpacked only then)."""
+        held in the in-flight budget (an upload is unpacked only then). A callback URL is checked against
+        the allow-list first (its host resolved): InvalidArgument if it does not admit it."""
+        options = options or JobOptions()
+        if options.callback is not None:
+            self._callbacks.check(options.callback)
         with self._link.required():
             target = self._registry.resolve(name, version)
         with self._admission.admit(nbytes), self._link.required():
             arrays = validate_inputs(target.signature.with_any_batch(), decode())
             if not next(iter(arrays.values())).shape[0]:
                 raise InvalidArgument("A job needs at least one sample: its inputs have 0 rows")
-            return self._store.submit(target, arrays, owner, pinned=bool(version))
+            return self._store.submit(target, arrays, owner, pinned=bool(version), options=options)
 
     def refuse_oversized(self, nbytes: int) -> None:
         """JobTooLarge (413) for a job whose tensors would take `nbytes` (see JobStore.refuse_oversized)."""
@@ -57,6 +72,12 @@ class JobService:
         """Drop the chunks not run yet; the job's status after that."""
         with self._link.required():
             self._store.cancel(job_id, owner)
+            return self._store.status(job_id, owner)
+
+    def retry(self, job_id: str, owner: str | None) -> JobStatus:
+        """Queue the job's dead letters again; its status after that."""
+        with self._link.required():
+            self._store.retry(job_id, owner)
             return self._store.status(job_id, owner)
 
     def result(self, job_id: str, owner: str | None) -> JobResult:

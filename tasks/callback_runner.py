@@ -1,0 +1,152 @@
+"""The api process's callback thread: it claims due jobs from the shared schedule (tasks.job_hooks), looks
+whether each has ended (whichever api or worker ended it: a job's end is read from Redis, not seen
+happen), and tells the ended ones' callback URLs on a few delivery threads, never on a request thread.
+
+A failed attempt is due again after a back-off that doubles (from --callback_backoff_s, at most
+MAX_BACKOFF_S); after --callback_attempts the delivery is `failed`. Every attempt is leased for its
+timeout and a margin: an api that dies in the middle leaves the job to another once the lease is over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from inference.errors import ServingError
+from tasks import callback_delivery, job_hooks
+from tasks.callback_targets import AllowList
+from tasks.job_hooks import DELIVERED, FAILED, PENDING, Delivery
+from tasks.jobs import HOOK_CHECK_S, JobStatus, JobStore
+from tasks.messages import JobRecord
+
+log = logging.getLogger("serving")
+
+POLL_S = 0.25  # how often the schedule is asked for due jobs
+DELIVERY_THREADS = 4
+LEASE_MARGIN_S = 5.0
+MAX_BACKOFF_S = 600.0
+MAX_ERRORS_SENT = 10
+
+
+@dataclass(frozen=True)
+class CallbackConfig:
+    allow: AllowList
+    secret: bytes
+    attempts: int
+    backoff_s: float
+    timeout_s: float
+
+
+class CallbackRunner:
+    def __init__(self, client: redis.Redis, jobs: JobStore, config: CallbackConfig) -> None:
+        self._client = client
+        self._jobs = jobs
+        self._config = config
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ovms-callbacks", daemon=True)
+        self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ovms-callback")
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Claim nothing more; attempts under way end within their timeout (their lease covers them)."""
+        self._stop.set()
+        self._thread.join(POLL_S * 4)
+        self._pool.shutdown(wait=False)
+
+    def _run(self) -> None:
+        lease_s = self._config.timeout_s + LEASE_MARGIN_S
+        while not self._stop.wait(POLL_S):
+            with self._lock:
+                free = DELIVERY_THREADS - self._busy
+            if free <= 0:
+                continue
+            try:
+                due = job_hooks.claim(self._client, lease_s, free)
+            except (redis.RedisError, OSError) as exc:
+                log.debug("Callbacks: cannot read the schedule: %s", exc)
+                continue
+            for job_id in due:
+                with self._lock:
+                    self._busy += 1
+                self._pool.submit(self._handle, job_id)
+
+    def _handle(self, job_id: str) -> None:
+        try:
+            self._look_at(job_id)
+        except (redis.RedisError, OSError) as exc:  # the lease runs out: the job is looked at again then
+            log.warning("Callback of job %s: Redis failed: %s", job_id, exc)
+        except Exception:
+            log.exception("Callback of job %s failed", job_id)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def _look_at(self, job_id: str) -> None:
+        current = job_hooks.read(self._client, job_id)
+        try:
+            record, status = self._jobs.final_status(job_id)
+        except ServingError:  # expired (NotFound), or a record this api cannot read
+            job_hooks.drop(self._client, job_id)
+            return
+        if current is None or current.state != PENDING or record.callback is None:
+            if current is not None:
+                job_hooks.record(self._client, job_id, current, None, "")  # nothing to tell (unless re-armed)
+            return
+        if status is None:
+            job_hooks.later(self._client, job_id, HOOK_CHECK_S)
+            return
+        self._deliver(job_id, record, status, current)
+
+    def _deliver(self, job_id: str, record: JobRecord, status: JobStatus, current: Delivery) -> None:
+        config = self._config
+        delivery = f"{job_id}.{current.delivery}"
+        document = _document(record, status, delivery)
+        assert record.callback is not None
+        error = callback_delivery.post(
+            record.callback, document, delivery, config.secret, config.allow, config.timeout_s
+        )
+        attempts = current.attempts + 1
+        now = time.time()
+        if error is None:
+            job_hooks.record(self._client, job_id, Delivery(current.delivery, DELIVERED, attempts, "", now), None,
+                             "callbacks_delivered")  # fmt: skip
+        elif attempts >= config.attempts:
+            log.warning("Callback of job %s failed %d times; giving up: %s", job_id, attempts, error)
+            job_hooks.record(self._client, job_id, Delivery(current.delivery, FAILED, attempts, error, now), None,
+                             "callbacks_failed")  # fmt: skip
+        else:
+            wait_s = min(config.backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
+            job_hooks.record(self._client, job_id, Delivery(current.delivery, PENDING, attempts, error, now), wait_s,
+                             "callback_retries")  # fmt: skip
+
+
+def _document(record: JobRecord, status: JobStatus, delivery: str) -> dict[str, Any]:
+    """What a callback sends: the job's end, counts and links (never its outputs)."""
+    return {
+        "id": status.job_id,
+        "delivery": delivery,
+        "state": status.state,
+        "model": status.model,
+        "version": status.version,
+        "counts": {
+            "samples": status.total,
+            "done": status.done,
+            "failed": status.failed,
+            "failed_chunks": status.failed_chunks,
+        },
+        "errors": status.errors[:MAX_ERRORS_SENT],
+        "status_url": record.status_url,
+        "result_url": f"{record.status_url}/result" if record.status_url else None,
+        "created": status.created,
+        "finished_at": status.finished if status.finished is not None else time.time(),
+    }
