@@ -70,24 +70,38 @@ def post(
 def _send(destination: Destination, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
     """The answer's status; OSError or HTTPException if there is none within `timeout_s` in all."""
     raw = socket.create_connection((destination.address, destination.port), timeout=timeout_s)
-    watchdog = threading.Timer(timeout_s, _shut, (raw,))
+    expired = threading.Event()
+    watchdog = threading.Timer(timeout_s, _shut, (raw, expired))
     watchdog.start()
     try:
-        sock = raw
-        if destination.scheme == "https":
-            sock = ssl.create_default_context().wrap_socket(raw, server_hostname=destination.host)
-        connection = http.client.HTTPConnection(destination.host, destination.port, timeout=timeout_s)
-        connection.sock = sock  # already connected to the checked address: http.client does not connect again
-        connection.request("POST", destination.target, body, headers)
-        reply = connection.getresponse()
-        reply.read(MAX_REPLY_BYTES)
-        return reply.status
+        status = _exchange(raw, destination, body, headers, timeout_s)
+    except (OSError, http.client.HTTPException):
+        if not expired.is_set():
+            raise
     finally:
         watchdog.cancel()
         raw.close()
+    if expired.is_set():  # also when the cut looked like the end of the answer
+        raise TimeoutError(f"timed out after {timeout_s:g} s (--callback_timeout_s)")
+    return status
 
 
-def _shut(sock: socket.socket) -> None:
+def _exchange(
+    raw: socket.socket, destination: Destination, body: bytes, headers: dict[str, str], timeout_s: float
+) -> int:
+    sock = raw
+    if destination.scheme == "https":
+        sock = ssl.create_default_context().wrap_socket(raw, server_hostname=destination.host)
+    connection = http.client.HTTPConnection(destination.host, destination.port, timeout=timeout_s)
+    connection.sock = sock  # already connected to the checked address: http.client does not connect again
+    connection.request("POST", destination.target, body, headers)
+    reply = connection.getresponse()
+    reply.read(MAX_REPLY_BYTES)
+    return reply.status
+
+
+def _shut(sock: socket.socket, expired: threading.Event) -> None:
     """End a blocked attempt: its read or write returns at once."""
+    expired.set()
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)

@@ -121,9 +121,8 @@ class AllowList:
         if outside:
             prefixed = any(prefix.admits(parts.scheme, host, port, parts.path or "/") for prefix in self._prefixes)
             if not (self._names_it(host) or prefixed):
-                raise InvalidArgument(
-                    f"callback_url {_short(url)}: --callback_allow does not admit {host} ({outside[0]})"
-                )
+                shown = host if host == str(outside[0]) else f"{host} ({outside[0]})"
+                raise InvalidArgument(f"callback_url {_short(url)}: --callback_allow does not admit {shown}")
             private = [address for address in outside if not address.is_global]
             if private:
                 raise InvalidArgument(
