@@ -1,0 +1,45 @@
+"""The shared schedule of job callbacks (tasks.job_hooks) on a real Redis, played by two api processes: a
+due job is claimed by one of them at a time, comes back to the other when the first one's lease runs
+out (it died), and an attempt is recorded only for the delivery that is still being told."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from tasks import job_hooks
+from tasks.job_hooks import DELIVERED, PENDING, Delivery
+from tasks.routing import JOB_EVENTS_KEY
+
+JOB = "0" * 32
+
+
+def armed(client: redis.Redis) -> None:
+    with client.pipeline() as pipe:
+        job_hooks.arm(pipe, JOB, time.time(), 60)
+        pipe.execute()
+
+
+def test_a_due_job_is_claimed_by_one_api_until_its_lease_runs_out(store: redis.Redis) -> None:
+    armed(store)
+    assert job_hooks.claim(store, lease_s=0.3, limit=4) == [JOB]
+    assert job_hooks.claim(store, lease_s=0.3, limit=4) == [], "leased to the first api"
+    time.sleep(0.4)  # the first api died holding it
+    assert job_hooks.claim(store, lease_s=0.3, limit=4) == [JOB]
+
+
+def test_an_attempt_is_recorded_only_while_its_delivery_is_the_current_one(store: redis.Redis) -> None:
+    armed(store)
+    [job] = job_hooks.claim(store, lease_s=30, limit=4)
+    told = job_hooks.read(store, job)
+    assert told is not None and (told.delivery, told.state, told.attempts) == (1, PENDING, 0)
+    armed(store)  # a retry re-armed it while the first delivery was under way
+    done = Delivery(told.delivery, DELIVERED, 1, "", time.time())
+    assert not job_hooks.record(store, job, done, None, "callbacks_delivered")
+    now = job_hooks.read(store, job)
+    assert now is not None and (now.delivery, now.state) == (2, PENDING)
+    assert store.zscore(job_hooks.SCHEDULE_KEY, job) is not None, "still to be told"
+    assert job_hooks.record(store, job, Delivery(2, DELIVERED, 1, "", time.time()), None, "callbacks_delivered")
+    assert store.zscore(job_hooks.SCHEDULE_KEY, job) is None
+    assert store.hget(JOB_EVENTS_KEY, "callbacks_delivered") == b"1"
