@@ -10,14 +10,13 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from inference.errors import InvalidArgument
 from tasks import callback_delivery
 from tasks.callback_targets import AllowList
+from tests.support.receiver import Receiver
 
 PUBLIC = "93.184.215.14"  # a public address (example.com's); nothing here connects to it
 SECRET = b"s3cret"
@@ -97,68 +96,27 @@ def test_a_bad_entry_is_refused_at_start(entry: str) -> None:
         allow(entry)
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    status = 200
-    location = ""
-
-    def do_POST(self) -> None:
-        self.server.received.append((dict(self.headers), self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(self.status)
-        if self.location:
-            self.send_header("Location", self.location)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def receivers() -> Iterator:
-    started = []
-
-    def start(status: int = 200, location: str = "") -> ThreadingHTTPServer:
-        handler = type("Handler", (_Receiver,), {"status": status, "location": location})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.received = []
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.shutdown()
-        server.server_close()
-
-
-def test_a_delivery_is_signed_and_goes_to_the_address_checked_then(receivers) -> None:
+def test_a_delivery_is_signed_and_goes_to_the_address_checked_then() -> None:
     """The receiver gets the body with a signature over `<t>.<body>` and the Host it was named by; a name
     that resolves elsewhere by the time of delivery (DNS rebinding) gets nothing."""
-    receiver = receivers()
-    port = receiver.server_port
-    names = resolver({"hooks.test": ["127.0.0.1"]})
-    error = callback_delivery.post(
-        f"http://hooks.test:{port}/end", {"id": "a"}, "a.1", SECRET, allow("127.0.0.1/32"), 5, names
-    )
-    assert error is None
-    [(headers, body)] = receiver.received
-    assert body == b'{"id": "a"}' and headers["Host"] == f"hooks.test:{port}" and headers["OVMS-Delivery"] == "a.1"
+    with Receiver() as receiver:
+        url = f"http://hooks.test:{receiver.port}/end"
+        names = resolver({"hooks.test": ["127.0.0.1"]})
+        assert callback_delivery.post(url, {"id": "a"}, "a.1", SECRET, allow("127.0.0.1/32"), 5, names) is None
+        rebound = resolver({"hooks.test": ["10.0.0.1"]})
+        error = callback_delivery.post(url, {"id": "a"}, "a.1", SECRET, allow("127.0.0.1/32"), 5, rebound)
+    assert error is not None and error.startswith("refused:") and "10.0.0.1" in error
+    [arrival] = receiver.received
+    headers, body = arrival.headers, arrival.body
+    assert body == b'{"id": "a"}' and headers["Host"] == f"hooks.test:{receiver.port}" and arrival.path == "/end"
+    assert headers["OVMS-Delivery"] == "a.1"
     timestamp = int(headers["OVMS-Signature"].split(",")[0].removeprefix("t="))
     assert headers["OVMS-Signature"] == callback_delivery.signature(SECRET, body, timestamp)
 
-    rebound = resolver({"hooks.test": ["10.0.0.1"]})
-    error = callback_delivery.post(
-        f"http://hooks.test:{port}/end", {"id": "a"}, "a.1", SECRET, allow("127.0.0.1/32"), 5, rebound
-    )
-    assert error is not None and error.startswith("refused:") and "10.0.0.1" in error
-    assert len(receiver.received) == 1
 
-
-def test_a_redirect_is_not_followed(receivers) -> None:
-    target = receivers()
-    redirecting = receivers(302, f"http://127.0.0.1:{target.server_port}/elsewhere")
-    url = f"http://127.0.0.1:{redirecting.server_port}/end"
-    error = callback_delivery.post(url, {"id": "a"}, "a.1", SECRET, allow("127.0.0.1/32"), 5)
+def test_a_redirect_is_not_followed() -> None:
+    with Receiver() as target, Receiver((302,), location=target.url) as redirecting:
+        error = callback_delivery.post(redirecting.url, {"id": "a"}, "a.1", SECRET, allow("127.0.0.1/32"), 5)
     assert error == "HTTP 302 (redirects are not followed)"
     assert len(redirecting.received) == 1 and target.received == []
 
