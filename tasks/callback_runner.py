@@ -1,6 +1,7 @@
 """The api process's callback thread: it claims due jobs from the shared schedule (tasks.job_hooks), looks
 whether each has ended (whichever api or worker ended it: a job's end is read from Redis, not seen
-happen), and tells the ended ones' callback URLs on a few delivery threads, never on a request thread.
+happen; an unfinished job costs an EXISTS of its chunks' results), and hands the ended ones to a few
+delivery threads that tell their callback URLs — never a request thread.
 
 A failed attempt is due again after a back-off that doubles (from --callback_backoff_s, at most
 MAX_BACKOFF_S); after --callback_attempts the delivery is `failed`. Every attempt is leased for its
@@ -22,12 +23,15 @@ from inference.errors import ServingError
 from tasks import callback_delivery, job_hooks
 from tasks.callback_targets import AllowList
 from tasks.job_hooks import DELIVERED, FAILED, PENDING, Delivery
+from tasks.job_states import FINAL
 from tasks.jobs import HOOK_CHECK_S, JobStatus, JobStore
 from tasks.messages import JobRecord
 
 log = logging.getLogger("serving")
 
 POLL_S = 0.25  # how often the schedule is asked for due jobs
+LOOK_BATCH = 256  # due jobs claimed at once: looking whether one ended costs a few Redis round trips
+LOOK_LEASE_S = 10.0  # for looking at a batch; a job handed to a delivery thread is leased for its attempt
 DELIVERY_THREADS = 4
 LEASE_MARGIN_S = 5.0
 MAX_BACKOFF_S = 600.0
@@ -51,8 +55,7 @@ class CallbackRunner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ovms-callbacks", daemon=True)
         self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ovms-callback")
-        self._busy = 0
-        self._lock = threading.Lock()
+        self._free = threading.Semaphore(DELIVERY_THREADS)  # a delivery is handed on only to an idle thread
 
     def start(self) -> None:
         self._thread.start()
@@ -60,61 +63,66 @@ class CallbackRunner:
     def stop(self) -> None:
         """Claim nothing more; attempts under way end within their timeout (their lease covers them)."""
         self._stop.set()
-        self._thread.join(POLL_S * 4)
+        self._thread.join(LOOK_LEASE_S)
         self._pool.shutdown(wait=False)
 
     def _run(self) -> None:
-        lease_s = self._config.timeout_s + LEASE_MARGIN_S
         while not self._stop.wait(POLL_S):
-            with self._lock:
-                free = DELIVERY_THREADS - self._busy
-            if free <= 0:
-                continue
             try:
-                due = job_hooks.claim(self._client, lease_s, free)
-            except (redis.RedisError, OSError) as exc:
-                log.debug("Callbacks: cannot read the schedule: %s", exc)
-                continue
-            for job_id in due:
-                with self._lock:
-                    self._busy += 1
-                self._pool.submit(self._handle, job_id)
+                for job_id in job_hooks.claim(self._client, LOOK_LEASE_S, LOOK_BATCH):
+                    self._look_at(job_id)
+            except (redis.RedisError, OSError) as exc:  # what it claimed comes back when the lease runs out
+                log.debug("Callbacks: Redis failed: %s", exc)
+            except Exception:
+                log.exception("Callbacks: looking at the due jobs failed")
 
-    def _handle(self, job_id: str) -> None:
+    def _look_at(self, job_id: str) -> None:
+        """Has the job ended? Then deliver on an idle thread (or look again at the next poll if none is
+        idle); else look again in HOOK_CHECK_S."""
+        current = job_hooks.read(self._client, job_id)
         try:
-            self._look_at(job_id)
+            record, ended = self._jobs.ended(job_id)
+        except ServingError:  # expired (NotFound), or a record this api cannot read
+            job_hooks.drop(self._client, job_id)
+            return
+        if current is None or record.callback is None:
+            job_hooks.drop(self._client, job_id)
+        elif current.state != PENDING:
+            job_hooks.record(self._client, job_id, current, None, "")  # nothing to tell (unless re-armed)
+        elif not ended:
+            job_hooks.later(self._client, job_id, HOOK_CHECK_S)
+        elif not self._free.acquire(blocking=False):
+            job_hooks.later(self._client, job_id, 0)
+        else:
+            try:
+                job_hooks.later(self._client, job_id, self._config.timeout_s + LEASE_MARGIN_S)  # the attempt's lease
+                self._pool.submit(self._deliver, job_id, record, current)
+            except BaseException:
+                self._free.release()
+                raise
+
+    def _deliver(self, job_id: str, record: JobRecord, current: Delivery) -> None:
+        try:
+            status = self._jobs.status_of(job_id, record)
+            if status.state not in FINAL:  # it ended as far as its chunks go, but not as a job: look again
+                job_hooks.later(self._client, job_id, HOOK_CHECK_S)
+            else:
+                self._attempt(job_id, record, status, current)
         except (redis.RedisError, OSError) as exc:  # the lease runs out: the job is looked at again then
             log.warning("Callback of job %s: Redis failed: %s", job_id, exc)
         except Exception:
             log.exception("Callback of job %s failed", job_id)
         finally:
-            with self._lock:
-                self._busy -= 1
+            self._free.release()
 
-    def _look_at(self, job_id: str) -> None:
-        current = job_hooks.read(self._client, job_id)
-        try:
-            record, status = self._jobs.final_status(job_id)
-        except ServingError:  # expired (NotFound), or a record this api cannot read
-            job_hooks.drop(self._client, job_id)
-            return
-        if current is None or current.state != PENDING or record.callback is None:
-            if current is not None:
-                job_hooks.record(self._client, job_id, current, None, "")  # nothing to tell (unless re-armed)
-            return
-        if status is None:
-            job_hooks.later(self._client, job_id, HOOK_CHECK_S)
-            return
-        self._deliver(job_id, record, status, current)
-
-    def _deliver(self, job_id: str, record: JobRecord, status: JobStatus, current: Delivery) -> None:
+    def _attempt(self, job_id: str, record: JobRecord, status: JobStatus, current: Delivery) -> None:
         config = self._config
         delivery = f"{job_id}.{current.delivery}"
-        document = _document(record, status, delivery)
         assert record.callback is not None
         error = callback_delivery.post(
-            record.callback, document, delivery, config.secret, config.allow, config.timeout_s
-        )
+            record.callback, _document(record, status, delivery), delivery, config.secret, config.allow,
+            config.timeout_s,
+        )  # fmt: skip
         attempts = current.attempts + 1
         now = time.time()
         if error is None:

@@ -46,7 +46,7 @@ from inference.request import InferenceRequest
 from tasks import dead_letters, job_backlog, job_hooks, job_queue
 from tasks.app import app
 from tasks.job_queue import stop_key
-from tasks.job_states import COMPLETED, FINAL, JobState
+from tasks.job_states import COMPLETED, JobState
 from tasks.messages import (
     ChunkRef,
     ComputedOutputs,
@@ -228,19 +228,20 @@ class JobStore:
         """The job's state; with `owner`, only if it is that owner's (else NotFound, as for no such job)."""
         return self._status(job_id, self._record(job_id, owner))
 
-    def final_status(self, job_id: str) -> tuple[JobRecord, JobStatus | None]:
-        """The job's record, and its status once it has ended (else None); NotFound if it is gone. An
-        unfinished job costs one EXISTS of its chunks' results rather than reading them: a job's callback
-        looks every HOOK_CHECK_S until it ends."""
+    def ended(self, job_id: str) -> tuple[JobRecord, bool]:
+        """The job's record, and whether it has ended (NotFound if it is gone), without reading its chunks'
+        results: one EXISTS of them, cheap enough for a job's callback to ask every HOOK_CHECK_S."""
         record = self._record(job_id)
-        if not (record.revoked or time.time() > _deadline(record)):
-            keys = [app.backend.get_key_for_task(chunk.task_id) for chunk in record.chunks]
-            ended = sum(self._client.exists(*keys[start : start + 1000]) for start in range(0, len(keys), 1000))
-            stopped = not record.dead_letters and self._client.exists(stop_key(job_id))
-            if ended < len(keys) and not stopped:
-                return record, None
-        status = self._status(job_id, record)
-        return record, status if status.state in FINAL else None
+        if record.revoked or time.time() > _deadline(record):
+            return record, True
+        keys = [app.backend.get_key_for_task(chunk.task_id) for chunk in record.chunks]
+        ran = sum(self._client.exists(*keys[start : start + 1000]) for start in range(0, len(keys), 1000))
+        stopped = not record.dead_letters and self._client.exists(stop_key(job_id))  # a chunk failed
+        return record, ran == len(keys) or bool(stopped)
+
+    def status_of(self, job_id: str, record: JobRecord) -> JobStatus:
+        """The status of a job whose record the caller read (JobStore.ended)."""
+        return self._status(job_id, record)
 
     def _status(self, job_id: str, record: JobRecord) -> JobStatus:
         outcomes = self._chunk_outcomes(record)

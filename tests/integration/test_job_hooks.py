@@ -137,9 +137,11 @@ def test_a_callback_arrives_once_signed_for_success_failure_and_cancel(stack: St
         for job_id in ends:
             receiver.wait_for(job_id)
         time.sleep(3)  # several looks at the schedule by both apis: a second delivery would have come
+    latencies = []
     for job_id, state in ends.items():
         [arrival] = receiver.of(job_id)
         document = arrival.document()
+        latencies.append(arrival.wall - document["finished_at"])
         assert (document["state"], document["delivery"]) == (state, f"{job_id}.1"), document
         assert arrival.headers["OVMS-Delivery"] == f"{job_id}.1" and arrival.path == "/hook"
         assert verify(SECRET, arrival.headers["OVMS-Signature"], arrival.body)
@@ -148,6 +150,7 @@ def test_a_callback_arrives_once_signed_for_success_failure_and_cancel(stack: St
         assert not verify(SECRET, arrival.headers["OVMS-Signature"], tampered)
         told = status(first, job_id)["callback"]
         assert (told["url"], told["state"], told["attempts"]) == (receiver.url, "delivered", 1), told
+    print(f"\ncallbacks arrived {min(latencies):.2f}-{max(latencies):.2f} s after their jobs ended")
     succeeded = next(receiver.of(job_id)[0].document() for job_id, state in ends.items() if state == "SUCCESS")
     assert succeeded["counts"] == {"samples": 300, "done": 300, "failed": 0, "failed_chunks": 0}
     result = requests.get(succeeded["result_url"], timeout=30).json()["outputs"]["y"]

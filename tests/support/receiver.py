@@ -14,6 +14,7 @@ from typing import Any
 @dataclass(frozen=True)
 class Arrival:
     at: float  # time.monotonic()
+    wall: float  # time.time(), to compare with the times a callback carries
     path: str
     headers: dict[str, str]
     body: bytes
@@ -34,7 +35,9 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with receiver._lock:
-                    receiver.received.append(Arrival(time.monotonic(), self.path, dict(self.headers), body))
+                    receiver.received.append(
+                        Arrival(time.monotonic(), time.time(), self.path, dict(self.headers), body)
+                    )
                     status = receiver._statuses.pop(0) if len(receiver._statuses) > 1 else receiver._statuses[0]
                 self.send_response(status)
                 if location:

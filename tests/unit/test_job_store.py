@@ -342,12 +342,15 @@ def test_cancel_discards_dead_letters_and_a_job_without_them_has_nothing_to_retr
         jobs.retry(plain)
 
 
-def test_final_status_is_none_until_the_job_ends(store: redis.Redis) -> None:
+def test_a_job_has_ended_once_every_chunk_has_a_result_or_it_passed_its_deadline(store: redis.Redis) -> None:
     jobs = job_store(store)
     worker = alive(store, "worker-a")
     job_id = jobs.submit(DOUBLER, samples(CHUNK_ROWS + 1))
     run_chunk(store, worker)
-    assert jobs.final_status(job_id)[1] is None
+    assert not jobs.ended(job_id)[1]
     run_chunk(store, worker)
-    record, status = jobs.final_status(job_id)
-    assert status is not None and status.state == "SUCCESS" and record.chunks
+    record, ended = jobs.ended(job_id)
+    assert ended and jobs.status_of(job_id, record).state == "SUCCESS"
+    late = job_store(store, timeout_s=0).submit(DOUBLER, samples(3))
+    record, ended = jobs.ended(late)
+    assert ended and jobs.status_of(late, record).state == "FAILURE"
