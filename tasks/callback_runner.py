@@ -10,6 +10,7 @@ timeout and a margin: an api that dies in the middle leaves the job to another o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -94,14 +95,29 @@ class CallbackRunner:
         elif not self._free.acquire(blocking=False):
             job_hooks.later(self._client, job_id, 0)
         else:
-            try:
-                job_hooks.later(self._client, job_id, self._config.timeout_s + LEASE_MARGIN_S)  # the attempt's lease
-                self._pool.submit(self._deliver, job_id, record, current)
-            except BaseException:
-                self._free.release()
-                raise
+            self._hand_on(job_id, record)
 
-    def _deliver(self, job_id: str, record: JobRecord, current: Delivery) -> None:
+    def _hand_on(self, job_id: str, record: JobRecord) -> None:
+        """To the idle delivery thread reserved for it, under the job's lock (else another api is telling it),
+        with the delivery state read again under the lock (another api may have told it just before)."""
+        lease_s = self._config.timeout_s + LEASE_MARGIN_S
+        token, handed = None, False
+        try:
+            token = job_hooks.lock(self._client, job_id, lease_s)
+            current = job_hooks.read(self._client, job_id) if token else None
+            if token and current is not None and current.state == PENDING:
+                job_hooks.later(self._client, job_id, lease_s)
+                self._pool.submit(self._deliver, job_id, record, current, token)
+                handed = True
+            else:
+                job_hooks.later(self._client, job_id, HOOK_CHECK_S)  # a no-op once it was told and dropped
+        finally:
+            if not handed:
+                self._free.release()
+                if token:
+                    job_hooks.unlock(self._client, job_id, token)
+
+    def _deliver(self, job_id: str, record: JobRecord, current: Delivery, token: str) -> None:
         try:
             status = self._jobs.status_of(job_id, record)
             if status.state not in FINAL:  # it ended as far as its chunks go, but not as a job: look again
@@ -114,6 +130,8 @@ class CallbackRunner:
             log.exception("Callback of job %s failed", job_id)
         finally:
             self._free.release()
+            with contextlib.suppress(redis.RedisError, OSError):  # else its lease runs out
+                job_hooks.unlock(self._client, job_id, token)
 
     def _attempt(self, job_id: str, record: JobRecord, status: JobStatus, current: Delivery) -> None:
         config = self._config

@@ -4,7 +4,9 @@ to be looked at when, and each one's delivery state.
 `ovms:job-hooks` is a sorted set of job ids by the time they are due. An api process claims due jobs with a
 Lua script that also moves them a lease into the future, so one api of many looks at each at a time; if it
 dies holding one, the lease runs out and another claims it. A job not ended yet is due again a second
-later; an ended one is delivered, and then dropped from the set, or due again after a back-off. Each job's
+later, or at once when one of its chunks ends (the worker nudges it); an ended one is delivered under a
+lock with a lease (SET NX PX: one attempt at a time, whoever claimed the job), and then dropped from the
+set, or due again after a back-off. Each job's
 delivery state (`ovms:job:<id>:callback`, a hash) says which end of the job is being told (`delivery`: 1,
 then 2 after a retry ended it again, …), the attempts, the last error and `pending | delivered | failed`;
 an api records an attempt only if that end is still the one being told (a retry may have moved on).
@@ -13,6 +15,7 @@ an api records an attempt only if that end is still the one being told (a retry 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,13 @@ return 1
 """
 
 
+# KEYS: lock. ARGV: token. Only its holder unlocks it (a lease that ran out may be another api's by now).
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 @dataclass(frozen=True)
 class Delivery:
     """Where one job's callback stands."""
@@ -67,6 +77,27 @@ def arm(pipe: redis.client.Pipeline, job_id: str, due: float, ttl_s: int) -> Non
     pipe.hset(key, mapping={"state": PENDING, "attempts": 0, "error": "", "at": ""})
     pipe.expire(key, ttl_s)
     pipe.zadd(SCHEDULE_KEY, {job_id: due})
+
+
+def nudge(pipe: redis.client.Pipeline, job_id: str) -> None:
+    """A chunk of the job ended: if it has a callback, look at it now rather than at its next check (a no-op
+    for a job without one)."""
+    pipe.zadd(SCHEDULE_KEY, {job_id: time.time()}, xx=True)
+
+
+def lock(client: redis.Redis, job_id: str, lease_s: float) -> str | None:
+    """The right to attempt a job's delivery now, for `lease_s` (a token to unlock it with), or None while
+    another api holds it: a job nudged or claimed twice is still told by one api at a time."""
+    token = uuid.uuid4().hex
+    return token if client.set(_lock_key(job_id), token, nx=True, px=int(lease_s * 1000)) else None
+
+
+def unlock(client: redis.Redis, job_id: str, token: str) -> None:
+    client.eval(_UNLOCK, 1, _lock_key(job_id), token)
+
+
+def _lock_key(job_id: str) -> str:
+    return f"ovms:job:{job_id}:callback-lock"
 
 
 def claim(client: redis.Redis, lease_s: float, limit: int) -> list[str]:

@@ -1,6 +1,7 @@
 """The shared schedule of job callbacks (tasks.job_hooks) on a real Redis, played by two api processes: a
 due job is claimed by one of them at a time, comes back to the other when the first one's lease runs
-out (it died), and an attempt is recorded only for the delivery that is still being told."""
+out (it died), one api at a time holds its delivery, and an attempt is recorded only for the delivery that
+is still being told."""
 
 from __future__ import annotations
 
@@ -43,3 +44,22 @@ def test_an_attempt_is_recorded_only_while_its_delivery_is_the_current_one(store
     assert job_hooks.record(store, job, Delivery(2, DELIVERED, 1, "", time.time()), None, "callbacks_delivered")
     assert store.zscore(job_hooks.SCHEDULE_KEY, job) is None
     assert store.hget(JOB_EVENTS_KEY, "callbacks_delivered") == b"1"
+
+
+def test_one_api_at_a_time_holds_a_jobs_delivery(store: redis.Redis) -> None:
+    first = job_hooks.lock(store, JOB, lease_s=30)
+    assert first is not None and job_hooks.lock(store, JOB, lease_s=30) is None
+    job_hooks.unlock(store, JOB, "someone else's token")
+    assert job_hooks.lock(store, JOB, lease_s=30) is None, "only its holder unlocks it"
+    job_hooks.unlock(store, JOB, first)
+    assert job_hooks.lock(store, JOB, lease_s=30) is not None
+
+
+def test_a_chunk_end_nudges_only_a_job_with_a_callback(store: redis.Redis) -> None:
+    with store.pipeline() as pipe:
+        job_hooks.arm(pipe, JOB, time.time() + 60, 60)
+        job_hooks.nudge(pipe, JOB)
+        job_hooks.nudge(pipe, "f" * 32)  # no callback
+        pipe.execute()
+    assert job_hooks.claim(store, lease_s=30, limit=4) == [JOB]
+    assert store.zcard(job_hooks.SCHEDULE_KEY) == 1
