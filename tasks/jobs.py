@@ -204,10 +204,10 @@ class JobStore:
                     pipe.zadd(index, {job_id: created})
                     pipe.zremrangebyscore(index, 0, created - self._ttl_s)
                     pipe.expire(index, self._ttl_s)
+                if options.callback:  # before its chunks: the end of one nudges it (tasks.job_hooks)
+                    job_hooks.arm(pipe, job_id, created + HOOK_CHECK_S, self._ttl_s)
                 for chunk, _, payload in chunks:
                     job_queue.publish(pipe, queue, chunk, payload, deadline + PAYLOAD_GRACE_S - created)
-                if options.callback:
-                    job_hooks.arm(pipe, job_id, created + HOOK_CHECK_S, self._ttl_s)
                 pipe.execute()
         except (redis.RedisError, OSError):
             job_backlog.release(self._client, [chunk.task_id for chunk, _, _ in chunks])
