@@ -9,7 +9,9 @@ model's default version as a predict does: its chunks run on the version that wa
 submission while it serves, and on the new default once a rollout retires it (the status lists the
 versions that computed the job). A job that named its version fails if that version goes.
 A job ends: SUCCESS, FAILURE at the first failed chunk (with its error), FAILURE at its deadline
-(`--job_timeout_s`), or REVOKED.
+(`--job_timeout_s`), or REVOKED. A job submitted with dead letters keeps each failed chunk for a retry
+instead (tasks.dead_letters) and ends PARTIAL if some failed; a job with a callback URL is told of its end
+by an api's callback thread (tasks.callback_runner).
 
 With bearer tokens, a job belongs to the token that submitted it: its record names the token's owner id
 (api.auth.owner_id) and the owner's index (`ovms:jobs:<owner>`) lists it; any other caller is told it
@@ -321,8 +323,7 @@ class JobStore:
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(JOB_PREFIX + job_id, replace(record, revoked=True).to_json(), keepttl=True)
             pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
-            if record.callback:
-                pipe.zadd(job_hooks.SCHEDULE_KEY, {job_id: time.time()}, xx=True)  # tell it now
+            job_hooks.nudge(pipe, job_id)  # its callback, if any, is told now
             pipe.execute()
 
     def retry(self, job_id: str, owner: str | None = None) -> int:
@@ -340,7 +341,7 @@ class JobStore:
         buried = dead_letters.buried(self._client, job_id)
         now = time.time()
         deadline = now + self._limits.timeout_s
-        record = replace(record, deadline=deadline, retries=record.retries + 1)
+        record = replace(record, deadline=deadline)
         self._client.set(JOB_PREFIX + job_id, record.to_json(), keepttl=True)
         queue, queued = job_queue_for(record.queue), 0
         for task_id in failed:
