@@ -70,14 +70,15 @@ class CallbackRunner:
     def _run(self) -> None:
         while not self._stop.wait(POLL_S):
             try:
-                for job_id in job_hooks.claim(self._client, LOOK_LEASE_S, LOOK_BATCH):
-                    self._look_at(job_id)
+                due, leased_until = job_hooks.claim(self._client, LOOK_LEASE_S, LOOK_BATCH)
+                for job_id in due:
+                    self._look_at(job_id, leased_until)
             except (redis.RedisError, OSError) as exc:  # what it claimed comes back when the lease runs out
                 log.debug("Callbacks: Redis failed: %s", exc)
             except Exception:
                 log.exception("Callbacks: looking at the due jobs failed")
 
-    def _look_at(self, job_id: str) -> None:
+    def _look_at(self, job_id: str, leased_until: float) -> None:
         """Has the job ended? Then deliver on an idle thread (or look again at the next poll if none is
         idle); else look again in HOOK_CHECK_S."""
         current = job_hooks.read(self._client, job_id)
@@ -91,7 +92,7 @@ class CallbackRunner:
         elif current.state != PENDING:
             job_hooks.record(self._client, job_id, current, None, "")  # nothing to tell (unless re-armed)
         elif not ended:
-            job_hooks.later(self._client, job_id, HOOK_CHECK_S)
+            job_hooks.later(self._client, job_id, HOOK_CHECK_S, leased_until)
         elif not self._free.acquire(blocking=False):
             job_hooks.later(self._client, job_id, 0)
         else:

@@ -34,6 +34,12 @@ for _, job in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[2], job) end
 return due
 """
 
+# KEYS: schedule. ARGV: job, due, leased until. Only while the lease is still its score (ZADD's "%.17g" of it).
+_LATER = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) >= tonumber(ARGV[3]) - 0.001 then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
+"""
+
 # KEYS: state, schedule, events.
 # ARGV: job, delivery, state, attempts, error, at, next due ('' = done), event ('' = none).
 _RECORD = """
@@ -100,15 +106,20 @@ def _lock_key(job_id: str) -> str:
     return f"ovms:job:{job_id}:callback-lock"
 
 
-def claim(client: redis.Redis, lease_s: float, limit: int) -> list[str]:
-    """Up to `limit` due jobs, each leased to the caller for `lease_s`."""
+def claim(client: redis.Redis, lease_s: float, limit: int) -> tuple[list[str], float]:
+    """Up to `limit` due jobs, each leased to the caller for `lease_s`, and until when."""
     now = time.time()
-    return [job.decode() for job in client.eval(_CLAIM, 1, SCHEDULE_KEY, now, now + lease_s, limit)]
+    leased = client.eval(_CLAIM, 1, SCHEDULE_KEY, now, now + lease_s, limit)
+    return [job.decode() for job in leased], now + lease_s
 
 
-def later(client: redis.Redis, job_id: str, delay_s: float) -> None:
-    """Look at a job again in `delay_s` (it has not ended)."""
-    client.zadd(SCHEDULE_KEY, {job_id: time.time() + delay_s}, xx=True)
+def later(client: redis.Redis, job_id: str, delay_s: float, leased_until: float | None = None) -> None:
+    """Look at a job again in `delay_s`. With `leased_until` (what `claim` leased it until): unless a chunk's
+    end nudged it meanwhile, which made it due at once (a look that found it unfinished must not put that off)."""
+    if leased_until is None:
+        client.zadd(SCHEDULE_KEY, {job_id: time.time() + delay_s}, xx=True)
+    else:
+        client.eval(_LATER, 1, SCHEDULE_KEY, job_id, time.time() + delay_s, leased_until)
 
 
 def drop(client: redis.Redis, job_id: str) -> None:

@@ -24,15 +24,15 @@ def armed(client: redis.Redis) -> None:
 
 def test_a_due_job_is_claimed_by_one_api_until_its_lease_runs_out(store: redis.Redis) -> None:
     armed(store)
-    assert job_hooks.claim(store, lease_s=0.3, limit=4) == [JOB]
-    assert job_hooks.claim(store, lease_s=0.3, limit=4) == [], "leased to the first api"
+    assert job_hooks.claim(store, lease_s=0.3, limit=4)[0] == [JOB]
+    assert job_hooks.claim(store, lease_s=0.3, limit=4)[0] == [], "leased to the first api"
     time.sleep(0.4)  # the first api died holding it
-    assert job_hooks.claim(store, lease_s=0.3, limit=4) == [JOB]
+    assert job_hooks.claim(store, lease_s=0.3, limit=4)[0] == [JOB]
 
 
 def test_an_attempt_is_recorded_only_while_its_delivery_is_the_current_one(store: redis.Redis) -> None:
     armed(store)
-    [job] = job_hooks.claim(store, lease_s=30, limit=4)
+    [job], _ = job_hooks.claim(store, lease_s=30, limit=4)
     told = job_hooks.read(store, job)
     assert told is not None and (told.delivery, told.state, told.attempts) == (1, PENDING, 0)
     armed(store)  # a retry re-armed it while the first delivery was under way
@@ -61,5 +61,21 @@ def test_a_chunk_end_nudges_only_a_job_with_a_callback(store: redis.Redis) -> No
         job_hooks.nudge(pipe, JOB)
         job_hooks.nudge(pipe, "f" * 32)  # no callback
         pipe.execute()
-    assert job_hooks.claim(store, lease_s=30, limit=4) == [JOB]
+    assert job_hooks.claim(store, lease_s=30, limit=4)[0] == [JOB]
     assert store.zcard(job_hooks.SCHEDULE_KEY) == 1
+
+
+def test_a_look_that_found_the_job_unfinished_does_not_put_off_a_nudge_that_came_meanwhile(
+    store: redis.Redis,
+) -> None:
+    armed(store)
+    [job], leased_until = job_hooks.claim(store, lease_s=30, limit=4)
+    job_hooks.later(store, job, 60, leased_until)
+    assert store.zscore(job_hooks.SCHEDULE_KEY, job) > time.time() + 50, "no nudge: looked at again later"
+    store.zadd(job_hooks.SCHEDULE_KEY, {job: time.time()})  # due again
+    [job], leased_until = job_hooks.claim(store, lease_s=30, limit=4)
+    with store.pipeline() as pipe:
+        job_hooks.nudge(pipe, job)  # its last chunk ended while the api looked
+        pipe.execute()
+    job_hooks.later(store, job, 60, leased_until)
+    assert store.zscore(job_hooks.SCHEDULE_KEY, job) <= time.time(), "still due at once"
