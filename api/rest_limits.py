@@ -13,7 +13,8 @@ silent or lying about its body costs a coroutine and its own bytes, never one of
 - a body that stops arriving for `body_idle_timeout_s` is 408, and so is one slower on average than
   MIN_BODY_BYTES_PER_S once BODY_GRACE_S have passed; one the client ends early is 400. A body is kept
   as one buffer, whatever the size of the parts it came in;
-- with bearer tokens, a call that needs one and has none accepted is 401 from its head alone (api.auth);
+- with bearer tokens, a call that needs one and has none accepted is 401 from its head alone (api.auth),
+  and the others run as their token's tenant (api.tenants.CALLER);
 - the bytes a body will take count against the api's in-flight budget (--max_inflight_mb) from the
   moment its head announces them: a Content-Length is reserved at once (429 if it does not fit beside
   what other requests hold), a chunked body as its parts arrive; JSON at JSON_BODY_FACTOR times its
@@ -37,7 +38,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from api.admission import PREPAID_BYTES, Admission
-from api.auth import BearerTokens, rest_call_allowed
+from api.auth import BearerTokens, rest_caller
+from api.tenants import CALLER, Tenant
 from inference.errors import TOKEN_REFUSED, ResourceExhausted
 
 Scope = MutableMapping[str, Any]
@@ -166,23 +168,25 @@ class HttpLimits:
         held = _held(self._admission, scope)
         try:
             try:
-                declared = self._check_head(scope)
+                declared, tenant = self._check_head(scope)
                 held.grow(declared)
                 body = await self._read_body(receive, held, declared is None)
                 held.parsed(body)
             except _Refused as refused:
                 await _answer(send, refused.status, refused.message, refused.headers)
                 return
-            prepaid = PREPAID_BYTES.set(held.nbytes)
+            prepaid, caller = PREPAID_BYTES.set(held.nbytes), CALLER.set(tenant)
             try:
                 await self._app(_with_length(scope, len(body)), body, _counted(send, held))
             finally:
+                CALLER.reset(caller)
                 PREPAID_BYTES.reset(prepaid)
         finally:
             held.release()
 
-    def _check_head(self, scope: Scope) -> int | None:
-        """The body's declared length (None without Content-Length), once the head passed every check."""
+    def _check_head(self, scope: Scope) -> tuple[int | None, Tenant]:
+        """The body's declared length (None without Content-Length) and the caller's tenant, once the head
+        passed every check."""
         if scope["http_version"] not in ("1.0", "1.1"):
             raise _Refused(400, f"HTTP/{scope['http_version']} is not served on this port: use HTTP/1.1")
         url_bytes = len(scope["raw_path"]) + len(scope["query_string"])
@@ -200,11 +204,12 @@ class HttpLimits:
             if int(declared) > self._max_body_bytes:
                 raise _Refused(413, body_too_large_message(self._max_body_bytes))
         authorization = next((value for name, value in scope["headers"] if name.lower() == b"authorization"), None)
-        if not rest_call_allowed(
+        tenant = rest_caller(
             self._tokens, scope["path"], None if authorization is None else authorization.decode("latin-1")
-        ):
+        )
+        if tenant is None:
             raise _Refused(401, TOKEN_REFUSED, {b"www-authenticate": b'Bearer realm="ovms"'})
-        return None if declared is None else int(declared)
+        return None if declared is None else int(declared), tenant
 
     async def _read_body(self, receive: Receive, held: _Held, count_parts: bool) -> bytes:
         """The body, once the client has sent all of it; with `count_parts` (no Content-Length reserved

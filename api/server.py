@@ -49,6 +49,9 @@ class ApiServer:
         store = store_client(backend_url)
         broker = store if backend_url == broker_url else store_client(broker_url)  # the Celery queues
         self._link = RedisLink(broker_url, backend_url)
+        self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
+        # each tenant's share of a model's capacity under saturation (api.tenants; none without tokens)
+        self.tenant_weights = self._tokens.weights if self._tokens is not None else {}
         self._dispatcher = Dispatcher(store, broker, self._link)
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
         recovery = WorkerLossRecovery(self._dispatcher, jobs)
@@ -57,7 +60,6 @@ class ApiServer:
         self._metrics = ServingMetrics(self._registry, broker, store, self._link)
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
-        self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
         self._grpc: GrpcServer | None = None
         self._rest: RestServer | None = None
 

@@ -1,12 +1,14 @@
 """Jobs: validate many samples and queue them (tasks.jobs.JobStore), and answer for them: status,
 listing, result, cancel. With bearer tokens, `owner` is the caller's owner id and a job is seen by its
-owner only (api.auth); without, it is None and every job is seen."""
+owner only (api.auth); without, it is None and every job is seen. A job is the caller's tenant's
+(api.tenants.CALLER), within the tenant's limit of job samples queued."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from api.admission import Admission
+from api.tenants import current_tenant
 from inference.errors import InvalidArgument
 from inference.validation import RequestTensor, validate_inputs
 from tasks.jobs import JobResult, JobStatus, JobStore
@@ -38,7 +40,7 @@ class JobService:
             arrays = validate_inputs(target.signature.with_any_batch(), decode())
             if not next(iter(arrays.values())).shape[0]:
                 raise InvalidArgument("A job needs at least one sample: its inputs have 0 rows")
-            return self._store.submit(target, arrays, owner, pinned=bool(version))
+            return self._store.submit(target, arrays, owner, pinned=bool(version), tenant=current_tenant().name)
 
     def refuse_oversized(self, nbytes: int) -> None:
         """JobTooLarge (413) for a job whose tensors would take `nbytes` (see JobStore.refuse_oversized)."""
