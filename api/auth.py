@@ -16,13 +16,12 @@ import functools
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
 
-from api.grpc_limits import within
-from api.tenants import NO_TENANT, Tenant, TokenFile, as_caller, read_token_file
+from api.grpc_limits import deadline_s, within
+from api.tenants import NO_TENANT, Tenant, TenantScope, TokenFile, as_caller, read_token_file
 from inference.errors import TOKEN_REFUSED
 
 OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -32,9 +31,6 @@ OPEN_GRPC_METHODS = frozenset(
     {"/inference.GRPCInferenceService/ServerLive", "/inference.GRPCInferenceService/ServerReady"}
 )
 OWNER_SALT = b"ovms job owner v1"
-# What a call runs within, from its start until it is answered: its tenant as api.tenants.CALLER, and
-# with api.quotas the tenant's limits (a ServingError on entering refuses the call)
-TenantScope = Callable[[Tenant, Any], AbstractAsyncContextManager[None]]
 
 
 @functools.cache  # one hash per accepted token and process: only accepted tokens get here
@@ -98,8 +94,8 @@ class BearerTokens:
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
     """Answers UNAUTHENTICATED to every call without an accepted token, except the health checks'; the
-    others run as their token's tenant, within `scope(tenant, context)` (api.tenants.CALLER set, and the
-    tenant's limits: api.quotas) until they are answered.
+    others run within `scope(tenant, seconds to the deadline)` until they are answered: as their token's
+    tenant (api.tenants.CALLER), within its limits (api.quotas), entered before the request is read.
 
     The refusal is decided on the call's metadata alone, before its request message is read: a caller
     without a token can make the server neither read nor hold a message."""
@@ -121,7 +117,7 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         tenant = self._tokens.tenant_of(metadata.get("authorization"))
         if tenant is None:
             return _REFUSAL
-        return within(handler, lambda context: self._scope(tenant, context))
+        return within(handler, lambda context: self._scope(tenant, deadline_s(context)))
 
 
 async def _refuse(_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:

@@ -24,6 +24,7 @@ from inference.errors import InvalidArgument, ResourceExhausted, ServingError
 T = TypeVar("T")
 
 PUSHED_OUT = "Too many calls are waiting for their request message; this one waited longest"
+_NO_DEADLINE_S = 1e6  # grpc reports a huge time_remaining() when the client set no deadline
 RETRY_AFTER = "retry-after"  # trailing metadata: seconds, for an error that says when to retry
 
 CallScope = Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
@@ -133,6 +134,12 @@ class RequestReader(grpc.aio.ServerInterceptor):
                 await responses
 
         return grpc.stream_stream_rpc_method_handler(streamed_response, **serializers)
+
+
+def deadline_s(context: grpc.aio.ServicerContext) -> float | None:
+    """The seconds left before the call's deadline, None when the client set none."""
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < _NO_DEADLINE_S else None
 
 
 async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue
 
 from api.tenants import current_tenant
-from inference.errors import ServingError
+from inference.errors import ServingError, TenantOverLimit
 from inference.request import InferenceResult
 from inference.statistics import VersionKey
 from tasks.link import RedisLink
@@ -84,6 +84,12 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self._refused = Counter(
+            "ovms_tenant_refused",
+            "Calls and job submissions refused beyond a tenant's limit (rps, inflight, job_samples)",
+            ["tenant", "limit"],
+            registry=self.registry,
+        )
         self._queues = _QueueCollector(registry_view, broker, store, link)
         self._view = registry_view
         self._shared_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
@@ -121,6 +127,10 @@ class ServingMetrics:
         self._queue_time.labels(name, version).observe(result.queue_s * 1e6)
         self._inference_time.labels(name, version).observe(result.infer_s * 1e6)
         self._batch_size.labels(name, version).observe(result.batch_size)
+
+    def tenant_refused(self, error: TenantOverLimit) -> None:
+        """Count a refusal beyond a tenant's limit (tenants come from the token file: a bounded set)."""
+        self._refused.labels(error.tenant, error.limit).inc()
 
     def _label(self, name: str) -> str:
         return name if self._view.knows(name) else ""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
@@ -61,9 +61,16 @@ def current_tenant() -> Tenant:
     return CALLER.get()
 
 
+# What a call runs within, from its start until it is answered: as its tenant's (CALLER), and with api.quotas
+# within the tenant's limits (a ServingError on entering refuses the call). The float: the seconds left
+# before the call's deadline, if it has one.
+TenantScope = Callable[[Tenant, float | None], AbstractAsyncContextManager[None]]
+
+
 @asynccontextmanager
-async def as_caller(tenant: Tenant, _call: object = None) -> AsyncIterator[None]:
-    """Serve what runs within as `tenant`'s (without checking its limits: api.quotas does that too)."""
+async def as_caller(tenant: Tenant, _timeout_s: float | None = None) -> AsyncIterator[None]:
+    """Serve what runs within as `tenant`'s, without checking its limits (api.quotas.TenantQuotas.call
+    checks them too)."""
     token = CALLER.set(tenant)
     try:
         yield
