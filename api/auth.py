@@ -15,13 +15,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
 from api.grpc_limits import deadline_s, within
-from api.tenants import NO_TENANT, Tenant, TenantScope, TokenFile, as_caller, read_token_file
+from api.tenants import DEFAULT_TENANT, NO_TENANT, Tenant, TenantScope, TokenFile, as_caller, read_token_file
 from inference.errors import TOKEN_REFUSED
 
 OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -44,9 +44,10 @@ class BearerTokens:
     """The accepted tokens and their tenants (api.tenants: the lines of a file, blank lines and `#`
     comments ignored)."""
 
-    def __init__(self, tokens: list[str], token_file: TokenFile | None = None) -> None:
+    def __init__(self, tokens: Sequence[str] = (), token_file: TokenFile | None = None) -> None:
         """`tokens` alone: each of the tenant `default`, without limits."""
-        self._file = token_file or TokenFile([(token, "default") for token in tokens], {"default": Tenant("default")})
+        plain = TokenFile([(token, DEFAULT_TENANT) for token in tokens], {DEFAULT_TENANT: Tenant(DEFAULT_TENANT)})
+        self._file = token_file or plain
         self._tokens = [token.encode() for token, _ in self._file.tokens]
         self._tenants = [self._file.tenants[tenant] for _, tenant in self._file.tokens]
 
@@ -56,7 +57,7 @@ class BearerTokens:
             token_file = read_token_file(path)
         except ValueError as error:
             raise RuntimeError(str(error)) from None
-        return cls([], token_file)
+        return cls(token_file=token_file)
 
     @property
     def tenants(self) -> dict[str, Tenant]:

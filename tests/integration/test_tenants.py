@@ -7,6 +7,7 @@ samples are limited per tenant; metrics and job listings name the tenant."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from api.protos import grpc_service_pb2_grpc
 from api.quotas import INFLIGHT_KEY, LEASE_GRACE_S
 from tests.support.jobs import wait_for_end
 from tests.support.load import float_request
-from tests.support.stack import OvmsProcess, ovms_command, private_redis, start_ovms
+from tests.support.stack import REPO, OvmsProcess, ovms_command, private_redis, start_ovms
 
 TOKENS = {
     "acme": "acme-tok-1f0e",
@@ -309,7 +310,8 @@ def test_job_listings_show_the_tenant(api: OvmsProcess) -> None:
     assert listed and {job["tenant"] for job in listed} == {"batch"}
     listing = subprocess.run(
         ovms_command("jobs", "--url", api.rest_url),
-        env={"PATH": "/usr/bin:/bin", "OVMS_TOKEN": TOKENS["batch"]},
+        env={**os.environ, "OVMS_TOKEN": TOKENS["batch"]},
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
