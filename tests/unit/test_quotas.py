@@ -15,6 +15,7 @@ from api.tenants import NO_TENANT, Tenant, TenantLimits, current_tenant
 from inference.errors import TenantOverLimit
 from tasks.broker import free_port
 from tasks.link import RedisLink
+from tests.support.sentinels import PASSWORD, SentinelCluster, missing_binaries
 
 
 def quotas(url: str, refused: list[TenantOverLimit] | None = None, **options: float) -> TenantQuotas:
@@ -174,3 +175,20 @@ def test_while_redis_is_unreachable_nothing_is_checked() -> None:
         run(test)
     finally:
         link.stop()
+
+
+@pytest.mark.skipif(missing_binaries() is not None, reason=missing_binaries() or "")
+def test_limits_are_kept_on_the_master_a_sentinel_url_names() -> None:
+    cluster = SentinelCluster().start()
+    try:
+        acme = Tenant("acme", TenantLimits(rps=2))
+
+        async def test() -> None:
+            assert await admitted(quotas(cluster.url), acme, 3) == 2
+
+        run(test)
+        master = redis.Redis(port=cluster.master_port(), password=PASSWORD)
+        assert master.exists(RATE_KEY.format("acme"))
+        master.close()
+    finally:
+        cluster.stop()
