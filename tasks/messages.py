@@ -325,6 +325,7 @@ class JobRecord(Message):
     owner: str | None = None  # the submitting token's owner id, with bearer tokens
     pinned: bool = True  # the job named its version
     deadline: float | None = None  # None in records of older apis: created + --job_timeout_s
+    tenant: str = ""  # the submitting token's tenant ("": no token file, or a record of an older api)
 
 
 @dataclass(frozen=True, slots=True)
