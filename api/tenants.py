@@ -89,9 +89,12 @@ class TokenFile:
         return MappingProxyType({name: tenant.weight for name, tenant in self.tenants.items()})
 
 
-def _positive_number(text: str) -> float:
+MIN_RPS, MAX_RPS = 0.001, 1e6  # one call in ~17 minutes .. a million a second: what Redis's key expiries can hold
+
+
+def _rate(text: str) -> float:
     value = float(text)
-    if not math.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or not MIN_RPS <= value <= MAX_RPS:
         raise ValueError
     return value
 
@@ -118,7 +121,7 @@ def _tenant_name(text: str) -> str:
 # key -> (how its value is read, what it must be)
 _KEYS: dict[str, tuple[Callable[[str], Any], str]] = {
     "tenant": (_tenant_name, "1 to 64 letters, digits, '_', '.' or '-', beginning with a letter or digit"),
-    "rps": (_positive_number, "a number of requests a second above 0"),
+    "rps": (_rate, f"a number of requests a second from {MIN_RPS:g} to {MAX_RPS:g}"),
     "inflight": (_positive_integer, "a whole number of requests above 0"),
     "job_samples": (_positive_integer, "a whole number of samples above 0"),
     "weight": (_weight, f"a whole number from 1 to {MAX_WEIGHT}"),
@@ -129,12 +132,20 @@ _LIMITS = tuple(field.name for field in fields(TenantLimits))
 def parse_token_file(text: str, path: str) -> TokenFile:
     """The tokens and tenants of a token file's text; ValueError naming `path` and the line otherwise."""
     tokens: list[tuple[str, str]] = []
+    lines_of: dict[str, int] = {}  # token -> the line that gave it
     given: dict[str, dict[str, tuple[Any, int]]] = {}  # tenant -> key -> (value, line number)
     for number, line in enumerate(text.splitlines(), start=1):
         words = line.split()
         if not words or words[0].startswith("#"):
             continue
-        values = _fields(words[1:], f"auth_token_file {path} line {number}")
+        where = f"auth_token_file {path} line {number}"
+        key, equals, _ = words[0].partition("=")
+        if equals and key in _KEYS:  # a guessable "tenant=acme" must never become a token
+            raise ValueError(f"{where}: the line begins with {key}=, not with its token (TOKEN [key=value ...])")
+        if words[0] in lines_of:
+            raise ValueError(f"{where}: the token of line {lines_of[words[0]]} again (a token is given once)")
+        lines_of[words[0]] = number
+        values = _fields(words[1:], where)
         tenant = values.pop("tenant", DEFAULT_TENANT)
         keys = given.setdefault(tenant, {})
         for key, value in values.items():
@@ -177,5 +188,5 @@ def _fields(words: list[str], where: str) -> dict[str, Any]:
 
 
 def read_token_file(path: str) -> TokenFile:
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:  # a byte-order mark (editors on Windows write one) is no token
         return parse_token_file(handle.read(), path)

@@ -252,13 +252,16 @@ class JobStore:
         return JobResult(self._client, self._record(job_id, owner))
 
     def cancel(self, job_id: str, owner: str | None = None) -> None:
-        """Drop the chunks not run yet (workers skip them); a job that already ended keeps its state."""
+        """Drop the chunks not run yet (workers skip them); a job that already ended keeps its state. Its
+        chunks leave the backlog at once, so that neither the server's backlog nor the tenant's job samples
+        count them while they wait for a worker to skip them."""
         if self.status(job_id, owner).state in COMPLETED:
             return
         record = replace(self._record(job_id, owner), revoked=True)
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(JOB_PREFIX + job_id, record.to_json(), keepttl=True)
             pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
+            job_backlog.release(pipe, [chunk.task_id for chunk in record.chunks])
             pipe.execute()
 
     def sweep_due(self) -> bool:

@@ -46,7 +46,7 @@ def test_a_key_given_on_one_line_of_a_tenant_holds_for_all_its_tokens() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (f"ok\n{SECRET} rps=abc\n", "line 2: rps= must be a number of requests a second above 0"),
+        (f"ok\n{SECRET} rps=abc\n", "line 2: rps= must be a number of requests a second from 0.001 to 1e+06"),
         (f"{SECRET} rps=0\n", "line 1: rps= must be a number"),
         (f"{SECRET} rps=nan\n", "line 1: rps= must be a number"),
         (f"{SECRET} inflight=1.5\n", "line 1: inflight= must be a whole number of requests above 0"),
