@@ -20,7 +20,6 @@ from inference.errors import Internal, ServingError
 
 log = logging.getLogger("serving")
 
-_NO_DEADLINE_S = 1e6  # grpc reports a huge time_remaining() when the client set no deadline
 LARGE_RESPONSE_BYTES = 1 << 20  # outputs above this are encoded off the event loop
 T = TypeVar("T")
 
@@ -65,9 +64,3 @@ def serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 
     wrapper.__name__ = method.__name__
     return wrapper
-
-
-def deadline_s(context: grpc.aio.ServicerContext) -> float | None:
-    """The seconds left before the call's deadline, None when the client set none."""
-    remaining = context.time_remaining()
-    return remaining if remaining is not None and remaining < _NO_DEADLINE_S else None

@@ -24,7 +24,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue
 
-from inference.errors import ServingError
+from api.tenants import current_tenant
+from inference.errors import ServingError, TenantOverLimit
 from inference.request import InferenceResult
 from inference.statistics import VersionKey
 from tasks.link import RedisLink
@@ -53,13 +54,13 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         self._served = _served_by_this_process(self.registry)  # its file by pid: made before the slot's
         _write_files_of_this_slot()
-        labels = ["name", "version", "interface", "method"]
+        labels = ["name", "version", "interface", "method", "tenant"]
         self._success = Counter("ovms_requests_success", "Requests answered", labels, registry=self.registry)
         self._fail = Counter("ovms_requests_fail", "Requests failed", [*labels, "code"], registry=self.registry)
         self._request_time = Histogram(
             "ovms_request_time_us",
             "Request time in the api, microseconds",
-            ["name", "version", "interface"],
+            ["name", "version", "interface", "tenant"],
             buckets=_MICROSECONDS,
             registry=self.registry,
         )
@@ -84,6 +85,12 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self._refused = Counter(
+            "ovms_tenant_refused",
+            "Calls and job submissions refused beyond a tenant's limit (rps, inflight, job_samples)",
+            ["tenant", "limit"],
+            registry=self.registry,
+        )
         self._queues = _QueueCollector(registry_view, broker, store, link)
         self._view = registry_view
         self._shared_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
@@ -95,29 +102,36 @@ class ServingMetrics:
         """Count and time one request; the caller reports the version (and predict result) it got.
         Requests for model names no worker knows count under name "" (no model has that name), answered
         or not (a v2 ModelReady answers false for them): a series per name a client makes up would grow the
-        api's memory without bound."""
+        api's memory without bound. Each request counts under its caller's tenant (api.tenants: the token
+        file names a bounded set; "" without one)."""
         tracker = Tracker()
         started = time.perf_counter()
+        tenant = current_tenant().name
         self._served.inc()
         try:
             yield tracker
         except ServingError as error:
-            self._fail.labels(self._label(name), tracker.version, interface, method, error.grpc_code).inc()
+            self._fail.labels(self._label(name), tracker.version, interface, method, tenant, error.grpc_code).inc()
             raise
         except Exception:
-            self._fail.labels(self._label(name), tracker.version, interface, method, "INTERNAL").inc()
+            self._fail.labels(self._label(name), tracker.version, interface, method, tenant, "INTERNAL").inc()
             raise
-        self._success.labels(self._label(name), tracker.version, interface, method).inc()
+        self._success.labels(self._label(name), tracker.version, interface, method, tenant).inc()
         if tracker.result is not None:
-            self._observe_predict(name, tracker.version, interface, time.perf_counter() - started, tracker.result)
+            seconds = time.perf_counter() - started
+            self._observe_predict(name, tracker.version, interface, tenant, seconds, tracker.result)
 
     def _observe_predict(
-        self, name: str, version: str, interface: str, seconds: float, result: InferenceResult
+        self, name: str, version: str, interface: str, tenant: str, seconds: float, result: InferenceResult
     ) -> None:
-        self._request_time.labels(name, version, interface).observe(seconds * 1e6)
+        self._request_time.labels(name, version, interface, tenant).observe(seconds * 1e6)
         self._queue_time.labels(name, version).observe(result.queue_s * 1e6)
         self._inference_time.labels(name, version).observe(result.infer_s * 1e6)
         self._batch_size.labels(name, version).observe(result.batch_size)
+
+    def tenant_refused(self, error: TenantOverLimit) -> None:
+        """Count a refusal beyond a tenant's limit (tenants come from the token file: a bounded set)."""
+        self._refused.labels(error.tenant, error.limit).inc()
 
     def _label(self, name: str) -> str:
         return name if self._view.knows(name) else ""

@@ -77,6 +77,27 @@ class Internal(ServingError):
 
 _KINDS = {cls.__name__: cls for cls in ServingError.__subclasses__()}
 
+# A tenant's limits (api.tenants) as an error message names them
+TENANT_LIMITS = {
+    "rps": "{:g} requests/s",
+    "inflight": "{:g} requests in flight",
+    "job_samples": "{:g} job samples queued",
+}
+
+
+class TenantOverLimit(ResourceExhausted):
+    """A tenant is beyond one of its limits (a key of TENANT_LIMITS), across every api process: 429 /
+    RESOURCE_EXHAUSTED with Retry-After / `retry-after` (whole seconds, at least 1). Raised in the api
+    only, never sent on the wire."""
+
+    def __init__(self, tenant: str, limit: str, value: float, retry_after_s: int, detail: str = "") -> None:
+        self.tenant = tenant
+        self.limit = limit
+        self.retry_after_s = max(1, retry_after_s)
+        said = TENANT_LIMITS[limit].format(value)
+        super().__init__(f"tenant {tenant} is over its {said}{detail}; retry after {self.retry_after_s} s")
+
+
 # The seed's messages, used verbatim by both frontends.
 MODEL_NOT_FOUND = "Model with requested name is not found"
 VERSION_NOT_FOUND = "Model with requested version is not found"

@@ -220,6 +220,7 @@ def _jobs(args: argparse.Namespace) -> int:
     jobs = reply.json()["jobs"]
     if args.failed is not None:  # --failed without an id: the jobs with failed chunks
         jobs = [job for job in jobs if job["progress"].get("failed")]
+    tenants = any(job.get("tenant") for job in jobs)  # a column only for a server whose tokens name tenants
     rows = [
         (
             job["id"],
@@ -228,10 +229,12 @@ def _jobs(args: argparse.Namespace) -> int:
             job["state"],
             f"{job['progress']['done']}/{job['progress']['total']}",
             str(job["progress"].get("failed", 0)),
+            *([job.get("tenant") or "-"] if tenants else []),
         )
         for job in jobs
     ]
-    print("\n".join(table(("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", "FAILED"), rows)))
+    header = ("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", "FAILED", *(["TENANT"] if tenants else []))
+    print("\n".join(table(header, rows)))
     return 0
 
 

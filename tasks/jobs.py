@@ -42,6 +42,7 @@ from inference.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    TenantOverLimit,
     Unavailable,
 )
 from inference.request import InferenceRequest
@@ -124,6 +125,7 @@ class JobStatus:
     failed_chunks: int = 0
     dead_letters: list[dict[str, Any]] = field(default_factory=list)  # {"chunk", "samples", "error", "attempts"}
     callback: dict[str, Any] | None = None  # job_hooks.Delivery.to_dict(), with "url"
+    tenant: str = ""  # the submitting token's tenant ("": no token file)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +141,7 @@ class JobStatus:
             "errors": self.errors,
             "dead_letters": self.dead_letters,
             "callback": self.callback,
+            "tenant": self.tenant,
         }
 
 
@@ -165,29 +168,40 @@ class JobStore:
         inputs: dict[str, np.ndarray],
         owner: str | None = None,
         pinned: bool = True,
+        tenant: str = "",
+        samples: int | None = None,
         options: JobOptions = JobOptions(),
     ) -> str:
         """Split validated inputs (a leading sample dimension) into chunks and queue them: JobTooLarge
         (413) beyond --job_max_mb, JobBacklogFull (429) if the server's queued jobs would pass
         --job_backlog_mb. `owner`: the submitting token's owner id, with bearer tokens; `pinned`: the
-        caller named `target.version` (else chunks follow the model's default version)."""
+        caller named `target.version` (else chunks follow the model's default version); `tenant`: the
+        submitting token's tenant, and `samples` its limit of samples in unfinished jobs (TenantOverLimit,
+        429, beyond it; JobTooLarge for a job alone beyond it)."""
         nbytes = sum(payload_nbytes(array) for array in inputs.values())
         self.refuse_oversized(nbytes)
+        total = int(next(iter(inputs.values())).shape[0])
+        if samples is not None and total > samples:
+            raise JobTooLarge(f"The job's {total} samples are more than tenant {tenant}'s {samples} (job_samples=)")
         job_id = uuid.uuid4().hex
         created = time.time()
         deadline = created + self._limits.timeout_s
-        chunks = list(_split(job_id, target, inputs, deadline, pinned, options.dead_letters))
+        chunks = list(_split(job_id, target, inputs, deadline, pinned, tenant, options.dead_letters))
         cap = self._limits.max_backlog_bytes
-        used = job_backlog.admit(self._client, [(chunk.task_id, chunk.nbytes) for chunk, _, _ in chunks], deadline, cap)
-        if used is not None:
+        entries = [(chunk.task_id, chunk.nbytes, rows) for chunk, rows, _ in chunks]
+        full = job_backlog.admit(self._client, entries, deadline, cap, tenant, samples)
+        if full is not None and full.limit == "samples":
+            detail = f" ({full.queued} queued, this job {total})"
+            raise TenantOverLimit(tenant, "job_samples", samples or 0, BACKLOG_RETRY_AFTER_S, detail)
+        if full is not None:
             raise JobBacklogFull(
-                f"The server's job backlog is full: {_mib(used)} MiB queued, this job {_mib(nbytes)} MiB, "
+                f"The server's job backlog is full: {_mib(full.queued)} MiB queued, this job {_mib(nbytes)} MiB, "
                 f"the limit {_mib(cap)} MiB (--job_backlog_mb); retry later"
             )
         record = JobRecord(
             model=target.model,
             version=target.version,
-            total=int(next(iter(inputs.values())).shape[0]),
+            total=total,
             queue=target.queue,
             created=created,
             chunks=tuple(ChunkRef(chunk.task_id, rows) for chunk, rows, _ in chunks),
@@ -197,6 +211,7 @@ class JobStore:
             dead_letters=options.dead_letters,
             callback=options.callback,
             status_url=f"{options.base_url}/v1/jobs/{job_id}" if options.callback else None,
+            tenant=tenant,
         )
         queue = job_queue_for(target.queue)
         try:
@@ -285,6 +300,7 @@ class JobStore:
             len(failures),
             self._dead_letters(job_id, record, outcomes) if record.dead_letters else [],
             self._callback(job_id, record),
+            record.tenant,
         )
 
     def _dead_letters(
@@ -314,7 +330,8 @@ class JobStore:
 
     def cancel(self, job_id: str, owner: str | None = None) -> None:
         """Drop the chunks not run yet (workers skip them) and the tensors of its dead letters; a job that
-        already ended keeps its state."""
+        already ended keeps its state. Its chunks leave the backlog at once, so that neither the server's
+        backlog nor the tenant's job samples count them while they wait for a worker to skip them."""
         record = self._record(job_id, owner)
         if record.dead_letters:
             dead_letters.discard(self._client, list(dead_letters.buried(self._client, job_id)))
@@ -323,6 +340,7 @@ class JobStore:
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(JOB_PREFIX + job_id, replace(record, revoked=True).to_json(), keepttl=True)
             pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
+            job_backlog.release(pipe, [chunk.task_id for chunk in record.chunks])
             job_hooks.nudge(pipe, job_id)  # its callback, if any, is told now
             pipe.execute()
 
@@ -469,7 +487,13 @@ def _index(owner: str | None) -> str:
 
 
 def _split(
-    job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float, pinned: bool, dead_letters: bool
+    job_id: str,
+    target: Target,
+    inputs: dict[str, np.ndarray],
+    deadline: float,
+    pinned: bool,
+    tenant: str,
+    dead_letters: bool,
 ) -> Iterator[tuple[QueuedChunk, int, Payload]]:
     """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
     number of samples and its tensor payload."""
@@ -482,7 +506,14 @@ def _split(
         part = {name: array[start : start + rows] for name, array in inputs.items()}
         request_id = f"{task_id}.0"
         request = InferenceRequest(
-            target.model, target.version, part, deadline=deadline, request_id=request_id, pinned=pinned, any_batch=True
+            target.model,
+            target.version,
+            part,
+            deadline=deadline,
+            request_id=request_id,
+            pinned=pinned,
+            any_batch=True,
+            tenant=tenant,
         )
         envelope, payload = pack_requests([request], precisions)
         nbytes = sum(payload_nbytes(array) for array in part.values())

@@ -329,6 +329,7 @@ class JobRecord(Message):
     dead_letters: bool = False  # a failed chunk is kept for a retry (tasks.dead_letters) instead of failing the job
     callback: str | None = field(default=None, metadata=key("callback", omit_none=True))  # URL told of its end
     status_url: str | None = field(default=None, metadata=key("status_url", omit_none=True))  # absolute, for it
+    tenant: str = ""  # the submitting token's tenant ("": no token file, or a record of an older api)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
 """Inference: resolve the model version, validate the inputs, dispatch them to the model's workers
-(tasks.dispatcher) and await the answer, within the api's admission (api.admission)."""
+(tasks.dispatcher) and await the answer, within the api's admission (api.admission). A request is the
+caller's tenant's (api.tenants.CALLER, set by whatever accepted its token)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
 from api.admission import Admission, request_bytes
+from api.tenants import current_tenant
 from inference.errors import InvalidArgument
 from inference.request import InferenceRequest, InferenceResult
 from inference.validation import RequestTensor, validate_inputs
@@ -47,7 +49,8 @@ class InferenceService:
         timeout_s: float | None = None,
     ) -> InferenceResult:
         with self._admission.admit(request_bytes(inputs)), self._link.required():
-            target, request = self._request(name, version, inputs, output_filter, self._deadline(timeout_s))
+            deadline, tenant = self._deadline(timeout_s), current_tenant().name
+            target, request = self._request(name, version, inputs, output_filter, deadline, tenant)
             return _with_precisions(target, self._dispatcher.infer(target, request))
 
     async def predict_async(
@@ -69,17 +72,17 @@ class InferenceService:
         message already on its way and never leave the event loop. A large request (decoding takes
         milliseconds), or one whose model needs a registry refresh, is handled on `executor` throughout."""
         with self._admission.admit(nbytes), self._link.required():
-            deadline = self._deadline(timeout_s)
+            deadline, tenant = self._deadline(timeout_s), current_tenant().name
             loop = asyncio.get_running_loop()
             if nbytes <= INLINE_REQUEST_BYTES and self._registry.serves(name):
-                target, request = self._request(name, version, inputs(), output_filter, deadline)
+                target, request = self._request(name, version, inputs(), output_filter, deadline, tenant)
                 future, publish = self._dispatcher.enqueue(target, request)
                 if publish:
                     await loop.run_in_executor(executor, self._dispatcher.publish_waiting, target)
             else:
 
                 def submit() -> tuple[Target, InferenceRequest, Future[InferenceResult]]:
-                    target, request = self._request(name, version, inputs(), output_filter, deadline)
+                    target, request = self._request(name, version, inputs(), output_filter, deadline, tenant)
                     return target, request, self._dispatcher.submit(target, request)
 
                 target, request, future = await loop.run_in_executor(executor, submit)
@@ -95,6 +98,7 @@ class InferenceService:
         inputs: dict[str, RequestTensor],
         output_filter: list[str] | None,
         deadline: float,
+        tenant: str,
     ) -> tuple[Target, InferenceRequest]:
         target = self._registry.resolve(name, version)
         arrays = validate_inputs(target.signature, inputs)
@@ -104,9 +108,8 @@ class InferenceService:
                 named = ", ".join(f"{name:.{NAME_CHARS}}" for name in unknown[:NAMES_QUOTED])
                 more = f" and {len(unknown) - NAMES_QUOTED} more" if len(unknown) > NAMES_QUOTED else ""
                 raise InvalidArgument(f"Invalid output name - not found in model outputs: {named}{more}")
-        request = InferenceRequest(
-            name, target.version, arrays, list(output_filter or []) or None, deadline, pinned=bool(version)
-        )
+        outputs = list(output_filter or []) or None
+        request = InferenceRequest(name, target.version, arrays, outputs, deadline, pinned=bool(version), tenant=tenant)
         return target, request
 
 
