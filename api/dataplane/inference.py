@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 
 from api.admission import Admission, request_bytes
-from inference.errors import InvalidArgument
+from inference.errors import DeadlineExceeded, InvalidArgument, ServingError, still_loading
 from inference.request import InferenceRequest, InferenceResult
 from inference.validation import RequestTensor, validate_inputs
 from tasks.dispatcher import Dispatcher
@@ -21,6 +23,7 @@ from tasks.registry import RegistryView, Target
 NAMES_QUOTED = 10
 NAME_CHARS = 100
 INLINE_REQUEST_BYTES = 64 << 10  # requests up to this size are decoded and queued on the event loop
+TRIGGER_MIN_S = 1.0  # a request sent only to make a worker load its version lives at least this long
 
 
 class InferenceService:
@@ -48,7 +51,9 @@ class InferenceService:
     ) -> InferenceResult:
         with self._admission.admit(request_bytes(inputs)), self._link.required():
             target, request = self._request(name, version, inputs, output_filter, self._deadline(timeout_s))
-            return _with_precisions(target, self._dispatcher.infer(target, request))
+            self._unless_loading_too_long(target, request)
+            with self._still_loading(target):
+                return _with_precisions(target, self._dispatcher.infer(target, request))
 
     async def predict_async(
         self,
@@ -73,6 +78,8 @@ class InferenceService:
             loop = asyncio.get_running_loop()
             if nbytes <= INLINE_REQUEST_BYTES and self._registry.serves(name):
                 target, request = self._request(name, version, inputs(), output_filter, deadline)
+                if self._loads_too_long(target, request):
+                    await loop.run_in_executor(executor, self._unless_loading_too_long, target, request)
                 future, publish = self._dispatcher.enqueue(target, request)
                 if publish:
                     await loop.run_in_executor(executor, self._dispatcher.publish_waiting, target)
@@ -80,10 +87,47 @@ class InferenceService:
 
                 def submit() -> tuple[Target, InferenceRequest, Future[InferenceResult]]:
                     target, request = self._request(name, version, inputs(), output_filter, deadline)
+                    self._unless_loading_too_long(target, request)
                     return target, request, self._dispatcher.submit(target, request)
 
                 target, request, future = await loop.run_in_executor(executor, submit)
-            return _with_precisions(target, await self._dispatcher.outcome(request, future))
+            with self._still_loading(target):
+                return _with_precisions(target, await self._dispatcher.outcome(request, future))
+
+    @staticmethod
+    def _loads_too_long(target: Target, request: InferenceRequest) -> bool:
+        """Whether the version is expected in memory only after the request's deadline (no live worker holds
+        it, and its last load took longer than the request may wait)."""
+        return target.ready_at is not None and target.ready_at > request.deadline
+
+    def _unless_loading_too_long(self, target: Target, request: InferenceRequest) -> None:
+        """A request that cannot wait for its version's load is answered now, UNAVAILABLE with Retry-After,
+        rather than at its deadline (when its client has given up): it is published all the same, and
+        makes a worker load the version (Redis I/O: not on an event loop)."""
+        if self._loads_too_long(target, request):
+            request.deadline = max(request.deadline, time.time() + TRIGGER_MIN_S)
+            self._dispatcher.trigger(target, request)
+            raise self._loading(target)
+
+    @contextmanager
+    def _still_loading(self, target: Target) -> Iterator[None]:
+        """A request for a version that was not in memory whose deadline passed: UNAVAILABLE with Retry-After
+        (its version is still loading), not DEADLINE_EXCEEDED."""
+        try:
+            yield
+        except DeadlineExceeded:
+            if target.resident:
+                raise
+            raise self._loading(target) from None
+
+    def _loading(self, target: Target) -> ServingError:
+        """UNAVAILABLE with the seconds until the version is expected in memory (at least 1), as the registry
+        sees it now."""
+        view = self._registry.all_models().get(target.model, {}).get(target.version)
+        now = time.time()
+        ready_at = view.ready_at(now) if view is not None else target.ready_at
+        worker = view.loading_on if view is not None else target.loading_on
+        return still_loading(target.model, target.version, max(1, math.ceil((ready_at or now) - now)), worker)
 
     def _deadline(self, timeout_s: float | None) -> float:
         return time.time() + (timeout_s if timeout_s is not None else self._default_timeout_s)
