@@ -33,7 +33,6 @@ from inference.residency import (
     UNMEASURED_FACTOR,
     VersionUse,
     files_bytes,
-    prime_device,
     process_rss_bytes,
     victims_by_age,
 )
@@ -125,14 +124,17 @@ class ModelManager:
         statistics: InferenceStatistics | None = None,
         memory_budget_bytes: int = 0,
         release_memory: Callable[[], None] | None = None,
+        memory_in_use: Callable[[], int] = process_rss_bytes,
     ) -> None:
         """`statistics`: where the versions' batchers count their inferences, and the loads and unloads
         (inference.statistics); `memory_budget_bytes`: what the resident versions may take together (0: no
-        budget); `release_memory`: called after a version left memory (the worker gives freed pages back)."""
+        budget); `release_memory`: called after a version left memory (the worker gives freed pages back);
+        `memory_in_use`: the process's memory in bytes, read before and after a load to size the version."""
         self._core = core or ov.Core()
         self._statistics = statistics
         self._budget = memory_budget_bytes
         self._release_memory = release_memory or (lambda: None)
+        self._memory_in_use = memory_in_use
         self._models: dict[str, _Model] = {}
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # a version's state, or a lease of one being evicted
@@ -351,10 +353,12 @@ class ModelManager:
         key = (config.name, version)
         began = time.perf_counter()
         directory = model.storage.fetch(version)
+        fetch_s = time.perf_counter() - began
         if self._budget:
-            self._prime(config.target_device)
             self._make_room(self._estimate(key, directory), keep=key)
-        rss_before = process_rss_bytes()
+            self._prime(config, version, directory)
+        began = time.perf_counter() - fetch_s  # a load's time: fetching and building, not making room
+        memory_before = self._memory_in_use()
         compiled = CompiledVersion(self._core, config, version, directory)
         started = time.perf_counter()
         compiled.warm_up()
@@ -366,11 +370,13 @@ class ModelManager:
         )
         seconds = time.perf_counter() - began
         if self._on_demand_for(config):
-            size = max(process_rss_bytes() - rss_before, files_bytes(directory))
+            size = max(self._memory_in_use() - memory_before, files_bytes(directory))
             with self._lock:
                 use = self._uses.setdefault(key, VersionUse())
                 use.size_bytes, use.load_s, use.last_used = size, seconds, time.monotonic()
             log.info("Model %s version %d: loaded in %.2f s, %.1f MiB", config.name, version, seconds, size / 2**20)
+            if self._budget and self._resident(key) is None:
+                self._make_room(size, keep=key)  # it took more than estimated
         if self._statistics is not None:
             self._statistics.loaded(config.name, version, reason, seconds)
         return compiled
@@ -563,10 +569,20 @@ class ModelManager:
             measured = use.size_bytes if use is not None else 0
         return measured or UNMEASURED_FACTOR * files_bytes(directory)
 
-    def _prime(self, device: str) -> None:
-        if device not in self._primed:
-            self._primed.add(device)
-            prime_device(self._core, device)
+    def _prime(self, config: ModelConfig, version: int, directory: Path) -> None:
+        """Compile the first version loaded on a device once before it is measured, so that its size is not
+        taken for what the device's plugin holds from then on, whatever it runs."""
+        if config.target_device in self._primed:
+            return
+        self._primed.add(config.target_device)
+        started = time.perf_counter()
+        CompiledVersion(self._core, config, version, directory).close()
+        self._release_memory()
+        log.info(
+            "Device %s primed in %.2f s before measuring model sizes",
+            config.target_device,
+            time.perf_counter() - started,
+        )
 
     def _make_room(self, needed: int, keep: VersionKey) -> None:
         """Unload versions, least recently used first, until `needed` more bytes fit in the budget (holding the
@@ -597,6 +613,26 @@ class ModelManager:
     def _evict(self, key: VersionKey, reason: str) -> bool:
         """Take a version out of memory once no request holds it (it stays servable: AVAILABLE, loaded again on
         demand); False if it could not be (in use for too long, or, when idle, used again meanwhile)."""
+        batcher = self._take_out(key, reason)
+        if batcher is None:
+            return False
+        name, version = key
+        if self._statistics is not None:
+            self._statistics.unloaded(name, version, reason)
+        batcher.close()
+        del batcher  # the last reference to its compiled model: freed now, before the memory is given back
+        log.info(
+            "Unloaded model %s version %d from memory (%s): the next request loads it",
+            name,
+            version,
+            "idle" if reason == IDLE else "memory budget",
+        )
+        self._release_memory()
+        self._tell_change()
+        return True
+
+    def _take_out(self, key: VersionKey, reason: str) -> DynamicBatcher | None:
+        """Mark a version not resident once its requests ended; its batcher, for the caller to close."""
         name, version = key
         wait_s = EVICTION_WAIT_S if reason == BUDGET else 0.0
         with self._lock:
@@ -604,29 +640,17 @@ class ModelManager:
             held = model.versions.get(version) if model is not None else None
             use = self._uses.get(key)
             if model is None or held is None or held.served is None or use is None:
-                return False
+                return None
             if reason == IDLE and use.idle_for(time.monotonic()) < model.config.idle_unload_s:
-                return False
+                return None
             use.evicting = True
             drained = self._changed.wait_for(lambda: use.leases == 0, wait_s)
             use.evicting = False
             if not drained:
                 log.warning("Model %s version %d stays in memory: requests held it for %.0f s", name, version, wait_s)
-                return False
+                return None
             self._set(model, version, AVAILABLE, kept=held.signature)
-        held.served.close()
-        log.info(
-            "Unloaded model %s version %d from memory (%s; %.1f MiB): the next request loads it",
-            name,
-            version,
-            "idle" if reason == IDLE else "memory budget",
-            use.size_bytes / 2**20,
-        )
-        if self._statistics is not None:
-            self._statistics.unloaded(name, version, reason)
-        self._release_memory()
-        self._tell_change()
-        return True
+            return held.served
 
     def _tell_change(self) -> None:
         if self.on_change is not None:

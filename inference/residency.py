@@ -6,23 +6,16 @@ used. A version unused for its model's idle_unload_s, or the least recently used
 the budget, is unloaded — never while a request holds it — and stays servable: the next request loads it.
 
 A version's size is what the worker's resident memory grew by while it loaded (compile and warm-up), and at
-least its files' size; before its first load, twice its files' size. The first model compiled on a device
-also pays the device plugin's own start-up, so the budget primes the plugin with a tiny model first.
+least its files' size; before its first load, twice its files' size. The first version compiled on a device
+also pays the plugin's start-up and its kernels' first compilation (≈ 40 MB more on CPU for `resnet`): under a
+budget it is compiled once and freed before the load that is measured.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import openvino as ov
-import openvino.opset13 as ops
-
-log = logging.getLogger("serving")
 
 UNMEASURED_FACTOR = 2  # a version never loaded here is taken for this many times its files' size
 EVICTION_WAIT_S = 60.0  # longest wait for the requests holding a version chosen for eviction
@@ -65,18 +58,3 @@ def files_bytes(directory: Path) -> int:
         return sum(entry.stat().st_size for entry in directory.rglob("*") if entry.is_file())
     except OSError:
         return 0
-
-
-def prime_device(core: ov.Core, device: str) -> None:
-    """Compile and run a one-node model on `device`, so that the plugin's start-up (≈ 40 MB on CPU) is not
-    counted as the first real version's size. A device that cannot is left as it is (its first version then
-    looks bigger than it is: the budget errs on the safe side)."""
-    started = time.perf_counter()
-    try:
-        data = ops.parameter([1, 8], np.float32)
-        compiled = core.compile_model(ov.Model([ops.relu(data)], [data]), device)
-        compiled.create_infer_request().infer({0: np.zeros((1, 8), np.float32)})
-    except RuntimeError as exc:
-        log.info("Device %s not primed before measuring model sizes: %s", device, exc)
-        return
-    log.info("Device %s primed in %.0f ms before measuring model sizes", device, (time.perf_counter() - started) * 1e3)

@@ -34,6 +34,7 @@ from tasks.routing import CATALOG_KEY, WORKER_PREFIX
 
 log = logging.getLogger("serving")
 MAX_REFUSALS_LOGGED = 64  # distinct reasons for ignoring a snapshot, each logged once; then no more
+RECENT_S = 0.1  # a view refreshed this recently is not refreshed again for a look-up that needs it current
 
 Decoded = TypeVar("Decoded", WorkerSnapshot, CatalogEntry)
 
@@ -292,10 +293,18 @@ class RegistryView:
         with self._lock:
             return name in self._models
 
+    def version_now(self, name: str, version: int) -> MergedVersion | None:
+        """A version as the workers report it now: the view is refreshed first unless it is recent (for an
+        answer that depends on it, e.g. whether a request waited for a version that is loading)."""
+        if time.monotonic() - self._last_refresh > RECENT_S:
+            self.refresh()
+        with self._lock:
+            return self._models.get(name, {}).get(version)
+
     def _lookup(self, name: str) -> dict[int, MergedVersion] | None:
         with self._lock:
             versions = self._models.get(name)
-            stale = time.monotonic() - self._last_refresh > 0.1
+            stale = time.monotonic() - self._last_refresh > RECENT_S
         if not _any_available(versions) and stale:
             self.refresh()  # a miss may be news the background refresh has not seen yet
             with self._lock:

@@ -16,7 +16,7 @@ from inference.request import InferenceRequest, InferenceResult
 from inference.validation import RequestTensor, validate_inputs
 from tasks.dispatcher import Dispatcher
 from tasks.link import RedisLink
-from tasks.registry import RegistryView, Target
+from tasks.registry import MergedVersion, RegistryView, Target
 
 # Client-given names quoted in an error message, and their characters: a message travels in a gRPC
 # trailer or an HTTP body, and must stay small whatever the request holds.
@@ -111,19 +111,20 @@ class InferenceService:
 
     @contextmanager
     def _still_loading(self, target: Target) -> Iterator[None]:
-        """A request for a version that was not in memory whose deadline passed: UNAVAILABLE with Retry-After
-        (its version is still loading), not DEADLINE_EXCEEDED."""
+        """A request whose deadline passed while its version was not in memory (when it was sent, or now):
+        UNAVAILABLE with Retry-After (its version is loading), not DEADLINE_EXCEEDED."""
         try:
             yield
         except DeadlineExceeded:
-            if target.resident:
+            view = self._registry.version_now(target.model, target.version)
+            if target.resident and (view is None or view.resident):
                 raise
-            raise self._loading(target) from None
+            raise self._loading(target, view) from None
 
-    def _loading(self, target: Target) -> ServingError:
+    def _loading(self, target: Target, view: MergedVersion | None = None) -> ServingError:
         """UNAVAILABLE with the seconds until the version is expected in memory (at least 1), as the registry
-        sees it now."""
-        view = self._registry.all_models().get(target.model, {}).get(target.version)
+        sees it (`view`: as read already)."""
+        view = view or self._registry.version_now(target.model, target.version)
         now = time.time()
         ready_at = view.ready_at(now) if view is not None else target.ready_at
         worker = view.loading_on if view is not None else target.loading_on
