@@ -370,16 +370,29 @@ class ModelManager:
         )
         seconds = time.perf_counter() - began
         if self._on_demand_for(config):
-            size = max(self._memory_in_use() - memory_before, files_bytes(directory))
             with self._lock:
                 use = self._uses.setdefault(key, VersionUse())
-                use.size_bytes, use.load_s, use.last_used = size, seconds, time.monotonic()
-            log.info("Model %s version %d: loaded in %.2f s, %.1f MiB", config.name, version, seconds, size / 2**20)
-            if self._budget and self._resident(key) is None:
-                self._make_room(size, keep=key)  # it took more than estimated
+                use.load_s, use.last_used = seconds, time.monotonic()
+            if self._budget:
+                self._count_size(key, use, self._memory_in_use() - memory_before, files_bytes(directory), seconds)
         if self._statistics is not None:
             self._statistics.loaded(config.name, version, reason, seconds)
         return compiled
+
+    def _count_size(self, key: VersionKey, use: VersionUse, grown: int, files: int, seconds: float) -> None:
+        """Take a load's measure of its version, and make room again if it took more than estimated."""
+        measured = max(grown, files)
+        with self._lock:
+            use.size_bytes = max(use.size_bytes, measured)  # a load that reuses freed memory looks smaller
+        log.info(
+            "Model %s version %d: loaded in %.2f s, %.1f MiB (counted: %.1f MiB)",
+            *key,
+            seconds,
+            measured / 2**20,
+            use.size_bytes / 2**20,
+        )
+        if self._resident(key) is None:
+            self._make_room(use.size_bytes, keep=key)
 
     def _serve(self, model: _Model, version: int, compiled: CompiledVersion) -> None:
         config = model.config

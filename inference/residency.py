@@ -5,8 +5,10 @@ version that was loaded has a `VersionUse`: its size, the requests holding it (l
 used. A version unused for its model's idle_unload_s, or the least recently used one when a load would pass
 the budget, is unloaded — never while a request holds it — and stays servable: the next request loads it.
 
-A version's size is what the worker's resident memory grew by while it loaded (compile and warm-up), and at
-least its files' size; before its first load, twice its files' size. The first version compiled on a device
+A version's size is what the worker's resident memory grew by while it loaded (compile and warm-up), at least
+its files' size, and the most any of its loads measured: a load that reuses memory freed by an unload just
+before (the allocator keeps some) grows the process less than the version takes. Before its first load, it is
+taken for twice its files' size. The first version compiled on a device
 also pays the plugin's start-up and its kernels' first compilation (≈ 40 MB more on CPU for `resnet`): under a
 budget it is compiled once and freed before the load that is measured.
 """
@@ -26,7 +28,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 class VersionUse:
     """One loaded (or once loaded) version's place in memory."""
 
-    size_bytes: int = 0  # measured at its last load
+    size_bytes: int = 0  # the most any of its loads measured
     load_s: float = 0.0  # how long its last load took
     last_used: float = 0.0  # time.monotonic() of its last request's end, or of its load
     leases: int = 0  # requests holding it now: it is not unloaded under them
