@@ -64,6 +64,7 @@ class MergedVersion:
     queue: str | None = None  # set when a live worker serves this version (in memory or on demand)
     workers: int = 0  # live workers serving it
     resident: bool = True  # False: no live worker holds it in memory; a request loads it first
+    may_leave: bool = False  # a worker serving it may take it out of memory (inference.residency)
     load_s: float = 0.0  # the shortest of its last load times the workers report (0: not known)
     loading_since: float = 0.0  # time.time() a load on demand began on `loading_on` (0: none runs)
     loading_on: str = ""
@@ -92,6 +93,7 @@ class Target:
     resident: bool = True  # False: no live worker holds it in memory (inference.states.Residency)
     ready_at: float | None = None  # when not resident: when it is expected in memory (None: not known)
     loading_on: str = ""  # a worker loading it now
+    may_leave: bool = False  # a worker serving it may take it out of memory
 
 
 WorkersGone = Callable[[set[str], set[str]], None]
@@ -266,7 +268,16 @@ class RegistryView:
                 limit = self._queue_limits.get(name, DEFAULT_MAX_QUEUE_SIZE)
             ready_at = view.ready_at(time.time())
             return Target(
-                name, version, view.signature, view.queue, view.workers, limit, view.resident, ready_at, view.loading_on
+                name,
+                version,
+                view.signature,
+                view.queue,
+                view.workers,
+                limit,
+                view.resident,
+                ready_at,
+                view.loading_on,
+                view.may_leave,
             )
         if view.state in PREPARING:
             raise NotFound(VERSION_NOT_LOADED)
@@ -395,8 +406,9 @@ def _rank(version: VersionReport | MergedVersion) -> float:
 
 def _residency(reports: list[tuple[str, VersionReport]]) -> dict[str, Any]:
     """MergedVersion's residency fields from the reports of the workers serving a version."""
+    may_leave = any(report.residency is not None for _, report in reports)
     if not all(report.on_demand for _, report in reports):
-        return {}
+        return {"may_leave": may_leave}
     load_times = [report.residency.load_s for _, report in reports if report.residency and report.residency.load_s]
     loading = [
         (report.residency.loading_since + report.residency.load_s, worker, report.residency.loading_since)
@@ -406,6 +418,7 @@ def _residency(reports: list[tuple[str, VersionReport]]) -> dict[str, Any]:
     _, loading_on, loading_since = min(loading) if loading else (0.0, "", 0.0)
     return {
         "resident": False,
+        "may_leave": True,
         "load_s": min(load_times, default=0.0),
         "loading_since": loading_since,
         "loading_on": loading_on,

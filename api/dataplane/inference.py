@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
-from contextlib import contextmanager
+
+import redis
 
 from api.admission import Admission, request_bytes
 from inference.errors import DeadlineExceeded, InvalidArgument, ServingError, still_loading
@@ -52,8 +53,10 @@ class InferenceService:
         with self._admission.admit(request_bytes(inputs)), self._link.required():
             target, request = self._request(name, version, inputs, output_filter, self._deadline(timeout_s))
             self._unless_loading_too_long(target, request)
-            with self._still_loading(target):
+            try:
                 return _with_precisions(target, self._dispatcher.infer(target, request))
+            except DeadlineExceeded as late:
+                raise self._after_deadline(target, late) from None
 
     async def predict_async(
         self,
@@ -91,8 +94,12 @@ class InferenceService:
                     return target, request, self._dispatcher.submit(target, request)
 
                 target, request, future = await loop.run_in_executor(executor, submit)
-            with self._still_loading(target):
+            try:
                 return _with_precisions(target, await self._dispatcher.outcome(request, future))
+            except DeadlineExceeded as late:
+                if not target.may_leave:
+                    raise
+                raise await loop.run_in_executor(executor, self._after_deadline, target, late) from None
 
     @staticmethod
     def _loads_too_long(target: Target, request: InferenceRequest) -> bool:
@@ -109,22 +116,21 @@ class InferenceService:
             self._dispatcher.trigger(target, request)
             raise self._loading(target)
 
-    @contextmanager
-    def _still_loading(self, target: Target) -> Iterator[None]:
-        """A request whose deadline passed while its version was not in memory (when it was sent, or now):
-        UNAVAILABLE with Retry-After (its version is loading), not DEADLINE_EXCEEDED."""
-        try:
-            yield
-        except DeadlineExceeded:
-            view = self._registry.version_now(target.model, target.version)
-            if target.resident and (view is None or view.resident):
-                raise
-            raise self._loading(target, view) from None
+    def _after_deadline(self, target: Target, late: DeadlineExceeded) -> ServingError:
+        """What a request whose deadline passed answers: UNAVAILABLE with Retry-After if its version was out of
+        memory when it was sent, or is now (it is loading), else DEADLINE_EXCEEDED (Redis I/O: not on an event
+        loop)."""
+        if not target.may_leave:
+            return late
+        view = self._version_now(target)
+        if target.resident and (view is None or view.resident):
+            return late
+        return self._loading(target, view)
 
     def _loading(self, target: Target, view: MergedVersion | None = None) -> ServingError:
         """UNAVAILABLE with the seconds until the version is expected in memory (at least 1), as the registry
         sees it (`view`: as read already)."""
-        view = view or self._registry.version_now(target.model, target.version)
+        view = view or self._version_now(target)
         now = time.time()
         ready_at = view.ready_at(now) if view is not None else target.ready_at
         worker = view.loading_on if view is not None else target.loading_on
@@ -153,6 +159,13 @@ class InferenceService:
             name, target.version, arrays, list(output_filter or []) or None, deadline, pinned=bool(version)
         )
         return target, request
+
+    def _version_now(self, target: Target) -> MergedVersion | None:
+        """The target's version as the workers report it now, or as last read while Redis does not answer."""
+        try:
+            return self._registry.version_now(target.model, target.version)
+        except (redis.RedisError, OSError):
+            return self._registry.all_models().get(target.model, {}).get(target.version)
 
 
 def _with_precisions(target: Target, result: InferenceResult) -> InferenceResult:

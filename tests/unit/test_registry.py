@@ -257,7 +257,7 @@ def test_a_version_out_of_memory_resolves_with_when_it_is_expected_in_memory(
     )
     registry.refresh()
     loading = registry.resolve("m", 1)
-    assert (loading.resident, loading.workers, loading.loading_on) == (False, 2, "b")
+    assert (loading.resident, loading.may_leave, loading.workers, loading.loading_on) == (False, True, 2, "b")
     assert loading.ready_at == pytest.approx(started + 4.0)
     publish(store, Worker("b", {"m": model({1: on_demand("AVAILABLE", load_s=3.0)})}))
     registry.refresh()
@@ -265,7 +265,7 @@ def test_a_version_out_of_memory_resolves_with_when_it_is_expected_in_memory(
     assert waiting.ready_at == pytest.approx(time.time() + 2.0, abs=0.5), "the quickest worker's last load"
     assert (waiting.loading_on, registry.resolve("m", None).version) == ("", 2)
     served = registry.resolve("m", 2)
-    assert (served.resident, served.ready_at) == (True, None)
+    assert (served.resident, served.ready_at, served.may_leave) == (True, None, False), "reported as always was"
 
 
 def test_an_unknown_model_is_not_found_and_an_unreadable_one_unavailable(
