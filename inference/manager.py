@@ -472,8 +472,8 @@ class ModelManager:
         held = model.versions.get(version) if model is not None else None
         if held is not None and (held.state == AVAILABLE or held.on_demand):
             return name, version
-        if held is not None and held.status.failed and not or_default:
-            raise NotFound(load_failed(version, held.status.error_message))
+        if held is not None and held.status.failed and (name, version) in self._uses and not or_default:
+            raise NotFound(load_failed(version, held.status.error_message))  # its load on demand failed
         default = self._default_version(name) if or_default else None
         return (name, default) if default is not None else None
 
@@ -660,6 +660,7 @@ class ModelManager:
             drained = self._changed.wait_for(lambda: use.leases == 0, wait_s)
             use.evicting = False
             if not drained:
+                self._changed.notify_all()  # requests that waited for it to come back may take it again
                 log.warning("Model %s version %d stays in memory: requests held it for %.0f s", name, version, wait_s)
                 return None
             self._set(model, version, AVAILABLE, kept=held.signature)

@@ -24,8 +24,9 @@ import pytest
 import requests
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from inference.states import NOT_RESIDENT
+from inference.states import LOADING_ON_DEMAND, NOT_RESIDENT
 from tests.integration.test_grpc import content_tensor, predict_request, resnet_image
+from tests.integration.test_status import ovms_status
 from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_ready
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
@@ -171,7 +172,7 @@ def test_three_models_under_a_budget_of_two_answer_every_request(budget: OvmsPro
     assert not failures and len(answers) == 18, failures
     for _, _, answer in answers:
         assert_same(answer, expected)
-    assert ("LOADING", "Loading on demand: requests wait for it") in states.seen
+    assert ("LOADING", LOADING_ON_DEMAND) in states.seen
     assert ("AVAILABLE", NOT_RESIDENT) in states.seen
 
     wait_until(lambda: len(not_resident(budget)) == 1, "two resnets in memory, one out, at rest")
@@ -187,6 +188,10 @@ def test_three_models_under_a_budget_of_two_answer_every_request(budget: OvmsPro
         assert 0 < after["seconds", model, "sum"] < 60 * loads
     document = requests.get(f"{budget.rest_url}/v1/status", timeout=10).json()
     assert sorted(row["resident"] for row in document["versions"]) == [False, True, True]
+    table = ovms_status("--url", budget.rest_url)
+    assert table.returncode == 0, table.stderr
+    rows = [re.split(r"\s{2,}", line) for line in table.stdout.splitlines() if line.partition(" ")[0] in RESNETS]
+    assert sorted(row[2] for row in rows) == ["AVAILABLE", "AVAILABLE", "ON DEMAND"], table.stdout
 
 
 def test_a_request_that_cannot_wait_for_the_load_is_unavailable_with_retry_after(budget: OvmsProcess, expected) -> None:
