@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -113,7 +114,8 @@ class InferenceService:
         makes a worker load the version (Redis I/O: not on an event loop)."""
         if self._loads_too_long(target, request):
             request.deadline = max(request.deadline, time.time() + TRIGGER_MIN_S)
-            self._dispatcher.trigger(target, request)
+            with contextlib.suppress(ServingError):  # a full lane: the requests queued in it make the load start
+                self._dispatcher.trigger(target, request)
             raise self._loading(target)
 
     def _after_deadline(self, target: Target, late: DeadlineExceeded) -> ServingError:
