@@ -21,6 +21,7 @@ from inference.errors import Internal, ServingError
 log = logging.getLogger("serving")
 
 LARGE_RESPONSE_BYTES = 1 << 20  # outputs above this are encoded off the event loop
+RETRY_AFTER_KEY = "retry-after"  # trailing metadata of an error the client may retry later: seconds, as HTTP's
 T = TypeVar("T")
 
 
@@ -56,7 +57,8 @@ def serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
             ):
                 return await method(self, request, context, tracker)
         except ServingError as error:
-            await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+            retry = () if error.retry_after_s is None else ((RETRY_AFTER_KEY, str(error.retry_after_s)),)
+            await context.abort(grpc.StatusCode[error.grpc_code], error.message, trailing_metadata=retry)
         except Exception as exc:
             log.exception("Unexpected error in %s", method.__name__)
             error = Internal(f"Internal error: {exc}")

@@ -12,6 +12,7 @@ totals never go back), while the gauges read from Redis come from the scraped pr
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from contextlib import contextmanager
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue
@@ -27,7 +28,17 @@ from prometheus_client.values import MultiProcessValue
 from api.tenants import current_tenant
 from inference.errors import ServingError, TenantOverLimit
 from inference.request import InferenceResult
-from inference.statistics import VersionKey
+from inference.statistics import (
+    LIFECYCLE_FIELDS,
+    LOAD_BUCKETS_S,
+    LOAD_MS,
+    LOAD_REASONS,
+    UNLOAD_REASONS,
+    VersionKey,
+    load_bucket_field,
+    load_field,
+    unload_field,
+)
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
 from tasks.routing import JOB_EVENTS_KEY
@@ -211,6 +222,7 @@ class _QueueCollector(Collector):
             depth.add_metric([queue], length)
         yield depth
         yield from self._jobs()
+        yield from self._loads()
 
     def _jobs(self) -> Iterator[CounterMetricFamily]:
         labels = ["name", "version"]
@@ -249,6 +261,41 @@ class _QueueCollector(Collector):
         callbacks.add_metric(["delivered"], counts.get("callbacks_delivered", 0))
         callbacks.add_metric(["failed"], counts.get("callbacks_failed", 0))
         yield callbacks
+
+    def _loads(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        """Each version's loads and unloads by reason, cluster-wide, and how long its loads took (the versions
+        that were ever loaded: every one a worker serves)."""
+        labels = ["name", "version"]
+        loads = CounterMetricFamily(
+            "ovms_model_loads", "Model version loads by the workers, cluster-wide", labels=[*labels, "reason"]
+        )
+        unloads = CounterMetricFamily(
+            "ovms_model_unloads", "Model version unloads by the workers, cluster-wide", labels=[*labels, "reason"]
+        )
+        seconds = HistogramMetricFamily(
+            "ovms_model_load_seconds", "Time to fetch, compile and warm up a model version", labels=labels
+        )
+        versions = self._versions()
+        try:
+            totals = read_fields(self._store, versions, LIFECYCLE_FIELDS)
+        except redis.RedisError:
+            return
+        for (name, version), fields in zip(versions, totals, strict=True):
+            counts = dict(zip(LIFECYCLE_FIELDS, fields, strict=True))
+            loaded = [counts[load_field(reason)] for reason in LOAD_REASONS]
+            if not any(loaded):
+                continue
+            key = [name, str(version)]
+            for reason, count in zip(LOAD_REASONS, loaded, strict=True):
+                loads.add_metric([*key, reason], count)
+            for reason in UNLOAD_REASONS:
+                unloads.add_metric([*key, reason], counts[unload_field(reason)])
+            cumulative = list(itertools.accumulate(counts[load_bucket_field(bound)] for bound in LOAD_BUCKETS_S))
+            buckets = [(f"{bound:g}", count) for bound, count in zip(LOAD_BUCKETS_S, cumulative, strict=True)]
+            seconds.add_metric(key, [*buckets, ("+Inf", sum(loaded))], counts[LOAD_MS] / 1000)
+        yield loads
+        yield unloads
+        yield seconds
 
     def _versions(self) -> list[VersionKey]:
         """Every version a worker reports, of every model: the statistics hold keys for no others."""

@@ -15,6 +15,7 @@ class ServingError(Exception):
 
     grpc_code = "INTERNAL"
     http_status = 500
+    retry_after_s: int | None = None  # when the client may retry: REST's Retry-After, gRPC's retry-after trailer
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -115,6 +116,17 @@ MAX_REASON_CHARS = 500  # of a reason quoted in a log line, a status or an answe
 def load_failed(version: int, reason: str) -> str:
     """Why a predict finds no servable version: this one failed to load (it stays END until its files change)."""
     return f"Model version {version} failed to load: {reason}"
+
+
+def still_loading(model: str, version: int, retry_after_s: int, worker: str = "") -> Unavailable:
+    """A version on its way into memory (loaded on demand) that a request could not wait for."""
+    where = f" on worker {worker}" if worker else ""
+    error = Unavailable(
+        f"Model {model} version {version} is loading{where}: not ready within the request's deadline; "
+        f"retry after {retry_after_s} s"
+    )
+    error.retry_after_s = retry_after_s
+    return error
 
 
 def plain_message(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 1024
+MAX_IDLE_UNLOAD_S = 31_536_000  # a year: only a bound against typing mistakes
 REST_B64_IMAGE, REST_B64_RAW = "image", "raw"
 STORAGE_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)  # s3://bucket/prefix: (scheme, rest)
 
@@ -67,6 +68,11 @@ class ModelConfig:
     )
     rest_b64: str = option(
         REST_B64_IMAGE, 'REST {"b64": ...} on an image input: "image" (JPEG/PNG) or "raw" (the bytes of its type)'
+    )
+    idle_unload_s: float = option(
+        0.0,
+        "unload a version no request used for this many seconds (the next request loads it again); 0 = never",
+        type=float,
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +181,7 @@ def model_from_dict(raw: Any) -> ModelConfig:
         max_queue_size=_positive_int(raw, "max_queue_size", DEFAULT_MAX_QUEUE_SIZE),
         layout=layout,
         rest_b64=_rest_b64(raw.get("rest_b64", REST_B64_IMAGE)),
+        idle_unload_s=_idle_unload_s(raw.get("idle_unload_s", 0)),
     )
 
 
@@ -217,6 +224,12 @@ def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:
 def _delay(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10_000:
         raise ConfigError("max_queue_delay_ms must be a number of milliseconds from 0 to 10000")
+    return float(value)
+
+
+def _idle_unload_s(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_IDLE_UNLOAD_S:
+        raise ConfigError(f"idle_unload_s must be a number of seconds from 0 (never) to {MAX_IDLE_UNLOAD_S}")
     return float(value)
 
 
