@@ -41,6 +41,7 @@ from inference.statistics import (
 )
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
+from tasks.routing import JOB_EVENTS_KEY
 from tasks.statistics import read_fields
 
 MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's; it reads it when first imported
@@ -177,6 +178,13 @@ def _served_by_this_process(registry: CollectorRegistry) -> Gauge:
     return Gauge(name, documentation, ["pid"], registry=registry).labels(str(os.getpid()))
 
 
+_JOB_EVENTS = (  # (metric, help, field of JOB_EVENTS_KEY)
+    ("ovms_job_dead_letters", "Job chunks that failed into their job's dead letters, cluster-wide", "dead_lettered"),
+    ("ovms_job_retried_chunks", "Dead letters queued again by POST /v1/jobs/{id}/retry, cluster-wide", "retried"),
+    ("ovms_job_callback_retries", "Failed job callback attempts tried again, cluster-wide", "callback_retries"),
+)
+
+
 class _QueueCollector(Collector):
     """Read at scrape time: whether Redis answers, the live workers, messages waiting in each model queue,
     and the async jobs' inferences (left out while Redis is unreachable: a scrape never waits for it).
@@ -235,6 +243,24 @@ class _QueueCollector(Collector):
             samples.add_metric([name, str(version)], rows)
         yield chunks
         yield samples
+        yield from self._job_events()
+
+    def _job_events(self) -> Iterator[CounterMetricFamily]:
+        """Dead letters, retries and callbacks, counted cluster-wide in Redis by whoever saw them happen."""
+        try:
+            counts = {key.decode(): int(value) for key, value in self._store.hgetall(JOB_EVENTS_KEY).items()}
+        except (redis.RedisError, ValueError):
+            return
+        for name, documentation, field in _JOB_EVENTS:
+            family = CounterMetricFamily(name, documentation)
+            family.add_metric([], counts.get(field, 0))
+            yield family
+        callbacks = CounterMetricFamily(
+            "ovms_job_callbacks", "Job callbacks delivered or given up, cluster-wide", labels=["outcome"]
+        )
+        callbacks.add_metric(["delivered"], counts.get("callbacks_delivered", 0))
+        callbacks.add_metric(["failed"], counts.get("callbacks_failed", 0))
+        yield callbacks
 
     def _loads(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
         """Each version's loads and unloads by reason, cluster-wide, and how long its loads took (the versions

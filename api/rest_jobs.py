@@ -1,6 +1,6 @@
-"""REST routes of asynchronous jobs (/v1/jobs): submit (TF Serving JSON, or a .npy / .npz upload),
-list, status, cancel, and the result as JSON, .npy or .npz. With bearer tokens, a caller sees only the
-jobs of its own token (api.auth)."""
+"""REST routes of asynchronous jobs (/v1/jobs): submit (TF Serving JSON, or a .npy / .npz upload, with
+optional dead letters and a callback URL), list, status, cancel, retry of dead letters, and the result as
+JSON, .npy or .npz. With bearer tokens, a caller sees only the jobs of its own token (api.auth)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
 from tasks.job_states import JobState
-from tasks.jobs import JobResult
+from tasks.jobs import JobOptions, JobResult
 
 _RESULT_TYPES = {"application/x-npy": "npy", "application/x-npz": "npz", "application/zip": "npz"}
 
@@ -52,6 +52,10 @@ def jobs_blueprint(dataplane: DataPlane, max_request_bytes: int, tokens: BearerT
         status = jobs.cancel(job_id, owner()) if request.method == "DELETE" else jobs.status(job_id, owner())
         return json_response(status.to_dict())
 
+    @routes.post("/v1/jobs/<job_id>/retry")
+    def retry_job(job_id: str) -> Response:
+        return json_response(dataplane.jobs.retry(job_id, owner()).to_dict())
+
     @routes.get("/v1/jobs/<job_id>/result")
     def job_result(job_id: str) -> Response:
         status = dataplane.jobs.status(job_id, owner())
@@ -66,8 +70,10 @@ def jobs_blueprint(dataplane: DataPlane, max_request_bytes: int, tokens: BearerT
 
 def _submit(dataplane: DataPlane, max_request_bytes: int, owner: str | None) -> str:
     """A job body is TF Serving JSON, or a .npy / .npz file (.npy for a single-input model, .npz keyed by input
-    name); ?model=&version= name the model, or "model" (and "version") in a JSON body, which win."""
+    name); ?model=&version= name the model, or "model" (and "version") in a JSON body, which win; likewise
+    ?dead_letters=true&callback_url= or "dead_letters" and "callback_url"."""
     name, version = request.args.get("model", ""), parse_version(request.args.get("version"))
+    extras = {key: request.args[key] for key in _OPTIONS if key in request.args}
     body = None
     if request.mimetype not in RAW_BODY_TYPES:
         body = json_body()
@@ -76,17 +82,43 @@ def _submit(dataplane: DataPlane, max_request_bytes: int, owner: str | None) -> 
         name = body.pop("model", name)
         if "version" in body:
             version = parse_version(str(body.pop("version")))
+        extras.update({key: body.pop(key) for key in _OPTIONS if key in body})
     if not name:
         raise InvalidArgument("A job needs a model name")
+    options = _options(extras)
     if body is None:
-        return _submit_upload(dataplane, name, version, request.get_data(cache=False), max_request_bytes, owner)
+        data = request.get_data(cache=False)
+        return _submit_upload(dataplane, name, version, data, max_request_bytes, owner, options)
     _, signature = dataplane.models.model_metadata(name, version)
     inputs, _ = parse_predict_body(body, signature)
-    return dataplane.jobs.submit(name, version, lambda: inputs, request_bytes(inputs), owner)
+    return dataplane.jobs.submit(name, version, lambda: inputs, request_bytes(inputs), owner, options)
+
+
+_OPTIONS = ("dead_letters", "callback_url")
+_SWITCH = {"true": True, "1": True, "false": False, "0": False}  # as a query gives it
+
+
+def _options(given: dict[str, object]) -> JobOptions:
+    """A job's options as given in its body (JSON values) or query (text)."""
+    dead = given.get("dead_letters", False)
+    if isinstance(dead, str):
+        dead = _SWITCH.get(dead.lower(), dead)
+    if not isinstance(dead, bool):
+        raise InvalidArgument('"dead_letters" is true or false')
+    callback = given.get("callback_url")
+    if callback is not None and not isinstance(callback, str):
+        raise InvalidArgument('"callback_url" is a URL: a string')
+    return JobOptions(dead, callback or None, request.host_url.rstrip("/"))
 
 
 def _submit_upload(
-    dataplane: DataPlane, name: str, version: int | None, data: bytes, max_unpacked_bytes: int, owner: str | None
+    dataplane: DataPlane,
+    name: str,
+    version: int | None,
+    data: bytes,
+    max_unpacked_bytes: int,
+    owner: str | None,
+    options: JobOptions,
 ) -> str:
     """A .npy / .npz job: refused from its headers alone if it would unpack beyond `max_unpacked_bytes` or
     --job_max_mb, and unpacked only once what it allocates is held in the in-flight budget."""
@@ -104,7 +136,7 @@ def _submit_upload(
     def decode() -> dict[str, RequestTensor]:
         return {names[key]: RequestTensor(None, array.shape, values=array) for key, array in upload.load().items()}
 
-    return dataplane.jobs.submit(name, version, decode, upload.unpacked_bytes, owner)
+    return dataplane.jobs.submit(name, version, decode, upload.unpacked_bytes, owner, options)
 
 
 def _input_names(upload: Upload, signature: ModelSignature) -> dict[str, str]:

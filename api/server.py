@@ -29,6 +29,7 @@ from api.tls import TlsFiles
 from inference.errors import TenantOverLimit
 from inference.model_config import ConfiguredModels
 from tasks.app import configure
+from tasks.callback_runner import CallbackConfig, CallbackRunner
 from tasks.dispatcher import Dispatcher
 from tasks.jobs import JobLimits, JobStore
 from tasks.link import RedisLink
@@ -58,6 +59,7 @@ class ApiServer:
         self.tenant_weights = self._tokens.weights if self._tokens is not None else {}
         self._dispatcher = Dispatcher(store, broker, self._link)
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
+        self._callbacks = _callback_runner(settings, store, jobs)
         recovery = WorkerLossRecovery(self._dispatcher, jobs)
         self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone, on_refreshed=recovery.refreshed)
         self._metrics = ServingMetrics(self._registry, broker, store, self._link)
@@ -74,6 +76,8 @@ class ApiServer:
         self._link.start()
         self._registry.start()
         self._dispatcher.start()
+        if self._callbacks is not None:
+            self._callbacks.start()
         open_files = raise_open_file_limit()
         per_port = connections_per_port(open_files)
         log.info("Open-file limit: %d; REST connections at most %d, gRPC at most %d (the rest kept)",
@@ -100,6 +104,8 @@ class ApiServer:
             self._rest.stop()
         if self._grpc is not None:
             self._grpc.stop(LISTENER_GRACE_S)
+        if self._callbacks is not None:
+            self._callbacks.stop()
         self._dispatcher.stop()
         self._registry.stop()
         self._link.stop()
@@ -175,6 +181,21 @@ def _security_notes(settings: ApiSettings) -> list[str]:
     return notes
 
 
+def _callback_runner(settings: ApiSettings, store: redis.Redis, jobs: JobStore) -> CallbackRunner | None:
+    """The thread that tells jobs' callback URLs of their end; none while callbacks are off (no allow-list):
+    an api without one leaves the callbacks of jobs submitted elsewhere to the apis that have one."""
+    if not settings.callback_allow:
+        return None
+    config = CallbackConfig(
+        settings.callback_allow,
+        settings.callback_secret(),
+        settings.callback_attempts,
+        settings.callback_backoff_s,
+        settings.callback_timeout_s,
+    )
+    return CallbackRunner(store, jobs, config)
+
+
 def _data_plane(
     settings: ApiSettings,
     store: redis.Redis,
@@ -192,7 +213,7 @@ def _data_plane(
     return DataPlane(
         inference=InferenceService(registry, dispatcher, admission, link, settings.request_timeout_s),
         models=models,
-        jobs=JobService(registry, jobs, admission, link, refused),
+        jobs=JobService(registry, jobs, admission, link, refused, settings.callback_allow),
         readiness=Readiness(models, registry, admission, link),
         statistics=StatisticsService(registry, store, link, broker),
         admission=admission,

@@ -13,6 +13,7 @@ from typing import Any
 from api.tenants import read_token_file
 from inference.model_config import ModelSettings
 from inference.options import from_to, option, port_number, positive
+from tasks.callback_targets import AllowList
 from tasks.settings import MAX_INFLIGHT_MB, BudgetSettings, JobSettings, RedisSettings
 
 MAX_REQUEST_TIMEOUT_S = 1e6  # nan, inf and larger values overflow the Redis expiry of each request's tensors
@@ -138,8 +139,58 @@ class SecuritySettings:
             read_token_file(given["auth_token_file"])  # its errors name the line (and no token)
 
 
+def _seconds_to_600(flag: str, value: float) -> None:
+    if not 0 < value <= 600:
+        raise ValueError(f"{flag} must be a number of seconds above 0, at most 600")
+
+
+def _allow_list(flag: str, text: str) -> AllowList:
+    return AllowList.parse(flag, text)
+
+
 @dataclass(frozen=True)
-class ApiSettings(ListenerSettings, SecuritySettings, RedisSettings, JobSettings, BudgetSettings, ModelSettings):
+class CallbackSettings:
+    """Job callbacks (tasks.callback_runner): off until --callback_allow names where they may go."""
+
+    callback_allow: AllowList = option(
+        help="where job callbacks may go, comma-separated: addresses or networks (10.1.0.0/16), host names "
+        "(hooks.example.com, *.example.com) and URL prefixes (https://hooks.example.com/ovms/); empty: "
+        "callback_url is refused",
+        default_factory=AllowList,
+        convert=_allow_list,
+        default_text="—",
+    )
+    callback_secret_file: str | None = option(
+        None, "file holding the secret that signs job callbacks (HMAC-SHA256); needed with --callback_allow"
+    )
+    callback_attempts: int = option(8, "attempts to deliver one job callback", type=int, check=from_to(1, 100))
+    callback_backoff_s: float = option(
+        1.0, "seconds after a failed callback attempt, doubled after each", type=float, check=_seconds_to_600
+    )
+    callback_timeout_s: float = option(
+        10.0, "one callback attempt, connecting to reading the answer, seconds", type=float, check=_seconds_to_600
+    )
+
+    @staticmethod
+    def check_given(given: Mapping[str, Any]) -> None:
+        allow, secret = given["callback_allow"], given["callback_secret_file"]
+        if allow and not secret:
+            raise ValueError("callback_allow needs callback_secret_file: callbacks are signed")
+        if secret is not None and not os.access(secret, os.R_OK):
+            raise ValueError(f"callback_secret_file: cannot read {secret}")
+
+    def callback_secret(self) -> bytes:
+        """The secret's bytes, without the line end a text editor leaves (empty without the file)."""
+        if not self.callback_secret_file:
+            return b""
+        with open(self.callback_secret_file, "rb") as handle:
+            return handle.read().strip()
+
+
+@dataclass(frozen=True)
+class ApiSettings(
+    ListenerSettings, SecuritySettings, CallbackSettings, RedisSettings, JobSettings, BudgetSettings, ModelSettings
+):
     """What `api.server.ApiServer` reads."""
 
     max_inflight_mb: int | None = option(

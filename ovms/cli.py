@@ -14,7 +14,7 @@ from tasks.connections import check_reachable
 log = logging.getLogger("serving")
 
 USAGE_EXIT_CODE = 64
-CLIENT_COMMANDS = ("submit", "jobs", "result", "cancel", "status")  # ovms.client
+CLIENT_COMMANDS = ("submit", "jobs", "result", "cancel", "retry", "status")  # ovms.client
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`ovms submit | jobs | result | cancel`: the command-line client for asynchronous jobs over the REST API,
+"""`ovms submit | jobs | result | cancel | retry`: the command-line client for asynchronous jobs over the REST API,
 and the home of `ovms status` (ovms.status) too, which shares its options and its one-line errors.
 
 Against a server with `--auth_token_file`, the token comes from $OVMS_TOKEN (never a flag, so that it
@@ -106,8 +106,19 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument(
         "--output", help="wait (as --wait), then write the outputs here (.npy for one output, else .npz)"
     )
+    submit.add_argument(
+        "--dead_letters", action="store_true", help="keep failed chunks for `ovms retry` instead of failing the job"
+    )
+    submit.add_argument("--callback", metavar="URL", help="the server POSTs the job's end there (signed)")
     submit.set_defaults(run=_submit)
     jobs = commands.add_parser("jobs", parents=[common], help="list recent jobs")
+    jobs.add_argument(
+        "--failed",
+        nargs="?",
+        const="",
+        metavar="ID",
+        help="only jobs with failed chunks; with a job id, that job's failed chunks (its dead letters)",
+    )
     jobs.set_defaults(run=_jobs)
     result = commands.add_parser("result", parents=[common], help="fetch a finished job's outputs")
     result.add_argument("job_id")
@@ -116,6 +127,9 @@ def _parser() -> argparse.ArgumentParser:
     cancel = commands.add_parser("cancel", parents=[common], help="drop a job's chunks not run yet (REVOKED)")
     cancel.add_argument("job_id")
     cancel.set_defaults(run=_cancel)
+    retry = commands.add_parser("retry", parents=[common], help="queue a job's failed chunks (dead letters) again")
+    retry.add_argument("job_id")
+    retry.set_defaults(run=_retry)
     add_status_command(commands, common)
     return parser
 
@@ -127,9 +141,14 @@ def _submit(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ClientError(f"cannot read --input {args.input}: {exc.strerror}: give a .npy or .npz file") from None
     _check_writable(args.output)  # before the job is submitted, not once it is done
+    params = {"model": args.model, "version": args.version}
+    if args.dead_letters:
+        params["dead_letters"] = "true"
+    if args.callback:
+        params["callback_url"] = args.callback
     reply = args.http.post(
         f"{args.url}/v1/jobs",
-        params={"model": args.model, "version": args.version},
+        params=params,
         data=data,
         headers={"Content-Type": "application/x-npy"},
         timeout=300,
@@ -147,6 +166,11 @@ def _submit(args: argparse.Namespace) -> int:
         print(
             f"ovms submit: job {job_id} still {status['state']} after {args.timeout:.0f} s (--timeout)", file=sys.stderr
         )
+        return 1
+    if status["state"] == JobState.PARTIAL:
+        failed = f"{len(status['dead_letters'])} chunk(s), {status['progress']['failed']} samples failed"
+        print(f"ovms submit: job {job_id} ended PARTIAL: {failed}: {'; '.join(status['errors'])} (`ovms jobs "
+              f"--failed {job_id}` lists them, `ovms retry {job_id}` runs them again)", file=sys.stderr)  # fmt: skip
         return 1
     if status["state"] != JobState.SUCCESS:
         print(f"ovms submit: job {job_id} ended {status['state']}: {'; '.join(status['errors'])}", file=sys.stderr)
@@ -188,10 +212,14 @@ def _left(deadline: float) -> float:
 
 
 def _jobs(args: argparse.Namespace) -> int:
+    if args.failed:
+        return _dead_letters(args)
     reply = args.http.get(f"{args.url}/v1/jobs", timeout=30)
     if reply.status_code != 200:
         return _failed("jobs", reply)
     jobs = reply.json()["jobs"]
+    if args.failed is not None:  # --failed without an id: the jobs with failed chunks
+        jobs = [job for job in jobs if job["progress"].get("failed")]
     tenants = any(job.get("tenant") for job in jobs)  # a column only for a server whose tokens name tenants
     rows = [
         (
@@ -200,12 +228,27 @@ def _jobs(args: argparse.Namespace) -> int:
             f"{job['model']} v{job['version']}",
             job["state"],
             f"{job['progress']['done']}/{job['progress']['total']}",
+            str(job["progress"].get("failed", 0)),
             *([job.get("tenant") or "-"] if tenants else []),
         )
         for job in jobs
     ]
-    header = ("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", *(["TENANT"] if tenants else []))
+    header = ("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", "FAILED", *(["TENANT"] if tenants else []))
     print("\n".join(table(header, rows)))
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    """One job's failed chunks: which samples, how often they failed, and why."""
+    reply = args.http.get(f"{args.url}/v1/jobs/{args.failed}", timeout=30)
+    if reply.status_code != 200:
+        return _failed("jobs", reply)
+    rows = [
+        (str(letter["chunk"]), f"{letter['samples'][0]}-{letter['samples'][1] - 1}", str(letter["attempts"]),
+         " ".join(letter["error"].split()))
+        for letter in reply.json()["dead_letters"]
+    ]  # fmt: skip
+    print("\n".join(table(("CHUNK", "SAMPLES", "ATTEMPTS", "ERROR"), rows)))
     return 0
 
 
@@ -213,6 +256,15 @@ def _cancel(args: argparse.Namespace) -> int:
     reply = args.http.delete(f"{args.url}/v1/jobs/{args.job_id}", timeout=30)
     if reply.status_code != 200:
         return _failed("cancel", reply)
+    status = reply.json()
+    print(f"{args.job_id} {status['state']} {status['progress']['done']}/{status['progress']['total']}")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    reply = args.http.post(f"{args.url}/v1/jobs/{args.job_id}/retry", timeout=30)
+    if reply.status_code != 200:
+        return _failed("retry", reply)
     status = reply.json()
     print(f"{args.job_id} {status['state']} {status['progress']['done']}/{status['progress']['total']}")
     return 0

@@ -54,7 +54,7 @@ ROLE_SETTINGS: dict[str, tuple[type, ...]] = {
     "api": (ApiSettings, LogSettings),
     "worker": (WorkerSettings,),
 }
-USAGE = "ovms [api|worker] [flags]\n       ovms submit|jobs|result|cancel|status … (ovms <command> --help)"
+USAGE = "ovms [api|worker] [flags]\n       ovms submit|jobs|result|cancel|retry|status … (ovms <command> --help)"
 _DESCRIPTIONS = {
     "all": "OpenVINO Model Server on Celery/Redis. With no role: an embedded Redis (unless --broker_url), "
     "one worker per device and the api, supervised. 'ovms api --help', 'ovms worker --help': the flags of a role.",

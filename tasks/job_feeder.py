@@ -18,10 +18,10 @@ import redis
 from celery import states
 
 from inference.errors import Internal
-from tasks import job_queue
+from tasks import dead_letters, job_queue
 from tasks.app import app
 from tasks.job_queue import stop_key
-from tasks.messages import QueuedChunk, RequestFailure
+from tasks.messages import PredictReply, QueuedChunk, RequestFailure
 from tasks.routing import job_queue_for
 from tasks.runtime import WorkerRuntime
 
@@ -70,20 +70,40 @@ class JobFeeder:
         """Run a chunk unless its job stopped or another copy of it already ran: an api queues a chunk
         again when its worker stalls past the heartbeat expiry, and that worker may still finish it."""
         result_key = app.backend.get_key_for_task(chunk.task_id)
-        if not self._client.exists(stop_key(chunk.job_id), result_key):
-            try:
-                reply = self._runtime.serve(chunk.task_id, chunk.envelope)
-            except Exception as exc:  # a chunk must fail its job, never this thread
-                log.exception("Job chunk %s failed", chunk.task_id)
-                app.backend.mark_as_failure(chunk.task_id, Internal(f"Job chunk failed: {exc}"))
-                self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
-            else:
-                failed = any(isinstance(entry, RequestFailure) for entry in reply.results.values())
-                if not (failed and self._client.exists(result_key)):  # the other copy's result stands
-                    app.backend.store_result(chunk.task_id, reply.to_wire(), states.SUCCESS)
-                    if failed:
-                        self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
-        job_queue.finish(self._client, self.queue, self._runtime.worker_id, raw, chunk)
+        if self._client.exists(stop_key(chunk.job_id), result_key):
+            ran = chunk.dead_letters and self._client.exists(result_key)  # the other copy may have buried it
+            self._finish(raw, chunk, keep_payload=bool(ran))
+            return
+        try:
+            reply = self._runtime.serve(chunk.task_id, chunk.envelope)
+        except Exception as exc:  # a chunk must fail its job, never this thread
+            log.exception("Job chunk %s failed", chunk.task_id)
+            self._failed(raw, chunk, f"Job chunk failed: {exc}", None)
+            return
+        failures = [entry.error.message for entry in reply.results.values() if isinstance(entry, RequestFailure)]
+        if failures and self._client.exists(result_key):  # the other copy's result stands
+            self._finish(raw, chunk, keep_payload=chunk.dead_letters)
+        elif failures:
+            self._failed(raw, chunk, "; ".join(failures), reply)
+        else:
+            app.backend.store_result(chunk.task_id, reply.to_wire(), states.SUCCESS)
+            self._finish(raw, chunk)
+
+    def _failed(self, raw: bytes, chunk: QueuedChunk, error: str, reply: PredictReply | None) -> None:
+        """Store a failed chunk's result (`reply`, or `error` as an exception): with dead letters it is buried
+        first (its tensors kept, tasks.dead_letters), else its job stops (its other chunks are dropped unrun)."""
+        if chunk.dead_letters:
+            dead_letters.bury(self._client, raw, chunk, error, app.conf.result_expires)
+        if reply is None:
+            app.backend.mark_as_failure(chunk.task_id, Internal(error))
+        else:
+            app.backend.store_result(chunk.task_id, reply.to_wire(), states.SUCCESS)
+        if not chunk.dead_letters:
+            self._client.set(stop_key(chunk.job_id), "failed", ex=_remaining(chunk))
+        self._finish(raw, chunk, keep_payload=chunk.dead_letters)
+
+    def _finish(self, raw: bytes, chunk: QueuedChunk, keep_payload: bool = False) -> None:
+        job_queue.finish(self._client, self.queue, self._runtime.worker_id, raw, chunk, keep_payload)
 
 
 def _remaining(chunk: QueuedChunk) -> int:

@@ -21,7 +21,7 @@ import time
 import redis
 
 from inference.errors import InvalidArgument
-from tasks import job_backlog
+from tasks import job_backlog, job_hooks
 from tasks.messages import Payload, QueuedChunk
 from tasks.publisher import store_payload
 from tasks.routing import TAKEN_INFIX, job_taken_key, payload_key
@@ -96,12 +96,18 @@ def give_back(client: redis.Redis, queue: str, worker_id: str) -> None:
         pass
 
 
-def finish(client: redis.Redis, queue: str, worker_id: str, raw: bytes, chunk: QueuedChunk) -> None:
-    """The chunk ended (its result is stored, or it was dropped): out of the taken list and the backlog."""
+def finish(
+    client: redis.Redis, queue: str, worker_id: str, raw: bytes, chunk: QueuedChunk, keep_payload: bool = False
+) -> None:
+    """The chunk ended (its result is stored, or it was dropped): out of the taken list and the backlog, and
+    its job's callback (if any) looks now whether the job has ended. `keep_payload`: it was buried as a dead
+    letter (tasks.dead_letters), which keeps its tensors and their share of the backlog."""
     with client.pipeline(transaction=True) as pipe:
         pipe.lrem(job_taken_key(queue, worker_id), 1, raw)
-        pipe.delete(payload_key(chunk.task_id))
-        job_backlog.release(pipe, [chunk.task_id])
+        if not keep_payload:
+            pipe.delete(payload_key(chunk.task_id))
+            job_backlog.release(pipe, [chunk.task_id])
+        job_hooks.nudge(pipe, chunk.job_id)
         pipe.execute()
 
 

@@ -10,8 +10,9 @@ class JobState(StrEnum):
     STARTED = "STARTED"
     SUCCESS = "SUCCESS"
     FAILURE = "FAILURE"  # a chunk failed, or the job passed its deadline
+    PARTIAL = "PARTIAL"  # with "dead_letters" only: every chunk ended, some failed (a retry may run them again)
     REVOKED = "REVOKED"  # cancelled
 
 
-COMPLETED = (JobState.SUCCESS, JobState.FAILURE)  # ran to an end: it has a finishing time
+COMPLETED = (JobState.SUCCESS, JobState.FAILURE, JobState.PARTIAL)  # ran to an end: it has a finishing time
 FINAL = (*COMPLETED, JobState.REVOKED)  # nothing more will happen to it

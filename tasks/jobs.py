@@ -9,7 +9,9 @@ model's default version as a predict does: its chunks run on the version that wa
 submission while it serves, and on the new default once a rollout retires it (the status lists the
 versions that computed the job). A job that named its version fails if that version goes.
 A job ends: SUCCESS, FAILURE at the first failed chunk (with its error), FAILURE at its deadline
-(`--job_timeout_s`), or REVOKED.
+(`--job_timeout_s`), or REVOKED. A job submitted with dead letters keeps each failed chunk for a retry
+instead (tasks.dead_letters) and ends PARTIAL if some failed; a job with a callback URL is told of its end
+by an api's callback thread (tasks.callback_runner).
 
 With bearer tokens, a job belongs to the token that submitted it: its record names the token's owner id
 (api.auth.owner_id) and the owner's index (`ovms:jobs:<owner>`) lists it; any other caller is told it
@@ -24,7 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +37,7 @@ from celery import states
 from inference.bytes_tensors import payload_nbytes
 from inference.errors import (
     WORKER_LOST,
+    FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
@@ -43,7 +46,7 @@ from inference.errors import (
     Unavailable,
 )
 from inference.request import InferenceRequest
-from tasks import job_backlog, job_queue
+from tasks import dead_letters, job_backlog, job_hooks, job_queue
 from tasks.app import app
 from tasks.job_queue import stop_key
 from tasks.job_states import COMPLETED, JobState
@@ -73,12 +76,19 @@ CHUNK_BYTES = 2 << 20  # a chunk's tensors: a predict waits at most for one chun
 PAYLOAD_GRACE_S = 5  # tensors outlive the job's deadline a little, for a worker already running them
 BACKLOG_RETRY_AFTER_S = 10
 SWEEP_INTERVAL_S = 1.0
+HOOK_CHECK_S = 1.0  # how often the api that holds a job's callback looks whether it has ended
 
 
 class JobTooLarge(ResourceExhausted):
     """One job over --job_max_mb: retrying cannot help."""
 
     http_status = 413
+
+
+class NothingToRetry(FailedPrecondition):
+    """A retry of a job that has no dead letters to run again."""
+
+    http_status = 409
 
 
 class JobBacklogFull(ResourceExhausted):
@@ -111,6 +121,10 @@ class JobStatus:
     created: float
     finished: float | None
     errors: list[str]
+    failed: int = 0  # samples of the chunks that failed
+    failed_chunks: int = 0
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)  # {"chunk", "samples", "error", "attempts"}
+    callback: dict[str, Any] | None = None  # job_hooks.Delivery.to_dict(), with "url"
     tenant: str = ""  # the submitting token's tenant ("": no token file)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,12 +135,23 @@ class JobStatus:
             "versions": self.versions,
             "pinned": self.pinned,
             "state": self.state,
-            "progress": {"done": self.done, "total": self.total},
+            "progress": {"done": self.done, "total": self.total, "failed": self.failed},
             "created": self.created,
             "finished": self.finished,
             "errors": self.errors,
+            "dead_letters": self.dead_letters,
+            "callback": self.callback,
             "tenant": self.tenant,
         }
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a client may ask of a job besides its samples."""
+
+    dead_letters: bool = False  # a failed chunk waits for a retry rather than failing the job
+    callback: str | None = None  # a URL the api checked against --callback_allow, told of the job's end
+    base_url: str = ""  # the api as the client reached it (http://host:port): the callback's links start so
 
 
 class JobStore:
@@ -145,6 +170,7 @@ class JobStore:
         pinned: bool = True,
         tenant: str = "",
         samples: int | None = None,
+        options: JobOptions = JobOptions(),
     ) -> str:
         """Split validated inputs (a leading sample dimension) into chunks and queue them: JobTooLarge
         (413) beyond --job_max_mb, JobBacklogFull (429) if the server's queued jobs would pass
@@ -160,7 +186,7 @@ class JobStore:
         job_id = uuid.uuid4().hex
         created = time.time()
         deadline = created + self._limits.timeout_s
-        chunks = list(_split(job_id, target, inputs, deadline, pinned, tenant))
+        chunks = list(_split(job_id, target, inputs, deadline, pinned, tenant, options.dead_letters))
         cap = self._limits.max_backlog_bytes
         entries = [(chunk.task_id, chunk.nbytes, rows) for chunk, rows, _ in chunks]
         full = job_backlog.admit(self._client, entries, deadline, cap, tenant, samples)
@@ -182,6 +208,9 @@ class JobStore:
             owner=owner,
             pinned=pinned,
             deadline=deadline,
+            dead_letters=options.dead_letters,
+            callback=options.callback,
+            status_url=f"{options.base_url}/v1/jobs/{job_id}" if options.callback else None,
             tenant=tenant,
         )
         queue = job_queue_for(target.queue)
@@ -192,6 +221,8 @@ class JobStore:
                     pipe.zadd(index, {job_id: created})
                     pipe.zremrangebyscore(index, 0, created - self._ttl_s)
                     pipe.expire(index, self._ttl_s)
+                if options.callback:  # before its chunks: the end of one nudges it (tasks.job_hooks)
+                    job_hooks.arm(pipe, job_id, created + HOOK_CHECK_S, self._ttl_s)
                 for chunk, _, payload in chunks:
                     job_queue.publish(pipe, queue, chunk, payload, deadline + PAYLOAD_GRACE_S - created)
                 pipe.execute()
@@ -212,22 +243,43 @@ class JobStore:
 
     def status(self, job_id: str, owner: str | None = None) -> JobStatus:
         """The job's state; with `owner`, only if it is that owner's (else NotFound, as for no such job)."""
-        record = self._record(job_id, owner)
+        return self._status(job_id, self._record(job_id, owner))
+
+    def ended(self, job_id: str) -> tuple[JobRecord, bool]:
+        """The job's record, and whether it has ended (NotFound if it is gone), without reading its chunks'
+        results: one EXISTS of them, cheap enough for a job's callback to ask every HOOK_CHECK_S."""
+        record = self._record(job_id)
+        if record.revoked or time.time() > _deadline(record):
+            return record, True
+        keys = [app.backend.get_key_for_task(chunk.task_id) for chunk in record.chunks]
+        ran = sum(self._client.exists(*keys[start : start + 1000]) for start in range(0, len(keys), 1000))
+        stopped = not record.dead_letters and self._client.exists(stop_key(job_id))  # a chunk failed
+        return record, ran == len(keys) or bool(stopped)
+
+    def status_of(self, job_id: str, record: JobRecord) -> JobStatus:
+        """The status of a job whose record the caller read (JobStore.ended)."""
+        return self._status(job_id, record)
+
+    def _status(self, job_id: str, record: JobRecord) -> JobStatus:
         outcomes = self._chunk_outcomes(record)
         ran = [outcome for outcome in outcomes if outcome is not None]
-        done = sum(chunk.rows for chunk, outcome in zip(record.chunks, outcomes, strict=True) if outcome and outcome.ok)
+        pairs = list(zip(record.chunks, outcomes, strict=True))
+        done = sum(chunk.rows for chunk, outcome in pairs if outcome and outcome.ok)
+        failures = [chunk for chunk, outcome in pairs if outcome and not outcome.ok]
         errors = sorted({outcome.error for outcome in ran if not outcome.ok} - {""})
         finished = [outcome.date_done for outcome in ran]
-        deadline = record.deadline if record.deadline is not None else record.created + JobSettings.job_timeout_s
+        deadline = _deadline(record)
         if record.revoked:
             state = JobState.REVOKED
-        elif errors:
+        elif errors and not record.dead_letters:
             state = JobState.FAILURE
         elif done == record.total:
             state = JobState.SUCCESS
+        elif record.dead_letters and len(ran) == len(outcomes):
+            state = JobState.PARTIAL  # every chunk ended, some failed: a retry may run them again
         elif time.time() > deadline:
             state = JobState.FAILURE  # no worker ran the rest in time (none serves the model, or all too busy)
-            errors = [f"The job did not finish within {deadline - record.created:.0f} s (--job_timeout_s)"]
+            errors = [*errors, f"The job did not finish within {deadline - record.created:.0f} s (--job_timeout_s)"]
             finished = [deadline]
         else:
             state = JobState.STARTED if ran else JobState.PENDING
@@ -244,25 +296,87 @@ class JobStore:
             record.created,
             _finished_at(finished) if state in COMPLETED else None,
             errors,
+            sum(chunk.rows for chunk in failures),
+            len(failures),
+            self._dead_letters(job_id, record, outcomes) if record.dead_letters else [],
+            self._callback(job_id, record),
             record.tenant,
         )
+
+    def _dead_letters(
+        self, job_id: str, record: JobRecord, outcomes: list[_ChunkOutcome | None]
+    ) -> list[dict[str, Any]]:
+        """The chunks that failed, each with its samples [first, end), error and failures so far."""
+        buried = dead_letters.buried(self._client, job_id)
+        letters, first = [], 0
+        for index, (chunk, outcome) in enumerate(zip(record.chunks, outcomes, strict=True)):
+            if outcome is not None and not outcome.ok:
+                attempts = buried[chunk.task_id][1] if chunk.task_id in buried else 1
+                letters.append({"chunk": index, "samples": [first, first + chunk.rows], "error": outcome.error,
+                                "attempts": attempts})  # fmt: skip
+            first += chunk.rows
+        return letters
+
+    def _callback(self, job_id: str, record: JobRecord) -> dict[str, Any] | None:
+        if record.callback is None:
+            return None
+        delivery = job_hooks.read(self._client, job_id)
+        shown = delivery.to_dict() if delivery else {"state": job_hooks.PENDING, "attempts": 0}
+        return {"url": record.callback, **shown}
 
     def result(self, job_id: str, owner: str | None = None) -> JobResult:
         """The outputs of a job that succeeded, to be read chunk by chunk (see JobResult)."""
         return JobResult(self._client, self._record(job_id, owner))
 
     def cancel(self, job_id: str, owner: str | None = None) -> None:
-        """Drop the chunks not run yet (workers skip them); a job that already ended keeps its state. Its
-        chunks leave the backlog at once, so that neither the server's backlog nor the tenant's job samples
-        count them while they wait for a worker to skip them."""
-        if self.status(job_id, owner).state in COMPLETED:
+        """Drop the chunks not run yet (workers skip them) and the tensors of its dead letters; a job that
+        already ended keeps its state. Its chunks leave the backlog at once, so that neither the server's
+        backlog nor the tenant's job samples count them while they wait for a worker to skip them."""
+        record = self._record(job_id, owner)
+        if record.dead_letters:
+            dead_letters.discard(self._client, list(dead_letters.buried(self._client, job_id)))
+        if self._status(job_id, record).state in COMPLETED:
             return
-        record = replace(self._record(job_id, owner), revoked=True)
         with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(JOB_PREFIX + job_id, record.to_json(), keepttl=True)
+            pipe.set(JOB_PREFIX + job_id, replace(record, revoked=True).to_json(), keepttl=True)
             pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
             job_backlog.release(pipe, [chunk.task_id for chunk in record.chunks])
+            job_hooks.nudge(pipe, job_id)  # its callback, if any, is told now
             pipe.execute()
+
+    def retry(self, job_id: str, owner: str | None = None) -> int:
+        """Queue a job's dead letters again, with a new deadline (--job_timeout_s from now); how many were
+        queued. NothingToRetry (409) for a job without dead letters (or cancelled), or whose dead letters'
+        tensors are gone."""
+        record = self._record(job_id, owner)
+        if not record.dead_letters or record.revoked:
+            why = "was cancelled" if record.revoked else 'was not submitted with "dead_letters": true'
+            raise NothingToRetry(f"Job {job_id} {why}: it has no dead letters to retry")
+        outcomes = zip(record.chunks, self._chunk_outcomes(record), strict=True)
+        failed = [chunk.task_id for chunk, outcome in outcomes if outcome and not outcome.ok]
+        if not failed:
+            raise NothingToRetry(f"Job {job_id} has no dead letters to retry")
+        buried = dead_letters.buried(self._client, job_id)
+        now = time.time()
+        deadline = now + self._limits.timeout_s
+        record = replace(record, deadline=deadline)
+        self._client.set(JOB_PREFIX + job_id, record.to_json(), keepttl=True)
+        queue, queued = job_queue_for(record.queue), 0
+        for task_id in failed:
+            if task_id in buried:
+                chunk = _with_deadline(QueuedChunk.from_json(buried[task_id][0].chunk), deadline)
+                result_key = app.backend.get_key_for_task(task_id)
+                ttl_s = deadline + PAYLOAD_GRACE_S - now
+                queued += dead_letters.requeue(self._client, queue, chunk, result_key, job_queue.RERUNS_KEY, ttl_s) == 1
+        if not queued:
+            raise NothingToRetry(
+                f"Job {job_id}: the tensors of its dead letters are gone (kept --job_ttl_s, dropped by a cancel)"
+            )
+        if record.callback:
+            with self._client.pipeline(transaction=False) as pipe:
+                job_hooks.arm(pipe, job_id, now + HOOK_CHECK_S, self._ttl_s)
+                pipe.execute()
+        return queued
 
     def sweep_due(self) -> bool:
         """Whether to look for dead workers' chunks now (tasks.recovery does, off the request threads): at
@@ -290,12 +404,20 @@ class JobStore:
                 chunk, outcome = moved
                 log.warning("Job chunk %s was lost with worker %s: %s", chunk.task_id, worker, outcome)
                 if outcome == "lost":
-                    app.backend.mark_as_failure(chunk.task_id, Unavailable(WORKER_LOST))
-                    self._client.set(stop_key(chunk.job_id), "failed", ex=self._limits.timeout_s)
-                if outcome != "queued":
+                    self._lost_twice(chunk)
+                elif outcome == "done":
                     job_backlog.release(self._client, [chunk.task_id])
             if not heartbeat:
                 job_queue.forget_taker(self._client, taken_key)
+
+    def _lost_twice(self, chunk: QueuedChunk) -> None:
+        """A chunk whose worker died twice fails: its job stops, or with dead letters it is buried."""
+        if chunk.dead_letters:
+            dead_letters.bury(self._client, chunk.to_json(), chunk, WORKER_LOST, self._ttl_s)
+        app.backend.mark_as_failure(chunk.task_id, Unavailable(WORKER_LOST))
+        if not chunk.dead_letters:
+            self._client.set(stop_key(chunk.job_id), "failed", ex=self._limits.timeout_s)
+            job_backlog.release(self._client, [chunk.task_id])
 
     def recent(self, limit: int = 50, owner: str | None = None) -> list[str]:
         """The latest jobs: every job, or with `owner` that owner's only."""
@@ -365,7 +487,13 @@ def _index(owner: str | None) -> str:
 
 
 def _split(
-    job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float, pinned: bool, tenant: str
+    job_id: str,
+    target: Target,
+    inputs: dict[str, np.ndarray],
+    deadline: float,
+    pinned: bool,
+    tenant: str,
+    dead_letters: bool,
 ) -> Iterator[tuple[QueuedChunk, int, Payload]]:
     """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
     number of samples and its tensor payload."""
@@ -389,7 +517,19 @@ def _split(
         )
         envelope, payload = pack_requests([request], precisions)
         nbytes = sum(payload_nbytes(array) for array in part.values())
-        yield QueuedChunk(task_id, job_id, nbytes, envelope), int(next(iter(part.values())).shape[0]), payload
+        chunk = QueuedChunk(task_id, job_id, nbytes, envelope, dead_letters)
+        yield chunk, int(next(iter(part.values())).shape[0]), payload
+
+
+def _deadline(record: JobRecord) -> float:
+    return record.deadline if record.deadline is not None else record.created + JobSettings.job_timeout_s
+
+
+def _with_deadline(chunk: QueuedChunk, deadline: float) -> QueuedChunk:
+    """A chunk as queued again by a retry: its requests' deadlines moved to the job's new one."""
+    envelope = chunk.envelope
+    entries = tuple(replace(entry, deadline=deadline) for entry in envelope.requests)
+    return replace(chunk, envelope=replace(envelope, deadline=deadline, requests=entries))
 
 
 def _mib(nbytes: int) -> str:

@@ -4,7 +4,8 @@ Predict path: the api publishes a `PredictEnvelope` (the Celery task's one argum
 `RequestEntry`s for one model version, and the worker answers with a `PredictReply` (the task's result,
 msgpack) holding one `ComputedOutputs` or `RequestFailure` per request. Workers heartbeat a
 `WorkerSnapshot` and record each model's `CatalogEntry` (tasks.registry); async jobs keep a `JobRecord`
-and queue their chunks as `QueuedChunk`s (tasks.jobs, tasks.job_queue).
+and queue their chunks as `QueuedChunk`s (tasks.jobs, tasks.job_queue), and the failed chunks of a job with dead
+letters as `DeadLetter`s (tasks.dead_letters).
 
 Claim check: Celery's Redis transport wraps every body in base64 inside JSON, and a 600 KB image costs
 tens of milliseconds that way. So the envelope carries only names, types, shapes and offsets
@@ -341,7 +342,10 @@ class JobRecord(Message):
     revoked: bool = False
     owner: str | None = None  # the submitting token's owner id, with bearer tokens
     pinned: bool = True  # the job named its version
-    deadline: float | None = None  # None in records of older apis: created + --job_timeout_s
+    deadline: float | None = None  # None in records of older apis: created + --job_timeout_s; moved by a retry
+    dead_letters: bool = False  # a failed chunk is kept for a retry (tasks.dead_letters) instead of failing the job
+    callback: str | None = field(default=None, metadata=key("callback", omit_none=True))  # URL told of its end
+    status_url: str | None = field(default=None, metadata=key("status_url", omit_none=True))  # absolute, for it
     tenant: str = ""  # the submitting token's tenant ("": no token file, or a record of an older api)
 
 
@@ -355,6 +359,17 @@ class QueuedChunk(Message):
     job_id: str = field(metadata=key("job"))
     nbytes: int = field(metadata=key("bytes"))
     envelope: PredictEnvelope
+    dead_letters: bool = field(default=False, metadata=key("dl"))  # its job's: a failure is kept, not fatal
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter(Message):
+    """A failed chunk of a job with dead letters (tasks.dead_letters), as kept for a retry."""
+
+    WHAT = "dead letter"
+    chunk: str  # the QueuedChunk's JSON as it was queued: what a retry queues again (with a new deadline)
+    error: str
+    at: float  # when it failed, time.time()
 
 
 def describe_failure(result: Any) -> str:

@@ -12,6 +12,7 @@ REPLY_PREFIX = f"{PREFIX}:reply:"
 WORKER_PREFIX = f"{PREFIX}:worker:"
 CATALOG_KEY = f"{PREFIX}:catalog"
 TAKEN_INFIX = ":taken:"
+JOB_EVENTS_KEY = f"{PREFIX}:job-events"  # hash of cluster-wide counts: dead letters, retries, callbacks (/metrics)
 
 
 def queue_for(device: str, model: str) -> str:

@@ -1,7 +1,7 @@
 """Jobs: validate many samples and queue them (tasks.jobs.JobStore), and answer for them: status,
-listing, result, cancel. With bearer tokens, `owner` is the caller's owner id and a job is seen by its
-owner only (api.auth); without, it is None and every job is seen. A job is the caller's tenant's
-(api.tenants.CALLER), within the tenant's limit of job samples queued."""
+listing, result, cancel, retry of dead letters. With bearer tokens, `owner` is the caller's owner id and
+a job is seen by its owner only (api.auth); without, it is None and every job is seen. A job is the caller's
+tenant's (api.tenants.CALLER), within the tenant's limit of job samples queued."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from api.admission import Admission
 from api.tenants import current_tenant
 from inference.errors import InvalidArgument, TenantOverLimit
 from inference.validation import RequestTensor, validate_inputs
-from tasks.jobs import JobResult, JobStatus, JobStore
+from tasks.callback_targets import AllowList
+from tasks.jobs import JobOptions, JobResult, JobStatus, JobStore
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
@@ -24,13 +25,16 @@ class JobService:
         admission: Admission,
         link: RedisLink,
         refused: Callable[[TenantOverLimit], None] = lambda error: None,
+        callbacks: AllowList | None = None,
     ) -> None:
-        """`refused`: told of each job refused beyond its tenant's job samples (metrics)."""
+        """`refused`: told of each job refused beyond its tenant's job samples (metrics); `callbacks`: where job
+        callbacks may go (--callback_allow; none: every callback_url is refused)."""
         self._registry = registry
         self._store = store
         self._admission = admission
         self._link = link
         self._refused = refused
+        self._callbacks = callbacks or AllowList()
 
     def submit(
         self,
@@ -39,10 +43,15 @@ class JobService:
         decode: Callable[[], dict[str, RequestTensor]],
         nbytes: int,
         owner: str | None = None,
+        options: JobOptions | None = None,
     ) -> str:
         """Validate many samples (any number along the first dimension, at least one) and queue them as a
         job; its id. `decode()` gives the job's tensors: it runs once `nbytes`, what it allocates, is
-        held in the in-flight budget (an upload is unpacked only then)."""
+        held in the in-flight budget (an upload is unpacked only then). A callback URL is checked against
+        the allow-list first (its host resolved): InvalidArgument if it does not admit it."""
+        options = options or JobOptions()
+        if options.callback is not None:
+            self._callbacks.check(options.callback)
         with self._link.required():
             target = self._registry.resolve(name, version)
         with self._admission.admit(nbytes), self._link.required():
@@ -52,7 +61,13 @@ class JobService:
             tenant = current_tenant()
             try:
                 return self._store.submit(
-                    target, arrays, owner, pinned=bool(version), tenant=tenant.name, samples=tenant.limits.job_samples
+                    target,
+                    arrays,
+                    owner,
+                    pinned=bool(version),
+                    tenant=tenant.name,
+                    samples=tenant.limits.job_samples,
+                    options=options,
                 )
             except TenantOverLimit as error:
                 self._refused(error)
@@ -75,6 +90,12 @@ class JobService:
         """Drop the chunks not run yet; the job's status after that."""
         with self._link.required():
             self._store.cancel(job_id, owner)
+            return self._store.status(job_id, owner)
+
+    def retry(self, job_id: str, owner: str | None) -> JobStatus:
+        """Queue the job's dead letters again; its status after that."""
+        with self._link.required():
+            self._store.retry(job_id, owner)
             return self._store.status(job_id, owner)
 
     def result(self, job_id: str, owner: str | None) -> JobResult:

@@ -240,7 +240,7 @@ def test_async_jobs_survive_a_redis_restart(stack: Stack, digits: tuple[np.ndarr
     assert status.status_code == 200 and status.json()["state"] == "SUCCESS", status.text
     assert requests.get(f"{finished_url}/result", timeout=20).json() == finished_result
     ended = wait_for_end(running_url, 120)
-    assert ended["state"] == "SUCCESS" and ended["progress"] == {"done": 200, "total": 200}, ended
+    assert ended["state"] == "SUCCESS" and ended["progress"] == {"done": 200, "total": 200, "failed": 0}, ended
     (outputs,) = requests.get(f"{running_url}/result", timeout=60).json()["outputs"].values()
     assert np.shape(outputs) == (200, 1000)
     for row in (0, 199):  # the first and the last chunk, against a predict of the same image

@@ -86,7 +86,9 @@ def test_a_token_sees_lists_downloads_and_cancels_only_its_own_jobs(stack):
     assert bobs not in [job["id"] for job in alice.get(jobs, timeout=10).json()["jobs"]]
 
     unknown = "0" * 32
-    for method, suffix in (("GET", ""), ("GET", "/result"), ("DELETE", ""), ("GET", "/result?format=npz")):
+    for method, suffix in (
+        ("GET", ""), ("GET", "/result"), ("DELETE", ""), ("GET", "/result?format=npz"), ("POST", "/retry")
+    ):  # fmt: skip
         reply = bob.request(method, f"{jobs}/{alices}{suffix}", timeout=10)
         stranger = bob.request(method, f"{jobs}/{unknown}{suffix}", timeout=10)
         assert reply.status_code == stranger.status_code == 404, (method, suffix, reply.text)
@@ -94,6 +96,8 @@ def test_a_token_sees_lists_downloads_and_cancels_only_its_own_jobs(stack):
         assert reply.json() == {"error": same_words}, "the same answer as for no such job"
     assert alice.get(f"{jobs}/{alices}", timeout=10).json()["state"] == "SUCCESS", "bob's DELETE changed nothing"
     assert alice.get(f"{jobs}/{alices}/result", timeout=30).status_code == 200
+    retried = alice.post(f"{jobs}/{alices}/retry", timeout=10)
+    assert retried.status_code == 409 and "no dead letters" in retried.json()["error"], retried.text
 
 
 def test_job_records_hold_an_owner_but_never_a_token(stack, own_redis_url):
@@ -119,7 +123,7 @@ def test_malformed_job_ids_are_not_found_never_an_error(stack, own_redis_url, jo
     real = _submit(stack, alice)
     job_id = job_id.replace("{job}", real).replace("{JOB}", real.upper())
     redis.Redis.from_url(own_redis_url).hset(f"ovms:job:{real}:claims", "held", "worker")  # as while a chunk runs
-    for method, suffix in (("GET", ""), ("GET", "/result"), ("DELETE", "")):
+    for method, suffix in (("GET", ""), ("GET", "/result"), ("DELETE", ""), ("POST", "/retry")):
         reply = alice.request(method, f"{stack.rest_url}/v1/jobs/{job_id}{suffix}", timeout=10)
         assert reply.status_code in (400, 404), (method, suffix, reply.status_code, reply.text)
 

@@ -100,9 +100,9 @@ def test_output_waits_and_the_progress_bar_names_the_job_as_result_takes_it(stac
     fetched = _ovms("result", job_id, "--url", api.rest_url, "--output", str(tmp_path / "again.npy"))
     assert fetched.returncode == 0, fetched.stderr
     listing = _ovms("jobs", "--url", api.rest_url).stdout.splitlines()
-    assert listing[0].split() == ["ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL"], listing
+    assert listing[0].split() == ["ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", "FAILED"], listing
     row = next(line for line in listing if line.startswith(job_id))
-    assert row.split()[3:] == ["versioned", "v2", "SUCCESS", "600/600"], row
+    assert row.split()[3:] == ["versioned", "v2", "SUCCESS", "600/600", "0"], row
     assert listing[0].index("STATE") == row.index("SUCCESS"), "the header is aligned with the columns"
 
 

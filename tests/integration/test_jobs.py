@@ -80,7 +80,7 @@ def test_json_jobs_report_states_timestamps_and_results_in_every_format(server):
     while (status := requests.get(status_url, timeout=5).json())["state"] != "SUCCESS":
         assert status["state"] in ("PENDING", "STARTED") and time.monotonic() < deadline, status
         time.sleep(0.1)
-    assert status["progress"] == {"done": 2, "total": 2}
+    assert status["progress"] == {"done": 2, "total": 2, "failed": 0}
     assert status["created"] <= status["finished"] + 1
     result = requests.get(status_url + "/result", timeout=5).json()["outputs"]
     assert result == {"sum": [[6.0, 8.0], [10.0, 12.0]], "product": [[5.0, 12.0], [21.0, 32.0]]}

@@ -317,7 +317,7 @@ def test_job_listings_show_the_tenant(api: OvmsProcess) -> None:
         timeout=60,
         check=True,
     ).stdout.splitlines()
-    assert listing[0].split() == ["ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", "TENANT"], listing
+    assert listing[0].split() == ["ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", "FAILED", "TENANT"], listing
     assert submitted.json()["id"] in listing[1] and listing[1].split()[-1] == "batch", listing
 
 

@@ -46,7 +46,7 @@ def test_a_role_still_accepts_the_flags_its_help_hides() -> None:
 def test_usage_line_names_the_roles_and_the_client_commands() -> None:
     usage = run_ovms("--help").stdout.split("\n\n")[0]
     assert "ovms [api|worker] [flags]" in usage
-    assert "ovms submit|jobs|result|cancel|status" in usage
+    assert "ovms submit|jobs|result|cancel|retry|status" in usage
     assert run_ovms("worker", "--help").stdout.startswith("usage: ovms worker [flags]")
 
 

@@ -1,6 +1,6 @@
 """The api's JobStore on a real Redis, with the test playing the workers through the job queue's own
 functions (tasks.job_queue) and storing chunk results as a worker's job feeder does: submission and its
-limits, status and progress, cancelling, owners, and the recovery of chunks whose worker died."""
+limits, status and progress, cancelling, owners, the recovery of chunks whose worker died, and dead letters."""
 
 from __future__ import annotations
 
@@ -11,9 +11,18 @@ import pytest
 import redis
 
 from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ServingError, TenantOverLimit
-from tasks import job_backlog, job_queue
+from tasks import dead_letters, job_backlog, job_queue
 from tasks.heartbeat import Heartbeat
-from tasks.jobs import CHUNK_ROWS, JOB_PREFIX, JobBacklogFull, JobLimits, JobStore, JobTooLarge
+from tasks.jobs import (
+    CHUNK_ROWS,
+    JOB_PREFIX,
+    JobBacklogFull,
+    JobLimits,
+    JobOptions,
+    JobStore,
+    JobTooLarge,
+    NothingToRetry,
+)
 from tasks.messages import QueuedChunk, unpack_requests
 from tasks.routing import job_queue_for, job_taken_key, payload_key
 from tasks.settings import JobSettings
@@ -266,3 +275,111 @@ def test_a_malformed_chunk_is_dropped_by_the_worker_that_takes_it(store: redis.R
     store.lpush(QUEUE, b'{"task": "t", "job": "j"}')
     assert job_queue.take(store, QUEUE, "worker-a", wait_s=0.5) is None
     assert store.llen(QUEUE) == 0 and store.llen(job_taken_key(QUEUE, "worker-a")) == 0
+
+
+# --------------------------------------------------------------------------- dead letters
+
+DEAD_LETTERS = JobOptions(dead_letters=True)
+
+
+def bury_next(client: redis.Redis, worker_id: str, error: ServingError) -> QueuedChunk:
+    """What a job feeder does with a chunk of a job with dead letters whose inference fails: bury it (its
+    tensors kept), store its failure, leave the taken list."""
+    raw, chunk = take(client, worker_id)
+    dead_letters.bury(client, raw, chunk, error.message, TTL_S)
+    store_reply(chunk.task_id, worker_id, {f"{chunk.task_id}.0": failed(error)})
+    job_queue.finish(client, QUEUE, worker_id, raw, chunk, keep_payload=True)
+    return chunk
+
+
+def backlog_bytes(client: redis.Redis) -> int:
+    return int(client.get(job_backlog.TOTAL) or 0)
+
+
+def test_with_dead_letters_a_failed_chunk_waits_for_a_retry_and_the_job_ends_partial(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    inputs = samples(2 * CHUNK_ROWS + 1)
+    job_id = jobs.submit(DOUBLER, inputs, options=DEAD_LETTERS)
+    run_chunk(store, worker)
+    bury_next(store, worker, Internal("out of memory"))
+    assert jobs.status(job_id).state == "STARTED", "a failed chunk does not end the job"
+    run_chunk(store, worker)
+    status = jobs.status(job_id)
+    assert (status.state, status.done, status.failed, status.failed_chunks) == (
+        "PARTIAL",
+        CHUNK_ROWS + 1,
+        CHUNK_ROWS,
+        1,
+    )
+    assert status.dead_letters == [
+        {"chunk": 1, "samples": [CHUNK_ROWS, 2 * CHUNK_ROWS], "error": "out of memory", "attempts": 1}
+    ]
+    assert status.finished is not None and status.errors == ["out of memory"]
+    assert backlog_bytes(store) == CHUNK_ROWS * ROW_BYTES, "its tensors are kept, and counted"
+
+    assert jobs.retry(job_id) == 1
+    assert jobs.status(job_id).state == "STARTED"
+    with pytest.raises(NothingToRetry, match="no dead letters"):
+        jobs.retry(job_id)  # a second retry queues nothing twice
+    run_chunk(store, worker)
+    assert jobs.status(job_id).state == "SUCCESS"
+    np.testing.assert_array_equal(np.concatenate(list(jobs.result(job_id).parts("y"))), inputs["x"] * 2)
+    assert backlog_bytes(store) == 0 and not list(store.scan_iter("ovms:dead:in:*"))
+
+
+def test_a_retry_that_fails_again_counts_the_attempt_and_stays_dead(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    job_id = jobs.submit(DOUBLER, samples(3), options=DEAD_LETTERS)
+    bury_next(store, worker, InvalidArgument("corrupt"))
+    jobs.retry(job_id)
+    bury_next(store, worker, InvalidArgument("still corrupt"))
+    status = jobs.status(job_id)
+    assert status.state == "PARTIAL" and status.dead_letters[0]["attempts"] == 2, status
+    assert status.dead_letters[0]["error"] == "still corrupt"
+
+
+def test_a_chunk_lost_with_two_workers_is_a_dead_letter_and_a_retry_runs_it(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    job_id = jobs.submit(DOUBLER, samples(3), options=DEAD_LETTERS)
+    take(store, "worker-dead")
+    jobs.recover()
+    take(store, "worker-dead-too")
+    jobs.recover()
+    status = jobs.status(job_id)
+    assert status.state == "PARTIAL" and WORKER_LOST in status.dead_letters[0]["error"], status
+    jobs.retry(job_id)
+    run_chunk(store, alive(store, "worker-b"))
+    assert jobs.status(job_id).state == "SUCCESS"
+
+
+def test_cancel_discards_dead_letters_and_a_job_without_them_has_nothing_to_retry(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    job_id = jobs.submit(DOUBLER, samples(3), options=DEAD_LETTERS)
+    bury_next(store, worker, Internal("boom"))
+    jobs.cancel(job_id)
+    assert jobs.status(job_id).state == "PARTIAL", "an ended job keeps its state"
+    assert backlog_bytes(store) == 0, "its dead letters' tensors are gone, and their backlog share"
+    with pytest.raises(NothingToRetry, match="tensors of its dead letters are gone"):
+        jobs.retry(job_id)
+
+    plain = jobs.submit(DOUBLER, samples(3))
+    run_chunk(store, worker, Internal("boom"))
+    with pytest.raises(NothingToRetry, match="not submitted with"):
+        jobs.retry(plain)
+
+
+def test_a_job_has_ended_once_every_chunk_has_a_result_or_it_passed_its_deadline(store: redis.Redis) -> None:
+    jobs = job_store(store)
+    worker = alive(store, "worker-a")
+    job_id = jobs.submit(DOUBLER, samples(CHUNK_ROWS + 1))
+    run_chunk(store, worker)
+    assert not jobs.ended(job_id)[1]
+    run_chunk(store, worker)
+    record, ended = jobs.ended(job_id)
+    assert ended and jobs.status_of(job_id, record).state == "SUCCESS"
+    late = job_store(store, timeout_s=0).submit(DOUBLER, samples(3))
+    record, ended = jobs.ended(late)
+    assert ended and jobs.status_of(late, record).state == "FAILURE"
