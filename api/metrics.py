@@ -28,6 +28,7 @@ from inference.errors import ServingError
 from inference.request import InferenceResult
 from inference.statistics import VersionKey
 from tasks.link import RedisLink
+from tasks.queue_depth import queue_depths
 from tasks.registry import RegistryView
 from tasks.statistics import read_fields
 
@@ -76,6 +77,19 @@ class ServingMetrics:
             buckets=_MICROSECONDS,
             registry=self.registry,
         )
+        self._by_priority = Counter(
+            "ovms_requests_by_priority",
+            "Predicts answered, by the priority level they ran at (1 is the highest)",
+            ["name", "priority"],
+            registry=self.registry,
+        )
+        self._queue_time_by_priority = Histogram(
+            "ovms_queue_time_by_priority_us",
+            "From publishing a request to the start of its inference, by its priority level, microseconds",
+            ["name", "priority"],
+            buckets=_MICROSECONDS,
+            registry=self.registry,
+        )
         self._batch_size = Histogram(
             "ovms_executed_batch_size",
             "Rows of the inference that served a request",
@@ -117,6 +131,9 @@ class ServingMetrics:
         self._queue_time.labels(name, version).observe(result.queue_s * 1e6)
         self._inference_time.labels(name, version).observe(result.infer_s * 1e6)
         self._batch_size.labels(name, version).observe(result.batch_size)
+        if result.priority:
+            self._by_priority.labels(name, str(result.priority)).inc()
+            self._queue_time_by_priority.labels(name, str(result.priority)).observe(result.queue_s * 1e6)
 
     def _label(self, name: str) -> str:
         return name if self._view.knows(name) else ""
@@ -174,15 +191,14 @@ class _QueueCollector(Collector):
         workers = GaugeMetricFamily("ovms_live_workers", "Workers whose heartbeat is current")
         workers.add_metric([], len(self._view.live_workers()))
         yield workers
-        depth = GaugeMetricFamily("ovms_queue_depth", "Messages waiting in a model's queue", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "ovms_queue_depth", "Messages waiting in a model's queue (all its priority levels)", labels=["queue"]
+        )
         queues = self._view.queues()
         if not self._link.up:
             return
         try:
-            with self._broker.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    pipe.llen(queue)
-                lengths = pipe.execute()
+            lengths = queue_depths(self._broker, queues)
         except redis.RedisError:
             return
         for queue, length in zip(queues, lengths, strict=True):

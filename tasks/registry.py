@@ -26,6 +26,7 @@ from inference.errors import (
     load_failed,
 )
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
+from inference.priorities import DEFAULT_PRIORITY
 from inference.signature import ModelSignature
 from inference.states import PREPARING, RETIRING, VersionState, VersionStatus
 from tasks.heartbeat import HEARTBEAT_TTL_S
@@ -73,6 +74,7 @@ class Target:
     queue: str
     workers: int = 1
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    default_priority: int = DEFAULT_PRIORITY  # the level of a request that asks for none
 
 
 WorkersGone = Callable[[set[str], set[str]], None]
@@ -110,7 +112,7 @@ class RegistryView:
         self._empty: dict[str, str] = {}  # models whose repository offers a live worker no version: why
         self._workers: list[str] = []
         self._served: set[str] = set()
-        self._queue_limits: dict[str, int] = {}
+        self._queue_limits: dict[str, tuple[int, int]] = {}  # model -> (max_queue_size, default_priority)
         self._queues: set[str] = set()
         self._active: set[str] = set()
         self._loaded_workers: set[str] = set()
@@ -155,7 +157,9 @@ class RegistryView:
             self._empty = {name: model.report.empty for name, model in served if model.report.empty}
             self._workers = [snapshot.worker_id for snapshot in serving]
             self._served = {name for name, _ in served}
-            self._queue_limits = {name: model.report.max_queue_size for name, model in served}
+            self._queue_limits = {
+                name: (model.report.max_queue_size, model.report.default_priority) for name, model in served
+            }
             self._queues = {model.queue for _, model in served}
             self._active = {name for name, model in served if model.report.active}
             self._loaded_workers = {snapshot.worker_id for snapshot in serving if snapshot.loaded}
@@ -251,8 +255,8 @@ class RegistryView:
         if view.state != VersionState.AVAILABLE or view.signature is None or view.queue is None:
             raise Unavailable(NO_LIVE_WORKER)
         with self._lock:
-            limit = self._queue_limits.get(name, DEFAULT_MAX_QUEUE_SIZE)
-        return Target(name, version, view.signature, view.queue, view.workers, limit)
+            limit, default_priority = self._queue_limits.get(name, (DEFAULT_MAX_QUEUE_SIZE, DEFAULT_PRIORITY))
+        return Target(name, version, view.signature, view.queue, view.workers, limit, default_priority)
 
     def served_model_names(self, active_only: bool = False) -> list[str]:
         """Models live workers report (the catalog also remembers departed ones); `active_only`: only

@@ -25,6 +25,7 @@ from inference.errors import (
 from inference.image_decoder import decode_images
 from inference.manager import ModelManager
 from inference.model import CompiledVersion
+from inference.priorities import JOB_LEVEL, Priority, nearest_level
 from inference.request import InferenceRequest, Tensors
 from inference.statistics import InferenceStatistics
 from inference.validation import RequestTensor, validate_inputs
@@ -133,7 +134,10 @@ class WorkerRuntime:
             except ServingError as error:
                 return self._failed(envelope, error, received, batcher.compiled)
             ready = [(request, self._ready(batcher, request, held)) for request in requests]
-            started = [(request, self._start(batcher, request, inputs, arrivals, held)) for request, inputs in ready]
+            priority = _priority(envelope)
+            started = [
+                (request, self._start(batcher, request, inputs, arrivals, held, priority)) for request, inputs in ready
+            ]
             del ready  # decoded images are freed as their inference ends, not kept until the reply
         return PredictReply(
             self.worker_id,
@@ -202,12 +206,13 @@ class WorkerRuntime:
         inputs: Tensors | ServingError,
         arrivals: Arrivals,
         held: _HeldBytes,
+        priority: Priority,
     ) -> Future[BatchResult]:
         """Queue the ready request for batching."""
         if isinstance(inputs, ServingError):
             return _failed(inputs)
         try:
-            return batcher.submit(inputs, arrivals)
+            return batcher.submit(inputs, arrivals, priority)
         except NotFound:  # the version closed a moment ago: a request that named none takes the new default
             fallback = None if request.pinned else self._manager.default(request.model)
             if fallback is None or fallback is batcher:
@@ -216,7 +221,7 @@ class WorkerRuntime:
             if isinstance(inputs, ServingError):
                 return _failed(inputs)
             try:
-                return fallback.submit(inputs, None)
+                return fallback.submit(inputs, None, priority)
             except ServingError as error:
                 return _failed(error)
 
@@ -287,6 +292,14 @@ class _HeldBytes:
             )
         self._budget.reserve(nbytes, refuse=self._refuse, already_mine=self.total)
         self.total += nbytes
+
+
+def _priority(envelope: PredictEnvelope) -> Priority:
+    """How the message's requests are scheduled: as the api sent them (a level out of range, which no api sends,
+    is taken as the nearest one), an async job's chunk below every level."""
+    if all(entry.any_batch for entry in envelope.requests):
+        return Priority(JOB_LEVEL, envelope.tenant, envelope.weight)
+    return Priority(nearest_level(envelope.priority), envelope.tenant, envelope.weight)
 
 
 def _failed(error: ServingError) -> Future[BatchResult]:

@@ -10,6 +10,7 @@ from concurrent.futures import Executor, Future
 
 from api.admission import Admission, request_bytes
 from inference.errors import InvalidArgument
+from inference.priorities import priority_level
 from inference.request import InferenceRequest, InferenceResult
 from inference.validation import RequestTensor, validate_inputs
 from tasks.dispatcher import Dispatcher
@@ -45,9 +46,12 @@ class InferenceService:
         inputs: dict[str, RequestTensor],
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> InferenceResult:
+        """`priority`: the level the client asked for (inference.priorities; 0: the model's default)."""
         with self._admission.admit(request_bytes(inputs)), self._link.required():
-            target, request = self._request(name, version, inputs, output_filter, self._deadline(timeout_s))
+            deadline = self._deadline(timeout_s)
+            target, request = self._request(name, version, inputs, output_filter, deadline, priority)
             return _with_precisions(target, self._dispatcher.infer(target, request))
 
     async def predict_async(
@@ -59,6 +63,7 @@ class InferenceService:
         nbytes: int,
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> InferenceResult:
         """predict() for an asyncio frontend; the wait for the answer holds no thread. `nbytes`: the request's
         size as received, held in the in-flight budget from before it is decoded.
@@ -72,14 +77,14 @@ class InferenceService:
             deadline = self._deadline(timeout_s)
             loop = asyncio.get_running_loop()
             if nbytes <= INLINE_REQUEST_BYTES and self._registry.serves(name):
-                target, request = self._request(name, version, inputs(), output_filter, deadline)
+                target, request = self._request(name, version, inputs(), output_filter, deadline, priority)
                 future, publish = self._dispatcher.enqueue(target, request)
                 if publish:
                     await loop.run_in_executor(executor, self._dispatcher.publish_waiting, target)
             else:
 
                 def submit() -> tuple[Target, InferenceRequest, Future[InferenceResult]]:
-                    target, request = self._request(name, version, inputs(), output_filter, deadline)
+                    target, request = self._request(name, version, inputs(), output_filter, deadline, priority)
                     return target, request, self._dispatcher.submit(target, request)
 
                 target, request, future = await loop.run_in_executor(executor, submit)
@@ -95,8 +100,10 @@ class InferenceService:
         inputs: dict[str, RequestTensor],
         output_filter: list[str] | None,
         deadline: float,
+        priority: int,
     ) -> tuple[Target, InferenceRequest]:
         target = self._registry.resolve(name, version)
+        level = priority_level(priority, target.default_priority)
         arrays = validate_inputs(target.signature, inputs)
         if output_filter:
             unknown = [o for o in output_filter if o not in target.signature.outputs]
@@ -105,7 +112,13 @@ class InferenceService:
                 more = f" and {len(unknown) - NAMES_QUOTED} more" if len(unknown) > NAMES_QUOTED else ""
                 raise InvalidArgument(f"Invalid output name - not found in model outputs: {named}{more}")
         request = InferenceRequest(
-            name, target.version, arrays, list(output_filter or []) or None, deadline, pinned=bool(version)
+            name,
+            target.version,
+            arrays,
+            list(output_filter or []) or None,
+            deadline,
+            pinned=bool(version),
+            priority=level,
         )
         return target, request
 

@@ -25,7 +25,8 @@ from tasks.claims import claim, holders
 from tasks.dispatcher import Dispatcher
 from tasks.link import RedisLink
 from tasks.messages import PredictEnvelope, unpack_requests
-from tasks.routing import payload_key
+from tasks.queue_depth import queue_depths
+from tasks.routing import payload_key, priority_queues
 from tests.support.worker_part import DOUBLER, doubled, store_reply
 
 WAIT_S = 5.0
@@ -42,8 +43,9 @@ class Taken:
 
 def take(store: redis.Redis, worker_id: str, queue: str = DOUBLER.queue) -> Taken:
     """Do what a worker does with the next message of `queue` before it infers: pop it (kombu pops from the
-    right; waits for one), then fetch its tensors and claim it in one round trip (tasks.runtime)."""
-    popped = store.brpop([queue], timeout=WAIT_S)
+    right of its priority levels' lists, the highest level's first; waits for one), then fetch its tensors and
+    claim it in one round trip (tasks.runtime)."""
+    popped = store.brpop(priority_queues(queue), timeout=WAIT_S)
     assert popped is not None, f"nothing queued in {queue}"
     message = json.loads(popped[1])
     args, _, _ = json.loads(base64.b64decode(message["body"]))
@@ -83,7 +85,7 @@ def dispatcher(store: redis.Redis, core_redis_url: str) -> Iterator[Dispatcher]:
 
 
 def queued(store: redis.Redis, queue: str = DOUBLER.queue) -> int:
-    return int(store.llen(queue))
+    return queue_depths(store, [queue])[0]
 
 
 def assert_doubled(sent: InferenceRequest, future: Future[InferenceResult], worker_id: str) -> None:

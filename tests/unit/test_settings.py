@@ -419,6 +419,7 @@ def test_model_config_to_dict_is_the_config_json_form() -> None:
         "max_batch_size": 16,
         "max_queue_delay_ms": 1.0,
         "max_queue_size": 1024,
+        "default_priority": 2,
         "layout": None,
         "rest_b64": "image",
     }
