@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Measure request priorities (and fair share between tenants) on one saturated model, in one run.
 
-    python ops/priority_bench.py [--model resnet] [--duration 15] [--warmup 3] [--low-clients 16] \\
+    python ops/priority_bench.py [--model resnet] [--duration 10] [--warmup 3] [--rounds 3] [--low-clients 16] \\
         [--high-clients 1] [--pause 0.02] [--server-flags "..."] \\
         [--auth-token-file FILE --flood-token T1 --probe-token T2]
 
 Starts the whole stack (`python -m ovms`: embedded Redis, one worker, the api; ops/bench_stack.py) and drives
 TF Serving gRPC Predict, batch 1, from grpc.aio coroutines: `--low-clients` back to back at the lowest level
 (`ovms-priority: 3`) saturate the model, `--high-clients` send at the highest level (`ovms-priority: 1`), each
-pausing `--pause` seconds between its requests (interactive traffic). Phases, each with its own warmup and window:
+pausing `--pause` seconds between its requests (interactive traffic). Phases, each with its own warmup and window,
+run in turn `--rounds` times (on a shared machine the load of others changes from minute to minute: each phase
+sees the same spread of it); a phase's figures pool its rounds, and its ratio is also given per round:
 
 - unloaded: the high clients alone (their p50 / p99 are the reference);
 - loaded: the low flood and the high clients together — the high clients' p99 over the unloaded one is the
@@ -32,10 +34,12 @@ import shlex
 import signal
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 from bench_cases import CASES, ModelCase
 from bench_report import fmt, load_average, machine, markdown_table, progress, ratio
 from bench_stack import Server, raise_keyboard_interrupt
@@ -95,6 +99,19 @@ def run_phase(args: argparse.Namespace, server: Server, case: ModelCase, phase: 
     return stats[0], stats[1] if phase.flood else None
 
 
+def measure(args: argparse.Namespace, server: Server, case: ModelCase, phases: list[Phase]) -> list[Outcome]:
+    """Each of `phases` `args.rounds` times, in turn."""
+    outcomes = [Outcome(phase, [], []) for phase in phases]
+    for round_ in range(args.rounds):
+        for outcome in outcomes:
+            progress(f"round {round_ + 1} of {args.rounds}")
+            probe, flood = run_phase(args, server, case, outcome.phase)
+            outcome.probes.append(probe)
+            if flood is not None:
+                outcome.floods.append(flood)
+    return outcomes
+
+
 def priority_phases(args: argparse.Namespace) -> list[Phase]:
     high = Clients(args.high_clients, (("ovms-priority", HIGH),), args.pause)
     low = Clients(args.low_clients, (("ovms-priority", LOW),))
@@ -114,13 +131,42 @@ def tenant_phases(args: argparse.Namespace) -> list[Phase]:
     return [Phase("tenant alone", probe), Phase("tenant beside a flood", probe, flood)]
 
 
-def row(phase: Phase, probe: Stats, flood: Stats | None, reference: Stats) -> list[str]:
+def pooled(measured: list[Stats]) -> Stats:
+    """One phase's rounds as one measurement."""
+    return Stats(
+        requests=sum(stats.requests for stats in measured),
+        seconds=sum(stats.seconds for stats in measured),
+        latencies_ms=np.concatenate([stats.latencies_ms for stats in measured]),
+        batch_sizes=[size for stats in measured for size in stats.batch_sizes],
+        errors=sum((stats.errors for stats in measured), Counter()),
+        completed=sum(stats.completed for stats in measured),
+    )
+
+
+@dataclass
+class Outcome:
+    """A phase's rounds: the probe's and the flood's stats of each."""
+
+    phase: Phase
+    probes: list[Stats]
+    floods: list[Stats]
+
+
+def p99_ratio(probe: Stats, reference: Stats) -> float:
+    return ratio(probe.percentile(99), reference.percentile(99))
+
+
+def row(outcome: Outcome, reference: Outcome) -> list[str]:
+    probe, unloaded = pooled(outcome.probes), pooled(reference.probes)
+    flood = pooled(outcome.floods) if outcome.floods else None
+    rounds = zip(outcome.probes, reference.probes, strict=True)
     return [
-        phase.name,
+        outcome.phase.name,
         str(probe.requests),
         fmt(probe.percentile(50)),
         fmt(probe.percentile(99)),
-        fmt(ratio(probe.percentile(99), reference.percentile(99)), 2),
+        fmt(p99_ratio(probe, unloaded), 2),
+        ", ".join(fmt(p99_ratio(mine, theirs), 2) for mine, theirs in rounds),
         str(probe.error_count),
         fmt(flood.throughput) if flood else "-",
         fmt(flood.percentile(50)) if flood else "-",
@@ -134,6 +180,7 @@ HEADERS = [
     "p50 ms",
     "p99 ms",
     "p99 / unloaded p99",
+    "by round",
     "failed",
     "flood req/s",
     "flood p50 ms",
@@ -144,8 +191,9 @@ HEADERS = [
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(CASES), default="resnet", help="the model to saturate (resnet)")
-    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per phase (default 15)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
     parser.add_argument("--warmup", type=float, default=3.0, help="warmup seconds before each phase (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="times each phase runs, in turn (default 3)")
     parser.add_argument("--low-clients", type=int, default=16, help="flooding clients, back to back (default 16)")
     parser.add_argument("--high-clients", type=int, default=1, help="measured clients (default 1)")
     parser.add_argument("--pause", type=float, default=0.02, help="measured clients' pause between requests, s")
@@ -173,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             progress(f"starting {shlex.join(server.command)}")
             with server:
-                results = [(phase, *run_phase(args, server, case, phase)) for phase in phases + tenants]
+                outcomes = [measure(args, server, case, group) for group in (phases, tenants)]
         except KeyboardInterrupt:
             progress("interrupted; the server was stopped")
             return 130
@@ -183,19 +231,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# priority_bench {started:%Y-%m-%d %H:%M %Z}: {args.model}, {machine()}")
     print(
         f"# {args.low_clients} flooding clients back to back, {args.high_clients} measured client(s) pausing "
-        f"{args.pause:g} s; {args.duration:g} s per phase after {args.warmup:g} s; load average "
-        f"{load_before:.1f} before, {load_average():.1f} after"
+        f"{args.pause:g} s; {args.rounds} rounds of {args.duration:g} s per phase after {args.warmup:g} s; load "
+        f"average {load_before:.1f} before, {load_average():.1f} after"
     )
     print()
-    rows = [row(phase, probe, flood, results[0][1]) for phase, probe, flood in results[: len(phases)]]
-    if tenants:
-        alone = results[len(phases)][1]
-        rows += [row(phase, probe, flood, alone) for phase, probe, flood in results[len(phases) :]]
+    rows = [row(outcome, group[0]) for group in outcomes if group for outcome in group]
     print(markdown_table(HEADERS, rows))
     if not tenants:
-        print(
-            "\ntenants: not measured (give --auth-token-file with --flood-token and --probe-token of two tenants)"
-        )
+        print("\ntenants: not measured (give --auth-token-file with --flood-token and --probe-token of two tenants)")
     return 0
 
 
