@@ -3,7 +3,8 @@
 One listener thread per api process blocks on this process's reply list and resolves the futures
 of the requests each result answers, so any number of request threads can wait at once without
 touching a shared pub/sub connection. A completed message frees its lane's slot, and the listener
-publishes what waited for it (tasks.lanes).
+publishes what waited for it (tasks.lanes). A message holds requests of one kind: one priority level (the
+request's, or its model's default) and one tenant, with the tenant's weight (`weights`).
 
 When workers stop serving (tasks.registry), nothing waits for its deadline in vain: a message a lost
 worker held (tasks.claims) is run once more by another worker, else fails UNAVAILABLE; a message

@@ -5,7 +5,8 @@ claim-check SET another round trip. The message itself is still a standard Celer
 message built by Celery (`app.amqp.as_task_v2`), wrapped exactly as kombu's Redis transport wraps it
 (JSON envelope, base64 body, delivery info for the anonymous exchange), so any Celery worker,
 Flower or `celery inspect` reads it as if `apply_async` had sent it. Only the transport write is ours:
-`SET payload` (+ `APPEND` for each further part) + `LPUSH queue` in one pipeline. The payload's parts
+`SET payload` (+ `APPEND` for each further part) + `LPUSH` to the queue's list of the message's priority level
+(kombu's priority emulation, tasks.routing.priority_queue) in one pipeline. The payload's parts
 are views of the request arrays: redis-py writes each one to the socket as it is, so no joined copy
 of a large request is made.
 
