@@ -134,7 +134,7 @@ class WorkerRuntime:
             except ServingError as error:
                 return self._failed(envelope, error, received, batcher.compiled)
             ready = [(request, self._ready(batcher, request, held)) for request in requests]
-            priority = _priority(envelope)
+            priority = scheduled_as(envelope)
             started = [
                 (request, self._start(batcher, request, inputs, arrivals, held, priority)) for request, inputs in ready
             ]
@@ -294,7 +294,7 @@ class _HeldBytes:
         self.total += nbytes
 
 
-def _priority(envelope: PredictEnvelope) -> Priority:
+def scheduled_as(envelope: PredictEnvelope) -> Priority:
     """How the message's requests are scheduled: as the api sent them (a level out of range, which no api sends,
     is taken as the nearest one), an async job's chunk below every level."""
     if all(entry.any_batch for entry in envelope.requests):

@@ -15,7 +15,7 @@ import pytest
 
 from inference.bytes_tensors import bytes_array
 from inference.errors import DeadlineExceeded, InvalidArgument, NotFound
-from inference.priorities import DEFAULT_PRIORITY, Priority
+from inference.priorities import DEFAULT_PRIORITY, JOB_LEVEL, Priority
 from inference.request import InferenceRequest
 from inference.signature import ModelSignature, TensorSpec
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
@@ -35,6 +35,7 @@ from tasks.messages import (
     pack_requests,
     unpack_requests,
 )
+from tasks.runtime import scheduled_as
 from tasks.wire import FORMAT, Message
 
 SIGNATURE = ModelSignature({"x": TensorSpec("x", "FP32", (-1, 4))}, {"y": TensorSpec("y", "FP32", (-1, 4))})
@@ -118,6 +119,15 @@ def test_an_envelope_carries_its_priority_and_one_from_before_priorities_has_the
     assert PredictEnvelope.from_wire(wire).scheduling == Priority(1, "acme", 3)
     older = {key: value for key, value in wire.items() if key not in ("priority", "tenant", "weight")}
     assert PredictEnvelope.from_wire(older).scheduling == Priority(DEFAULT_PRIORITY, "", 1)
+
+
+def test_the_worker_schedules_a_message_at_its_level_and_a_job_chunk_below_every_level() -> None:
+    predict = [InferenceRequest("m", 2, {"x": np.ones((1, 4), np.float32)}, None, 100.0, "t.0")]
+    chunk = [InferenceRequest("m", 2, {"x": np.ones((9, 4), np.float32)}, None, 100.0, "c.0", any_batch=True)]
+    assert scheduled_as(pack_requests(predict, {"x": "FP32"}, Priority(1, "a", 2))[0]) == Priority(1, "a", 2)
+    assert scheduled_as(pack_requests(chunk, {"x": "FP32"}, Priority(1))[0]).level == JOB_LEVEL
+    for sent, read in ((0, 1), (7, 3)):  # no api sends these: the nearest level
+        assert scheduled_as(pack_requests(predict, {"x": "FP32"}, Priority(sent))[0]).level == read
 
 
 def test_every_request_entry_field_but_its_inputs_is_an_inference_request_field() -> None:
