@@ -6,7 +6,8 @@ so that load balancers and Kubernetes probes need no credentials, and so does th
 (`/metrics`: counters per model, no tensors).
 
 Each token owns the async jobs submitted with it: a job record keeps the token's owner id (`owner_id`),
-never the token.
+never the token. Each token belongs to a tenant (api.tenants): the call runs with it in
+api.tenants.CALLER, and within its limits (api.quotas).
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
 
+from api.grpc_limits import deadline_s, within
+from api.tenants import DEFAULT_TENANT, NO_TENANT, Tenant, TenantScope, TokenFile, as_caller, read_token_file
 from inference.errors import TOKEN_REFUSED
 
 OPEN_REST_PATHS = frozenset({"/v1/health/live", "/v1/health/ready", "/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -38,18 +41,33 @@ def owner_id(token: bytes) -> str:
 
 
 class BearerTokens:
-    """The accepted tokens: the lines of a file, blank lines and `#` comments ignored."""
+    """The accepted tokens and their tenants (api.tenants: the lines of a file, blank lines and `#`
+    comments ignored)."""
 
-    def __init__(self, tokens: list[str]) -> None:
-        self._tokens = [token.encode() for token in tokens]
+    def __init__(self, tokens: Sequence[str] = (), token_file: TokenFile | None = None) -> None:
+        """`tokens` alone: each of the tenant `default`, without limits."""
+        plain = TokenFile([(token, DEFAULT_TENANT) for token in tokens], {DEFAULT_TENANT: Tenant(DEFAULT_TENANT)})
+        self._file = token_file or plain
+        self._tokens = [token.encode() for token, _ in self._file.tokens]
+        self._tenants = [self._file.tenants[tenant] for _, tenant in self._file.tokens]
 
     @classmethod
     def from_file(cls, path: str) -> BearerTokens:
-        with open(path, encoding="utf-8") as handle:
-            tokens = [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
-        if not tokens:
-            raise RuntimeError(f"auth_token_file {path} holds no token")
-        return cls(tokens)
+        try:
+            token_file = read_token_file(path)
+        except ValueError as error:
+            raise RuntimeError(str(error)) from None
+        return cls(token_file=token_file)
+
+    @property
+    def tenants(self) -> dict[str, Tenant]:
+        """Every tenant of the file, by name."""
+        return self._file.tenants
+
+    @property
+    def weights(self) -> Mapping[str, int]:
+        """Each tenant's weight in the fair share of a model's capacity."""
+        return self._file.weights
 
     def accepts(self, authorization: str | None) -> bool:
         """True for an `Authorization` value `Bearer <an accepted token>` (the scheme in any case)."""
@@ -57,27 +75,35 @@ class BearerTokens:
 
     def owner_of(self, authorization: str | None) -> str | None:
         """The owner id of the accepted token in an `Authorization` value (None if none is accepted)."""
-        token = self._accepted(authorization)
-        return None if token is None else owner_id(token)
+        index = self._accepted(authorization)
+        return None if index is None else owner_id(self._tokens[index])
 
-    def _accepted(self, authorization: str | None) -> bytes | None:
+    def tenant_of(self, authorization: str | None) -> Tenant | None:
+        """The tenant of the accepted token in an `Authorization` value (None if none is accepted)."""
+        index = self._accepted(authorization)
+        return None if index is None else self._tenants[index]
+
+    def _accepted(self, authorization: str | None) -> int | None:
         scheme, _, token = (authorization or "").strip().partition(" ")
         if scheme.lower() != "bearer":
             return None
         offered = token.strip().encode()
         # every token is compared, each in constant time, so timing tells nothing about which one matched
         matches = [hmac.compare_digest(offered, accepted) for accepted in self._tokens]
-        return next((accepted for accepted, match in zip(self._tokens, matches, strict=True) if match), None)
+        return next((index for index, match in enumerate(matches) if match), None)
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):
-    """Answers UNAUTHENTICATED to every call without an accepted token, except the health checks'.
+    """Answers UNAUTHENTICATED to every call without an accepted token, except the health checks'; the
+    others run within `scope(tenant, seconds to the deadline)` until they are answered: as their token's
+    tenant (api.tenants.CALLER), within its limits (api.quotas), entered before the request is read.
 
     The refusal is decided on the call's metadata alone, before its request message is read: a caller
     without a token can make the server neither read nor hold a message."""
 
-    def __init__(self, tokens: BearerTokens) -> None:
+    def __init__(self, tokens: BearerTokens, scope: TenantScope = as_caller) -> None:
         self._tokens = tokens
+        self._scope = scope
 
     async def intercept_service(
         self,
@@ -89,9 +115,10 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or method.startswith(OPEN_GRPC_PREFIX) or method in OPEN_GRPC_METHODS:
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        if self._tokens.accepts(metadata.get("authorization")):
-            return handler
-        return _REFUSAL
+        tenant = self._tokens.tenant_of(metadata.get("authorization"))
+        if tenant is None:
+            return _REFUSAL
+        return within(handler, lambda context: self._scope(tenant, deadline_s(context)))
 
 
 async def _refuse(_requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> None:
@@ -104,7 +131,10 @@ async def _refuse(_requests: AsyncIterator[Any], context: grpc.aio.ServicerConte
 _REFUSAL = grpc.stream_stream_rpc_method_handler(_refuse)
 
 
-def rest_call_allowed(tokens: BearerTokens | None, path: str, authorization: str | None) -> bool:
-    """Whether a REST call may go on: always without tokens, else on the open paths or with an accepted
-    token. Decided from the request head alone (api.rest_limits), before any body byte is read."""
-    return tokens is None or path in OPEN_REST_PATHS or tokens.accepts(authorization)
+def rest_caller(tokens: BearerTokens | None, path: str, authorization: str | None) -> Tenant | None:
+    """Who a REST call is from: NO_TENANT without tokens or on the open paths, else the tenant of its
+    accepted token; None when it may not go on. Decided from the request head alone (api.rest_limits),
+    before any body byte is read."""
+    if tokens is None or path in OPEN_REST_PATHS:
+        return NO_TENANT
+    return tokens.tenant_of(authorization)

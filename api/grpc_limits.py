@@ -4,7 +4,8 @@ Calls are counted in two phases: waiting for their request message (half-open st
 AwaitedRequests, enforced for every method by the RequestReader interceptor) and being served (the
 request arrived, the answer has not left: CallLimit). Stalled calls never turn a fresh call away: when
 the first bound is full, the call that has waited longest is pushed out instead. The second bound
-counts only calls whose request has arrived, i.e. real work.
+counts only calls whose request has arrived, i.e. real work. A call can also be run within a scope
+(`within`: its tenant and the tenant's limits, api.auth), entered before its request is read.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, contextmanager
 from typing import Any, TypeVar
 
 import grpc
@@ -23,6 +24,10 @@ from inference.errors import InvalidArgument, ResourceExhausted, ServingError
 T = TypeVar("T")
 
 PUSHED_OUT = "Too many calls are waiting for their request message; this one waited longest"
+_NO_DEADLINE_S = 1e6  # grpc reports a huge time_remaining() when the client set no deadline
+RETRY_AFTER = "retry-after"  # trailing metadata: seconds, for an error that says when to retry
+
+CallScope = Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
 
 
 class CallLimit:
@@ -107,7 +112,7 @@ class RequestReader(grpc.aio.ServerInterceptor):
             try:
                 return await self._awaited.receive(requests)
             except ServingError as error:
-                await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+                await abort(context, error)
 
         serializers = {
             "request_deserializer": handler.request_deserializer,
@@ -129,3 +134,56 @@ class RequestReader(grpc.aio.ServerInterceptor):
                 await responses
 
         return grpc.stream_stream_rpc_method_handler(streamed_response, **serializers)
+
+
+def deadline_s(context: grpc.aio.ServicerContext) -> float | None:
+    """The seconds left before the call's deadline, None when the client set none."""
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < _NO_DEADLINE_S else None
+
+
+async def abort(context: grpc.aio.ServicerContext, error: ServingError) -> None:
+    """End the call with the error's code and message, and a `retry-after` trailer when it has one."""
+    retry_after_s = getattr(error, "retry_after_s", None)
+    trailer = ((RETRY_AFTER, str(retry_after_s)),) if retry_after_s is not None else ()
+    await context.abort(grpc.StatusCode[error.grpc_code], error.message, trailing_metadata=trailer)
+
+
+def within(handler: grpc.RpcMethodHandler, scope: CallScope) -> grpc.RpcMethodHandler:
+    """The handler, run inside `scope(context)` from the call's start (before its request is read) until
+    it returns; a ServingError on entering the scope ends the call (`abort`)."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    kind = "_".join(
+        "stream" if streaming else "unary" for streaming in (handler.request_streaming, handler.response_streaming)
+    )
+    behaviour = getattr(handler, kind)
+
+    async def entered(stack: AsyncExitStack, context: grpc.aio.ServicerContext) -> None:
+        try:
+            await stack.enter_async_context(scope(context))
+        except ServingError as error:
+            await abort(context, error)
+
+    if not handler.response_streaming:
+
+        async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with AsyncExitStack() as stack:
+                await entered(stack, context)
+                return await behaviour(request, context)
+
+        return getattr(grpc, f"{kind}_rpc_method_handler")(unary_response, **serializers)
+
+    async def streamed_response(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async with AsyncExitStack() as stack:
+            await entered(stack, context)
+            responses = behaviour(request, context)
+            if inspect.isasyncgen(responses):
+                async for response in responses:
+                    await context.write(response)
+            else:  # a coroutine that writes with context.write
+                await responses
+
+    return getattr(grpc, f"{kind}_rpc_method_handler")(streamed_response, **serializers)

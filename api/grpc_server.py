@@ -26,6 +26,7 @@ from api.health import HealthReporter
 from api.kserve.grpc_service import KServeService
 from api.metrics import ServingMetrics
 from api.protos import grpc_service_pb2_grpc, serving_pb2_grpc
+from api.tenants import TenantScope, as_caller
 from api.tls import TlsFiles
 
 MAX_RESPONSE_BYTES = 1 << 30  # what we send is ours; what we receive is bounded by --max_request_mb
@@ -62,15 +63,18 @@ class GrpcServer:
         tokens: BearerTokens | None,
         max_connections: int = MAX_CONNECTIONS,
         shared_port: bool = False,
+        tenant_scope: TenantScope = as_caller,
     ) -> None:
         """Listens on `address` (`host:port`, api.settings.host_port). With `shared_port` the port is bound
         with SO_REUSEPORT, shared with the other api processes of `--grpc_workers`; else a taken port
-        fails the start."""
+        fails the start. With `tokens`, calls run within `tenant_scope` (api.tenants: as their tenant's,
+        within its limits)."""
         self._address = address
         self._dataplane = dataplane
         self._metrics = metrics
         self._tls = tls
         self._tokens = tokens
+        self._tenant_scope = tenant_scope
         self._options = {
             "grpc.max_receive_message_length": max_request_bytes,  # else RESOURCE_EXHAUSTED
             "grpc.max_send_message_length": MAX_RESPONSE_BYTES,
@@ -111,7 +115,7 @@ class GrpcServer:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _start(self) -> None:
-        interceptors = [TokenInterceptor(self._tokens)] if self._tokens else []
+        interceptors = [TokenInterceptor(self._tokens, self._tenant_scope)] if self._tokens else []
         interceptors.append(RequestReader(AwaitedRequests(MAX_CALLS_AWAITING_REQUEST)))
         server = grpc.aio.server(interceptors=interceptors, options=list(self._options.items()))
         services = (self._dataplane, self._metrics, self._executor, CallLimit(MAX_CALLS_IN_PROGRESS))

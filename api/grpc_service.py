@@ -12,7 +12,8 @@ from typing import Any
 import grpc
 
 from api.grpc_codec import signature_def, status_code, tensor_from_proto, tensor_to_proto
-from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, deadline_s, metadata_priority, serving_errors
+from api.grpc_limits import deadline_s
+from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, metadata_priority, serving_errors
 from api.metrics import Tracker
 from api.protos import serving_pb2, serving_pb2_grpc
 from inference.errors import InvalidArgument

@@ -21,8 +21,8 @@ from inference.errors import Internal, ServingError
 
 log = logging.getLogger("serving")
 
-_NO_DEADLINE_S = 1e6  # grpc reports a huge time_remaining() when the client set no deadline
 LARGE_RESPONSE_BYTES = 1 << 20  # outputs above this are encoded off the event loop
+RETRY_AFTER_KEY = "retry-after"  # trailing metadata of an error the client may retry later: seconds, as HTTP's
 T = TypeVar("T")
 
 
@@ -58,7 +58,8 @@ def serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
             ):
                 return await method(self, request, context, tracker)
         except ServingError as error:
-            await context.abort(grpc.StatusCode[error.grpc_code], error.message)
+            retry = () if error.retry_after_s is None else ((RETRY_AFTER_KEY, str(error.retry_after_s)),)
+            await context.abort(grpc.StatusCode[error.grpc_code], error.message, trailing_metadata=retry)
         except Exception as exc:
             log.exception("Unexpected error in %s", method.__name__)
             error = Internal(f"Internal error: {exc}")
@@ -72,9 +73,3 @@ def metadata_priority(context: grpc.aio.ServicerContext) -> int:
     """The priority level in the call's `ovms-priority` metadata (0 without one: the model's default)."""
     text = next((value for key, value in context.invocation_metadata() or () if key == PRIORITY_METADATA), None)
     return priority_text(text if isinstance(text, str) else None, f"{PRIORITY_METADATA} metadata")
-
-
-def deadline_s(context: grpc.aio.ServicerContext) -> float | None:
-    """The seconds left before the call's deadline, None when the client set none."""
-    remaining = context.time_remaining()
-    return remaining if remaining is not None and remaining < _NO_DEADLINE_S else None

@@ -12,6 +12,7 @@ totals never go back), while the gauges read from Redis come from the scraped pr
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -19,14 +20,25 @@ from contextlib import contextmanager
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from prometheus_client.values import MultiProcessValue
 
-from inference.errors import ServingError
+from api.tenants import current_tenant
+from inference.errors import ServingError, TenantOverLimit
 from inference.request import InferenceResult
-from inference.statistics import VersionKey
+from inference.statistics import (
+    LIFECYCLE_FIELDS,
+    LOAD_BUCKETS_S,
+    LOAD_MS,
+    LOAD_REASONS,
+    UNLOAD_REASONS,
+    VersionKey,
+    load_bucket_field,
+    load_field,
+    unload_field,
+)
 from tasks.link import RedisLink
 from tasks.queue_depth import queue_depths
 from tasks.registry import RegistryView
@@ -53,13 +65,13 @@ class ServingMetrics:
         self.registry = CollectorRegistry()
         self._served = _served_by_this_process(self.registry)  # its file by pid: made before the slot's
         _write_files_of_this_slot()
-        labels = ["name", "version", "interface", "method"]
+        labels = ["name", "version", "interface", "method", "tenant"]
         self._success = Counter("ovms_requests_success", "Requests answered", labels, registry=self.registry)
         self._fail = Counter("ovms_requests_fail", "Requests failed", [*labels, "code"], registry=self.registry)
         self._request_time = Histogram(
             "ovms_request_time_us",
             "Request time in the api, microseconds",
-            ["name", "version", "interface"],
+            ["name", "version", "interface", "tenant"],
             buckets=_MICROSECONDS,
             registry=self.registry,
         )
@@ -97,6 +109,12 @@ class ServingMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=self.registry,
         )
+        self._refused = Counter(
+            "ovms_tenant_refused",
+            "Calls and job submissions refused beyond a tenant's limit (rps, inflight, job_samples)",
+            ["tenant", "limit"],
+            registry=self.registry,
+        )
         self._queues = _QueueCollector(registry_view, broker, store, link)
         self._view = registry_view
         self._shared_dir = os.environ.get(MULTIPROCESS_DIR_ENV)
@@ -108,32 +126,39 @@ class ServingMetrics:
         """Count and time one request; the caller reports the version (and predict result) it got.
         Requests for model names no worker knows count under name "" (no model has that name), answered
         or not (a v2 ModelReady answers false for them): a series per name a client makes up would grow the
-        api's memory without bound."""
+        api's memory without bound. Each request counts under its caller's tenant (api.tenants: the token
+        file names a bounded set; "" without one)."""
         tracker = Tracker()
         started = time.perf_counter()
+        tenant = current_tenant().name
         self._served.inc()
         try:
             yield tracker
         except ServingError as error:
-            self._fail.labels(self._label(name), tracker.version, interface, method, error.grpc_code).inc()
+            self._fail.labels(self._label(name), tracker.version, interface, method, tenant, error.grpc_code).inc()
             raise
         except Exception:
-            self._fail.labels(self._label(name), tracker.version, interface, method, "INTERNAL").inc()
+            self._fail.labels(self._label(name), tracker.version, interface, method, tenant, "INTERNAL").inc()
             raise
-        self._success.labels(self._label(name), tracker.version, interface, method).inc()
+        self._success.labels(self._label(name), tracker.version, interface, method, tenant).inc()
         if tracker.result is not None:
-            self._observe_predict(name, tracker.version, interface, time.perf_counter() - started, tracker.result)
+            seconds = time.perf_counter() - started
+            self._observe_predict(name, tracker.version, interface, tenant, seconds, tracker.result)
 
     def _observe_predict(
-        self, name: str, version: str, interface: str, seconds: float, result: InferenceResult
+        self, name: str, version: str, interface: str, tenant: str, seconds: float, result: InferenceResult
     ) -> None:
-        self._request_time.labels(name, version, interface).observe(seconds * 1e6)
+        self._request_time.labels(name, version, interface, tenant).observe(seconds * 1e6)
         self._queue_time.labels(name, version).observe(result.queue_s * 1e6)
         self._inference_time.labels(name, version).observe(result.infer_s * 1e6)
         self._batch_size.labels(name, version).observe(result.batch_size)
         if result.priority:
             self._by_priority.labels(name, str(result.priority)).inc()
             self._queue_time_by_priority.labels(name, str(result.priority)).observe(result.queue_s * 1e6)
+
+    def tenant_refused(self, error: TenantOverLimit) -> None:
+        """Count a refusal beyond a tenant's limit (tenants come from the token file: a bounded set)."""
+        self._refused.labels(error.tenant, error.limit).inc()
 
     def _label(self, name: str) -> str:
         return name if self._view.knows(name) else ""
@@ -205,6 +230,7 @@ class _QueueCollector(Collector):
             depth.add_metric([queue], length)
         yield depth
         yield from self._jobs()
+        yield from self._loads()
 
     def _jobs(self) -> Iterator[CounterMetricFamily]:
         labels = ["name", "version"]
@@ -225,6 +251,41 @@ class _QueueCollector(Collector):
             samples.add_metric([name, str(version)], rows)
         yield chunks
         yield samples
+
+    def _loads(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        """Each version's loads and unloads by reason, cluster-wide, and how long its loads took (the versions
+        that were ever loaded: every one a worker serves)."""
+        labels = ["name", "version"]
+        loads = CounterMetricFamily(
+            "ovms_model_loads", "Model version loads by the workers, cluster-wide", labels=[*labels, "reason"]
+        )
+        unloads = CounterMetricFamily(
+            "ovms_model_unloads", "Model version unloads by the workers, cluster-wide", labels=[*labels, "reason"]
+        )
+        seconds = HistogramMetricFamily(
+            "ovms_model_load_seconds", "Time to fetch, compile and warm up a model version", labels=labels
+        )
+        versions = self._versions()
+        try:
+            totals = read_fields(self._store, versions, LIFECYCLE_FIELDS)
+        except redis.RedisError:
+            return
+        for (name, version), fields in zip(versions, totals, strict=True):
+            counts = dict(zip(LIFECYCLE_FIELDS, fields, strict=True))
+            loaded = [counts[load_field(reason)] for reason in LOAD_REASONS]
+            if not any(loaded):
+                continue
+            key = [name, str(version)]
+            for reason, count in zip(LOAD_REASONS, loaded, strict=True):
+                loads.add_metric([*key, reason], count)
+            for reason in UNLOAD_REASONS:
+                unloads.add_metric([*key, reason], counts[unload_field(reason)])
+            cumulative = list(itertools.accumulate(counts[load_bucket_field(bound)] for bound in LOAD_BUCKETS_S))
+            buckets = [(f"{bound:g}", count) for bound, count in zip(LOAD_BUCKETS_S, cumulative, strict=True)]
+            seconds.add_metric(key, [*buckets, ("+Inf", sum(loaded))], counts[LOAD_MS] / 1000)
+        yield loads
+        yield unloads
+        yield seconds
 
     def _versions(self) -> list[VersionKey]:
         """Every version a worker reports, of every model: the statistics hold keys for no others."""

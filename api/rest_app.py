@@ -83,7 +83,6 @@ def _error_handler(dataplane: DataPlane, max_request_bytes: int) -> Callable[[Ex
 
 def _serving_error(error: ServingError) -> Response:
     headers = _ERROR_HEADERS.get(error.http_status)
-    retry_after_s = getattr(error, "retry_after_s", None)  # e.g. a full job backlog (tasks.jobs)
-    if retry_after_s is not None:
-        headers = {"Retry-After": str(retry_after_s)}
+    if error.retry_after_s is not None:  # e.g. a full job backlog (tasks.jobs), a model still loading
+        headers = {"Retry-After": str(error.retry_after_s)}
     return json_response({"error": error.message}, error.http_status, headers)

@@ -13,7 +13,9 @@ silent or lying about its body costs a coroutine and its own bytes, never one of
 - a body that stops arriving for `body_idle_timeout_s` is 408, and so is one slower on average than
   MIN_BODY_BYTES_PER_S once BODY_GRACE_S have passed; one the client ends early is 400. A body is kept
   as one buffer, whatever the size of the parts it came in;
-- with bearer tokens, a call that needs one and has none accepted is 401 from its head alone (api.auth);
+- with bearer tokens, a call that needs one and has none accepted is 401 from its head alone (api.auth),
+  and the others run as their token's tenant (api.tenants.CALLER): beyond the tenant's requests a
+  second or in flight (api.quotas), 429 with Retry-After, before any body byte is read;
 - the bytes a body will take count against the api's in-flight budget (--max_inflight_mb) from the
   moment its head announces them: a Content-Length is reserved at once (429 if it does not fit beside
   what other requests hold), a chunked body as its parts arrive; JSON at JSON_BODY_FACTOR times its
@@ -34,11 +36,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 from api.admission import PREPAID_BYTES, Admission
-from api.auth import BearerTokens, rest_call_allowed
-from inference.errors import TOKEN_REFUSED, ResourceExhausted
+from api.auth import BearerTokens, rest_caller
+from api.rest_http import MAX_TIMEOUT_S, TIMEOUT_HEADER
+from api.tenants import Tenant, TenantScope, as_caller
+from inference.errors import TOKEN_REFUSED, ResourceExhausted, ServingError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -61,6 +66,7 @@ RAW_BODY_TYPES = ("application/octet-stream", "application/x-npy", "application/
 INFERENCE_HEADER_LENGTH = b"inference-header-content-length"  # KServe v2 binary tensors: the body's JSON part
 V2_MODELS_PATH, V2_INFER_SUFFIX = "/v2/models/", "/infer"  # the routes that honour it (api.kserve.rest_models)
 RAW_BODY_PATH = "/v1/jobs"  # the one route that reads a body of RAW_BODY_TYPES raw (api.rest_jobs)
+TIMEOUT_HEADER_BYTES = TIMEOUT_HEADER.lower().encode()
 
 
 def body_too_large_message(max_body_bytes: int) -> str:
@@ -147,11 +153,14 @@ class HttpLimits:
         max_head_bytes: int = MAX_HEAD_BYTES,
         max_url_bytes: int = MAX_URL_BYTES,
         body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+        tenant_scope: TenantScope = as_caller,
     ) -> None:
+        """`tenant_scope`: what each call runs within, as its tenant's (api.quotas: within its limits)."""
         self._app = app
         self._max_body_bytes = max_body_bytes
         self._admission = admission
         self._tokens = tokens
+        self._tenant_scope = tenant_scope
         self._max_head_bytes = max_head_bytes
         self._max_url_bytes = max_url_bytes
         self._body_idle_timeout_s = body_idle_timeout_s
@@ -165,24 +174,37 @@ class HttpLimits:
             return
         held = _held(self._admission, scope)
         try:
-            try:
-                declared = self._check_head(scope)
-                held.grow(declared)
-                body = await self._read_body(receive, held, declared is None)
-                held.parsed(body)
-            except _Refused as refused:
-                await _answer(send, refused.status, refused.message, refused.headers)
-                return
-            prepaid = PREPAID_BYTES.set(held.nbytes)
-            try:
-                await self._app(_with_length(scope, len(body)), body, _counted(send, held))
-            finally:
-                PREPAID_BYTES.reset(prepaid)
+            async with AsyncExitStack() as tenant_call:  # left before the answer's first byte
+                try:
+                    declared, tenant = self._check_head(scope)
+                    await self._enter_tenant_scope(tenant_call, tenant, scope)
+                    held.grow(declared)
+                    body = await self._read_body(receive, held, declared is None)
+                    held.parsed(body)
+                except _Refused as refused:
+                    await tenant_call.aclose()
+                    await _answer(send, refused.status, refused.message, refused.headers)
+                    return
+                prepaid = PREPAID_BYTES.set(held.nbytes)
+                try:
+                    await self._app(_with_length(scope, len(body)), body, _counted(send, held, tenant_call.aclose))
+                finally:
+                    PREPAID_BYTES.reset(prepaid)
         finally:
             held.release()
 
-    def _check_head(self, scope: Scope) -> int | None:
-        """The body's declared length (None without Content-Length), once the head passed every check."""
+    async def _enter_tenant_scope(self, stack: AsyncExitStack, tenant: Tenant, scope: Scope) -> None:
+        """Run the rest of the call as `tenant`'s; refused beyond the tenant's limits (429) or when they
+        cannot be checked (503), with Retry-After, before the body is read."""
+        try:
+            await stack.enter_async_context(self._tenant_scope(tenant, _timeout_s(scope)))
+        except ServingError as error:
+            retry_after_s = getattr(error, "retry_after_s", RETRY_AFTER_S)
+            raise _Refused(error.http_status, error.message, {b"retry-after": str(retry_after_s).encode()}) from None
+
+    def _check_head(self, scope: Scope) -> tuple[int | None, Tenant]:
+        """The body's declared length (None without Content-Length) and the caller's tenant, once the head
+        passed every check."""
         if scope["http_version"] not in ("1.0", "1.1"):
             raise _Refused(400, f"HTTP/{scope['http_version']} is not served on this port: use HTTP/1.1")
         url_bytes = len(scope["raw_path"]) + len(scope["query_string"])
@@ -200,11 +222,12 @@ class HttpLimits:
             if int(declared) > self._max_body_bytes:
                 raise _Refused(413, body_too_large_message(self._max_body_bytes))
         authorization = next((value for name, value in scope["headers"] if name.lower() == b"authorization"), None)
-        if not rest_call_allowed(
+        tenant = rest_caller(
             self._tokens, scope["path"], None if authorization is None else authorization.decode("latin-1")
-        ):
+        )
+        if tenant is None:
             raise _Refused(401, TOKEN_REFUSED, {b"www-authenticate": b'Bearer realm="ovms"'})
-        return None if declared is None else int(declared)
+        return None if declared is None else int(declared), tenant
 
     async def _read_body(self, receive: Receive, held: _Held, count_parts: bool) -> bytes:
         """The body, once the client has sent all of it; with `count_parts` (no Content-Length reserved
@@ -232,6 +255,16 @@ class HttpLimits:
                 return bytes(body)
 
 
+def _timeout_s(scope: Scope) -> float | None:
+    """The call's own deadline in seconds (X-Request-Timeout), if it has a valid one (else the app says 400)."""
+    text = next((value for name, value in scope["headers"] if name.lower() == TIMEOUT_HEADER_BYTES), None)
+    try:
+        seconds = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 < seconds <= MAX_TIMEOUT_S else None
+
+
 def _body_timeout_message(too_slow: bool, idle_timeout_s: float) -> str:
     if too_slow:
         return (
@@ -240,10 +273,14 @@ def _body_timeout_message(too_slow: bool, idle_timeout_s: float) -> str:
     return f"Request body timeout: nothing arrived for {idle_timeout_s:g} s"
 
 
-def _counted(send: Send, held: _Held) -> Send:
-    """`send`, with each part of the answer covered by the request's reservation while it is written."""
+def _counted(send: Send, held: _Held, answering: Callable[[], Awaitable[Any]]) -> Send:
+    """`send`, with each part of the answer covered by the request's reservation while it is written, and
+    `answering()` awaited before the answer's first byte (the call's tenant scope left: its lease is gone
+    before the client can see the answer)."""
 
     async def send_counted(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            await answering()
         if message["type"] == "http.response.body":
             held.cover(len(message.get("body", b"")))
         await send(message)

@@ -23,6 +23,7 @@ from api.admission import Admission
 from api.auth import BearerTokens
 from api.rest_limits import MAX_HEAD_BYTES, HttpLimits
 from api.settings import host_port
+from api.tenants import TenantScope, as_caller
 from api.tls import TlsFiles
 from api.wsgi_bridge import WsgiApp, WsgiBridge
 
@@ -49,9 +50,11 @@ class RestServer:
         tokens: BearerTokens | None,
         max_connections: int,
         shared_port: bool = False,
+        tenant_scope: TenantScope = as_caller,
     ) -> None:
         """`workers` threads run `wsgi_app`: at most that many requests are in the app at once. Bodies
-        are held within `admission`'s budget; with `tokens`, calls that need one are refused without it;
+        are held within `admission`'s budget; with `tokens`, calls that need one are refused without it,
+        and the others run within `tenant_scope` (api.tenants: as their tenant's, within its limits);
         at most `max_connections` are open at once. With `shared_port` the port is bound with
         SO_REUSEPORT (the api processes of `--grpc_workers` share it: the kernel spreads connections)."""
         self._shared_port = shared_port
@@ -59,7 +62,7 @@ class RestServer:
         self._bind_address = bind_address
         self._port = port
         self._wsgi = WsgiBridge(wsgi_app, workers)
-        self._app = HttpLimits(self._wsgi, max_body_bytes, admission, tokens)
+        self._app = HttpLimits(self._wsgi, max_body_bytes, admission, tokens, tenant_scope=tenant_scope)
         self._config = _config(tls)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None

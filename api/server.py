@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 import redis
 
@@ -19,10 +20,13 @@ from api.descriptors import connections_per_port, raise_open_file_limit
 from api.grpc_server import MAX_CONNECTIONS as MAX_GRPC_CONNECTIONS
 from api.grpc_server import GrpcServer
 from api.metrics import ServingMetrics
+from api.quotas import TenantQuotas
 from api.rest_app import create_app
 from api.rest_server import RestServer
 from api.settings import ApiSettings, all_interfaces, host_port
+from api.tenants import TenantScope, as_caller
 from api.tls import TlsFiles
+from inference.errors import TenantOverLimit
 from inference.model_config import ConfiguredModels
 from tasks.app import configure
 from tasks.dispatcher import Dispatcher
@@ -49,15 +53,21 @@ class ApiServer:
         store = store_client(backend_url)
         broker = store if backend_url == broker_url else store_client(broker_url)  # the Celery queues
         self._link = RedisLink(broker_url, backend_url)
-        self._dispatcher = Dispatcher(store, broker, self._link)
+        self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
+        # each tenant's share of a model's capacity under saturation (api.tenants; none without tokens): the
+        # dispatcher's fair share between tenants (inference.fair_queue)
+        tenant_weights = self._tokens.weights if self._tokens is not None else {}
+        self._dispatcher = Dispatcher(store, broker, self._link, weights=tenant_weights)
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
         recovery = WorkerLossRecovery(self._dispatcher, jobs)
         self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone, on_refreshed=recovery.refreshed)
-        self._dataplane = _data_plane(settings, store, broker, self._registry, self._dispatcher, jobs, self._link)
         self._metrics = ServingMetrics(self._registry, broker, store, self._link)
+        self._dataplane = _data_plane(
+            settings, store, broker, self._registry, self._dispatcher, jobs, self._link, self._metrics.tenant_refused
+        )
+        self._tenant_scope = _tenant_scope(self._tokens, backend_url, self._link, settings, self._metrics)
         self._rest_enabled = rest and settings.rest_port > 0
         self._tls = TlsFiles.from_settings(settings)
-        self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
         self._grpc: GrpcServer | None = None
         self._rest: RestServer | None = None
 
@@ -107,6 +117,7 @@ class ApiServer:
             self._tokens,
             max_connections,
             self._shared_ports,
+            self._tenant_scope,
         )
         server.start()
         self._grpc = server
@@ -124,6 +135,7 @@ class ApiServer:
             self._tokens,
             max_connections,
             self._shared_ports,
+            self._tenant_scope,
         )
         server.start()
         self._rest = server
@@ -172,16 +184,28 @@ def _data_plane(
     dispatcher: Dispatcher,
     jobs: JobStore,
     link: RedisLink,
+    refused: Callable[[TenantOverLimit], None],
 ) -> DataPlane:
-    """The services both frontends call, built once (see api.dataplane)."""
+    """The services both frontends call, built once (see api.dataplane); `refused` counts the job submissions
+    refused beyond a tenant's limit."""
     admission = Admission(settings.max_inflight_bytes)
     models = ModelRepository(registry, store, link, ConfiguredModels(settings))
     return DataPlane(
         inference=InferenceService(registry, dispatcher, admission, link, settings.request_timeout_s),
         models=models,
-        jobs=JobService(registry, jobs, admission, link),
+        jobs=JobService(registry, jobs, admission, link, refused),
         readiness=Readiness(models, registry, admission, link),
         statistics=StatisticsService(registry, store, link, broker),
         admission=admission,
         link=link,
     )
+
+
+def _tenant_scope(
+    tokens: BearerTokens | None, url: str, link: RedisLink, settings: ApiSettings, metrics: ServingMetrics
+) -> TenantScope:
+    """What each call runs within: as its tenant's, and within the tenant's requests a second and in flight
+    when any tenant has such a limit (api.quotas); else without a Redis round trip."""
+    if tokens is None or not any(tenant.limits.per_call for tenant in tokens.tenants.values()):
+        return as_caller
+    return TenantQuotas(url, link, settings.request_timeout_s, metrics.tenant_refused).call

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from api.tenants import read_token_file
 from inference.model_config import ModelSettings
 from inference.options import from_to, option, port_number, positive
 from tasks.settings import MAX_INFLIGHT_MB, BudgetSettings, JobSettings, RedisSettings
@@ -118,7 +119,9 @@ class SecuritySettings:
         None, "PEM CA certificate(s): mutual TLS, clients must present a certificate they signed"
     )
     auth_token_file: str | None = option(
-        None, "file of accepted bearer tokens, one a line: gRPC and REST calls need one"
+        None,
+        "file of accepted bearer tokens, one a line, each optionally with tenant=NAME rps=N inflight=N "
+        "job_samples=N weight=N: gRPC and REST calls need one",
     )
 
     @staticmethod
@@ -131,6 +134,8 @@ class SecuritySettings:
             path = given[flag]
             if path is not None and not os.access(path, os.R_OK):
                 raise ValueError(f"{flag}: cannot read {path}")
+        if given["auth_token_file"] is not None:
+            read_token_file(given["auth_token_file"])  # its errors name the line (and no token)
 
 
 @dataclass(frozen=True)

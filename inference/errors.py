@@ -15,6 +15,7 @@ class ServingError(Exception):
 
     grpc_code = "INTERNAL"
     http_status = 500
+    retry_after_s: int | None = None  # when the client may retry: REST's Retry-After, gRPC's retry-after trailer
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -77,6 +78,27 @@ class Internal(ServingError):
 
 _KINDS = {cls.__name__: cls for cls in ServingError.__subclasses__()}
 
+# A tenant's limits (api.tenants) as an error message names them
+TENANT_LIMITS = {
+    "rps": "{:g} requests/s",
+    "inflight": "{:g} requests in flight",
+    "job_samples": "{:g} job samples queued",
+}
+
+
+class TenantOverLimit(ResourceExhausted):
+    """A tenant is beyond one of its limits (a key of TENANT_LIMITS), across every api process: 429 /
+    RESOURCE_EXHAUSTED with Retry-After / `retry-after` (whole seconds, at least 1). Raised in the api
+    only, never sent on the wire."""
+
+    def __init__(self, tenant: str, limit: str, value: float, retry_after_s: int, detail: str = "") -> None:
+        self.tenant = tenant
+        self.limit = limit
+        self.retry_after_s = max(1, retry_after_s)
+        said = TENANT_LIMITS[limit].format(value)
+        super().__init__(f"tenant {tenant} is over its {said}{detail}; retry after {self.retry_after_s} s")
+
+
 # The seed's messages, used verbatim by both frontends.
 MODEL_NOT_FOUND = "Model with requested name is not found"
 VERSION_NOT_FOUND = "Model with requested version is not found"
@@ -94,6 +116,17 @@ MAX_REASON_CHARS = 500  # of a reason quoted in a log line, a status or an answe
 def load_failed(version: int, reason: str) -> str:
     """Why a predict finds no servable version: this one failed to load (it stays END until its files change)."""
     return f"Model version {version} failed to load: {reason}"
+
+
+def still_loading(model: str, version: int, retry_after_s: int, worker: str = "") -> Unavailable:
+    """A version on its way into memory (loaded on demand) that a request could not wait for."""
+    where = f" on worker {worker}" if worker else ""
+    error = Unavailable(
+        f"Model {model} version {version} is loading{where}: not ready within the request's deadline; "
+        f"retry after {retry_after_s} s"
+    )
+    error.retry_after_s = retry_after_s
+    return error
 
 
 def plain_message(exc: BaseException) -> str:

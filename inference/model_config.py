@@ -17,6 +17,7 @@ DEFAULT_DEVICE = "CPU"
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_QUEUE_DELAY_MS = 1.0
 DEFAULT_MAX_QUEUE_SIZE = 1024
+MAX_IDLE_UNLOAD_S = 31_536_000  # a year: only a bound against typing mistakes
 REST_B64_IMAGE, REST_B64_RAW = "image", "raw"
 STORAGE_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)  # s3://bucket/prefix: (scheme, rest)
 
@@ -73,6 +74,11 @@ class ModelConfig:
     )
     rest_b64: str = option(
         REST_B64_IMAGE, 'REST {"b64": ...} on an image input: "image" (JPEG/PNG) or "raw" (the bytes of its type)'
+    )
+    idle_unload_s: float = option(
+        0.0,
+        "unload a version no request used for this many seconds (the next request loads it again); 0 = never",
+        type=float,
     )
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +188,7 @@ def model_from_dict(raw: Any) -> ModelConfig:
         default_priority=_priority(raw.get("default_priority", DEFAULT_PRIORITY)),
         layout=layout,
         rest_b64=_rest_b64(raw.get("rest_b64", REST_B64_IMAGE)),
+        idle_unload_s=_idle_unload_s(raw.get("idle_unload_s", 0)),
     )
 
 
@@ -233,6 +240,12 @@ def _priority(value: Any) -> int:
 def _delay(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10_000:
         raise ConfigError("max_queue_delay_ms must be a number of milliseconds from 0 to 10000")
+    return float(value)
+
+
+def _idle_unload_s(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_IDLE_UNLOAD_S:
+        raise ConfigError(f"idle_unload_s must be a number of seconds from 0 (never) to {MAX_IDLE_UNLOAD_S}")
     return float(value)
 
 

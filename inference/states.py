@@ -26,6 +26,9 @@ class VersionState(StrEnum):
 
 PREPARING = (VersionState.START, VersionState.LOADING)  # on its way to AVAILABLE
 RETIRING = (VersionState.UNLOADING, VersionState.END)  # on its way out, or gone
+# The error_message of a version that is not resident (its error_code stays OK): requests still load it.
+NOT_RESIDENT = "Not resident: the next request loads it"
+LOADING_ON_DEMAND = "Loading on demand: requests wait for it"
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,29 @@ class VersionStatus:
 
 
 @dataclass(frozen=True)
+class Residency:
+    """Whether a servable version is in a worker's memory, reported by workers that load versions on demand
+    (a memory budget, or a model's idle_unload_s: inference.residency). A version that is not resident is
+    still served: a request for it loads it first (its state is AVAILABLE until then, LOADING meanwhile)."""
+
+    resident: bool
+    load_s: float = 0.0  # how long its last load on this worker took (0: not measured yet)
+    loading_since: float = 0.0  # time.time() when the load on demand running now began (0: none runs)
+
+
+@dataclass(frozen=True)
 class VersionReport:
-    """What a worker says about a version it holds: its status and, while it serves, its signature."""
+    """What a worker says about a version it holds: its status, its signature while it serves (or may be
+    loaded on demand), and where it stands in memory (None: always resident, as without on-demand loading)."""
 
     status: VersionStatus
     signature: ModelSignature | None = None
+    residency: Residency | None = None
+
+    @property
+    def on_demand(self) -> bool:
+        """Servable, but not in memory: a request loads it (state AVAILABLE), or a load runs (LOADING)."""
+        return self.residency is not None and not self.residency.resident
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class VersionCounts:
     job_inference_count: int = 0  # of inference_count: the samples of those chunks
     job_fail_count: int = 0  # of fail_count: the job chunks that failed
     batches: dict[int, BatchCounts] = field(default_factory=dict)  # by batch size
+    lifecycle: dict[str, int] = field(default_factory=dict)  # loads and unloads: LIFECYCLE_FIELDS
 
     def add(self, other: VersionCounts) -> None:
         """Add `other`'s counts to these (the batch sizes beyond MAX_BATCH_SIZES left out)."""
@@ -77,6 +78,8 @@ class VersionCounts:
             batch = self._batch(size)
             if batch is not None:
                 batch.add(counts)
+        for name, count in other.lifecycle.items():
+            self.lifecycle[name] = self.lifecycle.get(name, 0) + count
 
     def executed(self, execution: Execution) -> None:
         self.execution_count += 1
@@ -117,7 +120,40 @@ class RecentCounts:
     latency: dict[int, int] = field(default_factory=dict)
 
 
-SCALAR_FIELDS = tuple(f.name for f in fields(VersionCounts) if f.name != "batches")
+SCALAR_FIELDS = tuple(f.name for f in fields(VersionCounts) if f.name not in ("batches", "lifecycle"))
+
+# Why a version was loaded or unloaded (inference.manager, inference.residency). Reload: a version or a
+# configuration that changed while the worker runs; config: gone from its repository or the configuration.
+STARTUP, DEMAND, RELOAD = "startup", "demand", "reload"
+IDLE, BUDGET, CONFIG = "idle", "budget", "config"
+LOAD_REASONS = (STARTUP, DEMAND, RELOAD)
+UNLOAD_REASONS = (IDLE, BUDGET, CONFIG)
+
+# Loads and unloads of a version, and how long its loads took: the sum, and
+# a histogram whose buckets count the loads that took at most their bound and more than the one below it
+# (longer ones only in the sum and the count).
+LOAD_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LOAD_MS = "load_ms"
+
+
+def load_field(reason: str) -> str:
+    return f"load:{reason}"
+
+
+def unload_field(reason: str) -> str:
+    return f"unload:{reason}"
+
+
+def load_bucket_field(bound_s: float) -> str:
+    return f"load_le:{bound_s:g}"
+
+
+LIFECYCLE_FIELDS = (
+    *(load_field(reason) for reason in LOAD_REASONS),
+    *(unload_field(reason) for reason in UNLOAD_REASONS),
+    LOAD_MS,
+    *(load_bucket_field(bound) for bound in LOAD_BUCKETS_S),
+)
 BATCH_FIELDS = tuple(f.name for f in fields(BatchCounts))
 
 VersionKey = tuple[str, int]  # (model, version)
@@ -175,6 +211,18 @@ class InferenceStatistics:
             counts.fail_ns += request_ns
             self._recent.setdefault((model, version), RecentCounts()).fail += 1
 
+    def loaded(self, model: str, version: int, reason: str, seconds: float) -> None:
+        """A version was loaded (fetched, compiled, warmed up) in `seconds`, for `reason` (inference.residency)."""
+        with self._lock:
+            lifecycle = self._of(model, version).lifecycle
+            for name, count in _load_counts(reason, seconds).items():
+                lifecycle[name] = lifecycle.get(name, 0) + count
+
+    def unloaded(self, model: str, version: int, reason: str) -> None:
+        with self._lock:
+            lifecycle = self._of(model, version).lifecycle
+            lifecycle[unload_field(reason)] = lifecycle.get(unload_field(reason), 0) + 1
+
     def take(self) -> dict[VersionKey, VersionCounts]:
         """The counts since the last take, per model version; counting starts again from zero."""
         with self._lock:
@@ -199,3 +247,11 @@ class InferenceStatistics:
         if counts is None:
             counts = self._counts[model, version] = VersionCounts()
         return counts
+
+
+def _load_counts(reason: str, seconds: float) -> dict[str, int]:
+    counts = {load_field(reason): 1, LOAD_MS: round(seconds * 1000)}
+    bound = next((bound for bound in LOAD_BUCKETS_S if seconds <= bound), None)
+    if bound is not None:
+        counts[load_bucket_field(bound)] = 1
+    return counts

@@ -191,6 +191,8 @@ def _jobs(args: argparse.Namespace) -> int:
     reply = args.http.get(f"{args.url}/v1/jobs", timeout=30)
     if reply.status_code != 200:
         return _failed("jobs", reply)
+    jobs = reply.json()["jobs"]
+    tenants = any(job.get("tenant") for job in jobs)  # a column only for a server whose tokens name tenants
     rows = [
         (
             job["id"],
@@ -198,10 +200,12 @@ def _jobs(args: argparse.Namespace) -> int:
             f"{job['model']} v{job['version']}",
             job["state"],
             f"{job['progress']['done']}/{job['progress']['total']}",
+            *([job.get("tenant") or "-"] if tenants else []),
         )
-        for job in reply.json()["jobs"]
+        for job in jobs
     ]
-    print("\n".join(table(("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL"), rows)))
+    header = ("ID", "CREATED", "MODEL", "STATE", "DONE/TOTAL", *(["TENANT"] if tenants else []))
+    print("\n".join(table(header, rows)))
     return 0
 
 

@@ -9,6 +9,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+MAX_RATE_RETRIES = 30  # reads refused 429 are asked again after their Retry-After, this many times
 
 
 class ClientError(Exception):
@@ -44,6 +48,19 @@ def session(cert: str | None, key: str | None, cacert: str | None) -> Session:
         if path and not os.path.isfile(path):
             raise ClientError(f"{option} {path}: no such file")
     http = Session()
+    # A tenant over its rate (api.tenants) is told when to come back: reads wait that long and ask again.
+    # Writes are not repeated: a refused submit is the user's to retry.
+    waits = Retry(
+        total=MAX_RATE_RETRIES,
+        connect=0,
+        read=0,
+        status_forcelist=(429,),
+        allowed_methods=frozenset({"GET"}),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    for scheme in ("http://", "https://"):
+        http.mount(scheme, HTTPAdapter(max_retries=waits))
     token = os.environ.get("OVMS_TOKEN")
     if token:
         http.headers["Authorization"] = f"Bearer {token}"

@@ -89,6 +89,9 @@ def _from_api(args: argparse.Namespace) -> dict[str, Any]:
     return reply.json()
 
 
+ON_DEMAND = "ON DEMAND"  # the state shown for an AVAILABLE version no worker holds in memory (a request loads it)
+
+
 def render(document: dict[str, Any], source: str) -> str:
     """The tables an operator reads: model versions, then workers."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(document["time"]))
@@ -96,7 +99,7 @@ def render(document: dict[str, Any], source: str) -> str:
         (
             row["model"],
             str(row["version"]),
-            row["state"],
+            ON_DEMAND if row["state"] == "AVAILABLE" and not row.get("resident", True) else row["state"],
             ",".join(row["workers"]) or "-",
             "-" if row["queued"] is None else str(row["queued"]),
             f"{row['requests_per_s']:.1f}",

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+import redis.asyncio
 import redis.sentinel
 
 from tasks.sentinel import SentinelUrl, is_sentinel
@@ -51,6 +52,13 @@ def redis_client(url: str, **options: Any) -> redis.Redis:
     if is_sentinel(url):
         return SentinelUrl.parse(url).client(**options)
     return redis.Redis.from_url(url, **options)
+
+
+def async_redis_client(url: str, **options: Any) -> redis.asyncio.Redis:
+    """redis_client(), for an event loop (redis.asyncio): use it on one loop only."""
+    if is_sentinel(url):
+        return SentinelUrl.parse(url).async_client(**options)
+    return redis.asyncio.Redis.from_url(url, **options)
 
 
 def celery_url(url: str) -> str:

@@ -124,6 +124,13 @@ class Dispatcher:
             self.publish_waiting(target)
         return future
 
+    def trigger(self, target: Target, request: InferenceRequest) -> None:
+        """Publish a request nobody waits for: it makes a worker load its version (inference.manager.acquire).
+        A request that must wait in its lane is dropped there: the messages ahead of it reach a worker too."""
+        future = self.submit(target, request)
+        if future.cancel():
+            self._forget(request)
+
     def enqueue(self, target: Target, request: InferenceRequest) -> tuple[Future[InferenceResult], bool]:
         """submit() without the Redis round trip: the request waits in its lane. Returns its future and
         whether the caller must now call publish_waiting() (otherwise a message in progress, or a reply

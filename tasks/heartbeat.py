@@ -55,6 +55,7 @@ class Heartbeat:
         self.draining = False  # set on shutdown: finishing what it took, taking nothing new
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._nudged = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ovms-heartbeat", daemon=True)
 
     def start(self) -> None:
@@ -70,6 +71,10 @@ class Heartbeat:
         """Tell the apis now to send nothing more here (this worker finishes what it took)."""
         self.draining = True
         self._publish_or_warn()
+
+    def nudge(self) -> None:
+        """Publish soon, on the heartbeat's thread (a caller that must not wait for Redis)."""
+        self._nudged.set()
 
     def publish(self) -> None:
         """Write this worker's snapshot now (also called at once when a model's state changes)."""
@@ -101,6 +106,7 @@ class Heartbeat:
         """Stop publishing, flush the last statistics and withdraw the registration: the apis no longer count
         this worker."""
         self._stop.set()
+        self._nudged.set()
         if self._thread.is_alive():
             self._thread.join(timeout=2)
         try:
@@ -117,5 +123,9 @@ class Heartbeat:
             log.warning("Heartbeat failed: %s", exc)
 
     def _run(self) -> None:
-        while not self._stop.wait(HEARTBEAT_INTERVAL_S):
+        while True:
+            self._nudged.wait(HEARTBEAT_INTERVAL_S)
+            self._nudged.clear()
+            if self._stop.is_set():
+                return
             self._publish_or_warn()

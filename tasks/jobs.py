@@ -33,7 +33,15 @@ import redis
 from celery import states
 
 from inference.bytes_tensors import payload_nbytes
-from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from inference.errors import (
+    WORKER_LOST,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    TenantOverLimit,
+    Unavailable,
+)
 from inference.request import InferenceRequest
 from tasks import job_backlog, job_queue
 from tasks.app import app
@@ -103,6 +111,7 @@ class JobStatus:
     created: float
     finished: float | None
     errors: list[str]
+    tenant: str = ""  # the submitting token's tenant ("": no token file)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,6 +125,7 @@ class JobStatus:
             "created": self.created,
             "finished": self.finished,
             "errors": self.errors,
+            "tenant": self.tenant,
         }
 
 
@@ -128,35 +138,51 @@ class JobStore:
         self._watched = False  # an unfinished job's status was read since the last sweep
 
     def submit(
-        self, target: Target, inputs: dict[str, np.ndarray], owner: str | None = None, pinned: bool = True
+        self,
+        target: Target,
+        inputs: dict[str, np.ndarray],
+        owner: str | None = None,
+        pinned: bool = True,
+        tenant: str = "",
+        samples: int | None = None,
     ) -> str:
         """Split validated inputs (a leading sample dimension) into chunks and queue them: JobTooLarge
         (413) beyond --job_max_mb, JobBacklogFull (429) if the server's queued jobs would pass
         --job_backlog_mb. `owner`: the submitting token's owner id, with bearer tokens; `pinned`: the
-        caller named `target.version` (else chunks follow the model's default version)."""
+        caller named `target.version` (else chunks follow the model's default version); `tenant`: the
+        submitting token's tenant, and `samples` its limit of samples in unfinished jobs (TenantOverLimit,
+        429, beyond it; JobTooLarge for a job alone beyond it)."""
         nbytes = sum(payload_nbytes(array) for array in inputs.values())
         self.refuse_oversized(nbytes)
+        total = int(next(iter(inputs.values())).shape[0])
+        if samples is not None and total > samples:
+            raise JobTooLarge(f"The job's {total} samples are more than tenant {tenant}'s {samples} (job_samples=)")
         job_id = uuid.uuid4().hex
         created = time.time()
         deadline = created + self._limits.timeout_s
-        chunks = list(_split(job_id, target, inputs, deadline, pinned))
+        chunks = list(_split(job_id, target, inputs, deadline, pinned, tenant))
         cap = self._limits.max_backlog_bytes
-        used = job_backlog.admit(self._client, [(chunk.task_id, chunk.nbytes) for chunk, _, _ in chunks], deadline, cap)
-        if used is not None:
+        entries = [(chunk.task_id, chunk.nbytes, rows) for chunk, rows, _ in chunks]
+        full = job_backlog.admit(self._client, entries, deadline, cap, tenant, samples)
+        if full is not None and full.limit == "samples":
+            detail = f" ({full.queued} queued, this job {total})"
+            raise TenantOverLimit(tenant, "job_samples", samples or 0, BACKLOG_RETRY_AFTER_S, detail)
+        if full is not None:
             raise JobBacklogFull(
-                f"The server's job backlog is full: {_mib(used)} MiB queued, this job {_mib(nbytes)} MiB, "
+                f"The server's job backlog is full: {_mib(full.queued)} MiB queued, this job {_mib(nbytes)} MiB, "
                 f"the limit {_mib(cap)} MiB (--job_backlog_mb); retry later"
             )
         record = JobRecord(
             model=target.model,
             version=target.version,
-            total=int(next(iter(inputs.values())).shape[0]),
+            total=total,
             queue=target.queue,
             created=created,
             chunks=tuple(ChunkRef(chunk.task_id, rows) for chunk, rows, _ in chunks),
             owner=owner,
             pinned=pinned,
             deadline=deadline,
+            tenant=tenant,
         )
         queue = job_queue_for(target.queue)
         try:
@@ -218,6 +244,7 @@ class JobStore:
             record.created,
             _finished_at(finished) if state in COMPLETED else None,
             errors,
+            record.tenant,
         )
 
     def result(self, job_id: str, owner: str | None = None) -> JobResult:
@@ -225,13 +252,16 @@ class JobStore:
         return JobResult(self._client, self._record(job_id, owner))
 
     def cancel(self, job_id: str, owner: str | None = None) -> None:
-        """Drop the chunks not run yet (workers skip them); a job that already ended keeps its state."""
+        """Drop the chunks not run yet (workers skip them); a job that already ended keeps its state. Its
+        chunks leave the backlog at once, so that neither the server's backlog nor the tenant's job samples
+        count them while they wait for a worker to skip them."""
         if self.status(job_id, owner).state in COMPLETED:
             return
         record = replace(self._record(job_id, owner), revoked=True)
         with self._client.pipeline(transaction=False) as pipe:
             pipe.set(JOB_PREFIX + job_id, record.to_json(), keepttl=True)
             pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
+            job_backlog.release(pipe, [chunk.task_id for chunk in record.chunks])
             pipe.execute()
 
     def sweep_due(self) -> bool:
@@ -335,7 +365,7 @@ def _index(owner: str | None) -> str:
 
 
 def _split(
-    job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float, pinned: bool
+    job_id: str, target: Target, inputs: dict[str, np.ndarray], deadline: float, pinned: bool, tenant: str
 ) -> Iterator[tuple[QueuedChunk, int, Payload]]:
     """The job's chunks (at most CHUNK_ROWS samples and, above one sample, CHUNK_BYTES), each with its
     number of samples and its tensor payload."""
@@ -348,7 +378,14 @@ def _split(
         part = {name: array[start : start + rows] for name, array in inputs.items()}
         request_id = f"{task_id}.0"
         request = InferenceRequest(
-            target.model, target.version, part, deadline=deadline, request_id=request_id, pinned=pinned, any_batch=True
+            target.model,
+            target.version,
+            part,
+            deadline=deadline,
+            request_id=request_id,
+            pinned=pinned,
+            any_batch=True,
+            tenant=tenant,
         )
         envelope, payload = pack_requests([request], precisions)
         nbytes = sum(payload_nbytes(array) for array in part.values())

@@ -33,7 +33,7 @@ from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.priorities import DEFAULT_PRIORITY, PLAIN, Priority, nearest_level
 from inference.request import InferenceRequest, InferenceResult, Tensors
 from inference.signature import ModelSignature
-from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
+from inference.states import ModelReport, Residency, VersionReport, VersionState, VersionStatus
 from tasks.wire import Message, Record, key
 
 Payload = list[bytes | memoryview]  # the parts of one payload, in order
@@ -245,8 +245,8 @@ class PredictReply(Message):
 @dataclass(frozen=True, slots=True)
 class ModelSnapshot(Record):
     """One model as a worker reports it. Wire: {"queue", "versions": {"<n>": {"state", "error_code",
-    "error_message", "signature" (while it serves)}}, "error", "active", "max_queue_size", "empty" (only when set),
-    "default_priority"}."""
+    "error_message", "signature" (while it serves), "residency" (only when it may leave memory)}}, "error",
+    "active", "max_queue_size", "empty" (only when set), "default_priority"}."""
 
     queue: str
     report: ModelReport
@@ -273,19 +273,35 @@ class ModelSnapshot(Record):
 
 
 @dataclass(frozen=True, slots=True)
+class _ResidencyEntry(Record):
+    """inference.states.Residency. Wire: {"resident", "load_s", "since"}."""
+
+    resident: bool
+    load_s: float = 0.0
+    since: float = 0.0
+
+    def residency(self) -> Residency:
+        return Residency(self.resident, self.load_s, self.since)
+
+
+@dataclass(frozen=True, slots=True)
 class _VersionEntry(Record):
     state: VersionState
     error_code: str
     error_message: str
     signature: ModelSignature | None = field(default=None, metadata=key("signature", omit_none=True))
+    residency: _ResidencyEntry | None = field(default=None, metadata=key("residency", omit_none=True))
 
     @staticmethod
     def of(version: VersionReport) -> _VersionEntry:
         status = version.status
-        return _VersionEntry(status.state, status.error_code, status.error_message, version.signature)
+        where = version.residency
+        residency = _ResidencyEntry(where.resident, where.load_s, where.loading_since) if where is not None else None
+        return _VersionEntry(status.state, status.error_code, status.error_message, version.signature, residency)
 
     def report(self, version: int) -> VersionReport:
-        return VersionReport(VersionStatus(version, self.state, self.error_code, self.error_message), self.signature)
+        status = VersionStatus(version, self.state, self.error_code, self.error_message)
+        return VersionReport(status, self.signature, self.residency.residency() if self.residency else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +365,7 @@ class JobRecord(Message):
     owner: str | None = None  # the submitting token's owner id, with bearer tokens
     pinned: bool = True  # the job named its version
     deadline: float | None = None  # None in records of older apis: created + --job_timeout_s
+    tenant: str = ""  # the submitting token's tenant ("": no token file, or a record of an older api)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,13 +28,14 @@ from inference.errors import (
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
 from inference.priorities import DEFAULT_PRIORITY
 from inference.signature import ModelSignature
-from inference.states import PREPARING, RETIRING, VersionState, VersionStatus
+from inference.states import PREPARING, RETIRING, VersionReport, VersionState, VersionStatus
 from tasks.heartbeat import HEARTBEAT_TTL_S
 from tasks.messages import CatalogEntry, WorkerSnapshot
 from tasks.routing import CATALOG_KEY, WORKER_PREFIX
 
 log = logging.getLogger("serving")
 MAX_REFUSALS_LOGGED = 64  # distinct reasons for ignoring a snapshot, each logged once; then no more
+RECENT_S = 0.1  # a view refreshed this recently is not refreshed again for a look-up that needs it current
 
 Decoded = TypeVar("Decoded", WorkerSnapshot, CatalogEntry)
 
@@ -49,19 +50,35 @@ _STATE_RANK = {
 }
 
 
+# Where a version that no live worker holds in memory ranks (see inference.states.Residency): below one in
+# memory, above one loading for the first time; loading on demand above waiting for a request to load it.
+_ON_DEMAND_RANK = {VersionState.LOADING: 4.8, VersionState.AVAILABLE: 4.6}
+
+
 @dataclass(frozen=True)
 class MergedVersion:
-    """A version as the live workers report it together: the best status any reports, and where its
-    requests go while one serves it."""
+    """A version as the live workers report it together: the best status any reports, where its requests
+    go while one serves it, and — when none holds it in memory — how soon one can."""
 
     status: VersionStatus
     signature: ModelSignature | None = None
-    queue: str | None = None  # set when a live worker serves this version
-    workers: int = 0  # live workers holding it AVAILABLE
+    queue: str | None = None  # set when a live worker serves this version (in memory or on demand)
+    workers: int = 0  # live workers serving it
+    resident: bool = True  # False: no live worker holds it in memory; a request loads it first
+    may_leave: bool = False  # a worker serving it may take it out of memory (inference.residency)
+    load_s: float = 0.0  # the shortest of its last load times the workers report (0: not known)
+    loading_since: float = 0.0  # time.time() a load on demand began on `loading_on` (0: none runs)
+    loading_on: str = ""
 
     @property
     def state(self) -> VersionState:
         return self.status.state
+
+    def ready_at(self, now: float) -> float | None:
+        """When (time.time()) it is expected in memory: None if it is, or if its load time is not known."""
+        if self.resident or not self.load_s:
+            return None
+        return self.loading_since + self.load_s if self.loading_since else now + self.load_s
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,10 @@ class Target:
     queue: str
     workers: int = 1
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    resident: bool = True  # False: no live worker holds it in memory (inference.states.Residency)
+    ready_at: float | None = None  # when not resident: when it is expected in memory (None: not known)
+    loading_on: str = ""  # a worker loading it now
+    may_leave: bool = False  # a worker serving it may take it out of memory
     default_priority: int = DEFAULT_PRIORITY  # the level of a request that asks for none
 
 
@@ -234,7 +255,7 @@ class RegistryView:
         retrying cannot help until its files change (UNAVAILABLE would invite retries)."""
         versions = self.versions(name)
         if not version:
-            live = [v for v, view in versions.items() if view.state == VersionState.AVAILABLE]
+            live = [v for v, view in versions.items() if view.queue is not None]
             if not live:
                 if any(view.state in PREPARING for view in versions.values()):
                     raise NotFound(VERSION_NOT_LOADED)
@@ -246,17 +267,30 @@ class RegistryView:
         view = versions.get(version)
         if view is None:
             raise NotFound(VERSION_NOT_FOUND)
+        if view.queue is not None and view.signature is not None:
+            with self._lock:
+                limit, default_priority = self._queue_limits.get(name, (DEFAULT_MAX_QUEUE_SIZE, DEFAULT_PRIORITY))
+            ready_at = view.ready_at(time.time())
+            return Target(
+                name,
+                version,
+                view.signature,
+                view.queue,
+                view.workers,
+                limit,
+                view.resident,
+                ready_at,
+                view.loading_on,
+                view.may_leave,
+                default_priority,
+            )
         if view.state in PREPARING:
             raise NotFound(VERSION_NOT_LOADED)
         if view.status.failed:
             raise NotFound(load_failed(version, view.status.error_message))
         if view.state in RETIRING:
             raise NotFound(VERSION_RETIRED)
-        if view.state != VersionState.AVAILABLE or view.signature is None or view.queue is None:
-            raise Unavailable(NO_LIVE_WORKER)
-        with self._lock:
-            limit, default_priority = self._queue_limits.get(name, (DEFAULT_MAX_QUEUE_SIZE, DEFAULT_PRIORITY))
-        return Target(name, version, view.signature, view.queue, view.workers, limit, default_priority)
+        raise Unavailable(NO_LIVE_WORKER)
 
     def served_model_names(self, active_only: bool = False) -> list[str]:
         """Models live workers report (the catalog also remembers departed ones); `active_only`: only
@@ -275,10 +309,18 @@ class RegistryView:
         with self._lock:
             return name in self._models
 
+    def version_now(self, name: str, version: int) -> MergedVersion | None:
+        """A version as the workers report it now: the view is refreshed first unless it is recent (for an
+        answer that depends on it, e.g. whether a request waited for a version that is loading)."""
+        if time.monotonic() - self._last_refresh > RECENT_S:
+            self.refresh()
+        with self._lock:
+            return self._models.get(name, {}).get(version)
+
     def _lookup(self, name: str) -> dict[int, MergedVersion] | None:
         with self._lock:
             versions = self._models.get(name)
-            stale = time.monotonic() - self._last_refresh > 0.1
+            stale = time.monotonic() - self._last_refresh > RECENT_S
         if not _any_available(versions) and stale:
             self.refresh()  # a miss may be news the background refresh has not seen yet
             with self._lock:
@@ -322,7 +364,8 @@ class RegistryView:
 
 
 def _any_available(versions: dict[int, MergedVersion] | None) -> bool:
-    return versions is not None and any(v.state == VersionState.AVAILABLE for v in versions.values())
+    """Whether a live worker serves a version (in memory, or loading it on demand)."""
+    return versions is not None and any(v.queue is not None for v in versions.values())
 
 
 def _call_safely(callback: Callable[..., None], *args: Any) -> None:
@@ -338,22 +381,53 @@ def _merge(snapshots: list[WorkerSnapshot], catalog: dict[str, CatalogEntry]) ->
     models: dict[str, dict[int, MergedVersion]] = {
         name: {v: MergedVersion(_unserved(v)) for v in entry.versions} for name, entry in catalog.items()
     }
-    serving: dict[tuple[str, int], int] = {}  # live workers holding each version AVAILABLE
+    serving: dict[tuple[str, int], list[tuple[str, VersionReport]]] = {}  # the live workers serving each version
     for snapshot in snapshots:
         for name, model in snapshot.models.items():
             versions = models.setdefault(name, {})
             for version, report in model.report.versions.items():
-                status = report.status
-                if status.state == VersionState.AVAILABLE:
-                    serving[name, version] = serving.get((name, version), 0) + 1
+                servable = _servable(report)
+                if servable:
+                    serving.setdefault((name, version), []).append((snapshot.worker_id, report))
                 current = versions.get(version)
-                if current is not None and _STATE_RANK[current.state] >= _STATE_RANK[status.state]:
+                if current is not None and _rank(current) >= _rank(report):
                     continue
-                queue = model.queue if status.state == VersionState.AVAILABLE else None
-                versions[version] = MergedVersion(status, report.signature, queue)
-    for (name, version), count in serving.items():
-        models[name][version] = replace(models[name][version], workers=count)
+                queue = model.queue if servable else None
+                versions[version] = MergedVersion(report.status, report.signature, queue, resident=not report.on_demand)
+    for (name, version), reports in serving.items():
+        models[name][version] = replace(models[name][version], workers=len(reports), **_residency(reports))
     return models
+
+
+def _servable(report: VersionReport) -> bool:
+    return report.status.state == VersionState.AVAILABLE or (report.on_demand and report.signature is not None)
+
+
+def _rank(version: VersionReport | MergedVersion) -> float:
+    on_demand = version.on_demand if isinstance(version, VersionReport) else not version.resident
+    state = version.status.state
+    return _ON_DEMAND_RANK.get(state, _STATE_RANK[state]) if on_demand else _STATE_RANK[state]
+
+
+def _residency(reports: list[tuple[str, VersionReport]]) -> dict[str, Any]:
+    """MergedVersion's residency fields from the reports of the workers serving a version."""
+    may_leave = any(report.residency is not None for _, report in reports)
+    if not all(report.on_demand for _, report in reports):
+        return {"may_leave": may_leave}
+    load_times = [report.residency.load_s for _, report in reports if report.residency and report.residency.load_s]
+    loading = [
+        (report.residency.loading_since + report.residency.load_s, worker, report.residency.loading_since)
+        for worker, report in reports
+        if report.residency and report.residency.loading_since
+    ]
+    _, loading_on, loading_since = min(loading) if loading else (0.0, "", 0.0)
+    return {
+        "resident": False,
+        "may_leave": True,
+        "load_s": min(load_times, default=0.0),
+        "loading_since": loading_since,
+        "loading_on": loading_on,
+    }
 
 
 def _unserved(version: int) -> VersionStatus:

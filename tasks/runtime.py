@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import redis
 
@@ -23,7 +23,7 @@ from inference.errors import (
     plain_message,
 )
 from inference.image_decoder import decode_images
-from inference.manager import ModelManager
+from inference.manager import Lease, ModelManager
 from inference.model import CompiledVersion
 from inference.priorities import JOB_LEVEL, Priority, nearest_level
 from inference.request import InferenceRequest, Tensors
@@ -90,23 +90,44 @@ class WorkerRuntime:
         """Run every request of one message; each gets its own outputs or its own error.
         `claims_owner`: the waiting api's reply list, whose claims hash this worker claims the message in
         (see tasks.claims); none for a job chunk (its worker's taken list is its claim, see
-        tasks.job_queue). A message whose
-        tensors do not fit the worker's in-flight budget is refused before they are fetched
+        tasks.job_queue). A version not in memory is loaded first (inference.manager.acquire), within the
+        message's deadline; the version is held until the reply is built, so it is not unloaded under it. A
+        message whose tensors do not fit the worker's in-flight budget is refused before they are fetched
         (RESOURCE_EXHAUSTED), unless it is an async job's chunk: no client waits to retry it, so it is run
         (and counted) anyway; job chunks are bounded by their own size. Every request is counted in the
         statistics of the version that served or failed it — but not one for a version this worker does
         not hold (there is none to count it for)."""
         received = time.time()
-        batcher = self._batcher_for(envelope)
-        if batcher is None:
+        try:
+            lease = self._manager.acquire(
+                envelope.model,
+                envelope.version,
+                not all(entry.pinned for entry in envelope.requests),
+                envelope.deadline,
+            )
+        except ServingError as error:  # its load did not end within the deadline, or failed
+            return self._failed(envelope, error, received)
+        if lease is None:
             return self._failed(envelope, NotFound(VERSION_RETIRED), received)
+        with lease, ExitStack() as fallbacks:
+            return self._serve_held(task_id, envelope, claims_owner, lease.batcher, received, fallbacks)
+
+    def _serve_held(
+        self,
+        task_id: str,
+        envelope: PredictEnvelope,
+        claims_owner: str,
+        batcher: DynamicBatcher,
+        received: float,
+        fallbacks: ExitStack,
+    ) -> PredictReply:
         nbytes = envelope.payload_size
         refuse = not all(entry.any_batch for entry in envelope.requests)
         try:
             self.budget.reserve(nbytes, refuse=refuse)
         except ServingError as error:
             return self._failed(envelope, error, received, batcher.compiled)
-        held = _HeldBytes(self.budget, nbytes, refuse)
+        held = _HeldBytes(self.budget, nbytes, refuse, fallbacks)
         try:
             return self._serve(task_id, envelope, claims_owner, batcher, received, held)
         finally:
@@ -146,14 +167,6 @@ class WorkerRuntime:
                 for request, future in started
             },
         )
-
-    def _batcher_for(self, envelope: PredictEnvelope) -> DynamicBatcher | None:
-        """The requested version; if it went away, requests that named no version take the new default
-        (this is what makes a version swap invisible to them)."""
-        batcher = self._manager.get(envelope.model, envelope.version)
-        if batcher is None and not all(entry.pinned for entry in envelope.requests):
-            batcher = self._manager.default(envelope.model)
-        return batcher
 
     def _failed(
         self, envelope: PredictEnvelope, error: ServingError, received: float, counted: CompiledVersion | None = None
@@ -214,9 +227,11 @@ class WorkerRuntime:
         try:
             return batcher.submit(inputs, arrivals, priority)
         except NotFound:  # the version closed a moment ago: a request that named none takes the new default
-            fallback = None if request.pinned else self._manager.default(request.model)
+            lease = None if request.pinned else self._default_now(request.model)
+            fallback = lease.batcher if lease is not None else None
             if fallback is None or fallback is batcher:
                 return _failed(NotFound(VERSION_RETIRED))
+            held.fallbacks.enter_context(lease)
             inputs = self._ready(fallback, request, held)
             if isinstance(inputs, ServingError):
                 return _failed(inputs)
@@ -224,6 +239,13 @@ class WorkerRuntime:
                 return fallback.submit(inputs, None, priority)
             except ServingError as error:
                 return _failed(error)
+
+    def _default_now(self, model: str) -> Lease | None:
+        """The default version, if it is in memory (a fallback does not wait for a load)."""
+        try:
+            return self._manager.acquire(model, 0, True, 0.0)
+        except ServingError:
+            return None
 
     def _finish(
         self, request: InferenceRequest, future: Future[BatchResult], chosen: CompiledVersion, received: float
@@ -276,10 +298,12 @@ class _HeldBytes:
     """What one message holds in the worker's budget: its payload, then its decoded images, reserved
     request by request as they are decoded (a request whose images do not fit fails alone)."""
 
-    def __init__(self, budget: ByteBudget, payload: int, refuse: bool) -> None:
+    def __init__(self, budget: ByteBudget, payload: int, refuse: bool, fallbacks: ExitStack) -> None:
+        """`fallbacks`: the leases of the default versions that requests fell back to, released with the message's."""
         self._budget = budget
         self._refuse = refuse
         self.total = payload
+        self.fallbacks = fallbacks
 
     def reserve(self, nbytes: int) -> None:
         """Images that alone decode to more than the whole budget are refused (a few hundred KB of JPEG can

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
+import redis.asyncio.sentinel
 import redis.sentinel
 
 SCHEME = "sentinel"
@@ -92,6 +93,13 @@ class SentinelUrl:
     def client(self, **options: Any) -> redis.Redis:
         """A client of the current master, with `options` (timeouts, command packer) on its connections."""
         manager = redis.sentinel.Sentinel(list(self.sentinels), sentinel_kwargs=self._sentinel_kwargs())
+        return manager.master_for(
+            self.master_name, db=self.db, username=self.username, password=self.password, **options
+        )
+
+    def async_client(self, **options: Any) -> redis.asyncio.Redis:
+        """client(), for an event loop (redis.asyncio)."""
+        manager = redis.asyncio.sentinel.Sentinel(list(self.sentinels), sentinel_kwargs=self._sentinel_kwargs())
         return manager.master_for(
             self.master_name, db=self.db, username=self.username, password=self.password, **options
         )

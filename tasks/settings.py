@@ -110,6 +110,14 @@ class WorkerSettings(LogSettings, RedisSettings, JobSettings, BudgetSettings, Mo
         default_text="2 x --max_request_mb",
     )
 
+    worker_memory_mb: int = option(
+        0,
+        "worker role: MiB the models a worker holds in memory may take together; a load beyond it first unloads "
+        "the least recently used versions (loaded again on demand); 0 = no limit",
+        type=int,
+        check=from_to(0, MAX_INFLIGHT_MB),
+    )
+
     @property
     def worker_max_inflight_bytes(self) -> int:
         return self.inflight_budget_mb(self.worker_max_inflight_mb) << 20

@@ -2,8 +2,9 @@
 read the totals, so every api answers the same figures however many apis and workers there are.
 
 Layout: one hash per model version, `ovms:stats:<model>:<version>`, whose fields are the VersionCounts
-fields (`success_count`, `queue_ns`, …, `last_inference_ms`) and four per batch size seen,
-`batch:<size>:count` and `batch:<size>:compute_{input,infer,output}_ns`; at most MAX_FIELDS fields.
+fields (`success_count`, `queue_ns`, …, `last_inference_ms`), its loads and unloads (`load:<reason>`,
+`unload:<reason>`, `load_ms`, `load_le:<seconds>`: inference.statistics.LIFECYCLE_FIELDS) and four per batch
+size seen, `batch:<size>:count` and `batch:<size>:compute_{input,infer,output}_ns`; at most MAX_FIELDS fields.
 
 Each worker adds its counts once a second in its heartbeat's pipeline (tasks.heartbeat: no round trip of
 their own), one small Lua script per model version with counts: HINCRBY of each field, the latest
@@ -31,6 +32,7 @@ from redis.client import Pipeline
 
 from inference.statistics import (
     BATCH_FIELDS,
+    LIFECYCLE_FIELDS,
     MAX_BATCH_SIZES,
     SCALAR_FIELDS,
     BatchCounts,
@@ -43,7 +45,7 @@ from inference.statistics import (
 from tasks.routing import PREFIX
 
 STATISTICS_TTL_S = 86_400  # a version no worker served for a day loses its totals
-MAX_FIELDS = len(SCALAR_FIELDS) + len(BATCH_FIELDS) * MAX_BATCH_SIZES
+MAX_FIELDS = len(SCALAR_FIELDS) + len(LIFECYCLE_FIELDS) + len(BATCH_FIELDS) * MAX_BATCH_SIZES
 RECENT_SLOT_S = 10
 RECENT_WINDOW_S = 60
 RECENT_TTL_S = RECENT_WINDOW_S + 3 * RECENT_SLOT_S
@@ -108,6 +110,7 @@ def _add(pipe: Pipeline, key: str, counts: VersionCounts) -> None:
     scalars = [
         (name, value) for name in SCALAR_FIELDS if name != "last_inference_ms" and (value := getattr(counts, name))
     ]
+    scalars += [(name, value) for name, value in counts.lifecycle.items() if value]
     args: list[int | str] = [STATISTICS_TTL_S, counts.last_inference_ms, MAX_FIELDS, len(scalars)]
     for name, value in scalars:
         args += [name, value]
@@ -231,6 +234,9 @@ def _counts(fields: dict[bytes, bytes] | redis.ResponseError) -> VersionCounts:
             continue
         if name in SCALAR_FIELDS:
             setattr(counts, name, value)
+            continue
+        if name in LIFECYCLE_FIELDS:
+            counts.lifecycle[name] = value
             continue
         kind, _, rest = name.partition(":")
         size, _, field = rest.partition(":")

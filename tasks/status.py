@@ -25,12 +25,13 @@ class VersionRow:
     model: str
     version: int
     state: str
-    workers: list[str]  # live workers holding it AVAILABLE
+    workers: list[str]  # live workers serving it (holding it AVAILABLE, in memory or not, or loading it on demand)
     queue: str | None  # its model queue, while a live worker serves it
     queued: int | None  # messages waiting there (None: no queue)
     requests_per_s: float  # over the last minute, failed ones included
     p50_ms: float | None  # median latency of the successful requests of the last minute
     failed: int  # requests that failed in the last minute
+    resident: bool = True  # False: no live worker holds it in memory (a request loads it: inference.residency)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def read_status(store: redis.Redis, broker: redis.Redis) -> ClusterStatus:
             if not snapshot.draining
             and (model := snapshot.models.get(key[0])) is not None
             and (report := model.report.versions.get(key[1])) is not None
-            and report.status.state == VersionState.AVAILABLE
+            and (report.status.state == VersionState.AVAILABLE or report.on_demand)
         )
         for key in keys
     }
@@ -91,6 +92,7 @@ def read_status(store: redis.Redis, broker: redis.Redis) -> ClusterStatus:
                 recent.per_second,
                 recent.p50_ms,
                 recent.failed,
+                view.resident,
             )
         )
     workers = [

@@ -32,6 +32,7 @@ from inference.manager import ModelManager
 from inference.statistics import InferenceStatistics
 from tasks.heartbeat import Heartbeat
 from tasks.job_feeder import JobFeeders
+from tasks.memory import trim
 from tasks.queue_consumers import QueueConsumers
 from tasks.runtime import PredictActivity, WorkerRuntime
 from tasks.settings import WorkerSettings
@@ -67,7 +68,12 @@ class ModelManagement(_ServingStep):
         settings = self.serving.settings
         w.statistics = InferenceStatistics()
         w.predicts = PredictActivity()  # counted by the runtime, published by the heartbeat
-        w.models = ModelManager(settings.models_for(settings.device), statistics=w.statistics)
+        w.models = ModelManager(
+            settings.models_for(settings.device),
+            statistics=w.statistics,
+            memory_budget_bytes=settings.worker_memory_mb << 20,
+            release_memory=trim,
+        )
 
     def stop(self, w: WorkController) -> None:
         w.models.close()
@@ -94,6 +100,7 @@ class Heartbeating(_ServingStep):
         )
 
     def start(self, w: WorkController) -> None:
+        w.models.on_change = w.heartbeat.nudge  # a version left or entered memory: the apis see it at once
         w.heartbeat.start()
 
     def close(self, w: WorkController) -> None:

@@ -1,13 +1,15 @@
 """Jobs: validate many samples and queue them (tasks.jobs.JobStore), and answer for them: status,
 listing, result, cancel. With bearer tokens, `owner` is the caller's owner id and a job is seen by its
-owner only (api.auth); without, it is None and every job is seen."""
+owner only (api.auth); without, it is None and every job is seen. A job is the caller's tenant's
+(api.tenants.CALLER), within the tenant's limit of job samples queued."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from api.admission import Admission
-from inference.errors import InvalidArgument
+from api.tenants import current_tenant
+from inference.errors import InvalidArgument, TenantOverLimit
 from inference.validation import RequestTensor, validate_inputs
 from tasks.jobs import JobResult, JobStatus, JobStore
 from tasks.link import RedisLink
@@ -15,11 +17,20 @@ from tasks.registry import RegistryView
 
 
 class JobService:
-    def __init__(self, registry: RegistryView, store: JobStore, admission: Admission, link: RedisLink) -> None:
+    def __init__(
+        self,
+        registry: RegistryView,
+        store: JobStore,
+        admission: Admission,
+        link: RedisLink,
+        refused: Callable[[TenantOverLimit], None] = lambda error: None,
+    ) -> None:
+        """`refused`: told of each job refused beyond its tenant's job samples (metrics)."""
         self._registry = registry
         self._store = store
         self._admission = admission
         self._link = link
+        self._refused = refused
 
     def submit(
         self,
@@ -38,7 +49,14 @@ class JobService:
             arrays = validate_inputs(target.signature.with_any_batch(), decode())
             if not next(iter(arrays.values())).shape[0]:
                 raise InvalidArgument("A job needs at least one sample: its inputs have 0 rows")
-            return self._store.submit(target, arrays, owner, pinned=bool(version))
+            tenant = current_tenant()
+            try:
+                return self._store.submit(
+                    target, arrays, owner, pinned=bool(version), tenant=tenant.name, samples=tenant.limits.job_samples
+                )
+            except TenantOverLimit as error:
+                self._refused(error)
+                raise
 
     def refuse_oversized(self, nbytes: int) -> None:
         """JobTooLarge (413) for a job whose tensors would take `nbytes` (see JobStore.refuse_oversized)."""

@@ -47,6 +47,12 @@ class ModelRepository:
             return [view.status]
         return [view.status for _, view in sorted(versions.items())]
 
+    def serves(self, name: str) -> bool:
+        """Whether a live worker serves a version of the model: AVAILABLE, in memory or not (a request loads
+        it), or loading on demand (requests wait for it)."""
+        with self._link.required():
+            return any(view.queue is not None for view in self._registry.versions(name).values())
+
     def model_metadata(self, name: str, version: int | None) -> tuple[int, ModelSignature]:
         """The version that serves (the default one for None) and its signature."""
         with self._link.required():

@@ -18,8 +18,8 @@ import grpc
 from google.protobuf import json_format
 
 from api.dataplane import DataPlane
-from api.grpc_limits import CallLimit
-from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, deadline_s, metadata_priority, serving_errors
+from api.grpc_limits import CallLimit, deadline_s
+from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, metadata_priority, serving_errors
 from api.kserve import model_info, repository
 from api.kserve.grpc_codec import infer_inputs, infer_response, parameter_values, requested_outputs
 from api.kserve.request_fields import model_version, request_id, timeout_s

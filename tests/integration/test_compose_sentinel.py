@@ -15,11 +15,16 @@ import pytest
 import requests
 
 from tests.support.compose import Stack, compose_stack
-from tests.support.docker import BUILD_TIMEOUT_S, docker
+from tests.support.docker import BUILD_TIMEOUT_S, container_log, docker
 
 DIGIT = {"instances": [[0.0] * 64]}
 CLIENTS = 4
 REQUEST_TIMEOUT_S = 10.0
+# A failover whose leader vote split (the Sentinels noticed at the same moment) is tried again after twice the
+# failover timeout (5 s in docker-compose.sentinel.yml): the load goes on long enough to see a second try serve.
+AFTER_KILL_S = 40
+SERVED_AGAIN_WITHIN_S = 25
+SENTINEL_EVENTS = ("+sdown", "+odown", "+try-failover", "+elected-leader", "-failover-abort", "+switch-master")
 SERVICES = ("redis", "redis-replica", "sentinel-1", "sentinel-2", "sentinel-3", "api", "worker-cpu", "flower")
 
 
@@ -56,6 +61,16 @@ def _timeline(outcomes: list[Outcome], since: float) -> str:
     return "\n".join(f"+{second:2d} s: {dict(counts)}" for second, counts in sorted(seconds.items()))
 
 
+def _sentinel_events(stack: Stack) -> str:
+    """The failover events in the Sentinels' logs (what a failure message shows)."""
+    lines = []
+    for service in ("sentinel-1", "sentinel-2", "sentinel-3"):
+        for container in stack.containers(service):
+            log = container_log(container).splitlines()
+            lines += [f"{service}: {line}" for line in log if any(event in line for event in SENTINEL_EVENTS)]
+    return "\n".join(lines)
+
+
 def _restarts(stack: Stack, service: str) -> int:
     (container,) = stack.containers(service)
     return int(docker("inspect", "-f", "{{.RestartCount}}", container).stdout.strip())
@@ -69,7 +84,7 @@ def test_killing_the_redis_master_fails_fast_and_every_role_follows_the_new_mast
     assert requests.post(url, json=DIGIT, timeout=REQUEST_TIMEOUT_S).status_code == 200
     restarts = {service: _restarts(sentinel_stack, service) for service in ("api", "worker-cpu")}
     outcomes: list[Outcome] = []
-    until = time.time() + 30
+    until = time.time() + 5 + AFTER_KILL_S
     clients = [threading.Thread(target=_load, args=(url, until, outcomes)) for _ in range(CLIENTS)]
     for client in clients:
         client.start()
@@ -90,10 +105,11 @@ def test_killing_the_redis_master_fails_fast_and_every_role_follows_the_new_mast
     assert slowest < REQUEST_TIMEOUT_S / 2, f"a request hung for {slowest:.1f} s"
     last_failure = max((o.sent for o in failed), default=killed_at) - killed_at
     tail = [o for o in after if o.sent - killed_at > last_failure]
-    assert len(tail) > 100, f"not served again after the failover:\n{_timeline(after, killed_at)}"
-    assert last_failure < 15, f"requests still failed {last_failure:.1f} s after the kill"
+    story = f"{_timeline(after, killed_at)}\nwhat the Sentinels did:\n{_sentinel_events(sentinel_stack)}"
+    assert len(tail) > 100, f"not served again after the failover:\n{story}"
+    assert last_failure < SERVED_AGAIN_WITHIN_S, f"requests still failed {last_failure:.1f} s after the kill:\n{story}"
     assert {service: _restarts(sentinel_stack, service) for service in restarts} == restarts, "no ovms restart"
     print(
         f"\nsentinel failover in compose: {len(failed)} of {len(after)} requests after the kill failed (503), "
-        f"the last {last_failure:.1f} s after it; slowest request {slowest:.2f} s"
+        f"the last {last_failure:.1f} s after it; slowest request {slowest:.2f} s\n{_sentinel_events(sentinel_stack)}"
     )

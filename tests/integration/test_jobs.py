@@ -321,14 +321,14 @@ def test_a_job_backlog_does_not_push_predicts_past_their_deadline(digits_and_res
 def test_the_job_backlog_counts_each_chunk_once_and_heals_at_deadlines(own_redis_url):
     store = redis.Redis.from_url(own_redis_url)
     later = time.time() + 60
-    assert job_backlog.admit(store, [("a-0", 600), ("a-1", 400)], later, 1500) is None
-    assert job_backlog.admit(store, [("b-0", 600)], later, 1500) == 1000, "full: the bytes queued"
+    assert job_backlog.admit(store, [("a-0", 600, 6), ("a-1", 400, 4)], later, 1500) is None
+    assert job_backlog.admit(store, [("b-0", 600, 6)], later, 1500) == ("bytes", 1000), "full: the bytes queued"
     job_backlog.release(store, ["a-0"])
     job_backlog.release(store, ["a-0"])  # a chunk ends once, however often it is reported
-    assert job_backlog.admit(store, [("b-0", 600)], later, 1500) is None
+    assert job_backlog.admit(store, [("b-0", 600, 6)], later, 1500) is None
     assert int(store.get(job_backlog.TOTAL)) == 1000
-    assert job_backlog.admit(store, [("c-0", 900)], time.time() - 1, 2000) is None
-    assert job_backlog.admit(store, [("d-0", 900)], later, 2000) is None, "c-0 dropped out at its deadline"
+    assert job_backlog.admit(store, [("c-0", 900, 9)], time.time() - 1, 2000) is None
+    assert job_backlog.admit(store, [("d-0", 900, 9)], later, 2000) is None, "c-0 dropped out at its deadline"
     assert int(store.get(job_backlog.TOTAL)) == 1900
 
 

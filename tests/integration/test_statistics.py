@@ -188,7 +188,7 @@ def test_sequential_predicts_are_counted_exactly_per_version_and_agree_with_prom
     assert queue_us >= prometheus("ovms_queue_time_us_sum", **labels) - 3
     # A request's time in all as the worker sees it ends before the api's answer: less than the api's time.
     success_us = grown(two_after, two, "success")
-    assert queue_us < success_us < prometheus("ovms_request_time_us_sum", **labels, interface="rest")
+    assert queue_us < success_us < prometheus("ovms_request_time_us_sum", **labels, interface="rest", tenant="")
 
 
 def test_concurrent_predicts_are_batched_and_every_row_counted(cluster: Cluster) -> None:
@@ -291,7 +291,7 @@ def test_listings_unknown_names_and_the_metrics_of_the_route(cluster: Cluster) -
     after = scrape(api)
 
     def counted(family: str, /, **labels: str) -> float:
-        full = {"interface": "v2-rest", "method": "ModelStatistics", **labels}
+        full = {"interface": "v2-rest", "method": "ModelStatistics", "tenant": "", **labels}
         return metric(after, family, **full) - metric(before, family, **full)
 
     assert counted("ovms_requests_success_total", name="", version="") == 1

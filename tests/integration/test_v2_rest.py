@@ -369,7 +369,7 @@ def test_inference_is_counted_as_v2_rest(server: OvmsProcess) -> None:
     metrics = requests.get(f"{server.rest_url}/metrics", timeout=TIMEOUT_S).text
     for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
         assert f'ovms_requests_success_total{{interface="v2-rest",method="{method}",name="onnx_add"' in metrics
-    assert 'ovms_request_time_us_count{interface="v2-rest",name="onnx_add",version="1"}' in metrics
+    assert 'ovms_request_time_us_count{interface="v2-rest",name="onnx_add",tenant="",version="1"}' in metrics
 
 
 # --------------------------------------------------------------------------- the repository extension

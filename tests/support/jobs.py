@@ -27,10 +27,10 @@ def post_npy(
     )
 
 
-def wait_for_end(status_url: str, timeout_s: float) -> dict:
-    """The job's status once it is neither PENDING nor STARTED."""
+def wait_for_end(status_url: str, timeout_s: float, session: requests.Session | None = None) -> dict:
+    """The job's status once it is neither PENDING nor STARTED (asked with `session`'s headers, e.g. a token)."""
     deadline = time.monotonic() + timeout_s
-    while (status := requests.get(status_url, timeout=10).json())["state"] in ("PENDING", "STARTED"):
+    while (status := (session or requests).get(status_url, timeout=10).json())["state"] in ("PENDING", "STARTED"):
         assert time.monotonic() < deadline, f"the job did not end within {timeout_s} s: {status}"
         time.sleep(0.2)
     return status

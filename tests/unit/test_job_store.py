@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import redis
 
-from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ServingError
-from tasks import job_queue
+from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ServingError, TenantOverLimit
+from tasks import job_backlog, job_queue
 from tasks.heartbeat import Heartbeat
 from tasks.jobs import CHUNK_ROWS, JOB_PREFIX, JobBacklogFull, JobLimits, JobStore, JobTooLarge
 from tasks.messages import QueuedChunk, unpack_requests
@@ -163,6 +163,35 @@ def test_the_backlog_refuses_jobs_until_queued_ones_have_run(store: redis.Redis)
     assert store.llen(QUEUE) == 1, "a refused job queues nothing"
     run_all(store, alive(store, "worker-a"))
     jobs.submit(DOUBLER, samples(6))
+
+
+def test_a_tenant_s_job_samples_are_limited_until_its_chunks_end(store: redis.Redis) -> None:
+    """A tenant's samples in unfinished jobs count against its job_samples, apart from other tenants'; a
+    job alone beyond the limit is too large (413), not worth a retry."""
+    jobs = job_store(store)
+    first = jobs.submit(DOUBLER, samples(CHUNK_ROWS + 44), tenant="acme", samples=500)  # two chunks
+    assert jobs.status(first).tenant == "acme" and jobs.status(first).to_dict()["tenant"] == "acme"
+    assert job_backlog.tenant_samples(store, "acme") == CHUNK_ROWS + 44
+    with pytest.raises(TenantOverLimit, match="tenant acme is over its 500 job samples queued") as over:
+        jobs.submit(DOUBLER, samples(201), tenant="acme", samples=500)
+    assert (over.value.limit, over.value.retry_after_s, over.value.http_status) == ("job_samples", 10, 429)
+    assert "300 queued, this job 201" in over.value.message
+    jobs.submit(DOUBLER, samples(200), tenant="acme", samples=500)  # exactly up to the limit
+    jobs.submit(DOUBLER, samples(400), tenant="beta", samples=500)  # another tenant's are its own
+    jobs.submit(DOUBLER, samples(400))  # and a job without a tenant counts for none
+    with pytest.raises(JobTooLarge, match="501 samples are more than tenant acme's 500"):
+        jobs.submit(DOUBLER, samples(501), tenant="acme", samples=500)
+    run_all(store, alive(store, "worker-a"))
+    assert job_backlog.tenant_samples(store, "acme") == 0
+    assert store.hlen(job_backlog.TENANT_SAMPLES) == 0 and store.hlen(job_backlog.TENANT_CHUNKS) == 0
+    jobs.submit(DOUBLER, samples(500), tenant="acme", samples=500)
+
+
+def test_a_tenant_s_samples_of_chunks_that_never_end_drop_out_at_their_deadline(store: redis.Redis) -> None:
+    job_store(store, timeout_s=0).submit(DOUBLER, samples(300), tenant="acme", samples=500)
+    assert job_backlog.tenant_samples(store, "acme") == 300
+    job_store(store).submit(DOUBLER, samples(500), tenant="acme", samples=500)
+    assert job_backlog.tenant_samples(store, "acme") == 500
 
 
 def test_a_job_not_done_by_its_deadline_fails(store: redis.Redis) -> None:

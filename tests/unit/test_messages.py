@@ -18,7 +18,7 @@ from inference.errors import DeadlineExceeded, InvalidArgument, NotFound
 from inference.priorities import DEFAULT_PRIORITY, JOB_LEVEL, Priority
 from inference.request import InferenceRequest
 from inference.signature import ModelSignature, TensorSpec
-from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
+from inference.states import ModelReport, Residency, VersionReport, VersionState, VersionStatus
 from tasks.job_states import COMPLETED, FINAL, JobState
 from tasks.messages import (
     CatalogEntry,
@@ -62,6 +62,7 @@ def _snapshot() -> WorkerSnapshot:
         {
             1: VersionReport(VersionStatus(1, VersionState.END, "UNKNOWN", "failed to load")),
             2: VersionReport(VersionStatus(2, VersionState.AVAILABLE), SIGNATURE),
+            3: VersionReport(VersionStatus(3, VersionState.LOADING), SIGNATURE, Residency(False, 1.25, 12.0)),
         },
         error="",
         active=True,
@@ -157,6 +158,8 @@ def test_a_worker_snapshot_round_trips_and_keeps_its_layout() -> None:
     model = wire["models"]["m"]
     assert model["versions"]["1"] == {"state": "END", "error_code": "UNKNOWN", "error_message": "failed to load"}
     assert model["versions"]["2"]["signature"] == SIGNATURE.to_dict()
+    assert "residency" not in model["versions"]["2"], "a version always in memory says nothing of it"
+    assert model["versions"]["3"]["residency"] == {"resident": False, "load_s": 1.25, "since": 12.0}
     assert (wire["id"], model["queue"], model["max_queue_size"], wire["loaded"]) == (
         "CPU-host-1-abc",
         "ovms.CPU.m",

@@ -12,6 +12,7 @@ import pytest
 from openapi_spec_validator import validate
 from werkzeug.routing import MapAdapter
 
+from api.auth import OPEN_REST_PATHS
 from api.rest_app import create_app
 from api.rest_operations import load_openapi
 
@@ -65,3 +66,10 @@ def test_every_error_response_is_the_error_shape(document: dict[str, Any]) -> No
                 response = document["components"]["responses"][response["$ref"].rsplit("/", 1)[1]]
             schema = response["content"]["application/json"]["schema"]
             assert schema == error or error in schema.get("allOf", []), (method, path, status)
+
+
+def test_every_operation_that_needs_a_token_documents_the_tenant_limits(document: dict[str, Any]) -> None:
+    """With --auth_token_file every call but the open ones counts against its tenant's limits (api.quotas)."""
+    for method, path in operations(document):
+        responses = document["paths"][path][method.lower()]["responses"]
+        assert ("429" in responses) == (path not in OPEN_REST_PATHS), (method, path)

@@ -22,7 +22,7 @@ from inference.errors import (
     load_failed,
 )
 from inference.signature import ModelSignature, TensorSpec
-from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
+from inference.states import ModelReport, Residency, VersionReport, VersionState, VersionStatus
 from tasks.heartbeat import HEARTBEAT_TTL_S, Heartbeat
 from tasks.registry import MAX_REFUSALS_LOGGED, RegistryView
 from tasks.routing import queue_for, worker_key
@@ -37,6 +37,15 @@ def status(state: str, width: int = 4, error: str = "") -> VersionReport:
     is set by `model`."""
     reported = VersionStatus(0, VersionState(state), "UNKNOWN" if error else "OK", error or "OK")
     return VersionReport(reported, signature(width) if state == "AVAILABLE" else None)
+
+
+def on_demand(state: str, load_s: float = 2.0, since: float = 0.0) -> VersionReport:
+    """A version out of memory and servable, as a worker that loads versions on demand reports it: AVAILABLE
+    (a request loads it) or LOADING (since `since`, 0: now); its last load took `load_s`."""
+    if state == "LOADING" and not since:
+        since = time.time()
+    reported = VersionStatus(0, VersionState(state))
+    return VersionReport(reported, signature(4), Residency(False, load_s, since if state == "LOADING" else 0.0))
 
 
 def model(
@@ -129,6 +138,25 @@ MERGES = {
         [Worker("a", {"m": model({1: status("END"), 2: status("AVAILABLE")})})],
         {1: ("END", 0, set()), 2: ("AVAILABLE", 1, {"CPU"})},
     ),
+    "a version no live worker holds in memory is served: a request loads it": (
+        [Worker("a", {"m": model({1: on_demand("AVAILABLE")})})],
+        {1: ("AVAILABLE", 1, {"CPU"})},
+    ),
+    "a version loading on demand is served (its requests wait) and shown LOADING": (
+        [
+            Worker("a", {"m": model({1: on_demand("AVAILABLE")})}),
+            Worker("b", {"m": model({1: on_demand("LOADING")})}),
+            Worker("c", {"m": model({1: status("START")})}),
+        ],
+        {1: ("LOADING", 2, {"CPU"})},
+    ),
+    "a version in memory anywhere beats one on demand": (
+        [
+            Worker("a", {"m": model({1: on_demand("LOADING")})}),
+            Worker("b", {"m": model({1: status("AVAILABLE")})}, device="GPU"),
+        ],
+        {1: ("AVAILABLE", 2, {"CPU", "GPU"})},
+    ),
     "a failed load is reported with its error until some worker does better": (
         [
             Worker("a", {"m": model({1: status("END", error="broken model.xml")})}),
@@ -147,11 +175,11 @@ def test_merge(registry: RegistryView, store: redis.Redis, workers: list[Worker]
     assert {v: (view.state, view.workers) for v, view in versions.items()} == {
         v: (state, count) for v, (state, count, _) in expected.items()
     }
-    for version, (state, _, devices) in expected.items():
+    for version, (_, _, devices) in expected.items():
         view = versions[version]
-        assert (view.queue is not None) == (state == "AVAILABLE")
+        assert (view.queue is not None) == bool(devices), "served exactly where some device's worker serves it"
         assert view.queue is None or view.queue in {queue_for(device, "m") for device in devices}
-        assert (view.signature is not None) == (state == "AVAILABLE")
+        assert (view.signature is not None) == bool(devices)
 
 
 def test_a_failed_load_keeps_its_error(registry: RegistryView, store: redis.Redis) -> None:
@@ -216,6 +244,28 @@ def test_resolve(registry: RegistryView, store: redis.Redis, states: dict, asked
             registry.resolve("m", asked)
     else:
         assert registry.resolve("m", asked).version == expected
+
+
+def test_a_version_out_of_memory_resolves_with_when_it_is_expected_in_memory(
+    registry: RegistryView, store: redis.Redis
+) -> None:
+    started = time.time() - 1.0
+    publish(
+        store,
+        Worker("a", {"m": model({1: on_demand("AVAILABLE", load_s=2.0), 2: status("AVAILABLE")})}),
+        Worker("b", {"m": model({1: on_demand("LOADING", load_s=4.0, since=started)})}),
+    )
+    registry.refresh()
+    loading = registry.resolve("m", 1)
+    assert (loading.resident, loading.may_leave, loading.workers, loading.loading_on) == (False, True, 2, "b")
+    assert loading.ready_at == pytest.approx(started + 4.0)
+    publish(store, Worker("b", {"m": model({1: on_demand("AVAILABLE", load_s=3.0)})}))
+    registry.refresh()
+    waiting = registry.resolve("m", 1)
+    assert waiting.ready_at == pytest.approx(time.time() + 2.0, abs=0.5), "the quickest worker's last load"
+    assert (waiting.loading_on, registry.resolve("m", None).version) == ("", 2)
+    served = registry.resolve("m", 2)
+    assert (served.resident, served.ready_at, served.may_leave) == (True, None, False), "reported as always was"
 
 
 def test_an_unknown_model_is_not_found_and_an_unreadable_one_unavailable(

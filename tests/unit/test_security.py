@@ -19,12 +19,13 @@ def pem(tmp_path: Path) -> str:
     return str(path)
 
 
-def test_security_flags_are_parsed(pem: str) -> None:
-    settings = parse_command_line(
-        [*SINGLE, "--ssl_certificate", pem, "--ssl_private_key", pem, "--ssl_client_ca", pem, "--auth_token_file", pem]
-    )
+def test_security_flags_are_parsed(pem: str, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("a-token\n")
+    tls = ["--ssl_certificate", pem, "--ssl_private_key", pem, "--ssl_client_ca", pem]
+    settings = parse_command_line([*SINGLE, *tls, "--auth_token_file", str(tokens)])
     assert (settings.ssl_certificate, settings.ssl_private_key, settings.ssl_client_ca) == (pem, pem, pem)
-    assert settings.auth_token_file == pem
+    assert settings.auth_token_file == str(tokens)
 
 
 def test_security_is_off_by_default() -> None:

@@ -94,9 +94,11 @@ def test_every_server_flag_is_parsed() -> None:
             "--max_request_mb", "16",
             "--max_inflight_mb", "40",
             "--worker_max_inflight_mb", "24",
+            "--worker_memory_mb", "300",
         ]
     )  # fmt: skip
     assert (settings.max_inflight_bytes, settings.worker_max_inflight_bytes) == (40 << 20, 24 << 20)
+    assert settings.worker_memory_mb == 300
     assert (settings.port, settings.rest_port, settings.grpc_workers, settings.rest_workers) == (9001, 8001, 2, 4)
     assert settings.log_level == "DEBUG"
     assert settings.log_path == "/tmp/ovms.log"
@@ -118,6 +120,7 @@ def test_every_model_flag_is_parsed() -> None:
             "--nireq", "4",
             "--target_device", "GPU",
             "--plugin_config", '{"PERFORMANCE_HINT": "THROUGHPUT"}',
+            "--idle_unload_s", "90",
         ]
     ).models  # fmt: skip
     assert model == ModelConfig(
@@ -128,6 +131,7 @@ def test_every_model_flag_is_parsed() -> None:
         nireq=4,
         target_device="GPU",
         plugin_config={"PERFORMANCE_HINT": "THROUGHPUT"},
+        idle_unload_s=90.0,
     )
 
 
@@ -267,6 +271,9 @@ def test_role_is_only_recognised_first() -> None:
         ([*SINGLE, "--max_request_mb", "2048"], "max_request_mb must be from 1 to 2047"),
         ([*SINGLE, "--max_inflight_mb", "0"], "max_inflight_mb must be from 1 to 1048576"),
         ([*SINGLE, "--worker_max_inflight_mb", "-5"], "worker_max_inflight_mb must be from 1 to 1048576"),
+        ([*SINGLE, "--worker_memory_mb", "-1"], "worker_memory_mb must be from 0 to 1048576"),
+        ([*SINGLE, "--idle_unload_s", "-1"], "idle_unload_s must be a number of seconds from 0 (never)"),
+        ([*SINGLE, "--idle_unload_s", "nan"], "idle_unload_s must be a number of seconds from 0 (never)"),
         ([*SINGLE, "--grpc_channel_arguments", "novalue"], "grpc_channel_arguments: expected key=value"),
         ([*SINGLE, "--model_version_policy", "{not json"], "model_version_policy is not valid JSON"),
         ([*SINGLE, "--model_version_policy", '{"newest": {}}'], "invalid model_version_policy"),
@@ -422,6 +429,7 @@ def test_model_config_to_dict_is_the_config_json_form() -> None:
         "default_priority": 2,
         "layout": None,
         "rest_b64": "image",
+        "idle_unload_s": 0.0,
     }
 
 
@@ -479,6 +487,10 @@ def test_empty_model_list_is_valid() -> None:
             "target_device must be a non-empty string",
         ),
         (config_list({"name": "m", "base_path": "/m", "plugin_config": "x"}), "plugin_config must be a JSON object"),
+        (config_list({"name": "m", "base_path": "/m", "idle_unload_s": -1}), "idle_unload_s must be a number of"),
+        (config_list({"name": "m", "base_path": "/m", "idle_unload_s": "60"}), "idle_unload_s must be a number of"),
+        (config_list({"name": "m", "base_path": "/m", "idle_unload_s": True}), "idle_unload_s must be a number of"),
+        (config_list({"name": "m", "base_path": "/m", "idle_unload_s": 1e12}), "idle_unload_s must be a number of"),
         (config_list({"name": "m", "base_path": "/m", "shape": "(1,x)"}), "model m: invalid shape"),
         (config_list({"name": "m", "base_path": "/m", "batch_size": -2}), "model m: invalid batch_size"),
         (config_list({"name": "m", "base_path": "/models/../etc"}), "must not contain '..' segments"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +23,13 @@ from inference.signature import ModelSignature, TensorSpec
 from inference.states import ModelReport, VersionReport, VersionState, VersionStatus
 from inference.statistics import (
     MAX_BATCH_SIZES,
+    STARTUP,
     Execution,
     InferenceStatistics,
     VersionCounts,
     bucket_middle_ms,
     latency_bucket,
+    load_field,
 )
 from tasks.broker import free_port
 from tasks.heartbeat import Heartbeat
@@ -304,7 +307,12 @@ def request(version: int, rows: int, queued_at: float = 0.0, width: int = 4) -> 
 
 def test_the_runtime_counts_each_request_for_its_version_and_each_batch_once(store: redis.Redis, worker) -> None:
     runtime, models, statistics = worker
-    assert statistics.take() == {}  # loading ran no request through a batcher
+    loaded = statistics.take()
+    assert {key: counts.lifecycle[load_field(STARTUP)] for key, counts in loaded.items()} == {
+        ("versioned", 1): 1,
+        ("versioned", 2): 1,
+    }
+    assert all(replace(counts, lifecycle={}) == VersionCounts() for counts in loaded.values()), "no request ran"
     queued_at = time.time() - 0.5  # the api queued them half a second ago
     results = serve(
         store,
