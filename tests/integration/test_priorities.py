@@ -1,7 +1,8 @@
-"""Request priorities end to end on a real stack (one worker, real models): a request may ask for a level (the
-`OVMS-Priority` header, `ovms-priority` gRPC metadata, the v2 `priority` parameter), a model has a default
-level, and under saturation by low-priority requests the high-priority ones go before their backlog while the
-low ones still complete. Order and counts are asserted, not timings."""
+"""Request priorities and fair share end to end on a real stack (one worker, real models): a request may ask
+for a level (the `OVMS-Priority` header, `ovms-priority` gRPC metadata, the v2 `priority` parameter), a model
+has a default level, and under saturation by low-priority requests the high-priority ones go before their
+backlog while the low ones still complete; a tenant's requests likewise go before another tenant's flood. Order
+and counts are asserted, not timings."""
 
 from __future__ import annotations
 
@@ -46,45 +47,81 @@ def _image() -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 255, (1, 3, 224, 224)).astype(np.float32)
 
 
-def _predict_high(address: str, count: int) -> list[Outcome]:
-    """`count` highest-level resnet Predicts one after another, a little apart."""
+def _predict_in_turn(address: str, count: int, metadata: tuple[tuple[str, str], ...]) -> list[Outcome]:
+    """`count` resnet Predicts with `metadata` one after another, a little apart."""
     outcomes = []
     request = float_request("resnet", "data", _image())
     with grpc.insecure_channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         for _ in range(count):
             started = time.monotonic()
-            stub.Predict(request, timeout=60, metadata=(("ovms-priority", "1"),))
+            stub.Predict(request, timeout=60, metadata=metadata)
             outcomes.append(Outcome(started, time.monotonic(), "OK"))
             time.sleep(0.1)
     return outcomes
 
 
 def _overtaken_share(high: Outcome, low: list[Outcome]) -> float:
-    """Of the low requests waiting when `high` was sent, the share answered before it."""
+    """Of the flood's requests waiting when `high` was sent, the share answered before it."""
     backlog = [o for o in low if o.started < high.started < o.finished]
-    assert len(backlog) >= LOW_CLIENTS // 2, "the low-priority clients keep a backlog"
+    assert len(backlog) >= LOW_CLIENTS // 2, "the flooding clients keep a backlog"
     return sum(o.finished < high.finished for o in backlog) / len(backlog)
 
 
-def test_high_priority_requests_go_before_a_low_priority_backlog_which_still_completes(stack: OvmsProcess) -> None:
+Metadata = tuple[tuple[str, str], ...]
+
+
+def assert_served_before_a_flood(address: str, flood: Metadata, mine: Metadata) -> None:
+    """With resnet saturated by LOW_CLIENTS sending `flood`, requests sent with `mine` are answered before most
+    of the flood's backlog, while the flood still completes (nothing starves, nothing fails)."""
     request = float_request("resnet", "data", _image())
-    load = GrpcLoad(stack.grpc_address, request, LOW_CLIENTS, timeout_s=60, metadata=(("ovms-priority", "3"),))
+    load = GrpcLoad(address, request, LOW_CLIENTS, timeout_s=60, metadata=flood)
     load.start()
     try:
-        time.sleep(3.0)  # every low client waits on the model: saturated
-        high = _predict_high(stack.grpc_address, HIGH_REQUESTS)
+        time.sleep(3.0)  # every flooding client waits on the model: saturated
+        served = _predict_in_turn(address, HIGH_REQUESTS, mine)
         time.sleep(0.5)
     finally:
         low = load.stop()
-    shares = sorted(_overtaken_share(h, low) for h in high)
-    assert shares[len(shares) // 2] < 0.5, f"most of the backlog waited for the high request: {shares}"
-    assert [o.code for o in low if o.code != "OK"] == [], "no low request failed"
-    during = [o for o in low if high[0].started < o.finished < high[-1].finished]
-    assert len(during) >= HIGH_REQUESTS, "low requests still completed while high ones came (no starvation)"
-    high_ms = sorted(o.seconds for o in high)[len(high) // 2]
-    low_ms = sorted(o.seconds for o in during)[len(during) // 2]
-    assert high_ms < low_ms, "the high requests waited less than the low ones"
+    shares = sorted(_overtaken_share(outcome, low) for outcome in served)
+    assert shares[len(shares) // 2] < 0.5, f"most of the flood's backlog went first: {shares}"
+    assert [o.code for o in low if o.code != "OK"] == [], "no request of the flood failed"
+    during = [o for o in low if served[0].started < o.finished < served[-1].finished]
+    assert len(during) >= HIGH_REQUESTS, "the flood still completed requests meanwhile (no starvation)"
+    mine_s = sorted(o.seconds for o in served)[len(served) // 2]
+    flood_s = sorted(o.seconds for o in during)[len(during) // 2]
+    assert mine_s < flood_s, "they waited less than the flood's requests"
+
+
+def test_high_priority_requests_go_before_a_low_priority_backlog_which_still_completes(stack: OvmsProcess) -> None:
+    assert_served_before_a_flood(stack.grpc_address, (("ovms-priority", "3"),), (("ovms-priority", "1"),))
+
+
+tenant_redis_url = pytest.fixture(scope="module", name="tenant_redis_url")(private_redis)  # not the other stack's
+
+
+@pytest.fixture(scope="module")
+def tenant_stack(
+    models_dir: Path, tenant_redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OvmsProcess]:
+    """One `ovms` serving resnet to two tenants (api.tenants)."""
+    directory = tmp_path_factory.mktemp("tenants")
+    tokens = directory / "tokens"
+    tokens.write_text("flood-token-1 tenant=flood\nprobe-token-1 tenant=probe\n")
+    config = directory / "config.json"
+    entry = {"name": "resnet", "base_path": str(models_dir / "resnet")}
+    config.write_text(json.dumps({"model_config_list": [{"config": entry}]}))
+    args = ["--config_path", str(config), "--broker_url", tenant_redis_url, "--auth_token_file", str(tokens)]
+    process = start_ovms(args)
+    yield process
+    process.stop()
+
+
+def test_a_tenant_is_served_in_turn_beside_another_tenants_flood(tenant_stack: OvmsProcess) -> None:
+    """Both at the default level: the flood's tenant has its own slots in the api and takes turns with the other
+    in the worker's batcher (deficit round robin), so the other's requests pass its backlog."""
+    flood = (("authorization", "Bearer flood-token-1"),)
+    assert_served_before_a_flood(tenant_stack.grpc_address, flood, (("authorization", "Bearer probe-token-1"),))
 
 
 def _metrics(stack: OvmsProcess) -> str:
