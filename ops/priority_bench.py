@@ -2,13 +2,14 @@
 """Measure request priorities (and fair share between tenants) on one saturated model, in one run.
 
     python ops/priority_bench.py [--model resnet] [--duration 10] [--warmup 3] [--rounds 3] [--low-clients 16] \\
-        [--high-clients 1] [--pause 0.02] [--server-flags "..."] \\
-        [--auth-token-file FILE --flood-token T1 --probe-token T2]
+        [--high-clients 1] [--pause 0.02] [--server-flags "..."] [--no-tenants]
 
-Starts the whole stack (`python -m ovms`: embedded Redis, one worker, the api; ops/bench_stack.py) and drives
+Starts the whole stack (`python -m ovms`: embedded Redis, one worker, the api; ops/bench_stack.py) with a token
+file of two tenants, `flood` and `probe` (api.tenants; every client sends one of their tokens), and drives
 TF Serving gRPC Predict, batch 1, from grpc.aio coroutines: `--low-clients` back to back at the lowest level
 (`ovms-priority: 3`) saturate the model, `--high-clients` send at the highest level (`ovms-priority: 1`), each
-pausing `--pause` seconds between its requests (interactive traffic). Phases, each with its own warmup and window,
+pausing `--pause` seconds between its requests (interactive traffic); in these phases every client is of the
+tenant `flood`. Phases, each with its own warmup and window,
 run in turn `--rounds` times (on a shared machine the load of others changes from minute to minute: each phase
 sees the same spread of it); a phase's figures pool its rounds, and its ratio is also given per round:
 
@@ -17,9 +18,9 @@ sees the same spread of it); a phase's figures pool its rounds, and its ratio is
   figure the priorities are for (goal: at most 2), and the low clients must still complete requests;
 - no priority: the same load with no client sending a priority (every request at the model's default level):
   what the priorities change;
-- tenants (with `--auth-token-file` and two of its tokens naming different tenants): the probe tenant's one
-  client alone, then beside the flood tenant's `--low-clients`, every request at the default level: the probe's
-  p99 over its unloaded one (goal: at most 2). Without the flags the phase is skipped, and says so.
+- tenants (unless `--no-tenants`): the `probe` tenant's one client (pausing as the high clients do) alone, then
+  beside the `flood` tenant's `--low-clients`, every request at the default level: the probe's p99 over its
+  unloaded one (goal: at most 2), and the flood's progress.
 
 The table is printed as Markdown on stdout, progress goes to stderr.
 """
@@ -49,6 +50,8 @@ from tfs_load import grpc_stream, predict_request
 from api.protos import serving_pb2_grpc
 
 HIGH, LOW = "1", "3"
+FLOOD_TOKEN, PROBE_TOKEN = "bench-flood-token", "bench-probe-token"
+TOKENS = f"{FLOOD_TOKEN} tenant=flood\n{PROBE_TOKEN} tenant=probe\n"
 Metadata = tuple[tuple[str, str], ...]
 
 
@@ -112,23 +115,29 @@ def measure(args: argparse.Namespace, server: Server, case: ModelCase, phases: l
     return outcomes
 
 
+def bearer(token: str) -> tuple[str, str]:
+    return "authorization", f"Bearer {token}"
+
+
 def priority_phases(args: argparse.Namespace) -> list[Phase]:
-    high = Clients(args.high_clients, (("ovms-priority", HIGH),), args.pause)
-    low = Clients(args.low_clients, (("ovms-priority", LOW),))
+    """Every client of one tenant: only the levels differ."""
+    high = Clients(args.high_clients, (bearer(FLOOD_TOKEN), ("ovms-priority", HIGH)), args.pause)
+    low = Clients(args.low_clients, (bearer(FLOOD_TOKEN), ("ovms-priority", LOW)))
+    plain_high = Clients(args.high_clients, (bearer(FLOOD_TOKEN),), args.pause)
     return [
         Phase("unloaded", high),
         Phase("loaded", high, low),
-        Phase("no priority", Clients(args.high_clients, (), args.pause), Clients(args.low_clients, ())),
+        Phase("no priority", plain_high, Clients(args.low_clients, (bearer(FLOOD_TOKEN),))),
     ]
 
 
 def tenant_phases(args: argparse.Namespace) -> list[Phase]:
-    """The fair-share phases: they need tokens that name tenants (--auth_token_file), else none."""
-    if not (args.auth_token_file and args.flood_token and args.probe_token):
+    """Every request at the default level: only the tenants differ."""
+    if not args.tenants:
         return []
-    probe = Clients(1, (("authorization", f"Bearer {args.probe_token}"),), args.pause)
-    flood = Clients(args.low_clients, (("authorization", f"Bearer {args.flood_token}"),))
-    return [Phase("tenant alone", probe), Phase("tenant beside a flood", probe, flood)]
+    probe = Clients(1, (bearer(PROBE_TOKEN),), args.pause)
+    flood = Clients(args.low_clients, (bearer(FLOOD_TOKEN),))
+    return [Phase("tenant alone", probe), Phase("tenant beside another's flood", probe, flood)]
 
 
 def pooled(measured: list[Stats]) -> Stats:
@@ -200,9 +209,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--server-flags", default="", help='extra ovms flags, e.g. "--max_batch_size 8" (per-model ones: config.json)'
     )
-    parser.add_argument("--auth-token-file", default="", help="tokens naming tenants: enables the tenant phases")
-    parser.add_argument("--flood-token", default="", help="the flooding tenant's token")
-    parser.add_argument("--probe-token", default="", help="the measured tenant's token")
+    parser.add_argument(
+        "--tenants",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure a tenant beside another tenant's flood (default on; --no-tenants leaves it out)",
+    )
     return parser.parse_args(argv)
 
 
@@ -212,12 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     load_before = load_average()
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the server on SIGTERM as on Ctrl-C
     case = CASES[args.model]()
-    flags = shlex.split(args.server_flags)
-    if args.auth_token_file:
-        flags += ["--auth_token_file", args.auth_token_file]
     phases, tenants = priority_phases(args), tenant_phases(args)
     with tempfile.TemporaryDirectory(prefix="ovms-priority-bench-") as directory:
-        server = Server([case], flags, Path(directory))
+        tokens = Path(directory) / "tokens"
+        tokens.write_text(TOKENS)
+        flags = [*shlex.split(args.server_flags), "--auth_token_file", str(tokens)]
+        server = Server([case], flags, Path(directory), token=FLOOD_TOKEN)
         try:
             progress(f"starting {shlex.join(server.command)}")
             with server:
@@ -237,8 +249,6 @@ def main(argv: list[str] | None = None) -> int:
     print()
     rows = [row(outcome, group[0]) for group in outcomes if group for outcome in group]
     print(markdown_table(HEADERS, rows))
-    if not tenants:
-        print("\ntenants: not measured (give --auth-token-file with --flood-token and --probe-token of two tenants)")
     return 0
 
 
