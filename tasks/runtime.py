@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 
 import redis
 
@@ -321,9 +322,8 @@ class _HeldBytes:
 def scheduled_as(envelope: PredictEnvelope) -> Priority:
     """How the message's requests are scheduled: as the api sent them (a level out of range, which no api sends,
     is taken as the nearest one), an async job's chunk below every level."""
-    if all(entry.any_batch for entry in envelope.requests):
-        return Priority(JOB_LEVEL, envelope.tenant, envelope.weight)
-    return Priority(nearest_level(envelope.priority), envelope.tenant, envelope.weight)
+    level = JOB_LEVEL if all(entry.any_batch for entry in envelope.requests) else nearest_level(envelope.priority)
+    return replace(envelope.scheduling, level=level)
 
 
 def _failed(error: ServingError) -> Future[BatchResult]:
