@@ -16,12 +16,13 @@ STREAMS ?= 8
 THROUGHPUT_ITERATIONS ?= 500
 BENCH_ARGS ?=
 PEER_BENCH_ARGS ?=
+PRIORITY_BENCH_ARGS ?=
 SOAK_ARGS ?=
 # The image (the seed's name and variable), and what an offline build makes it from.
 OVMS_CPP_DOCKER_IMAGE ?= ovms:latest
 DOCKER_BASE_IMAGE ?= ovms-base:bookworm
 
-.PHONY: run test venv models tfs-client triton-client mlserver lint protos test_perf test_throughput bench bench-peer soak \
+.PHONY: run test venv models tfs-client triton-client mlserver lint protos test_perf test_throughput bench bench-peer bench-priority soak \
 	clean docker_build docker_build_offline docker_base wheelhouse test-prerequisites test_functional
 
 # `make run FLOWER=1` also starts Celery Flower on :$(FLOWER_PORT) (basic auth from FLOWER_USER / FLOWER_PASSWORD);
@@ -130,6 +131,11 @@ bench: venv models triton-client
 # (see ops/peer_bench.py).
 bench-peer: venv models triton-client mlserver
 	$(BIN)/python ops/peer_bench.py $(PEER_BENCH_ARGS)
+
+# Priorities on one saturated model: high-priority p99 loaded / unloaded, and the low-priority flood's progress
+# (see ops/priority_bench.py; its tenant phases need --auth-token-file with tokens naming tenants).
+bench-priority: venv models
+	$(BIN)/python ops/priority_bench.py $(PRIORITY_BENCH_ARGS)
 
 # The client-facing tests and the seed's docker usage against a container of IMAGE (default: ovms:test, built
 # offline first); settings from the environment or user_config.py (tests/functional/settings.py). `make test`

@@ -13,7 +13,7 @@ import grpc
 
 from api.grpc_codec import signature_def, status_code, tensor_from_proto, tensor_to_proto
 from api.grpc_limits import deadline_s
-from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, serving_errors
+from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, metadata_priority, serving_errors
 from api.metrics import Tracker
 from api.protos import serving_pb2, serving_pb2_grpc
 from inference.errors import InvalidArgument
@@ -46,6 +46,7 @@ class PredictionService(_TfServingServicer, serving_pb2_grpc.PredictionServiceSe
             request.ByteSize(),
             list(request.output_filter),
             deadline_s(context),
+            metadata_priority(context),
         )
         if sum(array.nbytes for array in result.outputs.values()) > LARGE_RESPONSE_BYTES:
             response = await self._off_loop(_predict_response, request, result)

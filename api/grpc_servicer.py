@@ -16,6 +16,7 @@ import grpc
 from api.dataplane import DataPlane
 from api.grpc_limits import CallLimit
 from api.metrics import ServingMetrics
+from api.priority import PRIORITY_METADATA, priority_text
 from inference.errors import Internal, ServingError
 
 log = logging.getLogger("serving")
@@ -66,3 +67,9 @@ def serving_errors(method: Callable[..., Awaitable[Any]]) -> Callable[..., Await
 
     wrapper.__name__ = method.__name__
     return wrapper
+
+
+def metadata_priority(context: grpc.aio.ServicerContext) -> int:
+    """The priority level in the call's `ovms-priority` metadata (0 without one: the model's default)."""
+    text = next((value for key, value in context.invocation_metadata() or () if key == PRIORITY_METADATA), None)
+    return priority_text(text if isinstance(text, str) else None, f"{PRIORITY_METADATA} metadata")

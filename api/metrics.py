@@ -40,6 +40,7 @@ from inference.statistics import (
     unload_field,
 )
 from tasks.link import RedisLink
+from tasks.queue_depth import queue_depths
 from tasks.registry import RegistryView
 from tasks.routing import JOB_EVENTS_KEY
 from tasks.statistics import read_fields
@@ -86,6 +87,19 @@ class ServingMetrics:
             "ovms_inference_time_us",
             "OpenVINO inference time of the batch that served a request, microseconds",
             ["name", "version"],
+            buckets=_MICROSECONDS,
+            registry=self.registry,
+        )
+        self._by_priority = Counter(
+            "ovms_requests_by_priority",
+            "Predicts answered, by the priority level they ran at (1 is the highest)",
+            ["name", "priority"],
+            registry=self.registry,
+        )
+        self._queue_time_by_priority = Histogram(
+            "ovms_queue_time_by_priority_us",
+            "From publishing a request to the start of its inference, by its priority level, microseconds",
+            ["name", "priority"],
             buckets=_MICROSECONDS,
             registry=self.registry,
         )
@@ -139,6 +153,9 @@ class ServingMetrics:
         self._queue_time.labels(name, version).observe(result.queue_s * 1e6)
         self._inference_time.labels(name, version).observe(result.infer_s * 1e6)
         self._batch_size.labels(name, version).observe(result.batch_size)
+        if result.priority:
+            self._by_priority.labels(name, str(result.priority)).inc()
+            self._queue_time_by_priority.labels(name, str(result.priority)).observe(result.queue_s * 1e6)
 
     def tenant_refused(self, error: TenantOverLimit) -> None:
         """Count a refusal beyond a tenant's limit (tenants come from the token file: a bounded set)."""
@@ -207,15 +224,14 @@ class _QueueCollector(Collector):
         workers = GaugeMetricFamily("ovms_live_workers", "Workers whose heartbeat is current")
         workers.add_metric([], len(self._view.live_workers()))
         yield workers
-        depth = GaugeMetricFamily("ovms_queue_depth", "Messages waiting in a model's queue", labels=["queue"])
+        depth = GaugeMetricFamily(
+            "ovms_queue_depth", "Messages waiting in a model's queue (all its priority levels)", labels=["queue"]
+        )
         queues = self._view.queues()
         if not self._link.up:
             return
         try:
-            with self._broker.pipeline(transaction=False) as pipe:
-                for queue in queues:
-                    pipe.llen(queue)
-                lengths = pipe.execute()
+            lengths = queue_depths(self._broker, queues)
         except redis.RedisError:
             return
         for queue, length in zip(queues, lengths, strict=True):

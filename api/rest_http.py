@@ -12,6 +12,7 @@ import msgspec
 from flask import Response, request
 
 from api.metrics import ServingMetrics
+from api.priority import PRIORITY_HEADER, priority_text
 from inference.errors import InvalidArgument
 from inference.request import InferenceResult
 
@@ -72,6 +73,11 @@ def header_timeout_s() -> float | None:
     if not 0 < seconds <= MAX_TIMEOUT_S:
         raise InvalidArgument(f"Invalid {TIMEOUT_HEADER} header: {text}")
     return seconds
+
+
+def header_priority() -> int:
+    """The priority level in the request's OVMS-Priority header (0 without one: the model's default)."""
+    return priority_text(request.headers.get(PRIORITY_HEADER), f"{PRIORITY_HEADER} header")
 
 
 def served_by(result: InferenceResult) -> dict[str, str]:

@@ -11,7 +11,7 @@ from api.dataplane import DataPlane
 from api.grpc_service import SIGNATURE_NAME
 from api.metrics import ServingMetrics, Tracker
 from api.rest_codec import parse_predict_body, predict_response
-from api.rest_http import header_timeout_s, json_body, json_response, served_by, tracked
+from api.rest_http import header_priority, header_timeout_s, json_body, json_response, served_by, tracked
 from api.versions import parse_version
 from inference import dtypes
 from inference.signature import ModelSignature
@@ -55,7 +55,8 @@ def models_blueprint(dataplane: DataPlane, metrics: ServingMetrics) -> Blueprint
         _, signature = dataplane.models.model_metadata(name, number)
         inputs, form = parse_predict_body(body, signature)
         del body  # parsed JSON takes many times its tensors' size: not kept while the request waits
-        result = dataplane.inference.predict(name, number, inputs, timeout_s=header_timeout_s())  # unpinned stays so
+        timeout_s, priority = header_timeout_s(), header_priority()
+        result = dataplane.inference.predict(name, number, inputs, None, timeout_s, priority)  # unpinned stays so
         response = json_response(predict_response(result.outputs, result.precisions, form), headers=served_by(result))
         tracker.done(result.version, result)
         return response

@@ -55,9 +55,10 @@ class ApiServer:
         broker = store if backend_url == broker_url else store_client(broker_url)  # the Celery queues
         self._link = RedisLink(broker_url, backend_url)
         self._tokens = BearerTokens.from_file(settings.auth_token_file) if settings.auth_token_file else None
-        # each tenant's share of a model's capacity under saturation (api.tenants; none without tokens)
-        self.tenant_weights = self._tokens.weights if self._tokens is not None else {}
-        self._dispatcher = Dispatcher(store, broker, self._link)
+        # each tenant's share of a model's capacity under saturation (api.tenants; none without tokens): the
+        # dispatcher's fair share between tenants (inference.fair_queue)
+        tenant_weights = self._tokens.weights if self._tokens is not None else {}
+        self._dispatcher = Dispatcher(store, broker, self._link, weights=tenant_weights)
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
         self._callbacks = _callback_runner(settings, store, jobs)
         recovery = WorkerLossRecovery(self._dispatcher, jobs)

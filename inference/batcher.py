@@ -6,6 +6,13 @@ Policy, per model version:
   way (announced with `incoming`): then it waits for them, but never longer than `max_queue_delay`
   counted from the oldest waiting request. A lone request on an idle server is never delayed;
 - only requests whose non-batch dimensions match are concatenated; others wait for the next batch;
+- waiting requests are served by priority: the highest level first (with ageing), and within a level by
+  deficit round robin between tenants (inference.fair_queue); a batch holds requests of one level only;
+- while requests of more than one kind share the version (another level or another tenant sent one within
+  SHARED_WINDOW_S; async job chunks do not count), a batch holds no more rows than are expected to take
+  GUARD_SLACK_S longer than a lone request: an inference cannot be interrupted, and a request of another kind
+  may have to wait for the one running (and would otherwise wait for a whole batch of someone else's
+  requests). The estimate comes from the inferences this version ran (their time by rows);
 - outputs are split back by rows, so each request gets exactly its own slice. If a batched inference
   fails, its requests are retried one by one, so a bad request fails alone.
 
@@ -21,7 +28,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -30,12 +36,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inference.errors import VERSION_RETIRED, NotFound, ServingError
+from inference.fair_queue import FairQueue
 from inference.model import CompiledVersion
+from inference.priorities import JOB_LEVEL, PLAIN, Priority
 from inference.request import Tensors
 from inference.statistics import Execution, InferenceStatistics
 from inference.validation import batch_rows
 
 log = logging.getLogger("serving")
+
+SHARED_WINDOW_S = 5.0  # a kind of request (level, tenant) counts as present this long after its last request
+GUARD_SLACK_S = 0.001  # a shared batch may take this much longer than a lone request
+_EWMA = 0.2  # weight of the newest inference in the time by rows
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,14 @@ class _Item:
     rows: int
     key: tuple
     future: Future[BatchResult]
+    priority: Priority
     arrived: float = field(default_factory=time.monotonic)
     solo: bool = False  # retried alone after its batch failed
+
+    @property
+    def cost(self) -> int:
+        """What it costs in its tenant's fair share: its rows."""
+        return max(self.rows, 1)
 
 
 class DynamicBatcher:
@@ -97,7 +115,9 @@ class DynamicBatcher:
         self._statistics = statistics
         self.max_rows = max(1, max_batch_size if compiled.batchable else 1)
         self._max_delay = max_queue_delay_s
-        self._pending: deque[_Item] = deque()
+        self._pending: FairQueue[_Item] = FairQueue()
+        self._present: dict[tuple[int, str], float] = {}  # (level, tenant) -> when its last request came
+        self._infer_ns: dict[int, float] = {}  # rows -> the time of an inference of that many rows (moving average)
         self._expected = 0
         self._free = compiled.nireq
         self._unfinished = 0  # inferences whose requests are not yet answered or queued again
@@ -121,16 +141,18 @@ class DynamicBatcher:
                 arrivals.remaining = 0
                 self._cond.notify_all()
 
-    def submit(self, inputs: Tensors, arrivals: Arrivals | None = None) -> Future[BatchResult]:
-        """Queue one validated request (arrays with a leading batch dimension).
+    def submit(
+        self, inputs: Tensors, arrivals: Arrivals | None = None, priority: Priority = PLAIN
+    ) -> Future[BatchResult]:
+        """Queue one validated request (arrays with a leading batch dimension) with its `priority`.
 
         On an idle model (a free infer request, nothing queued or announced) the request is dispatched
         right here, saving the hand-over to the batching thread.
         """
         try:
-            item = _Item(inputs, self._rows(inputs), _shape_key(inputs), Future())
+            item = _Item(inputs, self._rows(inputs), _shape_key(inputs), Future(), priority)
         except ServingError as error:
-            item = _Item(inputs, 0, (), Future())
+            item = _Item(inputs, 0, (), Future(), priority)
             item.future.set_exception(error)
         with self._cond:
             if self._closed:
@@ -140,12 +162,14 @@ class DynamicBatcher:
                 self._expected -= 1
             if item.future.done():  # refused: it never joins a batch
                 return item.future
+            if priority.level != JOB_LEVEL:
+                self._present[priority.level, priority.tenant] = item.arrived
             direct = self._free > 0 and not self._pending and self._expected == 0
             if direct:
                 self._free -= 1
                 self._unfinished += 1
             else:
-                self._pending.append(item)
+                self._pending.push(item)
                 self._cond.notify_all()
         if direct:
             self._dispatch([item])
@@ -187,29 +211,42 @@ class DynamicBatcher:
             if self._unfinished == 0:
                 return None
             self._cond.wait()  # a running batch may fail and come back to be retried
-        while self._expected > 0 and self._pending_rows() < self.max_rows:
-            remaining = self._pending[0].arrived + self._max_delay - time.monotonic()
+        limit = self._batch_rows()
+        while self._expected > 0 and sum(item.rows for item in self._pending) < limit:
+            remaining = min(item.arrived for item in self._pending) + self._max_delay - time.monotonic()
             if remaining <= 0:
                 break
             self._cond.wait(remaining)
-        return self._take()
+        return self._take(self._batch_rows())
 
-    def _pending_rows(self) -> int:
-        key = self._pending[0].key
-        return sum(item.rows for item in self._pending if item.key == key)
-
-    def _take(self) -> list[_Item]:
-        first = self._pending.popleft()
-        batch, rows, skipped = [first], first.rows, []
-        while self._pending and rows < self.max_rows and not first.solo:
-            item = self._pending.popleft()
-            if item.key == first.key and not item.solo and rows + item.rows <= self.max_rows:
-                batch.append(item)
-                rows += item.rows
-            else:
-                skipped.append(item)
-        self._pending.extendleft(reversed(skipped))
+    def _take(self, limit: int) -> list[_Item]:
+        """The next batch: the first request of the level served next (inference.fair_queue), and after it
+        requests of the same level and shapes, in their fair order, up to `limit` rows."""
+        level = self._pending.next_level()
+        assert level is not None
+        first = self._pending.pop(level)
+        assert first is not None
+        batch, rows = [first], first.rows
+        while rows < limit and not first.solo:
+            room = limit - rows
+            mate = self._pending.pop(
+                level, lambda item, room=room: item.key == first.key and not item.solo and item.rows <= room
+            )
+            if mate is None:
+                break
+            batch.append(mate)
+            rows += mate.rows
         return batch
+
+    def _batch_rows(self) -> int:
+        """The most rows the next batch may hold: `max_rows`, or, while several kinds of request share the
+        version, the rows expected to take at most GUARD_SLACK_S longer than a lone request."""
+        now = time.monotonic()
+        for kind in [kind for kind, seen in self._present.items() if now - seen > SHARED_WINDOW_S]:
+            del self._present[kind]
+        if len(self._present) < 2:
+            return self.max_rows
+        return min(self.max_rows, guard_rows(self._infer_ns))
 
     def _dispatch(self, batch: list[_Item]) -> None:
         started = _Started(time.time(), time.perf_counter_ns())
@@ -247,6 +284,10 @@ class DynamicBatcher:
             )
             if self._statistics is not None:
                 self._statistics.executed(self.compiled.name, self.compiled.version, execution)
+            with self._cond:
+                last = self._infer_ns.get(execution.rows)
+                ns = execution.compute_infer_ns
+                self._infer_ns[execution.rows] = ns if last is None else last + _EWMA * (ns - last)
             for item, outputs in zip(batch, parts, strict=True):
                 item.future.set_result(BatchResult(outputs, item.rows, self.compiled, started.at, execution))
         else:
@@ -271,8 +312,24 @@ class DynamicBatcher:
         for item in batch:
             item.solo = True
         with self._cond:
-            self._pending.extendleft(reversed(batch))
+            self._pending.push_front(batch)
             self._cond.notify_all()
+
+
+def guard_rows(infer_ns: dict[int, float]) -> int:
+    """The rows an inference may hold to take at most GUARD_SLACK_S longer than one of a single row, from the
+    times of the inferences seen by rows: the cost of a row beyond the first is read off the largest batch seen
+    and a single row's (without a single row's: the largest batch's time per row, which overstates it). Without
+    any batch of several rows seen, no limit."""
+    batches = [rows for rows in infer_ns if rows > 1]
+    if not batches:
+        return 1 << 30
+    rows = max(batches)
+    single = infer_ns.get(1)
+    per_row = (infer_ns[rows] - single) / (rows - 1) if single is not None else infer_ns[rows] / rows
+    if per_row <= 0:
+        return 1 << 30
+    return 1 + int(GUARD_SLACK_S * 1e9 // per_row)
 
 
 def _shape_key(inputs: Tensors) -> tuple:

@@ -242,6 +242,7 @@ class ModelManager:
                     model.active,
                     model.config.max_queue_size,
                     model.empty,
+                    model.config.default_priority,
                 )
                 for name, model in self._models.items()
             }

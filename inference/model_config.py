@@ -10,6 +10,7 @@ from typing import Any
 
 from inference.layouts import LayoutParseError, LayoutSetting, parse_layout_setting
 from inference.options import declared_options, json_value, option
+from inference.priorities import DEFAULT_PRIORITY, HIGHEST_PRIORITY, PRIORITY_LEVELS
 from inference.shapes import ShapeParseError, ShapeSetting, parse_batch_size, parse_shape_setting
 
 DEFAULT_DEVICE = "CPU"
@@ -60,6 +61,11 @@ class ModelConfig:
     )
     max_queue_size: int = option(
         DEFAULT_MAX_QUEUE_SIZE, "requests that may wait per model in an api process before 429", type=int
+    )
+    default_priority: int = option(
+        DEFAULT_PRIORITY,
+        f"priority level of a request that asks for none: {HIGHEST_PRIORITY} (highest) to {PRIORITY_LEVELS}",
+        type=int,
     )
     layout: LayoutSetting | None = option(
         None,
@@ -179,6 +185,7 @@ def model_from_dict(raw: Any) -> ModelConfig:
         max_batch_size=_positive_int(raw, "max_batch_size", DEFAULT_MAX_BATCH_SIZE),
         max_queue_delay_ms=_delay(raw.get("max_queue_delay_ms", DEFAULT_MAX_QUEUE_DELAY_MS)),
         max_queue_size=_positive_int(raw, "max_queue_size", DEFAULT_MAX_QUEUE_SIZE),
+        default_priority=_priority(raw.get("default_priority", DEFAULT_PRIORITY)),
         layout=layout,
         rest_b64=_rest_b64(raw.get("rest_b64", REST_B64_IMAGE)),
         idle_unload_s=_idle_unload_s(raw.get("idle_unload_s", 0)),
@@ -218,6 +225,15 @@ def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:
     value = raw.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{key} must be a positive integer")
+    return value
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not HIGHEST_PRIORITY <= value <= PRIORITY_LEVELS:
+        raise ConfigError(
+            f"default_priority must be a priority level from {HIGHEST_PRIORITY} (highest) to {PRIORITY_LEVELS} "
+            f"(lowest): {json.dumps(value)[:40]}"
+        )
     return value
 
 

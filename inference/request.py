@@ -33,3 +33,4 @@ class InferenceResult:
     queue_s: float = 0.0  # from publishing to the start of its inference
     infer_s: float = 0.0  # the inference itself
     precisions: dict[str, str] = field(default_factory=dict)  # output name -> precision name
+    priority: int = 0  # the level it ran at (inference.priorities)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from inference.priorities import DEFAULT_PRIORITY
 from inference.signature import ModelSignature
 
 
@@ -80,3 +81,4 @@ class ModelReport:
     active: bool  # False once removed from the configuration
     max_queue_size: int
     empty: str = ""  # the repository can be read but offers no version to load: why ("" otherwise)
+    default_priority: int = DEFAULT_PRIORITY  # the level of a request that asks for none

@@ -109,8 +109,10 @@ class Server(ServerProcess):
 
     name = "ovms"
 
-    def __init__(self, cases: list[ModelCase], server_flags: list[str], directory: Path) -> None:
+    def __init__(self, cases: list[ModelCase], server_flags: list[str], directory: Path, token: str = "") -> None:
+        """`token`: a bearer token of the server's --auth_token_file (if it has one), to see its models' states."""
         self.cases = cases
+        self.token = token
         self.grpc_port = free_port()
         self.rest_port = free_port()
         self.directory = directory
@@ -156,7 +158,8 @@ class Server(ServerProcess):
 
     def model_available(self, name: str) -> bool:
         try:
-            reply = requests.get(f"{self.rest_url}/v1/models/{name}", timeout=5)
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+            reply = requests.get(f"{self.rest_url}/v1/models/{name}", headers=headers, timeout=5)
         except requests.RequestException:
             return False
         states = [v.get("state") for v in reply.json().get("model_version_status", [])] if reply.ok else []

@@ -51,12 +51,14 @@ async def grpc_stream(
     requests_: list[serving_pb2.PredictRequest],
     counter: Iterator[int],
     recorder: Recorder,
+    metadata: tuple[tuple[str, str], ...] = (),
+    pause_s: float = 0.0,
 ) -> None:
-    """One client: Predict calls back to back until the window closes."""
+    """One client: Predict calls back to back (`pause_s` apart) until the window closes, each with `metadata`."""
     while recorder.window.open():
         request = requests_[next(counter) % len(requests_)]
         started = time.perf_counter()
-        call = stub.Predict(request, timeout=REQUEST_TIMEOUT_S)
+        call = stub.Predict(request, timeout=REQUEST_TIMEOUT_S, metadata=metadata or None)
         try:
             response = await call
             batch_size = metadata_batch_size(await call.trailing_metadata())
@@ -69,6 +71,8 @@ async def grpc_stream(
             recorder.success(started, ended, batch_size)
         else:
             recorder.failure(ended, "missing output")
+        if pause_s:
+            await asyncio.sleep(pause_s)
 
 
 async def measure_grpc_async(address: str, case: ModelCase, concurrency: int, window: Window) -> Stats:

@@ -3,7 +3,8 @@
 One listener thread per api process blocks on this process's reply list and resolves the futures
 of the requests each result answers, so any number of request threads can wait at once without
 touching a shared pub/sub connection. A completed message frees its lane's slot, and the listener
-publishes what waited for it (tasks.lanes).
+publishes what waited for it (tasks.lanes). A message holds requests of one kind: one priority level (the
+request's, or its model's default) and one tenant, with the tenant's weight (`weights`).
 
 When workers stop serving (tasks.registry), nothing waits for its deadline in vain: a message a lost
 worker held (tasks.claims) is run once more by another worker, else fails UNAVAILABLE; a message
@@ -17,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -32,11 +34,12 @@ from inference.errors import (
     ServingError,
     Unavailable,
 )
+from inference.priorities import Priority
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import holders, release
 from tasks.heartbeat import HEARTBEAT_INTERVAL_S, HEARTBEAT_TTL_S
-from tasks.lanes import Entry, Lane
+from tasks.lanes import Lane, Taken
 from tasks.link import RedisLink
 from tasks.messages import ComputedOutputs, PredictReply, describe_failure, pack_requests
 from tasks.publisher import PredictPublisher
@@ -53,11 +56,14 @@ LOST_WORKER_SILENCE_S = HEARTBEAT_TTL_S - HEARTBEAT_INTERVAL_S - 0.5
 class _Pending:
     """The requests of one published message, waiting for its result."""
 
-    def __init__(self, target: Target, lane: Lane, futures: dict[str, Future[InferenceResult]]) -> None:
+    def __init__(self, target: Target, lane: Lane, taken: Taken) -> None:
         self.target = target
         self.lane = lane
-        self.futures = futures
+        self.priority = taken.priority
+        self.kind = taken.kind
+        self.futures = {request.request_id: future for request, future in taken.entries}
         self.published_at = time.time()
+        self.queued_in = ""  # the Redis list it was queued in, once published
         self.message_text = ""  # the message as queued, once published
         self.runs = 1
 
@@ -66,10 +72,18 @@ class Dispatcher:
     """Publishes predict requests, coalesced per model version (see tasks.lanes), and routes results back."""
 
     def __init__(
-        self, store: redis.Redis, broker: redis.Redis, link: RedisLink, max_requests_per_message: int = 64
+        self,
+        store: redis.Redis,
+        broker: redis.Redis,
+        link: RedisLink,
+        max_requests_per_message: int = 64,
+        weights: Mapping[str, int] | None = None,
     ) -> None:
-        """`store`: the result backend (tensors, replies, claims); `broker`: the Celery queues."""
+        """`store`: the result backend (tensors, replies, claims); `broker`: the Celery queues; `weights`: each
+        tenant's weight in the fair share of a model (read at every request, so the mapping may change; a
+        tenant not in it weighs 1)."""
         self._store = store
+        self._weights: Mapping[str, int] = weights if weights is not None else {}
         self._link = link
         link.on_down(self._fail_all_pending)  # a paused Redis may never answer: fail now, not at the deadline
         self._publisher = PredictPublisher(app, store, broker)
@@ -126,7 +140,9 @@ class Dispatcher:
         future: Future[InferenceResult] = Future()
         request.queued_at = time.time()  # where its time queued begins, in the workers' statistics
         lane = self._lane(target)
-        lane.add((request, future), target.workers, target.max_queue_size)
+        level = request.priority or target.default_priority
+        priority = Priority(level, request.tenant, self._weights.get(request.tenant, 1))
+        lane.add((request, future), priority, target.workers, target.max_queue_size)
         return future, lane.may_publish()
 
     def publish_waiting(self, target: Target) -> None:
@@ -160,24 +176,25 @@ class Dispatcher:
 
     def _pump(self, target: Target, lane: Lane) -> None:
         """Publish the lane's waiting requests while it may have more messages in flight."""
-        while (entries := lane.take()) is not None:
+        while (taken := lane.take()) is not None:
             try:
-                self._publish(target, lane, entries)
+                self._publish(target, lane, taken)
             finally:
                 lane.published()
 
-    def _publish(self, target: Target, lane: Lane, entries: list[Entry]) -> None:
+    def _publish(self, target: Target, lane: Lane, taken: Taken) -> None:
         task_id = uuid.uuid4().hex
-        requests = [request for request, _ in entries]
+        requests = [request for request, _ in taken.entries]
         for index, request in enumerate(requests):
             request.request_id = f"{task_id}.{index}"
-        pending = _Pending(target, lane, {r.request_id: f for r, f in entries})
+        pending = _Pending(target, lane, taken)
         with self._lock:
             self._pending[task_id] = pending
         try:
-            envelope, payload = pack_requests(requests, {n: s.precision for n, s in target.signature.inputs.items()})
+            precisions = {n: s.precision for n, s in target.signature.inputs.items()}
+            envelope, payload = pack_requests(requests, precisions, taken.priority)
             self._link.check()
-            pending.message_text = self._publisher.publish(
+            pending.queued_in, pending.message_text = self._publisher.publish(
                 task_id, envelope, payload, target.queue, self.reply_to, max(envelope.deadline - time.time(), 0.001)
             )
         except Unavailable as error:
@@ -198,16 +215,16 @@ class Dispatcher:
             with self._lock:
                 waiting = [(task_id, p) for task_id, p in self._pending.items() if p.message_text]
             for task_id, pending in waiting:
-                queue, text = pending.target.queue, pending.message_text
+                queue, queued_in, text = pending.target.queue, pending.queued_in, pending.message_text
                 holder = held.get(task_id)
                 if holder in lost or (
                     holder is None
                     and lost
                     and pending.published_at < silent_since
-                    and not self._publisher.is_queued(queue, text)
+                    and not self._publisher.is_queued(queued_in, text)
                 ):
                     self._rerun_or_fail(task_id, pending, holder or "unknown", queue in queues)
-                elif holder is None and queue not in queues and self._publisher.withdraw(queue, text):
+                elif holder is None and queue not in queues and self._publisher.withdraw(queued_in, text):
                     self._resolve_all(task_id, Unavailable(NO_LIVE_WORKER))
         except (redis.RedisError, OSError) as exc:
             log.warning("Could not check the messages of stopped workers %s: %s", sorted(lost), exc)
@@ -237,7 +254,7 @@ class Dispatcher:
         pending.runs += 1
         pending.published_at = time.time()
         release(self._store, self.reply_to, task_id)
-        self._publisher.requeue(pending.target.queue, pending.message_text)
+        self._publisher.requeue(pending.queued_in, pending.message_text)
         log.warning("Running message %s for %s again: worker %s was lost", task_id, pending.target.model, worker)
 
     def _forget(self, request: InferenceRequest) -> None:
@@ -255,7 +272,7 @@ class Dispatcher:
 
     def _completed(self, pending: _Pending) -> None:
         """A message is done with: free its lane slot and publish what waited for it."""
-        pending.lane.completed()
+        pending.lane.completed(pending.kind)
         self._pump(pending.target, pending.lane)
 
     def _listen(self) -> None:
@@ -300,7 +317,9 @@ class Dispatcher:
             if not future.set_running_or_notify_cancel():
                 continue  # gave up at its deadline
             if isinstance(entry, ComputedOutputs):
-                future.set_result(entry.to_result(reply.worker, pending.published_at))
+                result = entry.to_result(reply.worker, pending.published_at)
+                result.priority = pending.priority.level
+                future.set_result(result)
             else:
                 future.set_exception(
                     entry.error if entry is not None else Internal("The worker returned no result for this request")

@@ -31,6 +31,7 @@ import numpy as np
 from inference import bytes_tensors, dtypes
 from inference.errors import ServingError
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
+from inference.priorities import DEFAULT_PRIORITY, PLAIN, Priority, nearest_level
 from inference.request import InferenceRequest, InferenceResult, Tensors
 from inference.signature import ModelSignature
 from inference.states import ModelReport, Residency, VersionReport, VersionState, VersionStatus
@@ -80,13 +81,22 @@ _CARRIED = tuple(f.name for f in fields(RequestEntry) if f.name != "inputs")  # 
 
 @dataclass(frozen=True, slots=True)
 class PredictEnvelope(Message):
-    """The requests of one predict message, all for one model version; their tensors are the payload."""
+    """The requests of one predict message, all for one model version, one priority level and one tenant (the
+    worker's batcher schedules them by these: inference.fair_queue); their tensors are the payload. Messages
+    from before priorities have none: the default level, no tenant."""
 
     WHAT = "predict message"
     model: str
     version: int
     deadline: float  # the latest of its requests': the message lives while any of them still waits
     requests: tuple[RequestEntry, ...]
+    priority: int = DEFAULT_PRIORITY
+    tenant: str = ""
+    weight: int = 1  # the tenant's weight in the fair share of its level
+
+    @property
+    def scheduling(self) -> Priority:
+        return Priority(self.priority, self.tenant, self.weight)
 
     @property
     def payload_size(self) -> int:
@@ -99,8 +109,10 @@ class PredictEnvelope(Message):
         return f"{self.model} v{self.version}: {len(self.requests)} request(s)"
 
 
-def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) -> tuple[PredictEnvelope, Payload]:
-    """One envelope and one payload for requests of the same model version."""
+def pack_requests(
+    requests: list[InferenceRequest], precisions: dict[str, str], priority: Priority = PLAIN
+) -> tuple[PredictEnvelope, Payload]:
+    """One envelope and one payload for requests of the same model version and `priority`."""
     chunks: list[memoryview] = []
     offset = 0
     entries = []
@@ -118,7 +130,15 @@ def pack_requests(requests: list[InferenceRequest], precisions: dict[str, str]) 
             offset += len(data)
         entries.append(RequestEntry.of(request, tuple(metas)))
     first = requests[0]
-    envelope = PredictEnvelope(first.model, first.version, max(r.deadline for r in requests), tuple(entries))
+    envelope = PredictEnvelope(
+        first.model,
+        first.version,
+        max(r.deadline for r in requests),
+        tuple(entries),
+        priority.level,
+        priority.tenant,
+        priority.weight,
+    )
     return envelope, [b"".join(chunks)] if offset < JOIN_BELOW_BYTES else chunks
 
 
@@ -227,7 +247,7 @@ class PredictReply(Message):
 class ModelSnapshot(Record):
     """One model as a worker reports it. Wire: {"queue", "versions": {"<n>": {"state", "error_code",
     "error_message", "signature" (while it serves), "residency" (only when it may leave memory)}}, "error",
-    "active", "max_queue_size", "empty" (only when set)}."""
+    "active", "max_queue_size", "empty" (only when set), "default_priority"}."""
 
     queue: str
     report: ModelReport
@@ -241,13 +261,15 @@ class ModelSnapshot(Record):
             "active": report.active,
             "max_queue_size": report.max_queue_size,
             **({"empty": report.empty} if report.empty else {}),  # rare: kept out of every other heartbeat
+            "default_priority": report.default_priority,
         }
 
     @classmethod
     def from_wire(cls, data: Any) -> ModelSnapshot:
         entry = _ModelEntry.from_wire(data)
         versions = {v: version.report(v) for v, version in entry.versions.items()}
-        report = ModelReport(versions, entry.error, entry.active, entry.max_queue_size, entry.empty)
+        default_priority = nearest_level(entry.default_priority)
+        report = ModelReport(versions, entry.error, entry.active, entry.max_queue_size, entry.empty, default_priority)
         return ModelSnapshot(entry.queue, report)
 
 
@@ -293,6 +315,7 @@ class _ModelEntry(Record):
     active: bool = True
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     empty: str = ""
+    default_priority: int = DEFAULT_PRIORITY
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ claim-check SET another round trip. The message itself is still a standard Celer
 message built by Celery (`app.amqp.as_task_v2`), wrapped exactly as kombu's Redis transport wraps it
 (JSON envelope, base64 body, delivery info for the anonymous exchange), so any Celery worker,
 Flower or `celery inspect` reads it as if `apply_async` had sent it. Only the transport write is ours:
-`SET payload` (+ `APPEND` for each further part) + `LPUSH queue` in one pipeline. The payload's parts
+`SET payload` (+ `APPEND` for each further part) + `LPUSH` to the queue's list of the message's priority level
+(kombu's priority emulation, tasks.routing.priority_queue) in one pipeline. The payload's parts
 are views of the request arrays: redis-py writes each one to the socket as it is, so no joined copy
 of a large request is made.
 
@@ -31,7 +32,7 @@ from redis.connection import PythonRespSerializer
 from tasks.connections import redis_client
 from tasks.link import REDIS_TIMEOUT_S
 from tasks.messages import Payload, PredictEnvelope
-from tasks.routing import PREDICT_TASK, payload_key
+from tasks.routing import PREDICT_TASK, message_priority, payload_key, priority_queue
 
 _PAYLOAD_GRACE_MS = 5000  # tensors outlive the deadline a little, for a worker already running them
 
@@ -92,9 +93,10 @@ class PredictPublisher:
         queue: str,
         reply_to: str,
         expires_s: float,
-    ) -> str:
-        """`reply_to` names the api's reply list. Returns the message as queued, for `requeue` and
-        `withdraw`."""
+    ) -> tuple[str, str]:
+        """`reply_to` names the api's reply list. The message goes to the list of `queue` for its priority level
+        (tasks.routing.priority_queue). Returns that list and the message as queued, for `requeue`,
+        `withdraw` and `is_queued`."""
         message = self._app.amqp.as_task_v2(
             task_id,
             PREDICT_TASK,
@@ -109,7 +111,7 @@ class PredictPublisher:
         content_type, content_encoding, body = dumps(message.body, serializer="json")
         properties = dict(message.properties)
         properties.update(
-            priority=0,
+            priority=message_priority(envelope.priority),
             body_encoding="base64",
             delivery_tag=str(uuid.uuid4()),
             delivery_info={"exchange": "", "routing_key": queue},
@@ -122,23 +124,24 @@ class PredictPublisher:
             "properties": properties,
         }
         message_text = json.dumps(wire)
+        queued_in = priority_queue(queue, envelope.priority)
         with self._store.pipeline(transaction=False) as pipe:
             store_payload(pipe, payload_key(task_id), payload, int(expires_s * 1000) + _PAYLOAD_GRACE_MS)
             if self._broker is self._store:
-                pipe.lpush(queue, message_text)
+                pipe.lpush(queued_in, message_text)
             pipe.execute()
         if self._broker is not self._store:
-            self._broker.lpush(queue, message_text)
-        return message_text
+            self._broker.lpush(queued_in, message_text)
+        return queued_in, message_text
 
-    def requeue(self, queue: str, message_text: str) -> None:
-        """Put a published message back at the head of its queue (kombu pops from the right), to be run
-        again; its tensors are still under their claim-check key."""
-        self._broker.rpush(queue, message_text)
+    def requeue(self, queued_in: str, message_text: str) -> None:
+        """Put a published message back at the head of the list it was queued in (kombu pops from the right),
+        to be run again; its tensors are still under their claim-check key."""
+        self._broker.rpush(queued_in, message_text)
 
-    def withdraw(self, queue: str, message_text: str) -> bool:
-        """Take a message back out of its queue; False if a worker took it already."""
-        return bool(self._broker.lrem(queue, 1, message_text))
+    def withdraw(self, queued_in: str, message_text: str) -> bool:
+        """Take a message back out of the list it was queued in; False if a worker took it already."""
+        return bool(self._broker.lrem(queued_in, 1, message_text))
 
-    def is_queued(self, queue: str, message_text: str) -> bool:
-        return self._broker.lpos(queue, message_text) is not None
+    def is_queued(self, queued_in: str, message_text: str) -> bool:
+        return self._broker.lpos(queued_in, message_text) is not None

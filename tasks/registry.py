@@ -26,6 +26,7 @@ from inference.errors import (
     load_failed,
 )
 from inference.model_config import DEFAULT_MAX_QUEUE_SIZE
+from inference.priorities import DEFAULT_PRIORITY
 from inference.signature import ModelSignature
 from inference.states import PREPARING, RETIRING, VersionReport, VersionState, VersionStatus
 from tasks.heartbeat import HEARTBEAT_TTL_S
@@ -94,6 +95,7 @@ class Target:
     ready_at: float | None = None  # when not resident: when it is expected in memory (None: not known)
     loading_on: str = ""  # a worker loading it now
     may_leave: bool = False  # a worker serving it may take it out of memory
+    default_priority: int = DEFAULT_PRIORITY  # the level of a request that asks for none
 
 
 WorkersGone = Callable[[set[str], set[str]], None]
@@ -131,7 +133,7 @@ class RegistryView:
         self._empty: dict[str, str] = {}  # models whose repository offers a live worker no version: why
         self._workers: list[str] = []
         self._served: set[str] = set()
-        self._queue_limits: dict[str, int] = {}
+        self._queue_limits: dict[str, tuple[int, int]] = {}  # model -> (max_queue_size, default_priority)
         self._queues: set[str] = set()
         self._active: set[str] = set()
         self._loaded_workers: set[str] = set()
@@ -176,7 +178,9 @@ class RegistryView:
             self._empty = {name: model.report.empty for name, model in served if model.report.empty}
             self._workers = [snapshot.worker_id for snapshot in serving]
             self._served = {name for name, _ in served}
-            self._queue_limits = {name: model.report.max_queue_size for name, model in served}
+            self._queue_limits = {
+                name: (model.report.max_queue_size, model.report.default_priority) for name, model in served
+            }
             self._queues = {model.queue for _, model in served}
             self._active = {name for name, model in served if model.report.active}
             self._loaded_workers = {snapshot.worker_id for snapshot in serving if snapshot.loaded}
@@ -265,7 +269,7 @@ class RegistryView:
             raise NotFound(VERSION_NOT_FOUND)
         if view.queue is not None and view.signature is not None:
             with self._lock:
-                limit = self._queue_limits.get(name, DEFAULT_MAX_QUEUE_SIZE)
+                limit, default_priority = self._queue_limits.get(name, (DEFAULT_MAX_QUEUE_SIZE, DEFAULT_PRIORITY))
             ready_at = view.ready_at(time.time())
             return Target(
                 name,
@@ -278,6 +282,7 @@ class RegistryView:
                 ready_at,
                 view.loading_on,
                 view.may_leave,
+                default_priority,
             )
         if view.state in PREPARING:
             raise NotFound(VERSION_NOT_LOADED)

@@ -6,6 +6,10 @@ import re
 import secrets
 import socket
 
+from kombu.transport.redis import Channel
+
+from inference.priorities import PRIORITY_LEVELS
+
 PREFIX = "ovms"
 PREDICT_TASK = "ovms.predict"
 REPLY_PREFIX = f"{PREFIX}:reply:"
@@ -18,6 +22,25 @@ JOB_EVENTS_KEY = f"{PREFIX}:job-events"  # hash of cluster-wide counts: dead let
 def queue_for(device: str, model: str) -> str:
     """Each model has its own queue on its device, so workers of that device share its load."""
     return f"{PREFIX}.{_safe(device)}.{_safe(model)}"
+
+
+def priority_queue(queue: str, level: int) -> str:
+    """The Redis list of a queue's messages of a priority level, as kombu's Redis transport names it: kombu
+    emulates priorities with a list per step of `priority_steps` ([0, 3, 6, 9]), the queue's own name for
+    step 0 and `<queue>\\x06\\x16<step>` for the others, and a worker's BRPOP names them in that order, so a
+    lower step is served first. Level 1 is step 0 (the queue itself), level 2 step 3, level 3 step 6."""
+    step = message_priority(level)
+    return f"{queue}{Channel.sep}{step}" if step else queue
+
+
+def priority_queues(queue: str) -> list[str]:
+    """Every list of a queue's messages, in the order a worker serves them."""
+    return [priority_queue(queue, level) for level in range(1, PRIORITY_LEVELS + 1)]
+
+
+def message_priority(level: int) -> int:
+    """The `properties.priority` of a message of a level (kombu reads it to choose the list)."""
+    return Channel.priority_steps[level - 1]
 
 
 def job_queue_for(queue: str) -> str:

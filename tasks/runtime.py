@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 
 import redis
 
@@ -25,6 +26,7 @@ from inference.errors import (
 from inference.image_decoder import decode_images
 from inference.manager import Lease, ModelManager
 from inference.model import CompiledVersion
+from inference.priorities import JOB_LEVEL, Priority, nearest_level
 from inference.request import InferenceRequest, Tensors
 from inference.statistics import InferenceStatistics
 from inference.validation import RequestTensor, validate_inputs
@@ -154,7 +156,10 @@ class WorkerRuntime:
             except ServingError as error:
                 return self._failed(envelope, error, received, batcher.compiled)
             ready = [(request, self._ready(batcher, request, held)) for request in requests]
-            started = [(request, self._start(batcher, request, inputs, arrivals, held)) for request, inputs in ready]
+            priority = scheduled_as(envelope)
+            started = [
+                (request, self._start(batcher, request, inputs, arrivals, held, priority)) for request, inputs in ready
+            ]
             del ready  # decoded images are freed as their inference ends, not kept until the reply
         return PredictReply(
             self.worker_id,
@@ -215,12 +220,13 @@ class WorkerRuntime:
         inputs: Tensors | ServingError,
         arrivals: Arrivals,
         held: _HeldBytes,
+        priority: Priority,
     ) -> Future[BatchResult]:
         """Queue the ready request for batching."""
         if isinstance(inputs, ServingError):
             return _failed(inputs)
         try:
-            return batcher.submit(inputs, arrivals)
+            return batcher.submit(inputs, arrivals, priority)
         except NotFound:  # the version closed a moment ago: a request that named none takes the new default
             lease = None if request.pinned else self._default_now(request.model)
             fallback = lease.batcher if lease is not None else None
@@ -231,7 +237,7 @@ class WorkerRuntime:
             if isinstance(inputs, ServingError):
                 return _failed(inputs)
             try:
-                return fallback.submit(inputs, None)
+                return fallback.submit(inputs, None, priority)
             except ServingError as error:
                 return _failed(error)
 
@@ -311,6 +317,13 @@ class _HeldBytes:
             )
         self._budget.reserve(nbytes, refuse=self._refuse, already_mine=self.total)
         self.total += nbytes
+
+
+def scheduled_as(envelope: PredictEnvelope) -> Priority:
+    """How the message's requests are scheduled: as the api sent them (a level out of range, which no api sends,
+    is taken as the nearest one), an async job's chunk below every level."""
+    level = JOB_LEVEL if all(entry.any_batch for entry in envelope.requests) else nearest_level(envelope.priority)
+    return replace(envelope.scheduling, level=level)
 
 
 def _failed(error: ServingError) -> Future[BatchResult]:

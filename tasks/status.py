@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 import redis
 
 from inference.states import VersionState
+from tasks.queue_depth import queue_depths
 from tasks.registry import RegistryView
 from tasks.statistics import read_recent, recent_seconds
 
@@ -75,10 +76,7 @@ def read_status(store: redis.Redis, broker: redis.Redis) -> ClusterStatus:
         for key in keys
     }
     queues = sorted({view.queue for versions in models.values() for view in versions.values() if view.queue})
-    with broker.pipeline(transaction=False) as pipe:
-        for queue in queues:
-            pipe.llen(queue)
-        depths = dict(zip(queues, pipe.execute(), strict=True))
+    depths = dict(zip(queues, queue_depths(broker, queues), strict=True))
     rows = []
     for (name, version), recent in zip(keys, read_recent(store, keys, now), strict=True):
         view = models[name][version]

@@ -16,6 +16,7 @@ import redis
 from api.admission import Admission, request_bytes
 from api.tenants import current_tenant
 from inference.errors import DeadlineExceeded, InvalidArgument, ServingError, still_loading
+from inference.priorities import priority_level
 from inference.request import InferenceRequest, InferenceResult
 from inference.validation import RequestTensor, validate_inputs
 from tasks.dispatcher import Dispatcher
@@ -52,10 +53,12 @@ class InferenceService:
         inputs: dict[str, RequestTensor],
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> InferenceResult:
+        """`priority`: the level the client asked for (inference.priorities; 0: the model's default)."""
         with self._admission.admit(request_bytes(inputs)), self._link.required():
             deadline, tenant = self._deadline(timeout_s), current_tenant().name
-            target, request = self._request(name, version, inputs, output_filter, deadline, tenant)
+            target, request = self._request(name, version, inputs, output_filter, deadline, tenant, priority)
             self._unless_loading_too_long(target, request)
             try:
                 return _with_precisions(target, self._dispatcher.infer(target, request))
@@ -71,6 +74,7 @@ class InferenceService:
         nbytes: int,
         output_filter: list[str] | None = None,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> InferenceResult:
         """predict() for an asyncio frontend; the wait for the answer holds no thread. `nbytes`: the request's
         size as received, held in the in-flight budget from before it is decoded.
@@ -84,7 +88,7 @@ class InferenceService:
             deadline, tenant = self._deadline(timeout_s), current_tenant().name
             loop = asyncio.get_running_loop()
             if nbytes <= INLINE_REQUEST_BYTES and self._registry.serves(name):
-                target, request = self._request(name, version, inputs(), output_filter, deadline, tenant)
+                target, request = self._request(name, version, inputs(), output_filter, deadline, tenant, priority)
                 if self._loads_too_long(target, request):
                     await loop.run_in_executor(executor, self._unless_loading_too_long, target, request)
                 future, publish = self._dispatcher.enqueue(target, request)
@@ -93,7 +97,7 @@ class InferenceService:
             else:
 
                 def submit() -> tuple[Target, InferenceRequest, Future[InferenceResult]]:
-                    target, request = self._request(name, version, inputs(), output_filter, deadline, tenant)
+                    target, request = self._request(name, version, inputs(), output_filter, deadline, tenant, priority)
                     self._unless_loading_too_long(target, request)
                     return target, request, self._dispatcher.submit(target, request)
 
@@ -152,8 +156,10 @@ class InferenceService:
         output_filter: list[str] | None,
         deadline: float,
         tenant: str,
+        priority: int,
     ) -> tuple[Target, InferenceRequest]:
         target = self._registry.resolve(name, version)
+        level = priority_level(priority, target.default_priority)
         arrays = validate_inputs(target.signature, inputs)
         if output_filter:
             unknown = [o for o in output_filter if o not in target.signature.outputs]
@@ -161,8 +167,16 @@ class InferenceService:
                 named = ", ".join(f"{name:.{NAME_CHARS}}" for name in unknown[:NAMES_QUOTED])
                 more = f" and {len(unknown) - NAMES_QUOTED} more" if len(unknown) > NAMES_QUOTED else ""
                 raise InvalidArgument(f"Invalid output name - not found in model outputs: {named}{more}")
-        outputs = list(output_filter or []) or None
-        request = InferenceRequest(name, target.version, arrays, outputs, deadline, pinned=bool(version), tenant=tenant)
+        request = InferenceRequest(
+            name,
+            target.version,
+            arrays,
+            list(output_filter or []) or None,
+            deadline,
+            pinned=bool(version),
+            priority=level,
+            tenant=tenant,
+        )
         return target, request
 
     def _version_now(self, target: Target) -> MergedVersion | None:

@@ -19,11 +19,12 @@ from google.protobuf import json_format
 
 from api.dataplane import DataPlane
 from api.grpc_limits import CallLimit, deadline_s
-from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, serving_errors
+from api.grpc_servicer import LARGE_RESPONSE_BYTES, Servicer, metadata_priority, serving_errors
 from api.kserve import model_info, repository
 from api.kserve.grpc_codec import infer_inputs, infer_response, parameter_values, requested_outputs
 from api.kserve.request_fields import model_version, request_id, timeout_s
 from api.metrics import ServingMetrics, Tracker
+from api.priority import PRIORITY_PARAMETER, priority_parameter
 from api.protos import grpc_service_pb2 as pb
 from api.protos import grpc_service_pb2_grpc
 
@@ -117,7 +118,9 @@ class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer
     ) -> pb.ModelInferResponse:
         version = model_version(request.model_version)
         request_id(request.id)
-        timeout = timeout_s(parameter_values(request.parameters, "the request"))
+        parameters = parameter_values(request.parameters, "the request")
+        timeout = timeout_s(parameters)
+        priority = priority_parameter(parameters.get(PRIORITY_PARAMETER))
         outputs = requested_outputs(request)
         deadline = deadline_s(context)
         result = await self._dataplane.inference.predict_async(
@@ -128,6 +131,7 @@ class KServeService(Servicer, grpc_service_pb2_grpc.GRPCInferenceServiceServicer
             request.ByteSize(),
             outputs,
             min((t for t in (timeout, deadline) if t is not None), default=None),
+            priority if priority is not None else metadata_priority(context),
         )
         if sum(array.nbytes for array in result.outputs.values()) > LARGE_RESPONSE_BYTES:
             response = await self._off_loop(infer_response, request, result, outputs)

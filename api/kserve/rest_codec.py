@@ -34,6 +34,7 @@ from api.kserve.request_fields import (
     timeout_s,
 )
 from api.kserve.tensors import MAX_BYTES_ELEMENTS, bytes_tensor, output_values, raw_output, raw_tensor, tensor_shape
+from api.priority import PRIORITY_PARAMETER, priority_parameter
 from api.rest_http import parse_json
 from inference.errors import InvalidArgument
 from inference.request import InferenceResult
@@ -62,6 +63,7 @@ class InferBody:
     binary_outputs: dict[str, bool]  # the outputs that say whether they want binary data
     binary_by_default: bool  # binary_data_output
     timeout_s: float | None
+    priority: int | None  # the `priority` parameter (None: the OVMS-Priority header, if any, says)
 
     def binary(self, output: str) -> bool:
         return self.binary_outputs.get(output, self.binary_by_default)
@@ -83,6 +85,7 @@ def parse_infer_body(body: bytes, header_length: str | None) -> InferBody:
         binary_outputs=binary_outputs,
         binary_by_default=_flag(parameters.get(BINARY_DATA_OUTPUT, False), BINARY_DATA_OUTPUT, "the request"),
         timeout_s=timeout_s(parameters),
+        priority=priority_parameter(parameters.get(PRIORITY_PARAMETER)),
     )
 
 

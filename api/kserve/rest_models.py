@@ -11,7 +11,7 @@ from api.kserve.repository import model_config, model_metadata, not_ready_reason
 from api.kserve.request_fields import model_version
 from api.kserve.rest_codec import BINARY_CONTENT_TYPE, HEADER_LENGTH, infer_response, parse_infer_body
 from api.metrics import ServingMetrics, Tracker
-from api.rest_http import header_timeout_s, json_response, raw_body, served_by, tracked
+from api.rest_http import header_priority, header_timeout_s, json_response, raw_body, served_by, tracked
 from inference.errors import InvalidArgument
 
 INTERFACE = "v2-rest"
@@ -61,7 +61,8 @@ def v2_models_blueprint(dataplane: DataPlane, metrics: ServingMetrics) -> Bluepr
             raise InvalidArgument(f"Content-Encoding {encoding:.40} is not supported: send the body uncompressed")
         body = parse_infer_body(raw_body(), request.headers.get(HEADER_LENGTH))
         timeout_s = body.timeout_s if body.timeout_s is not None else header_timeout_s()
-        result = dataplane.inference.predict(name, number, body.inputs, body.outputs, timeout_s)
+        priority = body.priority if body.priority is not None else header_priority()
+        result = dataplane.inference.predict(name, number, body.inputs, body.outputs, timeout_s, priority)
         parts, json_length = infer_response(name, result, body)
         headers = served_by(result)
         headers["Content-Length"] = str(sum(len(part) for part in parts))

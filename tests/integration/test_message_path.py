@@ -22,7 +22,8 @@ from kombu import Connection
 from ovmsclient.tfs_compat.protos.tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tasks.routing import payload_key, queue_for
+from inference.priorities import DEFAULT_PRIORITY
+from tasks.routing import payload_key, priority_queue, queue_for
 from tests.support.stack import OvmsProcess, private_redis, start_ovms
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
@@ -99,11 +100,14 @@ def test_concurrent_requests_each_get_their_own_answer(worker, api, stub):
 
 
 def _capture_lpush(redis_url: str, queue: str, captured: list[str]) -> None:
-    """Watch Redis with MONITOR until something is pushed onto `queue`; keep that command's text."""
+    """Watch Redis with MONITOR until something is pushed onto the list of `queue`'s default priority level
+    (tasks.routing.priority_queue); keep that command's text."""
+    listed = priority_queue(queue, DEFAULT_PRIORITY)
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in listed)  # as MONITOR escapes it
     watcher = redis.Redis.from_url(redis_url, socket_timeout=15)
     with watcher.monitor() as monitor:
         for command in monitor.listen():
-            if command["command"].startswith(f"LPUSH {queue} "):
+            if command["command"].startswith(f"LPUSH {shown} "):
                 captured.append(command["command"])
                 return
 

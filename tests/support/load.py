@@ -36,15 +36,22 @@ def float_request(model: str, name: str, array: np.ndarray) -> predict_pb2.Predi
 
 
 class GrpcLoad:
-    """`threads` clients sending `request` back to back (each with `timeout_s`) from `start()` to `stop()`."""
+    """`threads` clients sending `request` back to back (each with `timeout_s` and `metadata`) from `start()` to
+    `stop()`."""
 
     def __init__(
-        self, address: str, request: predict_pb2.PredictRequest, threads: int = 8, timeout_s: float = 20
+        self,
+        address: str,
+        request: predict_pb2.PredictRequest,
+        threads: int = 8,
+        timeout_s: float = 20,
+        metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._channel = grpc.insecure_channel(address)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._request = request
         self._timeout_s = timeout_s
+        self._metadata = metadata or None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.outcomes: list[Outcome] = []
@@ -80,7 +87,7 @@ class GrpcLoad:
         while not self._stop.is_set():
             started = time.monotonic()
             try:
-                _, call = self._stub.Predict.with_call(self._request, timeout=self._timeout_s)
+                _, call = self._stub.Predict.with_call(self._request, timeout=self._timeout_s, metadata=self._metadata)
                 worker = dict(call.trailing_metadata() or ()).get("ovms-worker", "")
                 outcome = Outcome(started, time.monotonic(), "OK", worker)
             except grpc.RpcError as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from inference.batcher import BatchResult, DynamicBatcher
+from inference.batcher import BatchResult, DynamicBatcher, guard_rows
 from inference.errors import VERSION_RETIRED, NotFound
+from inference.priorities import JOB_LEVEL, Priority
 
 WAIT_S = 5.0  # the longest any step may take; a correct batcher takes milliseconds
 Tensors = dict[str, np.ndarray]
@@ -298,3 +300,85 @@ def test_concurrent_callers_each_get_their_own_rows(make_batcher) -> None:
         assert future is not None
         assert_own_rows(inputs, future)
     assert max(batch_sizes) <= 8
+
+
+# --------------------------------------------------------------------------- priorities and tenants
+
+
+def one_row(value: int) -> Tensors:
+    """A one-row request told apart by its value."""
+    return {"x": np.full((1, 2), value, np.float32)}
+
+
+def served_in_order(model: HandRunModel, count: int) -> list[list[int]]:
+    """The values of the next inferences, each ended at once, until `count` requests were served."""
+    inferences = []
+    while sum(len(values) for values in inferences) < count:
+        inference = model.next_inference()
+        inferences.append([int(value) for value in inference.inputs["x"][:, 0]])
+        inference.complete()
+    return inferences
+
+
+def test_waiting_requests_are_served_by_level_one_level_per_inference(make_batcher) -> None:
+    batcher, model = make_batcher()
+    busy, _ = occupy(batcher, model)
+    sent = [(300, 3), (301, 3), (900, JOB_LEVEL), (200, 2), (100, 1), (302, 3), (101, 1)]
+    futures = [batcher.submit(one_row(value), priority=Priority(level)) for value, level in sent]
+    busy.complete()
+    inferences = served_in_order(model, len(sent))
+    assert [value for values in inferences for value in values] == [100, 101, 200, 300, 301, 302, 900]
+    assert all(len({value // 100 for value in values}) == 1 for values in inferences), "one level per inference"
+    for (value, _), future in zip(sent, futures, strict=True):
+        assert_own_rows(one_row(value), future)
+
+
+def test_tenants_of_a_level_take_turns_in_and_across_inferences(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=4)
+    busy, _ = occupy(batcher, model)
+    flood = [batcher.submit(one_row(100 + index), priority=Priority(2, "flood")) for index in range(6)]
+    other = [batcher.submit(one_row(200 + index), priority=Priority(2, "other", 2)) for index in range(4)]
+    busy.complete()
+    order = [value for values in served_in_order(model, 10) for value in values]
+    assert order == [100, 200, 201, 101, 202, 203, 102, 103, 104, 105], "two of other's rows per turn of flood's one"
+    for future in flood + other:
+        future.result(timeout=WAIT_S)
+
+
+def learn_that_rows_are_slow(batcher: DynamicBatcher, model: HandRunModel) -> None:
+    """Run a 4-row inference that takes 0.3 s: each row costs far more than the guard's slack."""
+    busy, _ = occupy(batcher, model)
+    futures = [batcher.submit(one_row(index)) for index in range(4)]
+    busy.complete()
+    batch = model.next_inference()
+    assert batch.rows == 4, "one kind of request: no limit but max_batch_size"
+    time.sleep(0.3)
+    batch.complete()
+    for future in futures:
+        future.result(timeout=WAIT_S)
+
+
+def test_while_kinds_share_a_model_a_batch_holds_the_rows_a_lone_request_would_take(make_batcher) -> None:
+    batcher, model = make_batcher()
+    learn_that_rows_are_slow(batcher, model)
+    busy, _ = occupy(batcher, model)
+    chunk = batcher.submit(one_row(900), priority=Priority(JOB_LEVEL))  # a job chunk does not count as a kind
+    plain = [batcher.submit(one_row(100 + index)) for index in range(4)]
+    busy.complete()
+    assert served_in_order(model, 5) == [[100, 101, 102, 103], [900]]
+    busy, _ = occupy(batcher, model)
+    plain = [batcher.submit(one_row(100 + index)) for index in range(4)]
+    urgent = batcher.submit(one_row(50), priority=Priority(1))
+    busy.complete()
+    assert served_in_order(model, 5) == [[50], [100], [101], [102], [103]], "shared: one row per inference"
+    for future in [chunk, urgent, *plain]:
+        future.result(timeout=WAIT_S)
+
+
+def test_the_guard_reads_the_cost_of_a_row_beyond_the_first_from_the_inferences_seen() -> None:
+    unlimited = guard_rows({})
+    assert guard_rows({1: 5e6}) == unlimited, "no batch of several rows seen"
+    assert guard_rows({1: 10e6, 16: 160e6}) == 1, "10 ms a row: a lone request's time is all a batch may take"
+    assert guard_rows({1: 80e3, 16: 155e3}) == 1 + int(1e6 // 5e3), "5 µs a row: 1 ms buys 200 more"
+    assert guard_rows({8: 16e6}) == 1, "without a single row's time, the largest batch's time per row"
+    assert guard_rows({1: 10e6, 4: 9e6}) == unlimited, "no cost per row measured"

@@ -19,16 +19,19 @@ import redis
 from celery import states
 
 from inference.errors import DEADLINE_PASSED, NO_LIVE_WORKER, WORKER_LOST, DeadlineExceeded, Internal, Unavailable
+from inference.priorities import Priority
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import claim, holders
 from tasks.dispatcher import Dispatcher
 from tasks.link import RedisLink
 from tasks.messages import PredictEnvelope, unpack_requests
-from tasks.routing import payload_key
+from tasks.queue_depth import queue_depths
+from tasks.routing import payload_key, priority_queue, priority_queues
 from tests.support.worker_part import DOUBLER, doubled, store_reply
 
 WAIT_S = 5.0
+WEIGHTS = {"heavy": 3}  # tenants' weights, as the api's token file gives them
 
 
 @dataclass
@@ -38,22 +41,27 @@ class Taken:
     task_id: str
     reply_to: str
     requests: list[InferenceRequest]  # none if its tensors were gone (a copy of it was answered already)
+    queued_in: str  # the list it was taken from
+    priority: int  # its properties.priority, which kombu reads
+    envelope: PredictEnvelope
 
 
 def take(store: redis.Redis, worker_id: str, queue: str = DOUBLER.queue) -> Taken:
     """Do what a worker does with the next message of `queue` before it infers: pop it (kombu pops from the
-    right; waits for one), then fetch its tensors and claim it in one round trip (tasks.runtime)."""
-    popped = store.brpop([queue], timeout=WAIT_S)
+    right of its priority levels' lists, the highest level's first; waits for one), then fetch its tensors and
+    claim it in one round trip (tasks.runtime)."""
+    popped = store.brpop(priority_queues(queue), timeout=WAIT_S)
     assert popped is not None, f"nothing queued in {queue}"
     message = json.loads(popped[1])
     args, _, _ = json.loads(base64.b64decode(message["body"]))
+    envelope = PredictEnvelope.from_wire(args[0])
     task_id, reply_to = message["headers"]["id"], message["properties"]["reply_to"]
     with store.pipeline(transaction=False) as pipe:
         pipe.get(payload_key(task_id))
         claim(pipe, reply_to, task_id, worker_id)
         payload = pipe.execute()[0]
-    requests = unpack_requests(PredictEnvelope.from_wire(args[0]), payload) if payload is not None else []
-    return Taken(task_id, reply_to, requests)
+    requests = unpack_requests(envelope, payload) if payload is not None else []
+    return Taken(task_id, reply_to, requests, popped[0].decode(), message["properties"]["priority"], envelope)
 
 
 def answer(taken: Taken, worker_id: str) -> None:
@@ -61,16 +69,18 @@ def answer(taken: Taken, worker_id: str) -> None:
     store_reply(taken.task_id, worker_id, {r.request_id: doubled(r) for r in taken.requests}, taken.reply_to)
 
 
-def request(first: float) -> InferenceRequest:
+def request(first: float, priority: int = 0, tenant: str = "") -> InferenceRequest:
     inputs = {"x": np.array([[first, first + 1]], np.float32)}
-    return InferenceRequest(DOUBLER.model, DOUBLER.version, inputs, None, time.time() + 30)
+    return InferenceRequest(
+        DOUBLER.model, DOUBLER.version, inputs, None, time.time() + 30, priority=priority, tenant=tenant
+    )
 
 
 @pytest.fixture
 def dispatcher(store: redis.Redis, core_redis_url: str) -> Iterator[Dispatcher]:
     link = RedisLink(core_redis_url)
     link.start()
-    dispatcher = Dispatcher(store, store, link)
+    dispatcher = Dispatcher(store, store, link, weights=WEIGHTS)
     dispatcher.start()
     yield dispatcher
     stopper = threading.Thread(target=dispatcher.stop)
@@ -83,7 +93,7 @@ def dispatcher(store: redis.Redis, core_redis_url: str) -> Iterator[Dispatcher]:
 
 
 def queued(store: redis.Redis, queue: str = DOUBLER.queue) -> int:
-    return int(store.llen(queue))
+    return queue_depths(store, [queue])[0]
 
 
 def assert_doubled(sent: InferenceRequest, future: Future[InferenceResult], worker_id: str) -> None:
@@ -244,3 +254,58 @@ def test_a_late_answer_from_the_lost_worker_still_counts_once(dispatcher: Dispat
     assert copy.requests == []
     answer(copy, "worker-b")
     assert future.result(timeout=WAIT_S).worker == "worker-a"
+
+
+def test_each_level_goes_to_its_own_list_in_a_message_of_its_own_with_its_tenant(
+    dispatcher: Dispatcher, store: redis.Redis
+) -> None:
+    """kombu's priority lists: the highest level's is the queue itself, a worker pops it first."""
+    low, plain, high = request(1, priority=3), request(2), request(3, priority=1, tenant="heavy")
+    futures = [dispatcher.submit(DOUBLER, sent) for sent in (low, plain, high)]
+    lengths = [int(store.llen(listed)) for listed in priority_queues(DOUBLER.queue)]
+    assert lengths == [1, 1, 1], "one message per level, each in its level's list"
+    taken = [take(store, "worker-a") for _ in range(3)]
+    assert [t.queued_in for t in taken] == priority_queues(DOUBLER.queue)
+    assert [t.priority for t in taken] == [0, 3, 6], "properties.priority: kombu's step of each list"
+    assert [t.envelope.scheduling for t in taken] == [Priority(1, "heavy", 3), Priority(2), Priority(3)]
+    for t in taken:
+        answer(t, "worker-a")
+    for sent, future in zip((low, plain, high), futures, strict=True):
+        assert_doubled(sent, future, "worker-a")
+        assert future.result().priority == (sent.priority or 2)
+
+
+def test_a_request_of_another_kind_does_not_wait_for_the_slots_of_a_busy_one(
+    dispatcher: Dispatcher, store: redis.Redis
+) -> None:
+    busy = [request(10 * i) for i in range(3)]
+    futures = [dispatcher.submit(DOUBLER, sent) for sent in busy]
+    assert queued(store) == 2, "both slots of the default level in flight; the third waits in the api"
+    urgent = request(100, priority=1)
+    others = [request(200, tenant="other"), request(300, tenant="heavy")]
+    futures += [dispatcher.submit(DOUBLER, sent) for sent in [urgent, *others]]
+    assert queued(store) == 5, "another level and other tenants are published at once"
+    first = take(store, "worker-a")
+    assert first.envelope.priority == 1, "the highest level's list is popped first"
+    answer(first, "worker-a")
+    while queued(store):  # the third of the busy kind is published once a reply frees one of its slots
+        answer(take(store, "worker-a"), "worker-a")
+    for sent, future in zip([*busy, urgent, *others], futures, strict=True):
+        assert_doubled(sent, future, "worker-a")
+
+
+def test_recovery_finds_a_message_in_its_levels_list(dispatcher: Dispatcher, store: redis.Redis) -> None:
+    """Run again where it was queued; taken back from there when nobody consumes its queue any more."""
+    lost = request(1, priority=3)
+    lost_future = dispatcher.submit(DOUBLER, lost)
+    first = take(store, "worker-a")
+    dispatcher.workers_gone({"worker-a"}, {DOUBLER.queue})
+    assert int(store.llen(priority_queue(DOUBLER.queue, 3))) == 1, "queued again in its level's list"
+    answer(take(store, "worker-b"), "worker-b")
+    assert_doubled(lost, lost_future, "worker-b")
+    assert first.queued_in == priority_queue(DOUBLER.queue, 3)
+    stranded = dispatcher.submit(DOUBLER, request(2, priority=1))
+    dispatcher.workers_gone(set(), set())
+    with pytest.raises(Unavailable, match=NO_LIVE_WORKER):
+        stranded.result(timeout=WAIT_S)
+    assert queued(store) == 0, "taken back out of its level's list"

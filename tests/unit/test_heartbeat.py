@@ -33,6 +33,7 @@ PUBLISHED_RESNET = {  # as it is written (tasks.messages.ModelSnapshot)
     "error": "",
     "active": True,
     "max_queue_size": 100,
+    "default_priority": 2,
 }
 
 

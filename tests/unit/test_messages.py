@@ -15,6 +15,7 @@ import pytest
 
 from inference.bytes_tensors import bytes_array
 from inference.errors import DeadlineExceeded, InvalidArgument, NotFound
+from inference.priorities import DEFAULT_PRIORITY, JOB_LEVEL, Priority
 from inference.request import InferenceRequest
 from inference.signature import ModelSignature, TensorSpec
 from inference.states import ModelReport, Residency, VersionReport, VersionState, VersionStatus
@@ -34,6 +35,7 @@ from tasks.messages import (
     pack_requests,
     unpack_requests,
 )
+from tasks.runtime import scheduled_as
 from tasks.wire import FORMAT, Message
 
 SIGNATURE = ModelSignature({"x": TensorSpec("x", "FP32", (-1, 4))}, {"y": TensorSpec("y", "FP32", (-1, 4))})
@@ -98,7 +100,7 @@ def test_an_envelope_round_trips_through_json_with_every_request_field() -> None
 def test_the_envelope_keeps_its_wire_keys() -> None:
     """Same layout as before the types: workers and apis of either side of the change read each other."""
     wire = _json(_envelope()[0])
-    assert set(wire) == {"format", "model", "version", "deadline", "requests"}
+    assert set(wire) == {"format", "model", "version", "deadline", "requests", "priority", "tenant", "weight"}
     assert wire["requests"][1] == {
         "id": "t.1",
         "inputs": [["x", "FP32", [2, 4], 16, 32]],
@@ -108,6 +110,25 @@ def test_the_envelope_keeps_its_wire_keys() -> None:
         "any_batch": False,
         "queued": 99.5,
     }
+
+
+def test_an_envelope_carries_its_priority_and_one_from_before_priorities_has_the_default() -> None:
+    requests = [InferenceRequest("m", 2, {"x": np.ones((1, 4), np.float32)}, None, 100.0, "t.0")]
+    envelope, _ = pack_requests(requests, {"x": "FP32"}, Priority(1, "acme", 3))
+    wire = _json(envelope)
+    assert (wire["priority"], wire["tenant"], wire["weight"]) == (1, "acme", 3)
+    assert PredictEnvelope.from_wire(wire).scheduling == Priority(1, "acme", 3)
+    older = {key: value for key, value in wire.items() if key not in ("priority", "tenant", "weight")}
+    assert PredictEnvelope.from_wire(older).scheduling == Priority(DEFAULT_PRIORITY, "", 1)
+
+
+def test_the_worker_schedules_a_message_at_its_level_and_a_job_chunk_below_every_level() -> None:
+    predict = [InferenceRequest("m", 2, {"x": np.ones((1, 4), np.float32)}, None, 100.0, "t.0")]
+    chunk = [InferenceRequest("m", 2, {"x": np.ones((9, 4), np.float32)}, None, 100.0, "c.0", any_batch=True)]
+    assert scheduled_as(pack_requests(predict, {"x": "FP32"}, Priority(1, "a", 2))[0]) == Priority(1, "a", 2)
+    assert scheduled_as(pack_requests(chunk, {"x": "FP32"}, Priority(1))[0]).level == JOB_LEVEL
+    for sent, read in ((0, 1), (7, 3)):  # no api sends these: the nearest level
+        assert scheduled_as(pack_requests(predict, {"x": "FP32"}, Priority(sent))[0]).level == read
 
 
 def test_every_request_entry_field_but_its_inputs_is_an_inference_request_field() -> None:
@@ -145,6 +166,16 @@ def test_a_worker_snapshot_round_trips_and_keeps_its_layout() -> None:
         7,
         True,
     )
+
+
+def test_a_model_snapshot_carries_its_default_priority_a_foreign_one_brought_into_range() -> None:
+    wire = _json(_snapshot())
+    assert wire["models"]["m"]["default_priority"] == DEFAULT_PRIORITY
+    for sent, read in ((1, 1), (3, 3), (0, 1), (99, 3)):
+        wire["models"]["m"]["default_priority"] = sent
+        assert WorkerSnapshot.from_wire(wire).models["m"].report.default_priority == read
+    del wire["models"]["m"]["default_priority"]  # an older worker's
+    assert WorkerSnapshot.from_wire(wire).models["m"].report.default_priority == DEFAULT_PRIORITY
 
 
 def test_job_record_and_chunk_round_trip() -> None:

@@ -426,6 +426,7 @@ def test_model_config_to_dict_is_the_config_json_form() -> None:
         "max_batch_size": 16,
         "max_queue_delay_ms": 1.0,
         "max_queue_size": 1024,
+        "default_priority": 2,
         "layout": None,
         "rest_b64": "image",
         "idle_unload_s": 0.0,
@@ -452,9 +453,13 @@ def test_layout_is_one_for_every_input_or_one_per_input_and_rest_b64_image_or_ra
         ({"layout": {"data": 4}}, "invalid layout 4"),
         ({"layout": "{not json"}, "invalid layout JSON"),
         ({"rest_b64": "bytes"}, 'rest_b64 must be "image" or "raw"'),
+        ({"default_priority": 0}, "default_priority must be a priority level from 1 (highest) to 3 (lowest): 0"),
+        ({"default_priority": 4}, "default_priority must be a priority level from 1 (highest) to 3 (lowest): 4"),
+        ({"default_priority": "1"}, 'default_priority must be a priority level from 1 (highest) to 3 (lowest): "1"'),
+        ({"default_priority": True}, "default_priority must be a priority level"),
     ],
 )
-def test_invalid_layout_or_rest_b64_is_refused_naming_it(settings: dict, message: str) -> None:
+def test_invalid_layout_rest_b64_or_default_priority_is_refused_naming_it(settings: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         models_from_document(config_list({"name": "m", "base_path": "/m", **settings}))
 
