@@ -14,9 +14,11 @@ import contextlib
 import logging
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
@@ -33,7 +35,11 @@ log = logging.getLogger("serving")
 POLL_S = 0.25  # how often the schedule is asked for due jobs
 LOOK_BATCH = 256  # due jobs claimed at once: looking whether one ended costs a few Redis round trips
 LOOK_LEASE_S = 10.0  # for looking at a batch; a job handed to a delivery thread is leased for its attempt
-DELIVERY_THREADS = 4
+DELIVERY_THREADS = 8
+# Deliveries to one receiver (scheme, host and port) at once in an api process: a receiver that never answers
+# holds this many threads for --callback_timeout_s, and the others serve every other receiver meanwhile.
+PER_RECEIVER = 2
+RECEIVER_BUSY_WAIT_S = 0.5  # a job whose receiver is busy is looked at again this much later
 LEASE_MARGIN_S = 5.0
 MAX_BACKOFF_S = 600.0
 MAX_ERRORS_SENT = 10
@@ -57,6 +63,8 @@ class CallbackRunner:
         self._thread = threading.Thread(target=self._run, name="ovms-callbacks", daemon=True)
         self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="ovms-callback")
         self._free = threading.Semaphore(DELIVERY_THREADS)  # a delivery is handed on only to an idle thread
+        self._receivers: Counter[str] = Counter()  # deliveries under way per receiver
+        self._receivers_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -93,10 +101,29 @@ class CallbackRunner:
             job_hooks.record(self._client, job_id, current, None, "")  # nothing to tell (unless re-armed)
         elif not ended:
             job_hooks.later(self._client, job_id, HOOK_CHECK_S, leased_until)
+        elif not self._take_receiver(record.callback):
+            job_hooks.later(self._client, job_id, RECEIVER_BUSY_WAIT_S)
         elif not self._free.acquire(blocking=False):
+            self._leave_receiver(record.callback)
             job_hooks.later(self._client, job_id, 0)
         else:
             self._hand_on(job_id, record)
+
+    def _take_receiver(self, url: str) -> bool:
+        """Count a delivery to `url`'s receiver, unless PER_RECEIVER are under way already."""
+        receiver = _receiver(url)
+        with self._receivers_lock:
+            if self._receivers[receiver] >= PER_RECEIVER:
+                return False
+            self._receivers[receiver] += 1
+            return True
+
+    def _leave_receiver(self, url: str) -> None:
+        receiver = _receiver(url)
+        with self._receivers_lock:
+            self._receivers[receiver] -= 1
+            if self._receivers[receiver] <= 0:
+                del self._receivers[receiver]
 
     def _hand_on(self, job_id: str, record: JobRecord) -> None:
         """To the idle delivery thread reserved for it, under the job's lock (else another api is telling it),
@@ -115,6 +142,7 @@ class CallbackRunner:
         finally:
             if not handed:
                 self._free.release()
+                self._leave_receiver(record.callback)
                 if token:
                     job_hooks.unlock(self._client, job_id, token)
 
@@ -131,6 +159,7 @@ class CallbackRunner:
             log.exception("Callback of job %s failed", job_id)
         finally:
             self._free.release()
+            self._leave_receiver(record.callback)
             with contextlib.suppress(redis.RedisError, OSError):  # else its lease runs out
                 job_hooks.unlock(self._client, job_id, token)
 
@@ -139,7 +168,7 @@ class CallbackRunner:
         delivery = f"{job_id}.{current.delivery}"
         assert record.callback is not None
         error = callback_delivery.post(
-            record.callback, _document(record, status, delivery), delivery, config.secret, config.allow,
+            record.callback, _document(status, delivery), delivery, config.secret, config.allow,
             config.timeout_s,
         )  # fmt: skip
         attempts = current.attempts + 1
@@ -157,7 +186,13 @@ class CallbackRunner:
                              "callback_retries")  # fmt: skip
 
 
-def _document(record: JobRecord, status: JobStatus, delivery: str) -> dict[str, Any]:
+def _receiver(url: str | None) -> str:
+    """Who receives a callback: its URL's scheme, host and port."""
+    parts = urlsplit(url or "")
+    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+
+
+def _document(status: JobStatus, delivery: str) -> dict[str, Any]:
     """What a callback sends: the job's end, counts and links (never its outputs)."""
     return {
         "id": status.job_id,
@@ -172,8 +207,10 @@ def _document(record: JobRecord, status: JobStatus, delivery: str) -> dict[str, 
             "failed_chunks": status.failed_chunks,
         },
         "errors": status.errors[:MAX_ERRORS_SENT],
-        "status_url": record.status_url,
-        "result_url": f"{record.status_url}/result" if record.status_url else None,
+        # Paths, not the URLs the submitter saw: those were built from its request's Host header, which a
+        # client chooses, and a signed callback must not carry a link to a host of the client's choice.
+        "status_url": f"/v1/jobs/{status.job_id}",
+        "result_url": f"/v1/jobs/{status.job_id}/result",
         "created": status.created,
         "finished_at": status.finished if status.finished is not None else time.time(),
     }

@@ -21,12 +21,13 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from inference.errors import InvalidArgument
 
 MAX_URL_CHARS = 2048
 SCHEMES = {"http": 80, "https": 443}
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 _NAME = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -154,6 +155,8 @@ def _split(url: str, what: str = "callback_url") -> SplitResult:
         raise InvalidArgument(f"{shown}: no user info (user:password@) in a callback URL")
     if not parts.hostname:
         raise InvalidArgument(f"{shown}: no host")
+    if _DOT_SEGMENT.search(unquote(parts.path)):
+        raise InvalidArgument(f"{shown}: no '.' or '..' path segments (a receiver would climb out of its prefix)")
     return parts
 
 
@@ -170,11 +173,23 @@ def _is_address(host: str) -> bool:
     return True
 
 
+# IPv6 addresses that carry an IPv4 one a gateway may reach: NAT64 (64:ff9b::/96), IPv4-compatible (::/96) and
+# IPv4-translated (::ffff:0:0:0/96); 6to4 (2002::/16) is read by ipaddress itself.
+_EMBEDDING = tuple(ipaddress.ip_network(net) for net in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96"))
+
+
 def _address(text: str) -> Address:
-    """An address as checked: an IPv4-mapped IPv6 address (::ffff:10.0.0.1) as the IPv4 one it reaches."""
+    """An address as checked: an IPv6 address that embeds an IPv4 one (::ffff:10.0.0.1, 64:ff9b::a9fe:a9fe,
+    2002:a9fe:a9fe::1) as the IPv4 one it reaches."""
     address = ipaddress.ip_address(text.split("%", 1)[0])  # no zone index
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address.ipv4_mapped is not None:
         return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in net for net in _EMBEDDING) and int(address) & 0xFFFFFFFF > 1:  # not :: or ::1
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
 
 

@@ -16,12 +16,18 @@ import time
 import redis
 
 from tasks import job_backlog
+from tasks.job_queue import stop_key
 from tasks.messages import DeadLetter, QueuedChunk
 from tasks.routing import JOB_EVENTS_KEY, payload_key
 
-# KEYS: payload, dead payload, letters, attempts, backlog entries, events. ARGV: task, letter, ttl s, now.
+# KEYS: payload, dead payload, letters, attempts, backlog entries, events, job's stop key. ARGV: task, letter,
+# ttl s, now. A cancelled job's chunk keeps no tensors: the cancel gave its backlog share back already.
 _BURY = """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[2]) end
+if redis.call('GET', KEYS[7]) == 'revoked' then
+  redis.call('DEL', KEYS[1])
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+end
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[3])
@@ -64,7 +70,8 @@ def dead_payload_key(task_id: str) -> str:
 
 def bury(client: redis.Redis, raw: bytes | str, chunk: QueuedChunk, error: str, ttl_s: int) -> None:
     """Keep a failed chunk (`raw`: as it was queued) and its tensors for `ttl_s`; call it before its failure is
-    stored. Idempotent for the tensors: a chunk buried again (a retry failed) keeps the ones it had."""
+    stored. Idempotent for the tensors: a chunk buried again (a retry failed) keeps the ones it had. A chunk of a
+    cancelled job is recorded without them (they are deleted): a cancel during a retry leaves nothing behind."""
     letter = DeadLetter(raw.decode() if isinstance(raw, bytes) else raw, error, time.time()).to_json()
     keys = (
         payload_key(chunk.task_id),
@@ -73,6 +80,7 @@ def bury(client: redis.Redis, raw: bytes | str, chunk: QueuedChunk, error: str, 
         attempts_key(chunk.job_id),
         job_backlog.ENTRIES,
         JOB_EVENTS_KEY,
+        stop_key(chunk.job_id),
     )
     client.eval(_BURY, len(keys), *keys, chunk.task_id, letter, ttl_s, int(time.time()))
 

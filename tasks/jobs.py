@@ -333,16 +333,15 @@ class JobStore:
         already ended keeps its state. Its chunks leave the backlog at once, so that neither the server's
         backlog nor the tenant's job samples count them while they wait for a worker to skip them."""
         record = self._record(job_id, owner)
-        if record.dead_letters:
+        if self._status(job_id, record).state not in COMPLETED:
+            with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(JOB_PREFIX + job_id, replace(record, revoked=True).to_json(), keepttl=True)
+                pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
+                job_backlog.release(pipe, [chunk.task_id for chunk in record.chunks])
+                job_hooks.nudge(pipe, job_id)  # its callback, if any, is told now
+                pipe.execute()
+        if record.dead_letters:  # after the stop key: a chunk buried from now on keeps no tensors (dead_letters.bury)
             dead_letters.discard(self._client, list(dead_letters.buried(self._client, job_id)))
-        if self._status(job_id, record).state in COMPLETED:
-            return
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.set(JOB_PREFIX + job_id, replace(record, revoked=True).to_json(), keepttl=True)
-            pipe.set(stop_key(job_id), "revoked", ex=self._limits.timeout_s + PAYLOAD_GRACE_S)
-            job_backlog.release(pipe, [chunk.task_id for chunk in record.chunks])
-            job_hooks.nudge(pipe, job_id)  # its callback, if any, is told now
-            pipe.execute()
 
     def retry(self, job_id: str, owner: str | None = None) -> int:
         """Queue a job's dead letters again, with a new deadline (--job_timeout_s from now); how many were

@@ -153,8 +153,10 @@ def test_a_callback_arrives_once_signed_for_success_failure_and_cancel(stack: St
     print(f"\ncallbacks arrived {min(latencies):.2f}-{max(latencies):.2f} s after their jobs ended")
     succeeded = next(receiver.of(job_id)[0].document() for job_id, state in ends.items() if state == "SUCCESS")
     assert succeeded["counts"] == {"samples": 300, "done": 300, "failed": 0, "failed_chunks": 0}
-    result = requests.get(succeeded["result_url"], timeout=30).json()["outputs"]["y"]
-    assert len(result) == 300 and succeeded["status_url"] == succeeded["result_url"].removesuffix("/result")
+    job_path = f"/v1/jobs/{succeeded['id']}"  # paths: the receiver knows the server's address
+    assert (succeeded["status_url"], succeeded["result_url"]) == (job_path, f"{job_path}/result"), succeeded
+    result = requests.get(first.rest_url + succeeded["result_url"], timeout=30).json()["outputs"]["y"]
+    assert len(result) == 300
     failed = receiver.of(failing)[0].document()
     assert failed["counts"]["failed_chunks"] == 1 and failed["errors"][0].endswith("(truncated or corrupt)")
 
