@@ -69,6 +69,11 @@ class BearerTokens:
         """Each tenant's weight in the fair share of a model's capacity."""
         return self._file.weights
 
+    @property
+    def best_levels(self) -> Mapping[str, int]:
+        """Each tenant's highest priority level (0: a model's default level)."""
+        return self._file.best_levels
+
     def accepts(self, authorization: str | None) -> bool:
         """True for an `Authorization` value `Bearer <an accepted token>` (the scheme in any case)."""
         return self._accepted(authorization) is not None

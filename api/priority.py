@@ -4,6 +4,7 @@ as Triton reads it: an integer level, 1 the highest, 0 or none the model's defau
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from inference.errors import InvalidArgument
@@ -11,7 +12,8 @@ from inference.errors import InvalidArgument
 PRIORITY_HEADER = "OVMS-Priority"
 PRIORITY_METADATA = PRIORITY_HEADER.lower()  # gRPC metadata keys are lower case
 PRIORITY_PARAMETER = "priority"
-_MAX_DIGITS = 20  # a uint64 has at most 20: longer text is no level, and Python's int() of it costs
+# One sign at most, ASCII digits (a uint64 has at most 20: longer text is no level, and Python's int() of it costs).
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 
 
 def priority_text(text: str | None, where: str) -> int:
@@ -20,8 +22,7 @@ def priority_text(text: str | None, where: str) -> int:
     if text is None:
         return 0
     value = text.strip()
-    digits = value.removeprefix("-").removeprefix("+")
-    if not digits.isascii() or not digits.isdigit() or len(digits) > _MAX_DIGITS:
+    if not _INTEGER.fullmatch(value):
         raise InvalidArgument(f"Invalid {where}: {text[:40]!r} is not an integer priority level")
     return int(value)
 

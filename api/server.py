@@ -58,7 +58,8 @@ class ApiServer:
         # each tenant's share of a model's capacity under saturation (api.tenants; none without tokens): the
         # dispatcher's fair share between tenants (inference.fair_queue)
         tenant_weights = self._tokens.weights if self._tokens is not None else {}
-        self._dispatcher = Dispatcher(store, broker, self._link, weights=tenant_weights)
+        best_levels = self._tokens.best_levels if self._tokens is not None else {}
+        self._dispatcher = Dispatcher(store, broker, self._link, weights=tenant_weights, best_levels=best_levels)
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
         self._callbacks = _callback_runner(settings, store, jobs)
         recovery = WorkerLossRecovery(self._dispatcher, jobs)

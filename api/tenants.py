@@ -3,7 +3,9 @@
 A line of `--auth_token_file` is a token, optionally followed by `key=value` fields (tokens hold no
 whitespace): `tenant=NAME`, `rps=N` (requests a second, a number), `inflight=N` (requests in flight),
 `job_samples=N` (samples of the tenant's unfinished jobs), `weight=N` (its share of a model's capacity
-under saturation, 1 by default). A token without `tenant=` belongs to the tenant `default`. Several
+under saturation, 1 by default), `max_priority=N` (the highest priority level its requests may ask for, 1 to 3;
+by default a model's default level: a tenant cannot raise its requests above its neighbours' and so take more
+than its weight's share, unless the file lets it). A token without `tenant=` belongs to the tenant `default`. Several
 tokens may name one tenant: limits and weight are the tenant's, and a key given on several of its lines
 must have the same value there. Blank lines and `#` comments are ignored.
 
@@ -25,6 +27,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any
+
+from inference.priorities import PRIORITY_LEVELS
 
 DEFAULT_TENANT = "default"  # the tenant of a token that names none
 TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a metric label and part of a Redis key
@@ -50,6 +54,7 @@ class Tenant:
     name: str  # "": no tenant (no token file)
     limits: TenantLimits = TenantLimits()
     weight: int = 1
+    max_priority: int = 0  # the highest level it may ask for; 0: a model's default level
 
 
 NO_TENANT = Tenant("")
@@ -88,6 +93,11 @@ class TokenFile:
         """Each tenant's weight in the fair share of a model's capacity (a tenant not named: 1)."""
         return MappingProxyType({name: tenant.weight for name, tenant in self.tenants.items()})
 
+    @property
+    def best_levels(self) -> Mapping[str, int]:
+        """Each tenant's highest priority level (0: a model's default level)."""
+        return MappingProxyType({name: tenant.max_priority for name, tenant in self.tenants.items()})
+
 
 MIN_RPS, MAX_RPS = 0.001, 1e6  # one call in ~17 minutes .. a million a second: what Redis's key expiries can hold
 
@@ -112,6 +122,13 @@ def _weight(text: str) -> int:
     return value
 
 
+def _level(text: str) -> int:
+    value = _positive_integer(text)
+    if value > PRIORITY_LEVELS:
+        raise ValueError
+    return value
+
+
 def _tenant_name(text: str) -> str:
     if not TENANT_NAME.fullmatch(text):
         raise ValueError
@@ -125,6 +142,7 @@ _KEYS: dict[str, tuple[Callable[[str], Any], str]] = {
     "inflight": (_positive_integer, "a whole number of requests above 0"),
     "job_samples": (_positive_integer, "a whole number of samples above 0"),
     "weight": (_weight, f"a whole number from 1 to {MAX_WEIGHT}"),
+    "max_priority": (_level, f"a priority level from 1 (highest) to {PRIORITY_LEVELS}"),
 }
 _LIMITS = tuple(field.name for field in fields(TenantLimits))
 
@@ -162,7 +180,8 @@ def parse_token_file(text: str, path: str) -> TokenFile:
     tenants = {}
     for name, keys in given.items():
         limits = TenantLimits(**{key: keys[key][0] for key in _LIMITS if key in keys})
-        tenants[name] = replace(Tenant(name, limits), **({"weight": keys["weight"][0]} if "weight" in keys else {}))
+        scheduling = {key: keys[key][0] for key in ("weight", "max_priority") if key in keys}
+        tenants[name] = replace(Tenant(name, limits), **scheduling)
     return TokenFile(tokens, tenants)
 
 

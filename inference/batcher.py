@@ -93,7 +93,8 @@ class _Item:
     key: tuple
     future: Future[BatchResult]
     priority: Priority
-    arrived: float = field(default_factory=time.monotonic)
+    arrived: float = field(default_factory=time.monotonic)  # here: what the batching delay counts from
+    waiting_since: float = 0.0  # `arrived`, less the time it waited before (in the api's lane): what ages it
     solo: bool = False  # retried alone after its batch failed
 
     @property
@@ -142,9 +143,10 @@ class DynamicBatcher:
                 self._cond.notify_all()
 
     def submit(
-        self, inputs: Tensors, arrivals: Arrivals | None = None, priority: Priority = PLAIN
+        self, inputs: Tensors, arrivals: Arrivals | None = None, priority: Priority = PLAIN, waited_s: float = 0.0
     ) -> Future[BatchResult]:
-        """Queue one validated request (arrays with a leading batch dimension) with its `priority`.
+        """Queue one validated request (arrays with a leading batch dimension) with its `priority`; it has waited
+        `waited_s` already (since the api queued it), which counts in its ageing.
 
         On an idle model (a free infer request, nothing queued or announced) the request is dispatched
         right here, saving the hand-over to the batching thread.
@@ -154,6 +156,7 @@ class DynamicBatcher:
         except ServingError as error:
             item = _Item(inputs, 0, (), Future(), priority)
             item.future.set_exception(error)
+        item.waiting_since = item.arrived - max(waited_s, 0.0)
         with self._cond:
             if self._closed:
                 raise NotFound(VERSION_RETIRED)

@@ -20,7 +20,7 @@ from inference.priorities import Priority, standing
 
 class Queued(Protocol):
     priority: Priority
-    arrived: float  # time.monotonic() when it began to wait
+    waiting_since: float  # time.monotonic() when it began to wait, in the api's lane included: what ages it
 
     @property
     def cost(self) -> int: ...
@@ -53,7 +53,7 @@ class _Level(Generic[Q]):
             queue.append(item)
 
     def oldest(self) -> float:
-        return min(queue[0].arrived for queue in self.queues.values())
+        return min(queue[0].waiting_since for queue in self.queues.values())
 
     def pop(self, fits: Callable[[Q], bool]) -> Q | None:
         """The next request, by deficit round robin, among each tenant's first request that `fits`."""

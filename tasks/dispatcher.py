@@ -4,7 +4,8 @@ One listener thread per api process blocks on this process's reply list and reso
 of the requests each result answers, so any number of request threads can wait at once without
 touching a shared pub/sub connection. A completed message frees its lane's slot, and the listener
 publishes what waited for it (tasks.lanes). A message holds requests of one kind: one priority level (the
-request's, or its model's default) and one tenant, with the tenant's weight (`weights`).
+request's, or its model's default, never above its tenant's best level) and one tenant, with the tenant's
+weight (`weights`).
 
 When workers stop serving (tasks.registry), nothing waits for its deadline in vain: a message a lost
 worker held (tasks.claims) is run once more by another worker, else fails UNAVAILABLE; a message
@@ -34,7 +35,7 @@ from inference.errors import (
     ServingError,
     Unavailable,
 )
-from inference.priorities import Priority
+from inference.priorities import HIGHEST_PRIORITY, Priority
 from inference.request import InferenceRequest, InferenceResult
 from tasks.app import app
 from tasks.claims import holders, release
@@ -78,12 +79,15 @@ class Dispatcher:
         link: RedisLink,
         max_requests_per_message: int = 64,
         weights: Mapping[str, int] | None = None,
+        best_levels: Mapping[str, int] | None = None,
     ) -> None:
         """`store`: the result backend (tensors, replies, claims); `broker`: the Celery queues; `weights`: each
         tenant's weight in the fair share of a model (read at every request, so the mapping may change; a
-        tenant not in it weighs 1)."""
+        tenant not in it weighs 1); `best_levels`: the highest level each tenant's requests may have (0: the
+        model's default level; a tenant not in it, e.g. none without a token file, may ask for any)."""
         self._store = store
         self._weights: Mapping[str, int] = weights if weights is not None else {}
+        self._best_levels: Mapping[str, int] = best_levels if best_levels is not None else {}
         self._link = link
         link.on_down(self._fail_all_pending)  # a paused Redis may never answer: fail now, not at the deadline
         self._publisher = PredictPublisher(app, store, broker)
@@ -140,7 +144,8 @@ class Dispatcher:
         future: Future[InferenceResult] = Future()
         request.queued_at = time.time()  # where its time queued begins, in the workers' statistics
         lane = self._lane(target)
-        level = request.priority or target.default_priority
+        best = self._best_levels.get(request.tenant, HIGHEST_PRIORITY) or target.default_priority
+        level = max(request.priority or target.default_priority, best)  # a level asked above it is lowered to it
         priority = Priority(level, request.tenant, self._weights.get(request.tenant, 1))
         lane.add((request, future), priority, target.workers, target.max_queue_size)
         return future, lane.may_publish()

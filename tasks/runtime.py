@@ -226,7 +226,7 @@ class WorkerRuntime:
         if isinstance(inputs, ServingError):
             return _failed(inputs)
         try:
-            return batcher.submit(inputs, arrivals, priority)
+            return batcher.submit(inputs, arrivals, priority, _waited(request))
         except NotFound:  # the version closed a moment ago: a request that named none takes the new default
             lease = None if request.pinned else self._default_now(request.model)
             fallback = lease.batcher if lease is not None else None
@@ -237,7 +237,7 @@ class WorkerRuntime:
             if isinstance(inputs, ServingError):
                 return _failed(inputs)
             try:
-                return fallback.submit(inputs, None, priority)
+                return fallback.submit(inputs, None, priority, _waited(request))
             except ServingError as error:
                 return _failed(error)
 
@@ -330,6 +330,12 @@ def _failed(error: ServingError) -> Future[BatchResult]:
     future: Future[BatchResult] = Future()
     future.set_exception(error)
     return future
+
+
+def _waited(request: InferenceRequest) -> float:
+    """How long the request has waited since the api queued it (its lane, Redis, this worker): it ages from
+    then (inference.priorities). 0 when not known, or when the api's clock is ahead of this host's."""
+    return max(time.time() - request.queued_at, 0.0) if request.queued_at else 0.0
 
 
 def _ns(seconds: float) -> int:

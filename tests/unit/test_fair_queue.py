@@ -14,7 +14,7 @@ from inference.priorities import AGEING_S, JOB_LEVEL, Priority
 class Request:
     name: str
     priority: Priority
-    arrived: float
+    waiting_since: float
     rows: int = 1
     key: str = "a"
 

@@ -38,6 +38,12 @@ def test_tenants_limits_and_weights_are_the_tenants_whichever_token_names_them()
         parsed.weights["acme"] = 5  # type: ignore[index]  # read-only for whoever schedules by it
 
 
+def test_a_tenant_asks_above_a_model_s_default_level_only_if_the_file_lets_it() -> None:
+    parsed = parse_token_file("u-1 tenant=urgent max_priority=1\nb-1 tenant=batch\n", "tokens")
+    assert parsed.tenants["urgent"].max_priority == 1
+    assert dict(parsed.best_levels) == {"urgent": 1, "batch": 0}  # 0: a model's default level
+
+
 def test_a_key_given_on_one_line_of_a_tenant_holds_for_all_its_tokens() -> None:
     parsed = parse_token_file("one tenant=acme rps=5\ntwo tenant=acme inflight=2\n", "tokens")
     assert parsed.tenants["acme"].limits == TenantLimits(rps=5.0, inflight=2)
@@ -52,6 +58,7 @@ def test_a_key_given_on_one_line_of_a_tenant_holds_for_all_its_tokens() -> None:
         (f"{SECRET} inflight=1.5\n", "line 1: inflight= must be a whole number of requests above 0"),
         (f"{SECRET} job_samples=-3\n", "line 1: job_samples= must be a whole number of samples above 0"),
         (f"{SECRET} weight=1001\n", "line 1: weight= must be a whole number from 1 to 1000"),
+        (f"{SECRET} max_priority=4\n", "line 1: max_priority= must be a priority level from 1 (highest) to 3"),
         (f"{SECRET} tenant=a/b\n", "line 1: tenant= must be 1 to 64 letters"),
         (f"{SECRET} tenant=\n", "line 1: tenant= must be"),
         (f"# one\n\n{SECRET} colour=red\n", "line 3: field 2 is not one of tenant=, rps=, inflight=, job_samples="),
