@@ -51,7 +51,7 @@ from api.protos import serving_pb2_grpc
 
 HIGH, LOW = "1", "3"
 FLOOD_TOKEN, PROBE_TOKEN = "bench-flood-token", "bench-probe-token"
-TOKENS = f"{FLOOD_TOKEN} tenant=flood\n{PROBE_TOKEN} tenant=probe\n"
+TOKENS = f"{FLOOD_TOKEN} tenant=flood max_priority=1\n{PROBE_TOKEN} tenant=probe\n"  # flood: levels 1 and 3
 Metadata = tuple[tuple[str, str], ...]
 
 
