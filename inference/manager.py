@@ -427,9 +427,14 @@ class ModelManager:
     def _reload_model(self, model: _Model, config: ModelConfig) -> None:
         """New settings for the same repository: each AVAILABLE version is rebuilt while the old build
         keeps serving, then swapped in; if the new settings do not load, the old build stays. A version not
-        in memory takes the new settings when it is next loaded."""
+        in memory is loaded now (its new signature is only known once built, and the apis check requests
+        against the one it publishes), and may leave memory again as before."""
         model.config = config
         for version, held in sorted(model.versions.items()):
+            if held.on_demand:
+                with self._lock:
+                    self._demand((config.name, version))
+                continue
             if held.state != AVAILABLE or held.served is None:
                 continue
             try:
@@ -473,10 +478,12 @@ class ModelManager:
         held = model.versions.get(version) if model is not None else None
         if held is not None and (held.state == AVAILABLE or held.on_demand):
             return name, version
-        if held is not None and held.status.failed and (name, version) in self._uses and not or_default:
-            raise NotFound(load_failed(version, held.status.error_message))  # its load on demand failed
         default = self._default_version(name) if or_default else None
-        return (name, default) if default is not None else None
+        if default is not None:
+            return name, default
+        if held is not None and held.status.failed and (name, version) in self._uses:
+            raise NotFound(load_failed(version, held.status.error_message))  # its load on demand failed
+        return None
 
     def _lease(self, key: VersionKey, use: VersionUse) -> Callable[[], None]:
         use.leases += 1
@@ -545,7 +552,9 @@ class ModelManager:
             except _LOAD_ERRORS as exc:
                 message = _message(exc)
                 log.error("Model %s version %d failed to load: %s", name, version, message)
-                model.failed[version] = model.seen.get(version)
+                # Its files as they are now, not as at its last good load: files put back as they were then
+                # are a change that loads it again (the repository watcher compares them with these).
+                model.failed[version] = model.seen[version] = _fingerprint_or_none(model, version)
                 self._set(model, version, END, error=message)
             else:
                 self._serve(model, version, compiled)
@@ -676,6 +685,14 @@ class ModelManager:
         for version, held in sorted(model.versions.items()):
             if held.state in _HELD:
                 self._unload(model, version)
+
+
+def _fingerprint_or_none(model: _Model, version: int) -> tuple | None:
+    """The version's files' fingerprint now; None while they are incomplete or unreadable."""
+    try:
+        return model.storage.fingerprint(version)
+    except ConfigError:
+        return None
 
 
 def _why_unserved(model: _Model) -> str:

@@ -63,7 +63,7 @@ class InferenceService:
             try:
                 return _with_precisions(target, self._dispatcher.infer(target, request))
             except DeadlineExceeded as late:
-                raise self._after_deadline(target, late) from None
+                raise self._after_deadline(target, request, late) from None
 
     async def predict_async(
         self,
@@ -107,7 +107,7 @@ class InferenceService:
             except DeadlineExceeded as late:
                 if not target.may_leave:
                     raise
-                raise await loop.run_in_executor(executor, self._after_deadline, target, late) from None
+                raise await loop.run_in_executor(executor, self._after_deadline, target, request, late) from None
 
     @staticmethod
     def _loads_too_long(target: Target, request: InferenceRequest) -> bool:
@@ -120,20 +120,27 @@ class InferenceService:
         rather than at its deadline (when its client has given up): it is published all the same, and
         makes a worker load the version (Redis I/O: not on an event loop)."""
         if self._loads_too_long(target, request):
-            request.deadline = max(request.deadline, time.time() + TRIGGER_MIN_S)
-            with contextlib.suppress(ServingError):  # a full lane: the requests queued in it make the load start
-                self._dispatcher.trigger(target, request)
+            self._trigger_load(target, request)
             raise self._loading(target)
 
-    def _after_deadline(self, target: Target, late: DeadlineExceeded) -> ServingError:
+    def _trigger_load(self, target: Target, request: InferenceRequest) -> None:
+        """Publish `request` only to make a worker load its version (Redis I/O: not on an event loop)."""
+        request.deadline = max(request.deadline, time.time() + TRIGGER_MIN_S)
+        with contextlib.suppress(ServingError):  # a full lane: the requests queued in it make the load start
+            self._dispatcher.trigger(target, request)
+
+    def _after_deadline(self, target: Target, request: InferenceRequest, late: DeadlineExceeded) -> ServingError:
         """What a request whose deadline passed answers: UNAVAILABLE with Retry-After if its version was out of
         memory when it was sent, or is now (it is loading), else DEADLINE_EXCEEDED (Redis I/O: not on an event
-        loop)."""
+        loop). If no worker loads the version, the request may have passed its deadline before it was
+        published: it is published now, so that the Retry-After it answers comes true."""
         if not target.may_leave:
             return late
         view = self._version_now(target)
         if target.resident and (view is None or view.resident):
             return late
+        if view is None or not view.loading_on:
+            self._trigger_load(target, request)
         return self._loading(target, view)
 
     def _loading(self, target: Target, view: MergedVersion | None = None) -> ServingError:
