@@ -253,18 +253,17 @@ def _dead_letters(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    reply = args.http.delete(f"{args.url}/v1/jobs/{args.job_id}", timeout=30)
-    if reply.status_code != 200:
-        return _failed("cancel", reply)
-    status = reply.json()
-    print(f"{args.job_id} {status['state']} {status['progress']['done']}/{status['progress']['total']}")
-    return 0
+    return _changed("cancel", args, args.http.delete(f"{args.url}/v1/jobs/{args.job_id}", timeout=30))
 
 
 def _retry(args: argparse.Namespace) -> int:
-    reply = args.http.post(f"{args.url}/v1/jobs/{args.job_id}/retry", timeout=30)
+    return _changed("retry", args, args.http.post(f"{args.url}/v1/jobs/{args.job_id}/retry", timeout=30))
+
+
+def _changed(command: str, args: argparse.Namespace, reply: requests.Response) -> int:
+    """A job's state and progress after `command` changed it, as one line."""
     if reply.status_code != 200:
-        return _failed("retry", reply)
+        return _failed(command, reply)
     status = reply.json()
     print(f"{args.job_id} {status['state']} {status['progress']['done']}/{status['progress']['total']}")
     return 0
