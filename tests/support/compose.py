@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -52,6 +52,7 @@ class Stack:
     rest_url: str
     grpc_address: str
     flower_url: str
+    killed: set[str] = field(default_factory=set)  # the containers a test `docker kill`ed
 
     def compose(self, *args: str, timeout_s: float = 180.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         files = [argument for name in self.files for argument in ("-f", str(REPO / name))]
