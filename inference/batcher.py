@@ -8,11 +8,17 @@ Policy, per model version:
 - only requests whose non-batch dimensions match are concatenated; others wait for the next batch;
 - waiting requests are served by priority: the highest level first (with ageing), and within a level by
   deficit round robin between tenants (inference.fair_queue); a batch holds requests of one level only;
-- while requests of more than one kind share the version (another level or another tenant sent one within
-  SHARED_WINDOW_S; async job chunks do not count), a batch holds no more rows than are expected to take
-  GUARD_SLACK_S longer than a lone request: an inference cannot be interrupted, and a request of another kind
-  may have to wait for the one running (and would otherwise wait for a whole batch of someone else's
-  requests). The estimate comes from the inferences this version ran (their time by rows);
+- an inference cannot be interrupted, so a request of one kind (level, tenant; async job chunks are a kind
+  of their own) must not find every infer request busy with another kind's work. While more than one kind
+  shares the version (sent a request within SHARED_WINDOW_S):
+  - with two infer requests or more, the last free one is kept for the others: a kind that already runs an
+    inference does not take it while another kind of the same or a higher level is present. A request of
+    another kind then starts at once, and on a device whose infer requests run in parallel (CPU streams) it
+    takes about as long as alone; the flooding kind keeps the other infer requests;
+  - with one infer request, a batch holds no more rows than are expected to take GUARD_SLACK_S longer than
+    a lone request (job chunks do not count as a kind here), so a request of another kind waits for at most
+    about one lone request's inference. The estimate comes from the inferences this version ran (their time
+    by rows);
 - outputs are split back by rows, so each request gets exactly its own slice. If a batched inference
   fails, its requests are retried one by one, so a bad request fails alone.
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -102,6 +109,10 @@ class _Item:
         """What it costs in its tenant's fair share: its rows."""
         return max(self.rows, 1)
 
+    @property
+    def kind(self) -> tuple[int, str]:
+        return self.priority.level, self.priority.tenant
+
 
 class DynamicBatcher:
     def __init__(
@@ -118,6 +129,7 @@ class DynamicBatcher:
         self._max_delay = max_queue_delay_s
         self._pending: FairQueue[_Item] = FairQueue()
         self._present: dict[tuple[int, str], float] = {}  # (level, tenant) -> when its last request came
+        self._running: Counter[tuple[int, str]] = Counter()  # (level, tenant) -> its inferences running
         self._infer_ns: dict[int, float] = {}  # rows -> the time of an inference of that many rows (moving average)
         self._expected = 0
         self._free = compiled.nireq
@@ -165,12 +177,10 @@ class DynamicBatcher:
                 self._expected -= 1
             if item.future.done():  # refused: it never joins a batch
                 return item.future
-            if priority.level != JOB_LEVEL:
-                self._present[priority.level, priority.tenant] = item.arrived
-            direct = self._free > 0 and not self._pending and self._expected == 0
+            self._present[item.kind] = item.arrived
+            direct = self._free > 0 and not self._pending and self._expected == 0 and self._may_start(*item.kind)
             if direct:
-                self._free -= 1
-                self._unfinished += 1
+                self._started([item])
             else:
                 self._pending.push(item)
                 self._cond.notify_all()
@@ -201,16 +211,15 @@ class DynamicBatcher:
                 batch = self._next_batch()
                 if batch is None:
                     return
-                self._free -= 1
-                self._unfinished += 1
+                self._started(batch)
             self._dispatch(batch)
             del batch  # not kept alive while waiting for the next one: its inputs may be large
 
     def _next_batch(self) -> list[_Item] | None:
-        """Wait (holding the lock) for a free infer request and work, then form a batch."""
-        while not self._closed and (not self._pending or self._free == 0):
-            self._cond.wait()
-        while self._closed and not self._pending:
+        """Wait (holding the lock) for a free infer request and work it may take, then form a batch."""
+        while not self._closed and (self._free == 0 or self._pending.next_level(self._may_start) is None):
+            self._cond.wait()  # an inference ending or a request coming changes what may start
+        while self._closed and not self._pending:  # closing: what is queued is handed over at once
             if self._unfinished == 0:
                 return None
             self._cond.wait()  # a running batch may fail and come back to be retried
@@ -222,18 +231,40 @@ class DynamicBatcher:
             self._cond.wait(remaining)
         return self._take(self._batch_rows())
 
+    def _may_start(self, level: int, tenant: str) -> bool:
+        """Whether a batch of this kind may take a free infer request now: not the last one while this kind
+        already runs an inference and another kind of the same or a higher level is present (see the module).
+        Closing, what is queued is handed over whatever it is."""
+        kind = level, tenant
+        if self._closed or self._free > 1 or self.compiled.nireq < 2 or not self._running[kind]:
+            return True
+        now = time.monotonic()
+        return not any(
+            other != kind and other[0] <= level and now - seen <= SHARED_WINDOW_S
+            for other, seen in self._present.items()
+        )
+
+    def _started(self, batch: list[_Item]) -> None:
+        """Count a batch about to be dispatched (holding the lock)."""
+        self._free -= 1
+        self._unfinished += 1
+        self._running.update({item.kind for item in batch})
+
     def _take(self, limit: int) -> list[_Item]:
-        """The next batch: the first request of the level served next (inference.fair_queue), and after it
-        requests of the same level and shapes, in their fair order, up to `limit` rows."""
-        level = self._pending.next_level()
+        """The next batch: the first request of the level served next (inference.fair_queue) among the kinds
+        that may start, and after it requests of the same level and shapes (and kinds that may start), in their
+        fair order, up to `limit` rows."""
+        level = self._pending.next_level(self._may_start)
         assert level is not None
-        first = self._pending.pop(level)
+        first = self._pending.pop(level, allowed=self._may_start)
         assert first is not None
         batch, rows = [first], first.rows
         while rows < limit and not first.solo:
             room = limit - rows
             mate = self._pending.pop(
-                level, lambda item, room=room: item.key == first.key and not item.solo and item.rows <= room
+                level,
+                lambda item, room=room: item.key == first.key and not item.solo and item.rows <= room,
+                self._may_start,
             )
             if mate is None:
                 break
@@ -242,12 +273,13 @@ class DynamicBatcher:
         return batch
 
     def _batch_rows(self) -> int:
-        """The most rows the next batch may hold: `max_rows`, or, while several kinds of request share the
-        version, the rows expected to take at most GUARD_SLACK_S longer than a lone request."""
+        """The most rows the next batch may hold: `max_rows`, or, with one infer request while several kinds
+        of request (job chunks aside) share the version, the rows expected to take at most GUARD_SLACK_S longer
+        than a lone request."""
         now = time.monotonic()
         for kind in [kind for kind, seen in self._present.items() if now - seen > SHARED_WINDOW_S]:
             del self._present[kind]
-        if len(self._present) < 2:
+        if self.compiled.nireq > 1 or sum(level != JOB_LEVEL for level, _ in self._present) < 2:
             return self.max_rows
         return min(self.max_rows, guard_rows(self._infer_ns))
 
@@ -262,6 +294,7 @@ class DynamicBatcher:
         finished_ns = time.perf_counter_ns()
         with self._cond:
             self._free += 1
+            self._running -= Counter({item.kind for item in batch})
             self._cond.notify_all()
         try:
             self._answer(batch, done, started, finished_ns)

@@ -52,12 +52,17 @@ class _Level(Generic[Q]):
         else:
             queue.append(item)
 
-    def oldest(self) -> float:
-        return min(queue[0].waiting_since for queue in self.queues.values())
+    def oldest(self, tenants: Callable[[str], bool]) -> float | None:
+        """When the longest-waiting request of the `tenants` began to wait (None: they have none waiting)."""
+        return min(
+            (queue[0].waiting_since for tenant, queue in self.queues.items() if tenants(tenant)), default=None
+        )
 
-    def pop(self, fits: Callable[[Q], bool]) -> Q | None:
-        """The next request, by deficit round robin, among each tenant's first request that `fits`."""
-        found = {tenant: _first(queue, fits) for tenant, queue in self.queues.items()}
+    def pop(self, fits: Callable[[Q], bool], tenants: Callable[[str], bool]) -> Q | None:
+        """The next request, by deficit round robin, among each of the `tenants`' first request that `fits`."""
+        found = {
+            tenant: _first(queue, fits) if tenants(tenant) else None for tenant, queue in self.queues.items()
+        }
         if all(index is None for index in found.values()):
             return None
         while True:
@@ -82,6 +87,10 @@ class _Level(Generic[Q]):
         del self.queues[tenant], self.deficit[tenant], self.weight[tenant]
         self.turns.remove(tenant)
         self.turn_open = False
+
+
+def _everyone(*_: object) -> bool:
+    return True
 
 
 def _first(queue: deque[Q], fits: Callable[[Q], bool]) -> int | None:
@@ -115,16 +124,24 @@ class FairQueue(Generic[Q]):
             self._level(item.priority.level).add(item, front=True)
         self._count += len(items)
 
-    def next_level(self) -> int | None:
-        """The level served next: the best standing of each level's longest-waiting request (ageing)."""
+    def next_level(self, allowed: Callable[[int, str], bool] = _everyone) -> int | None:
+        """The level served next: the best standing of each level's longest-waiting request (ageing), among
+        the requests of the kinds (level, tenant) `allowed`."""
         now = self._clock()
-        waiting = [standing(number, now - level.oldest()) for number, level in self._levels.items() if level.queues]
+        waiting = []
+        for number, level in self._levels.items():
+            oldest = level.oldest(lambda tenant, number=number: allowed(number, tenant))
+            if oldest is not None:
+                waiting.append(standing(number, now - oldest))
         return min(waiting)[1] if waiting else None
 
-    def pop(self, level: int, fits: Callable[[Q], bool] = lambda _: True) -> Q | None:
-        """The next request of `level` (by deficit round robin between tenants) that `fits`, or None."""
+    def pop(
+        self, level: int, fits: Callable[[Q], bool] = _everyone, allowed: Callable[[int, str], bool] = _everyone
+    ) -> Q | None:
+        """The next request of `level` (by deficit round robin between tenants) that `fits`, among the
+        requests of the kinds (level, tenant) `allowed`; or None."""
         waiting = self._levels.get(level)
-        item = waiting.pop(fits) if waiting is not None else None
+        item = waiting.pop(fits, lambda tenant: allowed(level, tenant)) if waiting is not None else None
         if item is not None:
             self._count -= 1
         return item

@@ -31,11 +31,16 @@ import argparse
 import asyncio
 import datetime
 import itertools
+import json
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +49,13 @@ import numpy as np
 from bench_cases import CASES, ModelCase
 from bench_report import fmt, load_average, machine, markdown_table, progress, ratio
 from bench_stack import Server, raise_keyboard_interrupt
-from bench_stats import Recorder, Stats, Window
+from bench_stats import Recorder, Stats, Window, stats_from_report
 from tfs_load import grpc_stream, predict_request
 
 from api.protos import serving_pb2_grpc
 
+TFS_LOAD = Path(__file__).with_name("tfs_load.py")
+EXIT_GRACE_S = 30.0  # for the flood's process to finish its last calls and report
 HIGH, LOW = "1", "3"
 FLOOD_TOKEN, PROBE_TOKEN = "bench-flood-token", "bench-probe-token"
 TOKENS = f"{FLOOD_TOKEN} tenant=flood max_priority=1\n{PROBE_TOKEN} tenant=probe\n"  # flood: levels 1 and 3
@@ -71,35 +78,55 @@ class Phase:
     flood: Clients | None = None  # the load beside it
 
 
-async def _drive(address: str, case: ModelCase, groups: list[Clients], window: Window) -> list[Stats]:
-    """Each group on a channel of its own, every client back to back (after its pause) until the window closes."""
+async def _drive(address: str, case: ModelCase, clients: Clients, window: Window) -> Stats:
+    """The clients on one channel, each back to back (after its pause) until the window closes."""
     requests_ = [predict_request(case, sample) for sample in case.encoded or case.samples]
-    recorders = [Recorder(window) for _ in groups]
-    channels = [grpc.aio.insecure_channel(address) for _ in groups]
-    try:
-        streams = []
-        for group, channel, recorder in zip(groups, channels, recorders, strict=True):
-            await channel.channel_ready()
-            stub = serving_pb2_grpc.PredictionServiceStub(channel)
-            counter = itertools.count()
-            streams += [
-                grpc_stream(stub, case, requests_, counter, recorder, group.metadata, group.pause_s)
-                for _ in range(group.count)
-            ]
+    recorder = Recorder(window)
+    async with grpc.aio.insecure_channel(address) as channel:
+        await channel.channel_ready()
+        stub = serving_pb2_grpc.PredictionServiceStub(channel)
+        counter = itertools.count()
+        streams = [
+            grpc_stream(stub, case, requests_, counter, recorder, clients.metadata, clients.pause_s)
+            for _ in range(clients.count)
+        ]
         await asyncio.gather(*streams)
-    finally:
-        for channel in channels:
-            await channel.close()
-    return [recorder.stats() for recorder in recorders]
+    return recorder.stats()
+
+
+@contextmanager
+def flood_process(address: str, case: ModelCase, clients: Clients, window: Window) -> Iterator[list[Stats]]:
+    """The flood's clients in a process of their own (ops/tfs_load.py), as other users' clients would be: in the
+    measured client's event loop, its replies would wait for the flood's. Yields a list that holds the flood's
+    stats once the block is left."""
+    start, end = window.wall_clock()
+    command = [
+        sys.executable, str(TFS_LOAD), "--address", address, "--model", case.name,
+        "--concurrency", str(clients.count), "--start-at", repr(start), "--duration", repr(end - start),
+        *(f"--metadata={key}={value}" for key, value in clients.metadata),
+    ]  # fmt: skip
+    outcome: list[Stats] = []
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as flood:
+        try:
+            yield outcome
+            stdout, stderr = flood.communicate(timeout=max(window.end - time.perf_counter(), 0) + EXIT_GRACE_S)
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+    if flood.returncode:
+        raise RuntimeError(f"ops/tfs_load.py failed ({flood.returncode}):\n{stderr[-4000:]}")
+    outcome.append(stats_from_report(json.loads(stdout)))
 
 
 def run_phase(args: argparse.Namespace, server: Server, case: ModelCase, phase: Phase) -> tuple[Stats, Stats | None]:
     """The probe's stats and the flood's (None without one)."""
     progress(f"phase {phase.name}: {args.warmup:g} s warmup, {args.duration:g} s measured")
-    groups = [phase.probe] + ([phase.flood] if phase.flood else [])
     window = Window.after_warmup(args.warmup, args.duration)
-    stats = asyncio.run(_drive(server.grpc_address, case, groups, window))
-    return stats[0], stats[1] if phase.flood else None
+    if phase.flood is None:
+        return asyncio.run(_drive(server.grpc_address, case, phase.probe, window)), None
+    with flood_process(server.grpc_address, case, phase.flood, window) as flood:
+        probe = asyncio.run(_drive(server.grpc_address, case, phase.probe, window))
+    return probe, flood[0]
 
 
 def measure(args: argparse.Namespace, server: Server, case: ModelCase, phases: list[Phase]) -> list[Outcome]:

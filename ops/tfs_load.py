@@ -1,12 +1,25 @@
-"""TF Serving API load from this process: gRPC Predict from grpc.aio coroutines, REST predict from threads."""
+#!/usr/bin/env python3
+"""TF Serving API load from this process: gRPC Predict from grpc.aio coroutines, REST predict from threads.
+
+Run as a script, it is gRPC load from a process of its own (for ops/priority_bench.py: a flood whose client
+work does not share the measured client's event loop), and prints the report ops/v2_load.py prints:
+
+    python ops/tfs_load.py --address HOST:PORT --model resnet --concurrency 16 --start-at EPOCH --duration S \
+        [--metadata KEY=VALUE ...]
+
+Each client sends Predict calls back to back from now on; the window opens at `--start-at` (a `time.time()`).
+Output: {"seconds": window, "latencies_s": [...], "errors": {kind: count}, "completed": successes in all}
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import requests
-from bench_cases import ModelCase
+from bench_cases import CASES, ModelCase
 from bench_stats import Recorder, Stats, Window
 from proc_cpu import CpuWindow
 
@@ -75,14 +88,17 @@ async def grpc_stream(
             await asyncio.sleep(pause_s)
 
 
-async def measure_grpc_async(address: str, case: ModelCase, concurrency: int, window: Window) -> Stats:
+async def measure_grpc_async(
+    address: str, case: ModelCase, concurrency: int, window: Window, metadata: tuple[tuple[str, str], ...] = ()
+) -> Stats:
     requests_ = [predict_request(case, sample) for sample in case.encoded or case.samples]
     async with grpc.aio.insecure_channel(address) as channel:
         await channel.channel_ready()
         stub = serving_pb2_grpc.PredictionServiceStub(channel)
         recorder = Recorder(window)
         counter = itertools.count()
-        await asyncio.gather(*(grpc_stream(stub, case, requests_, counter, recorder) for _ in range(concurrency)))
+        streams = [grpc_stream(stub, case, requests_, counter, recorder, metadata) for _ in range(concurrency)]
+        await asyncio.gather(*streams)
     return recorder.stats()
 
 
@@ -133,3 +149,38 @@ def measure_rest(base_url: str, case: ModelCase, concurrency: int, window: Windo
         for future in futures:
             future.result()
     return recorder.stats()
+
+
+def _metadata_item(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.lower(), value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--address", required=True, help="the server's gRPC HOST:PORT")
+    parser.add_argument("--model", choices=sorted(CASES), required=True)
+    parser.add_argument("--concurrency", type=int, default=1, help="clients sending back to back")
+    parser.add_argument("--start-at", type=float, required=True, help="when the window opens, a time.time()")
+    parser.add_argument("--duration", type=float, required=True, help="the window's seconds")
+    parser.add_argument("--metadata", type=_metadata_item, action="append", default=[], help="KEY=VALUE, per call")
+    args = parser.parse_args(argv)
+    start = time.perf_counter() + args.start_at - time.time()
+    window = Window(start, start + args.duration)
+    stats = asyncio.run(
+        measure_grpc_async(args.address, CASES[args.model](), args.concurrency, window, tuple(args.metadata))
+    )
+    report = {
+        "seconds": stats.seconds,
+        "latencies_s": (stats.latencies_ms / 1000.0).tolist(),
+        "errors": dict(stats.errors),
+        "completed": stats.completed,
+    }
+    json.dump(report, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -382,3 +382,116 @@ def test_the_guard_reads_the_cost_of_a_row_beyond_the_first_from_the_inferences_
     assert guard_rows({1: 80e3, 16: 155e3}) == 1 + int(1e6 // 5e3), "5 µs a row: 1 ms buys 200 more"
     assert guard_rows({8: 16e6}) == 1, "without a single row's time, the largest batch's time per row"
     assert guard_rows({1: 10e6, 4: 9e6}) == unlimited, "no cost per row measured"
+
+
+# --------------------------------------------------------------------------- the last infer request
+
+
+def test_a_kind_running_an_inference_leaves_the_last_infer_request_to_another_kind_present(make_batcher) -> None:
+    """Two infer requests: a level-3 flood keeps one busy, and while a level-1 client has been seen it does not
+    take the other, so the level-1 request starts at once instead of waiting for a flood inference to end."""
+    batcher, model = make_batcher(max_batch_size=1, nireq=2)
+    urgent_first = batcher.submit(one_row(100), priority=Priority(1))
+    model.next_inference().complete()
+    assert_own_rows(one_row(100), urgent_first)
+    flood = [batcher.submit(one_row(300 + index), priority=Priority(3)) for index in range(3)]
+    running = model.next_inference()
+    assert [int(value) for value in running.inputs["x"][:, 0]] == [300]
+    assert model.nothing_started(), "the level-3 flood took the last infer request while level 1 is present"
+    urgent = batcher.submit(one_row(101), priority=Priority(1))
+    alone = model.next_inference()
+    assert [int(value) for value in alone.inputs["x"][:, 0]] == [101], "started at once, beside the flood"
+    alone.complete()
+    assert_own_rows(one_row(101), urgent)
+    running.complete()
+    assert served_in_order(model, 2) == [[301], [302]], "the flood still runs, on one infer request at a time"
+    for index, future in enumerate(flood):
+        assert_own_rows(one_row(300 + index), future)
+
+
+def test_alone_a_kind_takes_every_infer_request(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=1, nireq=2)
+    futures = [batcher.submit(one_row(300 + index), priority=Priority(3)) for index in range(3)]
+    first, second = model.next_inference(), model.next_inference()
+    assert {int(first.inputs["x"][0, 0]), int(second.inputs["x"][0, 0])} == {300, 301}
+    first.complete()
+    second.complete()
+    model.complete_started()
+    for index, future in enumerate(futures):
+        assert_own_rows(one_row(300 + index), future)
+
+
+def test_a_higher_level_flood_is_not_held_back_by_a_lower_level_present(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=1, nireq=2)
+    low = batcher.submit(one_row(300), priority=Priority(3))
+    model.next_inference().complete()
+    low.result(timeout=WAIT_S)
+    futures = [batcher.submit(one_row(100 + index), priority=Priority(1)) for index in range(3)]
+    first, second = model.next_inference(), model.next_inference()
+    assert {int(first.inputs["x"][0, 0]), int(second.inputs["x"][0, 0])} == {100, 101}
+    first.complete()
+    second.complete()
+    model.complete_started()
+    for future in futures:
+        future.result(timeout=WAIT_S)
+
+
+def test_tenants_of_one_level_each_keep_an_infer_request_from_the_other(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=1, nireq=2)
+    probe_first = batcher.submit(one_row(200), priority=Priority(2, "probe"))
+    model.next_inference().complete()
+    probe_first.result(timeout=WAIT_S)
+    flood = [batcher.submit(one_row(100 + index), priority=Priority(2, "flood")) for index in range(3)]
+    running = model.next_inference()
+    assert model.nothing_started(), "the flooding tenant took the infer request kept for the other"
+    probe = batcher.submit(one_row(201), priority=Priority(2, "probe"))
+    alone = model.next_inference()
+    assert int(alone.inputs["x"][0, 0]) == 201
+    alone.complete()
+    running.complete()
+    model.complete_started()
+    for future in [probe, *flood]:
+        future.result(timeout=WAIT_S)
+
+
+def test_job_chunks_leave_the_last_infer_request_to_interactive_requests(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=1, nireq=2)
+    interactive_first = batcher.submit(one_row(300), priority=Priority(3))
+    model.next_inference().complete()
+    interactive_first.result(timeout=WAIT_S)
+    chunks = [batcher.submit(one_row(900 + index), priority=Priority(JOB_LEVEL)) for index in range(3)]
+    running = model.next_inference()
+    assert model.nothing_started(), "a job chunk took the last infer request while interactive requests come"
+    interactive = batcher.submit(one_row(301), priority=Priority(3))
+    beside = model.next_inference()
+    assert int(beside.inputs["x"][0, 0]) == 301, "started at once, beside the chunk"
+    beside.complete()
+    running.complete()
+    model.complete_started()
+    for future in [interactive, *chunks]:
+        future.result(timeout=WAIT_S)
+
+
+def test_with_several_infer_requests_a_shared_model_batches_fully(make_batcher) -> None:
+    """The guard on batch rows is for a model with one infer request; with more, another kind takes the one
+    kept free, so the flood's batches need not shrink."""
+    batcher, model = make_batcher(max_batch_size=4, nireq=2)
+    first, second = batcher.submit(one_row(0)), batcher.submit(one_row(1))
+    running = [model.next_inference(), model.next_inference()]
+    learned = [batcher.submit(one_row(10 + index)) for index in range(4)]
+    running[0].complete()
+    batch = model.next_inference()
+    assert batch.rows == 4
+    time.sleep(0.3)  # slow rows: with one infer request, a shared batch would hold one
+    batch.complete()
+    running[1].complete()
+    for future in [first, second, *learned]:
+        future.result(timeout=WAIT_S)
+    urgent = batcher.submit(one_row(100), priority=Priority(1))
+    model.next_inference().complete()
+    urgent.result(timeout=WAIT_S)
+    flood = [batcher.submit(one_row(300 + index), priority=Priority(3)) for index in range(5)]
+    model.next_inference().complete()
+    assert served_in_order(model, 4) == [[301, 302, 303, 304]]
+    for future in flood:
+        future.result(timeout=WAIT_S)

@@ -148,3 +148,22 @@ def test_requests_given_back_go_first_in_their_order() -> None:
     first, second = Request("a", Priority(2), clock.now), Request("b", Priority(2), clock.now)
     waiting.push_front([first, second])
     assert len(waiting) == 3 and drain(waiting) == ["a", "b", "c"]
+
+
+def test_only_the_kinds_allowed_are_served_and_their_own_waiting_ages_them() -> None:
+    clock = Clock()
+    waiting = queue_with(
+        clock,
+        ("flood-old", Priority(3, "flood"), 5 * AGEING_S),
+        ("probe", Priority(3, "probe"), 0.0),
+        ("high-flood", Priority(1, "flood"), 0.0),
+    )
+    not_flood = lambda level, tenant: tenant != "flood"  # noqa: E731
+    assert waiting.next_level() == 3, "the flood's old request stands above level 1"
+    assert waiting.next_level(lambda level, tenant: False) is None
+    assert waiting.next_level(not_flood) == 3
+    request = waiting.pop(3, allowed=not_flood)
+    assert request is not None and request.name == "probe"
+    assert waiting.next_level(not_flood) is None
+    assert waiting.pop(1, allowed=not_flood) is None
+    assert drain(waiting) == ["flood-old", "high-flood"]
