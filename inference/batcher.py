@@ -11,14 +11,15 @@ Policy, per model version:
 - an inference cannot be interrupted, so a request of one kind (level, tenant; async job chunks are a kind
   of their own) must not find every infer request busy with another kind's work. While more than one kind
   shares the version (sent a request within SHARED_WINDOW_S):
-  - with two infer requests or more, the last free one is kept for the others: a kind that already runs an
-    inference does not take it while another kind of the same or a higher level is present. A request of
-    another kind then starts at once, and on a device whose infer requests run in parallel (CPU streams) it
-    takes about as long as alone; the flooding kind keeps the other infer requests;
-  - with one infer request, a batch holds no more rows than are expected to take GUARD_SLACK_S longer than
-    a lone request (job chunks do not count as a kind here), so a request of another kind waits for at most
-    about one lone request's inference. The estimate comes from the inferences this version ran (their time
-    by rows);
+  - with more infer requests than `reserved` (a model's `reserved_infer_requests`, default 1), the last
+    `reserved` free ones are kept for the others: a kind that already runs an inference does not take them
+    while another kind of the same or a higher level is present. A request of another kind then starts at
+    once, and on a device whose infer requests run in parallel (CPU streams) it takes about as long as alone;
+    the flooding kind keeps the other infer requests;
+  - with one infer request (or none reserved), a batch holds no more rows than are expected to take
+    GUARD_SLACK_S longer than a lone request (job chunks do not count as a kind here), so a request of another
+    kind waits for at most about one lone request's inference. The estimate comes from the inferences this
+    version ran (their time by rows);
 - outputs are split back by rows, so each request gets exactly its own slice. If a batched inference
   fails, its requests are retried one by one, so a bad request fails alone.
 
@@ -121,9 +122,12 @@ class DynamicBatcher:
         max_batch_size: int,
         max_queue_delay_s: float,
         statistics: InferenceStatistics | None = None,
+        reserved: int = 1,
     ) -> None:
-        """`statistics`: where each successful inference is counted (inference.statistics)."""
+        """`statistics`: where each successful inference is counted (inference.statistics); `reserved`: the
+        infer requests a kind already running leaves free for other kinds present (see the module)."""
         self.compiled = compiled
+        self._reserved = reserved
         self._statistics = statistics
         self.max_rows = max(1, max_batch_size if compiled.batchable else 1)
         self._max_delay = max_queue_delay_s
@@ -232,11 +236,12 @@ class DynamicBatcher:
         return self._take(self._batch_rows())
 
     def _may_start(self, level: int, tenant: str) -> bool:
-        """Whether a batch of this kind may take a free infer request now: not the last one while this kind
-        already runs an inference and another kind of the same or a higher level is present (see the module).
+        """Whether a batch of this kind may take a free infer request now: not one of the last `reserved` while
+        this kind already runs an inference and another kind of the same or a higher level is present (see the
+        module).
         Closing, what is queued is handed over whatever it is."""
         kind = level, tenant
-        if self._closed or self._free > 1 or self.compiled.nireq < 2 or not self._running[kind]:
+        if self._closed or self._free > self._reserved or not self._running[kind]:
             return True
         now = time.monotonic()
         return not any(
@@ -273,13 +278,13 @@ class DynamicBatcher:
         return batch
 
     def _batch_rows(self) -> int:
-        """The most rows the next batch may hold: `max_rows`, or, with one infer request while several kinds
-        of request (job chunks aside) share the version, the rows expected to take at most GUARD_SLACK_S longer
-        than a lone request."""
+        """The most rows the next batch may hold: `max_rows`, or, with one infer request (or none reserved) while
+        several kinds of request (job chunks aside) share the version, the rows expected to take at most
+        GUARD_SLACK_S longer than a lone request."""
         now = time.monotonic()
         for kind in [kind for kind, seen in self._present.items() if now - seen > SHARED_WINDOW_S]:
             del self._present[kind]
-        if self.compiled.nireq > 1 or sum(level != JOB_LEVEL for level, _ in self._present) < 2:
+        if (self.compiled.nireq > 1 and self._reserved) or sum(level != JOB_LEVEL for level, _ in self._present) < 2:
             return self.max_rows
         return min(self.max_rows, guard_rows(self._infer_ns))
 

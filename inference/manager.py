@@ -397,7 +397,13 @@ class ModelManager:
 
     def _serve(self, model: _Model, version: int, compiled: CompiledVersion) -> None:
         config = model.config
-        batcher = DynamicBatcher(compiled, config.max_batch_size, config.max_queue_delay_ms / 1000, self._statistics)
+        batcher = DynamicBatcher(
+            compiled,
+            config.max_batch_size,
+            config.max_queue_delay_ms / 1000,
+            self._statistics,
+            reserved=config.reserved_infer_requests,
+        )
         previous = model.versions.get(version)
         self._set(model, version, AVAILABLE, batcher)
         if previous is not None and previous.served is not None:

@@ -67,6 +67,12 @@ class ModelConfig:
         f"priority level of a request that asks for none: {HIGHEST_PRIORITY} (highest) to {PRIORITY_LEVELS}",
         type=int,
     )
+    reserved_infer_requests: int = option(
+        1,
+        "while levels or tenants share a version: infer requests one of them already running an inference leaves "
+        "free for the others (of its level or higher); 0 = none",
+        type=int,
+    )
     layout: LayoutSetting | None = option(
         None,
         "layout of the model's image inputs: NHWC, NCHW, or JSON per input",
@@ -186,6 +192,7 @@ def model_from_dict(raw: Any) -> ModelConfig:
         max_queue_delay_ms=_delay(raw.get("max_queue_delay_ms", DEFAULT_MAX_QUEUE_DELAY_MS)),
         max_queue_size=_positive_int(raw, "max_queue_size", DEFAULT_MAX_QUEUE_SIZE),
         default_priority=_priority(raw.get("default_priority", DEFAULT_PRIORITY)),
+        reserved_infer_requests=_non_negative_int(raw, "reserved_infer_requests", 1),
         layout=layout,
         rest_b64=_rest_b64(raw.get("rest_b64", REST_B64_IMAGE)),
         idle_unload_s=_idle_unload_s(raw.get("idle_unload_s", 0)),
@@ -210,13 +217,13 @@ def _version_policy(policy: Any) -> dict[str, Any]:
     raise ConfigError(f"invalid model_version_policy: {json.dumps(policy)}")
 
 
-def _non_negative_int(raw: dict[str, Any], key: str) -> int:
-    value = raw.get(key, 0)
+def _non_negative_int(raw: dict[str, Any], key: str, default: int = 0) -> int:
+    value = raw.get(key, default)
     try:
         number = int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be a non-negative integer") from None
-    if number < 0 or isinstance(value, bool):
+    if number < 0 or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ConfigError(f"{key} must be a non-negative integer")
     return number
 

@@ -4,6 +4,10 @@
     python ops/priority_bench.py [--model resnet] [--duration 10] [--warmup 3] [--rounds 3] [--low-clients 16] \\
         [--high-clients 1] [--pause 0.02] [--server-flags "..."] [--no-tenants]
 
+The model runs with the THROUGHPUT performance hint unless `--server-flags` says otherwise: two CPU streams, so
+two infer requests that run in parallel, one of which the batcher keeps for a level or tenant that is not
+flooding (inference.batcher). The flood's clients run in a process of their own (ops/tfs_load.py).
+
 Starts the whole stack (`python -m ovms`: embedded Redis, one worker, the api; ops/bench_stack.py) with a token
 file of two tenants, `flood` and `probe` (api.tenants; every client sends one of their tokens), and drives
 TF Serving gRPC Predict, batch 1, from grpc.aio coroutines: `--low-clients` back to back at the lowest level
@@ -56,6 +60,7 @@ from api.protos import serving_pb2_grpc
 
 TFS_LOAD = Path(__file__).with_name("tfs_load.py")
 EXIT_GRACE_S = 30.0  # for the flood's process to finish its last calls and report
+THROUGHPUT_HINT = '{"PERFORMANCE_HINT": "THROUGHPUT"}'
 HIGH, LOW = "1", "3"
 FLOOD_TOKEN, PROBE_TOKEN = "bench-flood-token", "bench-probe-token"
 TOKENS = f"{FLOOD_TOKEN} tenant=flood max_priority=1\n{PROBE_TOKEN} tenant=probe\n"  # flood: levels 1 and 3
@@ -234,7 +239,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--high-clients", type=int, default=1, help="measured clients (default 1)")
     parser.add_argument("--pause", type=float, default=0.02, help="measured clients' pause between requests, s")
     parser.add_argument(
-        "--server-flags", default="", help='extra ovms flags, e.g. "--max_batch_size 8" (per-model ones: config.json)'
+        "--server-flags",
+        default=f"--plugin_config '{THROUGHPUT_HINT}'",
+        help="ovms flags (per-model ones go to config.json); default: the THROUGHPUT hint, so that the model has "
+        "infer requests that run in parallel (with OpenVINO's default, LATENCY, it has one: --server-flags '')",
     )
     parser.add_argument(
         "--tenants",

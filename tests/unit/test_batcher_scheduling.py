@@ -81,9 +81,11 @@ def make_batcher() -> Iterator:
     """A batcher over a HandRunModel; every one started is closed after the test (its inferences ended)."""
     started: list[tuple[DynamicBatcher, HandRunModel]] = []
 
-    def build(max_batch_size: int = 8, nireq: int = 1, delay_s: float = 30.0) -> tuple[DynamicBatcher, HandRunModel]:
+    def build(
+        max_batch_size: int = 8, nireq: int = 1, delay_s: float = 30.0, reserved: int = 1
+    ) -> tuple[DynamicBatcher, HandRunModel]:
         model = HandRunModel(nireq)
-        batcher = DynamicBatcher(model, max_batch_size, delay_s)  # type: ignore[arg-type]
+        batcher = DynamicBatcher(model, max_batch_size, delay_s, reserved=reserved)  # type: ignore[arg-type]
         started.append((batcher, model))
         return batcher, model
 
@@ -407,6 +409,21 @@ def test_a_kind_running_an_inference_leaves_the_last_infer_request_to_another_ki
     assert served_in_order(model, 2) == [[301], [302]], "the flood still runs, on one infer request at a time"
     for index, future in enumerate(flood):
         assert_own_rows(one_row(300 + index), future)
+
+
+def test_with_none_reserved_a_running_kind_takes_every_free_infer_request(make_batcher) -> None:
+    batcher, model = make_batcher(max_batch_size=1, nireq=2, reserved=0)
+    urgent = batcher.submit(one_row(100), priority=Priority(1))
+    model.next_inference().complete()
+    urgent.result(timeout=WAIT_S)
+    flood = [batcher.submit(one_row(300 + index), priority=Priority(3)) for index in range(3)]
+    first, second = model.next_inference(), model.next_inference()
+    assert {int(first.inputs["x"][0, 0]), int(second.inputs["x"][0, 0])} == {300, 301}
+    first.complete()
+    second.complete()
+    model.complete_started()
+    for future in flood:
+        future.result(timeout=WAIT_S)
 
 
 def test_alone_a_kind_takes_every_infer_request(make_batcher) -> None:

@@ -427,6 +427,7 @@ def test_model_config_to_dict_is_the_config_json_form() -> None:
         "max_queue_delay_ms": 1.0,
         "max_queue_size": 1024,
         "default_priority": 2,
+        "reserved_infer_requests": 1,
         "layout": None,
         "rest_b64": "image",
         "idle_unload_s": 0.0,
@@ -482,6 +483,15 @@ def test_empty_model_list_is_valid() -> None:
         (config_list({"name": 7, "base_path": "/m"}), "needs a non-empty string name"),
         (config_list({"name": "m", "base_path": "/m", "nireq": -1}), "nireq must be a non-negative integer"),
         (config_list({"name": "m", "base_path": "/m", "nireq": "many"}), "nireq must be a non-negative integer"),
+        (config_list({"name": "m", "base_path": "/m", "nireq": 1.5}), "nireq must be a non-negative integer"),
+        (
+            config_list({"name": "m", "base_path": "/m", "reserved_infer_requests": -1}),
+            "reserved_infer_requests must be a non-negative integer",
+        ),
+        (
+            config_list({"name": "m", "base_path": "/m", "reserved_infer_requests": True}),
+            "reserved_infer_requests must be a non-negative integer",
+        ),
         (
             config_list({"name": "m", "base_path": "/m", "target_device": ""}),
             "target_device must be a non-empty string",
