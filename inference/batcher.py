@@ -221,19 +221,22 @@ class DynamicBatcher:
 
     def _next_batch(self) -> list[_Item] | None:
         """Wait (holding the lock) for a free infer request and work it may take, then form a batch."""
-        while not self._closed and (self._free == 0 or self._pending.next_level(self._may_start) is None):
-            self._cond.wait()  # an inference ending or a request coming changes what may start
-        while self._closed and not self._pending:  # closing: what is queued is handed over at once
-            if self._unfinished == 0:
-                return None
-            self._cond.wait()  # a running batch may fail and come back to be retried
-        limit = self._batch_rows()
-        while self._expected > 0 and sum(item.rows for item in self._pending) < limit:
-            remaining = min(item.arrived for item in self._pending) + self._max_delay - time.monotonic()
-            if remaining <= 0:
-                break
-            self._cond.wait(remaining)
-        return self._take(self._batch_rows())
+        while True:
+            while not self._closed and (self._free == 0 or self._pending.next_level(self._may_start) is None):
+                self._cond.wait()  # an inference ending or a request coming changes what may start
+            while self._closed and not self._pending:  # closing: what is queued is handed over at once
+                if self._unfinished == 0:
+                    return None
+                self._cond.wait()  # a running batch may fail and come back to be retried
+            limit = self._batch_rows()
+            while self._expected > 0 and sum(item.rows for item in self._pending) < limit:
+                remaining = min(item.arrived for item in self._pending) + self._max_delay - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            batch = self._take(self._batch_rows())
+            if batch:  # else a kind that came while it waited for batch-mates holds back what could start
+                return batch
 
     def _may_start(self, level: int, tenant: str) -> bool:
         """Whether a batch of this kind may take a free infer request now: not one of the last `reserved` while
@@ -258,11 +261,11 @@ class DynamicBatcher:
     def _take(self, limit: int) -> list[_Item]:
         """The next batch: the first request of the level served next (inference.fair_queue) among the kinds
         that may start, and after it requests of the same level and shapes (and kinds that may start), in their
-        fair order, up to `limit` rows."""
+        fair order, up to `limit` rows. Empty when no kind may start."""
         level = self._pending.next_level(self._may_start)
-        assert level is not None
-        first = self._pending.pop(level, allowed=self._may_start)
-        assert first is not None
+        first = self._pending.pop(level, allowed=self._may_start) if level is not None else None
+        if first is None:
+            return []
         batch, rows = [first], first.rows
         while rows < limit and not first.solo:
             room = limit - rows

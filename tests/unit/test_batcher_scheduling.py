@@ -512,3 +512,31 @@ def test_with_several_infer_requests_a_shared_model_batches_fully(make_batcher) 
     assert served_in_order(model, 4) == [[301, 302, 303, 304]]
     for future in flood:
         future.result(timeout=WAIT_S)
+
+
+def test_a_kind_that_comes_while_a_batch_waits_for_mates_leaves_the_batcher_waiting_not_broken(
+    make_batcher, monkeypatch
+) -> None:
+    """A's batch is waiting for announced mates when B (whose only inference has run longer than the shared
+    window) sends again: now neither may take the last infer request. The batcher waits for an inference to end,
+    then serves both."""
+    monkeypatch.setattr("inference.batcher.SHARED_WINDOW_S", 0.2)
+    batcher, model = make_batcher(max_batch_size=4, nireq=3, delay_s=0.3)
+    b_first = batcher.submit(one_row(200), priority=Priority(2, "b"))
+    b_running = model.next_inference()
+    time.sleep(0.3)  # B's request is older than the window: B no longer counts as present
+    a_first = batcher.submit(one_row(100), priority=Priority(2, "a"))
+    a_running = model.next_inference()
+    with batcher.incoming(1):  # a mate is announced and never comes
+        a_second = batcher.submit(one_row(101), priority=Priority(2, "a"))
+        b_second = batcher.submit(one_row(201), priority=Priority(2, "b"))
+        time.sleep(0.5)  # past the queue delay: the batcher looked for a batch and found none that may start
+        assert model.nothing_started()
+    b_running.complete()
+    b_next = model.next_inference()
+    assert sorted(int(value) for value in b_next.inputs["x"][:, 0]) == [101, 201], "two free: both start"
+    b_next.complete()
+    a_running.complete()
+    model.complete_started()
+    for value, future in [(200, b_first), (100, a_first), (101, a_second), (201, b_second)]:
+        assert_own_rows(one_row(value), future)
