@@ -104,12 +104,18 @@ tenant_redis_url = pytest.fixture(scope="module", name="tenant_redis_url")(priva
 def tenant_stack(
     models_dir: Path, tenant_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OvmsProcess]:
-    """One `ovms` serving resnet to two tenants (api.tenants)."""
+    """One `ovms` serving resnet to two tenants (api.tenants), with two CPU streams (the THROUGHPUT hint): two
+    infer requests, one of which a flooding tenant leaves to the other (the priority stack's resnet has one, and
+    shares it by short inferences instead)."""
     directory = tmp_path_factory.mktemp("tenants")
     tokens = directory / "tokens"
     tokens.write_text("flood-token-1 tenant=flood\nprobe-token-1 tenant=probe\n")
     config = directory / "config.json"
-    entry = {"name": "resnet", "base_path": str(models_dir / "resnet")}
+    entry = {
+        "name": "resnet",
+        "base_path": str(models_dir / "resnet"),
+        "plugin_config": {"PERFORMANCE_HINT": "THROUGHPUT"},
+    }
     config.write_text(json.dumps({"model_config_list": [{"config": entry}]}))
     args = ["--config_path", str(config), "--broker_url", tenant_redis_url, "--auth_token_file", str(tokens)]
     process = start_ovms(args)
