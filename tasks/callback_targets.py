@@ -155,6 +155,8 @@ def _split(url: str, what: str = "callback_url") -> SplitResult:
         raise InvalidArgument(f"{shown}: no user info (user:password@) in a callback URL")
     if not parts.hostname:
         raise InvalidArgument(f"{shown}: no host")
+    if parts.port == 0:
+        raise InvalidArgument(f"{shown}: port 0 is no port")
     if _DOT_SEGMENT.search(unquote(parts.path)):
         raise InvalidArgument(f"{shown}: no '.' or '..' path segments (a receiver would climb out of its prefix)")
     return parts

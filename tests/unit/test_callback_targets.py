@@ -51,6 +51,7 @@ def allow(text: str) -> AllowList:
         ("0.0.0.0/0", "http://user:pw@127.0.0.1/", "no user info"),
         ("0.0.0.0/0", "http://127.0.0.1/a b", "only printable ASCII"),
         ("0.0.0.0/0", "http://127.0.0.1:99999/", "Port out of range"),
+        ("0.0.0.0/0", "http://127.0.0.1:0/", "port 0 is no port"),
         ("0.0.0.0/0", "http://nowhere.invalid/", "cannot resolve nowhere.invalid"),
         ("https://hooks.example.com/ovms/", "https://hooks.example.com/ovmsx", "does not admit hooks.example.com"),
         ("https://hooks.example.com/ovms/", "http://hooks.example.com/ovms/a", "does not admit hooks.example.com"),
