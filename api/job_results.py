@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from tasks.jobs import JobResult
+from tasks.job_result import JobResult
 
 
 def json_body(result: JobResult) -> Iterator[bytes]:

@@ -22,8 +22,9 @@ from inference import dtypes
 from inference.errors import InvalidArgument
 from inference.signature import ModelSignature
 from inference.validation import RequestTensor
+from tasks.job_result import JobResult
 from tasks.job_states import JobState
-from tasks.jobs import JobOptions, JobResult
+from tasks.jobs import JobOptions
 
 _RESULT_TYPES = {"application/x-npy": "npy", "application/x-npz": "npz", "application/zip": "npz"}
 

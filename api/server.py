@@ -33,6 +33,7 @@ from tasks.callback_runner import CallbackConfig, CallbackRunner
 from tasks.dispatcher import Dispatcher
 from tasks.jobs import JobLimits, JobStore
 from tasks.link import RedisLink
+from tasks.lost_chunks import LostChunks
 from tasks.publisher import store_client
 from tasks.recovery import WorkerLossRecovery
 from tasks.registry import RegistryView
@@ -62,7 +63,8 @@ class ApiServer:
         self._dispatcher = Dispatcher(store, broker, self._link, weights=tenant_weights, best_levels=best_levels)
         jobs = JobStore(store, settings.job_ttl_s, JobLimits.from_settings(settings))
         self._callbacks = _callback_runner(settings, store, jobs)
-        recovery = WorkerLossRecovery(self._dispatcher, jobs)
+        lost_chunks = LostChunks(store, settings.job_ttl_s, settings.job_timeout_s)
+        recovery = WorkerLossRecovery(self._dispatcher, jobs, lost_chunks)
         self._registry = RegistryView(store, on_workers_gone=recovery.workers_gone, on_refreshed=recovery.refreshed)
         self._metrics = ServingMetrics(self._registry, broker, store, self._link)
         self._dataplane = _data_plane(

@@ -25,9 +25,10 @@ import redis
 from inference.errors import ServingError
 from tasks import callback_delivery, job_hooks
 from tasks.callback_targets import AllowList
-from tasks.job_hooks import DELIVERED, FAILED, PENDING, Delivery
+from tasks.job_hooks import DELIVERED, FAILED, HOOK_CHECK_S, PENDING, Delivery
 from tasks.job_states import FINAL
-from tasks.jobs import HOOK_CHECK_S, JobStatus, JobStore
+from tasks.job_status import JobStatus
+from tasks.jobs import JobStore
 from tasks.messages import JobRecord
 
 log = logging.getLogger("serving")

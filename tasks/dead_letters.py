@@ -2,7 +2,7 @@
 that a client can queue them again (`POST /v1/jobs/{id}/retry`) instead of the job failing at its first one.
 
 A chunk is buried by whoever sees it fail: the worker whose inference failed (tasks.job_feeder) or the api
-that finds it lost with its worker a second time (tasks.jobs.recover). Burying moves its tensors from the
+that finds it lost with its worker a second time (tasks.lost_chunks). Burying moves its tensors from the
 claim-check key, which storing the failed result deletes, to a key of their own that lives as long as the
 job (--job_ttl_s), keeps them counted in the job backlog (--job_backlog_mb) until then, and records the
 chunk as queued with its error and how often it failed. A retry moves them back and queues the chunk at
@@ -18,7 +18,7 @@ import redis
 from tasks import job_backlog
 from tasks.job_queue import stop_key
 from tasks.messages import DeadLetter, QueuedChunk
-from tasks.routing import JOB_EVENTS_KEY, payload_key
+from tasks.routing import JOB_EVENTS_KEY, job_key, payload_key
 
 # KEYS: payload, dead payload, letters, attempts, backlog entries, events, job's stop key. ARGV: task, letter,
 # ttl s, now. A cancelled job's chunk keeps no tensors: the cancel gave its backlog share back already.
@@ -55,12 +55,12 @@ return 1
 
 def letters_key(job_id: str) -> str:
     """Hash: chunk task id -> its DeadLetter."""
-    return f"ovms:job:{job_id}:dead"
+    return job_key(job_id, "dead")
 
 
 def attempts_key(job_id: str) -> str:
     """Hash: chunk task id -> how many times it failed (runs that ended in a failure, or two worker losses)."""
-    return f"ovms:job:{job_id}:dead-attempts"
+    return job_key(job_id, "dead-attempts")
 
 
 def dead_payload_key(task_id: str) -> str:

@@ -4,9 +4,9 @@ in the gaps between predicts.
 Predicts come first: a feeder takes a chunk only when this worker serves no predict message (or after
 `MAX_YIELD_S` of continuous predict traffic, so that jobs still progress under full load), and it never
 holds more than one chunk; in the batcher a chunk ranks below every priority level (tasks.runtime). So a
-predict waits at most for one chunk's inference (chunks are at most a few MiB, see tasks.jobs), never behind a
-job's backlog. Chunks are not Celery tasks: Celery's consumer
-prefetches, and it would serve a job queue in turn with the predict queues.
+predict waits at most for one chunk's inference (chunks are at most a few MiB, see tasks.job_chunks), never
+behind a job's backlog. Chunks are not Celery tasks: Celery's consumer prefetches, and it would serve a job
+queue in turn with the predict queues.
 """
 
 from __future__ import annotations

@@ -21,10 +21,11 @@ from typing import Any
 
 import redis
 
-from tasks.routing import JOB_EVENTS_KEY
+from tasks.routing import JOB_EVENTS_KEY, job_key
 
 SCHEDULE_KEY = "ovms:job-hooks"
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+HOOK_CHECK_S = 1.0  # how often the api that holds a job's callback looks whether it has ended
 MAX_ERROR_CHARS = 300  # of an attempt's error, as the job's status shows it
 
 # KEYS: schedule. ARGV: now, lease until, at most. The due jobs, now leased.
@@ -73,7 +74,7 @@ class Delivery:
 
 
 def state_key(job_id: str) -> str:
-    return f"ovms:job:{job_id}:callback"
+    return job_key(job_id, "callback")
 
 
 def arm(pipe: redis.client.Pipeline, job_id: str, due: float, ttl_s: int) -> None:
@@ -103,7 +104,7 @@ def unlock(client: redis.Redis, job_id: str, token: str) -> None:
 
 
 def _lock_key(job_id: str) -> str:
-    return f"ovms:job:{job_id}:callback-lock"
+    return job_key(job_id, "callback-lock")
 
 
 def claim(client: redis.Redis, lease_s: float, limit: int) -> tuple[list[str], float]:

@@ -24,13 +24,14 @@ from inference.errors import InvalidArgument
 from tasks import job_backlog, job_hooks
 from tasks.messages import Payload, QueuedChunk
 from tasks.publisher import store_payload
-from tasks.routing import TAKEN_INFIX, job_taken_key, payload_key
+from tasks.routing import TAKEN_INFIX, job_key, job_taken_key, payload_key
 
 log = logging.getLogger("serving")
 
 RERUNS_KEY = "ovms:job-reruns"  # chunk task id -> times it was queued again after its worker died
 TAKERS_KEY = "ovms:jobq:takers"  # set of every worker's taken lists
 MAX_RERUNS = 1
+PAYLOAD_GRACE_S = 5  # a chunk's tensors outlive its job's deadline a little, for a worker already running it
 
 # KEYS: job queue, taken list, takers set.
 _TAKE = """
@@ -60,7 +61,7 @@ return {item, 'queued'}
 
 def stop_key(job_id: str) -> str:
     """Set when a job was cancelled or one of its chunks failed: its other chunks are dropped unrun."""
-    return f"ovms:job:{job_id}:stopped"
+    return job_key(job_id, "stopped")
 
 
 def publish(pipe: redis.client.Pipeline, queue: str, chunk: QueuedChunk, payload: Payload, expires_s: float) -> None:

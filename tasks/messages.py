@@ -4,8 +4,8 @@ Predict path: the api publishes a `PredictEnvelope` (the Celery task's one argum
 `RequestEntry`s for one model version, and the worker answers with a `PredictReply` (the task's result,
 msgpack) holding one `ComputedOutputs` or `RequestFailure` per request. Workers heartbeat a
 `WorkerSnapshot` and record each model's `CatalogEntry` (tasks.registry); async jobs keep a `JobRecord`
-and queue their chunks as `QueuedChunk`s (tasks.jobs, tasks.job_queue), and the failed chunks of a job with dead
-letters as `DeadLetter`s (tasks.dead_letters).
+(tasks.job_records) and queue their chunks as `QueuedChunk`s (tasks.job_chunks, tasks.job_queue), and the
+failed chunks of a job with dead letters as `DeadLetter`s (tasks.dead_letters).
 
 Claim check: Celery's Redis transport wraps every body in base64 inside JSON, and a 600 KB image costs
 tens of milliseconds that way. So the envelope carries only names, types, shapes and offsets

@@ -16,6 +16,7 @@ REPLY_PREFIX = f"{PREFIX}:reply:"
 WORKER_PREFIX = f"{PREFIX}:worker:"
 CATALOG_KEY = f"{PREFIX}:catalog"
 TAKEN_INFIX = ":taken:"
+JOB_PREFIX = f"{PREFIX}:job:"
 JOB_EVENTS_KEY = f"{PREFIX}:job-events"  # hash of cluster-wide counts: dead letters, retries, callbacks (/metrics)
 
 
@@ -47,6 +48,12 @@ def job_queue_for(queue: str) -> str:
     """The list of a model's async job chunks: not a Celery queue, a worker takes them itself when its
     predicts leave room (tasks.job_feeder)."""
     return f"{PREFIX}:jobq:{queue}"
+
+
+def job_key(job_id: str, part: str = "") -> str:
+    """A job's keys, all under one prefix: its record (tasks.job_records) and, with `part`, what else it owns
+    (its stop key, dead letters, callback state: `ovms:job:<id>:<part>`)."""
+    return f"{JOB_PREFIX}{job_id}:{part}" if part else f"{JOB_PREFIX}{job_id}"
 
 
 def job_taken_key(job_queue: str, worker_id: str) -> str:

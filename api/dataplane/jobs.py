@@ -12,7 +12,9 @@ from api.tenants import current_tenant
 from inference.errors import InvalidArgument, TenantOverLimit
 from inference.validation import RequestTensor, validate_inputs
 from tasks.callback_targets import AllowList
-from tasks.jobs import JobOptions, JobResult, JobStatus, JobStore
+from tasks.job_result import JobResult
+from tasks.job_status import JobStatus
+from tasks.jobs import JobOptions, JobStore
 from tasks.link import RedisLink
 from tasks.registry import RegistryView
 
@@ -99,6 +101,6 @@ class JobService:
             return self._store.status(job_id, owner)
 
     def result(self, job_id: str, owner: str | None) -> JobResult:
-        """The outputs of a job that succeeded, read chunk by chunk as they are sent (tasks.jobs.JobResult)."""
+        """The outputs of a job that succeeded, read chunk by chunk as they are sent (tasks.job_result.JobResult)."""
         with self._link.required():
             return self._store.result(job_id, owner)

@@ -13,18 +13,12 @@ import redis
 from inference.errors import WORKER_LOST, Internal, InvalidArgument, NotFound, ServingError, TenantOverLimit
 from tasks import dead_letters, job_backlog, job_queue
 from tasks.heartbeat import Heartbeat
-from tasks.jobs import (
-    CHUNK_ROWS,
-    JOB_PREFIX,
-    JobBacklogFull,
-    JobLimits,
-    JobOptions,
-    JobStore,
-    JobTooLarge,
-    NothingToRetry,
-)
+from tasks.job_chunks import CHUNK_ROWS
+from tasks.job_retry import NothingToRetry
+from tasks.jobs import JobBacklogFull, JobLimits, JobOptions, JobStore, JobTooLarge
+from tasks.lost_chunks import LostChunks
 from tasks.messages import QueuedChunk, unpack_requests
-from tasks.routing import job_queue_for, job_taken_key, payload_key
+from tasks.routing import job_key, job_queue_for, job_taken_key, payload_key
 from tasks.settings import JobSettings
 from tests.support.worker_part import DOUBLER, doubled, failed, store_reply
 
@@ -41,6 +35,11 @@ def job_store(client: redis.Redis, **limits: int) -> JobStore:
     """A store with the server's default limits, but for the ones given."""
     defaults = JobLimits.from_settings(JobSettings())
     return JobStore(client, TTL_S, dataclasses.replace(defaults, **limits))
+
+
+def lost_chunks(client: redis.Redis) -> LostChunks:
+    """What an api's recovery runs when workers die, with the server's default job timeout."""
+    return LostChunks(client, TTL_S, JobSettings().job_timeout_s)
 
 
 def alive(client: redis.Redis, worker_id: str) -> str:
@@ -221,7 +220,7 @@ def test_a_dead_workers_chunk_is_queued_again_once(store: redis.Redis) -> None:
     inputs = samples(CHUNK_ROWS + 1)
     job_id = jobs.submit(DOUBLER, inputs)
     _, lost = take(store, "worker-dead")  # it never heartbeats: it died
-    jobs.recover()
+    lost_chunks(store).recover()
     survivor = alive(store, "worker-b")
     again = run_chunk(store, survivor)
     assert again.task_id == lost.task_id, "queued again at the head of the queue"
@@ -234,9 +233,9 @@ def test_a_chunk_lost_with_a_second_worker_fails_its_job(store: redis.Redis) -> 
     jobs = job_store(store, max_backlog_bytes=10 * ROW_BYTES)
     job_id = jobs.submit(DOUBLER, samples(6))
     take(store, "worker-dead")
-    jobs.recover()
+    lost_chunks(store).recover()
     take(store, "worker-dead-too")
-    jobs.recover()
+    lost_chunks(store).recover()
     status = jobs.status(job_id)
     assert status.state == "FAILURE" and any(WORKER_LOST in error for error in status.errors)
     assert store.llen(QUEUE) == 0
@@ -248,7 +247,7 @@ def test_a_chunk_whose_result_was_stored_before_its_worker_died_is_done(store: r
     job_id = jobs.submit(DOUBLER, samples(6))
     _, chunk = take(store, "worker-dead")
     store_result(store, "worker-dead", chunk)  # and died before leaving its taken list
-    jobs.recover()
+    lost_chunks(store).recover()
     assert store.llen(QUEUE) == 0, "not run again"
     assert jobs.status(job_id).state == "SUCCESS"
     jobs.submit(DOUBLER, samples(6))  # admitted: the chunk left the backlog
@@ -259,14 +258,14 @@ def test_a_live_workers_chunks_are_left_alone_unless_it_is_reported_lost(store: 
     worker = alive(store, "worker-a")
     jobs.submit(DOUBLER, samples(3))
     take(store, worker)
-    jobs.recover()
+    lost_chunks(store).recover()
     assert store.llen(QUEUE) == 0, "its heartbeat is current: still running it"
-    jobs.recover({worker})  # its heartbeat lapsed as the registry saw it, though the key is still there
+    lost_chunks(store).recover({worker})  # its heartbeat lapsed as the registry saw it, though the key is still there
     assert store.llen(QUEUE) == 1
 
 
 def test_a_stored_record_this_api_cannot_read_is_internal_not_the_callers_fault(store: redis.Redis) -> None:
-    store.set(JOB_PREFIX + "0" * 32, b'{"format": 2}')
+    store.set(job_key("0" * 32), b'{"format": 2}')
     with pytest.raises(Internal, match="Malformed job record: format 2"):
         job_store(store).status("0" * 32)
 
@@ -344,9 +343,9 @@ def test_a_chunk_lost_with_two_workers_is_a_dead_letter_and_a_retry_runs_it(stor
     jobs = job_store(store)
     job_id = jobs.submit(DOUBLER, samples(3), options=DEAD_LETTERS)
     take(store, "worker-dead")
-    jobs.recover()
+    lost_chunks(store).recover()
     take(store, "worker-dead-too")
-    jobs.recover()
+    lost_chunks(store).recover()
     status = jobs.status(job_id)
     assert status.state == "PARTIAL" and WORKER_LOST in status.dead_letters[0]["error"], status
     jobs.retry(job_id)
