@@ -16,7 +16,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_serv
 
 from api.protos import grpc_service_pb2, grpc_service_pb2_grpc
 from tests.support.load import float_request
-from tests.support.stack import private_redis, start_ovms, wait_for_workers
+from tests.support.stack import private_redis, wait_for_workers, worker_and_api
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -30,9 +30,7 @@ V2_REQUEST = grpc_service_pb2.ModelInferRequest(
 
 def test_sigterm_api_drains_in_flight_requests_then_exits(small_config: Path, redis_url: str):
     args = ["--config_path", str(small_config), "--broker_url", redis_url]
-    worker = start_ovms(args, role="worker")
-    api = start_ovms(args, role="api")
-    try:
+    with worker_and_api(args) as (worker, api):
         wait_for_workers(api, 1)
         channel = grpc.insecure_channel(api.grpc_address)
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
@@ -68,7 +66,3 @@ def test_sigterm_api_drains_in_flight_requests_then_exits(small_config: Path, re
         assert api.process.wait(timeout=10) == 0
         assert "Api stopped" in api.log()
         channel.close()
-    finally:
-        worker.signal(signal.SIGCONT)
-        api.stop()
-        worker.stop()

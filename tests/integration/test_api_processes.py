@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks.broker import EmbeddedRedis, free_port
 from tests.support.load import float_request
-from tests.support.stack import OvmsProcess, ovms_command, start_ovms
+from tests.support.stack import OvmsProcess, ovms_command, start_ovms, worker_and_api
 
 DIGIT = np.zeros((1, 64), np.float32)
 
@@ -134,9 +134,8 @@ def test_sigterm_drains_and_stops_every_process_with_exit_code_0(models_dir: Pat
 
 
 def test_the_api_role_starts_n_api_processes_on_its_broker(small_config: Path, redis_url: str) -> None:
-    worker = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url], role="worker")
-    api = start_ovms(["--config_path", str(small_config), "--broker_url", redis_url, "--grpc_workers", "2"], role="api")
-    try:
+    args = ["--config_path", str(small_config), "--broker_url", redis_url]
+    with worker_and_api(args, api_args=["--grpc_workers", "2"]) as (_, api):
         assert len(_api_pids(api)) == 2
         for _ in range(10):
             reply = requests.post(
@@ -147,9 +146,7 @@ def test_the_api_role_starts_n_api_processes_on_its_broker(small_config: Path, r
             )
             assert reply.status_code == 200, reply.text
         assert sum(count > 0 for count in _by_pid(api).values()) == 2
-    finally:
         assert api.stop() == 0
-        worker.stop()
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -288,33 +285,31 @@ def _metrics_dir(pid: int) -> Path:
     return Path(found.group(1))
 
 
-def test_an_api_process_restarted_while_redis_is_away_starts_and_serves_when_it_is_back(small_config: Path) -> None:
+def test_an_api_process_restarted_while_redis_is_away_starts_and_serves_when_it_is_back(
+    small_config: Path, broker: EmbeddedRedis
+) -> None:
     """It used to fail its start-up check of Redis (exit 1) and be restarted until the supervisor gave up
     and stopped every api process, the healthy one too: a Redis outage of half a minute plus one crash
     took the api down for good."""
-    broker = EmbeddedRedis()
-    url = broker.start()
-    worker = start_ovms(["--config_path", str(small_config), "--broker_url", url], role="worker")
-    api = start_ovms(["--config_path", str(small_config), "--broker_url", url, "--grpc_workers", "2"], role="api")
-    try:
-        os.kill(broker.pid, signal.SIGSTOP)
-        victim = _api_pids(api)[0]
-        os.kill(victim, signal.SIGKILL)
-        api.wait_for_log(f"Api process {victim} exited with -9", timeout_s=10)
-        deadline = time.monotonic() + 15
-        while len(_api_pids(api)) < 3:
-            assert time.monotonic() < deadline and "exited with 1" not in api.log(), api.log()[-3000:]
-            time.sleep(0.1)
-        os.kill(broker.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 20
-        while (ready := _ready_answers(api, 6)) != [200] * 6:
-            assert time.monotonic() < deadline, ready
-            time.sleep(0.2)
-    finally:
-        os.kill(broker.pid, signal.SIGCONT)
+    args = ["--config_path", str(small_config), "--broker_url", broker.url]
+    with worker_and_api(args, api_args=["--grpc_workers", "2"]) as (_, api):
+        try:
+            os.kill(broker.pid, signal.SIGSTOP)
+            victim = _api_pids(api)[0]
+            os.kill(victim, signal.SIGKILL)
+            api.wait_for_log(f"Api process {victim} exited with -9", timeout_s=10)
+            deadline = time.monotonic() + 15
+            while len(_api_pids(api)) < 3:
+                assert time.monotonic() < deadline and "exited with 1" not in api.log(), api.log()[-3000:]
+                time.sleep(0.1)
+            os.kill(broker.pid, signal.SIGCONT)
+            deadline = time.monotonic() + 20
+            while (ready := _ready_answers(api, 6)) != [200] * 6:
+                assert time.monotonic() < deadline, ready
+                time.sleep(0.2)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)  # paused by the test
         assert api.stop() == 0
-        worker.stop()
-        broker.stop()
 
 
 def _ready_answers(server: OvmsProcess, count: int) -> list[int]:

@@ -17,7 +17,7 @@ from ovmsclient.tfs_compat.protos.tensorflow.core.framework import tensor_shape_
 from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from api.protos import grpc_service_pb2, grpc_service_pb2_grpc
-from tests.support.stack import private_redis, start_ovms
+from tests.support.stack import private_redis, worker_and_api
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -28,12 +28,8 @@ def stack(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFac
     entry = {"name": "small", "base_path": str(models_dir / "versioned"), "max_queue_size": 4}
     config.write_text(json.dumps({"model_config_list": [{"config": entry}]}))
     args = ["--config_path", str(config), "--broker_url", redis_url]
-    worker = start_ovms(args, role="worker")
-    api = start_ovms(args, role="api")
-    yield api, worker
-    worker.signal(signal.SIGCONT)
-    api.stop()
-    worker.stop()
+    with worker_and_api(args) as (worker, api):
+        yield api, worker
 
 
 def _grpc_request() -> predict_pb2.PredictRequest:

@@ -3,7 +3,6 @@ api and worker, its mistakes answered in one line each, never a traceback."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from tasks.broker import free_port
-from tests.support.stack import REPO, OvmsProcess, ovms_command, private_redis, start_ovms
+from tests.support.stack import REPO, OvmsProcess, ovms_command, private_redis, worker_and_api
 
 own_redis_url = pytest.fixture(scope="module", name="own_redis_url")(private_redis)  # its worker is frozen at times
 
@@ -22,17 +21,8 @@ own_redis_url = pytest.fixture(scope="module", name="own_redis_url")(private_red
 def stack(small_config: Path, own_redis_url: str) -> Iterator[tuple[OvmsProcess, OvmsProcess]]:
     """An api and one worker (which a test may freeze with SIGSTOP: it resumes it before it ends)."""
     args = ["--config_path", str(small_config), "--broker_url", own_redis_url]
-    worker = start_ovms(args, role="worker")
-    try:
-        api = start_ovms(args, role="api")
-    except BaseException:
-        worker.stop()
-        raise
-    yield api, worker
-    with contextlib.suppress(ProcessLookupError):
-        worker.signal(signal.SIGCONT)
-    api.stop()
-    worker.stop()
+    with worker_and_api(args) as (worker, api):
+        yield api, worker
 
 
 def _ovms(*args: str) -> subprocess.CompletedProcess:

@@ -30,7 +30,7 @@ from tests.support import images
 from tests.support.jobs import wait_for_end
 from tests.support.readme import blocks
 from tests.support.receiver import Receiver
-from tests.support.stack import REPO, OvmsProcess, ovms_command, private_redis, start_ovms
+from tests.support.stack import REPO, Fleet, OvmsProcess, ovms_command, private_redis
 
 SECRET = b"a-shared-secret-3c9f1e"
 ATTEMPTS, BACKOFF_S = 5, 0.5
@@ -40,6 +40,7 @@ CORRUPT = images.jpeg(CHINA)[:5000]  # passes the api's header check, fails to d
 CORRUPT_ERROR = "Invalid image - image 44, a JPEG of 640x427, cannot be decoded (truncated or corrupt)"
 
 own_redis_url = pytest.fixture(scope="module", name="own_redis_url")(private_redis)  # its worker is frozen at times
+resnet_redis_url = pytest.fixture(name="resnet_redis_url")(private_redis)  # a Redis of each test's own
 
 
 @dataclass(frozen=True)
@@ -50,27 +51,27 @@ class Stack:
     secret_file: Path
 
 
-@pytest.fixture(scope="module")
-def stack(models_dir: Path, own_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    directory = tmp_path_factory.mktemp("job-hooks")
+def hooks_flags(directory: Path, models_dir: Path, redis_url: str, secret: bytes) -> tuple[list[str], list[str]]:
+    """Writes a config serving versioned and image_u8, and the callbacks' secret file, to `directory`. The flags
+    of every process of the stack on `redis_url`, and an api's own: callbacks to 127.0.0.1 signed with `secret`."""
     config = {"model_config_list": [
         {"config": {"name": name, "base_path": str(models_dir / name)}} for name in ("versioned", "image_u8")
     ]}  # fmt: skip
     (directory / "config.json").write_text(json.dumps(config))
-    (directory / "secret").write_bytes(SECRET + b"\n")
-    args = ["--config_path", str(directory / "config.json"), "--broker_url", own_redis_url]
-    hooks = [
-        "--callback_allow", "127.0.0.1/32", "--callback_secret_file", str(directory / "secret"),
-        "--callback_attempts", str(ATTEMPTS), "--callback_backoff_s", str(BACKOFF_S), "--callback_timeout_s", "2",
-    ]  # fmt: skip
-    started = [start_ovms(args, role="worker")]
-    try:
-        started += [start_ovms([*args, *hooks], role="api") for _ in range(2)]
-        yield Stack(started[0], (started[1], started[2]), args, directory / "secret")
-    finally:
-        started[0].signal(signal.SIGCONT)
-        for process in started:
-            process.stop()
+    (directory / "secret").write_bytes(secret + b"\n")
+    args = ["--config_path", str(directory / "config.json"), "--broker_url", redis_url]
+    return args, ["--callback_allow", "127.0.0.1/32", "--callback_secret_file", str(directory / "secret")]
+
+
+@pytest.fixture(scope="module")
+def stack(models_dir: Path, own_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    directory = tmp_path_factory.mktemp("job-hooks")
+    args, hooks = hooks_flags(directory, models_dir, own_redis_url, SECRET)
+    hooks += ["--callback_attempts", str(ATTEMPTS), "--callback_backoff_s", str(BACKOFF_S), "--callback_timeout_s", "2"]
+    with Fleet(args) as started:
+        worker = started.start_worker()
+        apis = (started.start_api(*hooks), started.start_api(*hooks))
+        yield Stack(worker, apis, args, directory / "secret")
 
 
 def submit(api: OvmsProcess, body: dict) -> str:
@@ -223,12 +224,9 @@ def test_the_allow_list_refuses_requests_into_the_cluster(stack: Stack, url: str
 def test_localhost_is_refused_unless_allowed_and_callbacks_are_off_without_an_allow_list(
     stack: Stack, tmp_path: Path
 ) -> None:
-    elsewhere = start_ovms(
-        [*stack.args, "--callback_allow", "192.0.2.0/24", "--callback_secret_file", str(stack.secret_file)],
-        role="api",
-    )
-    off = start_ovms(stack.args, role="api")
-    try:
+    with Fleet(stack.args) as more:
+        elsewhere = more.start_api("--callback_allow", "192.0.2.0/24", "--callback_secret_file", str(stack.secret_file))
+        off = more.start_api()
         np.save(tmp_path / "x.npy", np.ones((2, 4), np.float32))
         not_admitted = "callback_url {}: --callback_allow does not admit "
         for api, url, why in (
@@ -241,9 +239,6 @@ def test_localhost_is_refused_unless_allowed_and_callbacks_are_off_without_an_al
             assert done.returncode == 1, done
             assert done.stderr.strip().startswith(f"ovms submit: 400 {why.format(url)}"), done.stderr
             assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    finally:
-        elsewhere.stop()
-        off.stop()
 
 
 # --------------------------------------------------------------------------- dead letters
@@ -296,28 +291,14 @@ class ResnetStack:
 
 
 @pytest.fixture
-def resnet_stack(models_dir: Path, tmp_path: Path) -> Iterator[ResnetStack]:
+def resnet_stack(models_dir: Path, tmp_path: Path, resnet_redis_url: str) -> Iterator[ResnetStack]:
     """An api and a worker serving resnet on a Redis of their own, and a way to start more workers; every
     process is stopped after."""
     config = {"model_config_list": [{"config": {"name": "resnet", "base_path": str(models_dir / "resnet")}}]}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    redis_server = private_redis()
-    url = next(redis_server)
-    args = ["--config_path", str(tmp_path / "config.json"), "--broker_url", url]
-    started: list[OvmsProcess] = []
-
-    def start_worker() -> OvmsProcess:
-        started.append(start_ovms(args, role="worker"))
-        return started[-1]
-
-    try:
-        worker = start_worker()
-        started.append(start_ovms(args, role="api"))
-        yield ResnetStack(started[-1], worker, start_worker, url)
-    finally:
-        for process in started:
-            process.stop()
-        next(redis_server, None)
+    with Fleet(["--config_path", str(tmp_path / "config.json"), "--broker_url", resnet_redis_url]) as started:
+        worker = started.start_worker()
+        yield ResnetStack(started.start_api(), worker, started.start_worker, resnet_redis_url)
 
 
 def kill_holding(worker: OvmsProcess, client: redis.Redis, task_id: str | None = None) -> str:

@@ -7,7 +7,6 @@ header, and a cancel during a retry leaving the chunk's tensors outside the back
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -25,15 +24,17 @@ from tasks.app import app, configure
 from tasks.job_backlog import TOTAL
 from tasks.messages import JobRecord
 from tasks.routing import job_queue_for, queue_for
-from tests.integration.test_job_hooks import CHINA, CORRUPT, GOOD, b64, status, submit, until
+from tests.integration.test_job_hooks import CHINA, CORRUPT, GOOD, b64, hooks_flags, status, submit, until
 from tests.support import images
 from tests.support.jobs import wait_for_end
 from tests.support.receiver import Receiver
-from tests.support.stack import OvmsProcess, private_redis, start_ovms
+from tests.support.stack import OvmsProcess, private_redis, worker_and_api
 
 SECRET = b"hostile-test-secret-5d1e7a"
 TIMEOUT_S = 3  # --callback_timeout_s: how long a blackhole holds a delivery thread
 DELIVERY_THREADS = 4  # tasks.callback_runner.DELIVERY_THREADS
+
+own_redis_url = pytest.fixture(scope="module", name="own_redis_url")(private_redis)
 
 
 @dataclass(frozen=True)
@@ -44,30 +45,12 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    directory = tmp_path_factory.mktemp("job-hooks-hostile")
-    config = {"model_config_list": [
-        {"config": {"name": name, "base_path": str(models_dir / name)}} for name in ("versioned", "image_u8")
-    ]}  # fmt: skip
-    (directory / "config.json").write_text(json.dumps(config))
-    (directory / "secret").write_bytes(SECRET + b"\n")
-    redis_server = private_redis()
-    url = next(redis_server)
-    args = ["--config_path", str(directory / "config.json"), "--broker_url", url]
-    hooks = [
-        "--callback_allow", "127.0.0.1/32", "--callback_secret_file", str(directory / "secret"),
-        "--callback_attempts", "1", "--callback_timeout_s", str(TIMEOUT_S),
-    ]  # fmt: skip
-    started = [start_ovms(args, role="worker")]
-    try:
-        started.append(start_ovms([*args, *hooks], role="api"))
-        configure(url)
-        yield Stack(started[1], started[0], redis.Redis.from_url(url))
-    finally:
-        for process in started:
-            process.signal(signal.SIGCONT)
-            process.stop()
-        next(redis_server, None)
+def stack(models_dir: Path, own_redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    args, hooks = hooks_flags(tmp_path_factory.mktemp("job-hooks-hostile"), models_dir, own_redis_url, SECRET)
+    once = ["--callback_attempts", "1", "--callback_timeout_s", str(TIMEOUT_S)]
+    with worker_and_api(args, api_args=[*hooks, *once]) as (worker, api):
+        configure(own_redis_url)
+        yield Stack(api, worker, redis.Redis.from_url(own_redis_url))
 
 
 class Blackhole:

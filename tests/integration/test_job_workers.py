@@ -18,25 +18,16 @@ import requests
 
 from tasks.job_queue import TAKERS_KEY
 from tests.support.jobs import post_npy, wait_for_end
-from tests.support.stack import OvmsProcess, private_redis, start_ovms
+from tests.support.stack import Fleet, OvmsProcess, private_redis, worker_and_api
 
 own_redis_url = pytest.fixture(name="own_redis_url")(private_redis)  # no other test's worker may take its chunks
 
 
 @pytest.fixture
-def job_stack(small_config, own_redis_url) -> Iterator:
-    """Start workers and one api on a private Redis (`start("api" | "worker")`); all stopped after."""
-    started: list[OvmsProcess] = []
-
-    def _start(role: str) -> OvmsProcess:
-        process = start_ovms(["--config_path", str(small_config), "--broker_url", own_redis_url], role=role)
-        started.append(process)
-        return process
-
-    yield _start
-    for process in started:
-        process.signal(signal.SIGCONT)
-        process.stop()
+def job_stack(small_config, own_redis_url) -> Iterator[Fleet]:
+    """Workers and an api on a private Redis, started as the test needs; all stopped after."""
+    with Fleet(["--config_path", str(small_config), "--broker_url", own_redis_url]) as started:
+        yield started
 
 
 def _holding(client: redis.Redis) -> list[bytes]:
@@ -60,8 +51,8 @@ def test_a_worker_that_stalled_once_and_dies_later_loses_no_chunk(job_stack, own
     """SIGSTOP past the heartbeat expiry: an api takes its chunk back and forgets its (empty) taken list.
     After SIGCONT it takes chunks again; killed holding one, that chunk is still recovered at once."""
     client = redis.Redis.from_url(own_redis_url)
-    stalled = job_stack("worker")
-    api = job_stack("api")
+    stalled = job_stack.start_worker()
+    api = job_stack.start_api()
     images = np.random.default_rng(0).random((24, 3, 224, 224), dtype=np.float32)  # resnet: 8 chunks
 
     first = post_npy(api.rest_url, "resnet", images).json()["status_url"]
@@ -75,7 +66,7 @@ def test_a_worker_that_stalled_once_and_dies_later_loses_no_chunk(job_stack, own
     second = post_npy(api.rest_url, "resnet", images).json()["status_url"]
     _until(lambda: _holding(client), 30, "the resumed worker taking a chunk")
     stalled.signal(signal.SIGKILL)
-    job_stack("worker")
+    job_stack.start_worker()
     status = wait_for_end(api.rest_url + second, 30)
     assert status["state"] == "SUCCESS", status
     for name, values in _outputs(api, second).items():
@@ -96,9 +87,7 @@ def test_a_job_that_named_no_version_follows_a_version_rollout(one_version_confi
     """Version 2 (y = x * 2) appears while the job runs and version 1 is unloaded: the job that named
     no version ends SUCCESS, each sample computed by one of them, and its status lists both."""
     args = ["--config_path", str(one_version_config), "--broker_url", own_redis_url]
-    worker = start_ovms(args, role="worker")
-    api = start_ovms(args, role="api")
-    try:
+    with worker_and_api(args) as (_, api):
         samples = np.random.default_rng(0).random((1_000_000, 4), dtype=np.float32) + 2  # 4000 chunks
         status_url = post_npy(api.rest_url, "versioned", samples).json()["status_url"]
         shutil.copytree(models_dir / "versioned" / "2", one_version_config.parent / "versioned" / "2")
@@ -109,6 +98,3 @@ def test_a_job_that_named_no_version_follows_a_version_rollout(one_version_confi
         by_v1, by_v2 = outputs == samples + 1, outputs == samples * 2
         assert (by_v1 | by_v2).all(), "every sample is computed by one version"
         assert by_v1.all(axis=1).any() and by_v2.all(axis=1).any()
-    finally:
-        api.stop()
-        worker.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -23,7 +22,16 @@ import requests
 
 from tasks import job_backlog
 from tests.support.jobs import npy_bytes, post_npy, wait_for_end
-from tests.support.stack import GRPC_READY, REPO, REST_READY, OvmsProcess, ovms_command, private_redis, start_ovms
+from tests.support.stack import (
+    GRPC_READY,
+    REPO,
+    REST_READY,
+    Fleet,
+    OvmsProcess,
+    ovms_command,
+    private_redis,
+    start_ovms,
+)
 
 
 def _digits(models_dir, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,9 +129,9 @@ own_redis_url = pytest.fixture(name="own_redis_url")(private_redis)  # no other 
 
 def test_a_job_survives_an_api_restart_and_can_be_cancelled(small_config, own_redis_url):
     args = ["--config_path", str(small_config), "--broker_url", own_redis_url]
-    worker = start_ovms(args, role="worker")
-    first = start_ovms(args, role="api")
-    try:
+    with Fleet(args) as started:
+        worker = started.start_worker()
+        first = started.start_api()
         reply = requests.post(
             f"{first.rest_url}/v1/jobs",
             json={"model": "versioned", "version": 2, "instances": [[1, 2, 3, 4]] * 600},
@@ -131,29 +139,24 @@ def test_a_job_survives_an_api_restart_and_can_be_cancelled(small_config, own_re
         )
         job_url = reply.json()["status_url"]
         first.stop()
-        second = start_ovms(args, role="api")
-        try:
-            deadline = time.monotonic() + 30
-            while requests.get(second.rest_url + job_url, timeout=5).json()["state"] != "SUCCESS":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
-            outputs = requests.get(second.rest_url + job_url + "/result", timeout=10).json()["outputs"]["y"]
-            assert len(outputs) == 600 and outputs[0] == [2.0, 4.0, 6.0, 8.0]
-            assert requests.delete(second.rest_url + job_url, timeout=10).json()["state"] == "SUCCESS"
+        second = started.start_api()
+        deadline = time.monotonic() + 30
+        while requests.get(second.rest_url + job_url, timeout=5).json()["state"] != "SUCCESS":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        outputs = requests.get(second.rest_url + job_url + "/result", timeout=10).json()["outputs"]["y"]
+        assert len(outputs) == 600 and outputs[0] == [2.0, 4.0, 6.0, 8.0]
+        assert requests.delete(second.rest_url + job_url, timeout=10).json()["state"] == "SUCCESS"
 
-            worker.signal(signal.SIGSTOP)  # a job that cannot start yet
-            pending = requests.post(
-                f"{second.rest_url}/v1/jobs", json={"model": "versioned", "instances": [[1] * 4]}, timeout=10
-            ).json()["status_url"]
-            assert requests.delete(second.rest_url + pending, timeout=10).json()["state"] == "REVOKED"
-            worker.signal(signal.SIGCONT)
-            time.sleep(1.0)
-            assert requests.get(second.rest_url + pending, timeout=5).json()["state"] == "REVOKED"
-            assert requests.get(second.rest_url + pending + "/result", timeout=5).status_code == 409
-        finally:
-            second.stop()
-    finally:
-        worker.stop()
+        worker.signal(signal.SIGSTOP)  # a job that cannot start yet
+        pending = requests.post(
+            f"{second.rest_url}/v1/jobs", json={"model": "versioned", "instances": [[1] * 4]}, timeout=10
+        ).json()["status_url"]
+        assert requests.delete(second.rest_url + pending, timeout=10).json()["state"] == "REVOKED"
+        worker.signal(signal.SIGCONT)
+        time.sleep(1.0)
+        assert requests.get(second.rest_url + pending, timeout=5).json()["state"] == "REVOKED"
+        assert requests.get(second.rest_url + pending + "/result", timeout=5).status_code == 409
 
 
 def test_jobs_and_their_results_expire_after_job_ttl_s(small_config, own_redis_url):
@@ -199,22 +202,15 @@ def test_a_chunk_whose_request_fails_fails_the_job(server):
 @pytest.fixture
 def stopped_worker_stack(small_config, own_redis_url) -> Iterator:
     """An api (with the given extra flags) and one worker, frozen (SIGSTOP) until the test resumes it."""
-    started = []
+    with Fleet(["--config_path", str(small_config), "--broker_url", own_redis_url]) as started:
 
-    def _start(*flags: str) -> tuple:
-        args = ["--config_path", str(small_config), "--broker_url", own_redis_url]
-        worker = start_ovms(args, role="worker")
-        started.append(worker)
-        api = start_ovms([*args, *flags], role="api")
-        started.append(api)
-        worker.signal(signal.SIGSTOP)
-        return api, worker
+        def _start(*flags: str) -> tuple:
+            worker = started.start_worker()
+            api = started.start_api(*flags)
+            worker.signal(signal.SIGSTOP)
+            return api, worker
 
-    yield _start
-    for process in started:
-        with contextlib.suppress(ProcessLookupError):  # one the test stopped already
-            process.signal(signal.SIGCONT)
-        process.stop()
+        yield _start
 
 
 def test_a_chunk_past_its_deadline_fails_the_job_and_submit_wait_ends(stopped_worker_stack, tmp_path):

@@ -22,7 +22,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import predict_pb2, pr
 
 from tests.integration.test_grpc import content_tensor, predict_request
 from tests.support.leaks import rss_bytes
-from tests.support.stack import OvmsProcess, private_redis, start_ovms
+from tests.support.stack import Fleet, OvmsProcess, private_redis
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -43,15 +43,12 @@ def stack(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFac
     entry = {"name": "digits", "base_path": str(models_dir / "digits")}
     config.write_text(json.dumps({"model_config_list": [{"config": entry}]}))
     args = ["--config_path", str(config), "--broker_url", redis_url, "--max_request_mb", str(MAX_REQUEST_MB)]
-    processes = {
-        "worker": start_ovms([*args, "--worker_max_inflight_mb", str(BUDGET_MB)], role="worker"),
-        "small_api": start_ovms([*args, "--max_inflight_mb", str(BUDGET_MB)], role="api"),
-        "api": start_ovms(args, role="api"),
-    }
-    yield processes
-    processes["worker"].signal(signal.SIGCONT)
-    for process in processes.values():
-        process.stop()
+    with Fleet(args) as started:
+        yield {
+            "worker": started.start_worker("--worker_max_inflight_mb", str(BUDGET_MB)),
+            "small_api": started.start_api("--max_inflight_mb", str(BUDGET_MB)),
+            "api": started.start_api(),
+        }
 
 
 def rows_of(mib: float) -> int:

@@ -27,7 +27,7 @@ from ovmsclient.tfs_compat.protos.tensorflow_serving.apis import prediction_serv
 from inference.states import LOADING_ON_DEMAND, NOT_RESIDENT
 from tests.integration.test_grpc import content_tensor, predict_request, resnet_image
 from tests.integration.test_status import ovms_status
-from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_ready
+from tests.support.stack import OvmsProcess, private_redis, wait_for_ready, worker_and_api
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -40,32 +40,22 @@ LOADS = re.compile(r'^ovms_model_(un)?loads_total\{name="(\w+)",reason="(\w+)",v
 LOAD_SECONDS = re.compile(r'^ovms_model_load_seconds_(sum|count)\{name="(\w+)",version="1"\} (\S+)$', re.MULTILINE)
 
 
-def start_stack(models_dir: Path, redis_url: str, directory: Path, models: dict[str, dict], *worker_flags: str):
-    """An `ovms worker` (with `worker_flags`) and an `ovms api` on `redis_url` serving `models` (name -> config)."""
+def serving(models: dict[str, dict], directory: Path, redis_url: str) -> list[str]:
+    """The flags of a stack on `redis_url` serving `models` (name -> config; the config file written to `directory`)."""
     config = directory / "config.json"
     entries = [{"config": {"name": name, **settings}} for name, settings in models.items()]
     config.write_text(json.dumps({"model_config_list": entries}))
-    args = ["--config_path", str(config), "--broker_url", redis_url]
-    worker = start_ovms([*args, *worker_flags], role="worker")
-    try:
-        api = start_ovms(args, role="api")
-    except BaseException:
-        worker.stop()
-        raise
-    return api, worker
+    return ["--config_path", str(config), "--broker_url", redis_url]
 
 
 @pytest.fixture(scope="module")
 def budget(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvmsProcess]:
     """The api of a stack whose one worker holds at most BUDGET_MB of models: three resnets."""
     models = {name: {"base_path": str(models_dir / "resnet")} for name in RESNETS}
-    api, worker = start_stack(
-        models_dir, redis_url, tmp_path_factory.mktemp("budget"), models, "--worker_memory_mb", str(BUDGET_MB)
-    )
-    yield api
-    print("worker measured:", " | ".join(re.findall(r"Model \w+ version 1: loaded in .*", worker.log())[:6]))
-    api.stop()
-    worker.stop()
+    args = serving(models, tmp_path_factory.mktemp("budget"), redis_url)
+    with worker_and_api(args, worker_args=["--worker_memory_mb", str(BUDGET_MB)]) as (worker, api):
+        yield api
+        print("worker measured:", " | ".join(re.findall(r"Model \w+ version 1: loaded in .*", worker.log())[:6]))
 
 
 @pytest.fixture(scope="module")
@@ -229,10 +219,8 @@ def test_a_request_that_cannot_wait_for_the_load_is_unavailable_with_retry_after
 def idle(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvmsProcess]:
     """The api of a stack whose worker unloads `digits` after IDLE_UNLOAD_S without requests (no budget)."""
     models = {"digits": {"base_path": str(models_dir / "digits"), "idle_unload_s": IDLE_UNLOAD_S}}
-    api, worker = start_stack(models_dir, redis_url, tmp_path_factory.mktemp("idle"), models)
-    yield api
-    api.stop()
-    worker.stop()
+    with worker_and_api(serving(models, tmp_path_factory.mktemp("idle"), redis_url)) as (_, api):
+        yield api
 
 
 def digits_predict(api: OvmsProcess, rows: np.ndarray) -> requests.Response:

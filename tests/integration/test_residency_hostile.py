@@ -26,8 +26,8 @@ import pytest
 import requests
 
 from inference.states import NOT_RESIDENT
-from tests.integration.test_residency import start_stack, wait_until
-from tests.support.stack import OvmsProcess, private_redis, wait_for_ready
+from tests.integration.test_residency import serving, wait_until
+from tests.support.stack import OvmsProcess, private_redis, wait_for_ready, worker_and_api
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
@@ -64,13 +64,9 @@ def stack(
     """api, worker (idle_unload_s models, no budget) and their repository."""
     directory = tmp_path_factory.mktemp("hostile")
     repository = Repository(models_dir, directory)
-    api, worker = start_stack(models_dir, redis_url, directory, repository.models)
-    try:
+    with worker_and_api(serving(repository.models, directory, redis_url)) as (worker, api):
         wait_for_ready(api, timeout_s=WAIT_S)
         yield api, worker, repository
-    finally:
-        api.stop()
-        worker.stop()
 
 
 def version_status(api: OvmsProcess, model: str) -> tuple[str, str]:
@@ -188,13 +184,10 @@ def tiny_budget(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     policy = {"all": {}}
     models = {name: {"base_path": str(models_dir / "versioned"), "model_version_policy": policy} for name in "ab"}
     with contextmanager(private_redis)() as redis_url:
-        api, worker = start_stack(models_dir, redis_url, directory, models, "--worker_memory_mb", "1")
-        try:
+        args = serving(models, directory, redis_url)
+        with worker_and_api(args, worker_args=["--worker_memory_mb", "1"]) as (_, api):
             wait_for_ready(api, timeout_s=WAIT_S)
             yield api
-        finally:
-            api.stop()
-            worker.stop()
 
 
 def test_clients_rotating_over_versions_under_a_budget_of_one_mib_each_get_their_own_versions_answer(

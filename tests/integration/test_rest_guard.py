@@ -24,7 +24,7 @@ from tests.integration import test_rest_connections
 from tests.integration.test_rest_connections import DIGIT, status_of
 from tests.integration.test_security import TOKEN
 from tests.support.leaks import rss_bytes
-from tests.support.stack import private_redis, start_ovms
+from tests.support.stack import private_redis, worker_and_api
 
 held = test_rest_connections.held  # fixture
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
@@ -57,11 +57,8 @@ def stack(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFac
         "--rest_workers",
         str(REST_WORKERS),
     ]
-    processes = {"worker": start_ovms(args, role="worker"), "api": start_ovms([*args, *api_flags], role="api")}
-    yield processes
-    processes["worker"].signal(signal.SIGCONT)
-    for process in processes.values():
-        process.stop()
+    with worker_and_api(args, api_args=api_flags) as (worker, api):
+        yield {"worker": worker, "api": api}
 
 
 def post_head(length: int, authorization: bytes = AUTHORIZED, chunked: bool = False) -> bytes:

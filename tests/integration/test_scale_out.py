@@ -12,19 +12,19 @@ import pytest
 import requests
 
 from tasks.broker import free_port
-from tests.support.stack import OvmsProcess, private_redis, start_ovms, wait_for_ready, wait_for_workers
+from tests.support.stack import Fleet, OvmsProcess, private_redis, start_ovms, wait_for_ready, wait_for_workers
 
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
 
 @pytest.fixture(scope="module")
 def cluster(small_config: Path, redis_url: str) -> Iterator[tuple[list[OvmsProcess], list[OvmsProcess]]]:
-    args = ["--config_path", str(small_config), "--broker_url", redis_url]
-    workers = [start_ovms(args, role="worker") for _ in range(2)]
-    apis = [start_ovms(args, role="api") for _ in range(2)]
-    yield apis, workers
-    for process in apis + workers:
-        process.stop()
+    with Fleet(["--config_path", str(small_config), "--broker_url", redis_url]) as started:
+        for _ in range(2):
+            started.start_worker()
+        for _ in range(2):
+            started.start_api()
+        yield started.apis, started.workers
 
 
 def _predict(api: OvmsProcess, session: requests.Session) -> requests.Response:

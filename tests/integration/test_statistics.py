@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.protos import grpc_service_pb2 as pb
 from api.protos import grpc_service_pb2_grpc
 from tests.support.jobs import post_npy, wait_for_end
-from tests.support.stack import REPO, OvmsProcess, private_redis, start_ovms, wait_for_ready, wait_for_workers
+from tests.support.stack import REPO, Fleet, OvmsProcess, private_redis, wait_for_ready, wait_for_workers
 
 TIMEOUT_S = 30
 FLUSHED_WITHIN_S = 5.0  # a worker flushes every second: well within this
@@ -40,20 +39,8 @@ VERSION_NOT_FOUND = "Model with requested version is not found"
 redis_url = pytest.fixture(scope="module", name="redis_url")(private_redis)
 
 
-@dataclass
-class Cluster:
-    api: OvmsProcess
-    workers: list[OvmsProcess]
-    args: list[str]
-
-    def start_worker(self) -> OvmsProcess:
-        worker = start_ovms(self.args, role="worker")
-        self.workers.append(worker)
-        return worker
-
-
 @pytest.fixture(scope="module")
-def cluster(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     """`versioned` (both versions), `digits`, and `anyshape` (digits with every dimension dynamic: OpenVINO, on the
     worker, refuses rows that are not 64 wide) on two workers behind one api."""
     config = tmp_path_factory.mktemp("statistics") / "config.json"
@@ -63,17 +50,13 @@ def cluster(models_dir: Path, redis_url: str, tmp_path_factory: pytest.TempPathF
         {"name": "anyshape", "base_path": str(models_dir / "digits"), "shape": "auto"},
     ]
     config.write_text(json.dumps({"model_config_list": [{"config": model} for model in models]}))
-    args = ["--config_path", str(config), "--broker_url", redis_url]
-    started = Cluster(start_ovms(args, role="api"), [], args)
-    try:
+    with Fleet(["--config_path", str(config), "--broker_url", redis_url]) as started:
+        api = started.start_api()
         for _ in range(2):
             started.start_worker()
-        wait_for_workers(started.api, 2)
-        wait_for_ready(started.api)
+        wait_for_workers(api, 2)
+        wait_for_ready(api)
         yield started
-    finally:
-        for process in [*started.workers, started.api]:
-            process.stop()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -148,7 +131,7 @@ def metric(samples: dict, family: str, /, **labels: str) -> float:
 # --------------------------------------------------------------------------- counting
 
 
-def test_sequential_predicts_are_counted_exactly_per_version_and_agree_with_prometheus(cluster: Cluster) -> None:
+def test_sequential_predicts_are_counted_exactly_per_version_and_agree_with_prometheus(cluster: Fleet) -> None:
     api = cluster.api
     one, two = stat(api, "versioned", 1), stat(api, "versioned", 2)
     metrics_before = scrape(api)
@@ -191,7 +174,7 @@ def test_sequential_predicts_are_counted_exactly_per_version_and_agree_with_prom
     assert queue_us < success_us < prometheus("ovms_request_time_us_sum", **labels, interface="rest", tenant="")
 
 
-def test_concurrent_predicts_are_batched_and_every_row_counted(cluster: Cluster) -> None:
+def test_concurrent_predicts_are_batched_and_every_row_counted(cluster: Fleet) -> None:
     api = cluster.api
     before = stat(api, "digits", 1)
     session = requests.Session()
@@ -212,7 +195,7 @@ def test_concurrent_predicts_are_batched_and_every_row_counted(cluster: Cluster)
     assert max(by_size) <= 16  # the default max_batch_size
 
 
-def test_two_workers_counts_are_summed(cluster: Cluster) -> None:
+def test_two_workers_counts_are_summed(cluster: Fleet) -> None:
     api = cluster.api
     before = stat(api, "versioned", 2)
     served: dict[str, int] = {}
@@ -231,7 +214,7 @@ def test_two_workers_counts_are_summed(cluster: Cluster) -> None:
     assert after["inference_count"] - before["inference_count"] == total
 
 
-def test_worker_side_failures_count_and_refusals_by_the_api_do_not(cluster: Cluster) -> None:
+def test_worker_side_failures_count_and_refusals_by_the_api_do_not(cluster: Fleet) -> None:
     api = cluster.api
     anyshape, digits = stat(api, "anyshape", 1), stat(api, "digits", 1)
     for _ in range(3):  # OpenVINO cannot run 3-wide rows through digits: the worker fails them
@@ -256,7 +239,7 @@ def test_worker_side_failures_count_and_refusals_by_the_api_do_not(cluster: Clus
     assert stat(api, "digits", 1)["inference_stats"]["fail"] == digits["inference_stats"]["fail"]
 
 
-def test_an_async_job_counts_each_chunk_as_a_request_with_its_rows(cluster: Cluster) -> None:
+def test_an_async_job_counts_each_chunk_as_a_request_with_its_rows(cluster: Fleet) -> None:
     api = cluster.api
     before = stat(api, "digits", 1)
     reply = post_npy(api.rest_url, "digits", np.ones((300, 64), np.float32))
@@ -271,7 +254,7 @@ def test_an_async_job_counts_each_chunk_as_a_request_with_its_rows(cluster: Clus
 # --------------------------------------------------------------------------- the routes and their document
 
 
-def test_listings_unknown_names_and_the_metrics_of_the_route(cluster: Cluster) -> None:
+def test_listings_unknown_names_and_the_metrics_of_the_route(cluster: Fleet) -> None:
     api = cluster.api
     before = scrape(api)
     listed = [(entry["name"], entry["version"]) for entry in stats(api)]
@@ -301,7 +284,7 @@ def test_listings_unknown_names_and_the_metrics_of_the_route(cluster: Cluster) -
     assert counted("ovms_requests_fail_total", name="versioned", version="", code="NOT_FOUND") == 1
 
 
-def test_invented_names_make_no_redis_keys(cluster: Cluster, redis_url: str) -> None:
+def test_invented_names_make_no_redis_keys(cluster: Fleet, redis_url: str) -> None:
     api = cluster.api
     for index in range(20):
         predict(api, f"invented{index}", [[1]])
@@ -313,7 +296,7 @@ def test_invented_names_make_no_redis_keys(cluster: Cluster, redis_url: str) -> 
     assert keys <= {f"ovms:stats:{name}" for name in ("anyshape:1", "digits:1", "versioned:1", "versioned:2")}
 
 
-def test_the_triton_client_reads_the_document_and_its_grpc_messages_take_it(cluster: Cluster) -> None:
+def test_the_triton_client_reads_the_document_and_its_grpc_messages_take_it(cluster: Fleet) -> None:
     """tritonclient's HTTP client asks the routes; each answer is parsed into Triton's own gRPC
     ModelStatisticsResponse with json_format.ParseDict (unknown fields refused), as a gRPC frontend will."""
     assert TRITON_PYTHON.exists(), f"{TRITON_PYTHON} is missing: `make test` installs it (`make triton-client`)"
@@ -344,7 +327,7 @@ print(json.dumps([[(s.name, s.version, s.inference_count, s.inference_stats.succ
     assert [entry[:2] for entry in two] == [["versioned", "2"]]
 
 
-def test_grpc_model_statistics_answer_the_same_document(cluster: Cluster) -> None:
+def test_grpc_model_statistics_answer_the_same_document(cluster: Fleet) -> None:
     """ModelStatistics on the KServe v2 gRPC service: the REST document as Triton's message, through our
     stubs and through tritonclient.grpc's get_inference_statistics; unknown models and versions as REST."""
     with grpc.insecure_channel(cluster.api.grpc_address) as channel:
@@ -391,7 +374,7 @@ print(json.dumps([[(s["name"], s["version"]) for s in answer["model_stats"]] for
 # --------------------------------------------------------------------------- workers that stop
 
 
-def test_the_totals_survive_the_workers_restart(cluster: Cluster) -> None:
+def test_the_totals_survive_the_workers_restart(cluster: Fleet) -> None:
     api = cluster.api
     prior = successes(stat(api, "versioned", 1))
     for _ in range(4):
@@ -413,7 +396,7 @@ def test_the_totals_survive_the_workers_restart(cluster: Cluster) -> None:
     assert successes(after) == successes(before) + 1
 
 
-def test_a_worker_killed_under_load_loses_at_most_its_last_second(cluster: Cluster) -> None:
+def test_a_worker_killed_under_load_loses_at_most_its_last_second(cluster: Fleet) -> None:
     api = cluster.api
     before = successes(stat(api, "versioned", 1))
     answers: list[tuple[float, str]] = []  # (when, worker) of each success

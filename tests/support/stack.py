@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -129,6 +130,49 @@ def start_ovms(
     if open_file_limit is not None:
         command = ["sh", "-c", f'ulimit -n {open_file_limit} && exec "$@"', "sh", *command]
     return OvmsProcess(command, grpc_port, rest_port, wait_for, env)
+
+
+class Fleet:
+    """`ovms worker` and `ovms api` processes on the same flags (`args`), each started with flags of its own
+    added. Leaving `with Fleet(args) as fleet:` stops every one of them, the apis first, each resumed (SIGCONT)
+    first: a test may have left a worker frozen with SIGSTOP."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.args = args
+        self.workers: list[OvmsProcess] = []
+        self.apis: list[OvmsProcess] = []
+
+    @property
+    def api(self) -> OvmsProcess:
+        """The first api started."""
+        return self.apis[0]
+
+    def start_worker(self, *flags: str) -> OvmsProcess:
+        self.workers.append(start_ovms([*self.args, *flags], role="worker"))
+        return self.workers[-1]
+
+    def start_api(self, *flags: str) -> OvmsProcess:
+        self.apis.append(start_ovms([*self.args, *flags], role="api"))
+        return self.apis[-1]
+
+    def __enter__(self) -> Fleet:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for process in [*self.apis, *self.workers]:
+            with contextlib.suppress(ProcessLookupError):  # one the test stopped already
+                process.signal(signal.SIGCONT)
+            process.stop()
+
+
+@contextlib.contextmanager
+def worker_and_api(
+    args: list[str], worker_args: list[str] | None = None, api_args: list[str] | None = None
+) -> Iterator[tuple[OvmsProcess, OvmsProcess]]:
+    """An `ovms worker`, then an `ovms api`, on `args` (plus each one's own flags): a Fleet of the two, so the
+    worker is stopped if the api fails to start, and both on the way out."""
+    with Fleet(args) as fleet:
+        yield fleet.start_worker(*(worker_args or [])), fleet.start_api(*(api_args or []))
 
 
 def private_redis() -> Iterator[str]:
