@@ -68,10 +68,12 @@ def post(
 
 
 def _send(destination: Destination, body: bytes, headers: dict[str, str], timeout_s: float) -> int:
-    """The answer's status; OSError or HTTPException if there is none within `timeout_s` in all."""
+    """The answer's status; OSError or HTTPException if there is none within `timeout_s` in all, connecting
+    included (the attempt's lease in tasks.callback_runner counts on that)."""
+    deadline = time.monotonic() + timeout_s
     raw = socket.create_connection((destination.address, destination.port), timeout=timeout_s)
     expired = threading.Event()
-    watchdog = threading.Timer(timeout_s, _shut, (raw, expired))
+    watchdog = threading.Timer(max(deadline - time.monotonic(), 0.0), _shut, (raw, expired))
     watchdog.start()
     try:
         status = _exchange(raw, destination, body, headers, timeout_s)
