@@ -28,11 +28,9 @@ completions over the window. The tables are printed as Markdown on stdout, progr
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import shlex
-import signal
 import sys
 import tempfile
 from collections import Counter
@@ -43,8 +41,8 @@ import grpc
 import openvino as ov
 from bench_cases import CASES, ModelCase
 from bench_raw import measure_raw
-from bench_report import fmt, load_average, machine, markdown_table, progress, ratio
-from bench_stack import Server, raise_keyboard_interrupt
+from bench_report import RunStart, fmt, markdown_table, progress, ratio
+from bench_stack import Server, measuring, stop_on_sigterm
 from bench_stats import Measure, Stats, measure_cell
 from bench_v2 import measure_v2
 from tfs_load import measure_grpc, measure_rest
@@ -98,11 +96,9 @@ def print_model_table(case: ModelCase, rows: list[Row]) -> None:
         print("\nerrors: " + ", ".join(f"{kind}: {count}" for kind, count in errors.most_common()))
 
 
-def print_header(args: argparse.Namespace, server: Server, started: datetime.datetime, load_before: float) -> None:
+def print_header(args: argparse.Namespace, server: Server, run: RunStart) -> None:
     print("## Benchmark: served vs raw OpenVINO\n")
-    print(f"- date: {started:%Y-%m-%d %H:%M:%S %Z}")
-    print(f"- machine: {machine()}")
-    print(f"- load average (1 min): {load_before:.1f} before the run, {load_average():.1f} after")
+    print(run.header_items())
     print(f"- software: Python {sys.version.split()[0]}, OpenVINO {ov.get_version()}, grpcio {grpc.__version__}")
     print(f"- command: `{shlex.join(sys.orig_argv)}`")
     print(f"- server: `{shlex.join(['python', *server.command[1:]])}`")
@@ -199,25 +195,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.datetime.now().astimezone()
-    load_before = load_average()
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the server on SIGTERM as on Ctrl-C
+    run = RunStart.now()
+    stop_on_sigterm()
     cases = [CASES[name]() for name in args.models]
     core = ov.Core()
     with tempfile.TemporaryDirectory(prefix="ovms-bench-") as directory:
         server = Server(cases, shlex.split(args.server_flags), Path(directory))
-        try:
-            progress(f"starting {shlex.join(server.command)}")
-            with server:
-                progress(f"server ready: gRPC {server.grpc_address}, REST {server.rest_url}")
-                results = [(case, bench_model(args, core, server, case)) for case in cases]
-        except KeyboardInterrupt:
-            progress("interrupted; the server was stopped")
-            return 130
-        except Exception:
-            progress(f"failed; last lines of the server log:\n{server.log_tail()}")
-            raise
-        print_header(args, server, started, load_before)
+        progress(f"starting {shlex.join(server.command)}")
+        with measuring(server):
+            progress(f"server ready: gRPC {server.grpc_address}, REST {server.rest_url}")
+            results = [(case, bench_model(args, core, server, case)) for case in cases]
+        print_header(args, server, run)
         for case, rows in results:
             print_model_table(case, rows)
     return 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +51,23 @@ def machine() -> str:
 def load_average() -> float:
     """The 1-minute load average: on a shared machine, how busy others kept the cores."""
     return os.getloadavg()[0]
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """When a benchmark run began and how busy the machine was then (reported beside the load at its end)."""
+
+    at: datetime.datetime
+    load_average: float
+
+    @classmethod
+    def now(cls) -> RunStart:
+        return cls(datetime.datetime.now().astimezone(), load_average())
+
+    def header_items(self) -> str:
+        """A report's date, machine and load average, as Markdown list items."""
+        return "\n".join([
+            f"- date: {self.at:%Y-%m-%d %H:%M:%S %Z}",
+            f"- machine: {machine()}",
+            f"- load average (1 min): {self.load_average:.1f} before the run, {load_average():.1f} after",
+        ])  # fmt: skip

@@ -11,8 +11,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import requests
@@ -28,6 +29,7 @@ EMBEDDED_REDIS = re.compile(r"Embedded Redis started on ([0-9.]+):([0-9]+)")
 REST_READY = "Started REST server at"
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+INTERRUPTED_EXIT_STATUS = 130  # what a shell reports for a command stopped by Ctrl-C (128 + SIGINT)
 
 
 def config_value(text: str) -> Any:
@@ -189,6 +191,38 @@ def stop_tree(process: subprocess.Popen, name: str, timeout_s: float = STOP_TIME
             os.kill(pid, signal.SIGKILL)
 
 
-def raise_keyboard_interrupt(*_: object) -> None:
-    """A SIGTERM handler: stop what runs as on Ctrl-C, so that `with Server(...)` blocks stop their servers."""
+def _raise_keyboard_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """From now on SIGTERM stops what runs as Ctrl-C does, so that `with Server(...)` blocks stop their servers."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(stopped: str) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, after `stop_on_sigterm()`) in the block ends the program with one progress line,
+    "interrupted; `stopped`", and exit status 130 instead of a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        progress(f"interrupted; {stopped}")
+        raise SystemExit(INTERRUPTED_EXIT_STATUS) from None
+
+
+AnyServer = TypeVar("AnyServer", bound=ServerProcess)
+
+
+@contextlib.contextmanager
+def measuring(server: AnyServer) -> Iterator[AnyServer]:
+    """`server` started for the block's measurements and stopped after it. Interrupted, the program exits as
+    `exit_on_interrupt` says, once the server is stopped; on a failure, the last lines of the server's log go to
+    stderr before the error propagates."""
+    with exit_on_interrupt("the server was stopped"):
+        try:
+            with server:
+                yield server
+        except Exception:
+            progress(f"failed; last lines of the server log:\n{server.log_tail()}")
+            raise

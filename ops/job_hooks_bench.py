@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import signal
 import sys
 import tempfile
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import requests
 from bench_cases import ModelCase
 from bench_report import progress
-from bench_stack import Server, raise_keyboard_interrupt
+from bench_stack import Server, stop_on_sigterm
 from proc_cpu import cpu_seconds
 
 from tests.support.receiver import Receiver
@@ -78,7 +77,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=200, help="jobs of phase 1")
     parser.add_argument("--waiting", type=int, default=1000, help="jobs waiting with callbacks in phases 2-3")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    stop_on_sigterm()
     case = ModelCase("versioned", "x", "y", [])
     with tempfile.TemporaryDirectory(prefix="job-hooks-bench-") as directory, Receiver() as receiver:
         secret = Path(directory) / "secret"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 import tempfile
 import threading
@@ -28,7 +27,7 @@ import numpy as np
 import psutil
 from bench_cases import digits_case
 from bench_report import markdown_table, progress
-from bench_stack import Server, raise_keyboard_interrupt
+from bench_stack import Server, stop_on_sigterm
 from soak import process_label
 from tfs_load import predict_request
 
@@ -106,7 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    stop_on_sigterm()
     rows = ((args.request_mb << 20) - MESSAGE_OVERHEAD) // DIGITS_ROW_BYTES
     flags = ["--max_request_mb", str(args.request_mb), *shlex.split(args.server_flags)]
     with tempfile.TemporaryDirectory(prefix="ovms-memory-") as directory:

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import functools
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -34,8 +32,8 @@ from pathlib import Path
 import openvino as ov
 from bench_cases import CASES, ModelCase
 from bench_raw import measure_raw
-from bench_report import fmt, load_average, machine, markdown_table, progress, ratio
-from bench_stack import Server, raise_keyboard_interrupt
+from bench_report import RunStart, fmt, markdown_table, progress, ratio
+from bench_stack import Server, exit_on_interrupt, stop_on_sigterm
 from bench_stats import Measure, Stats, measure_cell
 from bench_v2 import V2_PYTHON, measure_v2
 from peer_mlserver import MLSERVER, MLServer
@@ -193,14 +191,10 @@ def venv_version(python: Path, module: str) -> str:
     return run.stdout.strip() or "unknown"
 
 
-def print_report(
-    args: argparse.Namespace, started: datetime.datetime, load_before: float, results: list[Result]
-) -> None:
+def print_report(args: argparse.Namespace, run: RunStart, results: list[Result]) -> None:
     mlserver_python = MLSERVER.parent / "python"
     print("## Peer benchmark: ours vs MLServer, KServe v2 gRPC\n")
-    print(f"- date: {started:%Y-%m-%d %H:%M:%S %Z}")
-    print(f"- machine: {machine()}")
-    print(f"- load average (1 min): {load_before:.1f} before the run, {load_average():.1f} after")
+    print(run.header_items())
     print(
         f"- software: Python {sys.version.split()[0]}, OpenVINO {ov.get_version().split('-')[0]}, "
         f"MLServer {venv_version(mlserver_python, 'mlserver')} "
@@ -249,24 +243,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.datetime.now().astimezone()
-    load_before = load_average()
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the servers on SIGTERM as on Ctrl-C
+    run = RunStart.now()
+    stop_on_sigterm()
     cases = [CASES[name]() for name in sorted({cell.model for cell in args.cells})]
     with tempfile.TemporaryDirectory(prefix="ovms-peer-bench-") as name, contextlib.ExitStack() as servers:
         directory = Path(name)
-        try:
+        with exit_on_interrupt("the servers were stopped"):
             progress("starting ours, MLServer with adaptive batching, MLServer without")
             ours = servers.enter_context(Server(cases, [], directory))
             batching = servers.enter_context(MLServer(cases, True, directory))
             no_batching = servers.enter_context(MLServer(cases, False, directory))
             progress(f"ready: ours {ours.grpc_address}, MLServer {batching.grpc_address}, {no_batching.grpc_address}")
             results = run_cells(args, ours, batching, no_batching, directory)
-        except KeyboardInterrupt:
-            progress("interrupted; the servers were stopped")
-            return 130
         servers.close()
-        print_report(args, started, load_before, results)
+        print_report(args, run, results)
     return 0
 
 

@@ -33,11 +33,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import itertools
 import json
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,8 +49,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 from bench_cases import CASES, ModelCase
-from bench_report import fmt, load_average, machine, markdown_table, progress, ratio
-from bench_stack import Server, raise_keyboard_interrupt
+from bench_report import RunStart, fmt, load_average, machine, markdown_table, progress, ratio
+from bench_stack import Server, measuring, stop_on_sigterm
 from bench_stats import Recorder, Stats, Window, stats_from_report
 from tfs_load import grpc_stream, predict_request
 
@@ -255,9 +253,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    started = datetime.datetime.now().astimezone()
-    load_before = load_average()
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # stop the server on SIGTERM as on Ctrl-C
+    run = RunStart.now()
+    stop_on_sigterm()
     case = CASES[args.model]()
     phases, tenants = priority_phases(args), tenant_phases(args)
     with tempfile.TemporaryDirectory(prefix="ovms-priority-bench-") as directory:
@@ -265,21 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         tokens.write_text(TOKENS)
         flags = [*shlex.split(args.server_flags), "--auth_token_file", str(tokens)]
         server = Server([case], flags, Path(directory), token=FLOOD_TOKEN)
-        try:
-            progress(f"starting {shlex.join(server.command)}")
-            with server:
-                outcomes = [measure(args, server, case, group) for group in (phases, tenants)]
-        except KeyboardInterrupt:
-            progress("interrupted; the server was stopped")
-            return 130
-        except Exception:
-            progress(f"failed; last lines of the server log:\n{server.log_tail()}")
-            raise
-    print(f"# priority_bench {started:%Y-%m-%d %H:%M %Z}: {args.model}, {machine()}")
+        progress(f"starting {shlex.join(server.command)}")
+        with measuring(server):
+            outcomes = [measure(args, server, case, group) for group in (phases, tenants)]
+    print(f"# priority_bench {run.at:%Y-%m-%d %H:%M %Z}: {args.model}, {machine()}")
     print(
         f"# {args.low_clients} flooding clients back to back, {args.high_clients} measured client(s) pausing "
         f"{args.pause:g} s; {args.rounds} rounds of {args.duration:g} s per phase after {args.warmup:g} s; load "
-        f"average {load_before:.1f} before, {load_average():.1f} after"
+        f"average {run.load_average:.1f} before, {load_average():.1f} after"
     )
     print()
     rows = [row(outcome, group[0]) for group in outcomes if group for outcome in group]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import grpc
 import requests
 from bench_cases import MODELS_DIR, ModelCase, digits_case, resnet_case
 from bench_report import markdown_table, progress
-from bench_stack import Server, raise_keyboard_interrupt
+from bench_stack import Server, stop_on_sigterm
 from tfs_load import predict_request
 
 from api.protos import serving_pb2_grpc
@@ -123,7 +122,7 @@ def main() -> int:
     parser.add_argument("--memory-mb", type=int, default=160, help="--worker_memory_mb: two resnets, not three")
     parser.add_argument("--idle-unload-s", type=float, default=2.0)
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    stop_on_sigterm()
     with (
         tempfile.TemporaryDirectory(prefix="ovms-residency-bench-") as directory,
         ResidencyServer(Path(directory), args.memory_mb, args.idle_unload_s) as server,

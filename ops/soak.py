@@ -17,7 +17,6 @@ import asyncio
 import datetime
 import re
 import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ import psutil
 import redis
 from bench_cases import digits_case
 from bench_report import markdown_table, progress
-from bench_stack import Server, raise_keyboard_interrupt
+from bench_stack import Server, measuring, stop_on_sigterm
 from bench_stats import Window
 from tfs_load import REQUEST_TIMEOUT_S, measure_grpc, predict_request
 
@@ -177,29 +176,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    with tempfile.TemporaryDirectory(prefix="ovms-soak-") as directory:
-        server = Server([digits_case()], shlex.split(args.server_flags), Path(directory))
-        try:
-            with server:
-                store = redis_client(server)
-                progress("measuring capacity")
-                capacity = measure_grpc(
-                    server.grpc_address, digits_case(), CAPACITY_CLIENTS, Window.after_warmup(2.0, CAPACITY_SECONDS)
-                )
-                rate = args.load * capacity.throughput
-                start = snapshot(server, store)
-                progress(f"capacity {capacity.throughput:,.0f} req/s; soaking at {rate:,.0f} req/s")
-                tally = asyncio.run(open_loop(server.grpc_address, rate, args.minutes * 60))
-                time.sleep(2.0)  # let expiring keys expire before the last snapshot
-                end = snapshot(server, store)
-                server.check_alive()
-        except KeyboardInterrupt:
-            progress("interrupted; the server was stopped")
-            return 130
-        except Exception:
-            progress(f"failed; last lines of the server log:\n{server.log_tail()}")
-            raise
+    stop_on_sigterm()
+    with (
+        tempfile.TemporaryDirectory(prefix="ovms-soak-") as directory,
+        measuring(Server([digits_case()], shlex.split(args.server_flags), Path(directory))) as server,
+    ):
+        store = redis_client(server)
+        progress("measuring capacity")
+        capacity = measure_grpc(
+            server.grpc_address, digits_case(), CAPACITY_CLIENTS, Window.after_warmup(2.0, CAPACITY_SECONDS)
+        )
+        rate = args.load * capacity.throughput
+        start = snapshot(server, store)
+        progress(f"capacity {capacity.throughput:,.0f} req/s; soaking at {rate:,.0f} req/s")
+        tally = asyncio.run(open_loop(server.grpc_address, rate, args.minutes * 60))
+        time.sleep(2.0)  # let expiring keys expire before the last snapshot
+        end = snapshot(server, store)
+        server.check_alive()
     report(args, capacity.throughput, rate, tally, (start, end))
     return 0
 
