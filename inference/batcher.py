@@ -12,14 +12,17 @@ Policy, per model version:
   of their own) must not find every infer request busy with another kind's work. While more than one kind
   shares the version (sent a request within SHARED_WINDOW_S):
   - with more infer requests than `reserved` (a model's `reserved_infer_requests`, default 1), the last
-    `reserved` free ones are kept for the others: a kind that already runs an inference does not take them
-    while another kind of the same or a higher level is present. A request of another kind then starts at
-    once, and on a device whose infer requests run in parallel (CPU streams) it takes about as long as alone;
-    the flooding kind keeps the other infer requests;
-  - with one infer request (or none reserved), a batch holds no more rows than are expected to take
-    GUARD_SLACK_S longer than a lone request (job chunks do not count as a kind here), so a request of another
-    kind waits for at most about one lone request's inference. The estimate comes from the inferences this
-    version ran (their time by rows);
+    `reserved` free ones are kept for the kinds present that are waiting (their tenant runs nothing at their
+    level or a higher one): a kind that is not waiting does not take them while a waiting kind of its level or
+    a higher one is present, and a waiting kind does not while a waiting kind of a higher level is. A request of
+    a waiting kind then starts at once, and on a device whose infer requests run in parallel (CPU streams) it
+    takes about as long as alone; the flooding kind keeps the other infer requests. A tenant flooding at two
+    levels is one flood (its lower level is not waiting), and job chunks do not take them from interactive
+    requests;
+  - otherwise (one infer request, or no fewer reserved than there are), a batch holds no more rows than are
+    expected to take GUARD_SLACK_S longer than a lone request (job chunks do not count as a kind here), so a
+    request of another kind waits for at most about one lone request's inference. The estimate comes from the
+    inferences this version ran (their time by rows);
 - outputs are split back by rows, so each request gets exactly its own slice. If a batched inference
   fails, its requests are retried one by one, so a bad request fails alone.
 
@@ -127,7 +130,8 @@ class DynamicBatcher:
         """`statistics`: where each successful inference is counted (inference.statistics); `reserved`: the
         infer requests a kind already running leaves free for other kinds present (see the module)."""
         self.compiled = compiled
-        self._reserved = reserved
+        # keeping every infer request for others would idle the model: then none is kept (the row guard applies)
+        self._reserved = reserved if compiled.nireq > reserved else 0
         self._statistics = statistics
         self.max_rows = max(1, max_batch_size if compiled.batchable else 1)
         self._max_delay = max_queue_delay_s
@@ -223,7 +227,8 @@ class DynamicBatcher:
         """Wait (holding the lock) for a free infer request and work it may take, then form a batch."""
         while True:
             while not self._closed and (self._free == 0 or self._pending.next_level(self._may_start) is None):
-                self._cond.wait()  # an inference ending or a request coming changes what may start
+                # an inference ending or a request coming changes what may start, and so does a kind leaving
+                self._cond.wait(self._until_a_kind_leaves() if self._free and self._pending else None)
             while self._closed and not self._pending:  # closing: what is queued is handed over at once
                 if self._unfinished == 0:
                     return None
@@ -239,18 +244,33 @@ class DynamicBatcher:
                 return batch
 
     def _may_start(self, level: int, tenant: str) -> bool:
-        """Whether a batch of this kind may take a free infer request now: not one of the last `reserved` while
-        this kind already runs an inference and another kind of the same or a higher level is present (see the
-        module).
-        Closing, what is queued is handed over whatever it is."""
-        kind = level, tenant
-        if self._closed or self._free > self._reserved or not self._running[kind]:
+        """Whether a batch of this kind may take a free infer request now. Any may while more than `reserved` are
+        free (or while closing: what is queued is handed over whatever it is). The last `reserved` are kept for
+        kinds present that are *waiting*, i.e. whose tenant runs nothing at their level or a higher one: a waiting
+        kind takes them unless a waiting kind of a higher level is present; a kind not waiting takes them unless
+        a waiting kind of its level or a higher one is present."""
+        if self._closed or not self._reserved or self._free > self._reserved:
             return True
+        waiting = not self._served(level, tenant)
         now = time.monotonic()
-        return not any(
-            other != kind and other[0] <= level and now - seen <= SHARED_WINDOW_S
-            for other, seen in self._present.items()
-        )
+        for (other_level, other_tenant), seen in self._present.items():
+            if (other_level, other_tenant) == (level, tenant) or now - seen > SHARED_WINDOW_S:
+                continue
+            if other_level > level or (waiting and other_level == level) or self._served(other_level, other_tenant):
+                continue
+            return False
+        return True
+
+    def _served(self, level: int, tenant: str) -> bool:
+        """Whether the tenant runs an inference at this level or a higher one."""
+        return any(other == tenant and other_level <= level for other_level, other in self._running)
+
+    def _until_a_kind_leaves(self) -> float | None:
+        """Seconds until the next kind present leaves the shared window (which may let a held-back batch start),
+        or None."""
+        now = time.monotonic()
+        left = [seen + SHARED_WINDOW_S - now for seen in self._present.values() if seen + SHARED_WINDOW_S > now]
+        return min(left) if left else None
 
     def _started(self, batch: list[_Item]) -> None:
         """Count a batch about to be dispatched (holding the lock)."""
@@ -281,13 +301,13 @@ class DynamicBatcher:
         return batch
 
     def _batch_rows(self) -> int:
-        """The most rows the next batch may hold: `max_rows`, or, with one infer request (or none reserved) while
+        """The most rows the next batch may hold: `max_rows`, or, with no infer request reserved while
         several kinds of request (job chunks aside) share the version, the rows expected to take at most
         GUARD_SLACK_S longer than a lone request."""
         now = time.monotonic()
         for kind in [kind for kind, seen in self._present.items() if now - seen > SHARED_WINDOW_S]:
             del self._present[kind]
-        if (self.compiled.nireq > 1 and self._reserved) or sum(level != JOB_LEVEL for level, _ in self._present) < 2:
+        if self._reserved or sum(level != JOB_LEVEL for level, _ in self._present) < 2:
             return self.max_rows
         return min(self.max_rows, guard_rows(self._infer_ns))
 

@@ -130,7 +130,7 @@ def load_config_file(path: str) -> list[ModelConfig]:
             document = json.load(handle)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {os.path.abspath(path)}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {os.path.abspath(path)} is not valid JSON: {exc}") from None
     directory = os.path.dirname(os.path.abspath(path))
     return [replace(model, base_path=_beside(directory, model.base_path)) for model in models_from_document(document)]
@@ -219,13 +219,9 @@ def _version_policy(policy: Any) -> dict[str, Any]:
 
 def _non_negative_int(raw: dict[str, Any], key: str, default: int = 0) -> int:
     value = raw.get(key, default)
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be a non-negative integer") from None
-    if number < 0 or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{key} must be a non-negative integer")
-    return number
+    return value
 
 
 def _positive_int(raw: dict[str, Any], key: str, default: int) -> int:

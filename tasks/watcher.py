@@ -117,7 +117,11 @@ class RepositoryWatcher:
                 log.exception("Model watcher error")
 
     def _answer(self, request: dict[str, Any]) -> None:
-        outcome = self.reload()
+        try:
+            outcome = self.reload()
+        except Exception as exc:  # answered all the same: the api would wait out its timeout for a reply
+            log.exception("Configuration reload failed")
+            outcome = {"changed": False, "error": f"reload failed: {type(exc).__name__}: {exc}"}
         with self._client.pipeline(transaction=False) as pipe:
             pipe.lpush(request["reply_to"], json.dumps(outcome))
             pipe.expire(request["reply_to"], CONTROL_REPLY_TTL_S)

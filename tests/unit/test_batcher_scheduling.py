@@ -514,29 +514,26 @@ def test_with_several_infer_requests_a_shared_model_batches_fully(make_batcher) 
         future.result(timeout=WAIT_S)
 
 
-def test_a_kind_that_comes_while_a_batch_waits_for_mates_leaves_the_batcher_waiting_not_broken(
-    make_batcher, monkeypatch
-) -> None:
-    """A's batch is waiting for announced mates when B (whose only inference has run longer than the shared
-    window) sends again: now neither may take the last infer request. The batcher waits for an inference to end,
-    then serves both."""
-    monkeypatch.setattr("inference.batcher.SHARED_WINDOW_S", 0.2)
-    batcher, model = make_batcher(max_batch_size=4, nireq=3, delay_s=0.3)
-    b_first = batcher.submit(one_row(200), priority=Priority(2, "b"))
-    b_running = model.next_inference()
-    time.sleep(0.3)  # B's request is older than the window: B no longer counts as present
-    a_first = batcher.submit(one_row(100), priority=Priority(2, "a"))
-    a_running = model.next_inference()
+def test_a_batch_held_back_after_waiting_for_mates_leaves_the_batcher_waiting_not_broken(make_batcher) -> None:
+    """F's batch waits for an announced mate; meanwhile O's inference ends, so O (present, of a higher level) is
+    waiting again and the last two free infer requests are kept for it: F's batch may no longer start. The
+    batcher waits (it used to fail an assertion, which ended its thread) and serves O's next request at once."""
+    batcher, model = make_batcher(max_batch_size=4, nireq=4, delay_s=0.3, reserved=2)
+    o_first = batcher.submit(one_row(100), priority=Priority(1, "o"))
+    o_running = model.next_inference()
+    f_first = [batcher.submit(one_row(200 + index), priority=Priority(2, "f")) for index in range(2)]
+    f_running = [model.next_inference(), model.next_inference()]
     with batcher.incoming(1):  # a mate is announced and never comes
-        a_second = batcher.submit(one_row(101), priority=Priority(2, "a"))
-        b_second = batcher.submit(one_row(201), priority=Priority(2, "b"))
-        time.sleep(0.5)  # past the queue delay: the batcher looked for a batch and found none that may start
-        assert model.nothing_started()
-    b_running.complete()
-    b_next = model.next_inference()
-    assert sorted(int(value) for value in b_next.inputs["x"][:, 0]) == [101, 201], "two free: both start"
-    b_next.complete()
-    a_running.complete()
+        f_next = batcher.submit(one_row(202), priority=Priority(2, "f"))
+        o_running.complete()
+        time.sleep(0.5)  # past the queue delay
+        assert model.nothing_started(), "F took an infer request kept for O"
+    o_next = batcher.submit(one_row(101), priority=Priority(1, "o"))
+    started = model.next_inference()
+    assert [int(value) for value in started.inputs["x"][:, 0]] == [101], "O's request started at once"
+    started.complete()
+    for inference in f_running:
+        inference.complete()
     model.complete_started()
-    for value, future in [(200, b_first), (100, a_first), (101, a_second), (201, b_second)]:
+    for value, future in [(100, o_first), (200, f_first[0]), (201, f_first[1]), (202, f_next), (101, o_next)]:
         assert_own_rows(one_row(value), future)

@@ -664,3 +664,12 @@ def test_settings_type_is_frozen() -> None:
 @pytest.mark.parametrize("path", ["/models/..resnet", "/models/resnet..", "s3://bucket/a..b", "/models/.hidden"])
 def test_dots_inside_a_base_path_name_are_fine(path: str) -> None:
     assert models_from_document(config_list({"name": "m", "base_path": path}))[0].base_path == path
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Not a UnicodeDecodeError escaping: at start ovms would end with a traceback, and a reload would go
+    unanswered."""
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"model_config_list": [{"config": {"name": "caf\xe9", "base_path": "/m"}}]}'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        load_config_file(str(latin1))
