@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Measure request priorities (and fair share between tenants) on one saturated model, in one run.
 
-    python ops/priority_bench.py [--model resnet] [--duration 10] [--warmup 3] [--rounds 3] [--low-clients 16] \\
+    python ops/priority_bench.py [--model resnet] [--duration 10] [--warmup 3] [--rounds 5] [--low-clients 16] \\
         [--high-clients 1] [--pause 0.02] [--server-flags "..."] [--no-tenants]
 
 The model runs with the THROUGHPUT performance hint unless `--server-flags` says otherwise: two CPU streams, so
@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", choices=sorted(CASES), default="resnet", help="the model to saturate (resnet)")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
     parser.add_argument("--warmup", type=float, default=3.0, help="warmup seconds before each phase (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="times each phase runs, in turn (default 3)")
+    parser.add_argument("--rounds", type=int, default=5, help="times each phase runs, in turn (default 5)")
     parser.add_argument("--low-clients", type=int, default=16, help="flooding clients, back to back (default 16)")
     parser.add_argument("--high-clients", type=int, default=1, help="measured clients (default 1)")
     parser.add_argument("--pause", type=float, default=0.02, help="measured clients' pause between requests, s")
