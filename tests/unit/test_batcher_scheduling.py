@@ -4,13 +4,10 @@ sees every inference the batcher hands to the model and decides when (and how) i
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -18,84 +15,15 @@ import pytest
 from inference.batcher import BatchResult, DynamicBatcher, guard_rows
 from inference.errors import VERSION_RETIRED, NotFound
 from inference.priorities import JOB_LEVEL, Priority
-
-WAIT_S = 5.0  # the longest any step may take; a correct batcher takes milliseconds
-Tensors = dict[str, np.ndarray]
-
-
-@dataclass
-class Inference:
-    """One inference the batcher handed to the model, waiting for the test to end it."""
-
-    inputs: Tensors
-    future: Future[Tensors]
-
-    @property
-    def rows(self) -> int:
-        return int(self.inputs["x"].shape[0])
-
-    def complete(self) -> None:
-        """Answer with y = 10 x, row by row: each request's rows can be told apart in the answer."""
-        self.future.set_result({"y": self.inputs["x"] * 10})
-
-    def fail(self, message: str = "the device failed") -> None:
-        self.future.set_exception(RuntimeError(message))
-
-
-class HandRunModel:
-    """Stands in for a compiled model version (inference.model.CompiledVersion): records each inference
-    and leaves it running until the test ends it."""
-
-    name = "hand"
-    version = 1
-
-    def __init__(self, nireq: int = 1, batchable: bool = True) -> None:
-        self.nireq = nireq
-        self.batchable = batchable
-        self.closed = threading.Event()
-        self._started: queue.Queue[Inference] = queue.Queue()
-
-    def infer_async(self, inputs: Tensors) -> Future[Tensors]:
-        inference = Inference(inputs, Future())
-        self._started.put(inference)
-        return inference.future
-
-    def close(self) -> None:
-        self.closed.set()
-
-    def next_inference(self) -> Inference:
-        return self._started.get(timeout=WAIT_S)
-
-    def complete_started(self, wait_s: float = 0.05) -> None:
-        """Complete the inferences started so far, waiting up to `wait_s` for one."""
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._started.get(timeout=wait_s).complete()
-
-    def nothing_started(self) -> bool:
-        return self._started.empty()
+from tests.support.hand_model import WAIT_S, Build, HandRunModel, Inference, Tensors, hand_batchers
 
 
 @pytest.fixture
-def make_batcher() -> Iterator:
-    """A batcher over a HandRunModel; every one started is closed after the test (its inferences ended)."""
-    started: list[tuple[DynamicBatcher, HandRunModel]] = []
-
-    def build(
-        max_batch_size: int = 8, nireq: int = 1, delay_s: float = 30.0, reserved: int = 1
-    ) -> tuple[DynamicBatcher, HandRunModel]:
-        model = HandRunModel(nireq)
-        batcher = DynamicBatcher(model, max_batch_size, delay_s, reserved=reserved)  # type: ignore[arg-type]
-        started.append((batcher, model))
-        return batcher, model
-
-    yield build
-    for batcher, model in started:
-        closer = threading.Thread(target=batcher.close)
-        closer.start()
-        while closer.is_alive():
-            model.complete_started()
-        closer.join()
+def make_batcher() -> Iterator[Build]:
+    """A batcher over a HandRunModel (8 rows, one infer request unless told otherwise); every one built is
+    closed after the test (its inferences ended)."""
+    with hand_batchers(max_batch_size=8, nireq=1) as build:
+        yield build
 
 
 def rows(first: int, count: int, width: int = 2) -> Tensors:

@@ -20,52 +20,19 @@ from inference.batcher import BatchResult, DynamicBatcher
 from inference.model_config import ConfigError, model_from_dict
 from inference.priorities import JOB_LEVEL, Priority
 from ovms.settings import UsageError, parse_command_line
-from tests.unit.test_batcher_scheduling import WAIT_S, HandRunModel, Inference, one_row
+from tests.support.hand_model import WAIT_S, Build, HandRunModel, Inference, hand_batchers
+from tests.unit.test_batcher_scheduling import one_row
 
 SHORT_WINDOW_S = 0.2  # SHARED_WINDOW_S in the tests that wait for a kind to leave it
 SETTLE_S = 0.3  # long enough for the batching thread to act on what it was told (it takes milliseconds)
 
 
-class RecordingModel(HandRunModel):
-    """A HandRunModel that also keeps every inference, so that the test's end can complete those it left."""
-
-    def __init__(self, nireq: int) -> None:
-        super().__init__(nireq)
-        self.every: list[Inference] = []
-
-    def infer_async(self, inputs: dict[str, np.ndarray]) -> Future[dict[str, np.ndarray]]:
-        future = super().infer_async(inputs)
-        self.every.append(Inference(inputs, future))
-        return future
-
-    def next_inference_within(self, seconds: float) -> Inference:
-        """The next inference started, waiting up to `seconds` (queue.Empty if none)."""
-        return self._started.get(timeout=seconds)
-
-    def complete_left(self) -> None:
-        for inference in list(self.every):
-            if not inference.future.done():
-                inference.complete()
-
-
 @pytest.fixture
-def hand_batcher() -> Iterator:
-    """A batcher over a RecordingModel; closed after the test, every inference left running completed."""
-    started: list[tuple[DynamicBatcher, RecordingModel]] = []
-
-    def build(max_batch_size: int = 1, nireq: int = 2, reserved: int = 1) -> tuple[DynamicBatcher, RecordingModel]:
-        model = RecordingModel(nireq)
-        batcher = DynamicBatcher(model, max_batch_size, 30.0, reserved=reserved)  # type: ignore[arg-type]
-        started.append((batcher, model))
-        return batcher, model
-
-    yield build
-    for batcher, model in started:
-        closer = threading.Thread(target=batcher.close)
-        closer.start()
-        while closer.is_alive():
-            model.complete_left()
-            closer.join(0.02)
+def hand_batcher() -> Iterator[Build]:
+    """Batchers over HandRunModels (one row a batch, two infer requests unless told otherwise), closed after the
+    test, every inference left running completed."""
+    with hand_batchers(max_batch_size=1, nireq=2) as build:
+        yield build
 
 
 def values(inference: Inference) -> list[int]:
@@ -78,7 +45,7 @@ def started_within(model: HandRunModel, seconds: float) -> list[list[int]]:
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         try:
-            found.append(values(model.next_inference_within(left)))
+            found.append(values(model.next_inference(left)))
         except queue.Empty:
             break
     return found
@@ -88,7 +55,7 @@ def assert_own(value: int, future: Future[BatchResult]) -> None:
     np.testing.assert_array_equal(future.result(timeout=WAIT_S).outputs["y"], one_row(value)["x"] * 10)
 
 
-def run_to_the_end(model: RecordingModel, futures: list[Future[BatchResult]]) -> None:
+def run_to_the_end(model: HandRunModel, futures: list[Future[BatchResult]]) -> None:
     """Complete every inference, those the batcher starts meanwhile included, until every future is done."""
     deadline = time.monotonic() + WAIT_S
     while not all(future.done() for future in futures):
@@ -254,7 +221,7 @@ def test_concurrent_tenants_and_levels_get_their_own_rows_and_leave_no_kind_runn
     def device() -> None:
         while not stop.is_set():
             try:
-                inference = model.next_inference_within(0.05)
+                inference = model.next_inference(0.05)
             except queue.Empty:
                 continue
             time.sleep(rng.random() * 0.003)
