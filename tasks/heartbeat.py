@@ -27,6 +27,9 @@ log = logging.getLogger("serving")
 
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TTL_S = 3
+# A heartbeat written later than this is late anyway: its client gives up on a Redis that stopped answering (a
+# frozen master) by then, and the next one asks the Sentinels for the master again.
+HEARTBEAT_TIMEOUT_S = 2.0
 
 
 class Heartbeat:

@@ -12,6 +12,7 @@ from celery.signals import worker_shutting_down
 
 from tasks.app import app, configure
 from tasks.connections import redis_client
+from tasks.heartbeat import HEARTBEAT_TIMEOUT_S
 from tasks.routing import worker_name
 from tasks.settings import WorkerSettings
 from tasks.worker_steps import SERVING_STEPS, ServingOptions
@@ -52,7 +53,12 @@ def run_worker(settings: WorkerSettings, broker_url: str) -> int:
         without_mingle=True,
         without_heartbeat=True,
         task_events=settings.task_events,
-        serving=ServingOptions(settings, worker_id, redis_client(backend_url)),
+        serving=ServingOptions(
+            settings,
+            worker_id,
+            redis_client(backend_url),
+            redis_client(backend_url, socket_timeout=HEARTBEAT_TIMEOUT_S, socket_connect_timeout=HEARTBEAT_TIMEOUT_S),
+        ),
     )
     asked_to_stop: list[str] = []  # Celery's shutdown kinds, from its signal handlers
     worker_shutting_down.connect(lambda how, **_: asked_to_stop.append(how), weak=False)

@@ -49,7 +49,8 @@ class ServingOptions:
 
     settings: WorkerSettings
     worker_id: str
-    store: redis.Redis  # the result backend: heartbeats, tensors, job queues, control lists
+    store: redis.Redis  # the result backend: tensors, job queues, control lists
+    heartbeat_store: redis.Redis  # the same Redis, for the heartbeat alone (short timeouts: tasks.heartbeat)
 
 
 class _ServingStep(bootsteps.StartStopStep):
@@ -91,7 +92,7 @@ class Heartbeating(_ServingStep):
     def create(self, w: WorkController) -> None:
         serving = self.serving
         w.heartbeat = Heartbeat(
-            serving.store,
+            serving.heartbeat_store,
             serving.worker_id,
             serving.settings.device,
             w.models.snapshot,

@@ -44,7 +44,7 @@ def serving_app(broker: EmbeddedRedis) -> Iterator[ServingApp]:
 def worker(serving_app: ServingApp, broker: EmbeddedRedis, models_dir: Path) -> Iterator[WorkController]:
     argv = ["worker", "--model_name", "versioned", "--model_path", str(models_dir / "versioned")]
     settings = parse_command_line([*argv, "--broker_url", broker.url])
-    serving = ServingOptions(settings, WORKER_ID, redis.Redis.from_url(broker.url))
+    serving = ServingOptions(settings, WORKER_ID, redis.Redis.from_url(broker.url), redis.Redis.from_url(broker.url))
     try:
         with start_worker(
             serving_app,
