@@ -40,6 +40,7 @@ PREDICT = float_request(MODEL, "x", np.ones((1, 4)))
 FAIL_FAST_S = 1.0  # the longest any call may take to fail while Redis is unreachable
 NOTICED_S = 2.5  # the longest readiness may take to turn false once Redis is gone or paused
 RECOVERY_S = 15.0
+CHILDREN_GONE_S = 30  # a kill -9 of the all-in-one: its children have ended by then (pdeathsig)
 
 
 def _serve(models_dir: Path, *args: str) -> OvmsProcess:
@@ -189,12 +190,16 @@ def test_kill_9_of_the_all_in_one_leaves_no_embedded_redis_behind(models_dir: Pa
     assert any("redis" in name for name in names.values()), names
     os.kill(server.process.pid, signal.SIGKILL)  # the ovms process alone, as the OOM killer would
     server.stop()
-    gone, alive = psutil.wait_procs(children, timeout=10)
+    # the worker's warm shutdown on SIGTERM (its pdeathsig) took more than 10 s once in a loaded CI run
+    killed_at = time.monotonic()
+    gone, alive = psutil.wait_procs(children, timeout=CHILDREN_GONE_S)
+    took = time.monotonic() - killed_at
     for child in alive:
         child.kill()
     alive = [child for child in alive if not _exited(child)]  # a zombie has ended: only its reaper is late
-    assert not alive, f"still running 10 s after kill -9 of ovms: {[names[p.pid] for p in alive]}"
-    print(f"\nkill -9 of the all-in-one: its children ({', '.join(names[p.pid] for p in gone)}) went with it")
+    assert not alive, f"still running {CHILDREN_GONE_S} s after kill -9 of ovms: {[names[p.pid] for p in alive]}"
+    gone_names = ", ".join(names[p.pid] for p in gone)
+    print(f"\nkill -9 of the all-in-one: its children ({gone_names}) went with it in {took:.1f} s")
 
 
 def _exited(process: psutil.Process) -> bool:
