@@ -142,27 +142,21 @@ def test_two_flooding_kinds_leave_no_infer_request_idle(hand_batcher) -> None:
     run_to_the_end(model, a + b)
 
 
-def test_a_tenant_flooding_at_two_levels_still_leaves_an_infer_request_to_another_tenant(hand_batcher) -> None:
+@pytest.mark.parametrize(
+    "beside",
+    [Priority(3, "a"), Priority(JOB_LEVEL, "j")],
+    ids=["the flooding tenant at a second level", "job chunks"],
+)
+def test_the_infer_request_kept_for_a_waiting_tenant_is_not_taken_by(hand_batcher, beside: Priority) -> None:
+    """Tenant a floods level 2 and `beside` sends too: neither takes the infer request kept for tenant b (a
+    tenant at two levels is one flood; job chunks come after interactive requests)."""
     batcher, model = hand_batcher()
     seen(batcher, model, Priority(2, "b"), 200)
     batcher.submit(one_row(100), priority=Priority(2, "a"))
     model.next_inference()
     for i in range(3):
         batcher.submit(one_row(101 + i), priority=Priority(2, "a"))
-        batcher.submit(one_row(300 + i), priority=Priority(3, "a"))
-    assert started_within(model, SETTLE_S) == [], "the last infer request is kept for b"
-    batcher.submit(one_row(201), priority=Priority(2, "b"))
-    assert started_within(model, SETTLE_S) == [[201]], "b's request started at once beside a's"
-
-
-def test_job_chunks_do_not_take_the_infer_request_left_for_another_interactive_tenant(hand_batcher) -> None:
-    batcher, model = hand_batcher()
-    seen(batcher, model, Priority(2, "b"), 200)
-    batcher.submit(one_row(100), priority=Priority(2, "a"))
-    model.next_inference()
-    for i in range(3):
-        batcher.submit(one_row(101 + i), priority=Priority(2, "a"))
-        batcher.submit(one_row(900 + i), priority=Priority(JOB_LEVEL, "j"))
+        batcher.submit(one_row(300 + i), priority=beside)
     assert started_within(model, SETTLE_S) == [], "the last infer request is kept for b"
     batcher.submit(one_row(201), priority=Priority(2, "b"))
     assert started_within(model, SETTLE_S) == [[201]], "b's request started at once beside a's"
