@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -78,6 +79,14 @@ class HandRunModel:
 
     def nothing_started(self) -> bool:
         return self._started.empty()
+
+    def run_to_the_end(self, futures: list[Future]) -> None:
+        """Complete every inference, those the batcher starts meanwhile included, until every future is done."""
+        deadline = time.monotonic() + WAIT_S
+        while not all(future.done() for future in futures):
+            assert time.monotonic() < deadline, "requests left unanswered"
+            self.complete_left()
+            time.sleep(0.01)
 
 
 Build = Callable[..., tuple[DynamicBatcher, HandRunModel]]

@@ -339,17 +339,19 @@ def test_a_kind_running_an_inference_leaves_the_last_infer_request_to_another_ki
         assert_own_rows(one_row(300 + index), future)
 
 
+def both_infer_requests_taken_by(model: HandRunModel) -> set[int]:
+    """The values of the next two inferences started (left running)."""
+    return {int(model.next_inference().inputs["x"][0, 0]) for _ in range(2)}
+
+
 def test_with_none_reserved_a_running_kind_takes_every_free_infer_request(make_batcher) -> None:
     batcher, model = make_batcher(max_batch_size=1, nireq=2, reserved=0)
     urgent = batcher.submit(one_row(100), priority=Priority(1))
     model.next_inference().complete()
     urgent.result(timeout=WAIT_S)
     flood = [batcher.submit(one_row(300 + index), priority=Priority(3)) for index in range(3)]
-    first, second = model.next_inference(), model.next_inference()
-    assert {int(first.inputs["x"][0, 0]), int(second.inputs["x"][0, 0])} == {300, 301}
-    first.complete()
-    second.complete()
-    model.complete_started()
+    assert both_infer_requests_taken_by(model) == {300, 301}
+    model.run_to_the_end(flood)
     for future in flood:
         future.result(timeout=WAIT_S)
 
@@ -357,11 +359,8 @@ def test_with_none_reserved_a_running_kind_takes_every_free_infer_request(make_b
 def test_alone_a_kind_takes_every_infer_request(make_batcher) -> None:
     batcher, model = make_batcher(max_batch_size=1, nireq=2)
     futures = [batcher.submit(one_row(300 + index), priority=Priority(3)) for index in range(3)]
-    first, second = model.next_inference(), model.next_inference()
-    assert {int(first.inputs["x"][0, 0]), int(second.inputs["x"][0, 0])} == {300, 301}
-    first.complete()
-    second.complete()
-    model.complete_started()
+    assert both_infer_requests_taken_by(model) == {300, 301}
+    model.run_to_the_end(futures)
     for index, future in enumerate(futures):
         assert_own_rows(one_row(300 + index), future)
 
@@ -372,11 +371,8 @@ def test_a_higher_level_flood_is_not_held_back_by_a_lower_level_present(make_bat
     model.next_inference().complete()
     low.result(timeout=WAIT_S)
     futures = [batcher.submit(one_row(100 + index), priority=Priority(1)) for index in range(3)]
-    first, second = model.next_inference(), model.next_inference()
-    assert {int(first.inputs["x"][0, 0]), int(second.inputs["x"][0, 0])} == {100, 101}
-    first.complete()
-    second.complete()
-    model.complete_started()
+    assert both_infer_requests_taken_by(model) == {100, 101}
+    model.run_to_the_end(futures)
     for future in futures:
         future.result(timeout=WAIT_S)
 

@@ -55,15 +55,6 @@ def assert_own(value: int, future: Future[BatchResult]) -> None:
     np.testing.assert_array_equal(future.result(timeout=WAIT_S).outputs["y"], one_row(value)["x"] * 10)
 
 
-def run_to_the_end(model: HandRunModel, futures: list[Future[BatchResult]]) -> None:
-    """Complete every inference, those the batcher starts meanwhile included, until every future is done."""
-    deadline = time.monotonic() + WAIT_S
-    while not all(future.done() for future in futures):
-        assert time.monotonic() < deadline, "requests left unanswered"
-        model.complete_left()
-        time.sleep(0.01)
-
-
 def seen(batcher: DynamicBatcher, model: HandRunModel, priority: Priority, value: int) -> None:
     """One request of `priority` on an idle model, run to its end: its kind is now present."""
     future = batcher.submit(one_row(value), priority=priority)
@@ -85,7 +76,7 @@ def test_a_held_back_request_starts_once_the_other_kind_has_left_the_window(hand
     time.sleep(SHORT_WINDOW_S + 0.1)  # b has left the window; a's long inference still runs
     assert started_within(model, SETTLE_S) == [[101]], "the free infer request stayed idle"
     running.complete()
-    run_to_the_end(model, [held])
+    model.run_to_the_end([held])
     assert_own(101, held)
 
 
@@ -139,7 +130,7 @@ def test_two_flooding_kinds_leave_no_infer_request_idle(hand_batcher) -> None:
     assert started_within(model, SETTLE_S) == [[201]], "b takes the infer request kept for it"
     a_running[0].complete()
     assert len(started_within(model, SETTLE_S)) == 1, "an infer request is free and a and b both wait"
-    run_to_the_end(model, a + b)
+    model.run_to_the_end(a + b)
 
 
 @pytest.mark.parametrize(
